@@ -1,0 +1,70 @@
+"""`featcache cache info`: the facts a store holds, as a dict and as text."""
+from __future__ import annotations
+
+from collections import Counter
+
+from featcache.cache.store import open_cache
+
+
+def cache_facts(path: str) -> dict:
+    """Everything `cache info` prints, JSON-ready."""
+    cache = open_cache(path)
+    a = cache.attrs
+    done = [r for r in cache.records().values() if r.get("status") == "done"]
+    frames = sum(len(r["frame_indices"]) for r in done)
+    return {
+        "path": cache.path,
+        "schema_version": a["schema_version"],
+        "featcache_version": a["featcache_version"],
+        "created_at": a.get("created_at"),
+        "fingerprint": a["fingerprint"],
+        "model": a["model"],
+        "preprocess": a["preprocess"],
+        "layers": a["layers"],
+        "tokens": a["tokens"],
+        "compute": a["compute"],
+        "frames": a["frames"],
+        "storage": a["storage"],
+        "videos": {
+            "done": len(done),
+            "failed": len(cache.failures()),
+            "interrupted": len(cache.staged()),
+            "per_split": dict(Counter(r["split"] for r in done)),
+            "labels": len({label for r in done for label in r["labels"]}),
+            "decoders": dict(Counter(r["source"]["decoder"] for r in done)),
+        },
+        "failures": cache.failures(),
+        "cached_frames": frames,
+        "bytes_per_frame": cache.bytes_per_frame,
+        "size_on_disk": cache.size_on_disk(),
+    }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def format_facts(f: dict) -> str:
+    m, t, p, v = f["model"], f["tokens"], f["preprocess"], f["videos"]
+    weights = m["weights"]
+    wtext = {"file": f"file {weights.get('path')} (sha256 {str(weights.get('sha256'))[:12]}...)",
+             "hub": f"hub {weights.get('hf_hub_id') or weights.get('url')}",
+             "random": f"RANDOM (seed {weights.get('seed')}) -- not a pretrained network"}.get(weights["source"])
+    lines = [
+        f"cache        {f['path']}",
+        f"written by   featcache {f['featcache_version']} (schema {f['schema_version']}) at {f['created_at']}",
+        f"fingerprint  {f['fingerprint']}",
+        f"model        {m['name']} {m['args'] or ''} ({m['num_params'] / 1e6:.1f} M params, {m['kind']})",
+        f"weights      {wtext}",
+        f"preprocess   {p['input_size'][1]}x{p['input_size'][2]}, resize short side {p['resize_short_side']} "
+        f"({p['interpolation']}), {p['crop']} crop, mean {p['mean']}, std {p['std']}",
+        f"layers       {f['layers']}",
+        f"tokens       {t['num_prefix_tokens']} prefix + {t['grid'][0]}x{t['grid'][1]} patches, dim {t['dim']}, "
+        f"stored as {f['storage']['dtype']}, computed in {f['compute']['precision']}",
+        f"frames       {', '.join(f['frames']['policies'])} (pool = their union)",
+        f"videos       {v['done']} done, {v['failed']} failed, {v['interrupted']} interrupted; "
+        f"splits {v['per_split']}; {v['labels']} labels; decoders {v['decoders']}",
+        f"size         {f['cached_frames']} frames x {_mb(f['bytes_per_frame'])}/frame; {_mb(f['size_on_disk'])} on disk",
+    ]
+    lines += [f"failed       {vid}: {reason}" for vid, reason in f["failures"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""Pure facts about the cache layout: names, keys, fingerprints. No zarr here.
+
+Layout (Zarr v3, one directory per video, 3-5 files per video):
+
+    CACHE.zarr/
+      zarr.json                root group; attributes = provenance (see README "Cache format")
+      videos/<key>/zarr.json   one group per video; attributes = the video's record
+      videos/<key>/tokens/     (T, L, N, C) float16, one uncompressed chunk ("0.0.0.0")
+      videos/<key>/luv_scores/ (num_frames,) float32, one chunk; only with keyframes policies
+      .staging/                videos being written; renamed into videos/ when complete
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+SCHEMA_VERSION = 1
+VIDEOS = "videos"
+STAGING = ".staging"
+TOKENS = "tokens"
+LUV_SCORES = "luv_scores"
+STATUSES = ("done", "failed")
+STORAGE_DTYPES = ("float16", "float32")
+ROOT_KEYS = ("schema_version", "featcache_version", "fingerprint", "model", "preprocess", "layers",
+             "tokens", "compute", "frames", "storage")
+VIDEO_KEYS = ("video_id", "path", "split", "labels", "source", "frame_indices", "timestamps", "policies")
+
+# Root-attribute sections that decide what the tokens mean: two runs may share a store only
+# when all of them agree.
+FINGERPRINT_KEYS = ("model", "preprocess", "layers", "tokens", "compute", "frames", "storage")
+_VOLATILE = {("model", "num_params"), ("compute", "device_type")}
+
+_PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def video_key(video_id: str) -> str:
+    """A directory name for a video id that cannot escape the store.
+
+    Plain ids (letters, digits, ``._-``, not starting with a dot, no ``..``) are used as they
+    are; any other id becomes a sanitised prefix plus ``~`` and a hash of the id. ``~`` never
+    occurs in plain ids, so the two forms cannot collide.
+    """
+    if _PLAIN_ID.fullmatch(video_id) and ".." not in video_id:
+        return video_id
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id).strip("._")[:64] or "video"
+    digest = hashlib.sha256(video_id.encode("utf-8")).hexdigest()[:16]
+    return f"{safe}~{digest}"
+
+
+def fingerprint_facts(attrs: dict) -> dict:
+    """The part of the root attributes that must match for two runs to share a store."""
+    facts = {}
+    for key in FINGERPRINT_KEYS:
+        value = attrs.get(key)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if (key, k) not in _VOLATILE}
+        facts[key] = value
+    return facts
+
+
+def fingerprint(attrs: dict) -> str:
+    """A short stable hash of :func:`fingerprint_facts`; stage 2 checkpoints record it."""
+    text = json.dumps(fingerprint_facts(attrs), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differing_facts(old: dict, new: dict) -> list[str]:
+    """Dotted names of the fingerprint facts that differ between two root attribute dicts."""
+    a, b = fingerprint_facts(old), fingerprint_facts(new)
+    out = []
+    for key in FINGERPRINT_KEYS:
+        if isinstance(a[key], dict) and isinstance(b[key], dict):
+            out += [f"{key}.{k}" for k in sorted(set(a[key]) | set(b[key])) if a[key].get(k) != b[key].get(k)]
+        elif a[key] != b[key]:
+            out.append(key)
+    return out

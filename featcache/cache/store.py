@@ -1,0 +1,339 @@
+"""The only module that reads or writes Zarr. See schema.py for the layout.
+
+Atomicity: a video is written completely under ``.staging/`` and then renamed into
+``videos/<key>`` (a directory rename is atomic on POSIX file systems), so readers never see a
+half-written video and a killed run leaves at most a stale staging directory, which the next
+run removes. The root group is created the same way. Per-video records are read straight from
+each group's ``zarr.json`` (10x faster than opening thousands of groups through zarr).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from featcache.cache import schema
+from featcache.errors import FeatcacheError
+
+_CHUNK_KEYS = {"name": "v2", "separator": "."}  # "0.0.0.0": one file, no nested chunk dirs
+
+
+def to_json(value):
+    """numpy scalars/arrays -> plain Python (numpy scalars in zarr attrs raise and poison them)."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+@dataclass
+class VideoEntry:
+    """One cached video. ``tokens`` is read on first access."""
+
+    cache_path: str
+    key: str
+    record: dict
+
+    @property
+    def video_id(self) -> str:
+        return self.record["video_id"]
+
+    @cached_property
+    def tokens(self) -> np.ndarray:
+        """(T, L, N, C): frames, layers, tokens (prefix/CLS first), channels."""
+        return self._array(schema.TOKENS)
+
+    @property
+    def frame_indices(self) -> np.ndarray:
+        return np.asarray(self.record["frame_indices"], dtype=np.int64)
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return np.asarray(self.record["timestamps"], dtype=np.float64)
+
+    @cached_property
+    def luv_scores(self) -> np.ndarray | None:
+        """One score per source frame, or None when no keyframes policy was run."""
+        return self._array(schema.LUV_SCORES) if self.record.get("has_luv_scores") else None
+
+    @property
+    def policies(self) -> dict[str, list[int]]:
+        return self.record["policies"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.record["labels"]
+
+    @property
+    def split(self) -> str:
+        return self.record["split"]
+
+    def _array(self, name: str) -> np.ndarray:
+        import zarr
+
+        path = os.path.join(self.cache_path, schema.VIDEOS, self.key, name)
+        return zarr.open_array(path, mode="r")[...]
+
+
+class Cache:
+    """Read-only view of a featcache store (``featcache.open_cache``)."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        meta = _read_json(os.path.join(self.path, "zarr.json"))
+        if meta is None:
+            raise FeatcacheError(f"{path}: not a featcache cache (no zarr.json); create one with featcache extract")
+        attrs = meta.get("attributes", {})
+        if "schema_version" not in attrs:
+            raise FeatcacheError(f"{path}: a Zarr store, but not one featcache wrote (no schema_version)")
+        if attrs["schema_version"] > schema.SCHEMA_VERSION:
+            raise FeatcacheError(
+                f"{path}: cache schema {attrs['schema_version']} is newer than this featcache "
+                f"understands ({schema.SCHEMA_VERSION}); upgrade featcache")
+        self.attrs: dict = attrs
+        self._records: dict[str, dict] | None = None
+
+    # ------------------------------------------------------------------ listing
+    def records(self) -> dict[str, dict]:
+        """key -> record of every published video (done or failed)."""
+        if self._records is None:
+            self._records = {}
+            videos = os.path.join(self.path, schema.VIDEOS)
+            if os.path.isdir(videos):
+                for entry in sorted(os.scandir(videos), key=lambda e: e.name):
+                    meta = _read_json(os.path.join(entry.path, "zarr.json")) if entry.is_dir() else None
+                    if meta is not None:
+                        self._records[entry.name] = meta.get("attributes", {})
+        return self._records
+
+    def video_ids(self, status: str = "done") -> list[str]:
+        if status not in schema.STATUSES:
+            raise ValueError(f"status must be one of {schema.STATUSES}, not {status!r}")
+        return [r["video_id"] for r in self.records().values() if r.get("status") == status]
+
+    def failures(self) -> dict[str, str]:
+        """video id -> the reason it could not be extracted."""
+        return {r["video_id"]: r.get("reason", "") for r in self.records().values() if r.get("status") == "failed"}
+
+    def video(self, video_id: str) -> VideoEntry:
+        key = schema.video_key(video_id)
+        record = self.records().get(key)
+        if record is None:
+            raise KeyError(f"video {video_id!r} is not in {self.path}")
+        if record.get("status") != "done":
+            raise KeyError(f"video {video_id!r} failed extraction: {record.get('reason')}")
+        return VideoEntry(self.path, key, record)
+
+    def staged(self) -> list[str]:
+        """Leftovers of interrupted writes (removed by the next extract run)."""
+        staging = os.path.join(self.path, schema.STAGING)
+        return sorted(os.listdir(staging)) if os.path.isdir(staging) else []
+
+    @property
+    def fingerprint(self) -> str:
+        return self.attrs["fingerprint"]
+
+    @property
+    def bytes_per_frame(self) -> int:
+        t = self.attrs["tokens"]
+        itemsize = np.dtype(self.attrs["storage"]["dtype"]).itemsize
+        return len(self.attrs["layers"]) * t["num_tokens"] * t["dim"] * itemsize
+
+    def size_on_disk(self) -> int:
+        total = 0
+        for root, _, files in os.walk(self.path):
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        return total
+
+
+    # ------------------------------------------------------------------ checks
+    def verify(self, check_values: bool = True) -> list[str]:
+        """Problems with the published videos (empty = consistent). Staged leftovers of an
+        interrupted run are not problems: the next run redoes those videos."""
+        problems = [f"root attributes lack {k!r}" for k in schema.ROOT_KEYS if k not in self.attrs]
+        if problems:
+            return problems
+        for key, record in self.records().items():
+            if key != schema.video_key(record.get("video_id", "")):
+                problems.append(f"{key}: directory name does not match video_id {record.get('video_id')!r}")
+            elif record.get("status") == "done":
+                problems += [f"{record['video_id']}: {p}" for p in self._verify_video(key, record, check_values)]
+            elif record.get("status") != "failed" or not record.get("reason"):
+                problems.append(f"{key}: status {record.get('status')!r} without a failure reason")
+        return problems
+
+    def _verify_video(self, key: str, record: dict, check_values: bool) -> list[str]:
+        missing = [k for k in schema.VIDEO_KEYS if k not in record]
+        if missing:
+            return [f"record lacks {', '.join(missing)}"]
+        t = len(record["frame_indices"])
+        tok = self.attrs["tokens"]
+        expected = (t, len(self.attrs["layers"]), tok["num_tokens"], tok["dim"])
+        out = []
+        meta = _read_json(os.path.join(self.path, schema.VIDEOS, key, schema.TOKENS, "zarr.json")) or {}
+        if tuple(meta.get("shape", ())) != expected:
+            return [f"tokens shape {meta.get('shape')} != expected {list(expected)}"]
+        chunk = os.path.join(self.path, schema.VIDEOS, key, schema.TOKENS, "0.0.0.0")
+        nbytes = int(np.prod(expected)) * np.dtype(self.attrs["storage"]["dtype"]).itemsize
+        if not os.path.isfile(chunk) or os.path.getsize(chunk) != nbytes:
+            out.append(f"token chunk missing or truncated (expected {nbytes} bytes)")
+        idx, n = np.asarray(record["frame_indices"]), record["source"]["num_frames"]
+        if t == 0 or np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= n:
+            out.append(f"frame_indices not strictly increasing within [0, {n})")
+        if len(record["timestamps"]) != t or np.any(np.diff(record["timestamps"]) < 0):
+            out.append("timestamps do not match the frames")
+        for policy in self.attrs["frames"]["policies"]:
+            pos = record["policies"].get(policy)
+            if pos is None or len(pos) != int(policy.split(":")[1]) or min(pos) < 0 or max(pos) >= t:
+                out.append(f"policy {policy} positions missing or out of range")
+        entry = VideoEntry(self.path, key, record)
+        wants_luv = any(p.startswith("keyframes") for p in self.attrs["frames"]["policies"])
+        if wants_luv and (entry.luv_scores is None or len(entry.luv_scores) != n):
+            out.append(f"luv_scores missing or not one per source frame ({n})")
+        if check_values and not out and not np.all(np.isfinite(entry.tokens)):
+            out.append("tokens contain NaN or inf")
+        return out
+
+class CacheWriter(Cache):
+    """Creates or resumes a store and publishes videos atomically."""
+
+    @classmethod
+    def open(cls, path: str, attrs: dict, overwrite: bool = False) -> "CacheWriter":
+        attrs = dict(to_json(attrs), fingerprint=schema.fingerprint(attrs), schema_version=schema.SCHEMA_VERSION)
+        if os.path.exists(path) and overwrite:
+            cls._remove_store(path)
+        if not os.path.exists(path):
+            cls._create(path, attrs)
+        elif not os.path.isdir(path) or os.listdir(path) and not os.path.exists(os.path.join(path, "zarr.json")):
+            raise FeatcacheError(f"--out {path}: exists and is not a featcache cache; choose another path")
+        elif not os.listdir(path):
+            os.rmdir(path)
+            cls._create(path, attrs)
+        writer = cls(path)
+        diff = schema.differing_facts(writer.attrs, attrs)
+        if diff:
+            raise FeatcacheError(
+                f"--out {path}: the cache was made with different settings ({', '.join(diff)}); "
+                "use another --out, or --overwrite to replace it")
+        writer._clean_staging()
+        return writer
+
+    @staticmethod
+    def _create(path: str, attrs: dict) -> None:
+        import zarr
+
+        attrs = dict(attrs, created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        tmp = f"{path.rstrip(os.sep)}.tmp-{uuid.uuid4().hex[:8]}"
+        root = zarr.create_group(zarr.storage.LocalStore(tmp), attributes=attrs)
+        root.create_group(schema.VIDEOS)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another worker created it first: theirs wins, ours is dropped
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def _remove_store(path: str) -> None:
+        meta = _read_json(os.path.join(path, "zarr.json")) if os.path.isdir(path) else None
+        if meta is None or "schema_version" not in meta.get("attributes", {}):
+            raise FeatcacheError(f"--overwrite: {path} is not a featcache cache; refusing to delete it")
+        shutil.rmtree(path)
+
+    def _clean_staging(self) -> None:
+        """Remove stale staging directories (their writer is gone: same host and pid dead)."""
+        staging = os.path.join(self.path, schema.STAGING)
+        for name in self.staged():
+            parts = name.split("@")  # key@host@pid-random, see _stage_dir
+            if len(parts) != 3 or parts[1] != os.uname().nodename:
+                continue  # another host's writer may still be alive
+            pid = parts[2].split("-")[0]
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+
+    def done_keys(self) -> set[str]:
+        return {k for k, r in self.records().items() if r.get("status") == "done"}
+
+    # ------------------------------------------------------------------ writing
+    def write_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None) -> int:
+        """Publish one complete video; returns the bytes of token data written."""
+        import zarr
+
+        dtype = self.attrs["storage"]["dtype"]
+        record = dict(record, status="done", has_luv_scores=luv_scores is not None)
+        stage = self._stage_dir(record["video_id"])
+        group = zarr.create_group(zarr.storage.LocalStore(stage), attributes=to_json(record))
+        arr = group.create_array(schema.TOKENS, shape=tokens.shape, chunks=tokens.shape, dtype=dtype,
+                                 compressors=None, chunk_key_encoding=_CHUNK_KEYS,
+                                 dimension_names=("frame", "layer", "token", "channel"))
+        arr[...] = tokens.astype(dtype, copy=False)
+        if luv_scores is not None:
+            scores = group.create_array(schema.LUV_SCORES, shape=luv_scores.shape, chunks=luv_scores.shape,
+                                        dtype="float32", compressors=None, chunk_key_encoding=_CHUNK_KEYS,
+                                        dimension_names=("source_frame",))
+            scores[...] = luv_scores
+        self._publish(stage, record)
+        return int(arr.nbytes)
+
+    def write_failure(self, record: dict, reason: str) -> None:
+        import zarr
+
+        record = dict(record, status="failed", reason=reason)
+        stage = self._stage_dir(record["video_id"])
+        zarr.create_group(zarr.storage.LocalStore(stage), attributes=to_json(record))
+        self._publish(stage, record)
+
+    def _stage_dir(self, video_id: str) -> str:
+        name = f"{schema.video_key(video_id)}@{os.uname().nodename}@{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        return os.path.join(self.path, schema.STAGING, name)
+
+    def _publish(self, stage: str, record: dict) -> None:
+        key = schema.video_key(record["video_id"])
+        dest = os.path.join(self.path, schema.VIDEOS, key)
+        old = _read_json(os.path.join(dest, "zarr.json"))
+        if old is not None and old.get("attributes", {}).get("status") == "done":
+            shutil.rmtree(stage)  # already published (by an earlier or concurrent run)
+            return
+        if old is not None or os.path.isdir(dest):
+            shutil.rmtree(dest)  # an earlier failure is replaced by this attempt
+        try:
+            os.rename(stage, dest)
+        except OSError:  # a concurrent writer published the same video first
+            shutil.rmtree(stage, ignore_errors=True)
+        if self._records is not None:
+            self._records[key] = to_json(record)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def open_cache(path: str) -> Cache:
+    """Open a featcache store read-only."""
+    return Cache(path)

@@ -1,0 +1,212 @@
+"""The `featcache` command line: parse options, build a config, call one function.
+
+Exit status: 0 success, 1 some videos failed / the cache has problems, 2 a usage error
+(one line on stderr, nothing written), 130 interrupted (re-run the same command to resume).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from featcache.errors import FeatcacheError
+
+app = typer.Typer(help="Decode videos once, run a frozen image model once, train many heads from the cache.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+cache_app = typer.Typer(help="Inspect and check a cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@contextlib.contextmanager
+def user_errors():
+    """A FeatcacheError becomes one line on stderr and exit status 2."""
+    try:
+        yield
+    except FeatcacheError as exc:
+        typer.echo(f"featcache: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("featcache: interrupted; run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
+
+
+def _parse_kv(pairs: list[str], option: str) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FeatcacheError(f"{option}: expected key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _parse_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise FeatcacheError(f"{option}: expected comma-separated integers such as -1 or -4,-1, got {text!r}") from None
+
+
+def _parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise FeatcacheError(f"--shard: expected I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return int(index), int(count)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    w, sep, h = text.partition("x")
+    if not (sep and w.isdigit() and h.isdigit()) or int(w) < 2 or int(h) < 2:
+        raise FeatcacheError(f"--luv-size: expected WxH such as 64x48, got {text!r}")
+    return int(w), int(h)
+
+
+EXTRACT_EXAMPLES = """
+Examples:
+
+  featcache extract data/ucf101.csv --out caches/ucf101_dinov2.zarr --frames uniform:16,keyframes:8
+
+  featcache extract manifest.csv --out tiny.zarr --weights random --model-arg depth=2 --precision fp32
+
+  featcache extract manifest.csv --out c.zarr --model tf_efficientnet_lite0 --weights lite0.pth
+"""
+
+
+@app.command(epilog=EXTRACT_EXAMPLES)
+def extract(
+    manifest: str = typer.Argument(..., help="CSV or JSONL manifest with video_id,path,label,split."),
+    out: str = typer.Option(..., "--out", "-o", help="The Zarr store to create or resume."),
+    model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name."),
+    weights: str = typer.Option("hub", help="hub (timm pretrained), random, or a .pth/.safetensors file."),
+    model_arg: list[str] = typer.Option([], "--model-arg", help="Extra timm create_model option KEY=VALUE (repeatable)."),
+    img_size: int = typer.Option(224, help="Square input size of the model."),
+    frames: str = typer.Option("uniform:16", help="Frame policies, e.g. uniform:16,keyframes:8 (their union is cached)."),
+    layers: str = typer.Option("-1", help="ViT blocks to cache, e.g. -1 or -4,-1."),
+    batch_size: int = typer.Option(32, help="Frames per forward pass (batches span videos)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
+    dtype: str = typer.Option("float16", help="Storage dtype of the tokens: float16 or float32."),
+    decoder: str = typer.Option("auto", help="auto (decord checked against PyAV), decord or pyav."),
+    luv_size: str = typer.Option("64x48", help="Decode size WxH for key-frame LUV scoring."),
+    short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
+    shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the videos (stable hash of the id)."),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache made with other settings."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Decode the videos of MANIFEST, run the frozen model, write tokens to a Zarr cache.
+
+    Re-running the same command resumes: finished videos are skipped, failed ones retried.
+    """
+    from featcache.encoder import EncoderConfig
+    from featcache.extract import ExtractConfig, run_extract
+
+    with user_errors():
+        enc = EncoderConfig(model=model, weights=weights, img_size=img_size,
+                            layers=_parse_ints(layers, "--layers"), precision=precision, device=device,
+                            model_args=_parse_kv(model_arg, "--model-arg"))
+        cfg = ExtractConfig(manifest=manifest, out=out, encoder=enc, frames=frames, batch_size=batch_size,
+                            dtype=dtype, decoder=decoder, luv_size=_parse_size(luv_size),
+                            short_videos=short_videos, overwrite=overwrite, shard=_parse_shard(shard),
+                            threads=threads)
+        summary = run_extract(cfg, show_progress=not quiet)
+    _print_summary(summary, out)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_summary(s, out: str) -> None:
+    mb = s.bytes_written / 1e6
+    typer.echo(f"extracted {s.done} videos, {len(s.failed)} failed, {s.skipped} already cached "
+               f"(of {s.total}); {s.frames} frames in {s.wall_s:.1f} s = {s.frames_per_s:.1f} frames/s; "
+               f"{mb:.1f} MB written to {out}")
+    for line in s.warnings:
+        typer.echo(f"warning: {line}")
+    for video_id, reason in s.failed.items():
+        typer.echo(f"failed: {video_id}: {reason}")
+
+
+@cache_app.command("info", epilog="Example:\n\n  featcache cache info caches/ucf101.zarr --json")
+def cache_info(
+    path: str = typer.Argument(..., help="A featcache Zarr store."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+):
+    """What a cache holds: model, preprocessing, layers, policies, videos, sizes."""
+    from featcache.cache.info import cache_facts, format_facts
+
+    with user_errors():
+        facts = cache_facts(path)
+    typer.echo(json.dumps(facts, indent=2) if as_json else format_facts(facts))
+
+
+@cache_app.command("verify", epilog="Example:\n\n  featcache cache verify caches/ucf101.zarr")
+def cache_verify(
+    path: str = typer.Argument(..., help="A featcache Zarr store."),
+    quick: bool = typer.Option(False, "--quick", help="Check structure only; skip reading token values."),
+):
+    """Check every video entry is complete and consistent; exit 1 when not."""
+    from featcache import open_cache
+
+    with user_errors():
+        cache = open_cache(path)
+        problems = cache.verify(check_values=not quick)
+    done, failed, staged = len(cache.video_ids("done")), len(cache.failures()), len(cache.staged())
+    for p in problems:
+        typer.echo(f"problem: {p}")
+    note = f"; {staged} interrupted write(s) will be redone by the next extract run" if staged else ""
+    verdict = "FAILED" if problems else "ok"
+    typer.echo(f"verify {verdict}: {done} videos done, {failed} failed, {len(problems)} problem(s){note}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Example:\n\n  featcache demo --out demo")
+def demo(
+    out: str = typer.Option("demo", "--out", "-o", help="Folder for the videos, manifest and cache."),
+    per_class: int = typer.Option(12, help="Videos per class (4 motion classes)."),
+    model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name."),
+    weights: str = typer.Option("random", help="random (no download), hub, or a weights file."),
+    frames: str = typer.Option("uniform:8,uniform:16,keyframes:8", help="Frame policies."),
+):
+    """Generate a small dataset of moving shapes (class = direction of motion), then extract it."""
+    from featcache.encoder import EncoderConfig
+    from featcache.extract import ExtractConfig, run_extract
+    from featcache.synthetic import make_dataset
+
+    with user_errors():
+        typer.echo(f"writing {4 * per_class} synthetic videos to {out}/videos ...")
+        manifest = make_dataset(out, "motion", per_class=per_class, num_frames=32)
+        cache = os.path.join(out, "cache.zarr")
+        cfg = ExtractConfig(manifest=manifest, out=cache, frames=frames,
+                            encoder=EncoderConfig(model=model, weights=weights))
+        summary = run_extract(cfg)
+    _print_summary(summary, cache)
+    typer.echo(f"\nnext: featcache cache info {cache}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+    if version:
+        from featcache import __version__
+
+        typer.echo(f"featcache {__version__}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""The one wrapper around the frozen timm model: weights, preprocessing, forward -> tokens.
+
+Output convention: ``(B, L, N, C)`` float32 = frames, requested layers, tokens (prefix/CLS
+tokens first, then the patch grid in row-major order), channels. ViT-family models give any
+block's tokens (``forward_intermediates``, final norm applied, as DINOv2's
+``get_intermediate_layers(norm=True)``); other backbones (CNNs, ...) give their final feature
+map flattened to tokens with no prefix tokens.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from featcache.errors import FeatcacheError
+
+DEFAULT_MODEL = "vit_small_patch14_dinov2.lvd142m"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+RANDOM_SEED = 0  # --weights random is reproducible: the same seed gives the same network
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What defines the frozen network and its input; every field is recorded in the cache."""
+
+    model: str = DEFAULT_MODEL  # any timm model name
+    weights: str = "hub"  # "hub" (timm pretrained), "random", or a .pth/.safetensors path
+    img_size: int = 224  # square input side; passed to the model when it accepts img_size
+    layers: tuple[int, ...] = (-1,)  # ViT blocks to keep (negative counts from the end)
+    precision: str = "auto"  # auto = bf16/fp16 autocast where the device supports it
+    device: str = "auto"  # auto = cuda if available, else cpu
+    model_args: dict = field(default_factory=dict)  # extra timm create_model kwargs (tiny test models)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FeatcacheError(f"--device: unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FeatcacheError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name not in PRECISIONS:
+        raise FeatcacheError(f"--precision: unknown {name!r}; expected one of {', '.join(PRECISIONS)}")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # bf16 autocast is 3-4x faster than fp32 on CPUs with native bf16 (benchmarks/), slower without.
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+class FrozenEncoder:
+    """A frozen timm backbone with its preprocessing; call it on uint8 frames."""
+
+    def __init__(self, cfg: EncoderConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.model, self.weights_info = _build_model(cfg)
+        self.model.eval().requires_grad_(False).to(self.device)
+        self.preprocess = _preprocess_config(self.model, cfg.img_size)
+        mean = torch.tensor(self.preprocess["mean"]).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.preprocess["std"]).view(1, 3, 1, 1) * 255
+        self._mean, self._std = mean.to(self.device), std.to(self.device)
+        self.is_vit = "return_prefix_tokens" in inspect.signature(
+            getattr(self.model, "forward_intermediates", lambda: None)).parameters
+        self.layers = self._resolve_layers(cfg.layers)
+        probe = self(torch.zeros(1, cfg.img_size, cfg.img_size, 3, dtype=torch.uint8))
+        _, _, self.num_tokens, self.dim = probe.shape
+        self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0)) if self.is_vit else 0
+        self.grid = self._grid(self.num_tokens - self.num_prefix_tokens)
+
+    # ---------------------------------------------------------------- preprocessing
+    @property
+    def short_side(self) -> int:
+        """Decode frames with their shorter side at this size (timm's eval resize)."""
+        return self.preprocess["resize_short_side"]
+
+    def crop(self, frames: np.ndarray) -> np.ndarray:
+        """Centre crop resized uint8 frames (K, H, W, 3) -> (K, S, S, 3), torchvision rounding."""
+        size = self.cfg.img_size
+        h, w = frames.shape[1:3]
+        if h < size or w < size:
+            raise ValueError(f"frames of {w}x{h} are smaller than the {size}x{size} crop")
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        return np.ascontiguousarray(frames[:, top:top + size, left:left + size])
+
+    # ---------------------------------------------------------------- forward
+    @torch.inference_mode()
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, S, S, 3) -> float32 tokens (B, L, N, C) on the CPU."""
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
+        x = (x - self._mean) / self._std
+        amp = self.precision in _AMP_DTYPES
+        with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(self.precision), enabled=amp):
+            tokens = self._tokens(x)
+        return tokens.float().cpu()
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_vit:
+            outs = self.model.forward_intermediates(
+                x, indices=list(self.layers), norm=True, output_fmt="NLC",
+                intermediates_only=True, return_prefix_tokens=True)
+            # each: (patches (B, HW, C), prefix (B, P, C)) -> (B, P + HW, C)
+            return torch.stack([torch.cat([pre, patch], dim=1) for patch, pre in outs], dim=1)
+        feats = self.model.forward_features(x)
+        if feats.ndim == 4 and feats.shape[1] != self.model.num_features:  # NHWC (swin, ...)
+            feats = feats.permute(0, 3, 1, 2)
+        if feats.ndim == 4:
+            feats = feats.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+        return feats.unsqueeze(1)  # (B, 1, N, C)
+
+    def _resolve_layers(self, layers: tuple[int, ...]) -> tuple[int, ...]:
+        if not self.is_vit:
+            if tuple(layers) != (-1,):
+                raise FeatcacheError(
+                    f"--layers {','.join(map(str, layers))}: {self.cfg.model} is not a ViT; "
+                    "only its final feature map (--layers -1) can be cached")
+            return (-1,)
+        depth = len(self.model.blocks)
+        out = []
+        for layer in layers:
+            if not -depth <= layer < depth:
+                raise FeatcacheError(f"--layers: {layer} is out of range for a {depth}-block model")
+            out.append(layer % depth)
+        if len(set(out)) != len(out):
+            raise FeatcacheError(f"--layers: {','.join(map(str, layers))} names a block twice")
+        return tuple(out)
+
+    def _grid(self, num_patches: int) -> tuple[int, int]:
+        patch_embed = getattr(self.model, "patch_embed", None)
+        if self.is_vit and patch_embed is not None and hasattr(patch_embed, "dynamic_feat_size"):
+            grid = tuple(patch_embed.dynamic_feat_size((self.cfg.img_size, self.cfg.img_size)))
+        else:
+            side = int(math.isqrt(num_patches))
+            grid = (side, side)
+        if grid[0] * grid[1] != num_patches:
+            raise RuntimeError(f"token grid {grid} does not match {num_patches} patch tokens")
+        return grid
+
+    def provenance(self) -> dict:
+        """Everything that identifies this network and its input, JSON-ready."""
+        return {
+            "model": {
+                "name": self.cfg.model,
+                "args": dict(self.cfg.model_args),
+                "weights": self.weights_info,
+                "num_params": int(sum(p.numel() for p in self.model.parameters())),
+                "kind": "vit" if self.is_vit else "feature_map",
+            },
+            "preprocess": self.preprocess,
+            "layers": list(self.layers),
+            "layers_requested": list(self.cfg.layers),
+            "tokens": {
+                "num_prefix_tokens": self.num_prefix_tokens,
+                "grid": list(self.grid),
+                "num_tokens": self.num_tokens,
+                "dim": self.dim,
+                "final_norm": bool(self.is_vit),
+            },
+            "compute": {"precision": self.precision, "device_type": self.device.type},
+        }
+
+
+def _preprocess_config(model, img_size: int) -> dict:
+    import timm.data
+
+    data = timm.data.resolve_data_config({}, model=model)
+    crop_pct = float(data.get("crop_pct") or 0.875)
+    return {
+        "input_size": [3, img_size, img_size],
+        "resize_short_side": int(math.floor(img_size / crop_pct)),
+        "crop": "center",
+        "crop_pct": crop_pct,
+        "interpolation": data.get("interpolation", "bicubic"),
+        "mean": [float(v) for v in data["mean"]],
+        "std": [float(v) for v in data["std"]],
+        "resize_backend": "ffmpeg swscale at decode time",
+    }
+
+
+# -------------------------------------------------------------------- weights
+def _build_model(cfg: EncoderConfig):
+    """Create the timm model and load its weights; returns (model, weights provenance)."""
+    if cfg.weights == "hub":
+        _go_offline_if_hub_unreachable()
+    import timm
+
+    if not timm.is_model(cfg.model.split(".")[0]) and not timm.list_models(cfg.model):
+        raise FeatcacheError(f"--model: unknown timm model {cfg.model!r}; see timm.list_models()")
+    pretrained = cfg.weights == "hub"
+    if cfg.weights == "random":
+        torch.manual_seed(RANDOM_SEED)
+    try:
+        model = _create(timm, cfg, pretrained)
+    except FeatcacheError:
+        raise
+    except Exception as exc:
+        if pretrained:
+            raise FeatcacheError(
+                f"--weights hub: cannot load pretrained weights for {cfg.model} "
+                f"({type(exc).__name__}); the hub is unreachable or the weights are not cached. "
+                "Use --weights PATH for a local file or --weights random for a pipeline test") from None
+        raise FeatcacheError(f"--model {cfg.model}: cannot build the model: {exc}") from None
+    if cfg.weights == "random":
+        info = {"source": "random", "seed": RANDOM_SEED}
+    elif pretrained:
+        pc = model.pretrained_cfg
+        info = {"source": "hub", "tag": pc.get("tag"), "hf_hub_id": pc.get("hf_hub_id"),
+                "url": pc.get("url")}
+    else:
+        info = _load_file(model, cfg.weights)
+    model.reset_classifier(0)
+    return model, info
+
+
+def _create(timm, cfg: EncoderConfig, pretrained: bool):
+    """create_model with img_size for models that take it (ViTs); CNNs are size-agnostic."""
+    kwargs = dict(cfg.model_args)
+    kwargs.setdefault("img_size", cfg.img_size)
+    for attempt in range(2):
+        try:
+            return timm.create_model(cfg.model, pretrained=pretrained, **kwargs)
+        except TypeError as exc:
+            if attempt or "img_size" not in str(exc) or "img_size" in cfg.model_args:
+                raise FeatcacheError(f"--model-arg: {cfg.model} does not accept these options: {exc}") from None
+            kwargs.pop("img_size")
+
+
+def _load_file(model, path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FeatcacheError(f"--weights: no such file {path!r}; expected hub, random or a .pth/.safetensors file")
+    state = _read_state_dict(path)
+    filter_fn = getattr(inspect.getmodule(type(model)), "checkpoint_filter_fn", None)
+    if filter_fn is not None:  # converts original release formats / resizes position embeddings
+        try:
+            state = filter_fn(state, model)
+        except Exception:
+            pass  # already in timm's format
+    head = model.pretrained_cfg.get("classifier") or "head"
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(head) and not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        bad = (missing or result.unexpected_keys)[:3]
+        what = "misses" if missing else "has unexpected"
+        raise FeatcacheError(
+            f"--weights {path}: the file {what} keys for {type(model).__name__} (e.g. {', '.join(bad)}); "
+            "is it a checkpoint of this --model?")
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"source": "file", "path": os.path.abspath(path), "sha256": digest}
+
+
+def _read_state_dict(path: str) -> dict:
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
+    except Exception as exc:
+        raise FeatcacheError(f"--weights {path}: cannot read weights: {type(exc).__name__}: {exc}"[:300]) from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise FeatcacheError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _go_offline_if_hub_unreachable(timeout: float = 3.0) -> None:
+    """Without this, timm's hub download retries for ~47 s before failing on a closed network."""
+    if os.environ.get("HF_HUB_OFFLINE"):
+        return
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # cached weights still load
+        try:
+            import huggingface_hub.constants as hf_constants
+
+            hf_constants.HF_HUB_OFFLINE = True
+        except ImportError:
+            pass

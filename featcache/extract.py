@@ -1,0 +1,276 @@
+"""Stage 1: manifest -> decoded, selected frames -> frozen model -> Zarr cache.
+
+One background thread decodes and selects frames (decord/PyAV run in C with one thread each)
+while the main thread runs the model on batches that span videos and publishes each video as
+soon as all its frames are through. The queue between them is bounded, so memory stays flat.
+"""
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from featcache import __version__
+from featcache.cache import schema
+from featcache.cache.store import CacheWriter
+from featcache.encoder import EncoderConfig, FrozenEncoder
+from featcache.errors import FeatcacheError
+from featcache.manifest import VideoItem, read_manifest
+from featcache.video.decode import DECODERS, DecodeError, decode_video
+from featcache.video.select import luv_scores, parse_policies, select_frames
+
+SHORT_VIDEO_MODES = ("repeat", "fail")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything `featcache extract` needs; the CLI builds one of these."""
+
+    manifest: str
+    out: str
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    frames: str = "uniform:16"  # policies; the union of their frames is cached once
+    batch_size: int = 32  # frames per forward pass, spanning videos
+    dtype: str = "float16"  # storage dtype of the tokens
+    decoder: str = "auto"  # auto = decord, checked against PyAV, PyAV where decord is wrong
+    luv_size: tuple[int, int] = (64, 48)  # (w, h) decode size for key-frame LUV scoring
+    short_videos: str = "repeat"  # fewer frames than a policy asks: repeat frames or fail the video
+    overwrite: bool = False  # replace an existing cache made with other settings
+    shard: tuple[int, int] | None = None  # (index, count): process only this shard of the videos
+    prefetch: int = 4  # decoded videos waiting for the model
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass
+class ExtractSummary:
+    total: int = 0  # videos in this run's manifest (shard)
+    skipped: int = 0  # already in the cache
+    done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # video id -> reason
+    warnings: list[str] = field(default_factory=list)
+    frames: int = 0
+    bytes_written: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.wall_s if self.wall_s else 0.0
+
+
+@dataclass
+class _Decoded:
+    item: VideoItem
+    record: dict
+    frames: np.ndarray | None = None  # (T, S, S, 3) uint8, cropped
+    scores: np.ndarray | None = None
+    reason: str = ""  # set when the video failed
+
+
+@dataclass
+class _Job:
+    decoded: _Decoded
+    tokens: np.ndarray  # (T, L, N, C) storage dtype, filled batch by batch
+    sent: int = 0  # frames handed to the model
+    filled: int = 0  # frames with tokens
+
+
+def validate(cfg: ExtractConfig) -> None:
+    """Fail fast on bad options, before any model is built."""
+    parse_policies_or_fail(cfg.frames)
+    if cfg.batch_size < 1:
+        raise FeatcacheError(f"--batch-size: must be at least 1, got {cfg.batch_size}")
+    if cfg.dtype not in schema.STORAGE_DTYPES:
+        raise FeatcacheError(f"--dtype: unknown {cfg.dtype!r}; expected one of {', '.join(schema.STORAGE_DTYPES)}")
+    if cfg.decoder not in DECODERS:
+        raise FeatcacheError(f"--decoder: unknown {cfg.decoder!r}; expected one of {', '.join(DECODERS)}")
+    if cfg.short_videos not in SHORT_VIDEO_MODES:
+        raise FeatcacheError(f"--short-videos: unknown {cfg.short_videos!r}; expected repeat or fail")
+
+
+def parse_policies_or_fail(text: str):
+    try:
+        return parse_policies(text)
+    except ValueError as exc:
+        raise FeatcacheError(str(exc)) from None
+
+
+def shard_of(video_id: str, count: int) -> int:
+    """Stable shard of a video: independent of manifest order, process and machine."""
+    return int.from_bytes(hashlib.sha256(video_id.encode("utf-8")).digest()[:8], "big") % count
+
+
+def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummary:
+    """Extract every video of the manifest (or shard) not yet in the cache."""
+    validate(cfg)
+    items = read_manifest(cfg.manifest)
+    if cfg.shard is not None:
+        index, count = cfg.shard
+        items = [it for it in items if shard_of(it.video_id, count) == index]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    encoder = FrozenEncoder(cfg.encoder)
+    writer = CacheWriter.open(cfg.out, root_attrs(cfg, encoder), overwrite=cfg.overwrite)
+    done = writer.done_keys()
+    todo = [it for it in items if schema.video_key(it.video_id) not in done]
+    summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo))
+    start = time.perf_counter()
+    _Pipeline(cfg, encoder, writer, summary).run(todo, show_progress)
+    summary.wall_s = time.perf_counter() - start
+    return summary
+
+
+def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
+    """The store's provenance: everything needed to interpret its tokens."""
+    return {
+        "featcache_version": __version__,
+        **encoder.provenance(),
+        "frames": {
+            "policies": [str(p) for p in parse_policies(cfg.frames)],
+            "luv_size": list(cfg.luv_size),
+            "luv_score": "mean |CIE L*u*v* (D65, sRGB) - previous frame's|; frame 0 scores 0",
+            "short_videos": cfg.short_videos,
+        },
+        "storage": {"dtype": cfg.dtype, "tokens_dims": ["frame", "layer", "token", "channel"],
+                    "token_order": "prefix (CLS/register) tokens first, then patches row-major"},
+    }
+
+
+class _Pipeline:
+    def __init__(self, cfg: ExtractConfig, encoder: FrozenEncoder, writer: CacheWriter, summary: ExtractSummary):
+        self.cfg, self.encoder, self.writer, self.summary = cfg, encoder, writer, summary
+        self.policies = parse_policies(cfg.frames)
+        self.max_count = max(p.count for p in self.policies)
+        self.needs_luv = any(p.kind == "keyframes" for p in self.policies)
+        self.jobs: deque[_Job] = deque()
+        self.pin = encoder.device.type == "cuda"
+
+    # ---------------------------------------------------------------- decoding thread
+    def _decode(self, item: VideoItem) -> _Decoded:
+        record = {"video_id": item.video_id, "path": item.path, "split": item.split,
+                  "labels": list(item.labels), "extra": item.extra}
+        chosen = {}
+
+        def pick(n: int, small: np.ndarray | None) -> np.ndarray:
+            if n < self.max_count and self.cfg.short_videos == "fail":
+                raise DecodeError(f"video has {n} frames, fewer than the {self.max_count} requested")
+            chosen["scores"] = luv_scores(small) if small is not None else None
+            pool, chosen["positions"] = select_frames(self.policies, n, chosen["scores"])
+            return pool
+
+        try:
+            video = decode_video(item.path, pick, self.encoder.short_side,
+                                 self.cfg.luv_size if self.needs_luv else None,
+                                 self.cfg.decoder, self.encoder.preprocess["interpolation"])
+            frames = self.encoder.crop(video.frames)
+        except DecodeError as exc:
+            return _Decoded(item, record, reason=str(exc))
+        except Exception as exc:  # one bad file must not end the run; the reason names the error
+            return _Decoded(item, record, reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
+        record.update(
+            source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width,
+                    "height": video.height, "decoder": video.decoder, "decoder_note": video.note,
+                    "expected_frames": video.expected_frames, "truncated": video.looks_truncated},
+            frame_indices=video.indices, timestamps=video.timestamps,
+            policies=chosen["positions"], num_cached_frames=len(video.indices),
+            short=video.num_frames < self.max_count,
+        )
+        return _Decoded(item, record, frames, chosen["scores"])
+
+    def _producer(self, items: list[VideoItem], out: queue.Queue, stop: threading.Event) -> None:
+        for item in items:
+            decoded = self._decode(item)
+            while not stop.is_set():
+                try:
+                    out.put(decoded, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        out.put(None)
+
+    # ---------------------------------------------------------------- main thread
+    def run(self, items: list[VideoItem], show_progress: bool) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        q: queue.Queue = queue.Queue(maxsize=max(1, self.cfg.prefetch))
+        stop = threading.Event()
+        thread = threading.Thread(target=self._producer, args=(items, q, stop), daemon=True)
+        columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        self.start = time.perf_counter()
+        with Progress(*columns, disable=not show_progress) as progress:
+            self.progress, self.task = progress, progress.add_task("extract", total=len(items), rate="")
+            thread.start()
+            try:
+                while (decoded := q.get()) is not None:
+                    self._accept(decoded)
+                    while self._buffered() >= self.cfg.batch_size:
+                        self._forward()
+                while self.jobs:
+                    self._forward()
+            finally:
+                stop.set()
+                thread.join(timeout=5)
+
+    def _accept(self, decoded: _Decoded) -> None:
+        if decoded.reason:
+            self.writer.write_failure(decoded.record, decoded.reason)
+            self.summary.failed[decoded.item.video_id] = decoded.reason
+            self._advance()
+            return
+        if decoded.record["source"]["truncated"]:
+            self.summary.warnings.append(
+                f"{decoded.item.video_id}: decoded {decoded.record['source']['num_frames']} frames, the container "
+                f"promises ~{decoded.record['source']['expected_frames']}; the file may be truncated")
+        if decoded.record["short"]:
+            self.summary.warnings.append(
+                f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, fewer than "
+                f"{self.max_count} requested; frames repeated")
+        e = self.encoder
+        shape = (len(decoded.frames), len(e.layers), e.num_tokens, e.dim)
+        self.jobs.append(_Job(decoded, np.empty(shape, dtype=self.cfg.dtype)))
+
+    def _buffered(self) -> int:
+        return sum(len(j.decoded.frames) - j.sent for j in self.jobs)
+
+    def _forward(self) -> None:
+        """Run one batch of up to batch_size frames, taken in order across videos."""
+        parts, room = [], self.cfg.batch_size
+        for job in self.jobs:
+            take = min(room, len(job.decoded.frames) - job.sent)
+            if take:
+                parts.append((job, job.sent, job.sent + take))
+                job.sent += take
+                room -= take
+            if not room:
+                break
+        batch = torch.from_numpy(np.concatenate([j.decoded.frames[a:b] for j, a, b in parts]))
+        if self.pin:
+            batch = batch.pin_memory()
+        tokens = self.encoder(batch).numpy()  # (B, L, N, C)
+        offset = 0
+        for job, a, b in parts:
+            job.tokens[a:b] = tokens[offset:offset + b - a]
+            job.filled += b - a
+            offset += b - a
+        while self.jobs and self.jobs[0].filled == len(self.jobs[0].decoded.frames):
+            self._publish(self.jobs.popleft())
+
+    def _publish(self, job: _Job) -> None:
+        self.summary.bytes_written += self.writer.write_video(job.decoded.record, job.tokens, job.decoded.scores)
+        self.summary.done += 1
+        self.summary.frames += len(job.tokens)
+        self._advance()
+
+    def _advance(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        rate = f"{self.summary.frames / elapsed:.1f} frames/s" if elapsed else ""
+        self.progress.update(self.task, advance=1, rate=rate)

@@ -1,0 +1,249 @@
+"""Video decoding: the only module that touches decord or PyAV.
+
+decord is the fast path (random access with ``get_batch``); PyAV decodes every frame in order
+and is used when decord is missing, cannot open a file, fails while reading, or disagrees with
+PyAV on the first frame. That last check exists because decord silently shifts frames on some
+containers (the MPEG-2 program stream used in the tests comes out 12 frames late), and a shift
+misaligns every feature downstream. ``--decoder pyav`` / ``decord`` force one decoder.
+
+Frames are decoded straight at the model's resize size (shorter side = ``short_side``, aspect
+kept, torchvision's rounding), so full-resolution frames never exist in memory; the centre crop
+and normalisation belong to the encoder.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+DECODERS = ("auto", "decord", "pyav")
+# Mean absolute difference (0-255 scale) above which decord's and PyAV's first frames are
+# taken to be different frames rather than the same frame through two scalers.
+PROBE_TOLERANCE = 6.0
+# Containers without a seek index, where decord's random access lands on the wrong frames
+# (seen with MPEG program streams): decoded sequentially with PyAV.
+SEQUENTIAL_FORMATS = {"mpeg", "mpegts", "mpegvideo", "h264", "hevc", "m4v", "mjpeg"}
+
+Picker = Callable[[int, "np.ndarray | None"], np.ndarray]
+
+
+class DecodeError(Exception):
+    """A video that cannot be decoded; the message is the one-line reason stored in the cache."""
+
+
+@dataclass
+class DecodedVideo:
+    """Frames chosen from one video, with what is needed to interpret them."""
+
+    frames: np.ndarray  # (K, H, W, 3) uint8 at the resize size, for `indices`
+    indices: np.ndarray  # (K,) source frame indices, sorted, unique
+    timestamps: np.ndarray  # (K,) seconds from the first frame
+    num_frames: int
+    fps: float
+    width: int  # source size
+    height: int
+    decoder: str
+    note: str = ""
+    expected_frames: int | None = None  # what the container's duration implies, when it says
+
+    @property
+    def looks_truncated(self) -> bool:
+        """Far fewer frames decoded than the container's duration promises."""
+        return bool(self.expected_frames) and self.num_frames < 0.9 * self.expected_frames - 1
+
+
+def resize_to_short_side(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the shorter side at ``short_side`` (torchvision Resize(int))."""
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    return f"{type(exc).__name__}: {msg}"[:300]
+
+
+def check_file(path: str) -> None:
+    """Raise DecodeError for a missing, unreadable or empty file."""
+    if not os.path.exists(path):
+        raise DecodeError(f"file not found: {path}")
+    if not os.path.isfile(path):
+        raise DecodeError(f"not a file: {path}")
+    if os.path.getsize(path) == 0:
+        raise DecodeError("empty file (0 bytes)")
+
+
+def decode_video(
+    path: str,
+    pick: Picker,
+    short_side: int,
+    small_size: tuple[int, int] | None = None,
+    decoder: str = "auto",
+    interpolation: str = "bicubic",
+) -> DecodedVideo:
+    """Decode the frames ``pick(num_frames, small_frames)`` chooses.
+
+    ``small_frames`` is every frame at ``small_size`` (w, h) when given (for LUV scoring),
+    else None. Raises DecodeError with a one-line reason when no decoder can read the file.
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"--decoder: unknown decoder {decoder!r}; expected one of {DECODERS}")
+    check_file(path)
+    if decoder == "pyav":
+        return _decode_pyav(path, pick, short_side, small_size, interpolation)
+    try:
+        return _decode_decord(path, pick, short_side, small_size, probe=decoder == "auto",
+                              interpolation=interpolation)
+    except DecodeError:
+        raise
+    except _ProbeMismatch as exc:
+        note = str(exc)
+    except Exception as exc:  # decord's DECORDError is not a RuntimeError
+        if decoder == "decord":
+            raise DecodeError(f"decord cannot decode: {_one_line(exc)}") from exc
+        note = f"decord failed ({_one_line(exc)}); decoded with PyAV"
+    video = _decode_pyav(path, pick, short_side, small_size, interpolation)
+    video.note = note
+    return video
+
+
+def _expected_frames(container, stream) -> int | None:
+    if container.duration and stream.average_rate:
+        return round(container.duration / 1e6 * float(stream.average_rate))
+    return None
+
+
+class _ProbeMismatch(Exception):
+    pass
+
+
+def _decode_decord(path, pick, short_side, small_size, probe, interpolation) -> DecodedVideo:
+    import decord  # optional: PyAV covers its absence
+
+    expected = None
+    if probe:
+        width, height, first, fmt, expected = _pyav_first_frame(path, short_side, interpolation)
+        if fmt in SEQUENTIAL_FORMATS:
+            raise _ProbeMismatch(f"container {fmt!r} has no seek index; decoded with PyAV")
+    else:
+        height, width = decord.VideoReader(path, num_threads=1)[0].shape[:2]
+    out_w, out_h = resize_to_short_side(width, height, short_side)
+    vr = decord.VideoReader(path, width=out_w, height=out_h, num_threads=1)
+    n = len(vr)
+    if n < 1:
+        raise DecodeError("the video has no frames")
+    if probe:
+        _check_same(vr[0].asnumpy(), first, "decord's frame 0 differs from PyAV's")
+    small = None
+    if small_size is not None:
+        sr = decord.VideoReader(path, width=small_size[0], height=small_size[1], num_threads=1)
+        small = sr.get_batch(list(range(n))).asnumpy()  # sequential: the reference
+    indices = np.asarray(pick(n, small), dtype=np.int64)
+    if probe and small is not None:  # random access must land where sequential decoding did
+        _check_same(sr.get_batch(indices.tolist()).asnumpy(), small[indices],
+                    "decord's seeks disagree with its sequential decode")
+    frames = vr.get_batch(indices.tolist()).asnumpy()
+    fps = float(vr.get_avg_fps())
+    stamps = _clean_timestamps(vr.get_frame_timestamp(list(range(n)))[:, 0], fps)
+    return DecodedVideo(frames, indices, stamps[indices], n, fps, width, height, "decord",
+                        expected_frames=expected)
+
+
+def _check_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).mean()
+    if diff > PROBE_TOLERANCE:
+        raise _ProbeMismatch(f"{what} (mean abs diff {diff:.1f}); decoded with PyAV")
+
+
+def _clean_timestamps(raw: np.ndarray, fps: float) -> np.ndarray:
+    """Seconds from the first frame; index / fps when the container's stamps are unusable."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if len(raw) and np.all(np.isfinite(raw)) and np.all(np.diff(raw) >= 0) and raw[0] >= 0:
+        return raw - raw[0]
+    return np.arange(len(raw), dtype=np.float64) / (fps or 1.0)
+
+
+def _open_pyav(path):
+    import av
+
+    try:
+        container = av.open(path)
+    except Exception as exc:  # av.error.* (InvalidDataError, ...) and OSError
+        raise DecodeError(f"cannot open as video: {_one_line(exc)}") from exc
+    if not container.streams.video:
+        container.close()
+        raise DecodeError("no video stream in file")
+    stream = container.streams.video[0]
+    stream.thread_type = "SLICE"  # one decoding thread per frame: leave the cores to the model
+    return container, stream
+
+
+def _pyav_first_frame(path, short_side, interpolation):
+    container, stream = _open_pyav(path)
+    try:
+        for frame in container.decode(stream):
+            w, h = resize_to_short_side(frame.width, frame.height, short_side)
+            rgb = _to_rgb(frame, w, h, interpolation)
+            return frame.width, frame.height, rgb, container.format.name, _expected_frames(container, stream)
+    except Exception as exc:
+        raise DecodeError(f"cannot decode: {_one_line(exc)}") from exc
+    finally:
+        container.close()
+    raise DecodeError("the video has no frames")
+
+
+def _to_rgb(frame, width, height, interpolation):
+    return frame.to_ndarray(format="rgb24", width=width, height=height,
+                            interpolation=interpolation.upper())
+
+
+def _decode_pyav(path, pick, short_side, small_size, interpolation) -> DecodedVideo:
+    """Two sequential passes: count/score every frame, then keep the chosen ones."""
+    times, small, size = [], [], None
+    container, stream = _open_pyav(path)
+    try:
+        for frame in container.decode(stream):
+            size = size or (frame.width, frame.height)
+            times.append(frame.time)
+            if small_size is not None:
+                small.append(_to_rgb(frame, small_size[0], small_size[1], "bilinear"))
+        rate, expected = stream.average_rate, _expected_frames(container, stream)
+    except Exception as exc:
+        raise DecodeError(f"cannot decode: {_one_line(exc)}") from exc
+    finally:
+        container.close()
+    n = len(times)
+    if n == 0:
+        raise DecodeError("the video has no frames")
+    indices = np.asarray(pick(n, np.stack(small) if small else None), dtype=np.int64)
+    out_w, out_h = resize_to_short_side(size[0], size[1], short_side)
+    frames = _pyav_frames_at(path, indices, out_w, out_h, interpolation)
+    raw = np.array([np.nan if t is None else t for t in times])
+    fps = float(rate) if rate else (n - 1) / max(raw[-1] - raw[0], 1e-9)
+    stamps = _clean_timestamps(raw, fps)
+    return DecodedVideo(frames, indices, stamps[indices], n, fps, size[0], size[1], "pyav",
+                        expected_frames=expected)
+
+
+def _pyav_frames_at(path, indices, width, height, interpolation) -> np.ndarray:
+    wanted = set(indices.tolist())
+    last = int(indices.max())
+    out = {}
+    container, stream = _open_pyav(path)
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                out[i] = _to_rgb(frame, width, height, interpolation)
+            if i >= last:
+                break
+    except Exception as exc:
+        raise DecodeError(f"cannot decode: {_one_line(exc)}") from exc
+    finally:
+        container.close()
+    if len(out) != len(wanted):
+        raise DecodeError("the second decoding pass returned fewer frames than the first")
+    return np.stack([out[i] for i in indices.tolist()])

