@@ -1,0 +1,137 @@
+"""The command line as a user runs it: real subprocesses for the main paths, CliRunner for errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_CLI, write_manifest
+from featcache import open_cache
+from featcache.cli import app
+from featcache.synthetic import make_dataset
+
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "featcache")  # the installed console script
+FEATCACHE = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "featcache.cli"]
+
+
+def run(*args, **kw):
+    return subprocess.run([*FEATCACHE, *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(str(tmp_path_factory.mktemp("ds")), "motion", per_class=4, num_frames=20, size=(96, 72))
+
+
+def test_extract_info_verify_subprocess(dataset, tmp_path):
+    out = str(tmp_path / "c.zarr")
+    p = run("extract", dataset, "--out", out, "--frames", "uniform:4,keyframes:2", *TINY_CLI)
+    assert p.returncode == 0, p.stderr
+    assert "extracted 16 videos, 0 failed, 0 already cached (of 16)" in p.stdout
+    assert "frames/s" in p.stdout and "MB written" in p.stdout
+
+    info = run("cache", "info", out, "--json")
+    facts = json.loads(info.stdout)
+    assert facts["videos"]["done"] == 16 and facts["videos"]["per_split"] == {"train": 12, "val": 4}
+    assert facts["model"]["weights"]["source"] == "random" and facts["frames"]["policies"] == ["uniform:4", "keyframes:2"]
+    assert facts["bytes_per_frame"] == 17 * 64 * 2 and facts["size_on_disk"] > 16 * 4 * 17 * 64 * 2
+    text = run("cache", "info", out).stdout
+    assert "RANDOM (seed 0)" in text and "1 prefix + 4x4 patches, dim 64" in text
+
+    v = run("cache", "verify", out)
+    assert v.returncode == 0 and "verify ok: 16 videos done, 0 failed" in v.stdout
+
+    again = run("extract", dataset, "--out", out, "--frames", "uniform:4,keyframes:2", *TINY_CLI, "-q")
+    assert again.returncode == 0 and "16 already cached" in again.stdout
+
+
+def test_failed_videos_give_exit_1_and_are_listed(tmp_path, dataset):
+    rows = [{"video_id": "ok", "path": os.path.join(os.path.dirname(dataset), "videos", "left_000.mp4"),
+             "label": "left", "split": "train"},
+            {"video_id": "gone", "path": "gone.mp4", "label": "left", "split": "train"}]
+    p = run("extract", write_manifest(tmp_path / "m.csv", rows), "--out", str(tmp_path / "c.zarr"),
+            "--frames", "uniform:2", *TINY_CLI, "-q")
+    assert p.returncode == 1
+    assert "extracted 1 videos, 1 failed" in p.stdout and "failed: gone: file not found" in p.stdout
+
+
+def test_verify_catches_damage(tmp_path, dataset):
+    out = tmp_path / "c.zarr"
+    assert run("extract", dataset, "--out", str(out), "--frames", "uniform:2", *TINY_CLI, "-q").returncode == 0
+    chunk = out / "videos" / "left_000" / "tokens" / "0.0.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    v = run("cache", "verify", str(out))
+    assert v.returncode == 1 and "problem: left_000: token chunk missing or truncated" in v.stdout
+
+
+def test_kill_9_then_resume(tmp_path, dataset):
+    """Kill a real extraction mid-run: the store verifies, and a re-run finishes every video once."""
+    out = tmp_path / "c.zarr"
+    args = ["extract", dataset, "--out", str(out), "--frames", "uniform:8", "--batch-size", "4", "-q",
+            "--weights", "random", "--precision", "fp32", "--img-size", "112", "--model-arg", "depth=3"]
+    proc = subprocess.Popen([*FEATCACHE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    videos = out / "videos"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if videos.is_dir() and sum(e.is_dir() for e in os.scandir(videos)) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "extraction finished before it could be killed; make it slower"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = open_cache(str(out))
+    assert 3 <= len(partial.video_ids()) < 16
+    v = run("cache", "verify", str(out))
+    assert v.returncode == 0, v.stdout
+
+    p = run(*args)
+    assert p.returncode == 0, p.stderr
+    cache = open_cache(str(out))
+    ids = cache.video_ids()
+    assert len(ids) == len(set(ids)) == 16 and cache.staged() == []
+    assert f"{len(partial.video_ids())} already cached" in p.stdout
+    assert run("cache", "verify", str(out)).returncode == 0
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["extract", "nope.csv", "--out", "x.zarr", "--weights", "random"], "manifest not found: nope.csv"),
+    (["extract", "{m}", "--out", "x.zarr", "--frames", "uniform"], "--frames: unknown policy 'uniform'"),
+    (["extract", "{m}", "--out", "x.zarr", "--shard", "3/2"], "--shard: expected I/N"),
+    (["extract", "{m}", "--out", "x.zarr", "--layers", "last"], "--layers: expected comma-separated integers"),
+    (["extract", "{m}", "--out", "x.zarr", "--model-arg", "depth"], "--model-arg: expected key=value"),
+    (["extract", "{m}", "--out", "x.zarr", "--luv-size", "64"], "--luv-size: expected WxH"),
+    (["extract", "{m}", "--out", "x.zarr", "--model", "resnet_9000", "--weights", "random"], "unknown timm model"),
+    (["cache", "info", "nowhere.zarr"], "not a featcache cache"),
+    (["cache", "verify", "nowhere.zarr"], "not a featcache cache"),
+])
+def test_user_errors_are_one_line_exit_2(tmp_path, dataset, args, message):
+    args = [a.replace("{m}", dataset) for a in args]
+    os.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featcache: error: ") and message in lines[0]
+    assert not os.path.exists("x.zarr")
+
+
+def test_hub_weights_fail_fast_and_clearly(tmp_path, dataset):
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_ENDPOINT"] = "https://127.0.0.1:9"  # nothing listens: behaves like a closed network
+    env["HF_HOME"] = str(tmp_path / "hf")  # and nothing is cached
+    t = time.time()
+    p = run("extract", dataset, "--out", str(tmp_path / "c.zarr"), "--model-arg", "depth=2", env=env)
+    assert p.returncode == 2 and time.time() - t < 60
+    assert "--weights hub: cannot load pretrained weights" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_help_has_examples():
+    result = runner.invoke(app, ["extract", "--help"])
+    assert result.exit_code == 0 and "Examples" in result.output and "--frames" in result.output
+    assert runner.invoke(app, ["--version"]).output.startswith("featcache ")
