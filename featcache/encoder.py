@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 
 DEFAULT_MODEL = "vit_small_patch14_dinov2.lvd142m"
@@ -38,18 +39,6 @@ class EncoderConfig:
     precision: str = "auto"  # auto = bf16/fp16 autocast where the device supports it
     device: str = "auto"  # auto = cuda if available, else cpu
     model_args: dict = field(default_factory=dict)  # extra timm create_model kwargs (tiny test models)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FeatcacheError(f"--device: unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FeatcacheError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -41,14 +41,14 @@ def write_video(path: str, frames: np.ndarray, fps: int = 25) -> None:
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     base = rng.integers(70, 150)
     yy, xx = np.mgrid[0:h, 0:w]
-    texture = 20 * np.sin(xx / rng.uniform(3, 9)) * np.cos(yy / rng.uniform(3, 9))
+    texture = 8 * np.sin(xx / rng.uniform(3, 9)) * np.cos(yy / rng.uniform(3, 9))
     return np.clip(base + texture, 0, 255).astype(np.uint8)[..., None].repeat(3, axis=2)
 
 
 def motion_clip(label: str, rng: np.random.Generator, num_frames: int = 24, size: tuple[int, int] = (96, 72)) -> np.ndarray:
     """A square moving in the direction ``label``; (T, H, W, 3) uint8."""
     w, h = size
-    side = max(6, min(w, h) // 5)
+    side = max(6, min(w, h) // 3)
     colour = np.array(_COLOURS[APPEARANCE_CLASSES[rng.integers(len(APPEARANCE_CLASSES))]], dtype=np.uint8)
     bg = _background(rng, h, w)
     horizontal = label in ("left", "right")

@@ -1,0 +1,123 @@
+"""Training configuration: a frozen dataclass with commented defaults, merged from a YAML file
+and ``key=value`` overrides. Unknown keys and values of the wrong type are errors naming the key.
+
+Pure: imports nothing from featcache.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- model
+    head: str = "pool"  # a registered head (featcache heads)
+    head_options: dict = field(default_factory=dict)  # set as head.<option>=value
+    # --- view of the cache
+    view: str = "uniform:8"  # frame policy served from the cached pool
+    layers: tuple = (-1,)  # cached layers to use (positions; several are concatenated)
+    tokens: str = "all"  # all | cls | patch
+    spatial: int = 0  # average-pool the patch grid to spatial x spatial (0 = keep)
+    # --- optimisation
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05  # not applied to biases and norm weights
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # sgd only
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0
+    grad_clip: float = 1.0  # max gradient norm (0 = off)
+    label_smoothing: float = 0.0  # single-label only
+    task: str = "auto"  # auto | single | multi (auto: multi when any video has several labels)
+    pos_weight: Any = None  # multi-label BCE: None, "auto" (negatives/positives per class) or a number
+    seed: int = 0
+    early_stop: int = 0  # stop after this many epochs without a better val metric (0 = off)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
+
+
+_CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"), "tokens": ("all", "cls", "patch")}
+
+
+def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, tuple):
+        value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        ok = all(isinstance(v, int) for v in value)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"{where}{key}: expected {type(default).__name__}, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ValueError(f"{where}{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+    if key == "pos_weight" and value in ("none", "None"):
+        value = None
+    if key == "pos_weight" and not (value is None or value == "auto" or isinstance(value, (int, float))):
+        raise ValueError(f"{where}pos_weight: expected none, auto or a number, got {value!r}")
+    return value
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict:
+    """{"head": {"name": "r3d", "hidden": 64}} -> {"head": "r3d", "head.hidden": 64}."""
+    out = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name in ("head", "head_options"):
+            for k, v in value.items():
+                out["head" if k == "name" and name == "head" else f"head.{k}"] = v
+        else:
+            out[name] = value
+    return out
+
+
+def build_config(values: dict, base: TrainConfig | None = None, where: str = "") -> TrainConfig:
+    """A TrainConfig from flat keys (``epochs``, ``head.hidden``); ``where`` prefixes errors."""
+    base = base or TrainConfig()
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(TrainConfig)}
+    head_options = dict(base.head_options)
+    for key, value in flatten(values).items():
+        if key.startswith("head."):
+            head_options[key[5:]] = value
+        elif key in fields and key != "head_options":
+            fields[key] = _coerce(key, value, getattr(TrainConfig(), key), where)
+        else:
+            valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig) if f.name != "head_options")
+            raise ValueError(f"{where}unknown key {key!r}; valid keys: {valid}, head.<option>")
+    if fields["head"] != base.head and not any(k.startswith("head.") for k in flatten(values)):
+        head_options = {}  # options of another head do not carry over
+    fields["head_options"] = head_options
+    return TrainConfig(**fields)
+
+
+def parse_assignments(pairs: list[str]) -> dict:
+    """["epochs=3", "head.hidden=64"] -> {"epochs": 3, "head.hidden": 64} (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set: expected key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+    return out
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["layers"] = list(cfg.layers)
+    return d

@@ -1,0 +1,60 @@
+"""Blocks shared by the heads."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FRAME_FEATURES = ("auto", "cls", "mean", "cls_mean", "patches")
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, layers: int, dropout: float) -> nn.Sequential:
+    """``layers`` hidden layers of width ``hidden`` (0 = a single linear layer)."""
+    mods: list[nn.Module] = []
+    for _ in range(layers):
+        mods += [nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout)]
+        in_dim = hidden
+    mods.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*mods)
+
+
+class FrameFeature(nn.Module):
+    """(B, T, N, C) tokens -> (B, T, D) one vector per frame, layer-normalised.
+
+    ``cls``: the first prefix token; ``mean``: mean of the patch tokens; ``cls_mean``: both,
+    concatenated (D = 2C); ``patches``: all patch tokens concatenated in grid order (D = H*W*C;
+    keeps where things are, e.g. with a view pooled to a 2x2 grid); ``auto``: cls when the view
+    has prefix tokens, else mean.
+    """
+
+    def __init__(self, dim: int, num_prefix_tokens: int, grid: tuple[int, int], mode: str = "auto"):
+        super().__init__()
+        if mode not in FRAME_FEATURES:
+            raise ValueError(f"frame_feature must be one of {FRAME_FEATURES}, not {mode!r}")
+        has_patches = grid[0] * grid[1] > 0
+        if mode == "auto":
+            mode = "cls" if num_prefix_tokens else "mean"
+        if mode in ("cls", "cls_mean") and not num_prefix_tokens:
+            raise ValueError(f"frame_feature={mode!r} needs CLS tokens, but the view has none")
+        if mode in ("mean", "cls_mean", "patches") and not has_patches:
+            raise ValueError(f"frame_feature={mode!r} needs patch tokens, but the view has none")
+        self.mode, self.prefix = mode, num_prefix_tokens
+        self.out_dim = {"cls_mean": 2 * dim, "patches": grid[0] * grid[1] * dim}.get(mode, dim)
+        self.norm = nn.LayerNorm(self.out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = x[:, :, 0]  # (B, T, C)
+        mean = x[:, :, self.prefix:].mean(dim=2) if x.shape[2] > self.prefix else None  # (B, T, C)
+        feats = {"cls": cls, "mean": mean, "patches": x[:, :, self.prefix:].flatten(2)}.get(self.mode)  # (B, T, D)
+        if self.mode == "cls_mean":
+            feats = torch.cat([cls, mean], dim=-1)  # (B, T, 2C)
+        return self.norm(feats)
+
+
+def patch_volume(x: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, T, N, C) tokens -> (B, C, T, H, W) patch volume (prefix tokens dropped)."""
+    h, w = grid
+    if h * w == 0:
+        raise ValueError("this head needs patch tokens, but the view has none (tokens: cls)")
+    b, t, _, c = x.shape
+    patches = x[:, :, num_prefix_tokens:]  # (B, T, H*W, C)
+    return patches.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)

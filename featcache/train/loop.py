@@ -1,0 +1,333 @@
+"""Training and evaluation of one head from a cache. Never imports decord: only the store.
+
+Run directory (RUN_DIR):
+    config.yaml        resolved config + cache path/fingerprint + classes + task
+    log.jsonl          one line per epoch: train/loss, train/top1, val/..., lr, seconds
+    best.pt, last.pt   checkpoints (best on the val metric; last for --resume)
+    metrics.json       final flat metrics: val/..., test/..., best_epoch
+    confusion_<split>.csv, per_class_<split>.csv   (+ confusion_<split>.png with matplotlib)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from featcache.cache.dataset import View, ViewData, check_view, materialise
+from featcache.cache.store import open_cache
+from featcache.config import TrainConfig, to_dict
+from featcache.device import resolve_device
+from featcache.errors import FeatcacheError
+from featcache.registry import create_head
+from featcache.train import checkpoint, metrics
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Task:
+    classes: list[str]
+    multi: bool
+
+    def targets(self, labels: list[list[str]]) -> torch.Tensor:
+        index = {c: i for i, c in enumerate(self.classes)}
+        if self.multi:
+            y = torch.zeros(len(labels), len(self.classes))
+            for i, ls in enumerate(labels):
+                y[i, [index[label] for label in ls]] = 1.0
+            return y
+        return torch.tensor([index[ls[0]] for ls in labels], dtype=torch.long)
+
+    @property
+    def metric(self) -> str:
+        return "mAP" if self.multi else "top1"
+
+
+def view_of(cfg: TrainConfig) -> View:
+    return View(frames=cfg.view, layers=tuple(cfg.layers), tokens=cfg.tokens, spatial=cfg.spatial)
+
+
+# ---------------------------------------------------------------------------- train
+def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False,
+                 show_progress: bool = True) -> dict:
+    """Train ``cfg.head`` on the cache's train split, select on val, report on test."""
+    cache = open_cache(cache_path)
+    view = view_of(cfg)
+    check_view(cache, view)
+    data = {s: materialise(cache, view, s) for s in SPLITS}
+    if len(data["train"].video_ids) == 0:
+        raise FeatcacheError(f"{cache_path}: no videos in the train split; check the manifest's split column")
+    task = _task(cfg, data)
+    head = _build(cfg, data["train"], task)
+    device = resolve_device(cfg.device)
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
+            "multi_label": task.multi, "config": to_dict(cfg)}
+    _write_config(out_dir, meta)
+    trainer = _Trainer(cfg, head, data, task, device, out_dir, meta)
+    if resume:
+        trainer.restore()
+    trainer.fit(show_progress)
+    results = evaluate_checkpoint(os.path.join(out_dir, "best.pt"), cache, splits=("val", "test"), out_dir=out_dir)
+    results["best_epoch"] = trainer.best_epoch
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    return results
+
+
+def _task(cfg: TrainConfig, data: dict[str, ViewData]) -> Task:
+    labels = [ls for d in data.values() for ls in d.labels]
+    if any(not ls for ls in labels):
+        raise FeatcacheError("some videos have no label; training needs a label for every video")
+    classes = sorted({c for ls in labels for c in ls})
+    multi = cfg.task == "multi" or (cfg.task == "auto" and any(len(ls) > 1 for ls in labels))
+    if not multi and any(len(ls) > 1 for ls in labels):
+        raise FeatcacheError("task=single, but some videos have several labels; use task=multi")
+    if len(classes) < 2:
+        raise FeatcacheError(f"only one class ({classes[0]!r}) in the cache; a classifier needs at least two")
+    return Task(classes, multi)
+
+
+def _build(cfg: TrainConfig, train: ViewData, task: Task) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    args = {"in_dim": train.x.shape[-1], "num_classes": len(task.classes), "num_frames": train.x.shape[1],
+            "grid": tuple(train.grid), "num_prefix_tokens": train.num_prefix_tokens}
+    try:
+        head = create_head(cfg.head, **args, **cfg.head_options)
+    except (ValueError, TypeError) as exc:
+        raise FeatcacheError(f"head {cfg.head}: {exc}") from None
+    head.featcache_args = {**args, **cfg.head_options}
+    return head
+
+
+def _write_config(out_dir: str, meta: dict) -> None:
+    import yaml
+
+    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(meta, f, sort_keys=False)
+
+
+class _Trainer:
+    def __init__(self, cfg, head, data, task, device, out_dir, meta):
+        self.cfg, self.head, self.data, self.task = cfg, head.to(device), data, task
+        self.device, self.out_dir, self.meta = device, out_dir, meta
+        self.x, self.y = data["train"].x, task.targets(data["train"].labels)
+        self.steps_per_epoch = math.ceil(len(self.x) / cfg.batch_size)
+        self.opt = _optimizer(cfg, head)
+        total, warm = cfg.epochs * self.steps_per_epoch, cfg.warmup_epochs * self.steps_per_epoch
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, warm, total))
+        self.loss_fn = _loss(cfg, task, self.y).to(device)
+        self.start_epoch, self.best, self.best_epoch, self.stale = 0, -math.inf, -1, 0
+        self.amp = device.type == "cuda" and cfg.amp
+        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler(enabled=self.amp and self.amp_dtype == torch.float16)
+
+    def restore(self) -> None:
+        path = os.path.join(self.out_dir, "last.pt")
+        if not os.path.exists(path):
+            return
+        ckpt = checkpoint.load(path)
+        if ckpt["config"] != self.meta["config"] or ckpt["cache"]["fingerprint"] != self.meta["cache"]["fingerprint"]:
+            raise FeatcacheError(f"--resume: {path} was made with another config or cache; use a new --out")
+        self.head.load_state_dict(ckpt["state_dict"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.start_epoch, self.best, self.best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
+        self.stale = ckpt["stale"]
+        torch.set_rng_state(ckpt["rng"])
+
+    def fit(self, show_progress: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (TextColumn("train {task.fields[head]}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+        with Progress(*columns, disable=not show_progress) as bar:
+            job = bar.add_task("train", total=self.cfg.epochs, completed=self.start_epoch, head=self.cfg.head, status="")
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                record = self._epoch(epoch)
+                bar.update(job, advance=1, status=" ".join(f"{k} {v:.3f}" for k, v in record.items()
+                                                           if k in ("train/loss", f"val/{self.task.metric}")))
+                if self.cfg.early_stop and self.stale >= self.cfg.early_stop:
+                    break
+
+    def _epoch(self, epoch: int) -> dict:
+        start = time.perf_counter()
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)  # same seed -> same order
+        order = torch.randperm(len(self.x), generator=g)
+        self.head.train()
+        losses, correct = [], 0
+        for i in range(0, len(order), self.cfg.batch_size):
+            idx = order[i:i + self.cfg.batch_size]
+            loss, logits = self._step(self.x[idx], self.y[idx])
+            losses.append(loss * len(idx))
+            if not self.task.multi:
+                correct += int((logits.argmax(1).cpu() == self.y[idx]).sum())
+        record = {"epoch": epoch, "train/loss": sum(losses) / len(self.x), "lr": self.sched.get_last_lr()[0]}
+        if not self.task.multi:
+            record["train/top1"] = correct / len(self.x)
+        record.update(self._validate(epoch))
+        record["seconds"] = time.perf_counter() - start
+        with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True).float()
+        y = y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            logits = self.head(x)
+            loss = self.loss_fn(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.head.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return float(loss.detach()), logits.detach()
+
+    def _validate(self, epoch: int) -> dict:
+        val = self.data["val"]
+        out = {}
+        if len(val.video_ids):
+            logits = predict(self.head, val.x, self.cfg.batch_size, self.device)
+            out = _flat(score(logits, self.task.targets(val.labels).numpy(), self.task)[0], "val")
+        # without a val split, the last epoch is the one kept
+        value = out.get(f"val/{self.task.metric}", epoch)
+        improved = value > self.best
+        if improved:
+            self.best, self.best_epoch, self.stale = value, epoch, 0
+        else:
+            self.stale += 1
+        state = self._state(epoch)
+        if improved:
+            checkpoint.save(os.path.join(self.out_dir, "best.pt"), **state)
+        checkpoint.save(os.path.join(self.out_dir, "last.pt"), **state, optimizer=self.opt.state_dict(),
+                        scheduler=self.sched.state_dict(), best=self.best, best_epoch=self.best_epoch,
+                        stale=self.stale, rng=torch.get_rng_state())
+        return out
+
+    def _state(self, epoch: int) -> dict:
+        return {"head": self.cfg.head, "head_args": self.head.featcache_args,
+                "state_dict": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+                "epoch": epoch, **self.meta}
+
+
+def _optimizer(cfg: TrainConfig, head: nn.Module) -> torch.optim.Optimizer:
+    decay = [p for n, p in head.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in head.named_parameters() if p.ndim <= 1]  # biases, norms, tokens
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _lr_factor(step: int, warmup: float, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1.0, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _loss(cfg: TrainConfig, task: Task, y: torch.Tensor) -> nn.Module:
+    if not task.multi:
+        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    pos_weight = None
+    if cfg.pos_weight == "auto":
+        pos = y.sum(0)
+        pos_weight = (len(y) - pos) / pos.clamp(min=1)
+    elif cfg.pos_weight is not None:
+        pos_weight = torch.full((len(task.classes),), float(cfg.pos_weight))
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.inference_mode()
+def predict(head: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
+    head.eval()
+    outs = [head(x[i:i + batch_size].to(device).float()).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+
+
+def score(logits: np.ndarray, targets: np.ndarray, task: Task) -> tuple[dict, np.ndarray | None]:
+    if task.multi:
+        return metrics.multi_label(logits, targets), None
+    return metrics.single_label(logits, targets, len(task.classes))
+
+
+def _flat(m: dict, split: str) -> dict:
+    return {f"{split}/{k}": v for k, v in m.items() if not isinstance(v, list)}
+
+
+def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None) -> dict:
+    """Metrics of a saved head on the given splits of ``cache`` (a Cache, or None for the
+    checkpoint's own); writes per-class files and confusion matrices into ``out_dir``."""
+    ckpt = checkpoint.load(path)
+    cache = cache or open_cache(ckpt["cache"]["path"])
+    if cache.fingerprint != ckpt["cache"]["fingerprint"]:
+        raise FeatcacheError(
+            f"{cache.path} (fingerprint {cache.fingerprint}) is not the cache this head was trained on "
+            f"(fingerprint {ckpt['cache']['fingerprint']}: other model, preprocessing, layers or frames)")
+    cfg = TrainConfig(**{**ckpt["config"], "layers": tuple(ckpt["config"]["layers"])})
+    head = checkpoint.build_head(ckpt)
+    task = Task(ckpt["classes"], ckpt["multi_label"])
+    device = resolve_device(cfg.device)
+    head.to(device)
+    results = {}
+    for split in splits:
+        data = materialise(cache, view_of(cfg), split)
+        if not data.video_ids:
+            continue
+        unknown = sorted({c for ls in data.labels for c in ls} - set(task.classes))
+        if unknown:
+            raise FeatcacheError(f"split {split}: labels {unknown} were not among the trained classes")
+        logits = predict(head, data.x, cfg.batch_size, device)
+        m, cm = score(logits, task.targets(data.labels).numpy(), task)
+        results.update(_flat(m, split))
+        if out_dir:
+            _write_per_class(out_dir, split, task, m, cm)
+    return results
+
+
+def _write_per_class(out_dir: str, split: str, task: Task, m: dict, cm: np.ndarray | None) -> None:
+    with open(os.path.join(out_dir, f"per_class_{split}.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        if cm is None:
+            w.writerow(["class", "ap"])
+            w.writerows(zip(task.classes, m["ap"]))
+            return
+        w.writerow(["class", "precision", "recall", "support"])
+        w.writerows(zip(task.classes, m["precision"], m["recall"], cm.sum(axis=1).tolist()))
+    with open(os.path.join(out_dir, f"confusion_{split}.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true\\pred", *task.classes])
+        w.writerows([c, *row] for c, row in zip(task.classes, cm.tolist()))
+    _plot_confusion(os.path.join(out_dir, f"confusion_{split}.png"), task.classes, cm)
+
+
+def _plot_confusion(path: str, classes: list[str], cm: np.ndarray) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # optional
+    size = max(4, 0.35 * len(classes))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
