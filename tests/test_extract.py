@@ -178,3 +178,17 @@ def test_bad_options_fail_before_work(container_manifest, tmp_path, kw, match):
     with pytest.raises(FeatcacheError, match=match):
         extract(container_manifest, tmp_path / "c.zarr", **kw)
     assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("positions", [[0, 2], [1, 2, 3], "all"])
+def test_direct_chunk_reads_equal_zarr_reads(container_cache, positions):
+    entry = open_cache(container_cache).video("clip_avi")
+    ref = entry.tokens  # through zarr
+    positions = list(range(len(ref))) if positions == "all" else positions
+    for layer in (0, -1):
+        out = np.empty((len(positions),) + ref.shape[2:], dtype=ref.dtype)
+        entry.read_frames_into(out, positions, layer)  # preadv for few frames, mapped copy for most
+        np.testing.assert_array_equal(out, ref[positions, layer])
+    half = np.empty((len(positions),) + ref.shape[2:], dtype=np.float16)  # other dtype: through zarr
+    entry.read_frames_into(half, positions, 0)
+    np.testing.assert_array_equal(half, ref[positions, 0].astype(np.float16))

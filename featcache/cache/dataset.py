@@ -89,10 +89,15 @@ def frame_positions(entry: VideoEntry, frames: str) -> list[int]:
     return pos.tolist()
 
 
-def _select(tokens: np.ndarray, positions: list[int], view: View, prefix: int, grid: tuple[int, int]) -> np.ndarray:
-    """(T_pool, L, N, C) cached tokens -> (T, N', C') view tokens."""
-    x = tokens[positions][:, list(view.layers)]  # (T, L', N, C)
-    x = np.concatenate(list(x.transpose(1, 0, 2, 3)), axis=-1)  # layers on channels: (T, N, L'*C)
+def _fill(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: View, prefix: int,
+          grid: tuple[int, int]) -> None:
+    """Write the view of one cached video into ``dest`` (T, N', C')."""
+    layers = list(view.layers)
+    if len(layers) == 1 and view.tokens == "all" and not view.spatial:
+        entry.read_frames_into(dest, positions, layers[0])  # the common case: straight from disk
+        return
+    x = entry.tokens[np.asarray(positions)]  # (T, L, N, C)
+    x = np.concatenate([x[:, i] for i in layers], axis=-1)  # layers on channels: (T, N, C')
     cls, patches = x[:, :prefix], x[:, prefix:]
     if view.spatial and view.tokens != "cls":
         t, _, c = patches.shape
@@ -100,7 +105,7 @@ def _select(tokens: np.ndarray, positions: list[int], view: View, prefix: int, g
         p = torch.nn.functional.adaptive_avg_pool2d(p, view.spatial)  # (T, C, s, s)
         patches = p.permute(0, 2, 3, 1).reshape(t, -1, c).numpy()
     parts = {"all": [cls, patches], "cls": [cls], "patch": [patches]}[view.tokens]
-    return np.concatenate(parts, axis=1)
+    dest[...] = np.concatenate(parts, axis=1)
 
 
 def view_layout(cache: Cache, view: View) -> tuple[int, tuple[int, int]]:
@@ -131,7 +136,7 @@ def materialise(cache: Cache, view: View, split: str, max_memory_bytes: int = 4 
     out = _allocate(shape, max_memory_bytes)
     for i, record in enumerate(records):
         entry = cache.video(record["video_id"])
-        out[i] = _select(entry.tokens, frame_positions(entry, view.frames), view, cached_prefix, cached_grid)
+        _fill(out[i], entry, frame_positions(entry, view.frames), view, cached_prefix, cached_grid)
     return ViewData(torch.from_numpy(out), [r["labels"] for r in records], [r["video_id"] for r in records],
                     prefix, grid)
 
