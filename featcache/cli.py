@@ -175,7 +175,7 @@ def demo(
     per_class: int = typer.Option(12, help="Videos per class (4 motion classes)."),
     model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name."),
     weights: str = typer.Option("random", help="random (no download), hub, or a weights file."),
-    frames: str = typer.Option("uniform:8,uniform:16,keyframes:8", help="Frame policies."),
+    frames: str = typer.Option("uniform:8,keyframes:8", help="Frame policies."),
 ):
     """Generate a small dataset of moving shapes (class = direction of motion), then extract it."""
     from featcache.encoder import EncoderConfig
@@ -190,7 +190,8 @@ def demo(
                             encoder=EncoderConfig(model=model, weights=weights))
         summary = run_extract(cfg)
     _print_summary(summary, cache)
-    typer.echo(f"\nnext: featcache cache info {cache}")
+    typer.echo(f"\nnext:\n  featcache cache info {cache}\n"
+               f"  featcache train {cache} --head r3d --view uniform:8 --out {out}/runs/r3d")
     if summary.failed:
         raise typer.Exit(1)
 

@@ -266,3 +266,30 @@ def test_train_from_yaml_config_in_a_subprocess_without_decord(motion, tmp_path)
     assert p.returncode == 0, p.stderr
     saved = open(tmp_path / "run" / "config.yaml").read()
     assert "head: r3d" in saved and "hidden: 32" in saved and "fingerprint:" in saved
+
+
+def test_pipeline_configs_run(motion, tmp_path):
+    """Every experiment file in pipelines/ is valid and runs (one epoch) on a real extraction."""
+    import glob
+
+    import yaml
+
+    from featcache.cli import app
+
+    files = glob.glob(os.path.join(os.path.dirname(__file__), "..", "pipelines", "*.yaml"))
+    assert files
+    for path in files:
+        build_config(yaml.safe_load(open(path)))
+        r = runner.invoke(app, ["train", motion, "--config", path, "--set", "epochs=1", "-q",
+                                "--out", str(tmp_path / os.path.basename(path))])
+        assert r.exit_code == 0, (path, r.output)
+
+
+def test_token_dataset_with_a_dataloader(motion):
+    from featcache.cache.dataset import Task, TokenDataset
+
+    task = Task(["down", "left", "right", "up"], multi=False)
+    ds = TokenDataset(open_cache(motion), View("uniform:8", spatial=2), "val", task)
+    assert len(ds) == 32
+    x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
+    assert x.shape == (5, 8, 5, 64) and x.dtype == torch.float16 and y.tolist() == [0] * 5  # sorted ids: down_*

@@ -46,6 +46,40 @@ class ViewData:
     grid: tuple[int, int]
 
 
+@dataclass
+class Task:
+    classes: list[str]
+    multi: bool
+
+    def targets(self, labels: list[list[str]]) -> torch.Tensor:
+        index = {c: i for i, c in enumerate(self.classes)}
+        if self.multi:
+            y = torch.zeros(len(labels), len(self.classes))
+            for i, ls in enumerate(labels):
+                y[i, [index[label] for label in ls]] = 1.0
+            return y
+        return torch.tensor([index[ls[0]] for ls in labels], dtype=torch.long)
+
+    @property
+    def metric(self) -> str:
+        return "mAP" if self.multi else "top1"
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """A torch Dataset of one split of a view: ``(tokens (T, N, C) float16, target)`` pairs,
+    materialised once. The training loop slices the same tensors in whole batches instead."""
+
+    def __init__(self, cache: Cache, view: View, split: str, task: Task):
+        self.data = materialise(cache, view, split)
+        self.targets = task.targets(self.data.labels)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.x[i], self.targets[i]
+
+
 def check_view(cache: Cache, view: View) -> None:
     """Raise FeatcacheError when the cache cannot serve ``view`` (before any data is read)."""
     try:

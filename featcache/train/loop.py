@@ -14,13 +14,11 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
-from featcache.cache.dataset import View, ViewData, check_view, materialise
+from featcache.cache.dataset import Task, View, ViewData, check_view, materialise
 from featcache.cache.store import open_cache
 from featcache.config import TrainConfig, to_dict
 from featcache.device import resolve_device
@@ -29,25 +27,6 @@ from featcache.registry import create_head
 from featcache.train import checkpoint, metrics
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Task:
-    classes: list[str]
-    multi: bool
-
-    def targets(self, labels: list[list[str]]) -> torch.Tensor:
-        index = {c: i for i, c in enumerate(self.classes)}
-        if self.multi:
-            y = torch.zeros(len(labels), len(self.classes))
-            for i, ls in enumerate(labels):
-                y[i, [index[label] for label in ls]] = 1.0
-            return y
-        return torch.tensor([index[ls[0]] for ls in labels], dtype=torch.long)
-
-    @property
-    def metric(self) -> str:
-        return "mAP" if self.multi else "top1"
 
 
 def view_of(cfg: TrainConfig) -> View:
