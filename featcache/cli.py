@@ -297,6 +297,53 @@ def eval_(
     typer.echo(json.dumps(results, indent=2, sort_keys=True))
 
 
+ABLATE_EXAMPLES = """
+Examples:
+
+  featcache ablate pipelines/adapter_pooling.yaml --cache caches/hmdb51.zarr --out runs/adapter --dry-run
+
+  featcache ablate pipelines/advise_tmm.yaml --cache caches/diving48.zarr --out runs/advise
+
+  featcache ablate sweep.yaml --out runs/s1 --only 0,3 --filter head.temporal=avg --set epochs=5
+"""
+
+
+@app.command(epilog=ABLATE_EXAMPLES)
+def ablate(
+    sweep_file: str = typer.Argument(..., help="A sweep YAML file (see README: Sweeps)."),
+    out: str = typer.Option("runs/sweep", "--out", "-o", help="Folder for cells/, leaderboard.csv and .md."),
+    cache: Optional[str] = typer.Option(None, help="The cache to use (overrides the file's cache:)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a base option KEY=VALUE for every cell."),
+    only: Optional[str] = typer.Option(None, help="Run only these cells: comma-separated indices or names."),
+    filter_: list[str] = typer.Option([], "--filter", help="Run only cells with KEY=VALUE (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, fused passes and estimated cost."),
+    memory_gb: Optional[float] = typer.Option(None, help="Memory budget of one fused pass (default: half the free RAM, or 80% of free GPU memory)."),
+    max_fused: int = typer.Option(32, help="Most heads trained in one pass."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Run a grid of trainings from one cache, fusing cells that read the same data into one pass."""
+    from featcache.ablate import SweepError, load_sweep, select
+    from featcache.ablate_run import run_sweep
+    from featcache.config import parse_assignments
+
+    with user_errors():
+        try:
+            sweep = load_sweep(sweep_file, cache=cache, overrides=parse_assignments(set_))
+            filters = parse_assignments(filter_)
+            cells = select(sweep.cells, only.split(",") if only else None, filters)
+            if not cells:
+                raise FeatcacheError(f"{sweep_file}: no cell matches --only/--filter")
+            memory = int(memory_gb * 1e9) if memory_gb else None
+            rows = run_sweep(sweep, out, cells, dry_run=dry_run, memory_bytes=memory, max_fused=max_fused,
+                             show_progress=not quiet, echo=typer.echo)
+        except (SweepError, ValueError) as exc:
+            raise FeatcacheError(str(exc)) from None
+    if rows:
+        best = min(rows, key=lambda r: (-1 if sweep.goal == "maximize" else 1) * r["metrics"][sweep.metric])
+        typer.echo(f"best: {best['cell']} {sweep.metric} {best['metrics'][sweep.metric]:.4f}; "
+                   f"leaderboard: {out}/leaderboard.md, {out}/leaderboard.csv")
+
+
 @app.command()
 def heads():
     """List the registered heads and their options with defaults."""

@@ -34,30 +34,53 @@ def view_of(cfg: TrainConfig) -> View:
 
 
 # ---------------------------------------------------------------------------- train
+FUSION_KEYS = ("view", "layers", "tokens", "spatial", "batch_size", "epochs", "seed", "task", "device", "amp")
+
+
+def fusion_key(cfg: TrainConfig) -> tuple:
+    """Cells with equal keys read the same batches in the same order and can share one pass."""
+    return tuple(getattr(cfg, k) for k in FUSION_KEYS)
+
+
 def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False,
                  show_progress: bool = True) -> dict:
     """Train ``cfg.head`` on the cache's train split, select on val, report on test."""
+    return train_group(cache_path, [cfg], [out_dir], resume=resume, show_progress=show_progress)[0]
+
+
+def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], resume: bool = False,
+                show_progress: bool = True, data: dict | None = None) -> list[dict]:
+    """Train several heads in one pass over the data (DINOv2-linear-eval style): every head sees
+    the same batches, has its own optimiser, schedule, RNG stream and checkpoints, and the summed
+    loss is back-propagated once. Each head's results equal training it alone with the same seed."""
+    if len({fusion_key(c) for c in cfgs}) != 1:
+        raise ValueError(f"cells of one group must agree on {', '.join(FUSION_KEYS)}")
     cache = open_cache(cache_path)
-    view = view_of(cfg)
+    view = view_of(cfgs[0])
     check_view(cache, view)
-    data = {s: materialise(cache, view, s) for s in SPLITS}
+    data = data or {s: materialise(cache, view, s) for s in SPLITS}
     if len(data["train"].video_ids) == 0:
         raise FeatcacheError(f"{cache_path}: no videos in the train split; check the manifest's split column")
-    task = _task(cfg, data)
-    head = _build(cfg, data["train"], task)
-    device = resolve_device(cfg.device)
-    os.makedirs(out_dir, exist_ok=True)
-    meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
-            "multi_label": task.multi, "config": to_dict(cfg)}
-    _write_config(out_dir, meta)
-    trainer = _Trainer(cfg, head, data, task, device, out_dir, meta)
+    task = _task(cfgs[0], data)
+    device = resolve_device(cfgs[0].device)
+    members = []
+    for cfg, out_dir in zip(cfgs, out_dirs):
+        os.makedirs(out_dir, exist_ok=True)
+        meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
+                "multi_label": task.multi, "config": to_dict(cfg)}
+        _write_config(out_dir, meta)
+        members.append(_Member(cfg, _build(cfg, data["train"], task), task, data, device, out_dir, meta))
+    trainer = _GroupTrainer(members, data, task, device)
     if resume:
         trainer.restore()
     trainer.fit(show_progress)
-    results = evaluate_checkpoint(os.path.join(out_dir, "best.pt"), cache, splits=("val", "test"), out_dir=out_dir)
-    results["best_epoch"] = trainer.best_epoch
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
+    results = []
+    for m in members:
+        r = evaluate_checkpoint(os.path.join(m.out_dir, "best.pt"), cache, splits=("val", "test"), out_dir=m.out_dir)
+        r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters()))
+        with open(os.path.join(m.out_dir, "metrics.json"), "w") as f:
+            json.dump(r, f, indent=2, sort_keys=True)
+        results.append(r)
     return results
 
 
@@ -93,111 +116,144 @@ def _write_config(out_dir: str, meta: dict) -> None:
         yaml.safe_dump(meta, f, sort_keys=False)
 
 
-class _Trainer:
-    def __init__(self, cfg, head, data, task, device, out_dir, meta):
-        self.cfg, self.head, self.data, self.task = cfg, head.to(device), data, task
-        self.device, self.out_dir, self.meta = device, out_dir, meta
-        self.x, self.y = data["train"].x, task.targets(data["train"].labels)
-        self.steps_per_epoch = math.ceil(len(self.x) / cfg.batch_size)
+class _Member:
+    """One head of a group with everything that is its own."""
+
+    def __init__(self, cfg, head, task, data, device, out_dir, meta):
+        self.cfg, self.head, self.out_dir, self.meta = cfg, head.to(device), out_dir, meta
+        # the RNG stream this head's dropout draws from: continues from its own initialisation
+        self.rng = torch.get_rng_state()
+        steps = math.ceil(len(data["train"].x) / cfg.batch_size)
+        total, warm = cfg.epochs * steps, cfg.warmup_epochs * steps
         self.opt = _optimizer(cfg, head)
-        total, warm = cfg.epochs * self.steps_per_epoch, cfg.warmup_epochs * self.steps_per_epoch
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, warm, total))
-        self.loss_fn = _loss(cfg, task, self.y).to(device)
-        self.start_epoch, self.best, self.best_epoch, self.stale = 0, -math.inf, -1, 0
+        self.loss_fn = _loss(cfg, task, task.targets(data["train"].labels)).to(device)
         self.amp = device.type == "cuda" and cfg.amp
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler(enabled=self.amp and self.amp_dtype == torch.float16)
+        self.best, self.best_epoch, self.stale, self.active = -math.inf, -1, 0, True
 
-    def restore(self) -> None:
-        path = os.path.join(self.out_dir, "last.pt")
-        if not os.path.exists(path):
-            return
-        ckpt = checkpoint.load(path)
-        if ckpt["config"] != self.meta["config"] or ckpt["cache"]["fingerprint"] != self.meta["cache"]["fingerprint"]:
-            raise FeatcacheError(f"--resume: {path} was made with another config or cache; use a new --out")
-        self.head.load_state_dict(ckpt["state_dict"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        self.start_epoch, self.best, self.best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
-        self.stale = ckpt["stale"]
-        torch.set_rng_state(ckpt["rng"])
-
-    def fit(self, show_progress: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        columns = (TextColumn("train {task.fields[head]}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-                   TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-        with Progress(*columns, disable=not show_progress) as bar:
-            job = bar.add_task("train", total=self.cfg.epochs, completed=self.start_epoch, head=self.cfg.head, status="")
-            for epoch in range(self.start_epoch, self.cfg.epochs):
-                record = self._epoch(epoch)
-                bar.update(job, advance=1, status=" ".join(f"{k} {v:.3f}" for k, v in record.items()
-                                                           if k in ("train/loss", f"val/{self.task.metric}")))
-                if self.cfg.early_stop and self.stale >= self.cfg.early_stop:
-                    break
-
-    def _epoch(self, epoch: int) -> dict:
-        start = time.perf_counter()
-        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)  # same seed -> same order
-        order = torch.randperm(len(self.x), generator=g)
-        self.head.train()
-        losses, correct = [], 0
-        for i in range(0, len(order), self.cfg.batch_size):
-            idx = order[i:i + self.cfg.batch_size]
-            loss, logits = self._step(self.x[idx], self.y[idx])
-            losses.append(loss * len(idx))
-            if not self.task.multi:
-                correct += int((logits.argmax(1).cpu() == self.y[idx]).sum())
-        record = {"epoch": epoch, "train/loss": sum(losses) / len(self.x), "lr": self.sched.get_last_lr()[0]}
-        if not self.task.multi:
-            record["train/top1"] = correct / len(self.x)
-        record.update(self._validate(epoch))
-        record["seconds"] = time.perf_counter() - start
-        with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        return record
-
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True).float()
-        y = y.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+    def forward(self, x, y):
+        torch.set_rng_state(self.rng)
+        with torch.autocast(x.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = self.head(x)
             loss = self.loss_fn(logits.float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.rng = torch.get_rng_state()
+        return loss, logits.detach()
+
+    def step(self) -> None:
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.opt)
             nn.utils.clip_grad_norm_(self.head.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
-        return float(loss.detach()), logits.detach()
 
-    def _validate(self, epoch: int) -> dict:
-        val = self.data["val"]
-        out = {}
-        if len(val.video_ids):
-            logits = predict(self.head, val.x, self.cfg.batch_size, self.device)
-            out = _flat(score(logits, self.task.targets(val.labels).numpy(), self.task)[0], "val")
-        # without a val split, the last epoch is the one kept
-        value = out.get(f"val/{self.task.metric}", epoch)
-        improved = value > self.best
-        if improved:
-            self.best, self.best_epoch, self.stale = value, epoch, 0
-        else:
-            self.stale += 1
-        state = self._state(epoch)
+    def state(self, epoch: int) -> dict:
+        return {"head": self.cfg.head, "head_args": self.head.featcache_args,
+                "state_dict": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+                "epoch": epoch, **self.meta}
+
+    def save(self, epoch: int, improved: bool) -> None:
+        state = self.state(epoch)
         if improved:
             checkpoint.save(os.path.join(self.out_dir, "best.pt"), **state)
         checkpoint.save(os.path.join(self.out_dir, "last.pt"), **state, optimizer=self.opt.state_dict(),
                         scheduler=self.sched.state_dict(), best=self.best, best_epoch=self.best_epoch,
-                        stale=self.stale, rng=torch.get_rng_state())
-        return out
+                        stale=self.stale, rng=self.rng, active=self.active)
 
-    def _state(self, epoch: int) -> dict:
-        return {"head": self.cfg.head, "head_args": self.head.featcache_args,
-                "state_dict": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
-                "epoch": epoch, **self.meta}
+    def restore(self) -> int:
+        """Load last.pt; returns the next epoch (0 when there is nothing to resume)."""
+        path = os.path.join(self.out_dir, "last.pt")
+        if not os.path.exists(path):
+            return 0
+        ckpt = checkpoint.load(path)
+        if ckpt["config"] != self.meta["config"] or ckpt["cache"]["fingerprint"] != self.meta["cache"]["fingerprint"]:
+            raise FeatcacheError(f"--resume: {path} was made with another config or cache; use a new --out")
+        self.head.load_state_dict(ckpt["state_dict"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.best, self.best_epoch, self.stale = ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
+        self.rng, self.active = ckpt["rng"], ckpt["active"]
+        return ckpt["epoch"] + 1
+
+
+class _GroupTrainer:
+    def __init__(self, members: list[_Member], data: dict, task: Task, device: torch.device):
+        self.members, self.data, self.task, self.device = members, data, task, device
+        self.cfg = members[0].cfg  # the fused settings are equal across members
+        self.x, self.y = data["train"].x, task.targets(data["train"].labels)
+        self.start_epoch = 0
+
+    def restore(self) -> None:
+        starts = {m.restore() for m in self.members}
+        if len(starts) > 1:
+            raise FeatcacheError("--resume: the runs of this group stopped at different epochs; start them anew")
+        self.start_epoch = starts.pop()
+
+    def fit(self, show_progress: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        heads = ",".join(sorted({m.cfg.head for m in self.members}))
+        label = heads if len(self.members) == 1 else f"{len(self.members)} heads ({heads})"
+        columns = (TextColumn(f"train {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+        with Progress(*columns, disable=not show_progress) as bar:
+            job = bar.add_task("train", total=self.cfg.epochs, completed=self.start_epoch, status="")
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                if not any(m.active for m in self.members):
+                    break
+                records = self._epoch(epoch)
+                first = records[0]
+                bar.update(job, advance=1, status=" ".join(
+                    f"{k} {v:.3f}" for k, v in first.items() if k in ("train/loss", f"val/{self.task.metric}")))
+
+    def _epoch(self, epoch: int) -> list[dict]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)  # same seed -> same order
+        order = torch.randperm(len(self.x), generator=g)
+        active = [m for m in self.members if m.active]
+        stats = {id(m): [0.0, 0, time.perf_counter()] for m in active}  # loss sum, correct, start
+        for m in active:
+            m.head.train()
+        for i in range(0, len(order), self.cfg.batch_size):
+            idx = order[i:i + self.cfg.batch_size]
+            x = self.x[idx].to(self.device, non_blocking=True).float()
+            y = self.y[idx].to(self.device, non_blocking=True)
+            for m in active:
+                m.opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for m in active:
+                loss, logits = m.forward(x, y)
+                total = total + m.scaler.scale(loss)
+                stats[id(m)][0] += float(loss.detach()) * len(idx)
+                if not self.task.multi:
+                    stats[id(m)][1] += int((logits.argmax(1) == y).sum())
+            total.backward()  # one backward: the heads share no parameters
+            for m in active:
+                m.step()
+        return [self._finish_epoch(m, epoch, *stats[id(m)]) for m in active]
+
+    def _finish_epoch(self, m: _Member, epoch: int, loss_sum: float, correct: int, start: float) -> dict:
+        record = {"epoch": epoch, "train/loss": loss_sum / len(self.x), "lr": m.sched.get_last_lr()[0]}
+        if not self.task.multi:
+            record["train/top1"] = correct / len(self.x)
+        val = self.data["val"]
+        if len(val.video_ids):
+            logits = predict(m.head, val.x, self.cfg.batch_size, self.device)
+            record.update(_flat(score(logits, self.task.targets(val.labels).numpy(), self.task)[0], "val"))
+        value = record.get(f"val/{self.task.metric}", epoch)  # without a val split, the last epoch is kept
+        improved = value > m.best
+        if improved:
+            m.best, m.best_epoch, m.stale = value, epoch, 0
+        else:
+            m.stale += 1
+        if m.cfg.early_stop and m.stale >= m.cfg.early_stop:
+            m.active = False
+        record["seconds"] = time.perf_counter() - start  # in a group: the shared pass's wall time
+        m.save(epoch, improved)
+        with open(os.path.join(m.out_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
 
 
 def _optimizer(cfg: TrainConfig, head: nn.Module) -> torch.optim.Optimizer:

@@ -1,0 +1,196 @@
+"""Running a sweep: check it against the cache, plan fused groups within memory, train, rank.
+
+Cells that agree on everything that decides the batches (view, layers, tokens, spatial,
+batch size, epochs, seed, task, device) are trained in one pass (train.loop.train_group);
+a group whose heads would not fit the memory budget is split. Finished cells are skipped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from featcache.ablate import Cell, Sweep, SweepError
+from featcache.cache.dataset import View, check_view, frame_positions, materialise, view_layout
+from featcache.cache.store import open_cache
+from featcache.config import to_dict
+from featcache.errors import FeatcacheError
+from featcache.leaderboard import write_leaderboard
+from featcache.registry import create_head
+from featcache.train.loop import SPLITS, fusion_key, train_group, view_of
+
+
+@dataclass
+class Plan:
+    cell: Cell
+    bytes: int  # estimated training memory of the head (parameters, optimiser state, activations)
+    step_s: float  # measured seconds of one forward + backward on one batch
+
+
+def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = False,
+              memory_bytes: int | None = None, max_fused: int = 32, show_progress: bool = True,
+              echo=print) -> list[dict]:
+    cache = open_cache(sweep.cache)
+    shapes = _check_views(sweep, cache, cells)
+    plans = [_probe(sweep, cell, shapes[_view_key(cell)], cache) for cell in cells]
+    budget = memory_bytes or _available_bytes(cells[0].config.device)
+    groups = plan_groups(plans, budget, max_fused)
+    _print_plan(sweep, groups, shapes, echo)
+    if dry_run:
+        return []
+    os.makedirs(out_dir, exist_ok=True)
+    _write_resolved(sweep, out_dir)
+    data, data_key, skipped = None, None, 0
+    for group in groups:
+        todo = [p.cell for p in group if not _finished(p.cell, out_dir, cache.fingerprint)]
+        skipped += len(group) - len(todo)
+        if not todo:
+            continue
+        if _view_key(todo[0]) != data_key:  # groups that share a view share one read
+            data, data_key = None, None
+            data = {s: materialise(cache, view_of(todo[0].config), s) for s in SPLITS}
+            data_key = _view_key(todo[0])
+        echo(f"training {len(todo)} cell(s) in one pass: {', '.join(c.name for c in todo)}")
+        train_group(sweep.cache, [c.config for c in todo], [_cell_dir(out_dir, c) for c in todo],
+                    show_progress=show_progress, data=data)
+    if skipped:
+        echo(f"{skipped} finished cell(s) skipped (delete their folders under {out_dir}/cells to redo them)")
+    rows = [_row(out_dir, c) for c in cells]
+    write_leaderboard(out_dir, rows, sweep.axes, sweep.metric, sweep.goal)
+    return rows
+
+
+def _view_key(cell: Cell) -> tuple:
+    c = cell.config
+    return c.view, tuple(c.layers), c.tokens, c.spatial
+
+
+def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict:
+    """Every distinct view must be servable for every video; returns view -> (T, N, C, prefix, grid)."""
+    shapes = {}
+    records = [r for r in cache.records().values() if r.get("status") == "done"]
+    for cell in cells:
+        key = _view_key(cell)
+        if key in shapes:
+            continue
+        view = View(*key)
+        try:
+            check_view(cache, view)
+            for record in records:
+                frame_positions(cache.video(record["video_id"]), view.frames)
+        except FeatcacheError as exc:
+            raise SweepError(f"{sweep.path}: cell {cell.name}: view={view.frames}: {exc}") from None
+        prefix, grid = view_layout(cache, view)
+        count = int(view.frames.split(":")[1])
+        dim = cache.attrs["tokens"]["dim"] * len(view.layers)
+        shapes[key] = (count, prefix + grid[0] * grid[1], dim, prefix, grid)
+    return shapes
+
+
+def _probe(sweep: Sweep, cell: Cell, shape: tuple, cache) -> Plan:
+    """Build the head on the view's shape, run one forward + backward: validates the options and
+    measures activation memory (saved tensors) and step time."""
+    t, n, c, prefix, grid = shape
+    classes = max(2, len({label for r in cache.records().values() for label in r.get("labels", [])}))
+    try:
+        head = create_head(cell.config.head, in_dim=c, num_classes=classes, num_frames=t, grid=grid,
+                           num_prefix_tokens=prefix, **cell.config.head_options)
+    except (ValueError, TypeError) as exc:
+        raise SweepError(f"{sweep.path}: cell {cell.name}: head={cell.config.head}: {exc}") from None
+    x = torch.zeros(cell.config.batch_size, t, n, c)
+    saved = [0]
+
+    def pack(tensor):
+        saved[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        head(x).float().sum().backward()
+    step_s = time.perf_counter() - start
+    params = sum(p.numel() * p.element_size() for p in head.parameters())
+    return Plan(cell, saved[0] + 4 * params, step_s)  # params, grads, two Adam moments
+
+
+def _available_bytes(device: str) -> int:
+    if device != "cpu" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info()[0] * 0.8)
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024 // 2
+    except (OSError, KeyError, ValueError):
+        return 4 << 30
+
+
+def plan_groups(plans: list[Plan], budget: int, max_fused: int) -> list[list[Plan]]:
+    """Cells with the same fusion key, packed in order into groups within ``budget`` bytes and
+    ``max_fused`` heads; a cell that alone exceeds the budget still runs, alone."""
+    by_key: dict[tuple, list[list[Plan]]] = {}
+    for plan in plans:
+        groups = by_key.setdefault(fusion_key(plan.cell.config), [[]])
+        last = groups[-1]
+        if last and (len(last) >= max_fused or sum(p.bytes for p in last) + plan.bytes > budget):
+            groups.append([])
+        groups[-1].append(plan)
+    return [g for groups in by_key.values() for g in groups]
+
+
+def _print_plan(sweep: Sweep, groups: list[list[Plan]], shapes: dict, echo) -> None:
+    cache = open_cache(sweep.cache)
+    n_train = sum(1 for r in cache.records().values() if r.get("status") == "done" and r["split"] == "train")
+    total = 0.0
+    echo(f"sweep {sweep.path}: {sum(len(g) for g in groups)} cells in {len(groups)} fused pass(es); "
+         f"metric {sweep.metric} ({sweep.goal})")
+    for i, group in enumerate(groups):
+        cfg = group[0].cell.config
+        steps = cfg.epochs * math.ceil(n_train / cfg.batch_size)
+        est = steps * sum(p.step_s for p in group)
+        total += est
+        echo(f"  pass {i}: view {cfg.view}, {cfg.epochs} epochs x {steps // max(cfg.epochs, 1)} steps, "
+             f"~{sum(p.bytes for p in group) / 1e6:.0f} MB, ~{est:.1f} s")
+        for p in group:
+            settings = ", ".join(f"{k}={v}" for k, v in p.cell.settings.items())
+            echo(f"    [{p.cell.index}] {p.cell.name}: {settings}")
+    echo(f"estimated cost: ~{total:.1f} s of training (from one measured step per cell), "
+         f"{len({_view_key(g[0].cell) for g in groups})} view read(s)")
+
+
+def _cell_dir(out_dir: str, cell: Cell) -> str:
+    return os.path.join(out_dir, "cells", cell.name)
+
+
+def _finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
+    import yaml
+
+    run = _cell_dir(out_dir, cell)
+    if not os.path.exists(os.path.join(run, "metrics.json")):
+        return False
+    with open(os.path.join(run, "config.yaml")) as f:
+        meta = yaml.safe_load(f)
+    return meta.get("config") == to_dict(cell.config) and meta.get("cache", {}).get("fingerprint") == fingerprint
+
+
+def _row(out_dir: str, cell: Cell) -> dict:
+    run = _cell_dir(out_dir, cell)
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(run, "log.jsonl")) as f:
+        seconds = sum(json.loads(line)["seconds"] for line in f)
+    return {"cell": cell.name, "index": cell.index, "settings": cell.settings, "metrics": metrics,
+            "params": metrics.get("params"), "train_s": round(seconds, 2)}
+
+
+def _write_resolved(sweep: Sweep, out_dir: str) -> None:
+    import yaml
+
+    resolved = {"sweep": os.path.abspath(sweep.path), "cache": os.path.abspath(sweep.cache),
+                "metric": {"name": sweep.metric, "goal": sweep.goal}, "axes": list(sweep.axes),
+                "cells": [{"index": c.index, "name": c.name, "settings": c.settings, "config": to_dict(c.config)}
+                          for c in sweep.cells]}
+    with open(os.path.join(out_dir, "sweep.yaml"), "w") as f:
+        yaml.safe_dump(resolved, f, sort_keys=False)

@@ -1,0 +1,156 @@
+"""Sweeps: expansion, validation, fused training equal to solo training, leaderboards, pipelines/."""
+import csv
+import glob
+import os
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import tiny_encoder_config
+from featcache.ablate import SweepError, _expand, cell_name, load_sweep, select
+from featcache.ablate_run import Plan, plan_groups
+from featcache.cli import app
+from featcache.config import build_config
+from featcache.extract import ExtractConfig, run_extract
+from featcache.synthetic import make_dataset
+from featcache.train import checkpoint
+from featcache.train.loop import run_training, train_group
+
+PIPELINES = os.path.join(os.path.dirname(__file__), "..", "pipelines")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Generated motion clips extracted with the pool the pipelines/ sweep files expect."""
+    root = tmp_path_factory.mktemp("sweep")
+    manifest = make_dataset(str(root), "motion", per_class=10, num_frames=32)
+    out = str(root / "c.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=out, frames="uniform:8,uniform:16,uniform:32,keyframes:8",
+                              encoder=tiny_encoder_config()), show_progress=False)
+    return out
+
+
+def write(tmp_path, text, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# ------------------------------------------------------------------ expansion (pure)
+def test_grid_zip_and_list_expansion():
+    spec = {"parameters": {"a": {"values": [1, 2]}, "b": {"values": ["x", "y", "z"]}, "c": {"values": [7, 8]}},
+            "zip": [["a", "c"]]}
+    cells, axes = _expand(spec, "f.yaml")
+    assert axes == ["a", "b", "c"] and len(cells) == 6  # (a, c) zipped x b
+    assert {(c["a"], c["c"]) for c in cells} == {(1, 7), (2, 8)}
+    listed, axes = _expand({"method": "list", "cells": [{"head": "r3d"}, {"head": {"name": "pool", "temporal": "concat"}}]}, "f")
+    assert listed == [{"head": "r3d"}, {"head": "pool", "head.temporal": "concat"}] and axes == ["head", "head.temporal"]
+    names = [cell_name(i, c) for i, c in enumerate(cells)]
+    assert len(set(names)) == 6 and all("/" not in n for n in names) and names[0].startswith("000_a=1")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("cache: c\nbase: {epochs: 2}\nparams: {}\n", "s.yaml: unknown key 'params'"),
+    ("cache: c\nparameters: {lr: [1, 2]}\n", r"s.yaml: parameters.lr: expected \{values: \[...\]\}"),
+    ("cache: c\nparameters: {epochs: {values: [2, many]}}\n", "s.yaml: cell 001_epochs=many: epochs: expected int, got 'many'"),
+    ("cache: c\nparameters: {head.temporal: {values: [avg]}}\nzip: [[head.temporal, lr]]\n", "zip: 'lr' is not a parameter"),
+    ("cache: c\nmethod: random\n", "method: 'random' is not one of grid, list"),
+    ("cache: c\nmetric: {name: accuracy}\n", "metric.name: expected a metrics.json key"),
+    ("base: {}\n", "no cache"),
+    ("cache: c\nbase: {optimiser: sgd}\n", "unknown key 'optimiser'"),
+])
+def test_sweep_files_are_validated(tmp_path, text, match):
+    with pytest.raises(SweepError, match=match):
+        load_sweep(write(tmp_path, text))
+
+
+def test_select_only_and_filter(tmp_path):
+    sweep = load_sweep(write(tmp_path, "cache: c\nparameters: {head.temporal: {values: [avg, concat]}, "
+                                       "head.mlp_layers: {values: [0, 1]}}\n"))
+    assert [c.index for c in select(sweep.cells, ["0", "3"])] == [0, 3]
+    assert [c.index for c in select(sweep.cells, None, {"head.temporal": "avg"})] == [0, 1]
+    assert [c.index for c in select(sweep.cells, None, {"head.mlp_layers": 1, "head": "pool"})] == [1, 3]
+
+
+def test_memory_budget_splits_groups():
+    cfg = build_config({"head": "pool"})
+    other = build_config({"head": "pool", "view": "uniform:16"})
+    cells = [type("C", (), {"config": c})() for c in (cfg, cfg, cfg, other, cfg)]
+    plans = [Plan(c, 100, 0.0) for c in cells]
+    assert [len(g) for g in plan_groups(plans, budget=1000, max_fused=8)] == [4, 1]
+    assert [len(g) for g in plan_groups(plans, budget=250, max_fused=8)] == [2, 2, 1]
+    assert [len(g) for g in plan_groups(plans, budget=1000, max_fused=3)] == [3, 1, 1]
+    assert [len(g) for g in plan_groups([Plan(cells[0], 5000, 0.0)] * 2, budget=1000, max_fused=8)] == [1, 1]
+
+
+# ------------------------------------------------------------------ fusion is exact
+def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
+    values = [{"head": "pool", "head.dropout": 0.3, "lr": 3e-3}, {"head": "transformer", "head.dropout": 0.2},
+              {"head": "tcn", "optimizer": "sgd", "lr": 1e-2}, {"head": "r3d", "head.hidden": 32, "weight_decay": 0.0}]
+    cfgs = [build_config({"epochs": 3, "batch_size": 8, "view": "uniform:8", **v}) for v in values]
+    fused = train_group(cache, cfgs, [str(tmp_path / f"fused{i}") for i in range(4)], show_progress=False)
+    for i, cfg in enumerate(cfgs):
+        alone = run_training(cache, cfg, str(tmp_path / f"alone{i}"), show_progress=False)
+        assert alone.keys() == fused[i].keys()
+        for key in alone:
+            assert alone[key] == pytest.approx(fused[i][key], abs=1e-6), (cfg.head, key)
+        a = checkpoint.load(str(tmp_path / f"alone{i}" / "last.pt"))["state_dict"]
+        f = checkpoint.load(str(tmp_path / f"fused{i}" / "last.pt"))["state_dict"]
+        for name in a:
+            torch.testing.assert_close(a[name], f[name], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the CLI and pipelines/
+def test_pipeline_sweep_end_to_end(cache, tmp_path):
+    sweep = os.path.join(PIPELINES, "adapter_keyframes_kernel.yaml")
+    out = str(tmp_path / "out")
+    dry = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "--dry-run", "--set", "epochs=2"])
+    assert dry.exit_code == 0, dry.output
+    assert "4 cells in 2 fused pass(es)" in dry.output and "estimated cost" in dry.output
+    assert not os.path.exists(out)
+
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q", "--set", "epochs=2"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("training 2 cell(s) in one pass") == 2
+    with open(os.path.join(out, "leaderboard.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and rows[0]["best"] == "*" and all(not r["best"] for r in rows[1:])
+    vals = [float(r["val/top1"]) for r in rows]
+    assert vals == sorted(vals, reverse=True)
+    assert {r["view"] for r in rows} == {"uniform:8", "keyframes:8"} and {"test/top1", "params", "train_s"} <= set(rows[0])
+    md = open(os.path.join(out, "leaderboard.md")).read()
+    assert "Best: **" in md and "- **view**: uniform:8:" in md and "- **head.temporal_kernel**: 3:" in md
+    assert len(os.listdir(os.path.join(out, "cells"))) == 4 and os.path.exists(os.path.join(out, "sweep.yaml"))
+
+    again = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q", "--set", "epochs=2"])
+    assert again.exit_code == 0 and "in one pass" not in again.output
+    assert "4 finished cell(s) skipped" in again.output
+
+    sub = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", str(tmp_path / "sub"), "-q",
+                              "--set", "epochs=1", "--filter", "view=keyframes:8", "--only", "2,3,0"])
+    assert sub.exit_code == 0, sub.output
+    assert len(list(csv.DictReader(open(tmp_path / "sub" / "leaderboard.csv")))) == 2
+
+
+def test_every_pipeline_sweep_is_valid():
+    files = [f for f in glob.glob(os.path.join(PIPELINES, "*.yaml")) if "parameters" in open(f).read()
+             or "cells:" in open(f).read()]
+    assert len(files) >= 5
+    for path in files:
+        assert load_sweep(path, cache="any").cells
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ablate", "{pipelines}/advise_spatial.yaml", "--cache", "{cache}"], "cell 001_spatial=9: view=uniform:8: spatial: 9 must be between 0 and the cached grid 4x4"),
+    (["ablate", "{pipelines}/adapter_pooling.yaml", "--cache", "{cache}", "--set", "head.width=2"], "head=pool: head 'pool' has no option width"),
+    (["ablate", "{tmp}/bad.yaml"], "bad.yaml: no such sweep file"),
+    (["ablate", "{pipelines}/multilabel_charades.yaml", "--cache", "{tmp}/none.zarr"], "not a featcache cache"),
+    (["ablate", "{pipelines}/adapter_pooling.yaml", "--cache", "{cache}", "--only", "99"], "no cell matches"),
+])
+def test_bad_sweeps_fail_with_one_line(cache, tmp_path, args, message):
+    args = [a.format(pipelines=PIPELINES, cache=cache, tmp=tmp_path) for a in args]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "o"), "--dry-run"])
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
