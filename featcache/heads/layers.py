@@ -42,11 +42,14 @@ class FrameFeature(nn.Module):
         self.norm = nn.LayerNorm(self.out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls = x[:, :, 0]  # (B, T, C)
-        mean = x[:, :, self.prefix:].mean(dim=2) if x.shape[2] > self.prefix else None  # (B, T, C)
-        feats = {"cls": cls, "mean": mean, "patches": x[:, :, self.prefix:].flatten(2)}.get(self.mode)  # (B, T, D)
-        if self.mode == "cls_mean":
-            feats = torch.cat([cls, mean], dim=-1)  # (B, T, 2C)
+        if self.mode == "cls":
+            feats = x[:, :, 0]  # (B, T, C)
+        elif self.mode == "mean":
+            feats = x[:, :, self.prefix:].mean(dim=2)  # (B, T, C)
+        elif self.mode == "patches":
+            feats = x[:, :, self.prefix:].flatten(2)  # (B, T, H*W*C)
+        else:
+            feats = torch.cat([x[:, :, 0], x[:, :, self.prefix:].mean(dim=2)], dim=-1)  # (B, T, 2C)
         return self.norm(feats)
 
 

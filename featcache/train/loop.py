@@ -76,7 +76,8 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     trainer.fit(show_progress)
     results = []
     for m in members:
-        r = evaluate_checkpoint(os.path.join(m.out_dir, "best.pt"), cache, splits=("val", "test"), out_dir=m.out_dir)
+        r = evaluate_checkpoint(os.path.join(m.out_dir, "best.pt"), cache, splits=("val", "test"),
+                                out_dir=m.out_dir, data=data)
         r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters()))
         with open(os.path.join(m.out_dir, "metrics.json"), "w") as f:
             json.dump(r, f, indent=2, sort_keys=True)
@@ -231,16 +232,31 @@ class _GroupTrainer:
             total.backward()  # one backward: the heads share no parameters
             for m in active:
                 m.step()
-        return [self._finish_epoch(m, epoch, *stats[id(m)]) for m in active]
+        val = self._validate(active)
+        return [self._finish_epoch(m, epoch, *stats[id(m)], val[id(m)]) for m in active]
 
-    def _finish_epoch(self, m: _Member, epoch: int, loss_sum: float, correct: int, start: float) -> dict:
+    def _validate(self, active: list[_Member]) -> dict[int, dict]:
+        """Selection metrics of every active head on val; each val batch is moved once for all."""
+        val = self.data["val"]
+        if not len(val.video_ids):
+            return {id(m): {} for m in active}
+        logits = {id(m): [] for m in active}
+        for m in active:
+            m.head.eval()
+        with torch.inference_mode():
+            for i in range(0, len(val.x), self.cfg.batch_size):
+                x = val.x[i:i + self.cfg.batch_size].to(self.device, non_blocking=True).float()
+                for m in active:
+                    logits[id(m)].append(m.head(x).float().cpu())
+        targets = self.task.targets(val.labels).numpy()
+        return {k: _flat(metrics.selection(torch.cat(v).numpy(), targets, self.task.multi), "val")
+                for k, v in logits.items()}
+
+    def _finish_epoch(self, m: _Member, epoch: int, loss_sum: float, correct: int, start: float, val: dict) -> dict:
         record = {"epoch": epoch, "train/loss": loss_sum / len(self.x), "lr": m.sched.get_last_lr()[0]}
         if not self.task.multi:
             record["train/top1"] = correct / len(self.x)
-        val = self.data["val"]
-        if len(val.video_ids):
-            logits = predict(m.head, val.x, self.cfg.batch_size, self.device)
-            record.update(_flat(score(logits, self.task.targets(val.labels).numpy(), self.task)[0], "val"))
+        record.update(val)
         value = record.get(f"val/{self.task.metric}", epoch)  # without a val split, the last epoch is kept
         improved = value > m.best
         if improved:
@@ -302,9 +318,11 @@ def _flat(m: dict, split: str) -> dict:
     return {f"{split}/{k}": v for k, v in m.items() if not isinstance(v, list)}
 
 
-def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None) -> dict:
+def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None,
+                        data: dict | None = None) -> dict:
     """Metrics of a saved head on the given splits of ``cache`` (a Cache, or None for the
-    checkpoint's own); writes per-class files and confusion matrices into ``out_dir``."""
+    checkpoint's own); writes per-class files and confusion matrices into ``out_dir``.
+    ``data`` (split -> ViewData of the checkpoint's view, already read) avoids reading again."""
     ckpt = checkpoint.load(path)
     cache = cache or open_cache(ckpt["cache"]["path"])
     if cache.fingerprint != ckpt["cache"]["fingerprint"]:
@@ -318,14 +336,14 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
     head.to(device)
     results = {}
     for split in splits:
-        data = materialise(cache, view_of(cfg), split)
-        if not data.video_ids:
+        split_data = data[split] if data else materialise(cache, view_of(cfg), split)
+        if not split_data.video_ids:
             continue
-        unknown = sorted({c for ls in data.labels for c in ls} - set(task.classes))
+        unknown = sorted({c for ls in split_data.labels for c in ls} - set(task.classes))
         if unknown:
             raise FeatcacheError(f"split {split}: labels {unknown} were not among the trained classes")
-        logits = predict(head, data.x, cfg.batch_size, device)
-        m, cm = score(logits, task.targets(data.labels).numpy(), task)
+        logits = predict(head, split_data.x, cfg.batch_size, device)
+        m, cm = score(logits, task.targets(split_data.labels).numpy(), task)
         results.update(_flat(m, split))
         if out_dir:
             _write_per_class(out_dir, split, task, m, cm)

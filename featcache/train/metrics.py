@@ -50,3 +50,12 @@ def multi_label(logits: np.ndarray, targets: np.ndarray) -> dict:
         "macro_f1": float(f1_score(targets, pred, average="macro", zero_division=0)),
         "ap": [float(v) for v in ap],
     }
+
+
+def selection(logits: np.ndarray, targets: np.ndarray, multi: bool) -> dict:
+    """The cheap per-epoch validation metrics (same definitions as above): top1 and top5, or mAP."""
+    if multi:
+        return {"mAP": multi_label(logits, targets)["mAP"]}
+    k = min(5, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return {"top1": float((top[:, 0] == targets).mean()), "top5": float((top == targets[:, None]).any(axis=1).mean())}
