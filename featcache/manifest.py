@@ -102,3 +102,53 @@ def _to_item(path: str, line: int, row: dict, base: str) -> VideoItem:
     labels = tuple(str(x).strip() for x in labels if str(x).strip())
     extra = {k: v for k, v in row.items() if k not in REQUIRED_COLUMNS}
     return VideoItem(video_id, os.path.normpath(os.path.join(base, video_path)), labels, split, extra)
+
+
+def write_manifest(rows: list[dict], out: str, root: str, notes: list[str]) -> None:
+    """Write converter rows (paths relative to ``root``) as a CSV manifest with ``#`` notes;
+    paths are written relative to the manifest's folder."""
+    seen = set()
+    for r in rows:
+        if r["video_id"] in seen:
+            raise FeatcacheError(f"duplicate video_id {r['video_id']!r} in the converted split files")
+        seen.add(r["video_id"])
+    extra = sorted({k for r in rows for k in r} - set(REQUIRED_COLUMNS))
+    base = os.path.dirname(os.path.abspath(out))
+    os.makedirs(base, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        for note in notes:
+            f.write(f"# {note}\n")
+        writer = csv.DictWriter(f, fieldnames=[*REQUIRED_COLUMNS, *extra])
+        writer.writeheader()
+        for r in rows:
+            path = os.path.relpath(os.path.join(os.path.abspath(root), r["path"]), base)
+            writer.writerow({**r, "path": path})
+
+
+def check_manifest(path: str) -> tuple[dict, list[str]]:
+    """Facts about a manifest and the errors in it (missing files, classes without training
+    videos). Structural problems (duplicate ids, bad columns) raise FeatcacheError."""
+    from collections import Counter
+
+    items = read_manifest(path)
+    missing = [it for it in items if not os.path.isfile(it.path)]
+    per_split = {s: [it for it in items if it.split == s] for s in SPLITS}
+    labels = {s: sorted({lb for it in its for lb in it.labels}) for s, its in per_split.items()}
+    train_counts = Counter(lb for it in per_split["train"] for lb in it.labels)
+    no_train = sorted((set(labels["val"]) | set(labels["test"])) - set(labels["train"]))
+    errors = [f"missing file: {it.video_id}: {it.path}" for it in missing]
+    errors += [f"class {c!r} has no training videos (it appears only in val/test)" for c in no_train]
+    if not per_split["train"]:
+        errors.append("no videos in the train split")
+    facts = {
+        "videos": len(items),
+        "per_split": {s: len(its) for s, its in per_split.items()},
+        "missing_files": len(missing),
+        "classes": len({lb for ls in labels.values() for lb in ls}),
+        "classes_per_split": {s: len(ls) for s, ls in labels.items()},
+        "multi_label": any(len(it.labels) > 1 for it in items),
+        "unlabelled": sum(1 for it in items if not it.labels),
+        "smallest_classes": sorted(train_counts.items(), key=lambda kv: (kv[1], kv[0]))[:3],
+        "largest_classes": sorted(train_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3],
+    }
+    return facts, errors

@@ -87,10 +87,10 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
 
 def _task(cfg: TrainConfig, data: dict[str, ViewData]) -> Task:
     labels = [ls for d in data.values() for ls in d.labels]
-    if any(not ls for ls in labels):
-        raise FeatcacheError("some videos have no label; training needs a label for every video")
     classes = sorted({c for ls in labels for c in ls})
     multi = cfg.task == "multi" or (cfg.task == "auto" and any(len(ls) > 1 for ls in labels))
+    if not multi and any(not ls for ls in labels):  # multi-label: no label = every class negative
+        raise FeatcacheError("some videos have no label; single-label training needs one for every video")
     if not multi and any(len(ls) > 1 for ls in labels):
         raise FeatcacheError("task=single, but some videos have several labels; use task=multi")
     if len(classes) < 2:
