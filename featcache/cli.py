@@ -102,6 +102,17 @@ def extract(
     threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache made with other settings."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    devices: Optional[str] = typer.Option(None, help="One worker per device, each a shard: all, or cuda:0,cuda:1."),
+    slurm: bool = typer.Option(False, "--slurm", help="Submit a Slurm job array (submitit), one task per shard."),
+    shards: int = typer.Option(8, help="--slurm: number of array tasks (shards)."),
+    partition: Optional[str] = typer.Option(None, help="--slurm: partition."),
+    gpus_per_task: int = typer.Option(1, help="--slurm: GPUs per task (0 for CPU tasks)."),
+    cpus_per_task: int = typer.Option(8, help="--slurm: CPUs per task."),
+    mem_gb: int = typer.Option(32, help="--slurm: memory per task (GB)."),
+    time: int = typer.Option(240, "--time", help="--slurm: time limit per task (minutes); preempted or timed-out tasks requeue and resume."),
+    slurm_logs: str = typer.Option("slurm_logs", help="--slurm: folder for per-task logs (<job id>/)."),
+    cluster: str = typer.Option("slurm", help="--slurm: slurm, or local to run the same array here (submitit's local executor)."),
+    wait: bool = typer.Option(False, "--wait", help="--slurm: wait for every task and print their summaries."),
 ):
     """Decode the videos of MANIFEST, run the frozen model, write tokens to a Zarr cache.
 
@@ -118,9 +129,46 @@ def extract(
                             dtype=dtype, decoder=decoder, luv_size=_parse_size(luv_size),
                             short_videos=short_videos, overwrite=overwrite, shard=_parse_shard(shard),
                             threads=threads)
+        if slurm:
+            return _launch(cfg, shards, partition, gpus_per_task, cpus_per_task, mem_gb, time, slurm_logs, cluster, wait)
+        if devices:
+            return _on_devices(cfg, devices)
         summary = run_extract(cfg, show_progress=not quiet)
     _print_summary(summary, out)
     if summary.failed:
+        raise typer.Exit(1)
+
+
+def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster, wait) -> None:
+    from featcache.cluster import SlurmConfig, launch_slurm
+
+    if cfg.shard is not None:
+        raise FeatcacheError("--slurm: give --shards N, not --shard I/N (each task takes one shard)")
+    jobs = launch_slurm(cfg, SlurmConfig(shards, partition, gpus, cpus, mem_gb, time_min, logs=logs, cluster=cluster))
+    typer.echo(f"submitted {len(jobs)} task(s) (job {jobs[0].job_id.split('_')[0]}); logs in {logs}/<job id>/; "
+               f"progress: featcache cache status {cfg.out} --shards {shards}")
+    if wait:
+        failed = 0
+        for job in jobs:
+            result = job.result()
+            failed += len(result["failed"])
+            typer.echo(f"shard {result['shard'][0]}/{shards}: {result['done']} done, {result['skipped']} already "
+                       f"cached, {len(result['failed'])} failed, {result['frames']} frames in {result['wall_s']:.1f} s")
+        if failed:
+            raise typer.Exit(1)
+
+
+def _on_devices(cfg, devices: str) -> None:
+    from featcache.cluster import parse_devices, run_on_devices
+
+    if cfg.shard is not None:
+        raise FeatcacheError("--devices: each device takes a shard; do not combine with --shard")
+    names = parse_devices(devices)
+    summaries = run_on_devices(cfg, names)
+    for name, summary in zip(names, summaries):
+        typer.echo(f"[{name}] ", nl=False)
+        _print_summary(summary, cfg.out)
+    if any(s.failed for s in summaries):
         raise typer.Exit(1)
 
 
@@ -167,6 +215,33 @@ def cache_verify(
     typer.echo(f"verify {verdict}: {done} videos done, {failed} failed, {len(problems)} problem(s){note}")
     if problems:
         raise typer.Exit(1)
+
+
+@cache_app.command("status", epilog="Example:\n\n  featcache cache status caches/k400.zarr --shards 64")
+def cache_status(
+    path: str = typer.Argument(..., help="A featcache Zarr store."),
+    manifest: Optional[str] = typer.Option(None, help="The manifest (default: the one the cache was made from)."),
+    shards: int = typer.Option(1, help="Show progress per shard of N."),
+):
+    """Progress across shards: done / failed / in progress / pending videos."""
+    from featcache import open_cache
+    from featcache.cluster import shard_status
+    from featcache.manifest import read_manifest
+
+    with user_errors():
+        cache = open_cache(path)
+        manifest = manifest or cache.attrs.get("manifest", {}).get("path")
+        if not manifest:
+            raise FeatcacheError("--manifest: this cache does not record its manifest; give it")
+        if shards < 1:
+            raise FeatcacheError(f"--shards: must be at least 1, got {shards}")
+        rows = shard_status(cache, [it.video_id for it in read_manifest(manifest)], shards)
+    for r in rows:
+        typer.echo(f"shard {r['shard']}/{shards}: {r['done']} done, {r['failed']} failed, "
+                   f"{r['in_progress']} in progress, {r['pending']} pending")
+    total = {k: sum(r[k] for r in rows) for k in ("done", "failed", "in_progress", "pending")}
+    typer.echo(f"total: {total['done']} done, {total['failed']} failed, {total['in_progress']} in progress, "
+               f"{total['pending']} pending")
 
 
 @app.command(epilog="Example:\n\n  featcache demo --out demo")

@@ -7,6 +7,7 @@ soon as all its frames are through. The queue between them is bounded, so memory
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 import time
@@ -136,6 +137,7 @@ def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
             "luv_score": "mean |CIE L*u*v* (D65, sRGB) - previous frame's|; frame 0 scores 0",
             "short_videos": cfg.short_videos,
         },
+        "manifest": {"path": os.path.abspath(cfg.manifest)},  # where `cache status` finds the videos
         "storage": {"dtype": cfg.dtype, "tokens_dims": ["frame", "layer", "token", "channel"],
                     "token_order": "prefix (CLS/register) tokens first, then patches row-major"},
     }
