@@ -244,6 +244,36 @@ def cache_status(
                f"{total['pending']} pending")
 
 
+@cache_app.command("export", epilog="Examples:\n\n  featcache cache export c.zarr --format hdf5 c.h5\n\n  featcache cache export c.zarr --format npy c_npy/")
+def cache_export(
+    path: str = typer.Argument(..., help="A featcache Zarr store."),
+    out: str = typer.Argument(..., help="OUT.h5, or a new folder for --format npy."),
+    fmt: str = typer.Option("hdf5", "--format", help="hdf5 (one file) or npy (per-video .npy + .json)."),
+):
+    """Export tokens, per-video records and the provenance to HDF5 or per-video .npy files."""
+    from featcache.cache.export import export_cache
+
+    with user_errors():
+        n = export_cache(path, fmt, out)
+    typer.echo(f"exported {n} videos to {out} ({fmt})")
+
+
+@cache_app.command("import", epilog="Examples:\n\n  featcache cache import c.h5 --out c.zarr\n\n  featcache cache import i3d_features.h5 --manifest ucf101.csv --model-name i3d --out i3d.zarr")
+def cache_import(
+    src: str = typer.Argument(..., help="A featcache HDF5 export, or an HDF5 file with one dataset per video id."),
+    out: str = typer.Option(..., "--out", "-o", help="The Zarr store to create."),
+    manifest: Optional[str] = typer.Option(None, help="Labels and splits for a foreign file (video_id,path,label,split)."),
+    model_name: str = typer.Option("unknown", help="Foreign file: the model that made the features (recorded)."),
+    frames: Optional[str] = typer.Option(None, help="Foreign file: resample every video to uniform:K frames."),
+):
+    """Import an HDF5 feature file into a store so it can be trained on."""
+    from featcache.cache.export import import_hdf5
+
+    with user_errors():
+        n = import_hdf5(src, out, manifest, model_name, frames)
+    typer.echo(f"imported {n} videos into {out}")
+
+
 @app.command(epilog="Example:\n\n  featcache demo --out demo")
 def demo(
     out: str = typer.Option("demo", "--out", "-o", help="Folder for the videos, manifest and cache."),

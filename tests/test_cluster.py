@@ -1,0 +1,137 @@
+"""Sharding, concurrent writers, Slurm through submitit's local executor, devices, status, export."""
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_CLI, tiny_encoder_config, write_manifest
+from featcache import open_cache
+from featcache.cache.export import export_cache, import_hdf5
+from featcache.cli import app
+from featcache.cluster import parse_devices, run_on_devices
+from featcache.errors import FeatcacheError
+from featcache.extract import ExtractConfig, run_extract, shard_of
+from featcache.synthetic import make_dataset
+from featcache.train.loop import run_training
+from featcache.config import build_config
+
+runner = CliRunner()
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "featcache")
+FEATCACHE = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "featcache.cli"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(str(tmp_path_factory.mktemp("ds")), "appearance", per_class=6, num_frames=12)
+
+
+def ids_of(manifest):
+    import csv
+
+    return [r["video_id"] for r in csv.DictReader(open(manifest))]
+
+
+def test_two_concurrent_shard_processes_share_one_store(dataset, tmp_path):
+    out = str(tmp_path / "c.zarr")
+    args = ["extract", dataset, "--out", out, "--frames", "uniform:4", *TINY_CLI, "-q", "--threads", "1"]
+    procs = [subprocess.Popen([*FEATCACHE, *args, "--shard", f"{i}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    cache = open_cache(out)
+    ids = cache.video_ids()
+    assert sorted(ids) == sorted(ids_of(dataset)) and len(ids) == len(set(ids))
+    assert cache.verify() == [] and cache.staged() == []
+    done = [int(o[0].split("extracted ")[1].split()[0]) for o in outs]
+    assert sum(done) == 24 and done == [sum(shard_of(v, 2) == i for v in ids) for i in range(2)]
+    status = runner.invoke(app, ["cache", "status", out, "--shards", "2"])
+    assert status.exit_code == 0 and "total: 24 done, 0 failed, 0 in progress, 0 pending" in status.output
+
+
+def test_slurm_array_through_submitit_local_executor(dataset, tmp_path):
+    pytest.importorskip("submitit")
+    out, logs = str(tmp_path / "c.zarr"), str(tmp_path / "logs")
+    r = runner.invoke(app, ["extract", dataset, "--out", out, "--frames", "uniform:4", *TINY_CLI, "--slurm",
+                            "--shards", "3", "--cluster", "local", "--gpus-per-task", "0", "--slurm-logs", logs, "--wait"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("shard ") == 3 and "submitted 3 task(s)" in r.output
+    assert sorted(open_cache(out).video_ids()) == sorted(ids_of(dataset))
+    task_logs = [f for _, _, files in os.walk(logs) for f in files if f.endswith("_log.out")]
+    assert len(task_logs) == 3
+    # a requeued task (same shard) resumes: nothing left to do
+    from featcache.cluster import ShardTask
+
+    again = ShardTask()(ExtractConfig(manifest=dataset, out=out, frames="uniform:4", encoder=tiny_encoder_config(),
+                                      shard=(1, 3)))
+    assert again["done"] == 0 and again["skipped"] > 0
+    r = runner.invoke(app, ["extract", dataset, "--out", out, "--slurm", "--shard", "0/2"])
+    assert r.exit_code == 2 and "give --shards N, not --shard" in r.stderr
+
+
+def test_devices_fall_back_to_cpu_and_split_work(dataset, tmp_path):
+    import torch
+
+    assert parse_devices("all") == ([f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"])
+    with pytest.raises(FeatcacheError, match="--devices"):
+        parse_devices("tpu:0")
+    out = str(tmp_path / "c.zarr")
+    cfg = ExtractConfig(manifest=dataset, out=out, frames="uniform:2", encoder=tiny_encoder_config())
+    summaries = run_on_devices(cfg, ["cpu", "cpu"])  # two worker processes, one shard each
+    assert [s.done for s in summaries] == [sum(shard_of(v, 2) == i for v in ids_of(dataset)) for i in range(2)]
+    assert len(open_cache(out).video_ids()) == 24
+
+
+def test_hdf5_and_npy_export_and_import_round_trip(dataset, tmp_path):
+    out = str(tmp_path / "c.zarr")
+    run_extract(ExtractConfig(manifest=dataset, out=out, frames="uniform:4,keyframes:2", encoder=tiny_encoder_config()),
+                show_progress=False)
+    cache = open_cache(out)
+    r = runner.invoke(app, ["cache", "export", out, str(tmp_path / "c.h5")])
+    assert r.exit_code == 0 and "exported 24 videos" in r.output
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert json.loads(f.attrs["provenance"])["fingerprint"] == cache.fingerprint
+        assert f["videos/red_000/tokens"].shape == cache.video("red_000").tokens.shape
+    r = runner.invoke(app, ["cache", "import", str(tmp_path / "c.h5"), "--out", str(tmp_path / "back.zarr")])
+    assert r.exit_code == 0, r.output
+    back = open_cache(str(tmp_path / "back.zarr"))
+    assert back.fingerprint == cache.fingerprint and back.verify() == []
+    for vid in cache.video_ids():
+        a, b = cache.video(vid), back.video(vid)
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_array_equal(a.luv_scores, b.luv_scores)
+        assert a.record == b.record
+    assert export_cache(out, "npy", str(tmp_path / "npy")) == 24
+    tokens = np.load(tmp_path / "npy" / "videos" / "red_000.npy")
+    np.testing.assert_array_equal(tokens, cache.video("red_000").tokens)
+    assert json.load(open(tmp_path / "npy" / "provenance.json"))["fingerprint"] == cache.fingerprint
+    with pytest.raises(FeatcacheError, match="exists"):
+        export_cache(out, "hdf5", str(tmp_path / "c.h5"))
+
+
+def test_foreign_feature_dump_can_be_trained_on(dataset, tmp_path):
+    ids = ids_of(dataset)
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "feats.h5", "w") as f:
+        for vid in ids:
+            centre = {"red": 0, "green": 1, "blue": 2, "yellow": 3}[vid.split("_")[0]]
+            f[vid] = rng.normal(size=(10, 32)).astype(np.float32) + 3 * np.eye(32)[centre]  # (T, C) per video
+    out = str(tmp_path / "f.zarr")
+    n = import_hdf5(str(tmp_path / "feats.h5"), out, manifest=dataset, model_name="i3d", frames="uniform:8")
+    cache = open_cache(out)
+    assert n == 24 and cache.verify() == [] and cache.attrs["model"]["name"] == "i3d"
+    assert cache.video(ids[0]).tokens.shape == (8, 1, 1, 32)
+    results = run_training(out, build_config({"head": "pool", "view": "uniform:8", "epochs": 15, "batch_size": 4}),
+                           str(tmp_path / "run"), show_progress=False)
+    assert results["test/top1"] >= 0.75
+    with pytest.raises(FeatcacheError, match="not a featcache export: give --manifest"):
+        import_hdf5(str(tmp_path / "feats.h5"), str(tmp_path / "g.zarr"))
+    with pytest.raises(FeatcacheError, match="give --frames uniform:K"):
+        with h5py.File(tmp_path / "ragged.h5", "w") as f:
+            for i, vid in enumerate(ids):
+                f[vid] = np.zeros((5 + i % 2, 8), np.float32)
+        import_hdf5(str(tmp_path / "ragged.h5"), str(tmp_path / "r.zarr"), manifest=dataset)
