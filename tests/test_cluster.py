@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI, tiny_encoder_config, write_manifest
+from conftest import TINY_CLI, tiny_encoder_config
 from featcache import open_cache
 from featcache.cache.export import export_cache, import_hdf5
 from featcache.cli import app

@@ -1,5 +1,4 @@
 """Converters on small fixture files written in each dataset's official format."""
-import csv
 import json
 import os
 

@@ -1,0 +1,4 @@
+"""`python -m featcache.cli`."""
+from featcache.cli import main
+
+main()

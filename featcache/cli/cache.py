@@ -1,0 +1,101 @@
+"""`featcache cache info|verify|status|export|import`."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from featcache.cli import cache_app, user_errors
+from featcache.errors import FeatcacheError
+
+
+@cache_app.command("info", epilog="Example:\n\n  featcache cache info caches/ucf101.zarr --json")
+def cache_info(
+    path: str = typer.Argument(..., help="A featcache Zarr store."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+):
+    """What a cache holds: model, preprocessing, layers, policies, videos, sizes."""
+    from featcache.cache.info import cache_facts, format_facts
+
+    with user_errors():
+        facts = cache_facts(path)
+    typer.echo(json.dumps(facts, indent=2) if as_json else format_facts(facts))
+
+
+@cache_app.command("verify", epilog="Example:\n\n  featcache cache verify caches/ucf101.zarr")
+def cache_verify(
+    path: str = typer.Argument(..., help="A featcache Zarr store."),
+    quick: bool = typer.Option(False, "--quick", help="Check structure only; skip reading token values."),
+):
+    """Check every video entry is complete and consistent; exit 1 when not."""
+    from featcache import open_cache
+
+    with user_errors():
+        cache = open_cache(path)
+        problems = cache.verify(check_values=not quick)
+    done, failed, staged = len(cache.video_ids("done")), len(cache.failures()), len(cache.staged())
+    for p in problems:
+        typer.echo(f"problem: {p}")
+    note = f"; {staged} interrupted write(s) will be redone by the next extract run" if staged else ""
+    verdict = "FAILED" if problems else "ok"
+    typer.echo(f"verify {verdict}: {done} videos done, {failed} failed, {len(problems)} problem(s){note}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@cache_app.command("status", epilog="Example:\n\n  featcache cache status caches/k400.zarr --shards 64")
+def cache_status(
+    path: str = typer.Argument(..., help="A featcache Zarr store."),
+    manifest: Optional[str] = typer.Option(None, help="The manifest (default: the one the cache was made from)."),
+    shards: int = typer.Option(1, help="Show progress per shard of N."),
+):
+    """Progress across shards: done / failed / in progress / pending videos."""
+    from featcache import open_cache
+    from featcache.cluster import shard_status
+    from featcache.manifest import read_manifest
+
+    with user_errors():
+        cache = open_cache(path)
+        manifest = manifest or cache.attrs.get("manifest", {}).get("path")
+        if not manifest:
+            raise FeatcacheError("--manifest: this cache does not record its manifest; give it")
+        if shards < 1:
+            raise FeatcacheError(f"--shards: must be at least 1, got {shards}")
+        rows = shard_status(cache, [it.video_id for it in read_manifest(manifest)], shards)
+    for r in rows:
+        typer.echo(f"shard {r['shard']}/{shards}: {r['done']} done, {r['failed']} failed, "
+                   f"{r['in_progress']} in progress, {r['pending']} pending")
+    total = {k: sum(r[k] for r in rows) for k in ("done", "failed", "in_progress", "pending")}
+    typer.echo(f"total: {total['done']} done, {total['failed']} failed, {total['in_progress']} in progress, "
+               f"{total['pending']} pending")
+
+
+@cache_app.command("export", epilog="Examples:\n\n  featcache cache export c.zarr --format hdf5 c.h5\n\n  featcache cache export c.zarr --format npy c_npy/")
+def cache_export(
+    path: str = typer.Argument(..., help="A featcache Zarr store."),
+    out: str = typer.Argument(..., help="OUT.h5, or a new folder for --format npy."),
+    fmt: str = typer.Option("hdf5", "--format", help="hdf5 (one file) or npy (per-video .npy + .json)."),
+):
+    """Export tokens, per-video records and the provenance to HDF5 or per-video .npy files."""
+    from featcache.cache.export import export_cache
+
+    with user_errors():
+        n = export_cache(path, fmt, out)
+    typer.echo(f"exported {n} videos to {out} ({fmt})")
+
+
+@cache_app.command("import", epilog="Examples:\n\n  featcache cache import c.h5 --out c.zarr\n\n  featcache cache import i3d_features.h5 --manifest ucf101.csv --model-name i3d --out i3d.zarr")
+def cache_import(
+    src: str = typer.Argument(..., help="A featcache HDF5 export, or an HDF5 file with one dataset per video id."),
+    out: str = typer.Option(..., "--out", "-o", help="The Zarr store to create."),
+    manifest: Optional[str] = typer.Option(None, help="Labels and splits for a foreign file (video_id,path,label,split)."),
+    model_name: str = typer.Option("unknown", help="Foreign file: the model that made the features (recorded)."),
+    frames: Optional[str] = typer.Option(None, help="Foreign file: resample every video to uniform:K frames."),
+):
+    """Import an HDF5 feature file into a store so it can be trained on."""
+    from featcache.cache.export import import_hdf5
+
+    with user_errors():
+        n = import_hdf5(src, out, manifest, model_name, frames)
+    typer.echo(f"imported {n} videos into {out}")

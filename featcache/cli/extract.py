@@ -1,0 +1,150 @@
+"""`featcache extract` (local, --devices, --slurm) and `featcache demo`."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from featcache.cli import _parse_ints, _parse_kv, _parse_shard, _parse_size, app, user_errors
+from featcache.errors import FeatcacheError
+
+
+EXTRACT_EXAMPLES = """
+Examples:
+
+  featcache extract data/ucf101.csv --out caches/ucf101_dinov2.zarr --frames uniform:16,keyframes:8
+
+  featcache extract manifest.csv --out tiny.zarr --weights random --model-arg depth=2 --precision fp32
+
+  featcache extract manifest.csv --out c.zarr --model tf_efficientnet_lite0 --weights lite0.pth
+"""
+
+
+@app.command(epilog=EXTRACT_EXAMPLES)
+def extract(
+    manifest: str = typer.Argument(..., help="CSV or JSONL manifest with video_id,path,label,split."),
+    out: str = typer.Option(..., "--out", "-o", help="The Zarr store to create or resume."),
+    model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name."),
+    weights: str = typer.Option("hub", help="hub (timm pretrained), random, or a .pth/.safetensors file."),
+    model_arg: list[str] = typer.Option([], "--model-arg", help="Extra timm create_model option KEY=VALUE (repeatable)."),
+    img_size: int = typer.Option(224, help="Square input size of the model."),
+    frames: str = typer.Option("uniform:16", help="Frame policies, e.g. uniform:16,keyframes:8 (their union is cached)."),
+    layers: str = typer.Option("-1", help="ViT blocks to cache, e.g. -1 or -4,-1."),
+    batch_size: int = typer.Option(32, help="Frames per forward pass (batches span videos)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
+    dtype: str = typer.Option("float16", help="Storage dtype of the tokens: float16 or float32."),
+    decoder: str = typer.Option("auto", help="auto (decord checked against PyAV), decord or pyav."),
+    luv_size: str = typer.Option("64x48", help="Decode size WxH for key-frame LUV scoring."),
+    short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
+    shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the videos (stable hash of the id)."),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache made with other settings."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    devices: Optional[str] = typer.Option(None, help="One worker per device, each a shard: all, or cuda:0,cuda:1."),
+    slurm: bool = typer.Option(False, "--slurm", help="Submit a Slurm job array (submitit), one task per shard."),
+    shards: int = typer.Option(8, help="--slurm: number of array tasks (shards)."),
+    partition: Optional[str] = typer.Option(None, help="--slurm: partition."),
+    gpus_per_task: int = typer.Option(1, help="--slurm: GPUs per task (0 for CPU tasks)."),
+    cpus_per_task: int = typer.Option(8, help="--slurm: CPUs per task."),
+    mem_gb: int = typer.Option(32, help="--slurm: memory per task (GB)."),
+    time: int = typer.Option(240, "--time", help="--slurm: time limit per task (minutes); preempted or timed-out tasks requeue and resume."),
+    slurm_logs: str = typer.Option("slurm_logs", help="--slurm: folder for per-task logs (<job id>/)."),
+    cluster: str = typer.Option("slurm", help="--slurm: slurm, or local to run the same array here (submitit's local executor)."),
+    wait: bool = typer.Option(False, "--wait", help="--slurm: wait for every task and print their summaries."),
+):
+    """Decode the videos of MANIFEST, run the frozen model, write tokens to a Zarr cache.
+
+    Re-running the same command resumes: finished videos are skipped, failed ones retried.
+    """
+    from featcache.encoder import EncoderConfig
+    from featcache.extract import ExtractConfig, run_extract
+
+    with user_errors():
+        enc = EncoderConfig(model=model, weights=weights, img_size=img_size,
+                            layers=_parse_ints(layers, "--layers"), precision=precision, device=device,
+                            model_args=_parse_kv(model_arg, "--model-arg"))
+        cfg = ExtractConfig(manifest=manifest, out=out, encoder=enc, frames=frames, batch_size=batch_size,
+                            dtype=dtype, decoder=decoder, luv_size=_parse_size(luv_size),
+                            short_videos=short_videos, overwrite=overwrite, shard=_parse_shard(shard),
+                            threads=threads)
+        if slurm:
+            return _launch(cfg, shards, partition, gpus_per_task, cpus_per_task, mem_gb, time, slurm_logs, cluster, wait)
+        if devices:
+            return _on_devices(cfg, devices)
+        summary = run_extract(cfg, show_progress=not quiet)
+    _print_summary(summary, out)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster, wait) -> None:
+    from featcache.cluster import SlurmConfig, launch_slurm
+
+    if cfg.shard is not None:
+        raise FeatcacheError("--slurm: give --shards N, not --shard I/N (each task takes one shard)")
+    jobs = launch_slurm(cfg, SlurmConfig(shards, partition, gpus, cpus, mem_gb, time_min, logs=logs, cluster=cluster))
+    typer.echo(f"submitted {len(jobs)} task(s) (job {jobs[0].job_id.split('_')[0]}); logs in {logs}/<job id>/; "
+               f"progress: featcache cache status {cfg.out} --shards {shards}")
+    if wait:
+        failed = 0
+        for job in jobs:
+            result = job.result()
+            failed += len(result["failed"])
+            typer.echo(f"shard {result['shard'][0]}/{shards}: {result['done']} done, {result['skipped']} already "
+                       f"cached, {len(result['failed'])} failed, {result['frames']} frames in {result['wall_s']:.1f} s")
+        if failed:
+            raise typer.Exit(1)
+
+
+def _on_devices(cfg, devices: str) -> None:
+    from featcache.cluster import parse_devices, run_on_devices
+
+    if cfg.shard is not None:
+        raise FeatcacheError("--devices: each device takes a shard; do not combine with --shard")
+    names = parse_devices(devices)
+    summaries = run_on_devices(cfg, names)
+    for name, summary in zip(names, summaries):
+        typer.echo(f"[{name}] ", nl=False)
+        _print_summary(summary, cfg.out)
+    if any(s.failed for s in summaries):
+        raise typer.Exit(1)
+
+
+def _print_summary(s, out: str) -> None:
+    mb = s.bytes_written / 1e6
+    typer.echo(f"extracted {s.done} videos, {len(s.failed)} failed, {s.skipped} already cached "
+               f"(of {s.total}); {s.frames} frames in {s.wall_s:.1f} s = {s.frames_per_s:.1f} frames/s; "
+               f"{mb:.1f} MB written to {out}")
+    for line in s.warnings:
+        typer.echo(f"warning: {line}")
+    for video_id, reason in s.failed.items():
+        typer.echo(f"failed: {video_id}: {reason}")
+
+
+@app.command(epilog="Example:\n\n  featcache demo --out demo")
+def demo(
+    out: str = typer.Option("demo", "--out", "-o", help="Folder for the videos, manifest and cache."),
+    per_class: int = typer.Option(12, help="Videos per class (4 motion classes)."),
+    model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name."),
+    weights: str = typer.Option("random", help="random (no download), hub, or a weights file."),
+    frames: str = typer.Option("uniform:8,keyframes:8", help="Frame policies."),
+):
+    """Generate a small dataset of moving shapes (class = direction of motion), then extract it."""
+    from featcache.encoder import EncoderConfig
+    from featcache.extract import ExtractConfig, run_extract
+    from featcache.synthetic import make_dataset
+
+    with user_errors():
+        typer.echo(f"writing {4 * per_class} synthetic videos to {out}/videos ...")
+        manifest = make_dataset(out, "motion", per_class=per_class, num_frames=32)
+        cache = os.path.join(out, "cache.zarr")
+        cfg = ExtractConfig(manifest=manifest, out=cache, frames=frames,
+                            encoder=EncoderConfig(model=model, weights=weights))
+        summary = run_extract(cfg)
+    _print_summary(summary, cache)
+    typer.echo(f"\nnext:\n  featcache cache info {cache}\n"
+               f"  featcache train {cache} --head r3d --view uniform:8 --out {out}/runs/r3d")
+    if summary.failed:
+        raise typer.Exit(1)

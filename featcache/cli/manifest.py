@@ -1,0 +1,126 @@
+"""`featcache manifest <dataset>` converters and `featcache manifest check`."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from featcache.cli import app, user_errors
+
+
+manifest_app = typer.Typer(help="Build manifests from standard dataset layouts, and check them.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
+_OUT = typer.Option(..., "--out", "-o", help="The manifest CSV to write.")
+_VAL = typer.Option(0.1, help="Fraction of train carved into val (deterministic, seeded).")
+_SEED = typer.Option(0, help="Seed of the val carve.")
+
+
+def _convert(out: str, root: str, converter, *args) -> None:
+    from featcache.manifest import write_manifest
+
+    with user_errors():
+        rows, notes = converter(root, *args)
+        write_manifest(rows, out, root, notes)
+    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+    labels = len({lb for r in rows for lb in r["label"].split(";") if lb})
+    typer.echo(f"wrote {out}: {len(rows)} videos {counts}, {labels} labels; check it with featcache manifest check {out}")
+
+
+@manifest_app.command("ucf101", epilog="Example:\n\n  featcache manifest ucf101 UCF-101 --splits ucfTrainTestlist --split-id 1 --out ucf101_s1.csv")
+def manifest_ucf101(root: str = typer.Argument(..., help="Folder with <Class>/v_<Class>_gXX_cYY.avi."),
+                    splits: str = typer.Option(..., help="Folder with classInd.txt, trainlist0N.txt, testlist0N.txt."),
+                    split_id: int = typer.Option(1, help="Official split 1, 2 or 3."),
+                    out: str = _OUT, val_fraction: float = _VAL, seed: int = _SEED):
+    """UCF101 from its official split files (val carved from train by performer group)."""
+    from featcache import converters
+
+    _convert(out, root, converters.ucf101, splits, split_id, val_fraction, seed)
+
+
+@manifest_app.command("hmdb51", epilog="Example:\n\n  featcache manifest hmdb51 hmdb51_org --splits testTrainMulti_7030_splits --out hmdb51_s1.csv")
+def manifest_hmdb51(root: str = typer.Argument(..., help="Folder with <class>/<video>.avi."),
+                    splits: str = typer.Option(..., help="Folder with <class>_test_split<N>.txt files."),
+                    split_id: int = typer.Option(1, help="Official split 1, 2 or 3."),
+                    out: str = _OUT, val_fraction: float = _VAL, seed: int = _SEED):
+    """HMDB51 from its official split files."""
+    from featcache import converters
+
+    _convert(out, root, converters.hmdb51, splits, split_id, val_fraction, seed)
+
+
+@manifest_app.command("kinetics", epilog="Example:\n\n  featcache manifest kinetics k400 --csv train.csv --csv validate.csv --out k400.csv")
+def manifest_kinetics(root: str = typer.Argument(..., help="Folder holding the clips (any depth)."),
+                      csv_files: list[str] = typer.Option(..., "--csv", help="Official CSV(s) (repeatable)."),
+                      out: str = _OUT):
+    """Kinetics-400/600/700 from the official CSVs."""
+    from featcache import converters
+
+    _convert(out, root, converters.kinetics, csv_files)
+
+
+@manifest_app.command("ssv2", epilog="Example:\n\n  featcache manifest ssv2 20bn-something-something-v2 --labels labels.json --train train.json --val validation.json --out ssv2.csv")
+def manifest_ssv2(root: str = typer.Argument(..., help="Folder with <id>.webm."),
+                  labels: str = typer.Option(..., help="something-something-v2-labels.json."),
+                  train_json: str = typer.Option(..., "--train", help="something-something-v2-train.json."),
+                  val_json: str = typer.Option(..., "--val", help="something-something-v2-validation.json."),
+                  test_json: Optional[str] = typer.Option(None, "--test", help="something-something-v2-test.json."),
+                  out: str = _OUT):
+    """Something-Something v2 from the official JSON files."""
+    from featcache import converters
+
+    _convert(out, root, converters.ssv2, labels, train_json, val_json, test_json)
+
+
+@manifest_app.command("diving48", epilog="Example:\n\n  featcache manifest diving48 rgb --train Diving48_V2_train.json --test Diving48_V2_test.json --out diving48.csv")
+def manifest_diving48(root: str = typer.Argument(..., help="Folder with <vid_name>.mp4."),
+                      train_json: str = typer.Option(..., "--train"), test_json: str = typer.Option(..., "--test"),
+                      out: str = _OUT, val_fraction: float = _VAL, seed: int = _SEED):
+    """Diving48 from the official JSON files."""
+    from featcache import converters
+
+    _convert(out, root, converters.diving48, train_json, test_json, val_fraction, seed)
+
+
+@manifest_app.command("charades", epilog="Example:\n\n  featcache manifest charades Charades_v1_480 --train Charades_v1_train.csv --test Charades_v1_test.csv --classes Charades_v1_classes.txt --out charades.csv")
+def manifest_charades(root: str = typer.Argument(..., help="Folder with <id>.mp4."),
+                      train_csv: str = typer.Option(..., "--train"), test_csv: str = typer.Option(..., "--test"),
+                      classes: str = typer.Option(..., help="Charades_v1_classes.txt."),
+                      out: str = _OUT, val_fraction: float = _VAL, seed: int = _SEED):
+    """Charades (multi-label) from the official CSVs and class list."""
+    from featcache import converters
+
+    _convert(out, root, converters.charades, train_csv, test_csv, classes, val_fraction, seed)
+
+
+@manifest_app.command("folder", epilog="Example:\n\n  featcache manifest folder my_videos --out mine.csv --val-fraction 0.1 --test-fraction 0.2")
+def manifest_folder(root: str = typer.Argument(..., help="Folder with <class>/<video> files."),
+                    out: str = _OUT, val_fraction: float = _VAL,
+                    test_fraction: float = typer.Option(0.2, help="Fraction for test."), seed: int = _SEED):
+    """A generic root/<class>/<video> layout with a deterministic, seeded train/val/test split."""
+    from featcache import converters
+
+    _convert(out, root, converters.folder, val_fraction, test_fraction, seed)
+
+
+@manifest_app.command("check", epilog="Example:\n\n  featcache manifest check ucf101_s1.csv")
+def manifest_check(path: str = typer.Argument(..., help="A manifest."),
+                   as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
+    """Missing files, duplicate ids, classes without training videos, label sets, class balance."""
+    from featcache.manifest import check_manifest
+
+    with user_errors():
+        facts, errors = check_manifest(path)
+    if as_json:
+        typer.echo(json.dumps({**facts, "errors": errors}, indent=2))
+    else:
+        typer.echo(f"{path}: {facts['videos']} videos {facts['per_split']}; {facts['classes']} classes "
+                   f"{facts['classes_per_split']}; multi-label: {facts['multi_label']}; unlabelled: {facts['unlabelled']}")
+        typer.echo(f"train class balance: smallest {facts['smallest_classes']}, largest {facts['largest_classes']}")
+        for e in errors[:20]:
+            typer.echo(f"error: {e}")
+        if len(errors) > 20:
+            typer.echo(f"... and {len(errors) - 20} more errors")
+        typer.echo(f"check {'FAILED' if errors else 'ok'}: {len(errors)} error(s), {facts['missing_files']} missing file(s)")
+    if errors:
+        raise typer.Exit(1)

@@ -1,0 +1,169 @@
+"""`featcache train`, `eval`, `heads` and `ablate`."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import typer
+
+from featcache.cli import app, user_errors
+from featcache.errors import FeatcacheError
+
+
+TRAIN_EXAMPLES = """
+Examples:
+
+  featcache train caches/hmdb51.zarr --head r3d --view uniform:8 --out runs/r3d
+
+  featcache train c.zarr --head pool --set head.temporal=concat --set head.mlp_layers=2 --set epochs=20
+
+  featcache train c.zarr --config pipelines/adapter.yaml --set seed=1 --out runs/adapter_s1
+"""
+
+
+@app.command(epilog=TRAIN_EXAMPLES)
+def train(
+    cache: str = typer.Argument(..., help="A cache written by featcache extract."),
+    head: Optional[str] = typer.Option(None, help="Head name (featcache heads lists them)."),
+    view: Optional[str] = typer.Option(None, help="Frames to use, e.g. uniform:8 or keyframes:8."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file of options (same keys as --set)."),
+    set_: list[str] = typer.Option([], "--set", help="Override KEY=VALUE, e.g. epochs=20, head.hidden=256 (repeatable)."),
+    out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
+    list_heads: bool = typer.Option(False, "--list-heads", help="List heads and their options, then exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train a light head on the cached tokens: fit on train, select on val, report on test."""
+    if list_heads:
+        heads()
+        return
+    from featcache.train.loop import run_training
+
+    with user_errors():
+        cfg = _train_config(config, set_, head, view)
+        results = run_training(cache, cfg, out, resume=resume, show_progress=not quiet)
+    shown = {k: v for k, v in results.items() if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "macro_f1", "mAP")}
+    typer.echo(f"trained {cfg.head} on {cfg.view}; best epoch {results['best_epoch']}; "
+               + ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())))
+    typer.echo(f"run directory: {out} (metrics.json, log.jsonl, best.pt, config.yaml)")
+
+
+def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], view: Optional[str]):
+    from featcache.config import build_config, parse_assignments
+
+    values = {}
+    if path:
+        values = _read_yaml(path)
+    try:
+        cfg = build_config(values, where=f"{path}: " if path else "")
+        flags = {k: v for k, v in (("head", head), ("view", view)) if v is not None}
+        cfg = build_config({**flags, **parse_assignments(pairs)}, base=cfg, where="--set ")
+    except ValueError as exc:
+        raise FeatcacheError(str(exc)) from None
+    from featcache.registry import head_options, list_heads
+
+    if cfg.head not in list_heads():
+        raise FeatcacheError(f"--head: unknown head {cfg.head!r}; available: {', '.join(list_heads())}")
+    unknown = sorted(set(cfg.head_options) - set(head_options(cfg.head)))
+    if unknown:
+        raise FeatcacheError(f"head {cfg.head} has no option {', '.join(unknown)}; "
+                             f"options: {', '.join(head_options(cfg.head))}")
+    return cfg
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FeatcacheError(f"--config: no such file {path!r}")
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise FeatcacheError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise FeatcacheError(f"{path}: expected a mapping of options at the top level")
+    return values
+
+
+@app.command("eval", epilog="Example:\n\n  featcache eval runs/r3d --split test")
+def eval_(
+    run_dir: str = typer.Argument(..., help="A featcache train run directory."),
+    split: str = typer.Option("test", help="train, val or test."),
+    cache: Optional[str] = typer.Option(None, help="Evaluate on this cache instead of the one trained on."),
+    checkpoint: str = typer.Option("best", help="best or last."),
+):
+    """Re-evaluate a trained head on a split; refuses caches from another model or preprocessing."""
+    from featcache import open_cache
+    from featcache.train.loop import SPLITS, evaluate_checkpoint
+
+    with user_errors():
+        if split not in SPLITS:
+            raise FeatcacheError(f"--split: unknown {split!r}; expected train, val or test")
+        if checkpoint not in ("best", "last"):
+            raise FeatcacheError(f"--checkpoint: expected best or last, got {checkpoint!r}")
+        results = evaluate_checkpoint(os.path.join(run_dir, f"{checkpoint}.pt"),
+                                      open_cache(cache) if cache else None, splits=(split,), out_dir=run_dir)
+        if not results:
+            raise FeatcacheError(f"the cache has no videos in the {split} split")
+    with open(os.path.join(run_dir, f"eval_{split}.json"), "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    typer.echo(json.dumps(results, indent=2, sort_keys=True))
+
+
+ABLATE_EXAMPLES = """
+Examples:
+
+  featcache ablate pipelines/adapter_pooling.yaml --cache caches/hmdb51.zarr --out runs/adapter --dry-run
+
+  featcache ablate pipelines/advise_tmm.yaml --cache caches/diving48.zarr --out runs/advise
+
+  featcache ablate sweep.yaml --out runs/s1 --only 0,3 --filter head.temporal=avg --set epochs=5
+"""
+
+
+@app.command(epilog=ABLATE_EXAMPLES)
+def ablate(
+    sweep_file: str = typer.Argument(..., help="A sweep YAML file (see README: Sweeps)."),
+    out: str = typer.Option("runs/sweep", "--out", "-o", help="Folder for cells/, leaderboard.csv and .md."),
+    cache: Optional[str] = typer.Option(None, help="The cache to use (overrides the file's cache:)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a base option KEY=VALUE for every cell."),
+    only: Optional[str] = typer.Option(None, help="Run only these cells: comma-separated indices or names."),
+    filter_: list[str] = typer.Option([], "--filter", help="Run only cells with KEY=VALUE (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, fused passes and estimated cost."),
+    memory_gb: Optional[float] = typer.Option(None, help="Memory budget of one fused pass (default: half the free RAM, or 80% of free GPU memory)."),
+    max_fused: int = typer.Option(32, help="Most heads trained in one pass."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Run a grid of trainings from one cache, fusing cells that read the same data into one pass."""
+    from featcache.ablate import SweepError, load_sweep, select
+    from featcache.ablate_run import run_sweep
+    from featcache.config import parse_assignments
+
+    with user_errors():
+        try:
+            sweep = load_sweep(sweep_file, cache=cache, overrides=parse_assignments(set_))
+            filters = parse_assignments(filter_)
+            cells = select(sweep.cells, only.split(",") if only else None, filters)
+            if not cells:
+                raise FeatcacheError(f"{sweep_file}: no cell matches --only/--filter")
+            memory = int(memory_gb * 1e9) if memory_gb else None
+            rows = run_sweep(sweep, out, cells, dry_run=dry_run, memory_bytes=memory, max_fused=max_fused,
+                             show_progress=not quiet, echo=typer.echo)
+        except (SweepError, ValueError) as exc:
+            raise FeatcacheError(str(exc)) from None
+    if rows:
+        best = min(rows, key=lambda r: (-1 if sweep.goal == "maximize" else 1) * r["metrics"][sweep.metric])
+        typer.echo(f"best: {best['cell']} {sweep.metric} {best['metrics'][sweep.metric]:.4f}; "
+                   f"leaderboard: {out}/leaderboard.md, {out}/leaderboard.csv")
+
+
+@app.command()
+def heads():
+    """List the registered heads and their options with defaults."""
+    from featcache.registry import head_options, list_heads
+
+    for name in list_heads():
+        opts = ", ".join(f"{k}={v!r}" for k, v in head_options(name).items())
+        typer.echo(f"{name:12s} {opts}")
