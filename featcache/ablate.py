@@ -16,11 +16,10 @@ Sweep file:
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from dataclasses import dataclass
 
-from featcache.config import TrainConfig, build_config, flatten
+from featcache.config import TrainConfig, build_config, flatten, load_yaml_mapping
 
 SWEEP_KEYS = ("name", "description", "cache", "base", "method", "parameters", "zip", "cells", "metric")
 METHODS = ("grid", "list")
@@ -51,17 +50,10 @@ class SweepError(ValueError):
 
 def load_sweep(path: str, cache: str | None = None, overrides: dict | None = None) -> Sweep:
     """Read and validate a sweep file (everything except what needs the cache's contents)."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise SweepError(f"{path}: no such sweep file")
     try:
-        with open(path) as f:
-            spec = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(spec, dict):
-        raise SweepError(f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+        spec = load_yaml_mapping(path, missing="no such sweep file")
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
         raise SweepError(f"{path}: unknown key {unknown[0]!r}; expected {', '.join(SWEEP_KEYS)}")

@@ -121,3 +121,22 @@ def to_dict(cfg: TrainConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d["layers"] = list(cfg.layers)
     return d
+
+
+def load_yaml_mapping(path: str, missing: str) -> dict:
+    """A YAML file whose top level is a mapping; ValueError (starting with ``missing`` when the
+    file does not exist, else with the path) for anything else."""
+    import os
+
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ValueError(f"{missing} {path!r}")
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return values

@@ -50,6 +50,15 @@ def train(cache, out, **values):
     return run_training(cache, cfg, str(out), show_progress=False)
 
 
+def rewrite_manifest(src, dest, rows):
+    """Write ``rows`` of manifest ``src`` to ``dest`` with their paths made absolute."""
+    with open(dest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "path": os.path.join(os.path.dirname(src), r["path"])} for r in rows])
+    return str(dest)
+
+
 # ------------------------------------------------------------------ evidence that it learns
 def test_temporal_heads_beat_average_pooling_when_only_motion_differs(motion, appearance, tmp_path):
     """AdViSe's finding on a dataset where a frame alone says nothing about the class."""
@@ -177,12 +186,8 @@ def test_multi_label_uses_bce_and_reports_map(tmp_path, motion):
     rows = list(csv.DictReader(open(src)))
     for r in rows[::2]:
         r["label"] += ";horizontal" if r["label"] in ("left", "right") else ";vertical"
-    manifest = tmp_path / "multi.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows([{**r, "path": os.path.join(os.path.dirname(src), r["path"])} for r in rows])
-    cache = extract(str(manifest), tmp_path / "m.zarr", frames="uniform:8")
+    manifest = rewrite_manifest(src, tmp_path / "multi.csv", rows)
+    cache = extract(manifest, tmp_path / "m.zarr", frames="uniform:8")
     results = train(cache, tmp_path / "run", head="r3d", pos_weight="auto", epochs=8)
     assert 0.0 < results["test/mAP"] <= 1.0 and "test/top5" not in results
     assert open_cache(cache).attrs["frames"]["policies"] == ["uniform:8"]
@@ -208,12 +213,8 @@ def test_config_merging_and_validation():
 def test_no_train_split_and_checkpoint_on_another_cache(tmp_path, motion, appearance):
     src = os.path.join(os.path.dirname(appearance), "manifest.csv")
     rows = [r for r in csv.DictReader(open(src)) if r["split"] != "train"]
-    manifest = tmp_path / "no_train.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows([{**r, "path": os.path.join(os.path.dirname(src), r["path"])} for r in rows])
-    cache = extract(str(manifest), tmp_path / "nt.zarr", frames="uniform:8")
+    manifest = rewrite_manifest(src, tmp_path / "no_train.csv", rows)
+    cache = extract(manifest, tmp_path / "nt.zarr", frames="uniform:8")
     with pytest.raises(FeatcacheError, match="no videos in the train split"):
         train(cache, tmp_path / "r", head="pool")
     run = tmp_path / "run"

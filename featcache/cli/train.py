@@ -50,12 +50,10 @@ def train(
 
 
 def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], view: Optional[str]):
-    from featcache.config import build_config, parse_assignments
+    from featcache.config import build_config, load_yaml_mapping, parse_assignments
 
-    values = {}
-    if path:
-        values = _read_yaml(path)
     try:
+        values = load_yaml_mapping(path, missing="--config: no such file") if path else {}
         cfg = build_config(values, where=f"{path}: " if path else "")
         flags = {k: v for k, v in (("head", head), ("view", view)) if v is not None}
         cfg = build_config({**flags, **parse_assignments(pairs)}, base=cfg, where="--set ")
@@ -70,21 +68,6 @@ def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], vi
         raise FeatcacheError(f"head {cfg.head} has no option {', '.join(unknown)}; "
                              f"options: {', '.join(head_options(cfg.head))}")
     return cfg
-
-
-def _read_yaml(path: str) -> dict:
-    import yaml
-
-    if not os.path.isfile(path):
-        raise FeatcacheError(f"--config: no such file {path!r}")
-    try:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exc:
-        raise FeatcacheError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(values, dict):
-        raise FeatcacheError(f"{path}: expected a mapping of options at the top level")
-    return values
 
 
 @app.command("eval", epilog="Example:\n\n  featcache eval runs/r3d --split test")
