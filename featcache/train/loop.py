@@ -1,4 +1,5 @@
-"""Training and evaluation of one head from a cache. Never imports decord: only the store.
+"""Training (one head, or a fused group of heads sharing every batch) and evaluation from a cache.
+Never imports decord or PyAV: only the store.
 
 Run directory (RUN_DIR):
     config.yaml        resolved config + cache path/fingerprint + classes + task
