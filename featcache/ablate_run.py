@@ -36,10 +36,12 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
               echo=print) -> list[dict]:
     cache = open_cache(sweep.cache)
     shapes = _check_views(sweep, cache, cells)
-    plans = [_probe(sweep, cell, shapes[_view_key(cell)], cache) for cell in cells]
+    done = [r for r in cache.records().values() if r.get("status") == "done"]
+    classes = max(2, len({label for r in done for label in r["labels"]}))
+    plans = [_probe(sweep, cell, shapes[_view_key(cell)], classes) for cell in cells]
     budget = memory_bytes or _available_bytes(cells[0].config.device)
     groups = plan_groups(plans, budget, max_fused)
-    _print_plan(sweep, groups, shapes, echo)
+    _print_plan(sweep, groups, sum(r["split"] == "train" for r in done), echo)
     if dry_run:
         return []
     os.makedirs(out_dir, exist_ok=True)
@@ -91,11 +93,10 @@ def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict:
     return shapes
 
 
-def _probe(sweep: Sweep, cell: Cell, shape: tuple, cache) -> Plan:
+def _probe(sweep: Sweep, cell: Cell, shape: tuple, classes: int) -> Plan:
     """Build the head on the view's shape, run one forward + backward: validates the options and
     measures activation memory (saved tensors) and step time."""
     t, n, c, prefix, grid = shape
-    classes = max(2, len({label for r in cache.records().values() for label in r.get("labels", [])}))
     try:
         head = create_head(cell.config.head, in_dim=c, num_classes=classes, num_frames=t, grid=grid,
                            num_prefix_tokens=prefix, **cell.config.head_options)
@@ -140,9 +141,7 @@ def plan_groups(plans: list[Plan], budget: int, max_fused: int) -> list[list[Pla
     return [g for groups in by_key.values() for g in groups]
 
 
-def _print_plan(sweep: Sweep, groups: list[list[Plan]], shapes: dict, echo) -> None:
-    cache = open_cache(sweep.cache)
-    n_train = sum(1 for r in cache.records().values() if r.get("status") == "done" and r["split"] == "train")
+def _print_plan(sweep: Sweep, groups: list[list[Plan]], n_train: int, echo) -> None:
     total = 0.0
     echo(f"sweep {sweep.path}: {sum(len(g) for g in groups)} cells in {len(groups)} fused pass(es); "
          f"metric {sweep.metric} ({sweep.goal})")
