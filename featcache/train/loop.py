@@ -123,8 +123,9 @@ class _Member:
 
     def __init__(self, cfg, head, task, data, device, out_dir, meta):
         self.cfg, self.head, self.out_dir, self.meta = cfg, head.to(device), out_dir, meta
-        # the RNG stream this head's dropout draws from: continues from its own initialisation
+        # the RNG streams this head's dropout draws from: continue from its own initialisation
         self.rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         steps = math.ceil(len(data["train"].x) / cfg.batch_size)
         total, warm = cfg.epochs * steps, cfg.warmup_epochs * steps
         self.opt = _optimizer(cfg, head)
@@ -137,10 +138,14 @@ class _Member:
 
     def forward(self, x, y):
         torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, x.device)
         with torch.autocast(x.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = self.head(x)
             loss = self.loss_fn(logits.float(), y)
         self.rng = torch.get_rng_state()
+        if self.cuda_rng is not None:
+            self.cuda_rng = torch.cuda.get_rng_state(x.device)
         return loss, logits.detach()
 
     def step(self) -> None:
@@ -162,7 +167,7 @@ class _Member:
             checkpoint.save(os.path.join(self.out_dir, "best.pt"), **state)
         checkpoint.save(os.path.join(self.out_dir, "last.pt"), **state, optimizer=self.opt.state_dict(),
                         scheduler=self.sched.state_dict(), best=self.best, best_epoch=self.best_epoch,
-                        stale=self.stale, rng=self.rng, active=self.active)
+                        stale=self.stale, rng=self.rng, cuda_rng=self.cuda_rng, active=self.active)
 
     def restore(self) -> int:
         """Load last.pt; returns the next epoch (0 when there is nothing to resume)."""
@@ -177,6 +182,8 @@ class _Member:
         self.sched.load_state_dict(ckpt["scheduler"])
         self.best, self.best_epoch, self.stale = ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
         self.rng, self.active = ckpt["rng"], ckpt["active"]
+        if self.cuda_rng is not None and ckpt.get("cuda_rng") is not None:  # resumed on a GPU again
+            self.cuda_rng = ckpt["cuda_rng"]
         return ckpt["epoch"] + 1
 
 
