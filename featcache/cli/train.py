@@ -137,7 +137,9 @@ def ablate(
         except (SweepError, ValueError) as exc:
             raise FeatcacheError(str(exc)) from None
     if rows:
-        best = min(rows, key=lambda r: (-1 if sweep.goal == "maximize" else 1) * r["metrics"][sweep.metric])
+        from featcache.leaderboard import rank
+
+        best = rank(rows, sweep.metric, sweep.goal)[0]  # the leaderboard's own ordering
         typer.echo(f"best: {best['cell']} {sweep.metric} {best['metrics'][sweep.metric]:.4f}; "
                    f"leaderboard: {out}/leaderboard.md, {out}/leaderboard.csv")
 
