@@ -30,7 +30,8 @@ from featcache.encoder import EncoderConfig, FrozenEncoder
 from featcache.extract import ExtractConfig, ExtractSummary, _Pipeline, run_extract
 from featcache.manifest import read_manifest
 from featcache.synthetic import make_dataset
-from featcache.train.loop import Task, _build, _loss, _optimizer
+from featcache.cache.dataset import Task
+from featcache.train.fit import _build, _loss, _optimizer
 
 
 def _dataset(videos: int, encoder: EncoderConfig, frames: str) -> tuple[str, str]:

@@ -1,8 +1,9 @@
 """Running a sweep: check it against the cache, plan fused groups within memory, train, rank.
 
-Cells that agree on everything that decides the batches (view, layers, tokens, spatial,
-batch size, epochs, seed, task, device) are trained in one pass (train.loop.train_group);
-a group whose heads would not fit the memory budget is split. Finished cells are skipped.
+Cells that agree on everything that decides the batches (``TrainConfig.fusion_key``: the view,
+batch size, epochs, seed, task, device) are trained in one pass (``train_group``); a group whose
+heads would not fit the memory budget is split. Groups that share a view run one after the other,
+so each view is read once. Finished cells are skipped.
 """
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from dataclasses import dataclass
 import torch
 
 from featcache.ablate import Cell, Sweep, SweepError
-from featcache.cache.dataset import View, check_view, frame_positions, materialise, view_layout
+from featcache.cache.dataset import frame_positions
 from featcache.cache.store import open_cache
 from featcache.config import to_dict
 from featcache.errors import FeatcacheError
 from featcache.leaderboard import write_leaderboard
 from featcache.registry import create_head
-from featcache.train.loop import SPLITS, fusion_key, train_group, view_of
+from featcache.train.evaluate import read_splits
+from featcache.train.fit import train_group
+from featcache.view import Layout, View
 
 
 @dataclass
@@ -35,10 +38,10 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
               memory_bytes: int | None = None, max_fused: int = 32, show_progress: bool = True,
               echo=print) -> list[dict]:
     cache = open_cache(sweep.cache)
-    shapes = _check_views(sweep, cache, cells)
+    layouts = _check_views(sweep, cache, cells)
     done = [r for r in cache.records().values() if r.get("status") == "done"]
     classes = max(2, len({label for r in done for label in r["labels"]}))
-    plans = [_probe(sweep, cell, shapes[_view_key(cell)], classes) for cell in cells]
+    plans = [_probe(sweep, cell, layouts[cell.config.view], classes) for cell in cells]
     budget = memory_bytes or _available_bytes(cells[0].config.device)
     groups = plan_groups(plans, budget, max_fused)
     _print_plan(sweep, groups, sum(r["split"] == "train" for r in done), echo)
@@ -52,13 +55,14 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
         skipped += len(group) - len(todo)
         if not todo:
             continue
-        if _view_key(todo[0]) != data_key:  # groups that share a view share one read
-            data, data_key = None, None
-            data = {s: materialise(cache, view_of(todo[0].config), s) for s in SPLITS}
-            data_key = _view_key(todo[0])
+        view = todo[0].config.view
+        if view != data_key:  # groups that share a view are adjacent (plan_groups) and share one read
+            data = None  # free the previous view before reading the next
+            echo(f"reading view {view}")
+            data, data_key = read_splits(cache, view), view
         echo(f"training {len(todo)} cell(s) in one pass: {', '.join(c.name for c in todo)}")
         train_group(sweep.cache, [c.config for c in todo], [_cell_dir(out_dir, c) for c in todo],
-                    show_progress=show_progress, data=data)
+                    overwrite=True, show_progress=show_progress, data=data)
     if skipped:
         echo(f"{skipped} finished cell(s) skipped (delete their folders under {out_dir}/cells to redo them)")
     rows = [_row(out_dir, c) for c in cells]
@@ -66,43 +70,33 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     return rows
 
 
-def _view_key(cell: Cell) -> tuple:
-    c = cell.config
-    return c.view, tuple(c.layers), c.tokens, c.spatial
-
-
-def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict:
-    """Every distinct view must be servable for every video; returns view -> (T, N, C, prefix, grid)."""
-    shapes = {}
+def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict[View, Layout]:
+    """Every distinct view must be servable for every video; returns each view's layout."""
+    layouts = {}
     records = [r for r in cache.records().values() if r.get("status") == "done"]
     for cell in cells:
-        key = _view_key(cell)
-        if key in shapes:
+        view = cell.config.view
+        if view in layouts:
             continue
-        view = View(*key)
         try:
-            check_view(cache, view)
+            view.check(cache.attrs)
             for record in records:
                 frame_positions(cache.video(record["video_id"]), view.frames)
         except FeatcacheError as exc:
             raise SweepError(f"{sweep.path}: cell {cell.name}: view={view.frames}: {exc}") from None
-        prefix, grid = view_layout(cache, view)
-        count = int(view.frames.split(":")[1])
-        dim = cache.attrs["tokens"]["dim"] * len(view.layers)
-        shapes[key] = (count, prefix + grid[0] * grid[1], dim, prefix, grid)
-    return shapes
+        layouts[view] = view.layout(cache.attrs)
+    return layouts
 
 
-def _probe(sweep: Sweep, cell: Cell, shape: tuple, classes: int) -> Plan:
+def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int) -> Plan:
     """Build the head on the view's shape, run one forward + backward: validates the options and
     measures activation memory (saved tensors) and step time."""
-    t, n, c, prefix, grid = shape
     try:
-        head = create_head(cell.config.head, in_dim=c, num_classes=classes, num_frames=t, grid=grid,
-                           num_prefix_tokens=prefix, **cell.config.head_options)
+        head = create_head(cell.config.head, in_dim=layout.dim, num_classes=classes, num_frames=layout.frames,
+                           grid=layout.grid, num_prefix_tokens=layout.num_prefix_tokens, **cell.config.head_options)
     except (ValueError, TypeError) as exc:
         raise SweepError(f"{sweep.path}: cell {cell.name}: head={cell.config.head}: {exc}") from None
-    x = torch.zeros(cell.config.batch_size, t, n, c)
+    x = torch.zeros(cell.config.batch_size, *layout.shape)
     saved = [0]
 
     def pack(tensor):
@@ -130,15 +124,25 @@ def _available_bytes(device: str) -> int:
 
 def plan_groups(plans: list[Plan], budget: int, max_fused: int) -> list[list[Plan]]:
     """Cells with the same fusion key, packed in order into groups within ``budget`` bytes and
-    ``max_fused`` heads; a cell that alone exceeds the budget still runs, alone."""
+    ``max_fused`` heads; a cell that alone exceeds the budget still runs, alone. Groups that
+    read the same view come out adjacent (in order of first appearance), so a sweep reads each
+    view once."""
     by_key: dict[tuple, list[list[Plan]]] = {}
-    for plan in plans:
-        groups = by_key.setdefault(fusion_key(plan.cell.config), [[]])
+    for plan in sorted(plans, key=_first_seen([p.cell.config.view for p in plans])):
+        groups = by_key.setdefault(plan.cell.config.fusion_key, [[]])
         last = groups[-1]
         if last and (len(last) >= max_fused or sum(p.bytes for p in last) + plan.bytes > budget):
             groups.append([])
         groups[-1].append(plan)
     return [g for groups in by_key.values() for g in groups]
+
+
+def _first_seen(views: list[View]):
+    """Sort key: a plan's view by the position of that view's first appearance (stable)."""
+    order = {}
+    for view in views:
+        order.setdefault(view, len(order))
+    return lambda plan: order[plan.cell.config.view]
 
 
 def _print_plan(sweep: Sweep, groups: list[list[Plan]], n_train: int, echo) -> None:
@@ -156,7 +160,7 @@ def _print_plan(sweep: Sweep, groups: list[list[Plan]], n_train: int, echo) -> N
             settings = ", ".join(f"{k}={v}" for k, v in p.cell.settings.items())
             echo(f"    [{p.cell.index}] {p.cell.name}: {settings}")
     echo(f"estimated cost: ~{total:.1f} s of training (from one measured step per cell), "
-         f"{len({_view_key(g[0].cell) for g in groups})} view read(s)")
+         f"{len({g[0].cell.config.view for g in groups})} view read(s)")
 
 
 def _cell_dir(out_dir: str, cell: Cell) -> str:

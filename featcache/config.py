@@ -1,7 +1,10 @@
 """Training configuration: a frozen dataclass with commented defaults, merged from a YAML file
 and ``key=value`` overrides. Unknown keys and values of the wrong type are errors naming the key.
 
-Pure: imports nothing from featcache.
+The view (``view, layers, tokens, spatial``) is parsed here, once, into one frozen
+:class:`featcache.view.View`; configs and checkpoints keep its flat keys.
+
+Pure: imports only :mod:`featcache.view`.
 """
 from __future__ import annotations
 
@@ -9,17 +12,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from featcache.view import VIEW_KEYS, View
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- model
     head: str = "pool"  # a registered head (featcache heads)
     head_options: dict = field(default_factory=dict)  # set as head.<option>=value
-    # --- view of the cache
-    view: str = "uniform:8"  # frame policy served from the cached pool
-    layers: tuple = (-1,)  # cached layers to use (positions; several are concatenated)
-    tokens: str = "all"  # all | cls | patch
-    spatial: int = 0  # average-pool the patch grid to spatial x spatial (0 = keep)
+    # --- view of the cache: keys view (frame policy), layers, tokens, spatial (see featcache.view)
+    view: View = field(default_factory=View)
     # --- optimisation
     epochs: int = 10
     batch_size: int = 32
@@ -37,8 +39,17 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
 
+    @property
+    def fusion_key(self) -> tuple:
+        """Cells with equal keys read the same batches in the same order and can share one pass."""
+        return tuple(getattr(self, k) for k in FUSION_KEYS)
 
-_CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"), "tokens": ("all", "cls", "patch")}
+
+# the settings that decide the batches: cells agreeing on all of them train in one fused pass
+FUSION_KEYS = ("view", "batch_size", "epochs", "seed", "task", "device", "amp")
+
+
+_CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi")}
 
 
 def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
@@ -54,9 +65,6 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         value = float(value) if ok else value
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, tuple):
-        value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        ok = all(isinstance(v, int) for v in value)
     elif isinstance(default, str):
         ok = isinstance(value, str)
     else:
@@ -86,21 +94,32 @@ def flatten(mapping: dict, prefix: str = "") -> dict:
 
 
 def build_config(values: dict, base: TrainConfig | None = None, where: str = "") -> TrainConfig:
-    """A TrainConfig from flat keys (``epochs``, ``head.hidden``); ``where`` prefixes errors."""
+    """A TrainConfig from flat keys (``epochs``, ``head.hidden``, ``view``); ``where`` prefixes
+    errors. Changing the head drops the options of the previous head: only the ``head.*`` keys
+    given together with the new head apply to it."""
     base = base or TrainConfig()
+    defaults = TrainConfig()
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(TrainConfig)}
-    head_options = dict(base.head_options)
-    for key, value in flatten(values).items():
+    view = base.view.as_dict()
+    flat = flatten(values)
+    given_options = {k[5:]: v for k, v in flat.items() if k.startswith("head.")}
+    for key, value in flat.items():
         if key.startswith("head."):
-            head_options[key[5:]] = value
-        elif key in fields and key != "head_options":
-            fields[key] = _coerce(key, value, getattr(TrainConfig(), key), where)
+            continue
+        if key in VIEW_KEYS:
+            view[key] = _coerce(key, value, defaults.view.as_dict()[key], where) if key != "layers" else value
+        elif key in fields and key not in ("head_options", "view"):
+            fields[key] = _coerce(key, value, getattr(defaults, key), where)
         else:
-            valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig) if f.name != "head_options")
+            valid = ", ".join([*(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("head_options", "view")),
+                               *VIEW_KEYS])
             raise ValueError(f"{where}unknown key {key!r}; valid keys: {valid}, head.<option>")
-    if fields["head"] != base.head and not any(k.startswith("head.") for k in flatten(values)):
-        head_options = {}  # options of another head do not carry over
-    fields["head_options"] = head_options
+    kept = base.head_options if fields["head"] == base.head else {}  # another head's options do not carry over
+    fields["head_options"] = {**kept, **given_options}
+    try:
+        fields["view"] = View(view["view"], view["layers"], view["tokens"], view["spatial"])
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
     return TrainConfig(**fields)
 
 
@@ -118,9 +137,21 @@ def parse_assignments(pairs: list[str]) -> dict:
 
 
 def to_dict(cfg: TrainConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    d["layers"] = list(cfg.layers)
-    return d
+    """Flat, YAML-ready keys (the view as ``view, layers, tokens, spatial``); build_config
+    reads them back into an equal config."""
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name == "view":
+            out.update(value.as_dict())
+        else:
+            out[f.name] = dict(value) if isinstance(value, dict) else value
+    return out
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """The config that :func:`to_dict` wrote (config.yaml, checkpoints)."""
+    return build_config(values)
 
 
 def load_yaml_mapping(path: str, missing: str) -> dict:

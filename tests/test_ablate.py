@@ -1,6 +1,7 @@
 """Sweeps: expansion, validation, fused training equal to solo training, leaderboards, pipelines/."""
 import csv
 import glob
+import json
 import os
 
 import pytest
@@ -15,7 +16,7 @@ from featcache.config import build_config
 from featcache.extract import ExtractConfig, run_extract
 from featcache.synthetic import make_dataset
 from featcache.train import checkpoint
-from featcache.train.loop import run_training, train_group
+from featcache.train.fit import run_training, train_group
 
 PIPELINES = os.path.join(os.path.dirname(__file__), "..", "pipelines")
 runner = CliRunner()
@@ -154,3 +155,37 @@ def test_bad_sweeps_fail_with_one_line(cache, tmp_path, args, message):
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "o"), "--dry-run"])
     assert r.exit_code == 2, r.output
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+SEED_BY_VIEW = "base: {head: pool, epochs: 1, batch_size: 8}\nparameters:\n  seed: {values: [0, 1]}\n" \
+               "  view: {values: [uniform:8, keyframes:8]}\n"
+
+
+def test_groups_that_share_a_view_are_adjacent():
+    a, b = build_config({"view": "uniform:8"}), build_config({"view": "keyframes:8"})
+    cells = [type("C", (), {"config": build_config({"seed": s, "view": str(v.view.frames)})})()
+             for s in (0, 1) for v in (a, b)]  # seed x view: A, B, A, B
+    groups = plan_groups([Plan(c, 1, 0.0) for c in cells], budget=10, max_fused=8)
+    assert [str(g[0].cell.config.view) for g in groups] == ["uniform:8", "uniform:8", "keyframes:8", "keyframes:8"]
+
+
+def test_a_seed_by_view_sweep_reads_each_view_once(cache, tmp_path):
+    sweep, out = write(tmp_path, SEED_BY_VIEW), str(tmp_path / "out")
+    dry = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "--dry-run"])
+    assert dry.exit_code == 0 and "4 cells in 4 fused pass(es)" in dry.output and "2 view read(s)" in dry.output
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("reading view") == 2 and r.output.count("training 1 cell(s)") == 4
+
+
+def test_a_retrained_cell_starts_a_fresh_log(cache, tmp_path):
+    sweep, out = write(tmp_path, SEED_BY_VIEW), str(tmp_path / "out")
+    assert runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q", "--only", "0"]).exit_code == 0
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q", "--only", "0", "--set", "epochs=2"])
+    assert r.exit_code == 0 and "training 1 cell(s)" in r.output  # the config changed: the cell is trained again
+    cell = glob.glob(os.path.join(out, "cells", "000_*"))[0]
+    log = [json.loads(line) for line in open(os.path.join(cell, "log.jsonl")).read().splitlines()]
+    assert [x["epoch"] for x in log] == [0, 1]  # this run's epochs, once each
+    row = next(csv.DictReader(open(os.path.join(out, "leaderboard.csv"))))
+    seconds = sum(x["seconds"] for x in log)
+    assert float(row["train_s"]) == pytest.approx(seconds, abs=0.01)

@@ -20,19 +20,8 @@ import torch
 
 from featcache.cache.store import Cache, VideoEntry
 from featcache.errors import FeatcacheError
-from featcache.video.select import keyframe_indices, parse_policies, uniform_indices
-
-TOKEN_MODES = ("all", "cls", "patch")
-
-
-@dataclass(frozen=True)
-class View:
-    """What a head sees of each video."""
-
-    frames: str = "uniform:8"  # a frame policy served from the cached pool
-    layers: tuple[int, ...] = (-1,)  # positions in the cached layers; several are concatenated on channels
-    tokens: str = "all"  # all = prefix + patches, cls = prefix tokens only, patch = patches only
-    spatial: int = 0  # average-pool the patch grid to spatial x spatial (0 = keep)
+from featcache.video.select import Policy, keyframe_indices, uniform_indices
+from featcache.view import View
 
 
 @dataclass
@@ -80,35 +69,10 @@ class TokenDataset(torch.utils.data.Dataset):
         return self.data.x[i], self.targets[i]
 
 
-def check_view(cache: Cache, view: View) -> None:
-    """Raise FeatcacheError when the cache cannot serve ``view`` (before any data is read)."""
-    try:
-        (policy,) = parse_policies(view.frames)
-    except ValueError as exc:
-        raise FeatcacheError(str(exc).replace("--frames", "view")) from None
-    cached = cache.attrs["frames"]["policies"]
-    if policy.kind == "keyframes" and not any(p.startswith("keyframes") for p in cached):
-        raise FeatcacheError(f"view {view.frames}: the cache has no key frames (it holds {', '.join(cached)}); "
-                             f"re-extract with --frames {','.join(cached)},{view.frames}")
-    if view.tokens not in TOKEN_MODES:
-        raise FeatcacheError(f"tokens: unknown {view.tokens!r}; expected one of {', '.join(TOKEN_MODES)}")
-    num_layers = len(cache.attrs["layers"])
-    for layer in view.layers:
-        if not -num_layers <= layer < num_layers:
-            raise FeatcacheError(f"layers: {layer} is out of range; the cache holds {num_layers} layer(s) "
-                                 f"(blocks {cache.attrs['layers']})")
-    grid = cache.attrs["tokens"]["grid"]
-    if view.spatial < 0 or view.spatial > min(grid):
-        raise FeatcacheError(f"spatial: {view.spatial} must be between 0 and the cached grid {grid[0]}x{grid[1]}")
-    if view.tokens == "cls" and not cache.attrs["tokens"]["num_prefix_tokens"]:
-        raise FeatcacheError("tokens: cls asked for, but the cached model has no prefix (CLS) tokens")
-
-
-def frame_positions(entry: VideoEntry, frames: str) -> list[int]:
-    """Positions into the video's cached frames that the policy ``frames`` picks."""
-    if frames in entry.policies:
-        return list(entry.policies[frames])
-    (policy,) = parse_policies(frames)
+def frame_positions(entry: VideoEntry, policy: Policy) -> list[int]:
+    """Positions into the video's cached frames that ``policy`` picks."""
+    if str(policy) in entry.policies:
+        return list(entry.policies[str(policy)])
     n = entry.record["source"]["num_frames"]
     if policy.kind == "uniform":
         wanted = uniform_indices(n, policy.count)
@@ -118,8 +82,8 @@ def frame_positions(entry: VideoEntry, frames: str) -> list[int]:
     pos = np.searchsorted(pool, wanted)
     if np.any(pos >= len(pool)) or np.any(pool[np.minimum(pos, len(pool) - 1)] != wanted):
         raise FeatcacheError(
-            f"view {frames}: video {entry.video_id!r} lacks some of its frames in the cached pool "
-            f"({', '.join(entry.policies)}); re-extract with --frames {','.join(entry.policies)},{frames}")
+            f"view {policy}: video {entry.video_id!r} lacks some of its frames in the cached pool "
+            f"({', '.join(entry.policies)}); re-extract with --frames {','.join(entry.policies)},{policy}")
     return pos.tolist()
 
 
@@ -127,7 +91,7 @@ def _fill(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: View,
           grid: tuple[int, int]) -> None:
     """Write the view of one cached video into ``dest`` (T, N', C')."""
     layers = list(view.layers)
-    if len(layers) == 1 and view.tokens == "all" and not view.spatial:
+    if view.reads_plain:
         entry.read_frames_into(dest, positions, layers[0])  # the common case: straight from disk
         return
     x = entry.tokens[np.asarray(positions)]  # (T, L, N, C)
@@ -142,37 +106,20 @@ def _fill(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: View,
     dest[...] = np.concatenate(parts, axis=1)
 
 
-def view_layout(cache: Cache, view: View) -> tuple[int, tuple[int, int]]:
-    """(num_prefix_tokens, grid) of the view's tokens."""
-    prefix = cache.attrs["tokens"]["num_prefix_tokens"]
-    grid = tuple(cache.attrs["tokens"]["grid"])
-    if view.spatial:
-        grid = (view.spatial, view.spatial)
-    if view.tokens == "cls":
-        grid = (0, 0)
-    if view.tokens == "patch":
-        prefix = 0
-    return prefix, grid
-
-
 def materialise(cache: Cache, view: View, split: str, max_memory_bytes: int = 4 << 30) -> ViewData:
     """Read every done video of ``split`` once into one (V, T, N, C) float16 array."""
-    check_view(cache, view)
+    view.check(cache.attrs)
     records = [r for r in cache.records().values() if r.get("status") == "done" and r["split"] == split]
     records.sort(key=lambda r: r["video_id"])
-    prefix, grid = view_layout(cache, view)
+    layout = view.layout(cache.attrs)
     cached_prefix = cache.attrs["tokens"]["num_prefix_tokens"]
     cached_grid = tuple(cache.attrs["tokens"]["grid"])
-    (policy,) = parse_policies(view.frames)
-    n_tokens = prefix + grid[0] * grid[1]
-    dim = cache.attrs["tokens"]["dim"] * len(view.layers)
-    shape = (len(records), policy.count, n_tokens, dim)
-    out = _allocate(shape, max_memory_bytes)
+    out = _allocate((len(records), *layout.shape), max_memory_bytes)
     for i, record in enumerate(records):
         entry = cache.video(record["video_id"])
         _fill(out[i], entry, frame_positions(entry, view.frames), view, cached_prefix, cached_grid)
     return ViewData(torch.from_numpy(out), [r["labels"] for r in records], [r["video_id"] for r in records],
-                    prefix, grid)
+                    layout.num_prefix_tokens, layout.grid)
 
 
 def _allocate(shape: tuple[int, ...], max_memory_bytes: int) -> np.ndarray:

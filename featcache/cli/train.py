@@ -31,6 +31,7 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override KEY=VALUE, e.g. epochs=20, head.hidden=256 (repeatable)."),
     out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (refused otherwise)."),
     list_heads: bool = typer.Option(False, "--list-heads", help="List heads and their options, then exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -38,11 +39,13 @@ def train(
     if list_heads:
         heads()
         return
-    from featcache.train.loop import run_training
+    from featcache.train.fit import run_training
 
     with user_errors():
+        if resume and overwrite:
+            raise FeatcacheError("--resume continues the run in --out and --overwrite replaces it; give one of them")
         cfg = _train_config(config, set_, head, view)
-        results = run_training(cache, cfg, out, resume=resume, show_progress=not quiet)
+        results = run_training(cache, cfg, out, resume=resume, overwrite=overwrite, show_progress=not quiet)
     shown = {k: v for k, v in results.items() if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "macro_f1", "mAP")}
     typer.echo(f"trained {cfg.head} on {cfg.view}; best epoch {results['best_epoch']}; "
                + ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())))
@@ -79,7 +82,7 @@ def eval_(
 ):
     """Re-evaluate a trained head on a split; refuses caches from another model or preprocessing."""
     from featcache import open_cache
-    from featcache.train.loop import SPLITS, evaluate_checkpoint
+    from featcache.train.evaluate import SPLITS, evaluate_checkpoint
 
     with user_errors():
         if split not in SPLITS:

@@ -36,19 +36,22 @@ def single_label(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> t
 
 def multi_label(logits: np.ndarray, targets: np.ndarray) -> dict:
     """mAP: mean over classes with at least one positive of average precision; top1: the best
-    scoring class is a true label; macro_f1 at a 0.5 probability threshold."""
+    scoring class is a true label; macro_f1 at a 0.5 probability threshold; ``ap``: one entry
+    per class, None for a class without a positive (excluded from mAP)."""
     from sklearn.metrics import average_precision_score, f1_score
 
     if len(targets) == 0:
         return {}
     has_pos = targets.sum(axis=0) > 0
-    ap = [average_precision_score(targets[:, c], logits[:, c]) for c in np.flatnonzero(has_pos)]
+    ap = [float(average_precision_score(targets[:, c], logits[:, c])) if has_pos[c] else None
+          for c in range(targets.shape[1])]
+    scored = [v for v in ap if v is not None]
     pred = (logits > 0).astype(int)
     return {
-        "mAP": float(np.mean(ap)) if ap else 0.0,
+        "mAP": float(np.mean(scored)) if scored else 0.0,
         "top1": float(targets[np.arange(len(targets)), logits.argmax(axis=1)].mean()),
         "macro_f1": float(f1_score(targets, pred, average="macro", zero_division=0)),
-        "ap": [float(v) for v in ap],
+        "ap": ap,
     }
 
 

@@ -1,69 +1,84 @@
-"""Training (one head, or a fused group of heads sharing every batch) and evaluation from a cache.
-Never imports decord or PyAV: only the store.
+"""Training from a cache: one head, or a fused group of heads sharing every batch. Evaluation
+and the files it writes live in :mod:`featcache.train.evaluate`. Never imports decord or PyAV.
 
 Run directory (RUN_DIR):
     config.yaml        resolved config + cache path/fingerprint + classes + task
-    log.jsonl          one line per epoch: train/loss, train/top1, val/..., lr, seconds
+    log.jsonl          one line per epoch of this run: train/loss, train/top1, val/..., lr, seconds
     best.pt, last.pt   checkpoints (best on the val metric; last for --resume)
     metrics.json       final flat metrics: val/..., test/..., best_epoch
     confusion_<split>.csv, per_class_<split>.csv   (+ confusion_<split>.png with matplotlib)
+
+A new run never mixes with an old one: without ``resume`` a folder that already holds a run is
+refused unless ``overwrite`` is given, and then the old run's files are removed first.
 """
 from __future__ import annotations
 
-import csv
+import glob
 import json
 import math
 import os
 import time
-import numpy as np
+from typing import Callable
+
 import torch
 from torch import nn
 
-from featcache.cache.dataset import Task, View, ViewData, check_view, materialise
+from featcache.cache.dataset import Task, ViewData
 from featcache.cache.store import open_cache
-from featcache.config import TrainConfig, to_dict
+from featcache.config import FUSION_KEYS, TrainConfig, to_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.registry import create_head
 from featcache.train import checkpoint, metrics
+from featcache.train.evaluate import SPLITS, evaluate_checkpoint, flat, read_splits
 
-SPLITS = ("train", "val", "test")
-
-
-def view_of(cfg: TrainConfig) -> View:
-    return View(frames=cfg.view, layers=tuple(cfg.layers), tokens=cfg.tokens, spatial=cfg.spatial)
-
-
-# ---------------------------------------------------------------------------- train
-FUSION_KEYS = ("view", "layers", "tokens", "spatial", "batch_size", "epochs", "seed", "task", "device", "amp")
+# what a run writes; a new run into a folder removes these first
+RUN_FILES = ("log.jsonl", "best.pt", "last.pt", "metrics.json", "config.yaml", "confusion_*.csv", "confusion_*.png",
+             "per_class_*.csv", "eval_*.json")
 
 
-def fusion_key(cfg: TrainConfig) -> tuple:
-    """Cells with equal keys read the same batches in the same order and can share one pass."""
-    return tuple(getattr(cfg, k) for k in FUSION_KEYS)
-
-
-def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False,
-                 show_progress: bool = True) -> dict:
+def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False,
+                 show_progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train ``cfg.head`` on the cache's train split, select on val, report on test."""
-    return train_group(cache_path, [cfg], [out_dir], resume=resume, show_progress=show_progress)[0]
+    return train_group(cache_path, [cfg], [out_dir], resume=resume, overwrite=overwrite,
+                       show_progress=show_progress, on_epoch=on_epoch)[0]
+
+
+def previous_run(out_dir: str, resume: bool, overwrite: bool) -> list[str]:
+    """The files of a run already in ``out_dir`` that a new run must remove first. Refuses a
+    folder that holds a run unless ``resume`` (keep it: nothing to remove) or ``overwrite``,
+    so a log never mixes two runs. Writes nothing."""
+    old = [name for pattern in RUN_FILES for name in glob.glob(os.path.join(out_dir, pattern))]
+    if resume or not old:
+        return []
+    if not overwrite:
+        state = "a finished run" if os.path.exists(os.path.join(out_dir, "metrics.json")) else "an unfinished run"
+        raise FeatcacheError(f"--out {out_dir}: holds {state}; use another --out, --resume to continue it, "
+                             "or --overwrite to replace it")
+    return old
 
 
 def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], resume: bool = False,
-                show_progress: bool = True, data: dict | None = None) -> list[dict]:
+                overwrite: bool = False, show_progress: bool = True, data: dict | None = None,
+                on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Train several heads in one pass over the data (DINOv2-linear-eval style): every head sees
     the same batches, has its own optimiser, schedule, RNG stream and checkpoints, and the summed
-    loss is back-propagated once. Each head's results equal training it alone with the same seed."""
-    if len({fusion_key(c) for c in cfgs}) != 1:
+    loss is back-propagated once. Each head's results equal training it alone with the same seed.
+    ``data`` (split -> ViewData of the view, already read) avoids reading again; ``on_epoch``
+    is called with each finished epoch's log record (of the first head)."""
+    if len({c.fusion_key for c in cfgs}) != 1:
         raise ValueError(f"cells of one group must agree on {', '.join(FUSION_KEYS)}")
     cache = open_cache(cache_path)
-    view = view_of(cfgs[0])
-    check_view(cache, view)
-    data = data or {s: materialise(cache, view, s) for s in SPLITS}
+    view = cfgs[0].view
+    view.check(cache.attrs)
+    stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
+    data = data or read_splits(cache, view)
     if len(data["train"].video_ids) == 0:
         raise FeatcacheError(f"{cache_path}: no videos in the train split; check the manifest's split column")
     task = _task(cfgs[0], data)
     device = resolve_device(cfgs[0].device)
+    for path in stale:  # only now that the data is read and the task is known
+        os.remove(path)
     members = []
     for cfg, out_dir in zip(cfgs, out_dirs):
         os.makedirs(out_dir, exist_ok=True)
@@ -74,7 +89,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     trainer = _GroupTrainer(members, data, task, device)
     if resume:
         trainer.restore()
-    trainer.fit(show_progress)
+    trainer.fit(show_progress, on_epoch)
     results = []
     for m in members:
         r = evaluate_checkpoint(os.path.join(m.out_dir, "best.pt"), cache, splits=("val", "test"),
@@ -200,7 +215,7 @@ class _GroupTrainer:
             raise FeatcacheError("--resume: the runs of this group stopped at different epochs; start them anew")
         self.start_epoch = starts.pop()
 
-    def fit(self, show_progress: bool) -> None:
+    def fit(self, show_progress: bool, on_epoch: Callable[[dict], None] | None = None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         heads = ",".join(sorted({m.cfg.head for m in self.members}))
@@ -214,6 +229,8 @@ class _GroupTrainer:
                     break
                 records = self._epoch(epoch)
                 first = records[0]
+                if on_epoch is not None:
+                    on_epoch(first)
                 bar.update(job, advance=1, status=" ".join(
                     f"{k} {v:.3f}" for k, v in first.items() if k in ("train/loss", f"val/{self.task.metric}")))
 
@@ -257,7 +274,7 @@ class _GroupTrainer:
                 for m in active:
                     logits[id(m)].append(m.head(x).float().cpu())
         targets = self.task.targets(val.labels).numpy()
-        return {k: _flat(metrics.selection(torch.cat(v).numpy(), targets, self.task.multi), "val")
+        return {k: flat(metrics.selection(torch.cat(v).numpy(), targets, self.task.multi), "val")
                 for k, v in logits.items()}
 
     def _finish_epoch(self, m: _Member, epoch: int, loss_sum: float, correct: int, start: float, val: dict) -> dict:
@@ -308,87 +325,3 @@ def _loss(cfg: TrainConfig, task: Task, y: torch.Tensor) -> nn.Module:
     return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
 
-# ---------------------------------------------------------------------------- evaluation
-@torch.inference_mode()
-def predict(head: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
-    head.eval()
-    outs = [head(x[i:i + batch_size].to(device).float()).float().cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
-
-
-def score(logits: np.ndarray, targets: np.ndarray, task: Task) -> tuple[dict, np.ndarray | None]:
-    if task.multi:
-        return metrics.multi_label(logits, targets), None
-    return metrics.single_label(logits, targets, len(task.classes))
-
-
-def _flat(m: dict, split: str) -> dict:
-    return {f"{split}/{k}": v for k, v in m.items() if not isinstance(v, list)}
-
-
-def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None,
-                        data: dict | None = None) -> dict:
-    """Metrics of a saved head on the given splits of ``cache`` (a Cache, or None for the
-    checkpoint's own); writes per-class files and confusion matrices into ``out_dir``.
-    ``data`` (split -> ViewData of the checkpoint's view, already read) avoids reading again."""
-    ckpt = checkpoint.load(path)
-    cache = cache or open_cache(ckpt["cache"]["path"])
-    if cache.fingerprint != ckpt["cache"]["fingerprint"]:
-        raise FeatcacheError(
-            f"{cache.path} (fingerprint {cache.fingerprint}) is not the cache this head was trained on "
-            f"(fingerprint {ckpt['cache']['fingerprint']}: other model, preprocessing, layers or frames)")
-    cfg = TrainConfig(**{**ckpt["config"], "layers": tuple(ckpt["config"]["layers"])})
-    head = checkpoint.build_head(ckpt)
-    task = Task(ckpt["classes"], ckpt["multi_label"])
-    device = resolve_device(cfg.device)
-    head.to(device)
-    results = {}
-    for split in splits:
-        split_data = data[split] if data else materialise(cache, view_of(cfg), split)
-        if not split_data.video_ids:
-            continue
-        unknown = sorted({c for ls in split_data.labels for c in ls} - set(task.classes))
-        if unknown:
-            raise FeatcacheError(f"split {split}: labels {unknown} were not among the trained classes")
-        logits = predict(head, split_data.x, cfg.batch_size, device)
-        m, cm = score(logits, task.targets(split_data.labels).numpy(), task)
-        results.update(_flat(m, split))
-        if out_dir:
-            _write_per_class(out_dir, split, task, m, cm)
-    return results
-
-
-def _write_per_class(out_dir: str, split: str, task: Task, m: dict, cm: np.ndarray | None) -> None:
-    with open(os.path.join(out_dir, f"per_class_{split}.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        if cm is None:
-            w.writerow(["class", "ap"])
-            w.writerows(zip(task.classes, m["ap"]))
-            return
-        w.writerow(["class", "precision", "recall", "support"])
-        w.writerows(zip(task.classes, m["precision"], m["recall"], cm.sum(axis=1).tolist()))
-    with open(os.path.join(out_dir, f"confusion_{split}.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["true\\pred", *task.classes])
-        w.writerows([c, *row] for c, row in zip(task.classes, cm.tolist()))
-    _plot_confusion(os.path.join(out_dir, f"confusion_{split}.png"), task.classes, cm)
-
-
-def _plot_confusion(path: str, classes: list[str], cm: np.ndarray) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return  # optional
-    size = max(4, 0.35 * len(classes))
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,120 @@
+"""What a head sees of each cached video: one frozen type, parsed once where the config is built.
+
+A ``View`` is a frame policy served from the cached pool, the cached layers to use, which tokens
+(prefix/CLS, patches, both) and an optional spatial pooling of the patch grid. It knows its own
+``Layout`` (frames, tokens, channels, prefix tokens, grid) against a cache's root attributes and
+whether a cache can serve it at all. Train, eval, ablate and the dataset all use this one type;
+configs and checkpoints keep it as the flat keys ``view, layers, tokens, spatial``.
+
+Pure: imports only the frame-policy parser and the error type.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from featcache.errors import FeatcacheError
+from featcache.video.select import Policy, parse_policies
+
+TOKEN_MODES = ("all", "cls", "patch")
+VIEW_KEYS = ("view", "layers", "tokens", "spatial")  # the config keys that make up a View
+
+
+def parse_policy(text: str) -> Policy:
+    """Exactly one frame policy (``uniform:8``, ``keyframes:4``); ValueError otherwise."""
+    try:
+        policies = parse_policies(text)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("--frames: ", "")) from None
+    if len(policies) != 1:
+        raise ValueError(f"expected one frame policy such as uniform:8, got {text!r}")
+    return policies[0]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shape of one video's view: ``(frames, num_tokens, dim)`` with its token structure."""
+
+    frames: int
+    num_tokens: int
+    dim: int
+    num_prefix_tokens: int
+    grid: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.frames, self.num_tokens, self.dim
+
+
+@dataclass(frozen=True)
+class View:
+    """Frames, layers, tokens and spatial pooling of what a head sees. Hashable: equal views
+    read equal data, so it is the key under which a sweep shares one read."""
+
+    frames: Policy = Policy("uniform", 8)  # a policy string is parsed on construction
+    layers: tuple[int, ...] = (-1,)  # positions in the cached layers; several are concatenated on channels
+    tokens: str = "all"  # all = prefix + patches, cls = prefix tokens only, patch = patches only
+    spatial: int = 0  # average-pool the patch grid to spatial x spatial (0 = keep)
+
+    def __post_init__(self):
+        if isinstance(self.frames, str):
+            object.__setattr__(self, "frames", parse_policy(self.frames))
+        layers = self.layers if isinstance(self.layers, (list, tuple)) else (self.layers,)
+        if not layers or not all(isinstance(v, int) and not isinstance(v, bool) for v in layers):
+            raise ValueError(f"layers: expected integers such as [-1] or [-4, -1], got {self.layers!r}")
+        object.__setattr__(self, "layers", tuple(layers))
+        if self.tokens not in TOKEN_MODES:
+            raise ValueError(f"tokens: {self.tokens!r} is not one of {', '.join(TOKEN_MODES)}")
+        if isinstance(self.spatial, bool) or not isinstance(self.spatial, int) or self.spatial < 0:
+            raise ValueError(f"spatial: expected a grid side >= 0 (0 = keep), got {self.spatial!r}")
+
+    def __str__(self) -> str:
+        parts = [str(self.frames)]
+        if self.layers != (-1,):
+            parts.append(f"layers={','.join(map(str, self.layers))}")
+        if self.tokens != "all":
+            parts.append(f"tokens={self.tokens}")
+        if self.spatial:
+            parts.append(f"spatial={self.spatial}")
+        return " ".join(parts)
+
+    def as_dict(self) -> dict:
+        """The flat config keys of this view (what config.yaml and checkpoints hold)."""
+        return {"view": str(self.frames), "layers": list(self.layers), "tokens": self.tokens,
+                "spatial": self.spatial}
+
+    # ------------------------------------------------------------------ against a cache
+    def check(self, attrs: dict) -> None:
+        """Raise FeatcacheError when a cache with these root attributes cannot serve the view
+        (before any data is read; frames missing from a video's pool are found per video)."""
+        cached = attrs["frames"]["policies"]
+        if self.frames.kind == "keyframes" and not any(p.startswith("keyframes") for p in cached):
+            raise FeatcacheError(f"view {self.frames}: the cache has no key frames (it holds {', '.join(cached)}); "
+                                 f"re-extract with --frames {','.join(cached)},{self.frames}")
+        num_layers = len(attrs["layers"])
+        for layer in self.layers:
+            if not -num_layers <= layer < num_layers:
+                raise FeatcacheError(f"layers: {layer} is out of range; the cache holds {num_layers} layer(s) "
+                                     f"(blocks {attrs['layers']})")
+        grid = attrs["tokens"]["grid"]
+        if self.spatial > min(grid):
+            raise FeatcacheError(f"spatial: {self.spatial} must be between 0 and the cached grid {grid[0]}x{grid[1]}")
+        if self.tokens == "cls" and not attrs["tokens"]["num_prefix_tokens"]:
+            raise FeatcacheError("tokens: cls asked for, but the cached model has no prefix (CLS) tokens")
+
+    def layout(self, attrs: dict) -> Layout:
+        """The view's shape per video for a cache with these root attributes."""
+        prefix = attrs["tokens"]["num_prefix_tokens"]
+        grid = tuple(attrs["tokens"]["grid"])
+        if self.spatial:
+            grid = (self.spatial, self.spatial)
+        if self.tokens == "cls":
+            grid = (0, 0)
+        if self.tokens == "patch":
+            prefix = 0
+        dim = attrs["tokens"]["dim"] * len(self.layers)
+        return Layout(self.frames.count, prefix + grid[0] * grid[1], dim, prefix, grid)
+
+    @property
+    def reads_plain(self) -> bool:
+        """True when the view is one cached layer as stored: frames copy straight from disk."""
+        return len(self.layers) == 1 and self.tokens == "all" and not self.spatial
