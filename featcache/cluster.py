@@ -4,7 +4,9 @@ progress across shards.
 Every worker runs the ordinary ``run_extract`` on its shard (``shard_of``: a stable hash of the
 video id), writing into the same store: each video is its own directory, published by an atomic
 rename, so concurrent writers never share a chunk and a requeued or restarted task resumes where
-its shard stopped.
+its shard stopped. Workers never delete the store: with ``--overwrite`` the launcher replaces a
+store made with other settings once, before any worker starts (``prepare_store``), and every
+worker (a requeued Slurm task too) runs with ``overwrite=False``.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import os
 from collections import Counter
 
 from featcache.errors import FeatcacheError
-from featcache.extract import ExtractConfig, ExtractSummary, run_extract, shard_of
+from featcache.extract import ExtractConfig, ExtractSummary, prepare_store, run_extract, shard_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +32,27 @@ class SlurmConfig:
 
 
 def shard_configs(cfg: ExtractConfig, shards: int, devices: list[str] | None = None) -> list[ExtractConfig]:
+    """One worker config per shard; workers never replace the store (overwrite=False)."""
     if shards < 1:
         raise FeatcacheError(f"--shards: must be at least 1, got {shards}")
     out = []
     for i in range(shards):
         enc = cfg.encoder if devices is None else dataclasses.replace(cfg.encoder, device=devices[i])
-        out.append(dataclasses.replace(cfg, shard=(i, shards), encoder=enc))
+        out.append(dataclasses.replace(cfg, shard=(i, shards), encoder=enc, overwrite=False))
     return out
+
+
+def launcher_device(cfg: ExtractConfig, slurm: SlurmConfig) -> str:
+    """Where the launcher builds the model to learn the store's provenance (for --overwrite):
+    it must resolve the same precision as the tasks will."""
+    import torch
+
+    if torch.cuda.is_available():
+        return cfg.encoder.device
+    if slurm.cluster == "slurm" and slurm.gpus_per_task and cfg.encoder.precision == "auto":
+        raise FeatcacheError("--overwrite with --slurm: this node has no GPU to tell which precision the GPU tasks "
+                             "will use; give --precision bf16, fp16 or fp32")
+    return "cpu"
 
 
 class ShardTask:
@@ -54,14 +70,18 @@ class ShardTask:
         return submitit.helpers.DelayedSubmission(ShardTask(), cfg)
 
 
-def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig):
-    """Submit one array task per shard; returns the submitit jobs."""
+def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig) -> tuple[list, list[str]]:
+    """Replace the store first when asked (``cfg.overwrite``), then submit one array task per
+    shard; returns the submitit jobs and the differing facts of a replaced store."""
     try:
         import submitit
     except ImportError:
         raise FeatcacheError("--slurm needs submitit: pip install submitit") from None
     if slurm.cluster not in ("slurm", "local"):
         raise FeatcacheError(f"--cluster: expected slurm or local, got {slurm.cluster!r}")
+    if cfg.shard is not None:
+        raise FeatcacheError("--slurm: give --shards N, not --shard I/N (each task takes one shard)")
+    replaced = prepare_store(cfg, launcher_device(cfg, slurm)) if cfg.overwrite else []
     executor = submitit.AutoExecutor(folder=os.path.join(slurm.logs, "%j"), cluster=slurm.cluster)
     params = {"name": "featcache-extract", "timeout_min": slurm.time_min, "tasks_per_node": 1,
               "cpus_per_task": slurm.cpus_per_task, "mem_gb": slurm.mem_gb,
@@ -71,7 +91,7 @@ def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig):
     if slurm.partition:
         params["slurm_partition"] = slurm.partition
     executor.update_parameters(**params)
-    return executor.map_array(ShardTask(), shard_configs(cfg, slurm.shards))
+    return executor.map_array(ShardTask(), shard_configs(cfg, slurm.shards)), replaced
 
 
 def parse_devices(text: str) -> list[str]:
@@ -92,17 +112,23 @@ def parse_devices(text: str) -> list[str]:
     return devices
 
 
-def run_on_devices(cfg: ExtractConfig, devices: list[str]) -> list[ExtractSummary]:
-    """One worker process per device, each extracting one shard into the same store."""
+def run_on_devices(cfg: ExtractConfig, devices: list[str]) -> tuple[list[ExtractSummary], list[str]]:
+    """One worker process per device, each extracting one shard into the same store; with
+    ``cfg.overwrite`` the store is replaced (if its settings differ) before they start. Returns
+    the workers' summaries and the differing facts of a replaced store."""
+    if cfg.shard is not None:
+        raise FeatcacheError("--devices: each device takes a shard; do not combine with --shard")
     if len(devices) == 1:
-        return [run_extract(dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, device=devices[0])))]
+        summary = run_extract(dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, device=devices[0])))
+        return [summary], summary.replaced
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    replaced = prepare_store(cfg, devices[0]) if cfg.overwrite else []
     ctx = multiprocessing.get_context("spawn")  # no forked decoder or CUDA state
     configs = shard_configs(cfg, len(devices), devices)
     with ProcessPoolExecutor(len(devices), mp_context=ctx) as pool:
-        return list(pool.map(_quiet_extract, configs))
+        return list(pool.map(_quiet_extract, configs)), replaced
 
 
 def _quiet_extract(cfg: ExtractConfig) -> ExtractSummary:

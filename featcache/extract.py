@@ -6,6 +6,7 @@ soon as all its frames are through. The queue between them is bounded, so memory
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import queue
@@ -13,18 +14,19 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from featcache import __version__
 from featcache.cache import schema
-from featcache.cache.store import CacheWriter
+from featcache.cache.store import CacheWriter, PublishError
 from featcache.encoder import EncoderConfig, FrozenEncoder
 from featcache.errors import FeatcacheError
 from featcache.manifest import VideoItem, read_manifest
 from featcache.video.decode import DECODERS, DecodeError, decode_video
-from featcache.video.select import luv_scores, parse_policies, select_frames
+from featcache.video.select import Policy, luv_scores, parse_policies, select_frames
 
 SHORT_VIDEO_MODES = ("repeat", "fail")
 
@@ -42,10 +44,18 @@ class ExtractConfig:
     decoder: str = "auto"  # auto = decord, checked against PyAV, PyAV where decord is wrong
     luv_size: tuple[int, int] = (64, 48)  # (w, h) decode size for key-frame LUV scoring
     short_videos: str = "repeat"  # fewer frames than a policy asks: repeat frames or fail the video
-    overwrite: bool = False  # replace an existing cache made with other settings
+    overwrite: bool = False  # replace an existing cache made with other settings (never one whose settings match)
     shard: tuple[int, int] | None = None  # (index, count): process only this shard of the videos
     prefetch: int = 4  # decoded videos waiting for the model
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+    @cached_property
+    def policies(self) -> tuple[Policy, ...]:
+        """``frames`` parsed (once); FeatcacheError naming the bad part."""
+        try:
+            return parse_policies(self.frames)
+        except ValueError as exc:
+            raise FeatcacheError(str(exc)) from None
 
 
 @dataclass
@@ -55,6 +65,7 @@ class ExtractSummary:
     done: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # video id -> reason
     warnings: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # --overwrite: the differing facts of the replaced store
     frames: int = 0
     bytes_written: int = 0
     wall_s: float = 0.0
@@ -83,7 +94,7 @@ class _Job:
 
 def validate(cfg: ExtractConfig) -> None:
     """Fail fast on bad options, before any model is built."""
-    parse_policies_or_fail(cfg.frames)
+    cfg.policies  # noqa: B018  (parses --frames)
     if cfg.batch_size < 1:
         raise FeatcacheError(f"--batch-size: must be at least 1, got {cfg.batch_size}")
     if cfg.dtype not in schema.STORAGE_DTYPES:
@@ -92,13 +103,11 @@ def validate(cfg: ExtractConfig) -> None:
         raise FeatcacheError(f"--decoder: unknown {cfg.decoder!r}; expected one of {', '.join(DECODERS)}")
     if cfg.short_videos not in SHORT_VIDEO_MODES:
         raise FeatcacheError(f"--short-videos: unknown {cfg.short_videos!r}; expected repeat or fail")
-
-
-def parse_policies_or_fail(text: str):
-    try:
-        return parse_policies(text)
-    except ValueError as exc:
-        raise FeatcacheError(str(exc)) from None
+    if cfg.overwrite and cfg.shard is not None:
+        raise FeatcacheError(
+            "--overwrite with --shard: each shard would replace the store under the others; replace it once "
+            f"with `featcache extract {cfg.manifest} --out {cfg.out} --overwrite --init-only` (same options, "
+            "no --shard), then start the shards without --overwrite")
 
 
 def shard_of(video_id: str, count: int) -> int:
@@ -107,7 +116,9 @@ def shard_of(video_id: str, count: int) -> int:
 
 
 def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummary:
-    """Extract every video of the manifest (or shard) not yet in the cache."""
+    """Extract every video of the manifest (or shard) not yet in the cache. With
+    ``cfg.overwrite`` (never together with a shard) a store made with other settings is
+    replaced first; workers of a launcher get ``overwrite=False`` (see :func:`prepare_store`)."""
     validate(cfg)
     items = read_manifest(cfg.manifest)
     if cfg.shard is not None:
@@ -116,14 +127,26 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     encoder = FrozenEncoder(cfg.encoder)
-    writer = CacheWriter.open(cfg.out, root_attrs(cfg, encoder), overwrite=cfg.overwrite)
+    writer = CacheWriter.open(cfg.out, root_attrs(cfg, encoder), replace=cfg.overwrite)
     done = writer.done_keys()
     todo = [it for it in items if schema.video_key(it.video_id) not in done]
-    summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo))
+    summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo), replaced=writer.replaced)
     start = time.perf_counter()
     _Pipeline(cfg, encoder, writer, summary).run(todo, show_progress)
     summary.wall_s = time.perf_counter() - start
     return summary
+
+
+def prepare_store(cfg: ExtractConfig, device: str | None = None) -> list[str]:
+    """What a launcher does once, before any worker starts: create the store, or with
+    ``cfg.overwrite`` replace one made with other settings (a store whose settings match is
+    kept). The model is built on ``device`` (default: the config's) to know the provenance.
+    Returns the differing facts of the replaced store (empty when nothing was replaced)."""
+    validate(cfg)
+    read_manifest(cfg.manifest)  # a bad manifest fails here, not in every worker
+    enc = cfg.encoder if device is None else dataclasses.replace(cfg.encoder, device=device)
+    encoder = FrozenEncoder(enc)
+    return CacheWriter.open(cfg.out, root_attrs(cfg, encoder), replace=cfg.overwrite).replaced
 
 
 def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
@@ -132,7 +155,7 @@ def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
         "featcache_version": __version__,
         **encoder.provenance(),
         "frames": {
-            "policies": [str(p) for p in parse_policies(cfg.frames)],
+            "policies": [str(p) for p in cfg.policies],
             "luv_size": list(cfg.luv_size),
             "luv_score": "mean |CIE L*u*v* (D65, sRGB) - previous frame's|; frame 0 scores 0",
             "short_videos": cfg.short_videos,
@@ -146,7 +169,7 @@ def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
 class _Pipeline:
     def __init__(self, cfg: ExtractConfig, encoder: FrozenEncoder, writer: CacheWriter, summary: ExtractSummary):
         self.cfg, self.encoder, self.writer, self.summary = cfg, encoder, writer, summary
-        self.policies = parse_policies(cfg.frames)
+        self.policies = cfg.policies
         self.max_count = max(p.count for p in self.policies)
         self.needs_luv = any(p.kind == "keyframes" for p in self.policies)
         self.jobs: deque[_Job] = deque()
@@ -222,11 +245,18 @@ class _Pipeline:
                 stop.set()
                 thread.join(timeout=5)
 
+    def _fail(self, decoded: _Decoded, reason: str) -> None:
+        """Record a failed video in the summary and, when the store takes it, in the store."""
+        self.summary.failed[decoded.item.video_id] = reason
+        try:
+            self.writer.write_failure(decoded.record, reason)
+        except PublishError as exc:
+            self.summary.failed[decoded.item.video_id] = f"{reason}; its failure record was not written either: {exc}"
+        self._advance()
+
     def _accept(self, decoded: _Decoded) -> None:
         if decoded.reason:
-            self.writer.write_failure(decoded.record, decoded.reason)
-            self.summary.failed[decoded.item.video_id] = decoded.reason
-            self._advance()
+            self._fail(decoded, decoded.reason)
             return
         if decoded.record["source"]["truncated"]:
             self.summary.warnings.append(
@@ -267,9 +297,17 @@ class _Pipeline:
             self._publish(self.jobs.popleft())
 
     def _publish(self, job: _Job) -> None:
-        self.summary.bytes_written += self.writer.write_video(job.decoded.record, job.tokens, job.decoded.scores)
-        self.summary.done += 1
-        self.summary.frames += len(job.tokens)
+        try:
+            written = self.writer.write_video(job.decoded.record, job.tokens, job.decoded.scores)
+        except PublishError as exc:
+            self._fail(job.decoded, str(exc))
+            return
+        if written is None:  # another writer published this video first; theirs is kept
+            self.summary.skipped += 1
+        else:
+            self.summary.bytes_written += written
+            self.summary.done += 1
+            self.summary.frames += len(job.tokens)
         self._advance()
 
     def _advance(self) -> None:

@@ -111,9 +111,9 @@ runner = CliRunner()
     (["cache", "info", "nowhere.zarr"], "not a featcache cache"),
     (["cache", "verify", "nowhere.zarr"], "not a featcache cache"),
 ])
-def test_user_errors_are_one_line_exit_2(tmp_path, dataset, args, message):
+def test_user_errors_are_one_line_exit_2(tmp_path, dataset, args, message, monkeypatch):
     args = [a.replace("{m}", dataset) for a in args]
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # restored after the test
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

@@ -1,4 +1,5 @@
 """Sharding, concurrent writers, Slurm through submitit's local executor, devices, status, export."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,11 +14,11 @@ from conftest import TINY_CLI, tiny_encoder_config
 from featcache import open_cache
 from featcache.cache.export import export_cache, import_hdf5
 from featcache.cli import app
-from featcache.cluster import parse_devices, run_on_devices
+from featcache.cluster import parse_devices, run_on_devices, shard_configs
 from featcache.errors import FeatcacheError
 from featcache.extract import ExtractConfig, run_extract, shard_of
 from featcache.synthetic import make_dataset
-from featcache.train.loop import run_training
+from featcache.train.fit import run_training
 from featcache.config import build_config
 
 runner = CliRunner()
@@ -56,10 +57,13 @@ def test_two_concurrent_shard_processes_share_one_store(dataset, tmp_path):
 def test_slurm_array_through_submitit_local_executor(dataset, tmp_path):
     pytest.importorskip("submitit")
     out, logs = str(tmp_path / "c.zarr"), str(tmp_path / "logs")
-    r = runner.invoke(app, ["extract", dataset, "--out", out, "--frames", "uniform:4", *TINY_CLI, "--slurm",
+    run_extract(ExtractConfig(manifest=dataset, out=out, frames="uniform:2", encoder=tiny_encoder_config(),
+                              shard=(0, 3)), show_progress=False)  # a store made with other settings
+    r = runner.invoke(app, ["extract", dataset, "--out", out, "--frames", "uniform:4", *TINY_CLI, "--slurm", "--overwrite",
                             "--shards", "3", "--cluster", "local", "--gpus-per-task", "0", "--slurm-logs", logs, "--wait"])
     assert r.exit_code == 0, r.output
     assert r.output.count("shard ") == 3 and "submitted 3 task(s)" in r.output
+    assert r.output.count("replaced the cache") == 1 and "Traceback" not in r.output
     assert sorted(open_cache(out).video_ids()) == sorted(ids_of(dataset))
     task_logs = [f for _, _, files in os.walk(logs) for f in files if f.endswith("_log.out")]
     assert len(task_logs) == 3
@@ -81,8 +85,48 @@ def test_devices_fall_back_to_cpu_and_split_work(dataset, tmp_path):
         parse_devices("tpu:0")
     out = str(tmp_path / "c.zarr")
     cfg = ExtractConfig(manifest=dataset, out=out, frames="uniform:2", encoder=tiny_encoder_config())
-    summaries = run_on_devices(cfg, ["cpu", "cpu"])  # two worker processes, one shard each
+    summaries, replaced = run_on_devices(cfg, ["cpu", "cpu"])  # two worker processes, one shard each
     assert [s.done for s in summaries] == [sum(shard_of(v, 2) == i for v in ids_of(dataset)) for i in range(2)]
+    assert len(open_cache(out).video_ids()) == 24 and replaced == []
+
+
+def test_overwrite_with_two_workers_never_loses_a_finished_video(dataset, tmp_path):
+    out = tmp_path / "c.zarr"
+    cfg = ExtractConfig(manifest=dataset, out=str(out), frames="uniform:2", encoder=tiny_encoder_config())
+    first = run_extract(dataclasses.replace(cfg, shard=(0, 2)), show_progress=False)  # half the store done
+    finished = [d for d in (out / "videos").iterdir() if d.is_dir()]
+    for d in finished:
+        (d / "marker").write_text("written before the --overwrite run")
+    # same settings: nothing is replaced, both workers resume around the finished videos
+    summaries, replaced = run_on_devices(dataclasses.replace(cfg, overwrite=True), ["cpu", "cpu"])
+    assert replaced == [] and len(finished) == first.done > 0
+    assert all((d / "marker").exists() for d in finished)
+    assert sum(s.skipped for s in summaries) == first.done and sum(s.done for s in summaries) == 24 - first.done
+    cache = open_cache(str(out))
+    assert sorted(cache.video_ids()) == sorted(ids_of(dataset)) and cache.verify() == []
+    # other settings: the launcher replaces the store once, before the workers start
+    other = dataclasses.replace(cfg, frames="uniform:3", overwrite=True)
+    summaries, replaced = run_on_devices(other, ["cpu", "cpu"])
+    assert replaced == ["frames.policies"] and all(s.replaced == [] for s in summaries)
+    assert sum(s.done for s in summaries) == 24 and not any(s.failed for s in summaries)
+    cache = open_cache(str(out))
+    assert len(cache.video_ids()) == 24 and cache.attrs["frames"]["policies"] == ["uniform:3"]
+    assert not any(c.overwrite for c in shard_configs(other, 4))  # workers (and requeued tasks) never replace
+
+
+def test_shard_with_overwrite_is_refused_and_init_only_prepares_the_store(dataset, tmp_path):
+    out = str(tmp_path / "c.zarr")
+    common = ["extract", dataset, "--out", out, "--frames", "uniform:2", *TINY_CLI, "-q"]
+    run_extract(ExtractConfig(manifest=dataset, out=out, frames="uniform:3", encoder=tiny_encoder_config(),
+                              shard=(0, 4)), show_progress=False)
+    r = runner.invoke(app, [*common, "--shard", "0/2", "--overwrite"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--overwrite --init-only" in r.stderr
+    assert len(open_cache(out).video_ids()) > 0  # nothing was deleted
+    r = runner.invoke(app, [*common, "--overwrite", "--init-only"])
+    assert r.exit_code == 0 and "replaced the cache" in r.output and "frames.policies" in r.output
+    assert open_cache(out).video_ids() == [] and open_cache(out).attrs["frames"]["policies"] == ["uniform:2"]
+    for i in range(2):
+        assert runner.invoke(app, [*common, "--shard", f"{i}/2"]).exit_code == 0
     assert len(open_cache(out).video_ids()) == 24
 
 

@@ -132,6 +132,40 @@ def test_resume_skips_and_other_settings_are_refused(container_manifest, tmp_pat
     assert redo.done == 4 and open_cache(str(out)).attrs["frames"]["policies"] == ["uniform:8"]
 
 
+def test_overwrite_keeps_a_store_whose_settings_match(container_manifest, tmp_path):
+    out = tmp_path / "c.zarr"
+    extract(container_manifest, out, frames="uniform:4")
+    videos = [d for d in (out / "videos").iterdir() if d.is_dir()]
+    for d in videos:
+        (d / "marker").write_text("written before --overwrite")  # gone if the video were deleted and redone
+    again = extract(container_manifest, out, frames="uniform:4", overwrite=True)
+    assert (again.skipped, again.done, again.replaced) == (4, 0, [])
+    assert len(videos) == 4 and all((d / "marker").exists() for d in videos)
+    other = extract(container_manifest, out, frames="uniform:2", overwrite=True)
+    assert other.done == 4 and other.replaced == ["frames.policies"]
+
+
+def test_a_video_that_cannot_be_published_fails_instead_of_counting_as_done(container_manifest, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import TINY_CLI
+    from featcache.cli import app
+
+    out = tmp_path / "c.zarr"
+    extract(container_manifest, out, frames="uniform:2")
+    shutil.rmtree(out / "videos" / "clip_mp4")
+    (out / "videos" / "clip_mp4").write_text("a file where the video's folder must go")  # rename -> ENOTDIR
+    s = extract(container_manifest, out, frames="uniform:2")
+    assert (s.done, s.skipped, list(s.failed)) == (0, 3, ["clip_mp4"])
+    assert "could not publish into the cache: Not a directory" in s.failed["clip_mp4"]
+    assert s.frames == 0 and s.bytes_written == 0
+    r = CliRunner().invoke(app, ["extract", container_manifest, "--out", str(out), "--frames", "uniform:2",
+                                 *TINY_CLI, "-q"])
+    assert r.exit_code == 1 and "extracted 0 videos, 1 failed, 3 already cached" in r.output
+    assert "failed: clip_mp4: could not publish into the cache" in r.output
+    assert open_cache(str(out)).verify() == [] and len(open_cache(str(out)).video_ids()) == 3
+
+
 def test_out_that_is_not_a_cache_is_left_alone(container_manifest, tmp_path):
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("x")

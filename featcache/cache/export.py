@@ -12,7 +12,8 @@ from featcache.cache import schema
 from featcache.cache.store import CacheWriter, open_cache, to_json
 from featcache.errors import FeatcacheError
 from featcache.manifest import read_manifest
-from featcache.video.select import parse_policies, uniform_indices
+from featcache.video.select import uniform_indices
+from featcache.view import parse_policy
 
 FORMATS = ("hdf5", "npy")
 HDF5_FORMAT = "featcache-hdf5-1"
@@ -114,7 +115,10 @@ def _import_foreign(f, src: str, out: str, manifest: str, model_name: str, frame
     if frames is None and len(lengths) > 1:
         raise FeatcacheError(f"{src}: videos have {min(lengths)}-{max(lengths)} frames; "
                              "give --frames uniform:K to resample every video to K frames")
-    (policy,) = parse_policies(frames or f"uniform:{lengths.pop()}")
+    try:
+        policy = parse_policy(frames or f"uniform:{lengths.pop()}")
+    except ValueError as exc:
+        raise FeatcacheError(f"--frames: {exc}") from None
     if policy.kind != "uniform":
         raise FeatcacheError("--frames: imported features can only be resampled uniformly (uniform:K)")
     _, layers, tokens, dim = next(iter(shapes.values()))

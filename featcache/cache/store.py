@@ -9,6 +9,7 @@ each group's ``zarr.json`` (10x faster than opening thousands of groups through 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import mmap
 import os
@@ -22,6 +23,7 @@ import numpy as np
 
 from featcache.cache import schema
 from featcache.errors import FeatcacheError
+from featcache.view import parse_policy
 
 _CHUNK_KEYS = {"name": "v2", "separator": "."}  # "0.0.0.0": one file, no nested chunk dirs
 
@@ -43,7 +45,7 @@ def _read_json(path: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
@@ -235,7 +237,7 @@ class Cache:
             out.append("timestamps do not match the frames")
         for policy in self.attrs["frames"]["policies"]:
             pos = record["policies"].get(policy)
-            if pos is None or len(pos) != int(policy.split(":")[1]) or min(pos) < 0 or max(pos) >= t:
+            if pos is None or len(pos) != parse_policy(policy).count or min(pos) < 0 or max(pos) >= t:
                 out.append(f"policy {policy} positions missing or out of range")
         entry = VideoEntry(self.path, key, record)
         wants_luv = any(p.startswith("keyframes") for p in self.attrs["frames"]["policies"])
@@ -248,11 +250,21 @@ class Cache:
 class CacheWriter(Cache):
     """Creates or resumes a store and publishes videos atomically."""
 
+    replaced: list[str] = []  # the differing facts of the store this writer replaced (replace=True)
+
     @classmethod
-    def open(cls, path: str, attrs: dict, overwrite: bool = False) -> "CacheWriter":
+    def open(cls, path: str, attrs: dict, replace: bool = False) -> "CacheWriter":
+        """Create or resume the store at ``path``. A store made with other settings is refused,
+        or with ``replace`` deleted and created anew; a store whose settings match is never
+        deleted. Only a launcher (one process, before any worker starts) passes ``replace``."""
         attrs = dict(to_json(attrs), fingerprint=schema.fingerprint(attrs), schema_version=schema.SCHEMA_VERSION)
-        if os.path.exists(path) and overwrite:
-            cls._remove_store(path)
+        replaced = []
+        if os.path.isdir(path) and os.listdir(path) and replace:
+            old = _read_json(os.path.join(path, "zarr.json"))
+            diff = schema.differing_facts(old.get("attributes", {}), attrs) if old else ["not a featcache store"]
+            if diff:
+                cls._remove_store(path)
+                replaced = diff
         if not os.path.exists(path):
             cls._create(path, attrs)
         elif not os.path.isdir(path) or os.listdir(path) and not os.path.exists(os.path.join(path, "zarr.json")):
@@ -261,6 +273,7 @@ class CacheWriter(Cache):
             os.rmdir(path)
             cls._create(path, attrs)
         writer = cls(path)
+        writer.replaced = replaced
         diff = schema.differing_facts(writer.attrs, attrs)
         if diff:
             raise FeatcacheError(
@@ -280,8 +293,11 @@ class CacheWriter(Cache):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             os.rename(tmp, path)
-        except OSError:  # another worker created it first: theirs wins, ours is dropped
+        except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if not _lost_race(exc):
+                raise FeatcacheError(f"--out {path}: cannot create the cache ({exc.strerror or exc})") from None
+            # another worker created it first: theirs is used
 
     @staticmethod
     def _remove_store(path: str) -> None:
@@ -305,8 +321,10 @@ class CacheWriter(Cache):
         return {k for k, r in self.records().items() if r.get("status") == "done"}
 
     # ------------------------------------------------------------------ writing
-    def write_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None) -> int:
-        """Publish one complete video; returns the bytes of token data written."""
+    def write_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None) -> int | None:
+        """Publish one complete video; returns the bytes of token data written, or None when
+        another writer published this video first (its copy is kept, ours dropped). Any other
+        failure to publish raises PublishError: the video is not in the store."""
         import zarr
 
         dtype = self.attrs["storage"]["dtype"]
@@ -322,8 +340,7 @@ class CacheWriter(Cache):
                                         dtype="float32", compressors=None, chunk_key_encoding=_CHUNK_KEYS,
                                         dimension_names=("source_frame",))
             scores[...] = luv_scores
-        self._publish(stage, record)
-        return int(arr.nbytes)
+        return int(arr.nbytes) if self._publish(stage, record) else None
 
     def write_failure(self, record: dict, reason: str) -> None:
         import zarr
@@ -337,21 +354,36 @@ class CacheWriter(Cache):
         name = f"{schema.video_key(video_id)}@{os.uname().nodename}@{os.getpid()}-{uuid.uuid4().hex[:6]}"
         return os.path.join(self.path, schema.STAGING, name)
 
-    def _publish(self, stage: str, record: dict) -> None:
+    def _publish(self, stage: str, record: dict) -> bool:
+        """Rename the staged video into videos/; False when a done copy is already there."""
         key = schema.video_key(record["video_id"])
         dest = os.path.join(self.path, schema.VIDEOS, key)
         old = _read_json(os.path.join(dest, "zarr.json"))
         if old is not None and old.get("attributes", {}).get("status") == "done":
             shutil.rmtree(stage)  # already published (by an earlier or concurrent run)
-            return
+            return False
         if old is not None or os.path.isdir(dest):
-            shutil.rmtree(dest)  # an earlier failure is replaced by this attempt
+            shutil.rmtree(dest, ignore_errors=True)  # an earlier failure is replaced by this attempt
         try:
             os.rename(stage, dest)
-        except OSError:  # a concurrent writer published the same video first
+        except OSError as exc:
             shutil.rmtree(stage, ignore_errors=True)
+            theirs = (_read_json(os.path.join(dest, "zarr.json")) or {}).get("attributes", {})
+            if _lost_race(exc) and (theirs.get("status") == "done" or record["status"] == "failed"):
+                return False  # a concurrent writer published the same video first: theirs stands
+            raise PublishError(f"could not publish into the cache: {exc.strerror or exc} ({dest})") from None
         if self._records is not None:
             self._records[key] = to_json(record)
+        return True
+
+
+class PublishError(OSError):
+    """A finished video could not be renamed into the store (it is not there)."""
+
+
+def _lost_race(exc: OSError) -> bool:
+    """The rename failed only because the destination now exists: another writer was first."""
+    return exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
 
 
 def _runs(positions: list[int], stride: int):

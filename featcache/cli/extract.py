@@ -1,7 +1,6 @@
-"""`featcache extract` (local, --devices, --slurm) and `featcache demo`."""
+"""`featcache extract` (local, --devices, --slurm)."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import typer
@@ -40,7 +39,8 @@ def extract(
     short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
     shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the videos (stable hash of the id)."),
     threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache made with other settings."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache made with other settings (one whose settings match is kept and resumed)."),
+    init_only: bool = typer.Option(False, "--init-only", help="Create the store (with --overwrite: replace one made with other settings) and exit; run once before starting --shard workers by hand."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     devices: Optional[str] = typer.Option(None, help="One worker per device, each a shard: all, or cuda:0,cuda:1."),
     slurm: bool = typer.Option(False, "--slurm", help="Submit a Slurm job array (submitit), one task per shard."),
@@ -59,7 +59,7 @@ def extract(
     Re-running the same command resumes: finished videos are skipped, failed ones retried.
     """
     from featcache.encoder import EncoderConfig
-    from featcache.extract import ExtractConfig, run_extract
+    from featcache.extract import ExtractConfig, prepare_store, run_extract
 
     with user_errors():
         enc = EncoderConfig(model=model, weights=weights, img_size=img_size,
@@ -69,11 +69,18 @@ def extract(
                             dtype=dtype, decoder=decoder, luv_size=_parse_size(luv_size),
                             short_videos=short_videos, overwrite=overwrite, shard=_parse_shard(shard),
                             threads=threads)
+        if init_only:
+            if shard is not None or slurm or devices:
+                raise FeatcacheError("--init-only prepares the store for workers; give it without --shard, --slurm or --devices")
+            _print_replaced(prepare_store(cfg), out)
+            typer.echo(f"cache ready at {out}; start the workers (e.g. --shard I/N) without --overwrite")
+            return
         if slurm:
             return _launch(cfg, shards, partition, gpus_per_task, cpus_per_task, mem_gb, time, slurm_logs, cluster, wait)
         if devices:
             return _on_devices(cfg, devices)
         summary = run_extract(cfg, show_progress=not quiet)
+    _print_replaced(summary.replaced, out)
     _print_summary(summary, out)
     if summary.failed:
         raise typer.Exit(1)
@@ -82,34 +89,45 @@ def extract(
 def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster, wait) -> None:
     from featcache.cluster import SlurmConfig, launch_slurm
 
-    if cfg.shard is not None:
-        raise FeatcacheError("--slurm: give --shards N, not --shard I/N (each task takes one shard)")
-    jobs = launch_slurm(cfg, SlurmConfig(shards, partition, gpus, cpus, mem_gb, time_min, logs=logs, cluster=cluster))
+    jobs, replaced = launch_slurm(cfg, SlurmConfig(shards, partition, gpus, cpus, mem_gb, time_min, logs=logs,
+                                                   cluster=cluster))
+    _print_replaced(replaced, cfg.out)
     typer.echo(f"submitted {len(jobs)} task(s) (job {jobs[0].job_id.split('_')[0]}); logs in {logs}/<job id>/; "
                f"progress: featcache cache status {cfg.out} --shards {shards}")
-    if wait:
-        failed = 0
-        for job in jobs:
+    if not wait:
+        return
+    failed = 0
+    for i, job in enumerate(jobs):
+        try:
             result = job.result()
-            failed += len(result["failed"])
-            typer.echo(f"shard {result['shard'][0]}/{shards}: {result['done']} done, {result['skipped']} already "
-                       f"cached, {len(result['failed'])} failed, {result['frames']} frames in {result['wall_s']:.1f} s")
-        if failed:
-            raise typer.Exit(1)
+        except Exception as exc:  # the task itself failed: say which, and where its log is
+            failed += 1
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            typer.echo(f"shard {i}/{shards}: task {job.job_id} failed: {first[:300]}; log: {job.paths.stderr}")
+            continue
+        failed += len(result["failed"])
+        typer.echo(f"shard {result['shard'][0]}/{shards}: {result['done']} done, {result['skipped']} already "
+                   f"cached, {len(result['failed'])} failed, {result['frames']} frames in {result['wall_s']:.1f} s")
+    if failed:
+        raise typer.Exit(1)
 
 
 def _on_devices(cfg, devices: str) -> None:
     from featcache.cluster import parse_devices, run_on_devices
 
-    if cfg.shard is not None:
-        raise FeatcacheError("--devices: each device takes a shard; do not combine with --shard")
     names = parse_devices(devices)
-    summaries = run_on_devices(cfg, names)
+    summaries, replaced = run_on_devices(cfg, names)
+    _print_replaced(replaced, cfg.out)
     for name, summary in zip(names, summaries):
         typer.echo(f"[{name}] ", nl=False)
         _print_summary(summary, cfg.out)
     if any(s.failed for s in summaries):
         raise typer.Exit(1)
+
+
+def _print_replaced(replaced: list[str], out: str) -> None:
+    if replaced:
+        typer.echo(f"--overwrite: replaced the cache at {out} (it was made with other settings: {', '.join(replaced)})")
 
 
 def _print_summary(s, out: str) -> None:
@@ -121,30 +139,3 @@ def _print_summary(s, out: str) -> None:
         typer.echo(f"warning: {line}")
     for video_id, reason in s.failed.items():
         typer.echo(f"failed: {video_id}: {reason}")
-
-
-@app.command(epilog="Example:\n\n  featcache demo --out demo")
-def demo(
-    out: str = typer.Option("demo", "--out", "-o", help="Folder for the videos, manifest and cache."),
-    per_class: int = typer.Option(12, help="Videos per class (4 motion classes)."),
-    model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name."),
-    weights: str = typer.Option("random", help="random (no download), hub, or a weights file."),
-    frames: str = typer.Option("uniform:8,keyframes:8", help="Frame policies."),
-):
-    """Generate a small dataset of moving shapes (class = direction of motion), then extract it."""
-    from featcache.encoder import EncoderConfig
-    from featcache.extract import ExtractConfig, run_extract
-    from featcache.synthetic import make_dataset
-
-    with user_errors():
-        typer.echo(f"writing {4 * per_class} synthetic videos to {out}/videos ...")
-        manifest = make_dataset(out, "motion", per_class=per_class, num_frames=32)
-        cache = os.path.join(out, "cache.zarr")
-        cfg = ExtractConfig(manifest=manifest, out=cache, frames=frames,
-                            encoder=EncoderConfig(model=model, weights=weights))
-        summary = run_extract(cfg)
-    _print_summary(summary, cache)
-    typer.echo(f"\nnext:\n  featcache cache info {cache}\n"
-               f"  featcache train {cache} --head r3d --view uniform:8 --out {out}/runs/r3d")
-    if summary.failed:
-        raise typer.Exit(1)
