@@ -2,7 +2,7 @@
 
 Each converter returns ``(rows, notes)``: rows of ``video_id, path, label, split`` (+ extra
 columns), paths relative to the dataset root, and notes recording how the split was made (written
-as ``#`` lines at the top of the manifest). Where the official split has no validation set, one
+beside the manifest, in ``NAME.csv.json``, so the manifest itself stays plain CSV). Where the official split has no validation set, one
 is carved from train deterministically: a training video goes to val when
 ``sha256(f"{seed}:{group}")`` falls below ``val_fraction``, so the carve is stable when videos are
 added or reordered; for UCF101 the group is the class + performer group (``gXX``), so clips of one

@@ -2,7 +2,8 @@
 
 ``label`` may hold several labels separated by ``;`` (multi-label) and may be empty for
 unlabelled videos. Relative paths resolve against the manifest's folder. Extra columns are kept
-and stored with each video.
+and stored with each video. Lines starting with ``#`` are comments (for hand-written files);
+converted manifests are plain CSV with their provenance beside them in ``NAME.csv.json``.
 """
 from __future__ import annotations
 
@@ -49,15 +50,17 @@ def read_manifest(path: str) -> list[VideoItem]:
 
 
 def _read_csv(path: str) -> list[tuple[int, dict]]:
+    """Rows with the file's own line numbers (comment lines are skipped, not renumbered)."""
     with open(path, newline="", encoding="utf-8") as f:
-        lines = [ln for ln in f if not ln.startswith("#")]  # '#' lines carry provenance notes
-    reader = csv.DictReader(lines)
+        kept = [(number, text) for number, text in enumerate(f, start=1) if not text.startswith("#")]
+    reader = csv.DictReader(text for _, text in kept)
     _check_columns(path, reader.fieldnames or [])
     rows = []
-    for i, row in enumerate(reader, start=2):
+    for row in reader:
+        line = kept[reader.line_num - 1][0]  # line_num counts the kept lines read so far
         if None in row or any(v is None for v in row.values()):
-            raise FeatcacheError(f"{path}:{i}: expected {len(reader.fieldnames)} columns")
-        rows.append((i, row))
+            raise FeatcacheError(f"{path}:{line}: expected {len(reader.fieldnames)} columns")
+        rows.append((line, row))
     return rows
 
 
@@ -104,9 +107,15 @@ def _to_item(path: str, line: int, row: dict, base: str) -> VideoItem:
     return VideoItem(video_id, os.path.normpath(os.path.join(base, video_path)), labels, split, extra)
 
 
-def write_manifest(rows: list[dict], out: str, root: str, notes: list[str]) -> None:
-    """Write converter rows (paths relative to ``root``) as a CSV manifest with ``#`` notes;
-    paths are written relative to the manifest's folder."""
+def provenance_path(manifest: str) -> str:
+    """Where a converted manifest's provenance lives: ``NAME.csv.json`` beside it."""
+    return f"{manifest}.json"
+
+
+def write_manifest(rows: list[dict], out: str, root: str, notes: list[str], source: dict | None = None) -> None:
+    """Write converter rows (paths relative to ``root``) as a plain CSV manifest that any CSV
+    reader takes with default options; paths are written relative to the manifest's folder.
+    ``notes`` (how the split was made) and ``source`` go to :func:`provenance_path`."""
     seen = set()
     for r in rows:
         if r["video_id"] in seen:
@@ -116,13 +125,17 @@ def write_manifest(rows: list[dict], out: str, root: str, notes: list[str]) -> N
     base = os.path.dirname(os.path.abspath(out))
     os.makedirs(base, exist_ok=True)
     with open(out, "w", newline="", encoding="utf-8") as f:
-        for note in notes:
-            f.write(f"# {note}\n")
         writer = csv.DictWriter(f, fieldnames=[*REQUIRED_COLUMNS, *extra])
         writer.writeheader()
         for r in rows:
             path = os.path.relpath(os.path.join(os.path.abspath(root), r["path"]), base)
             writer.writerow({**r, "path": path})
+    from featcache import __version__
+
+    with open(provenance_path(out), "w", encoding="utf-8") as f:
+        json.dump({"manifest": os.path.basename(out), "notes": notes, "dataset_root": os.path.abspath(root),
+                   "videos": len(rows), "featcache_version": __version__, **(source or {})}, f, indent=2)
+        f.write("\n")
 
 
 def check_manifest(path: str) -> tuple[dict, list[str]]:

@@ -1,4 +1,5 @@
 """Converters on small fixture files written in each dataset's official format."""
+import csv
 import json
 import os
 
@@ -63,8 +64,13 @@ def test_cli_ucf101_then_check(ucf, tmp_path):
     r = runner.invoke(app, ["manifest", "ucf101", str(ucf / "UCF-101"), "--splits", str(ucf / "ucfTrainTestlist"),
                             "--out", out])
     assert r.exit_code == 0, r.output
-    text = open(out).read()
-    assert text.startswith("# UCF101 official split 1")
+    # plain CSV: any reader with default options sees the header and every row
+    with open(out, newline="") as f:
+        plain = list(csv.DictReader(f))
+    assert len(plain) == 100 and list(plain[0])[:4] == ["video_id", "path", "label", "split"]
+    provenance = json.load(open(out + ".json"))
+    assert provenance["notes"][0].startswith("UCF101 official split 1") and provenance["converter"] == "ucf101"
+    assert provenance["videos"] == 100
     items = read_manifest(out)
     assert len(items) == 100 and all(os.path.isfile(it.path) for it in items)
     check = runner.invoke(app, ["manifest", "check", out])

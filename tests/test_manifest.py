@@ -42,6 +42,16 @@ def test_bad_csv(tmp_path, text, match):
         read_manifest(write(tmp_path / "m.csv", text))
 
 
+def test_errors_name_the_files_own_line_numbers_after_comments(tmp_path):
+    text = ("# converted by hand\n# second note\nvideo_id,path,label,split\n"
+            "a,a.mp4,x,train\nb,b.mp4,y,training\n")  # the bad row is line 5 of the file
+    with pytest.raises(FeatcacheError, match="m.csv:5: unknown split 'training'"):
+        read_manifest(write(tmp_path / "m.csv", text))
+    text = "video_id,path,label,split\n# a comment between rows\na,a.mp4,x,train\na,b.mp4,y,test\n"
+    with pytest.raises(FeatcacheError, match="m.csv:4: duplicate video_id 'a' \\(first on line 3\\)"):
+        read_manifest(write(tmp_path / "m.csv", text))
+
+
 def test_bad_jsonl_and_missing_file(tmp_path):
     with pytest.raises(FeatcacheError, match="m.jsonl:2: not valid JSON"):
         read_manifest(write(tmp_path / "m.jsonl", '{"video_id":"a","path":"a","label":"x","split":"train"}\n{oops\n'))

@@ -17,14 +17,15 @@ _SEED = typer.Option(0, help="Seed of the val carve.")
 
 
 def _convert(out: str, root: str, converter, *args) -> None:
-    from featcache.manifest import write_manifest
+    from featcache.manifest import provenance_path, write_manifest
 
     with user_errors():
         rows, notes = converter(root, *args)
-        write_manifest(rows, out, root, notes)
+        write_manifest(rows, out, root, notes, source={"converter": converter.__name__, "arguments": list(args)})
     counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     labels = len({lb for r in rows for lb in r["label"].split(";") if lb})
-    typer.echo(f"wrote {out}: {len(rows)} videos {counts}, {labels} labels; check it with featcache manifest check {out}")
+    typer.echo(f"wrote {out} (provenance: {provenance_path(out)}): {len(rows)} videos {counts}, {labels} labels; "
+               f"check it with featcache manifest check {out}")
 
 
 @manifest_app.command("ucf101", epilog="Example:\n\n  featcache manifest ucf101 UCF-101 --splits ucfTrainTestlist --split-id 1 --out ucf101_s1.csv")
