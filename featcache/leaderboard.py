@@ -64,29 +64,33 @@ def write_leaderboard(out_dir: str, rows: list[dict], axes: tuple[str, ...], met
             for axis, values in summary.items():
                 parts = ", ".join(f"{v}: {_fmt(m)} (n={n})" for v, m, n in values)
                 f.write(f"- **{axis}**: {parts}\n")
-    _plot(os.path.join(out_dir, "leaderboard.png"), summary, metric)
+    _plot(os.path.join(out_dir, "leaderboard.png"), ranked, summary, metric)
 
 
 def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
 
 
-def _plot(path: str, summary: dict, metric: str) -> None:
-    if not summary:
-        return
+def _plot(path: str, ranked: list[dict], summary: dict, metric: str) -> None:
+    """One panel with every cell's metric (best first), then one per varied axis (mean per value)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return  # optional
-    fig, axes = plt.subplots(1, len(summary), figsize=(3.2 * len(summary), 3), squeeze=False)
-    for ax, (axis, values) in zip(axes[0], summary.items()):
-        ax.bar([v for v, _, _ in values], [m for _, m, _ in values])
-        ax.set_title(axis, fontsize=9)
+        return  # optional: pip install featcache[plot]
+    panels = [("cells", [(r["cell"], r["metrics"][metric]) for r in ranked])]
+    panels += [(axis, [(v, m) for v, m, _ in values]) for axis, values in summary.items()]
+    widths = [max(3.2, 0.45 * len(bars) + 1) for _, bars in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 3.6), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, (title, bars) in zip(axes[0], panels):
+        ax.bar(range(len(bars)), [m for _, m in bars])
+        ax.set_xticks(range(len(bars)), [str(v) for v, _ in bars], rotation=30, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
         ax.set_ylabel(metric, fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

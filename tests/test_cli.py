@@ -135,3 +135,25 @@ def test_help_has_examples():
     result = runner.invoke(app, ["extract", "--help"])
     assert result.exit_code == 0 and "Examples" in result.output and "--frames" in result.output
     assert runner.invoke(app, ["--version"]).output.startswith("featcache ")
+
+
+def test_demo_runs_the_whole_story_and_ends_with_a_leaderboard(tmp_path):
+    import csv
+
+    out = tmp_path / "demo"
+    p = run("demo", "--out", str(out), "--per-class", "5", "--epochs", "2", "-q", *TINY_CLI)
+    assert p.returncode == 0, p.stderr
+    for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.png", "demo_sweep.yaml", "manifest.csv"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "leaderboard.csv")))
+    assert sorted(r["head"] for r in rows) == ["lstm", "pool", "r3d"] and len(os.listdir(out / "cells")) == 3
+    assert "3 cells in 1 fused pass(es)" in p.stdout and "1 view read(s)" in p.stdout
+    test_clips = sum(r["split"] == "test" for r in csv.DictReader(open(out / "manifest.csv")))
+    assert f"top-1 on held-out clips ({test_clips} test clips; chance 0.25)" in p.stdout
+    for r in rows:  # the printed numbers are the leaderboard's
+        label = r["head"] + (" (average of frames)" if r["head"] == "pool" else "")
+        assert f"{label:26s} {float(r['val/top1']):6.3f} {float(r['test/top1']):6.3f}" in p.stdout
+    assert "next:" in p.stdout and f"featcache cache info {out}/cache.zarr" in p.stdout
+    again = run("demo", "--out", str(out), "--per-class", "5", "--epochs", "2", "-q", *TINY_CLI)
+    assert again.returncode == 0 and "0 extracted, 20 already cached" in again.stdout  # re-running resumes
+    assert "3 finished cell(s) skipped" in again.stdout

@@ -85,4 +85,4 @@ def main() -> None:
 
 
 # the command modules register themselves on the apps above
-from featcache.cli import extract, cache, train, manifest  # noqa: E402,F401,I001
+from featcache.cli import extract, cache, train, manifest, demo  # noqa: E402,F401,I001
