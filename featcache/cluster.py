@@ -15,7 +15,8 @@ import os
 from collections import Counter
 
 from featcache.errors import FeatcacheError
-from featcache.extract import ExtractConfig, ExtractSummary, prepare_store, run_extract, shard_of
+from featcache.extract import ExtractConfig, ExtractSummary, prepare_store, run_extract, shard_of, validate
+from featcache.manifest import read_manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,8 @@ def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig) -> tuple[list, list[str
         raise FeatcacheError(f"--cluster: expected slurm or local, got {slurm.cluster!r}")
     if cfg.shard is not None:
         raise FeatcacheError("--slurm: give --shards N, not --shard I/N (each task takes one shard)")
+    validate(cfg)
+    read_manifest(cfg.manifest)  # a bad manifest fails here, not in every task
     replaced = prepare_store(cfg, launcher_device(cfg, slurm)) if cfg.overwrite else []
     executor = submitit.AutoExecutor(folder=os.path.join(slurm.logs, "%j"), cluster=slurm.cluster)
     params = {"name": "featcache-extract", "timeout_min": slurm.time_min, "tasks_per_node": 1,
@@ -92,6 +95,118 @@ def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig) -> tuple[list, list[str
         params["slurm_partition"] = slurm.partition
     executor.update_parameters(**params)
     return executor.map_array(ShardTask(), shard_configs(cfg, slurm.shards)), replaced
+
+
+@dataclasses.dataclass
+class TaskOutcome:
+    """How one array task ended: its ShardTask result, or the one-line reason it failed."""
+
+    shard: int
+    job_id: str
+    result: dict | None
+    error: str
+    log: str  # the task's stderr file
+
+
+_PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
+
+
+def wait_for_tasks(jobs: list, out: str, total: int, echo, poll_s: float = 10.0,
+                   log_path: str | None = None) -> list[TaskOutcome]:
+    """Wait until every task has ended, printing one progress line per poll when it changed
+    (tasks pending / running / ended, videos in the store). Task states come from ``squeue``
+    and each task's result file, never from ``sacct``: clusters without accounting work, and
+    submitit's warnings go to ``log_path`` (or are dropped), not to the terminal."""
+    import logging
+    import time
+    import warnings
+
+    start, last, gone = time.monotonic(), None, Counter()
+    handler = logging.FileHandler(log_path) if log_path else logging.NullHandler()
+    logger = logging.getLogger("submitit")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            while True:
+                queued = _squeue_states(jobs)
+                states = []
+                for i, job in enumerate(jobs):
+                    if job.paths.result_pickle.exists():
+                        states.append("ended")
+                    elif queued is None:  # not Slurm (submitit's local executor)
+                        states.append("ended" if job.done() else "running")
+                    elif str(job.job_id) in queued:
+                        gone[i] = 0
+                        states.append("pending" if queued[str(job.job_id)] in _PENDING else "running")
+                    else:  # left the queue without a result: ended (after a second look)
+                        gone[i] += 1
+                        states.append("ended" if gone[i] >= 2 else "running")
+                counts = Counter(states)
+                line = (f"tasks: {counts['pending']} pending, {counts['running']} running, {counts['ended']} ended; "
+                        f"videos in the store: {_published(out)}/{total}")
+                if line != last:
+                    echo(f"[{time.monotonic() - start:5.0f} s] {line}")
+                    last = line
+                if counts["ended"] == len(jobs):
+                    break
+                time.sleep(poll_s)
+            outcomes = [_outcome(i, job) for i, job in enumerate(jobs)]
+        for w in caught:
+            logger.warning("%s", w.message)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.propagate = True
+    return outcomes
+
+
+def _outcome(index: int, job) -> TaskOutcome:
+    try:
+        result = job.result()
+    except Exception as exc:  # the task raised, or ended without a result (killed, node failure)
+        return TaskOutcome(index, str(job.job_id), None, _last_error(str(exc)) or type(exc).__name__,
+                           str(job.paths.stderr))
+    return TaskOutcome(index, str(job.job_id), result, "", str(job.paths.stderr))
+
+
+def _last_error(text: str) -> str:
+    """The exception line of a task's traceback (``featcache.errors.FeatcacheError: manifest not
+    found: ...`` -> ``manifest not found: ...``), or the message's first line."""
+    import re
+
+    found = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): (.+)$", text, flags=re.MULTILINE)
+    if found:
+        name, message = found[-1]
+        return (message if name.endswith("FeatcacheError") else f"{name.rsplit('.', 1)[-1]}: {message}")[:300]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0][:300] if lines else ""
+
+
+def _squeue_states(jobs: list) -> dict[str, str] | None:
+    """task id (``123_4``) -> Slurm state of the tasks still in the queue; None when the jobs
+    are not Slurm jobs (or squeue is missing)."""
+    import shutil
+    import subprocess
+
+    if not jobs or type(jobs[0]).__name__ != "SlurmJob" or shutil.which("squeue") is None:
+        return None
+    arrays = sorted({str(job.job_id).split("_")[0] for job in jobs})
+    p = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(arrays)],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:  # the whole array has left the queue
+        return {}
+    return dict(line.split(None, 1) for line in p.stdout.splitlines() if " " in line)
+
+
+def _published(out: str) -> int:
+    from featcache.cache import schema
+
+    try:
+        return sum(1 for e in os.scandir(os.path.join(out, schema.VIDEOS)) if e.is_dir())
+    except FileNotFoundError:
+        return 0
 
 
 def parse_devices(text: str) -> list[str]:

@@ -52,7 +52,8 @@ def extract(
     time: int = typer.Option(240, "--time", help="--slurm: time limit per task (minutes); preempted or timed-out tasks requeue and resume."),
     slurm_logs: str = typer.Option("slurm_logs", help="--slurm: folder for per-task logs (<job id>/)."),
     cluster: str = typer.Option("slurm", help="--slurm: slurm, or local to run the same array here (submitit's local executor)."),
-    wait: bool = typer.Option(False, "--wait", help="--slurm: wait for every task and print their summaries."),
+    wait: bool = typer.Option(False, "--wait", help="--slurm: wait for every task, one progress line per poll, then their summaries."),
+    poll: float = typer.Option(10.0, help="--slurm --wait: seconds between progress polls."),
 ):
     """Decode the videos of MANIFEST, run the frozen model, write tokens to a Zarr cache.
 
@@ -76,7 +77,8 @@ def extract(
             typer.echo(f"cache ready at {out}; start the workers (e.g. --shard I/N) without --overwrite")
             return
         if slurm:
-            return _launch(cfg, shards, partition, gpus_per_task, cpus_per_task, mem_gb, time, slurm_logs, cluster, wait)
+            return _launch(cfg, shards, partition, gpus_per_task, cpus_per_task, mem_gb, time, slurm_logs, cluster,
+                           wait, poll)
         if devices:
             return _on_devices(cfg, devices)
         summary = run_extract(cfg, show_progress=not quiet)
@@ -86,28 +88,33 @@ def extract(
         raise typer.Exit(1)
 
 
-def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster, wait) -> None:
-    from featcache.cluster import SlurmConfig, launch_slurm
+def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster, wait, poll) -> None:
+    import os
+
+    from featcache.cluster import SlurmConfig, launch_slurm, wait_for_tasks
+    from featcache.manifest import read_manifest
 
     jobs, replaced = launch_slurm(cfg, SlurmConfig(shards, partition, gpus, cpus, mem_gb, time_min, logs=logs,
                                                    cluster=cluster))
     _print_replaced(replaced, cfg.out)
-    typer.echo(f"submitted {len(jobs)} task(s) (job {jobs[0].job_id.split('_')[0]}); logs in {logs}/<job id>/; "
+    array = jobs[0].job_id.split("_")[0]
+    typer.echo(f"submitted {len(jobs)} task(s) (job {array}); logs in {logs}/{array}/; "
                f"progress: featcache cache status {cfg.out} --shards {shards}")
     if not wait:
         return
+    total = len(read_manifest(cfg.manifest))
+    outcomes = wait_for_tasks(jobs, cfg.out, total, typer.echo, poll_s=poll,
+                              log_path=os.path.join(logs, array, "featcache-wait.log"))
     failed = 0
-    for i, job in enumerate(jobs):
-        try:
-            result = job.result()
-        except Exception as exc:  # the task itself failed: say which, and where its log is
+    for o in outcomes:
+        if o.result is None:
             failed += 1
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-            typer.echo(f"shard {i}/{shards}: task {job.job_id} failed: {first[:300]}; log: {job.paths.stderr}")
+            typer.echo(f"shard {o.shard}/{shards}: task {o.job_id} failed: {o.error}; log: {o.log}")
             continue
-        failed += len(result["failed"])
-        typer.echo(f"shard {result['shard'][0]}/{shards}: {result['done']} done, {result['skipped']} already "
-                   f"cached, {len(result['failed'])} failed, {result['frames']} frames in {result['wall_s']:.1f} s")
+        r = o.result
+        failed += len(r["failed"])
+        typer.echo(f"shard {r['shard'][0]}/{shards}: {r['done']} done, {r['skipped']} already cached, "
+                   f"{len(r['failed'])} failed, {r['frames']} frames in {r['wall_s']:.1f} s")
     if failed:
         raise typer.Exit(1)
 
