@@ -96,6 +96,13 @@ def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int) -> Plan:
                            grid=layout.grid, num_prefix_tokens=layout.num_prefix_tokens, **cell.config.head_options)
     except (ValueError, TypeError) as exc:
         raise SweepError(f"{sweep.path}: cell {cell.name}: head={cell.config.head}: {exc}") from None
+    if cell.config.init:
+        from featcache.train.checkpoint import init_from
+
+        try:
+            init_from(head, cell.config.head, cell.config.view.as_dict(), cell.config.init)
+        except FeatcacheError as exc:
+            raise SweepError(f"{sweep.path}: cell {cell.name}: init={cell.config.init}: {exc}") from None
     x = torch.zeros(cell.config.batch_size, *layout.shape)
     saved = [0]
 

@@ -32,10 +32,12 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     label_smoothing: float = 0.0  # single-label only
+    augment: str = "none"  # none | flip | crop_flip: on the token grid (pixel augmentations cannot be replayed)
     task: str = "auto"  # auto | single | multi (auto: multi when any video has several labels)
     pos_weight: Any = None  # multi-label BCE: None, "auto" (negatives/positives per class) or a number
     seed: int = 0
     early_stop: int = 0  # stop after this many epochs without a better val metric (0 = off)
+    init: str = ""  # a featcache pretrain run (or its .pt) to start the head's transferable part from ("" = none)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
 
@@ -46,13 +48,16 @@ class TrainConfig:
 
 
 # the settings that decide the batches: cells agreeing on all of them train in one fused pass
-FUSION_KEYS = ("view", "batch_size", "epochs", "seed", "task", "device", "amp")
+FUSION_KEYS = ("view", "batch_size", "epochs", "seed", "task", "augment", "device", "amp")
 
 
-_CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi")}
+_CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),
+            "augment": ("none", "flip", "crop_flip")}
 
 
 def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
+    if key == "init" and value is None:
+        value = ""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -73,6 +78,8 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         raise ValueError(f"{where}{key}: expected {type(default).__name__}, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"{where}{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+    if key == "init" and value in (None, "none", "None"):
+        value = ""
     if key == "pos_weight" and value in ("none", "None"):
         value = None
     if key == "pos_weight" and not (value is None or value == "auto" or isinstance(value, (int, float))):
@@ -117,7 +124,7 @@ def build_config(values: dict, base: TrainConfig | None = None, where: str = "")
     kept = base.head_options if fields["head"] == base.head else {}  # another head's options do not carry over
     fields["head_options"] = {**kept, **given_options}
     try:
-        fields["view"] = View(view["view"], view["layers"], view["tokens"], view["spatial"])
+        fields["view"] = View(view["view"], view["layers"], view["tokens"], view["spatial"], view["channels"])
     except ValueError as exc:
         raise ValueError(f"{where}{exc}") from None
     return TrainConfig(**fields)

@@ -170,7 +170,7 @@ class _Pipeline:
     def __init__(self, cfg: ExtractConfig, encoder: FrozenEncoder, writer: CacheWriter, summary: ExtractSummary):
         self.cfg, self.encoder, self.writer, self.summary = cfg, encoder, writer, summary
         self.policies = cfg.policies
-        self.max_count = max(p.count for p in self.policies)
+        self.max_count = max([p.count for p in self.policies if p.fixed] or [1])  # stride pools are never short
         self.needs_luv = any(p.kind == "keyframes" for p in self.policies)
         self.jobs: deque[_Job] = deque()
         self.pin = encoder.device.type == "cuda"

@@ -63,6 +63,8 @@ def write_leaderboard(out_dir: str, rows: list[dict], axes: tuple[str, ...], met
             f.write(f"\n## Mean {metric} per axis value\n\n")
             for axis, values in summary.items():
                 parts = ", ".join(f"{v}: {_fmt(m)} (n={n})" for v, m, n in values)
+                if len(values) == 2:  # e.g. init none vs prp: AdViSe's delta Acc
+                    parts += f"; difference {values[1][0]} - {values[0][0]} = {values[1][1] - values[0][1]:+.4f}"
                 f.write(f"- **{axis}**: {parts}\n")
     _plot(os.path.join(out_dir, "leaderboard.png"), ranked, summary, metric)
 

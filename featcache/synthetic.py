@@ -3,6 +3,8 @@
 ``motion`` classes differ only by how a shape moves (left/right/up/down): every frame taken
 alone is drawn from the same distribution, so a head that averages frames cannot tell them
 apart. ``appearance`` classes differ by the shape's colour and do not move consistently.
+``texture`` clips show a random texture scrolling at one constant speed (class = direction):
+the footage for playback-rate pretext tasks, where only the gap between sampled frames differs.
 Videos are written with PyAV (H.264 .mp4, MPEG-4 .avi, MPEG-2 .mpg, ... by extension).
 """
 from __future__ import annotations
@@ -79,12 +81,31 @@ def appearance_clip(label: str, rng: np.random.Generator, num_frames: int = 24, 
     return frames
 
 
+TEXTURE_CLASSES = ("east", "south")
+
+
+def texture_clip(label: str, rng: np.random.Generator, num_frames: int = 96, size: tuple[int, int] = (112, 112),
+                 speed: int = 2) -> np.ndarray:
+    """A smooth random texture scrolling ``speed`` px per frame towards ``label``; (T, H, W, 3) uint8."""
+    w, h = size
+    big_h, big_w = h + speed * num_frames, w + speed * num_frames
+    noise = rng.random((big_h // 4 + 2, big_w // 4 + 2, 3))
+    texture = np.kron(noise, np.ones((4, 4, 1)))[:big_h, :big_w]  # 4x4 blocks of colour
+    texture = (40 + 180 * texture).astype(np.uint8)
+    frames = np.empty((num_frames, h, w, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        d = speed * t
+        frames[t] = texture[:h, d:d + w] if label == "east" else texture[d:d + h, :w]
+    return frames
+
+
 def make_dataset(out_dir: str, kind: str = "motion", per_class: int = 12, num_frames: int = 24,
                  size: tuple[int, int] = (96, 72), ext: str = ".mp4", seed: int = 0) -> str:
     """Write a labelled dataset and its manifest (60/20/20 train/val/test per class); returns
     the manifest path."""
     classes, clip = {"motion": (MOTION_CLASSES, motion_clip),
-                     "appearance": (APPEARANCE_CLASSES, appearance_clip)}[kind]
+                     "appearance": (APPEARANCE_CLASSES, appearance_clip),
+                     "texture": (TEXTURE_CLASSES, texture_clip)}[kind]
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     rows = []

@@ -1,10 +1,11 @@
 """What a head sees of each cached video: one frozen type, parsed once where the config is built.
 
 A ``View`` is a frame policy served from the cached pool, the cached layers to use, which tokens
-(prefix/CLS, patches, both) and an optional spatial pooling of the patch grid. It knows its own
+(prefix/CLS, patches, both), an optional spatial pooling of the patch grid and an optional
+average pooling of the channels (AdViSe's channel compression). It knows its own
 ``Layout`` (frames, tokens, channels, prefix tokens, grid) against a cache's root attributes and
 whether a cache can serve it at all. Train, eval, ablate and the dataset all use this one type;
-configs and checkpoints keep it as the flat keys ``view, layers, tokens, spatial``.
+configs and checkpoints keep it as the flat keys ``view, layers, tokens, spatial, channels``.
 
 Pure: imports only the frame-policy parser and the error type.
 """
@@ -16,7 +17,7 @@ from featcache.errors import FeatcacheError
 from featcache.video.select import Policy, parse_policies
 
 TOKEN_MODES = ("all", "cls", "patch")
-VIEW_KEYS = ("view", "layers", "tokens", "spatial")  # the config keys that make up a View
+VIEW_KEYS = ("view", "layers", "tokens", "spatial", "channels")  # the config keys that make up a View
 
 
 def parse_policy(text: str) -> Policy:
@@ -54,6 +55,10 @@ class View:
     layers: tuple[int, ...] = (-1,)  # positions in the cached layers; several are concatenated on channels
     tokens: str = "all"  # all = prefix + patches, cls = prefix tokens only, patch = patches only
     spatial: int = 0  # average-pool the patch grid to spatial x spatial (0 = keep)
+    # average-pool the channels to this many (0 = keep): AdViSe's channel compression, as its released
+    # AdaptiveAvgPool1d(ch) over the channel axis (models/temporal_modeling.py, TemporalModel.__init__
+    # TM.CHANNEL_POOL_DIM, applied in spatial_forward before the spatial pooling)
+    channels: int = 0
 
     def __post_init__(self):
         if isinstance(self.frames, str):
@@ -66,6 +71,8 @@ class View:
             raise ValueError(f"tokens: {self.tokens!r} is not one of {', '.join(TOKEN_MODES)}")
         if isinstance(self.spatial, bool) or not isinstance(self.spatial, int) or self.spatial < 0:
             raise ValueError(f"spatial: expected a grid side >= 0 (0 = keep), got {self.spatial!r}")
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels < 0:
+            raise ValueError(f"channels: expected a channel count >= 0 (0 = keep), got {self.channels!r}")
 
     def __str__(self) -> str:
         parts = [str(self.frames)]
@@ -75,18 +82,29 @@ class View:
             parts.append(f"tokens={self.tokens}")
         if self.spatial:
             parts.append(f"spatial={self.spatial}")
+        if self.channels:
+            parts.append(f"channels={self.channels}")
         return " ".join(parts)
 
     def as_dict(self) -> dict:
         """The flat config keys of this view (what config.yaml and checkpoints hold)."""
         return {"view": str(self.frames), "layers": list(self.layers), "tokens": self.tokens,
-                "spatial": self.spatial}
+                "spatial": self.spatial, "channels": self.channels}
 
     # ------------------------------------------------------------------ against a cache
-    def check(self, attrs: dict) -> None:
+    def check(self, attrs: dict, dense: bool = False) -> None:
         """Raise FeatcacheError when a cache with these root attributes cannot serve the view
-        (before any data is read; frames missing from a video's pool are found per video)."""
+        (before any data is read; frames missing from a video's pool are found per video).
+        A ``stride:S`` view has as many frames as each video: only ``dense`` readers (featcache
+        pretrain) take one."""
         cached = attrs["frames"]["policies"]
+        if not self.frames.fixed and not dense:
+            raise FeatcacheError(f"view {self.frames}: a dense pool has a different number of frames per video; "
+                                 "train on uniform:N or keyframes:N (served from it), or pre-train on it "
+                                 "with featcache pretrain")
+        if not self.frames.fixed and str(self.frames) not in cached:
+            raise FeatcacheError(f"view {self.frames}: the cache holds {', '.join(cached)}, not this dense pool; "
+                                 f"re-extract with --frames {','.join(cached)},{self.frames}")
         if self.frames.kind == "keyframes" and not any(p.startswith("keyframes") for p in cached):
             raise FeatcacheError(f"view {self.frames}: the cache has no key frames (it holds {', '.join(cached)}); "
                                  f"re-extract with --frames {','.join(cached)},{self.frames}")
@@ -100,6 +118,9 @@ class View:
             raise FeatcacheError(f"spatial: {self.spatial} must be between 0 and the cached grid {grid[0]}x{grid[1]}")
         if self.tokens == "cls" and not attrs["tokens"]["num_prefix_tokens"]:
             raise FeatcacheError("tokens: cls asked for, but the cached model has no prefix (CLS) tokens")
+        dim = attrs["tokens"]["dim"] * len(self.layers)
+        if self.channels > dim:
+            raise FeatcacheError(f"channels: {self.channels} must be between 0 and the view's {dim} channels")
 
     def layout(self, attrs: dict) -> Layout:
         """The view's shape per video for a cache with these root attributes."""
@@ -111,10 +132,10 @@ class View:
             grid = (0, 0)
         if self.tokens == "patch":
             prefix = 0
-        dim = attrs["tokens"]["dim"] * len(self.layers)
+        dim = self.channels or attrs["tokens"]["dim"] * len(self.layers)
         return Layout(self.frames.count, prefix + grid[0] * grid[1], dim, prefix, grid)
 
     @property
     def reads_plain(self) -> bool:
         """True when the view is one cached layer as stored: frames copy straight from disk."""
-        return len(self.layers) == 1 and self.tokens == "all" and not self.spatial
+        return len(self.layers) == 1 and self.tokens == "all" and not self.spatial and not self.channels

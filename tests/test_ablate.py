@@ -90,7 +90,8 @@ def test_memory_budget_splits_groups():
 def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
     values = [{"head": "pool", "head.dropout": 0.3, "lr": 3e-3}, {"head": "transformer", "head.dropout": 0.2},
               {"head": "tcn", "optimizer": "sgd", "lr": 1e-2}, {"head": "r3d", "head.hidden": 32, "weight_decay": 0.0}]
-    cfgs = [build_config({"epochs": 3, "batch_size": 8, "view": "uniform:8", **v}) for v in values]
+    cfgs = [build_config({"epochs": 3, "batch_size": 8, "view": "uniform:8", "augment": "crop_flip", **v})
+            for v in values]  # token-grid augmentation drawn once per batch for every head
     fused = train_group(cache, cfgs, [str(tmp_path / f"fused{i}") for i in range(4)], show_progress=False)
     for i, cfg in enumerate(cfgs):
         alone = run_training(cache, cfg, str(tmp_path / f"alone{i}"), show_progress=False)
@@ -144,7 +145,7 @@ def test_every_pipeline_sweep_is_valid():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["ablate", "{pipelines}/advise_spatial.yaml", "--cache", "{cache}"], "cell 001_spatial=9: view=uniform:8: spatial: 9 must be between 0 and the cached grid 4x4"),
+    (["ablate", "{pipelines}/advise_fig3_spatial.yaml", "--cache", "{cache}"], "cell 001_spatial=9: view=uniform:8: spatial: 9 must be between 0 and the cached grid 4x4"),
     (["ablate", "{pipelines}/adapter_pooling.yaml", "--cache", "{cache}", "--set", "head.width=2"], "head=pool: head 'pool' has no option width"),
     (["ablate", "{tmp}/bad.yaml"], "no such sweep file"),
     (["ablate", "{pipelines}/multilabel_charades.yaml", "--cache", "{tmp}/none.zarr"], "not a featcache cache"),

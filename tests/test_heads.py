@@ -68,15 +68,46 @@ def test_unknown_head_lists_the_known_ones():
         build("r2d2")
 
 
-def test_r3d_is_advise_tmm():
-    head = build("r3d", temporal_kernel=5, blocks=2)
-    convs = [m for m in head.blocks.modules() if isinstance(m, nn.Conv3d)]
-    assert [tuple(c.kernel_size) for c in convs] == [(5, 1, 1), (1, 3, 3), (1, 1, 1)] * 2
-    assert all(c.stride == (1, 1, 1) and c.out_channels == 256 for c in convs)  # no down-sampling, hidden 256
+def test_r3d_is_the_released_tmm():
+    head = build("r3d", temporal_kernel=5, blocks=2, hidden=32, out_dim=48)
+    convs = [m for m in head.stage.modules() if isinstance(m, nn.Conv3d)]
+    # block 1: a, b, c, projection shortcut (C != out_dim); block 2: a, b, c (identity shortcut)
+    assert [tuple(c.kernel_size) for c in convs] == [(5, 1, 1), (1, 3, 3), (1, 1, 1), (1, 1, 1),
+                                                    (5, 1, 1), (1, 3, 3), (1, 1, 1)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(C, 32), (32, 32), (32, 48), (C, 48),
+                                                               (48, 32), (32, 32), (32, 48)]
+    assert all(c.stride == (1, 1, 1) for c in convs)  # no down-sampling
     fcs = [m for m in head.mlp if isinstance(m, nn.Linear)]
-    assert [(f.in_features, f.out_features) for f in fcs] == [(256, 1024), (1024, K)]  # 2 FC, hidden 1024
-    v = head.blocks(head.proj(torch.randn(2, C, T, *GRID)))
-    assert v.shape == (2, 256, T, *GRID)
+    assert [(f.in_features, f.out_features) for f in fcs] == [(48, 1024), (1024, K)]  # 2 FC, hidden 1024
+    v = head.stage(torch.randn(2, C, T, *GRID))
+    assert v.shape == (2, 48, T, *GRID)
+
+
+# AdViSe (seed 003) Table 3: trainable parameters (M) of the TMM + 2-FC head, 768-channel input,
+# 4 PRP classes. Rows: blocks 1/2/4/6/8 at hidden 256; hidden 64/256/512/1024/2048 at one block.
+TABLE3_BLOCKS = {1: 1.84, 2: 2.95, 4: 5.18, 6: 7.41, 8: 9.63}
+TABLE3_HIDDEN = {64: 0.94, 256: 1.84, 512: 4.07, 1024: 12.06, 2048: 42.21}
+
+
+def r3d_params(**options) -> float:
+    head = create_head("r3d", in_dim=768, num_classes=4, num_frames=8, grid=(14, 14), num_prefix_tokens=1, **options)
+    return sum(p.numel() for p in head.parameters()) / 1e6
+
+
+@pytest.mark.parametrize("options,paper", [({"blocks": b}, m) for b, m in TABLE3_BLOCKS.items()]
+                         + [({"hidden": h}, m) for h, m in TABLE3_HIDDEN.items()])
+def test_r3d_parameter_counts_track_advise_table3(options, paper):
+    ours = r3d_params(**options)
+    assert abs(ours - paper) / paper <= 0.25, (options, ours, paper)  # the paper's rows fit no exact formula
+
+
+def test_r3d_exact_counts_of_the_released_structure():
+    # by hand, 1 block, kt=3: a 768*256*3 + b 256*256*9 + c 256*512 + shortcut 768*512 + BN 2*(256+256+512+512)
+    # + head 512*1024 + 1024 + 1024*4 + 4
+    block = 768 * 256 * 3 + 256 * 256 * 9 + 256 * 512 + 768 * 512 + 2 * (256 + 256 + 512 + 512)
+    assert r3d_params() * 1e6 == block + 512 * 1024 + 1024 + 1024 * 4 + 4
+    # temporal_kernel=1 is the literal released call (temp_kernel_sizes=[[1]]): 768*256*2 fewer
+    assert round((r3d_params() - r3d_params(temporal_kernel=1)) * 1e6) == 768 * 256 * 2
 
 
 @pytest.mark.parametrize("temporal,layers,width", [("avg", 0, C), ("avg", 2, C), ("concat", 1, T * C)])
@@ -104,3 +135,20 @@ def test_stadapter_kernel_and_identity_start():
     assert head.adapters[0].conv.kernel_size == (5, 3, 3) and head.adapters[0].conv.groups == 128
     x = tokens()
     torch.testing.assert_close(head.adapters(x), x)  # zero-initialised up-projection
+
+
+def test_token_grid_augmentations():
+    from featcache.train.augment import augment_tokens
+
+    x = torch.randn(4, T, 1 + 4 * 4, C)
+    g = torch.Generator().manual_seed(0)
+    flipped = augment_tokens(x, 1, (4, 4), "flip", g)
+    torch.testing.assert_close(flipped[:, :, 0], x[:, :, 0])  # CLS untouched
+    grid, out = x[:, :, 1:].reshape(4, T, 4, 4, C), flipped[:, :, 1:].reshape(4, T, 4, 4, C)
+    for b in range(4):  # each clip is either unchanged or mirrored left-right in every frame
+        assert torch.equal(out[b], grid[b]) or torch.equal(out[b], grid[b].flip(2))
+    assert any(torch.equal(out[b], grid[b].flip(2)) for b in range(4))
+    a = augment_tokens(x, 1, (4, 4), "crop_flip", torch.Generator().manual_seed(3))
+    b2 = augment_tokens(x, 1, (4, 4), "crop_flip", torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b2) and not torch.equal(a, x)  # seeded: fused heads agree
+    assert augment_tokens(x, 1, (4, 4), "none", g) is x

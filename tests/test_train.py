@@ -151,6 +151,11 @@ def test_views_layers_tokens_and_spatial_pooling(motion):
     assert cls.x.shape == (32, 8, 1, 64) and cls.grid == (0, 0)
     patch = materialise(cache, View("keyframes:4", tokens="patch"), "val")
     assert patch.x.shape == (32, 4, 16, 64) and patch.num_prefix_tokens == 0
+    # channel compression 64 -> 16: each output channel the mean of 4 adjacent ones (AdaptiveAvgPool1d)
+    squeezed = materialise(cache, View("uniform:8", spatial=2, channels=16), "val")
+    assert squeezed.x.shape == (32, 8, 5, 16)
+    ref = pooled.x[0].float().numpy().reshape(8, 5, 16, 4).mean(-1)
+    np.testing.assert_allclose(squeezed.x[0].float().numpy(), ref, atol=2e-3)
 
 
 def test_derived_views_and_refusals(motion, tmp_path):

@@ -15,7 +15,7 @@ def test_view_parses_once_and_is_hashable():
     assert v.frames == Policy("keyframes", 4) and v.layers == (0, 1)
     assert v == View(Policy("keyframes", 4), (0, 1), "patch", 4) and len({v, View("keyframes:4", (0, 1), "patch", 4)}) == 1
     assert str(v) == "keyframes:4 layers=0,1 tokens=patch spatial=4" and str(View()) == "uniform:8"
-    assert v.as_dict() == {"view": "keyframes:4", "layers": [0, 1], "tokens": "patch", "spatial": 4}
+    assert v.as_dict() == {"view": "keyframes:4", "layers": [0, 1], "tokens": "patch", "spatial": 4, "channels": 0}
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -24,6 +24,7 @@ def test_view_parses_once_and_is_hashable():
     ({"tokens": "both"}, "tokens: 'both' is not one of all, cls, patch"),
     ({"spatial": -1}, "spatial: expected a grid side >= 0"),
     ({"layers": ["last"]}, "layers: expected integers"),
+    ({"channels": -3}, "channels: expected a channel count >= 0"),
 ])
 def test_view_refuses_bad_parts(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -35,11 +36,13 @@ def test_view_layout_against_cache_attributes():
     assert View("uniform:8", layers=(0, 1), spatial=3).layout(ATTRS) == Layout(8, 10, 768, 1, (3, 3))
     assert View("keyframes:2", tokens="cls").layout(ATTRS).shape == (2, 1, 384)
     assert View("uniform:4", tokens="patch", spatial=2).layout(ATTRS) == Layout(4, 4, 384, 0, (2, 2))
+    assert View("uniform:8", channels=48).layout(ATTRS) == Layout(8, 257, 48, 1, (16, 16))
 
 
 @pytest.mark.parametrize("view,message", [
     (View("uniform:8", layers=(2,)), "layers: 2 is out of range; the cache holds 2 layer"),
     (View("uniform:8", spatial=17), "spatial: 17 must be between 0 and the cached grid 16x16"),
+    (View("uniform:8", channels=385), "channels: 385 must be between 0 and the view's 384 channels"),
 ])
 def test_view_check_refuses_what_the_cache_cannot_serve(view, message):
     with pytest.raises(FeatcacheError, match=message):
@@ -55,7 +58,7 @@ def test_config_builds_the_view_and_round_trips():
                                           "head.blocks=2"]))
     assert cfg.view == View("keyframes:4", (-2, -1), "all", 4)
     flat = to_dict(cfg)
-    assert {k: flat[k] for k in ("view", "layers", "tokens", "spatial")} == cfg.view.as_dict()
+    assert {k: flat[k] for k in ("view", "layers", "tokens", "spatial", "channels")} == cfg.view.as_dict()
     assert from_dict(flat) == cfg
     with pytest.raises(ValueError, match="--set tokens: 'both' is not one of"):
         build_config({"tokens": "both"}, where="--set ")

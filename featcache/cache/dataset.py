@@ -87,15 +87,20 @@ def frame_positions(entry: VideoEntry, policy: Policy) -> list[int]:
     return pos.tolist()
 
 
-def _fill(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: View, prefix: int,
-          grid: tuple[int, int]) -> None:
-    """Write the view of one cached video into ``dest`` (T, N', C')."""
+def fill_view(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: View, attrs: dict) -> None:
+    """Write the view of the cached frames at ``positions`` of one video into ``dest`` (T, N', C')."""
+    prefix, grid = attrs["tokens"]["num_prefix_tokens"], tuple(attrs["tokens"]["grid"])
     layers = list(view.layers)
     if view.reads_plain:
         entry.read_frames_into(dest, positions, layers[0])  # the common case: straight from disk
         return
     x = entry.tokens[np.asarray(positions)]  # (T, L, N, C)
     x = np.concatenate([x[:, i] for i in layers], axis=-1)  # layers on channels: (T, N, C')
+    if view.channels:  # average-pool the channel axis (AdaptiveAvgPool1d); commutes with the spatial pooling
+        t, n, c = x.shape
+        pooled = torch.nn.functional.adaptive_avg_pool1d(torch.from_numpy(x.astype(np.float32)).reshape(t * n, 1, c),
+                                                         view.channels)  # (T*N, 1, channels)
+        x = pooled.reshape(t, n, view.channels).numpy()
     cls, patches = x[:, :prefix], x[:, prefix:]
     if view.spatial and view.tokens != "cls":
         t, _, c = patches.shape
@@ -112,12 +117,10 @@ def materialise(cache: Cache, view: View, split: str, max_memory_bytes: int = 4 
     records = [r for r in cache.records().values() if r.get("status") == "done" and r["split"] == split]
     records.sort(key=lambda r: r["video_id"])
     layout = view.layout(cache.attrs)
-    cached_prefix = cache.attrs["tokens"]["num_prefix_tokens"]
-    cached_grid = tuple(cache.attrs["tokens"]["grid"])
     out = _allocate((len(records), *layout.shape), max_memory_bytes)
     for i, record in enumerate(records):
         entry = cache.video(record["video_id"])
-        _fill(out[i], entry, frame_positions(entry, view.frames), view, cached_prefix, cached_grid)
+        fill_view(out[i], entry, frame_positions(entry, view.frames), view, cache.attrs)
     return ViewData(torch.from_numpy(out), [r["labels"] for r in records], [r["video_id"] for r in records],
                     layout.num_prefix_tokens, layout.grid)
 

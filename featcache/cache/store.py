@@ -237,7 +237,7 @@ class Cache:
             out.append("timestamps do not match the frames")
         for policy in self.attrs["frames"]["policies"]:
             pos = record["policies"].get(policy)
-            if pos is None or len(pos) != parse_policy(policy).count or min(pos) < 0 or max(pos) >= t:
+            if pos is None or len(pos) != parse_policy(policy).length(n) or min(pos) < 0 or max(pos) >= t:
                 out.append(f"policy {policy} positions missing or out of range")
         entry = VideoEntry(self.path, key, record)
         wants_luv = any(p.startswith("keyframes") for p in self.attrs["frames"]["policies"])

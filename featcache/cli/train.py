@@ -32,6 +32,7 @@ def train(
     out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (refused otherwise)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start the head from a featcache pretrain run (its TMM; the classifier is new)."),
     list_heads: bool = typer.Option(False, "--list-heads", help="List heads and their options, then exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -44,7 +45,7 @@ def train(
     with user_errors():
         if resume and overwrite:
             raise FeatcacheError("--resume continues the run in --out and --overwrite replaces it; give one of them")
-        cfg = _train_config(config, set_, head, view)
+        cfg = _train_config(config, set_, head, view, init=init)
         results = run_training(cache, cfg, out, resume=resume, overwrite=overwrite, show_progress=not quiet)
     shown = {k: v for k, v in results.items() if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "macro_f1", "mAP")}
     typer.echo(f"trained {cfg.head} on {cfg.view}; best epoch {results['best_epoch']}; "
@@ -52,13 +53,14 @@ def train(
     typer.echo(f"run directory: {out} (metrics.json, log.jsonl, best.pt, config.yaml)")
 
 
-def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], view: Optional[str]):
+def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], view: Optional[str],
+                  init: Optional[str] = None, base=None):
     from featcache.config import build_config, load_yaml_mapping, parse_assignments
 
     try:
         values = load_yaml_mapping(path, missing="--config: no such file") if path else {}
-        cfg = build_config(values, where=f"{path}: " if path else "")
-        flags = {k: v for k, v in (("head", head), ("view", view)) if v is not None}
+        cfg = build_config(values, base=base, where=f"{path}: " if path else "")
+        flags = {k: v for k, v in (("head", head), ("view", view), ("init", init)) if v is not None}
         cfg = build_config({**flags, **parse_assignments(pairs)}, base=cfg, where="--set ")
     except ValueError as exc:
         raise FeatcacheError(str(exc)) from None
@@ -71,6 +73,45 @@ def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], vi
         raise FeatcacheError(f"head {cfg.head} has no option {', '.join(unknown)}; "
                              f"options: {', '.join(head_options(cfg.head))}")
     return cfg
+
+
+PRETRAIN_EXAMPLES = """
+Examples:
+
+  featcache extract m.csv --out dense.zarr --frames stride:1
+
+  featcache pretrain dense.zarr --task prp --head r3d --view stride:1 --out runs/prp
+
+  featcache train dense.zarr --head r3d --view uniform:8 --init runs/prp --out runs/ft
+"""
+
+
+@app.command(epilog=PRETRAIN_EXAMPLES)
+def pretrain(
+    cache: str = typer.Argument(..., help="A cache holding a dense pool (extract --frames stride:1)."),
+    task: str = typer.Option("prp", help="Pretext task: prp (playback-rate perception, AdViSe)."),
+    head: Optional[str] = typer.Option(None, help="Head to pre-train (default r3d)."),
+    view: Optional[str] = typer.Option(None, help="The dense pool to sample clips from (default stride:1)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file of options (same keys as train)."),
+    set_: list[str] = typer.Option([], "--set", help="Override KEY=VALUE (repeatable)."),
+    out: str = typer.Option("runs/pretrain", "--out", "-o", help="Run directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
+):
+    """Self-supervised pre-training of a head from a dense frame pool (video labels unused); then
+    fine-tune with `featcache train --init RUN_DIR`."""
+    from featcache.config import TrainConfig
+    from featcache.train.pretrain import run_pretrain
+    from featcache.view import View
+
+    with user_errors():
+        base = TrainConfig(head="r3d", view=View("stride:1"), epochs=15)
+        cfg = _train_config(config, set_, head, view, base=base)
+        results = run_pretrain(cache, cfg, out, task_name=task, overwrite=overwrite, show_progress=not quiet)
+    rate = results.get("val/top1")
+    typer.echo(f"pre-trained {cfg.head} on {task}; best epoch {results['best_epoch']}; "
+               + (f"val rate accuracy {rate:.4f} (chance {1 / 4:.2f})" if rate is not None else "no val split"))
+    typer.echo(f"run directory: {out}; fine-tune: featcache train {cache} --head {cfg.head} --init {out}")
 
 
 @app.command("eval", epilog="Example:\n\n  featcache eval runs/r3d --split test")

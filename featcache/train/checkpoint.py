@@ -35,3 +35,37 @@ def build_head(ckpt: dict) -> torch.nn.Module:
     head = create_head(ckpt["head"], **ckpt["head_args"])
     head.load_state_dict(ckpt["state_dict"])
     return head.eval()
+
+
+def init_from(head: torch.nn.Module, head_name: str, view_dict: dict, path: str) -> str:
+    """Load the transferable part of a pre-trained head (``featcache pretrain``) into ``head``: the
+    parameters under the head class's ``transferable`` prefixes (r3d: the TMM stage; the
+    classifier stays new). The token layout of the two views (layers, tokens, spatial, channels)
+    must match. Returns the checkpoint file used."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "best.pt")
+    ckpt = load(path)
+    if ckpt.get("head") != head_name:
+        raise FeatcacheError(f"--init {path}: pre-trained head is {ckpt.get('head')!r}, this run trains {head_name!r}")
+    keys = ("layers", "tokens", "spatial", "channels")
+    theirs = {k: ckpt["config"].get(k, 0 if k == "channels" else None) for k in keys}
+    ours = {k: view_dict[k] for k in keys}
+    if theirs != ours:
+        show = lambda d: ", ".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
+        raise FeatcacheError(f"--init {path}: the pre-training's token layout ({show(theirs)}) differs from this "
+                             f"run's ({show(ours)}); they must match")
+    prefixes = getattr(type(head), "transferable", ())
+    if not prefixes:
+        raise FeatcacheError(f"--init: head {head_name} has no part to initialise from a pre-training")
+    own = head.state_dict()
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(prefixes)}
+    for name, value in state.items():
+        if name not in own or own[name].shape != value.shape:
+            shape = tuple(own[name].shape) if name in own else "absent"
+            raise FeatcacheError(f"--init {path}: {name} is {tuple(value.shape)} there and {shape} here; "
+                                 "give the head the pre-training's options")
+    missing = sorted(k for k in own if k.startswith(prefixes) and k not in state)
+    if missing:
+        raise FeatcacheError(f"--init {path}: the pre-trained head lacks {missing[0]}")
+    head.load_state_dict(state, strict=False)
+    return path

@@ -51,6 +51,9 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
     checkpoint's own); writes per-class files and confusion matrices into ``out_dir``.
     ``data`` (split -> ViewData of the checkpoint's view, already read) avoids reading again."""
     ckpt = checkpoint.load(path)
+    if "pretext" in ckpt:
+        raise FeatcacheError(f"{path}: a {ckpt['pretext']['task']} pre-training; its score is val/top1 in "
+                             "metrics.json; fine-tune it with featcache train --set init=RUN_DIR")
     cache = cache or open_cache(ckpt["cache"]["path"])
     if cache.fingerprint != ckpt["cache"]["fingerprint"]:
         raise FeatcacheError(

@@ -30,6 +30,7 @@ from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.registry import create_head
 from featcache.train import checkpoint, metrics
+from featcache.train.augment import augment_tokens
 from featcache.train.evaluate import SPLITS, evaluate_checkpoint, flat, read_splits
 
 # what a run writes; a new run into a folder removes these first
@@ -122,6 +123,8 @@ def _build(cfg: TrainConfig, train: ViewData, task: Task) -> nn.Module:
         head = create_head(cfg.head, **args, **cfg.head_options)
     except (ValueError, TypeError) as exc:
         raise FeatcacheError(f"head {cfg.head}: {exc}") from None
+    if cfg.init:
+        checkpoint.init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
     head.featcache_args = {**args, **cfg.head_options}
     return head
 
@@ -244,6 +247,10 @@ class _GroupTrainer:
         for i in range(0, len(order), self.cfg.batch_size):
             idx = order[i:i + self.cfg.batch_size]
             x = self.x[idx].to(self.device, non_blocking=True).float()
+            if self.cfg.augment != "none":  # one draw per batch, shared by every head of the group
+                g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch * 10_007 + i)
+                x = augment_tokens(x.cpu(), self.data["train"].num_prefix_tokens, self.data["train"].grid,
+                                   self.cfg.augment, g).to(self.device)
             y = self.y[idx].to(self.device, non_blocking=True)
             for m in active:
                 m.opt.zero_grad(set_to_none=True)

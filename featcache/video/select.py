@@ -10,6 +10,9 @@ Conventions (documented in the README, relied on by the tests):
   frames changed at all (static footage), the remaining picks are spread uniformly over the
   frames not yet chosen. A video with fewer than K frames falls back to ``uniform:K``.
   The result is returned in temporal order.
+- ``stride:S`` takes every S-th frame, ``0, S, 2S, ...`` (a dense pool: its length follows the
+  video's). Frame tokens do not depend on the playback rate, so one ``stride:1`` pool serves every
+  rate of a playback-rate pretext task, and ``uniform:N`` views are served from it exactly.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-POLICY_KINDS = ("uniform", "keyframes")
+POLICY_KINDS = ("uniform", "keyframes", "stride")
 
 # sRGB (D65) -> CIE XYZ, IEC 61966-2-1.
 _RGB_TO_XYZ = np.array(
@@ -39,10 +42,19 @@ class Policy:
     """One frame-selection policy such as ``uniform:16``."""
 
     kind: str
-    count: int
+    count: int  # frames for uniform/keyframes; the step S for stride
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.count}"
+
+    @property
+    def fixed(self) -> bool:
+        """True when every video yields the same number of frames (not a stride pool)."""
+        return self.kind != "stride"
+
+    def length(self, num_frames: int) -> int:
+        """How many frames this policy picks from a video of ``num_frames`` frames."""
+        return self.count if self.fixed else -(-num_frames // self.count)
 
 
 def parse_policies(text: str) -> tuple[Policy, ...]:
@@ -51,7 +63,7 @@ def parse_policies(text: str) -> tuple[Policy, ...]:
     for part in (p.strip() for p in text.split(",")):
         m = re.fullmatch(r"([a-z]+):(\d+)", part)
         if not m or m.group(1) not in POLICY_KINDS:
-            raise ValueError(f"--frames: unknown policy {part!r}; expected uniform:N or keyframes:N")
+            raise ValueError(f"--frames: unknown policy {part!r}; expected uniform:N, keyframes:N or stride:S")
         count = int(m.group(2))
         if count < 1:
             raise ValueError(f"--frames: {part!r} asks for {count} frames; N must be at least 1")
@@ -122,6 +134,8 @@ def select_frames(
     for policy in policies:
         if policy.kind == "uniform":
             picked[str(policy)] = uniform_indices(num_frames, policy.count)
+        elif policy.kind == "stride":
+            picked[str(policy)] = np.arange(0, num_frames, policy.count, dtype=np.int64)
         else:
             if scores is None:
                 raise ValueError("keyframes policy needs LUV scores")
