@@ -181,11 +181,11 @@ class _Pipeline:
                   "labels": list(item.labels), "extra": item.extra}
         chosen = {}
 
-        def pick(n: int, small: np.ndarray | None) -> np.ndarray:
+        def pick(n: int, small: np.ndarray | None, stamps: np.ndarray) -> np.ndarray:
             if n < self.max_count and self.cfg.short_videos == "fail":
                 raise DecodeError(f"video has {n} frames, fewer than the {self.max_count} requested")
             chosen["scores"] = luv_scores(small) if small is not None else None
-            pool, chosen["positions"] = select_frames(self.policies, n, chosen["scores"])
+            pool, chosen["positions"] = select_frames(self.policies, n, chosen["scores"], stamps)
             return pool
 
         try:

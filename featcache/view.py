@@ -59,6 +59,9 @@ class View:
     # AdaptiveAvgPool1d(ch) over the channel axis (models/temporal_modeling.py, TemporalModel.__init__
     # TM.CHANNEL_POOL_DIM, applied in spatial_forward before the spatial pooling)
     channels: int = 0
+    # (v, V): of the policy's frames, every V-th from the v-th (multi-view testing: the v-th of V
+    # interleaved uniform:N views of a uniform:N*V pool). Not a config key.
+    subset: tuple[int, int] | None = None
 
     def __post_init__(self):
         if isinstance(self.frames, str):
@@ -84,6 +87,8 @@ class View:
             parts.append(f"spatial={self.spatial}")
         if self.channels:
             parts.append(f"channels={self.channels}")
+        if self.subset:
+            parts.append(f"view {self.subset[0] + 1} of {self.subset[1]}")
         return " ".join(parts)
 
     def as_dict(self) -> dict:
@@ -133,7 +138,8 @@ class View:
         if self.tokens == "patch":
             prefix = 0
         dim = self.channels or attrs["tokens"]["dim"] * len(self.layers)
-        return Layout(self.frames.count, prefix + grid[0] * grid[1], dim, prefix, grid)
+        frames = self.frames.count // self.subset[1] if self.subset else self.frames.count
+        return Layout(frames, prefix + grid[0] * grid[1], dim, prefix, grid)
 
     @property
     def reads_plain(self) -> bool:

@@ -8,11 +8,11 @@ from featcache.video.decode import DecodeError, decode_video, resize_to_short_si
 from featcache.video.select import keyframe_indices, luv_scores, uniform_indices
 
 
-def every(n, small):
+def every(n, small, stamps=None):
     return np.arange(n)
 
 
-def some(n, small):
+def some(n, small, stamps=None):
     return np.array([0, 5, 13, 27, 39][: n])
 
 
@@ -39,7 +39,7 @@ def test_mpeg_program_stream_goes_to_pyav(videos):
 def test_real_clip_against_sequential_decoding(city_clip):
     """decord shifts this MPEG-2 clip by 12 frames; auto must return PyAV's frames."""
     ref = pyav_frames(city_clip, 224 * 720 // 405, 224)
-    v = decode_video(city_clip, lambda n, s: uniform_indices(n, 8), short_side=224)
+    v = decode_video(city_clip, lambda n, s, t: uniform_indices(n, 8), short_side=224)
     assert (v.num_frames, v.width, v.height) == (190, 720, 405)
     assert v.fps == pytest.approx(25.0)
     assert v.frames.shape == (8, 224, 398, 3)
@@ -50,7 +50,7 @@ def test_real_clip_against_sequential_decoding(city_clip):
 def test_real_clip_keyframe_finds_the_hard_cut(city_clip):
     picked = {}
 
-    def pick(n, small):
+    def pick(n, small, stamps):
         picked["scores"] = luv_scores(small)
         return keyframe_indices(picked["scores"], 1)
 

@@ -18,7 +18,7 @@ def tokens(batch=B):
 
 
 def test_all_heads_registered():
-    assert list_heads() == ["linear", "lstm", "pool", "r3d", "stadapter", "tcn", "transformer"]
+    assert list_heads() == ["attentive", "linear", "lstm", "pool", "r3d", "stadapter", "tcn", "transformer"]
 
 
 @pytest.mark.parametrize("name", list_heads())
@@ -64,7 +64,7 @@ def test_grid_heads_need_patches(name):
 
 
 def test_unknown_head_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown head 'r2d2'; available: linear, lstm, pool"):
+    with pytest.raises(ValueError, match="unknown head .r2d2.; available: attentive, linear, lstm, pool"):
         build("r2d2")
 
 
@@ -152,3 +152,28 @@ def test_token_grid_augmentations():
     b2 = augment_tokens(x, 1, (4, 4), "crop_flip", torch.Generator().manual_seed(3))
     assert a.shape == x.shape and torch.equal(a, b2) and not torch.equal(a, x)  # seeded: fused heads agree
     assert augment_tokens(x, 1, (4, 4), "none", g) is x
+
+
+def test_attentive_probe_structure_and_temporal_embedding():
+    head = build("attentive", blocks=2, queries=3, dim=16, heads=4)
+    assert head.query.shape == (1, 3, 16) and head.time.shape == (1, T, 1, 16) and len(head.blocks) == 2
+    assert head(tokens()).shape == (B, K)
+    plain = build("attentive", temporal_embed=False).eval()
+    x = tokens()
+    with torch.no_grad():  # without temporal embeddings, attention pooling cannot see frame order
+        torch.testing.assert_close(plain(x), plain(x.flip(1)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="not divisible by heads"):
+        build("attentive", dim=30, heads=8)
+
+
+def test_weighted_frame_feature_starts_as_the_mean_of_all_tokens():
+    from featcache.heads.layers import FrameFeature
+
+    f = FrameFeature(C, PREFIX, GRID, "weighted")
+    x = tokens()
+    ref = nn.functional.layer_norm(x.mean(dim=2), (C,))
+    torch.testing.assert_close(f(x), ref, rtol=1e-5, atol=1e-5)
+    assert f.token_logits.shape == (PREFIX + 16,)
+    with torch.no_grad():
+        f.token_logits[0] = 50.0  # all weight on the CLS token = the cls feature
+    torch.testing.assert_close(f(x), nn.functional.layer_norm(x[:, :, 0], (C,)), rtol=1e-4, atol=1e-4)

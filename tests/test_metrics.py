@@ -31,16 +31,33 @@ def test_multi_label_by_hand():
     targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])  # class 2: no positive; clip 3: no label
     logits = np.array([[2, -1, 0.5], [-1, 1, -2], [0.5, 0.2, 3], [1, -3, -1]], dtype=np.float32)
     m = metrics.multi_label(logits, targets)
-    # class 0 ranked: 2 (+), 1 (-), 0.5 (+), -1 (-): AP = (1/1 + 2/3) / 2; class 1 ranked: 1 (+), 0.2 (+): AP = 1
-    assert m["ap"][:2] == pytest.approx([5 / 6, 1.0]) and m["ap"][2] is None
-    assert m["mAP"] == pytest.approx((5 / 6 + 1) / 2)
-    # best class per clip: 0 (true), 1 (true), 2 (false), 0 (false)
-    assert m["top1"] == pytest.approx(0.5)
-    # logit > 0: class 0 tp 2 fp 1 -> F1 0.8; class 1 tp 2 -> 1; class 2 tp 0 fp 2 -> 0
-    assert m["macro_f1"] == pytest.approx((0.8 + 1 + 0) / 3)
-    assert metrics.selection(logits, targets, multi=True) == pytest.approx({"mAP": (5 / 6 + 1) / 2})
+    # class 1 ranked: 1 (+), 0.2 (+), -1 (-): AP = 1
+    assert m["ap"][:2] == pytest.approx([1.0, 1.0]) and m["ap"][2] is None
+    assert m["mAP"] == pytest.approx(1.0)
+    # over the 3 labelled clips (clip 3 has no label and is excluded, as Charades does):
+    # class 0 ranked 2 (+), 0.5 (+), -1 (-): AP 1 -- the unlabelled clip's 1 no longer ranks above a positive
+    # best class per clip: 0 (true), 1 (true), 2 (false)
+    assert m["top1"] == pytest.approx(2 / 3)
+    # logit > 0: class 0 tp 2 -> 1; class 1 tp 2 -> 1; class 2 tp 0 fp 2 -> 0
+    assert m["macro_f1"] == pytest.approx((1 + 1 + 0) / 3)
+    assert metrics.selection(logits, targets, multi=True) == pytest.approx({"mAP": 1.0})
+    assert (m["mAP_excluded_classes"], m["unlabelled_excluded"]) == (1, 1)
 
 
 def test_empty_split_gives_no_metrics():
     assert metrics.single_label(np.zeros((0, 3)), np.zeros(0, dtype=int), 3)[0] == {}
     assert metrics.multi_label(np.zeros((0, 3)), np.zeros((0, 3))) == {}
+
+
+def test_average_precision_equals_sklearn_without_ties():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, 30)
+        y[0] = 1
+        s = rng.normal(size=30)
+        assert metrics.average_precision(s, y) == pytest.approx(average_precision_score(y, s))
+    # with a tie the video order decides, as a stable ranking: [+ (0.5), - (0.5)] -> 1, [- , +] -> 1/2
+    assert metrics.average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == 1.0
+    assert metrics.average_precision(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5

@@ -65,3 +65,16 @@ def test_select_frames_union_and_positions():
     assert pool.tolist() == [2, 3, 7, 11, 12, 17]
     assert pool[positions["uniform:4"]].tolist() == [2, 7, 12, 17]
     assert pool[positions["keyframes:2"]].tolist() == [3, 11]
+
+
+def test_fps_policy_picks_the_frame_nearest_each_time():
+    from featcache.video.select import fps_indices
+
+    stamps = np.arange(50) / 25.0  # 25 fps, 2 s
+    # 0, .25, .5, ... 1.75 s = frames 0, 6.25, 12.5, 18.75, 25, 31.25, 37.5, 43.75; ties go to the earlier frame
+    assert fps_indices(stamps, 4).tolist() == [0, 6, 12, 19, 25, 31, 37, 44]
+    # timestamps with a gap: the nearest existing frame (0.5 s -> 0.2 s), never past the last one
+    gappy = np.array([0.0, 0.1, 0.2, 1.0, 1.1])
+    assert fps_indices(gappy, 2).tolist() == [0, 2, 3]
+    pool, positions = select_frames(parse_policies("fps:4,uniform:2"), 50, None, stamps)
+    assert pool[positions["fps:4"]].tolist() == [0, 6, 12, 19, 25, 31, 37, 44]

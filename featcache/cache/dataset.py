@@ -120,7 +120,10 @@ def materialise(cache: Cache, view: View, split: str, max_memory_bytes: int = 4 
     out = _allocate((len(records), *layout.shape), max_memory_bytes)
     for i, record in enumerate(records):
         entry = cache.video(record["video_id"])
-        fill_view(out[i], entry, frame_positions(entry, view.frames), view, cache.attrs)
+        positions = frame_positions(entry, view.frames)
+        if view.subset:  # one of several interleaved views of the pool
+            positions = positions[view.subset[0]::view.subset[1]]
+        fill_view(out[i], entry, positions, view, cache.attrs)
     return ViewData(torch.from_numpy(out), [r["labels"] for r in records], [r["video_id"] for r in records],
                     layout.num_prefix_tokens, layout.grid)
 

@@ -237,7 +237,8 @@ class Cache:
             out.append("timestamps do not match the frames")
         for policy in self.attrs["frames"]["policies"]:
             pos = record["policies"].get(policy)
-            if pos is None or len(pos) != parse_policy(policy).length(n) or min(pos) < 0 or max(pos) >= t:
+            length = parse_policy(policy).length(n)
+            if pos is None or not pos or length not in (None, len(pos)) or min(pos) < 0 or max(pos) >= t:
                 out.append(f"policy {policy} positions missing or out of range")
         entry = VideoEntry(self.path, key, record)
         wants_luv = any(p.startswith("keyframes") for p in self.attrs["frames"]["policies"])

@@ -114,27 +114,74 @@ def pretrain(
     typer.echo(f"run directory: {out}; fine-tune: featcache train {cache} --head {cfg.head} --init {out}")
 
 
-@app.command("eval", epilog="Example:\n\n  featcache eval runs/r3d --split test")
+PROBE_EXAMPLES = """
+Examples:
+
+  featcache probe caches/ucf101.zarr --method knn --view uniform:8 --feature cls --out runs/knn
+
+  featcache probe caches/ucf101.zarr --method logreg --feature cls_mean --out runs/logreg
+"""
+
+
+@app.command(epilog=PROBE_EXAMPLES)
+def probe(
+    cache: str = typer.Argument(..., help="A cache written by featcache extract."),
+    method: str = typer.Option(..., help="knn (DINOv2 weighted k-NN, k 10/20 on val) or logreg (C on val)."),
+    view: Optional[str] = typer.Option(None, help="Frames to pool, e.g. uniform:8."),
+    feature: str = typer.Option("cls_mean", help="Per-frame feature averaged over time: cls, mean (patches) or cls_mean."),
+    set_: list[str] = typer.Option([], "--set", help="View keys: layers, tokens, spatial, channels (KEY=VALUE)."),
+    out: str = typer.Option("runs/probe", "--out", "-o", help="Run directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
+):
+    """Closed-form baselines on pooled per-video features: k-NN and logistic regression."""
+    from featcache.train.probe import run_probe
+
+    with user_errors():
+        cfg = _train_config(None, set_, None, view)
+        results = run_probe(cache, cfg, out, method, feature, overwrite=overwrite)
+    shown = {k: v for k, v in results.items() if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "k", "C")}
+    typer.echo(f"{method} on {feature} features; " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
+    typer.echo(f"run directory: {out} (metrics.json, predictions_<split>.csv, config.yaml)")
+
+
+@app.command("eval", epilog="Examples:\n\n  featcache eval runs/r3d --split test\n\n"
+                             "  featcache eval runs/r3d --temporal-views 2   # two uniform:8 views of a uniform:16 pool")
 def eval_(
     run_dir: str = typer.Argument(..., help="A featcache train run directory."),
     split: str = typer.Option("test", help="train, val or test."),
     cache: Optional[str] = typer.Option(None, help="Evaluate on this cache instead of the one trained on."),
     checkpoint: str = typer.Option("best", help="best or last."),
+    temporal_views: int = typer.Option(1, help="Multi-view testing: V interleaved uniform:N views from a uniform:N*V pool."),
+    combine: str = typer.Option("mean", help="How view scores combine (softmax/sigmoid first): mean, sum or max."),
+    window: int = typer.Option(0, help="Sliding windows of this many pool frames (the head's clip length) over a dense pool."),
+    stride: int = typer.Option(0, help="--window: start a window every STRIDE pool frames (default: the window, no overlap)."),
+    aggregate: str = typer.Option("max", help="--window: a video's score is the max or mean over its windows."),
+    pool: Optional[str] = typer.Option(None, help="--window: the dense pool (fps:F or stride:S; default the cache's first)."),
 ):
-    """Re-evaluate a trained head on a split; refuses caches from another model or preprocessing."""
+    """Re-evaluate a trained head on a split (writes predictions_<split>.csv); refuses caches from
+    another model or preprocessing."""
     from featcache import open_cache
-    from featcache.train.evaluate import SPLITS, evaluate_checkpoint
+    from featcache.train.evaluate import SPLITS, evaluate_checkpoint, evaluate_windows
 
     with user_errors():
         if split not in SPLITS:
             raise FeatcacheError(f"--split: unknown {split!r}; expected train, val or test")
         if checkpoint not in ("best", "last"):
             raise FeatcacheError(f"--checkpoint: expected best or last, got {checkpoint!r}")
-        results = evaluate_checkpoint(os.path.join(run_dir, f"{checkpoint}.pt"),
-                                      open_cache(cache) if cache else None, splits=(split,), out_dir=run_dir)
+        path, other = os.path.join(run_dir, f"{checkpoint}.pt"), open_cache(cache) if cache else None
+        if window or stride:
+            if temporal_views != 1:
+                raise FeatcacheError("--window and --temporal-views are two protocols; give one of them")
+            results = evaluate_windows(path, other, splits=(split,), out_dir=run_dir, window=window, stride=stride,
+                                       aggregate=aggregate, pool=pool)
+        else:
+            results = evaluate_checkpoint(path, other, splits=(split,), out_dir=run_dir,
+                                          temporal_views=temporal_views, combine=combine)
         if not results:
             raise FeatcacheError(f"the cache has no videos in the {split} split")
-    with open(os.path.join(run_dir, f"eval_{split}.json"), "w") as f:
+    protocol = next(iter(results)).split("@")[1] if "@" in next(iter(results)) else ""
+    protocol = f"@{protocol}" if protocol else ""
+    with open(os.path.join(run_dir, f"eval_{split}{protocol}.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
     typer.echo(json.dumps(results, indent=2, sort_keys=True))
 

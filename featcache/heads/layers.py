@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-FRAME_FEATURES = ("auto", "cls", "mean", "cls_mean", "patches")
+FRAME_FEATURES = ("auto", "cls", "mean", "cls_mean", "patches", "weighted")
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int, layers: int, dropout: float) -> nn.Sequential:
@@ -22,8 +22,10 @@ class FrameFeature(nn.Module):
 
     ``cls``: the first prefix token; ``mean``: mean of the patch tokens; ``cls_mean``: both,
     concatenated (D = 2C); ``patches``: all patch tokens concatenated in grid order (D = H*W*C;
-    keeps where things are, e.g. with a view pooled to a 2x2 grid); ``auto``: cls when the view
-    has prefix tokens, else mean.
+    keeps where things are, e.g. with a view pooled to a 2x2 grid); ``weighted``: a learnable
+    weighted average over all tokens of the frame, prefix and patches (softmax of one logit per
+    token position, starting uniform: seed 004's "all tokens with a learnable weighted average"
+    against CLS only); ``auto``: cls when the view has prefix tokens, else mean.
     """
 
     def __init__(self, dim: int, num_prefix_tokens: int, grid: tuple[int, int], mode: str = "auto"):
@@ -39,6 +41,8 @@ class FrameFeature(nn.Module):
             raise ValueError(f"frame_feature={mode!r} needs patch tokens, but the view has none")
         self.mode, self.prefix = mode, num_prefix_tokens
         self.out_dim = {"cls_mean": 2 * dim, "patches": grid[0] * grid[1] * dim}.get(mode, dim)
+        if mode == "weighted":
+            self.token_logits = nn.Parameter(torch.zeros(num_prefix_tokens + grid[0] * grid[1]))
         self.norm = nn.LayerNorm(self.out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +52,9 @@ class FrameFeature(nn.Module):
             feats = x[:, :, self.prefix:].mean(dim=2)  # (B, T, C)
         elif self.mode == "patches":
             feats = x[:, :, self.prefix:].flatten(2)  # (B, T, H*W*C)
+        elif self.mode == "weighted":
+            w = torch.softmax(self.token_logits, dim=0)  # (N,)
+            feats = (x * w[:, None]).sum(dim=2)  # (B, T, C)
         else:
             feats = torch.cat([x[:, :, 0], x[:, :, self.prefix:].mean(dim=2)], dim=-1)  # (B, T, 2C)
         return self.norm(feats)

@@ -5,19 +5,21 @@ per-class files and confusion matrices a run directory holds. Training lives in
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 
 import numpy as np
 import torch
 from torch import nn
 
-from featcache.cache.dataset import Task, ViewData, materialise
+from featcache.cache.dataset import Task, ViewData, fill_view, frame_positions, materialise
 from featcache.cache.store import Cache, open_cache
 from featcache.config import from_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.train import checkpoint, metrics
-from featcache.view import View
+from featcache.video.select import Policy, uniform_indices
+from featcache.view import View, parse_policy
 
 SPLITS = ("train", "val", "test")
 
@@ -45,11 +47,99 @@ def flat(m: dict, split: str) -> dict:
     return {f"{split}/{k}": v for k, v in m.items() if not isinstance(v, list)}
 
 
+COMBINE = ("mean", "sum", "max")
+
+
 def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None,
-                        data: dict | None = None) -> dict:
+                        data: dict | None = None, temporal_views: int = 1, combine: str = "mean") -> dict:
     """Metrics of a saved head on the given splits of ``cache`` (a Cache, or None for the
-    checkpoint's own); writes per-class files and confusion matrices into ``out_dir``.
-    ``data`` (split -> ViewData of the checkpoint's view, already read) avoids reading again."""
+    checkpoint's own); writes ``predictions_<split>.csv``, per-class files and confusion matrices
+    into ``out_dir``. ``data`` (split -> ViewData of the checkpoint's view, already read) avoids
+    reading again.
+
+    ``temporal_views`` V > 1 is multi-view testing from the cache: the checkpoint's ``uniform:N``
+    view becomes V interleaved views of a ``uniform:N*V`` pool (view v = pool[v::V]), each scored,
+    softmax (sigmoid for multi-label) per view, then combined by ``combine`` (``mean``: VideoMAE,
+    ST-Adapter; ``sum``: SlowFast; ``max``). Keys and files carry the protocol: ``test/top1@2x1``,
+    ``predictions_test@2x1.csv``."""
+    if combine not in COMBINE:
+        raise FeatcacheError(f"--combine: unknown {combine!r}; expected one of {', '.join(COMBINE)}")
+    run = _load_run(path, cache)
+    views = _temporal_views(run.cfg.view, temporal_views)
+    suffix = "" if temporal_views == 1 else f"@{temporal_views}x1"
+    results = {}
+    for split in splits:
+        read = [data[split]] if data and temporal_views == 1 else [materialise(run.cache, v, split) for v in views]
+        if not read[0].video_ids:
+            continue
+        probs = [probabilities(predict(run.head, d.x, run.cfg.batch_size, run.device), run.task.multi) for d in read]
+        scores = {"mean": np.mean, "sum": np.sum, "max": np.max}[combine](np.stack(probs), axis=0)
+        results.update(report_split(run.task, split, suffix, read[0].video_ids, read[0].labels,
+                               _as_logits(scores, run.task.multi, combine, len(probs)), scores, out_dir))
+    return results
+
+
+def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = None, window: int = 0,
+                     stride: int = 0, aggregate: str = "max", pool: str | None = None) -> dict:
+    """Sliding-window evaluation (seed 004's Charades protocol): windows of the head's own length
+    W over a dense pool (``fps:F``, or ``stride:S``; the cache's first by default), starting every
+    ``stride`` pool frames (default W: no overlap); each window scored (softmax/sigmoid), then the
+    video's score is their ``max`` or ``mean``. A video shorter than W is one window of repeated
+    frames (uniform:W of its pool). Keys and files carry the protocol: ``test/mAP@w8s4max``."""
+    if aggregate not in ("max", "mean"):
+        raise FeatcacheError(f"--aggregate: expected max or mean, got {aggregate!r}")
+    run = _load_run(path, cache)
+    width = run.cfg.view.frames.count
+    if window and window != width:
+        raise FeatcacheError(f"--window {window}: the head was trained on {width}-frame clips ({run.cfg.view.frames}); "
+                             f"windows must have its length (--window {width})")
+    stride = stride or width
+    if stride < 1:
+        raise FeatcacheError(f"--stride: must be at least 1, got {stride}")
+    dense = [p for p in run.cache.attrs["frames"]["policies"] if not parse_policy(p).fixed]
+    pool = pool or (dense[0] if dense else "")
+    if not pool or pool not in dense:
+        raise FeatcacheError(f"--pool {pool or '(none)'}: sliding windows run over a dense pool of the cache "
+                             f"({', '.join(dense) or 'it holds none'}); extract with --frames fps:F or stride:S")
+    policy = parse_policy(pool)
+    layout = run.cfg.view.layout(run.cache.attrs)
+    suffix = f"@w{width}s{stride}{aggregate}"
+    results = {}
+    for split in splits:
+        records = sorted((r for r in run.cache.records().values() if r.get("status") == "done" and r["split"] == split),
+                         key=lambda r: r["video_id"])
+        if not records:
+            continue
+        video_scores = []
+        for record in records:
+            entry = run.cache.video(record["video_id"])
+            positions = np.asarray(frame_positions(entry, policy))
+            if len(positions) < width:
+                windows = [positions[uniform_indices(len(positions), width)]]
+            else:
+                windows = [positions[s:s + width] for s in range(0, len(positions) - width + 1, stride)]
+            x = np.empty((len(windows), *layout.shape), dtype=np.float16)
+            for i, window in enumerate(windows):
+                fill_view(x[i], entry, window.tolist(), run.cfg.view, run.cache.attrs)
+            probs = probabilities(predict(run.head, torch.from_numpy(x), run.cfg.batch_size, run.device), run.task.multi)
+            video_scores.append(probs.max(axis=0) if aggregate == "max" else probs.mean(axis=0))
+        scores = np.stack(video_scores)
+        results.update(report_split(run.task, split, suffix, [r["video_id"] for r in records], [r["labels"] for r in records],
+                               _as_logits(scores, run.task.multi, "mean", 1), scores, out_dir))
+    return results
+
+
+@dataclasses.dataclass
+class _Run:
+    cfg: object
+    cache: Cache
+    head: nn.Module
+    task: Task
+    device: torch.device
+
+
+def _load_run(path: str, cache: Cache | None) -> _Run:
+    """A trained head from its checkpoint, checked against the cache it will read."""
     ckpt = checkpoint.load(path)
     if "pretext" in ckpt:
         raise FeatcacheError(f"{path}: a {ckpt['pretext']['task']} pre-training; its score is val/top1 in "
@@ -60,24 +150,61 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
             f"{cache.path} (fingerprint {cache.fingerprint}) is not the cache this head was trained on "
             f"(fingerprint {ckpt['cache']['fingerprint']}: other model, preprocessing, layers or frames)")
     cfg = from_dict(ckpt["config"])
-    head = checkpoint.build_head(ckpt)
-    task = Task(ckpt["classes"], ckpt["multi_label"])
     device = resolve_device(cfg.device)
-    head.to(device)
-    results = {}
-    for split in splits:
-        split_data = data[split] if data else materialise(cache, cfg.view, split)
-        if not split_data.video_ids:
-            continue
-        unknown = sorted({c for ls in split_data.labels for c in ls} - set(task.classes))
-        if unknown:
-            raise FeatcacheError(f"split {split}: labels {unknown} were not among the trained classes")
-        logits = predict(head, split_data.x, cfg.batch_size, device)
-        m, cm = score(logits, task.targets(split_data.labels).numpy(), task)
-        results.update(flat(m, split))
-        if out_dir:
-            _write_per_class(out_dir, split, task, m, cm)
-    return results
+    return _Run(cfg, cache, checkpoint.build_head(ckpt).to(device), Task(ckpt["classes"], ckpt["multi_label"]), device)
+
+
+def report_split(task: Task, split: str, suffix: str, video_ids: list[str], labels: list[list[str]], logits: np.ndarray,
+            scores: np.ndarray, out_dir: str | None) -> dict:
+    """Metrics of one split under one protocol; predictions and per-class files into ``out_dir``."""
+    unknown = sorted({c for ls in labels for c in ls} - set(task.classes))
+    if unknown:
+        raise FeatcacheError(f"split {split}: labels {unknown} were not among the trained classes")
+    m, cm = score(logits, task.targets(labels).numpy(), task)
+    if out_dir:
+        name = f"{split}{suffix}"
+        write_predictions(os.path.join(out_dir, f"predictions_{name}.csv"), video_ids, labels, task.classes, scores)
+        _write_per_class(out_dir, name, task, m, cm)
+    return {f"{k}{suffix}": v for k, v in flat(m, split).items()}
+
+
+def _temporal_views(view: View, count: int) -> list[View]:
+    """The V views of multi-view testing (see evaluate_checkpoint)."""
+    if count < 1:
+        raise FeatcacheError(f"--temporal-views: must be at least 1, got {count}")
+    if count == 1:
+        return [view]
+    if view.frames.kind != "uniform":
+        raise FeatcacheError(f"--temporal-views: the head was trained on {view.frames}; multi-view testing "
+                             "serves V interleaved uniform:N views from a uniform:N*V pool, so it needs a uniform view")
+    pool = Policy("uniform", view.frames.count * count)
+    return [dataclasses.replace(view, frames=pool, subset=(v, count)) for v in range(count)]
+
+
+def probabilities(logits: np.ndarray, multi: bool) -> np.ndarray:
+    """Softmax per video (single-label) or sigmoid per class (multi-label): the scores that
+    predictions files hold and views are combined in."""
+    t = torch.from_numpy(logits)
+    return (torch.sigmoid(t) if multi else torch.softmax(t, dim=1)).numpy()
+
+
+def _as_logits(scores: np.ndarray, multi: bool, combine: str, views: int) -> np.ndarray:
+    """Scores back on the scale the metrics read (argmax / ranking / logit 0 = probability 0.5);
+    a monotone map, so the metrics are recomputable from the predictions file alone."""
+    p = scores / views if combine == "sum" else scores
+    p = np.clip(p.astype(np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p)) if multi else np.log(p)
+
+
+def write_predictions(path: str, video_ids: list[str], labels: list[list[str]], classes: list[str],
+                      scores: np.ndarray) -> None:
+    """``video_id, labels`` (true labels joined by ``;``), then one column per class: the score
+    the metrics were computed from (softmax for single-label, sigmoid for multi-label)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id", "labels", *classes])
+        for vid, ls, row in zip(video_ids, labels, scores.tolist()):
+            w.writerow([vid, ";".join(ls), *(f"{v:.9g}" for v in row)])
 
 
 def _write_per_class(out_dir: str, split: str, task: Task, m: dict, cm: np.ndarray | None) -> None:

@@ -35,7 +35,7 @@ from featcache.train.evaluate import SPLITS, evaluate_checkpoint, flat, read_spl
 
 # what a run writes; a new run into a folder removes these first
 RUN_FILES = ("log.jsonl", "best.pt", "last.pt", "metrics.json", "config.yaml", "confusion_*.csv", "confusion_*.png",
-             "per_class_*.csv", "eval_*.json")
+             "per_class_*.csv", "predictions_*.csv", "eval_*.json")
 
 
 def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False,

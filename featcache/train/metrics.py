@@ -35,24 +35,44 @@ def single_label(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> t
 
 
 def multi_label(logits: np.ndarray, targets: np.ndarray) -> dict:
-    """mAP: mean over classes with at least one positive of average precision; top1: the best
-    scoring class is a true label; macro_f1 at a 0.5 probability threshold; ``ap``: one entry
-    per class, None for a class without a positive (excluded from mAP)."""
-    from sklearn.metrics import average_precision_score, f1_score
+    """Charades-style multi-label metrics over the videos that have at least one label.
 
+    mAP as the official Charades evaluation (``Charades_v1_classify.m``; its Python port
+    gsig/charades-algorithms ``pytorch/utils/map.py`` ``mAP``): per class, non-interpolated AP
+    over videos (the mean of the precision at each positive, ranked by score); videos without any
+    label are excluded; classes without a positive among the rest are excluded from the mean and
+    counted (``mAP_excluded_classes``). ``top1``: the best-scoring class is a true label;
+    ``macro_f1`` at probability 0.5 (logit 0). ``ap``: one entry per class, None when excluded.
+    """
+    from sklearn.metrics import f1_score
+
+    labelled = targets.sum(axis=1) > 0
+    logits, targets = logits[labelled], targets[labelled]
     if len(targets) == 0:
         return {}
     has_pos = targets.sum(axis=0) > 0
-    ap = [float(average_precision_score(targets[:, c], logits[:, c])) if has_pos[c] else None
-          for c in range(targets.shape[1])]
+    ap = [average_precision(logits[:, c], targets[:, c]) if has_pos[c] else None for c in range(targets.shape[1])]
     scored = [v for v in ap if v is not None]
     pred = (logits > 0).astype(int)
     return {
         "mAP": float(np.mean(scored)) if scored else 0.0,
         "top1": float(targets[np.arange(len(targets)), logits.argmax(axis=1)].mean()),
         "macro_f1": float(f1_score(targets, pred, average="macro", zero_division=0)),
+        "mAP_excluded_classes": int((~has_pos).sum()),
+        "unlabelled_excluded": int((~labelled).sum()),
         "ap": ap,
     }
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Non-interpolated AP as ``charades-algorithms`` ``map.py`` computes it: rank by score
+    (descending; ties keep video order, where the original's quicksort is arbitrary), then the
+    mean of the precision at each positive. Equals scikit-learn's average_precision_score when
+    no scores tie."""
+    order = np.argsort(-scores, kind="stable")
+    tp = positives[order] > 0
+    precision = np.cumsum(tp) / np.arange(1, len(tp) + 1)
+    return float(precision[tp].sum() / tp.sum())
 
 
 def selection(logits: np.ndarray, targets: np.ndarray, multi: bool) -> dict:

@@ -26,7 +26,7 @@ PROBE_TOLERANCE = 6.0
 # (seen with MPEG program streams): decoded sequentially with PyAV.
 SEQUENTIAL_FORMATS = {"mpeg", "mpegts", "mpegvideo", "h264", "hevc", "m4v", "mjpeg"}
 
-Picker = Callable[[int, "np.ndarray | None"], np.ndarray]
+Picker = Callable[[int, "np.ndarray | None", np.ndarray], np.ndarray]  # (num_frames, small frames, seconds)
 
 
 class DecodeError(Exception):
@@ -85,10 +85,10 @@ def decode_video(
     decoder: str = "auto",
     interpolation: str = "bicubic",
 ) -> DecodedVideo:
-    """Decode the frames ``pick(num_frames, small_frames)`` chooses.
+    """Decode the frames ``pick(num_frames, small_frames, timestamps)`` chooses.
 
     ``small_frames`` is every frame at ``small_size`` (w, h) when given (for LUV scoring),
-    else None. Raises DecodeError with a one-line reason when no decoder can read the file.
+    else None; ``timestamps`` is every frame's time in seconds from the first. Raises DecodeError with a one-line reason when no decoder can read the file.
     """
     if decoder not in DECODERS:
         raise ValueError(f"--decoder: unknown decoder {decoder!r}; expected one of {DECODERS}")
@@ -142,13 +142,13 @@ def _decode_decord(path, pick, short_side, small_size, probe, interpolation) -> 
     if small_size is not None:
         sr = decord.VideoReader(path, width=small_size[0], height=small_size[1], num_threads=1)
         small = sr.get_batch(list(range(n))).asnumpy()  # sequential: the reference
-    indices = np.asarray(pick(n, small), dtype=np.int64)
+    fps = float(vr.get_avg_fps())
+    stamps = _clean_timestamps(vr.get_frame_timestamp(list(range(n)))[:, 0], fps)
+    indices = np.asarray(pick(n, small, stamps), dtype=np.int64)
     if probe and small is not None:  # random access must land where sequential decoding did
         _check_same(sr.get_batch(indices.tolist()).asnumpy(), small[indices],
                     "decord's seeks disagree with its sequential decode")
     frames = vr.get_batch(indices.tolist()).asnumpy()
-    fps = float(vr.get_avg_fps())
-    stamps = _clean_timestamps(vr.get_frame_timestamp(list(range(n)))[:, 0], fps)
     return DecodedVideo(frames, indices, stamps[indices], n, fps, width, height, "decord",
                         expected_frames=expected)
 
@@ -219,12 +219,12 @@ def _decode_pyav(path, pick, short_side, small_size, interpolation) -> DecodedVi
     n = len(times)
     if n == 0:
         raise DecodeError("the video has no frames")
-    indices = np.asarray(pick(n, np.stack(small) if small else None), dtype=np.int64)
-    out_w, out_h = resize_to_short_side(size[0], size[1], short_side)
-    frames = _pyav_frames_at(path, indices, out_w, out_h, interpolation)
     raw = np.array([np.nan if t is None else t for t in times])
     fps = float(rate) if rate else (n - 1) / max(raw[-1] - raw[0], 1e-9)
     stamps = _clean_timestamps(raw, fps)
+    indices = np.asarray(pick(n, np.stack(small) if small else None, stamps), dtype=np.int64)
+    out_w, out_h = resize_to_short_side(size[0], size[1], short_side)
+    frames = _pyav_frames_at(path, indices, out_w, out_h, interpolation)
     return DecodedVideo(frames, indices, stamps[indices], n, fps, size[0], size[1], "pyav",
                         expected_frames=expected)
 

@@ -10,6 +10,9 @@ Conventions (documented in the README, relied on by the tests):
   frames changed at all (static footage), the remaining picks are spread uniformly over the
   frames not yet chosen. A video with fewer than K frames falls back to ``uniform:K``.
   The result is returned in temporal order.
+- ``fps:F`` takes the frame nearest to each of the times ``0, 1/F, 2/F, ...`` up to the last
+  frame's timestamp: a pool at a fixed rate of video time (Charades' sliding windows count
+  their length and stride in frames of such a pool).
 - ``stride:S`` takes every S-th frame, ``0, S, 2S, ...`` (a dense pool: its length follows the
   video's). Frame tokens do not depend on the playback rate, so one ``stride:1`` pool serves every
   rate of a playback-rate pretext task, and ``uniform:N`` views are served from it exactly.
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-POLICY_KINDS = ("uniform", "keyframes", "stride")
+POLICY_KINDS = ("uniform", "keyframes", "stride", "fps")
 
 # sRGB (D65) -> CIE XYZ, IEC 61966-2-1.
 _RGB_TO_XYZ = np.array(
@@ -42,7 +45,7 @@ class Policy:
     """One frame-selection policy such as ``uniform:16``."""
 
     kind: str
-    count: int  # frames for uniform/keyframes; the step S for stride
+    count: int  # frames for uniform/keyframes; the step S for stride; frames per second for fps
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.count}"
@@ -50,10 +53,13 @@ class Policy:
     @property
     def fixed(self) -> bool:
         """True when every video yields the same number of frames (not a stride pool)."""
-        return self.kind != "stride"
+        return self.kind not in ("stride", "fps")
 
-    def length(self, num_frames: int) -> int:
-        """How many frames this policy picks from a video of ``num_frames`` frames."""
+    def length(self, num_frames: int) -> int | None:
+        """How many frames this policy picks from a video of ``num_frames`` frames (None for
+        fps:F, which depends on the timestamps)."""
+        if self.kind == "fps":
+            return None
         return self.count if self.fixed else -(-num_frames // self.count)
 
 
@@ -63,7 +69,7 @@ def parse_policies(text: str) -> tuple[Policy, ...]:
     for part in (p.strip() for p in text.split(",")):
         m = re.fullmatch(r"([a-z]+):(\d+)", part)
         if not m or m.group(1) not in POLICY_KINDS:
-            raise ValueError(f"--frames: unknown policy {part!r}; expected uniform:N, keyframes:N or stride:S")
+            raise ValueError(f"--frames: unknown policy {part!r}; expected uniform:N, keyframes:N, stride:S or fps:F")
         count = int(m.group(2))
         if count < 1:
             raise ValueError(f"--frames: {part!r} asks for {count} frames; N must be at least 1")
@@ -125,8 +131,18 @@ def keyframe_indices(scores: np.ndarray, count: int) -> np.ndarray:
     return np.sort(chosen).astype(np.int64)
 
 
+def fps_indices(stamps: np.ndarray, rate: int) -> np.ndarray:
+    """The frame nearest in time to each of ``0, 1/rate, 2/rate, ...`` up to the last timestamp."""
+    times = np.arange(0.0, stamps[-1] + 1e-9, 1.0 / rate)
+    pos = np.clip(np.searchsorted(stamps, times), 1, max(1, len(stamps) - 1))
+    if len(stamps) == 1:
+        return np.zeros(len(times), dtype=np.int64)
+    left, right = stamps[pos - 1], stamps[pos]
+    return np.where(times - left <= right - times, pos - 1, pos).astype(np.int64)
+
+
 def select_frames(
-    policies: tuple[Policy, ...], num_frames: int, scores: np.ndarray | None
+    policies: tuple[Policy, ...], num_frames: int, scores: np.ndarray | None, stamps: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, list[int]]]:
     """Union of all policies' frames (sorted, unique source indices) and, per policy,
     its positions into that pool (length = the policy's count, repeats allowed)."""
@@ -136,6 +152,10 @@ def select_frames(
             picked[str(policy)] = uniform_indices(num_frames, policy.count)
         elif policy.kind == "stride":
             picked[str(policy)] = np.arange(0, num_frames, policy.count, dtype=np.int64)
+        elif policy.kind == "fps":
+            if stamps is None:
+                raise ValueError("fps policy needs the frames' timestamps")
+            picked[str(policy)] = fps_indices(np.asarray(stamps, dtype=np.float64), policy.count)
         else:
             if scores is None:
                 raise ValueError("keyframes policy needs LUV scores")

@@ -1,0 +1,125 @@
+"""Closed-form baselines on pooled per-video features, as DINOv2 evaluates frozen features.
+
+A video's feature is the mean over its frames of the per-frame CLS token, mean patch token, or
+both concatenated (``feature``). Then:
+
+- ``knn``: DINOv2's weighted k-NN (``facebookresearch/dinov2`` ``dinov2/eval/knn.py``): features
+  L2-normalised, cosine similarity to every training video, the k most similar vote with weight
+  ``exp(similarity / T)``, T = 0.07; k in {10, 20} chosen on val.
+- ``logreg``: scikit-learn logistic regression (L-BFGS, multinomial) with the inverse
+  regularisation C chosen on val from a log grid (DINOv2's ``eval/log_regression.py`` searches C
+  on a held-out split the same way), then refit on train.
+
+Same outputs as ``featcache train``: config.yaml, metrics.json (val/..., test/..., and the chosen
+``knn/k`` or ``logreg/C``), predictions_<split>.csv, per_class_<split>.csv, confusion matrices.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from featcache.cache.dataset import Task
+from featcache.cache.store import open_cache
+from featcache.config import TrainConfig, to_dict
+from featcache.errors import FeatcacheError
+from featcache.train.evaluate import report_split, read_splits
+from featcache.train.fit import _write_config, previous_run
+
+METHODS = ("knn", "logreg")
+FEATURES = ("cls", "mean", "cls_mean")
+KNN_K = (10, 20)
+KNN_T = 0.07
+LOGREG_C = tuple(10.0 ** p for p in range(-4, 5))
+
+
+def video_features(x: torch.Tensor, prefix: int, feature: str) -> np.ndarray:
+    """(V, T, N, C) float16 tokens -> (V, D) float32: the per-frame feature averaged over time."""
+    x = x.float()
+    if feature in ("cls", "cls_mean") and not prefix:
+        raise FeatcacheError(f"--feature {feature}: the view has no CLS token; use mean")
+    if feature in ("mean", "cls_mean") and x.shape[2] == prefix:
+        raise FeatcacheError(f"--feature {feature}: the view has no patch tokens; use cls")
+    parts = {"cls": [x[:, :, 0]], "mean": [x[:, :, prefix:].mean(2)],
+             "cls_mean": [x[:, :, 0], x[:, :, prefix:].mean(2)]}[feature]
+    return torch.cat(parts, dim=-1).mean(dim=1).numpy()  # (V, D)
+
+
+def knn_scores(train: np.ndarray, train_y: np.ndarray, query: np.ndarray, k: int, classes: int) -> np.ndarray:
+    """Class scores (votes normalised to sum 1) of DINOv2's temperature-weighted k-NN."""
+    a = train / np.linalg.norm(train, axis=1, keepdims=True).clip(1e-12)
+    q = query / np.linalg.norm(query, axis=1, keepdims=True).clip(1e-12)
+    sims = q @ a.T  # (Q, V_train) cosine
+    k = min(k, len(a))
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    weights = np.exp(np.take_along_axis(sims, top, axis=1) / KNN_T)  # (Q, k)
+    votes = np.zeros((len(q), classes))
+    for c in range(classes):
+        votes[:, c] = (weights * (train_y[top] == c)).sum(axis=1)
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
+def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feature: str = "cls_mean",
+              overwrite: bool = False) -> dict:
+    if method not in METHODS:
+        raise FeatcacheError(f"--method: unknown {method!r}; expected one of {', '.join(METHODS)}")
+    if feature not in FEATURES:
+        raise FeatcacheError(f"--feature: unknown {feature!r}; expected one of {', '.join(FEATURES)}")
+    cache = open_cache(cache_path)
+    cfg.view.check(cache.attrs)
+    stale = previous_run(out_dir, resume=False, overwrite=overwrite)
+    data = read_splits(cache, cfg.view)
+    labels = [ls for d in data.values() for ls in d.labels]
+    if any(len(ls) != 1 for ls in labels):
+        raise FeatcacheError("probe: every video needs exactly one label (multi-label or unlabelled videos: "
+                             "train --head linear --set task=multi)")
+    if not data["train"].video_ids or not data["val"].video_ids:
+        raise FeatcacheError(f"{cache_path}: the probes choose their hyper-parameter on val; "
+                             "the cache needs train and val videos")
+    task = Task(sorted({ls[0] for ls in labels}), multi=False)
+    feats = {s: video_features(d.x, d.num_prefix_tokens, feature) for s, d in data.items() if d.video_ids}
+    ys = {s: task.targets(d.labels).numpy() for s, d in data.items() if d.video_ids}
+    predict, choice = _fit(method, feats, ys, len(task.classes))
+    for path in stale:
+        os.remove(path)
+    os.makedirs(out_dir, exist_ok=True)
+    _write_config(out_dir, {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
+                            "multi_label": False, "probe": {"method": method, "feature": feature, **choice},
+                            "config": to_dict(cfg)})
+    results = dict(choice)
+    for split in ("val", "test"):
+        if split not in feats:
+            continue
+        scores = predict(feats[split])
+        logits = np.log(np.clip(scores, 1e-12, 1.0))  # monotone: the metrics read the ranking
+        results.update(report_split(task, split, "", data[split].video_ids, data[split].labels, logits, scores, out_dir))
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    return results
+
+
+def _fit(method: str, feats: dict, ys: dict, classes: int):
+    """(scores function, chosen hyper-parameter) with the hyper-parameter chosen on val top-1."""
+    if method == "knn":
+        def acc(k):
+            return (knn_scores(feats["train"], ys["train"], feats["val"], k, classes).argmax(1) == ys["val"]).mean()
+
+        k = max(KNN_K, key=lambda k: (acc(k), -k))  # ties: the smaller k
+        return (lambda q: knn_scores(feats["train"], ys["train"], q, k, classes)), {"knn/k": k, "knn/T": KNN_T}
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(feats["train"])
+    xt, xv = scaler.transform(feats["train"]), scaler.transform(feats["val"])
+    fits = {c: LogisticRegression(C=c, max_iter=2000).fit(xt, ys["train"]) for c in LOGREG_C}
+    best = max(LOGREG_C, key=lambda c: (fits[c].score(xv, ys["val"]), -c))  # ties: stronger regularisation
+    model = fits[best]
+
+    def scores(q):
+        out = np.zeros((len(q), classes))
+        out[:, model.classes_] = model.predict_proba(scaler.transform(q))
+        return out
+
+    return scores, {"logreg/C": best}

@@ -1,0 +1,193 @@
+"""Evaluation protocols: predictions on disk, the official Charades mAP, multi-view testing."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_encoder_config
+from featcache.cli import app
+from featcache.config import build_config
+from featcache.extract import ExtractConfig, run_extract
+from featcache.synthetic import make_dataset
+from featcache.train.fit import run_training
+
+runner = CliRunner()
+
+
+def charades_map(scores: np.ndarray, gt: np.ndarray) -> tuple[float, int]:
+    """Independent implementation of the official Charades definition (Charades_v1_classify.m;
+    gsig/charades-algorithms pytorch/utils/map.py): drop videos without any label, then per class
+    the mean of the precision at each positive in score order; classes without a positive are
+    left out of the mean (NaN there). Returns (mAP, classes left out)."""
+    keep = gt.sum(axis=1) > 0
+    scores, gt = scores[keep], gt[keep]
+    aps = []
+    for c in range(gt.shape[1]):
+        order = np.argsort(-scores[:, c], kind="stable")
+        tp = gt[order, c] == 1
+        if tp.sum() == 0:
+            aps.append(np.nan)
+            continue
+        precision = np.cumsum(tp) / np.arange(1, len(tp) + 1)
+        aps.append(precision[tp].sum() / tp.sum())
+    return float(np.nanmean(aps)), int(np.isnan(aps).sum())
+
+
+def read_predictions(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    classes = list(rows[0])[2:]
+    scores = np.array([[float(r[c]) for c in classes] for r in rows])
+    gt = np.array([[c in r["labels"].split(";") for c in classes] for r in rows], dtype=int)
+    return rows, classes, scores, gt
+
+
+def test_independent_map_matches_a_hand_computed_case():
+    scores = np.array([[0.9, 0.1, 0.3], [0.8, 0.7, 0.2], [0.1, 0.6, 0.9], [0.5, 0.5, 0.5]])
+    gt = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])  # video 3 unlabelled, class 2 empty
+    # class 0 over videos 0-2: 0.9 (+), 0.8 (-), 0.1 (+) -> (1 + 2/3) / 2; class 1: 0.7 (+), 0.6 (+) -> 1
+    assert charades_map(scores, gt) == (pytest.approx((5 / 6 + 1) / 2), 1)
+
+
+@pytest.fixture(scope="module")
+def multilabel_cache(tmp_path_factory):
+    """Motion clips relabelled multi-label, with unlabelled test videos and a class absent from test."""
+    root = tmp_path_factory.mktemp("ml")
+    src = make_dataset(str(root), "motion", per_class=10, num_frames=16)
+    rows = list(csv.DictReader(open(src)))
+    for i, r in enumerate(rows):
+        extra = "horizontal" if r["label"] in ("left", "right") else "vertical"
+        if r["split"] == "test" and i % 3 == 0:
+            r["label"] = ""  # unlabelled: excluded from mAP
+        elif r["split"] != "test" or r["label"] != "up":
+            r["label"] = f"{r['label']};{extra}"
+        else:
+            r["label"] = "vertical"  # 'up' never appears as a test label: an empty class
+    manifest = root / "multi.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = str(root / "c.zarr")
+    run_extract(ExtractConfig(manifest=str(manifest), out=out, frames="uniform:4,uniform:8",
+                              encoder=tiny_encoder_config()), show_progress=False)
+    return out
+
+
+def test_test_map_equals_the_official_definition_from_the_predictions_file(multilabel_cache, tmp_path):
+    cfg = build_config({"head": "pool", "view": "uniform:4", "epochs": 3, "batch_size": 8, "task": "multi"})
+    results = run_training(multilabel_cache, cfg, str(tmp_path / "run"), show_progress=False)
+    rows, classes, scores, gt = read_predictions(tmp_path / "run" / "predictions_test.csv")
+    assert any(not r["labels"] for r in rows) and gt[:, classes.index("up")].sum() == 0
+    expected, left_out = charades_map(scores, gt)
+    assert results["test/mAP"] == pytest.approx(expected, abs=1e-6)
+    assert results["test/mAP_excluded_classes"] == left_out == 1
+    assert results["test/unlabelled_excluded"] == sum(not r["labels"] for r in rows)
+    assert ((scores >= 0) & (scores <= 1)).all()  # sigmoid scores
+    assert os.path.exists(tmp_path / "run" / "predictions_val.csv")
+
+
+def test_eval_with_two_temporal_views_of_a_uniform16_pool(tmp_path):
+    root = tmp_path / "ds"
+    manifest = make_dataset(str(root), "appearance", per_class=5, num_frames=40)
+    cache = str(tmp_path / "c.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=cache, frames="uniform:8,uniform:16", encoder=tiny_encoder_config()),
+                show_progress=False)
+    run = str(tmp_path / "run")
+    run_training(cache, build_config({"head": "pool", "view": "uniform:8", "epochs": 2, "batch_size": 8}), run,
+                 show_progress=False)
+    single = json.load(open(os.path.join(run, "metrics.json")))
+    r = runner.invoke(app, ["eval", run, "--temporal-views", "2"])
+    assert r.exit_code == 0, r.output
+    two = json.loads(r.output)
+    assert set(two) == {"test/top1@2x1", "test/top5@2x1", "test/mean_class_acc@2x1", "test/macro_f1@2x1"}
+    assert os.path.exists(os.path.join(run, "eval_test@2x1.json"))
+    rows, classes, scores, _ = read_predictions(os.path.join(run, "predictions_test@2x1.csv"))
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-6)  # mean of two softmaxes
+    truth = [classes.index(r["labels"]) for r in rows]
+    assert two["test/top1@2x1"] == pytest.approx(np.mean(scores.argmax(1) == truth))
+    assert "test/top1" in single  # the single-view numbers stay where train wrote them
+    r = runner.invoke(app, ["eval", run, "--temporal-views", "3"])  # uniform:24 is not in a uniform:8,16 pool
+    assert r.exit_code == 2 and "view uniform:24" in r.stderr and "re-extract" in r.stderr
+    r = runner.invoke(app, ["eval", run, "--combine", "median"])
+    assert r.exit_code == 2 and "--combine: unknown 'median'" in r.stderr
+
+
+def test_sliding_windows_over_an_fps_pool(tmp_path):
+    root = tmp_path / "ds"
+    manifest = make_dataset(str(root), "appearance", per_class=5, num_frames=48)  # 48 frames at 25 fps
+    cache = str(tmp_path / "c.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=cache, frames="fps:10,uniform:4", encoder=tiny_encoder_config()),
+                show_progress=False)
+    from featcache import open_cache
+
+    entry = open_cache(cache).video("red_000")
+    assert len(entry.policies["fps:10"]) == 19  # 0, 0.1, ..., 1.8 s of a 1.88 s clip
+    run = str(tmp_path / "run")
+    run_training(cache, build_config({"head": "pool", "view": "uniform:4", "epochs": 2, "batch_size": 8}), run,
+                 show_progress=False)
+    r = runner.invoke(app, ["eval", run, "--window", "4", "--stride", "2", "--aggregate", "mean"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert "test/top1@w4s2mean" in res and os.path.exists(os.path.join(run, "predictions_test@w4s2mean.csv"))
+    # by hand for one video: the mean of the softmax of windows [0:4], [2:6], ..., [14:18] of the pool
+    import torch
+
+    from featcache.cache.dataset import fill_view
+    from featcache.train import checkpoint as ck
+    from featcache.view import View
+
+    head = ck.build_head(ck.load(os.path.join(run, "best.pt")))
+    test_id = sorted(r["video_id"] for r in csv.DictReader(open(manifest)) if r["split"] == "test")[0]
+    entry = open_cache(cache).video(test_id)
+    pos = entry.policies["fps:10"]
+    wins = [pos[s:s + 4] for s in range(0, len(pos) - 3, 2)]
+    x = np.zeros((len(wins), 4, 17, 64), np.float16)
+    for i, w in enumerate(wins):
+        fill_view(x[i], entry, w, View("uniform:4"), open_cache(cache).attrs)
+    with torch.no_grad():
+        expected = torch.softmax(head(torch.from_numpy(x).float()), 1).mean(0).numpy()
+    rows, classes, scores, _ = read_predictions(os.path.join(run, "predictions_test@w4s2mean.csv"))
+    got = scores[[r["video_id"] for r in rows].index(test_id)]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    bad = runner.invoke(app, ["eval", run, "--window", "8"])
+    assert bad.exit_code == 2 and "windows must have its length (--window 4)" in bad.stderr
+
+
+def test_knn_is_dinov2s_weighted_vote():
+    from featcache.train.probe import knn_scores
+
+    train = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    y = np.array([0, 1, 1])
+    q = np.array([[1.0, 0.1]])
+    s = knn_scores(train, y, q, k=2, classes=2)
+    # cosine to the query: 0.995 (class 0), 0.0995, 0.7739 (class 1); top-2: 0.995 and 0.774
+    c = np.array([1.0, 0.1]) / np.linalg.norm([1.0, 0.1])
+    w0, w1 = np.exp(c @ [1, 0] / 0.07), np.exp(c @ (np.array([0.7, 0.7]) / np.linalg.norm([0.7, 0.7])) / 0.07)
+    np.testing.assert_allclose(s[0], [w0 / (w0 + w1), w1 / (w0 + w1)])
+
+
+@pytest.mark.parametrize("method,key", [("knn", "knn/k"), ("logreg", "logreg/C")])
+def test_probe_cli_writes_what_train_writes(tmp_path, method, key):
+    root = tmp_path / "ds"
+    manifest = make_dataset(str(root), "appearance", per_class=10, num_frames=16)
+    cache = str(tmp_path / "c.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=cache, frames="uniform:4", encoder=tiny_encoder_config()),
+                show_progress=False)
+    out = tmp_path / method
+    r = runner.invoke(app, ["probe", cache, "--method", method, "--view", "uniform:4", "--feature", "mean",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    metrics = json.load(open(out / "metrics.json"))
+    assert key in metrics and {"val/top1", "test/top1", "test/mean_class_acc"} <= set(metrics)
+    rows, classes, scores, _ = read_predictions(out / "predictions_test.csv")
+    truth = [classes.index(r["labels"]) for r in rows]
+    assert metrics["test/top1"] == pytest.approx(np.mean(scores.argmax(1) == truth))
+    if method == "logreg":  # colour classes from mean patch features: 1.0 here; k-NN on random-weight
+        assert metrics["test/top1"] >= 0.75  # features (background-dominated cosine) measured 0.375-0.625
+    assert (out / "per_class_test.csv").exists() and (out / "config.yaml").exists()
+    bad = runner.invoke(app, ["probe", cache, "--method", "svm", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--method: unknown 'svm'" in bad.stderr
