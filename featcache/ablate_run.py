@@ -23,7 +23,7 @@ from featcache.errors import FeatcacheError
 from featcache.leaderboard import write_leaderboard
 from featcache.registry import create_head
 from featcache.train.evaluate import read_splits
-from featcache.train.fit import train_group
+from featcache.train.fit import backbone_args, train_group
 from featcache.view import Layout, View
 
 
@@ -41,7 +41,7 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     layouts = _check_views(sweep, cache, cells)
     done = [r for r in cache.records().values() if r.get("status") == "done"]
     classes = max(2, len({label for r in done for label in r["labels"]}))
-    plans = [_probe(sweep, cell, layouts[cell.config.view], classes) for cell in cells]
+    plans = [_probe(sweep, cell, layouts[cell.config.view], classes, cache.attrs) for cell in cells]
     budget = memory_bytes or _available_bytes(cells[0].config.device)
     groups = plan_groups(plans, budget, max_fused)
     _print_plan(sweep, groups, sum(r["split"] == "train" for r in done), echo)
@@ -88,13 +88,14 @@ def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict[View, Layout]:
     return layouts
 
 
-def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int) -> Plan:
+def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) -> Plan:
     """Build the head on the view's shape, run one forward + backward: validates the options and
     measures activation memory (saved tensors) and step time."""
     try:
         head = create_head(cell.config.head, in_dim=layout.dim, num_classes=classes, num_frames=layout.frames,
-                           grid=layout.grid, num_prefix_tokens=layout.num_prefix_tokens, **cell.config.head_options)
-    except (ValueError, TypeError) as exc:
+                           grid=layout.grid, num_prefix_tokens=layout.num_prefix_tokens,
+                           **backbone_args(cell.config.head, attrs), **cell.config.head_options)
+    except (ValueError, TypeError, FeatcacheError) as exc:
         raise SweepError(f"{sweep.path}: cell {cell.name}: head={cell.config.head}: {exc}") from None
     if cell.config.init:
         from featcache.train.checkpoint import init_from
@@ -114,7 +115,7 @@ def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int) -> Plan:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         head(x).float().sum().backward()
     step_s = time.perf_counter() - start
-    params = sum(p.numel() * p.element_size() for p in head.parameters())
+    params = sum(p.numel() * p.element_size() for p in head.parameters() if p.requires_grad)
     return Plan(cell, saved[0] + 4 * params, step_s)  # params, grads, two Adam moments
 
 

@@ -47,6 +47,9 @@ class TrainConfig:
         return tuple(getattr(self, k) for k in FUSION_KEYS)
 
 
+# heads that read something other than the cached tokens (in-backbone adapters read the cut)
+HEAD_SOURCES = {"adapter": "cut"}
+
 # the settings that decide the batches: cells agreeing on all of them train in one fused pass
 FUSION_KEYS = ("view", "batch_size", "epochs", "seed", "task", "augment", "device", "amp")
 
@@ -123,8 +126,11 @@ def build_config(values: dict, base: TrainConfig | None = None, where: str = "")
             raise ValueError(f"{where}unknown key {key!r}; valid keys: {valid}, head.<option>")
     kept = base.head_options if fields["head"] == base.head else {}  # another head's options do not carry over
     fields["head_options"] = {**kept, **given_options}
+    if "source" not in flat:  # what the head reads follows the head unless given
+        view["source"] = HEAD_SOURCES.get(fields["head"], "tokens")
     try:
-        fields["view"] = View(view["view"], view["layers"], view["tokens"], view["spatial"], view["channels"])
+        fields["view"] = View(view["view"], view["layers"], view["tokens"], view["spatial"], view["channels"],
+                              source=view["source"])
     except ValueError as exc:
         raise ValueError(f"{where}{exc}") from None
     return TrainConfig(**fields)

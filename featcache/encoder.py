@@ -39,6 +39,7 @@ class EncoderConfig:
     precision: str = "auto"  # auto = bf16/fp16 autocast where the device supports it
     device: str = "auto"  # auto = cuda if available, else cpu
     model_args: dict = field(default_factory=dict)  # extra timm create_model kwargs (tiny test models)
+    cut_block: int | None = None  # also return the residual stream entering this ViT block (negative: from the end)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -68,6 +69,7 @@ class FrozenEncoder:
         self.is_vit = "return_prefix_tokens" in inspect.signature(
             getattr(self.model, "forward_intermediates", lambda: None)).parameters
         self.layers = self._resolve_layers(cfg.layers)
+        self.cut_block, self.last_cut = self._resolve_cut(cfg.cut_block), None
         probe = self(torch.zeros(1, cfg.img_size, cfg.img_size, 3, dtype=torch.uint8))
         _, _, self.num_tokens, self.dim = probe.shape
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0)) if self.is_vit else 0
@@ -91,13 +93,31 @@ class FrozenEncoder:
     # ---------------------------------------------------------------- forward
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, S, S, 3) -> float32 tokens (B, L, N, C) on the CPU."""
+        """uint8 (B, S, S, 3) -> float32 tokens (B, L, N, C) on the CPU; with a cut block, the
+        residual stream entering it is left in ``last_cut`` (B, N, C) float32 on the CPU."""
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
         x = (x - self._mean) / self._std
         amp = self.precision in _AMP_DTYPES
         with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(self.precision), enabled=amp):
             tokens = self._tokens(x)
+        if self.cut_block is not None:
+            self.last_cut = self._captured.pop().float().cpu()
         return tokens.float().cpu()
+
+    def _resolve_cut(self, cut: int | None) -> int | None:
+        """Hook the input of block ``cut`` (before its norm1; prefix tokens first, as timm orders
+        them): the residual stream the frozen tail (featcache.backbone) continues from."""
+        if cut is None:
+            return None
+        if not self.is_vit:
+            raise FeatcacheError(f"--cut-block: {self.cfg.model} is not a ViT; only ViT blocks can be cut")
+        depth = len(self.model.blocks)
+        if not -depth <= cut < depth:
+            raise FeatcacheError(f"--cut-block: {cut} is out of range for a {depth}-block model "
+                                 f"(0..{depth - 1}, or negative from the end)")
+        self._captured: list[torch.Tensor] = []
+        self.model.blocks[cut % depth].register_forward_pre_hook(lambda mod, args: self._captured.append(args[0]))
+        return cut % depth
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_vit:
@@ -162,6 +182,10 @@ class FrozenEncoder:
                 "final_norm": bool(self.is_vit),
             },
             "compute": {"precision": self.precision, "device_type": self.device.type},
+            "cut": None if self.cut_block is None else {
+                "block": self.cut_block, "depth": len(self.model.blocks), "dtype": "float16",
+                "point": "input of the block (residual stream before its norm1), prefix tokens first",
+                "dims": ["frame", "token", "channel"]},
         }
 
 

@@ -88,6 +88,7 @@ class _Decoded:
 class _Job:
     decoded: _Decoded
     tokens: np.ndarray  # (T, L, N, C) storage dtype, filled batch by batch
+    cut: np.ndarray | None = None  # (T, N, C) float16: the residual stream entering the cut block
     sent: int = 0  # frames handed to the model
     filled: int = 0  # frames with tokens
 
@@ -268,7 +269,8 @@ class _Pipeline:
                 f"{self.max_count} requested; frames repeated")
         e = self.encoder
         shape = (len(decoded.frames), len(e.layers), e.num_tokens, e.dim)
-        self.jobs.append(_Job(decoded, np.empty(shape, dtype=self.cfg.dtype)))
+        cut = np.empty((len(decoded.frames), e.num_tokens, e.dim), np.float16) if e.cut_block is not None else None
+        self.jobs.append(_Job(decoded, np.empty(shape, dtype=self.cfg.dtype), cut))
 
     def _buffered(self) -> int:
         return sum(len(j.decoded.frames) - j.sent for j in self.jobs)
@@ -288,9 +290,12 @@ class _Pipeline:
         if self.pin:
             batch = batch.pin_memory()
         tokens = self.encoder(batch).numpy()  # (B, L, N, C)
+        cut = self.encoder.last_cut.numpy() if self.encoder.cut_block is not None else None  # (B, N, C)
         offset = 0
         for job, a, b in parts:
             job.tokens[a:b] = tokens[offset:offset + b - a]
+            if cut is not None:
+                job.cut[a:b] = cut[offset:offset + b - a]
             job.filled += b - a
             offset += b - a
         while self.jobs and self.jobs[0].filled == len(self.jobs[0].decoded.frames):
@@ -298,7 +303,7 @@ class _Pipeline:
 
     def _publish(self, job: _Job) -> None:
         try:
-            written = self.writer.write_video(job.decoded.record, job.tokens, job.decoded.scores)
+            written = self.writer.write_video(job.decoded.record, job.tokens, job.decoded.scores, job.cut)
         except PublishError as exc:
             self._fail(job.decoded, str(exc))
             return

@@ -17,7 +17,8 @@ from featcache.errors import FeatcacheError
 from featcache.video.select import Policy, parse_policies
 
 TOKEN_MODES = ("all", "cls", "patch")
-VIEW_KEYS = ("view", "layers", "tokens", "spatial", "channels")  # the config keys that make up a View
+VIEW_KEYS = ("view", "layers", "tokens", "spatial", "channels", "source")  # the config keys that make up a View
+SOURCES = ("tokens", "cut")
 
 
 def parse_policy(text: str) -> Policy:
@@ -62,6 +63,9 @@ class View:
     # (v, V): of the policy's frames, every V-th from the v-th (multi-view testing: the v-th of V
     # interleaved uniform:N views of a uniform:N*V pool). Not a config key.
     subset: tuple[int, int] | None = None
+    # tokens: the cached layers' tokens; cut: the residual stream entering the cut block
+    # (extract --cut-block), which in-backbone adapter heads run the frozen tail on
+    source: str = "tokens"
 
     def __post_init__(self):
         if isinstance(self.frames, str):
@@ -76,6 +80,11 @@ class View:
             raise ValueError(f"spatial: expected a grid side >= 0 (0 = keep), got {self.spatial!r}")
         if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels < 0:
             raise ValueError(f"channels: expected a channel count >= 0 (0 = keep), got {self.channels!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source: {self.source!r} is not one of {', '.join(SOURCES)}")
+        if self.source == "cut" and (self.layers != (-1,) or self.tokens != "all" or self.spatial or self.channels):
+            raise ValueError("source: cut is the whole residual stream the frozen tail continues from; "
+                             "layers, tokens, spatial and channels cannot be changed for it")
 
     def __str__(self) -> str:
         parts = [str(self.frames)]
@@ -89,12 +98,14 @@ class View:
             parts.append(f"channels={self.channels}")
         if self.subset:
             parts.append(f"view {self.subset[0] + 1} of {self.subset[1]}")
+        if self.source != "tokens":
+            parts.append(f"source={self.source}")
         return " ".join(parts)
 
     def as_dict(self) -> dict:
         """The flat config keys of this view (what config.yaml and checkpoints hold)."""
         return {"view": str(self.frames), "layers": list(self.layers), "tokens": self.tokens,
-                "spatial": self.spatial, "channels": self.channels}
+                "spatial": self.spatial, "channels": self.channels, "source": self.source}
 
     # ------------------------------------------------------------------ against a cache
     def check(self, attrs: dict, dense: bool = False) -> None:
@@ -103,6 +114,9 @@ class View:
         A ``stride:S`` view has as many frames as each video: only ``dense`` readers (featcache
         pretrain) take one."""
         cached = attrs["frames"]["policies"]
+        if self.source == "cut" and not attrs.get("cut"):
+            raise FeatcacheError("source: cut asked for (an in-backbone adapter head), but the cache holds no cut; "
+                                 "re-extract with --cut-block J (e.g. 0 for adapters in every block)")
         if not self.frames.fixed and not dense:
             raise FeatcacheError(f"view {self.frames}: a dense pool has a different number of frames per video; "
                                  "train on uniform:N or keyframes:N (served from it), or pre-train on it "
@@ -144,4 +158,5 @@ class View:
     @property
     def reads_plain(self) -> bool:
         """True when the view is one cached layer as stored: frames copy straight from disk."""
-        return len(self.layers) == 1 and self.tokens == "all" and not self.spatial and not self.channels
+        return (len(self.layers) == 1 and self.tokens == "all" and not self.spatial and not self.channels
+                and self.source == "tokens")

@@ -9,7 +9,14 @@ B, T, C, K = 4, 8, 32, 5
 GRID, PREFIX = (4, 4), 1
 
 
+# the adapter head runs frozen blocks rebuilt from a cache's provenance: a 2-block random ViT, 32 wide
+BACKBONE = {"model": "vit_small_patch14_dinov2.lvd142m", "args": {"depth": 2, "embed_dim": C, "num_heads": 2, "init_values": 1.0},
+            "weights": {"source": "random", "seed": 0}, "img_size": 56, "cut": 0, "depth": 2}
+
+
 def build(name, **opts):
+    if name == "adapter":
+        opts = {"backbone": BACKBONE, "width": 8, **opts}
     return create_head(name, in_dim=C, num_classes=K, num_frames=T, grid=GRID, num_prefix_tokens=PREFIX, **opts)
 
 
@@ -18,7 +25,8 @@ def tokens(batch=B):
 
 
 def test_all_heads_registered():
-    assert list_heads() == ["attentive", "linear", "lstm", "pool", "r3d", "stadapter", "tcn", "transformer"]
+    assert list_heads() == ["adapter", "attentive", "linear", "lstm", "pool", "r3d", "stadapter_posthoc", "tcn",
+                            "transformer"]
 
 
 @pytest.mark.parametrize("name", list_heads())
@@ -57,14 +65,14 @@ def test_per_frame_heads_work_on_cls_only_views(name):
     assert head(torch.randn(2, T, 1, C)).shape == (2, K)
 
 
-@pytest.mark.parametrize("name", ["r3d", "stadapter"])
+@pytest.mark.parametrize("name", ["r3d", "stadapter_posthoc"])
 def test_grid_heads_need_patches(name):
     with pytest.raises(ValueError, match="needs patch tokens"):
         create_head(name, in_dim=C, num_classes=K, num_frames=T, grid=(0, 0), num_prefix_tokens=1)
 
 
 def test_unknown_head_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown head .r2d2.; available: attentive, linear, lstm, pool"):
+    with pytest.raises(ValueError, match="unknown head .r2d2.; available: adapter, attentive, linear, lstm, pool"):
         build("r2d2")
 
 
@@ -123,18 +131,28 @@ def test_pool_avg_ignores_frame_order_and_temporal_heads_do_not():
     for name in list_heads():
         torch.manual_seed(0)
         head = build(name).eval()
-        if name == "stadapter":  # starts as the identity; give it a trained-looking up-projection
-            nn.init.normal_(head.adapters[0].up.weight, std=0.5)
+        if name == "stadapter_posthoc":  # starts as the identity; give it a trained-looking temporal conv
+            nn.init.normal_(head.adapters[0].conv.weight, std=0.5)
+        if name == "adapter":
+            for a in head.pre_attn.values():
+                nn.init.normal_(a.conv.weight, std=0.5)
         with torch.no_grad():
             same = torch.allclose(head(x), head(reversed_x), atol=1e-5)
         assert same == (name in ("pool", "linear")), name
 
 
-def test_stadapter_kernel_and_identity_start():
-    head = build("stadapter", temporal_kernel=5)
-    assert head.adapters[0].conv.kernel_size == (5, 3, 3) and head.adapters[0].conv.groups == 128
+def test_st_adapter_is_the_released_one():
+    head = build("stadapter_posthoc", temporal_kernel=5)
+    a = head.adapters[0]
+    assert a.conv.kernel_size == (5, 1, 1) and a.conv.groups == 128  # depthwise, kt x 1 x 1
+    assert all(float(p.abs().sum()) == 0 for p in (a.conv.weight, a.conv.bias, a.fc1.bias, a.fc2.bias))
     x = tokens()
-    torch.testing.assert_close(head.adapters(x), x)  # zero-initialised up-projection
+    torch.testing.assert_close(a(x), x)  # a fresh adapter is the identity
+    nn.init.normal_(a.conv.weight)
+    y = a(x)
+    torch.testing.assert_close(y[:, :, :PREFIX], x[:, :, :PREFIX])  # the CLS token bypasses it
+    flat = a(x.flatten(0, 1), frames=T)  # inside a ViT block: (B*T, N, C)
+    torch.testing.assert_close(flat, y.flatten(0, 1))
 
 
 def test_token_grid_augmentations():

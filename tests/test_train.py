@@ -266,7 +266,7 @@ def test_cli_train_eval_and_errors(motion, tmp_path, monkeypatch):
     assert not os.path.exists(os.path.join(out, "eval_test.json"))  # the old run's files are gone
     cases = [
         (["train", motion, "--head", "r3d", "--set", "head.width=3"], "head r3d has no option width; options: hidden"),
-        (["train", motion, "--head", "r2d2"], "--head: unknown head 'r2d2'; available: attentive, linear"),
+        (["train", motion, "--head", "r2d2"], "--head: unknown head 'r2d2'; available: adapter, attentive"),
         (["train", motion, "--set", "epochs"], "--set: expected key=value"),
         (["train", motion, "--view", "keyframes:9"], "lacks some of its frames"),
         (["train", motion, "--config", "nope.yaml"], "--config: no such file"),

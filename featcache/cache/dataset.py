@@ -90,6 +90,9 @@ def frame_positions(entry: VideoEntry, policy: Policy) -> list[int]:
 def fill_view(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: View, attrs: dict) -> None:
     """Write the view of the cached frames at ``positions`` of one video into ``dest`` (T, N', C')."""
     prefix, grid = attrs["tokens"]["num_prefix_tokens"], tuple(attrs["tokens"]["grid"])
+    if view.source == "cut":
+        dest[...] = entry.cut[np.asarray(positions)]  # (T, N, C): the residual stream entering the cut block
+        return
     layers = list(view.layers)
     if view.reads_plain:
         entry.read_frames_into(dest, positions, layers[0])  # the common case: straight from disk

@@ -25,6 +25,7 @@ def cache_facts(path: str) -> dict:
         "compute": a["compute"],
         "frames": a["frames"],
         "storage": a["storage"],
+        "cut": a.get("cut"),
         "videos": {
             "done": len(done),
             "failed": len(cache.failures()),
@@ -62,6 +63,9 @@ def format_facts(f: dict) -> str:
         f"tokens       {t['num_prefix_tokens']} prefix + {t['grid'][0]}x{t['grid'][1]} patches, dim {t['dim']}, "
         f"stored as {f['storage']['dtype']}, computed in {f['compute']['precision']}",
         f"frames       {', '.join(f['frames']['policies'])} (pool = their union)",
+        *([f"cut          residual stream entering block {f['cut']['block']} of {f['cut']['depth']} "
+           f"(float16): adapters can go into blocks {f['cut']['block']}..{f['cut']['depth'] - 1}; the frozen "
+           f"tail is rebuilt from the model and weights above"] if f.get("cut") else []),
         f"videos       {v['done']} done, {v['failed']} failed, {v['interrupted']} interrupted; "
         f"splits {v['per_split']}; {v['labels']} labels; decoders {v['decoders']}",
         f"size         {f['cached_frames']} frames x {_mb(f['bytes_per_frame'])}/frame; {_mb(f['size_on_disk'])} on disk",

@@ -20,6 +20,7 @@ VIDEOS = "videos"
 STAGING = ".staging"
 TOKENS = "tokens"
 LUV_SCORES = "luv_scores"
+CUT = "cut"  # (T, N, C) float16: the residual stream entering the cut block (extract --cut-block)
 STATUSES = ("done", "failed")
 STORAGE_DTYPES = ("float16", "float32")
 ROOT_KEYS = ("schema_version", "featcache_version", "fingerprint", "model", "preprocess", "layers",
@@ -28,8 +29,9 @@ VIDEO_KEYS = ("video_id", "path", "split", "labels", "source", "frame_indices", 
 
 # Root-attribute sections that decide what the tokens mean: two runs may share a store only
 # when all of them agree.
-FINGERPRINT_KEYS = ("model", "preprocess", "layers", "tokens", "compute", "frames", "storage")
+FINGERPRINT_KEYS = ("model", "preprocess", "layers", "tokens", "compute", "frames", "storage", "cut")
 _VOLATILE = {("model", "num_params"), ("compute", "device_type")}
+_OPTIONAL = {"cut"}
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -53,6 +55,8 @@ def fingerprint_facts(attrs: dict) -> dict:
     facts = {}
     for key in FINGERPRINT_KEYS:
         value = attrs.get(key)
+        if key in _OPTIONAL and value is None:
+            continue  # absent optional sections leave the fingerprints of older stores unchanged
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if (key, k) not in _VOLATILE}
         facts[key] = value
@@ -70,8 +74,8 @@ def differing_facts(old: dict, new: dict) -> list[str]:
     a, b = fingerprint_facts(old), fingerprint_facts(new)
     out = []
     for key in FINGERPRINT_KEYS:
-        if isinstance(a[key], dict) and isinstance(b[key], dict):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
             out += [f"{key}.{k}" for k in sorted(set(a[key]) | set(b[key])) if a[key].get(k) != b[key].get(k)]
-        elif a[key] != b[key]:
+        elif a.get(key) != b.get(key):
             out.append(key)
     return out

@@ -109,6 +109,11 @@ class VideoEntry:
         """One score per source frame, or None when no keyframes policy was run."""
         return self._array(schema.LUV_SCORES) if self.record.get("has_luv_scores") else None
 
+    @cached_property
+    def cut(self) -> np.ndarray:
+        """(T, N, C) float16: the residual stream entering the cut block (extract --cut-block)."""
+        return self._array(schema.CUT)
+
     @property
     def policies(self) -> dict[str, list[int]]:
         return self.record["policies"]
@@ -240,6 +245,10 @@ class Cache:
             length = parse_policy(policy).length(n)
             if pos is None or not pos or length not in (None, len(pos)) or min(pos) < 0 or max(pos) >= t:
                 out.append(f"policy {policy} positions missing or out of range")
+        if self.attrs.get("cut"):
+            cut = _read_json(os.path.join(self.path, schema.VIDEOS, key, schema.CUT, "zarr.json")) or {}
+            if tuple(cut.get("shape", ())) != (t, expected[2], expected[3]):
+                out.append(f"cut shape {cut.get('shape')} != expected {[t, expected[2], expected[3]]}")
         entry = VideoEntry(self.path, key, record)
         wants_luv = any(p.startswith("keyframes") for p in self.attrs["frames"]["policies"])
         if wants_luv and (entry.luv_scores is None or len(entry.luv_scores) != n):
@@ -322,7 +331,8 @@ class CacheWriter(Cache):
         return {k for k, r in self.records().items() if r.get("status") == "done"}
 
     # ------------------------------------------------------------------ writing
-    def write_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None) -> int | None:
+    def write_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None,
+                    cut: np.ndarray | None = None) -> int | None:
         """Publish one complete video; returns the bytes of token data written, or None when
         another writer published this video first (its copy is kept, ours dropped). Any other
         failure to publish raises PublishError: the video is not in the store."""
@@ -341,7 +351,12 @@ class CacheWriter(Cache):
                                         dtype="float32", compressors=None, chunk_key_encoding=_CHUNK_KEYS,
                                         dimension_names=("source_frame",))
             scores[...] = luv_scores
-        return int(arr.nbytes) if self._publish(stage, record) else None
+        if cut is not None:
+            cut_arr = group.create_array(schema.CUT, shape=cut.shape, chunks=cut.shape, dtype="float16",
+                                         compressors=None, chunk_key_encoding=_CHUNK_KEYS,
+                                         dimension_names=("frame", "token", "channel"))
+            cut_arr[...] = cut
+        return int(arr.nbytes) + (cut.nbytes if cut is not None else 0) if self._publish(stage, record) else None
 
     def write_failure(self, record: dict, reason: str) -> None:
         import zarr

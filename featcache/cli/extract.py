@@ -30,6 +30,7 @@ def extract(
     img_size: int = typer.Option(224, help="Square input size of the model."),
     frames: str = typer.Option("uniform:16", help="Frame policies, e.g. uniform:16,keyframes:8 (their union is cached)."),
     layers: str = typer.Option("-1", help="ViT blocks to cache, e.g. -1 or -4,-1."),
+    cut_block: Optional[int] = typer.Option(None, help="Also cache the residual stream entering this ViT block (0 = after the embeddings; negative from the end) for in-backbone adapters."),
     batch_size: int = typer.Option(32, help="Frames per forward pass (batches span videos)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
@@ -65,6 +66,7 @@ def extract(
     with user_errors():
         enc = EncoderConfig(model=model, weights=weights, img_size=img_size,
                             layers=_parse_ints(layers, "--layers"), precision=precision, device=device,
+                            cut_block=cut_block,
                             model_args=_parse_kv(model_arg, "--model-arg"))
         cfg = ExtractConfig(manifest=manifest, out=out, encoder=enc, frames=frames, batch_size=batch_size,
                             dtype=dtype, decoder=decoder, luv_size=_parse_size(luv_size),

@@ -6,4 +6,4 @@ of every frame are prefix (CLS/register) tokens, the remaining ``grid[0] * grid[
 tokens in row-major order. A view with only CLS tokens has grid (0, 0); a patch-only view has
 ``num_prefix_tokens == 0``.
 """
-from featcache.heads import attentive, linear, lstm, pool, r3d, stadapter, tcn, transformer  # noqa: F401
+from featcache.heads import adapter, attentive, linear, lstm, pool, r3d, stadapter_posthoc, tcn, transformer  # noqa: F401

@@ -68,3 +68,35 @@ def patch_volume(x: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int])
     b, t, _, c = x.shape
     patches = x[:, :, num_prefix_tokens:]  # (B, T, H*W, C)
     return patches.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)
+
+
+class STAdapter(nn.Module):
+    """The ST-Adapter of Pan et al. as released (linziyi96/st-adapter ``models_adapter.py``
+    ``Adapter``, L18-55): fc1 down-projection -> depthwise Conv3d with kernel (kt, 1, 1) over
+    (time, grid) -> fc2 up-projection, added to the residual stream; the conv weights and every
+    bias start at zero, so a fresh adapter is the identity; prefix (CLS/register) tokens bypass it.
+    Works on (B*T, N, C) with ``frames`` = T (inside a ViT block) or on (B, T, N, C)."""
+
+    def __init__(self, dim: int, width: int, temporal_kernel: int, grid: tuple[int, int], prefix: int):
+        super().__init__()
+        if temporal_kernel % 2 == 0 or temporal_kernel < 1:
+            raise ValueError(f"temporal_kernel must be odd, not {temporal_kernel}")
+        if grid[0] * grid[1] == 0:
+            raise ValueError("an ST-Adapter needs patch tokens, but the view has none (tokens: cls)")
+        self.grid, self.prefix = tuple(grid), prefix
+        self.fc1 = nn.Linear(dim, width)
+        self.conv = nn.Conv3d(width, width, (temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0), groups=width)
+        self.fc2 = nn.Linear(width, dim)
+        for p in (self.conv.weight, self.conv.bias, self.fc1.bias, self.fc2.bias):
+            nn.init.zeros_(p)
+
+    def forward(self, x: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        shape = x.shape
+        if frames is not None:  # (B*T, N, C) -> (B, T, N, C)
+            x = x.reshape(-1, frames, *shape[1:])
+        b, t, n, c = x.shape
+        h, w = self.grid
+        z = self.fc1(x[:, :, self.prefix:]).reshape(b, t, h, w, -1).permute(0, 4, 1, 2, 3)  # (B, r, T, H, W)
+        z = self.conv(z).permute(0, 2, 3, 4, 1).reshape(b, t, h * w, -1)  # (B, T, HW, r)
+        patches = x[:, :, self.prefix:] + self.fc2(z)  # (B, T, HW, C)
+        return torch.cat([x[:, :, :self.prefix], patches], dim=2).reshape(shape)

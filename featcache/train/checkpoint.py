@@ -31,10 +31,24 @@ def load(path: str) -> dict:
 
 
 def build_head(ckpt: dict) -> torch.nn.Module:
-    """The head of a checkpoint with its weights loaded, in eval mode."""
-    head = create_head(ckpt["head"], **ckpt["head_args"])
-    head.load_state_dict(ckpt["state_dict"])
+    """The head of a checkpoint with its weights loaded, in eval mode (frozen parts, such as an
+    adapter head's frozen tail, are rebuilt from their recorded provenance, not loaded)."""
+    try:
+        head = create_head(ckpt["head"], **ckpt["head_args"])
+    except (ValueError, TypeError) as exc:
+        raise FeatcacheError(f"head {ckpt['head']}: {exc}") from None
+    load_trainable(head, ckpt["state_dict"])
     return head.eval()
+
+
+def load_trainable(head: torch.nn.Module, state: dict) -> None:
+    """Load a checkpoint's state; only the head's ``frozen_prefixes`` may be absent from it."""
+    result = head.load_state_dict(state, strict=False)
+    frozen = getattr(head, "frozen_prefixes", ())
+    missing = [k for k in result.missing_keys if not k.startswith(frozen)] if frozen else result.missing_keys
+    if missing or result.unexpected_keys:
+        bad = (missing or result.unexpected_keys)[:3]
+        raise FeatcacheError(f"checkpoint does not fit head {type(head).__name__} ({', '.join(bad)})")
 
 
 def init_from(head: torch.nn.Module, head_name: str, view_dict: dict, path: str) -> str:

@@ -86,7 +86,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
         meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
                 "multi_label": task.multi, "config": to_dict(cfg)}
         _write_config(out_dir, meta)
-        members.append(_Member(cfg, _build(cfg, data["train"], task), task, data, device, out_dir, meta))
+        members.append(_Member(cfg, _build(cfg, data["train"], task, cache.attrs), task, data, device, out_dir, meta))
     trainer = _GroupTrainer(members, data, task, device)
     if resume:
         trainer.restore()
@@ -95,7 +95,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     for m in members:
         r = evaluate_checkpoint(os.path.join(m.out_dir, "best.pt"), cache, splits=("val", "test"),
                                 out_dir=m.out_dir, data=data)
-        r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters()))
+        r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters() if p.requires_grad))
         with open(os.path.join(m.out_dir, "metrics.json"), "w") as f:
             json.dump(r, f, indent=2, sort_keys=True)
         results.append(r)
@@ -115,10 +115,11 @@ def _task(cfg: TrainConfig, data: dict[str, ViewData]) -> Task:
     return Task(classes, multi)
 
 
-def _build(cfg: TrainConfig, train: ViewData, task: Task) -> nn.Module:
+def _build(cfg: TrainConfig, train: ViewData, task: Task, attrs: dict | None = None) -> nn.Module:
     torch.manual_seed(cfg.seed)
     args = {"in_dim": train.x.shape[-1], "num_classes": len(task.classes), "num_frames": train.x.shape[1],
             "grid": tuple(train.grid), "num_prefix_tokens": train.num_prefix_tokens}
+    args.update(backbone_args(cfg.head, attrs))
     try:
         head = create_head(cfg.head, **args, **cfg.head_options)
     except (ValueError, TypeError) as exc:
@@ -127,6 +128,24 @@ def _build(cfg: TrainConfig, train: ViewData, task: Task) -> nn.Module:
         checkpoint.init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
     head.featcache_args = {**args, **cfg.head_options}
     return head
+
+
+def backbone_args(head: str, attrs: dict | None) -> dict:
+    """``{"backbone": spec}`` for heads that run frozen blocks of the cached model (rebuilt from
+    the cache's provenance), else nothing."""
+    from featcache.registry import head_options
+
+    if "backbone" not in head_options(head) or attrs is None:
+        return {}
+    from featcache.backbone import backbone_spec
+
+    return {"backbone": backbone_spec(attrs)}
+
+
+def trainable(head: nn.Module) -> dict:
+    """The head's state without frozen parts (``frozen_prefixes``: rebuilt, never saved)."""
+    frozen = getattr(head, "frozen_prefixes", ())
+    return {k: v.detach().cpu() for k, v in head.state_dict().items() if not k.startswith(frozen)}
 
 
 def _write_config(out_dir: str, meta: dict) -> None:
@@ -176,8 +195,7 @@ class _Member:
 
     def state(self, epoch: int) -> dict:
         return {"head": self.cfg.head, "head_args": self.head.featcache_args,
-                "state_dict": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
-                "epoch": epoch, **self.meta}
+                "state_dict": trainable(self.head), "epoch": epoch, **self.meta}
 
     def save(self, epoch: int, improved: bool) -> None:
         state = self.state(epoch)
@@ -195,7 +213,7 @@ class _Member:
         ckpt = checkpoint.load(path)
         if ckpt["config"] != self.meta["config"] or ckpt["cache"]["fingerprint"] != self.meta["cache"]["fingerprint"]:
             raise FeatcacheError(f"--resume: {path} was made with another config or cache; use a new --out")
-        self.head.load_state_dict(ckpt["state_dict"])
+        checkpoint.load_trainable(self.head, ckpt["state_dict"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self.best, self.best_epoch, self.stale = ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
@@ -305,8 +323,9 @@ class _GroupTrainer:
 
 
 def _optimizer(cfg: TrainConfig, head: nn.Module) -> torch.optim.Optimizer:
-    decay = [p for n, p in head.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in head.named_parameters() if p.ndim <= 1]  # biases, norms, tokens
+    params = [p for p in head.parameters() if p.requires_grad]  # frozen parts never enter the optimiser
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]  # biases, norms, tokens
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)

@@ -1,0 +1,70 @@
+"""The frozen tail of a cached ViT, rebuilt from a cache's provenance.
+
+A cache extracted with ``--cut-block J`` holds, per frame, the residual stream entering block J
+(``cut``). Running ``blocks[J:]`` and the final norm on it gives the model's final tokens: in fp32
+it equals ``forward_features`` exactly (timm ``VisionTransformer.forward_features``: blocks then
+``norm``). Adapters placed in those blocks (heads/adapter.py) are then trained from the cache
+while decoding, resizing, patch embedding and the first J blocks never run again.
+
+The tail is rebuilt from what the store records: the timm model name and create args, and the
+weights: hub weights by name, a weights file checked against the recorded sha256 (another file is
+refused naming both hashes), or random weights from the recorded seed.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from featcache.errors import FeatcacheError
+
+
+def backbone_spec(attrs: dict) -> dict:
+    """What a head needs to rebuild the frozen tail: JSON-ready, saved with its checkpoint."""
+    if not attrs.get("cut"):
+        raise FeatcacheError("the cache holds no cut of the backbone; re-extract with --cut-block J "
+                             "(e.g. --cut-block 0 for adapters in every block)")
+    return {"model": attrs["model"]["name"], "args": dict(attrs["model"]["args"]),
+            "weights": dict(attrs["model"]["weights"]), "img_size": int(attrs["preprocess"]["input_size"][-1]),
+            "cut": int(attrs["cut"]["block"]), "depth": int(attrs["cut"]["depth"])}
+
+
+class FrozenTail(nn.Module):
+    """``blocks[cut:]`` and the final norm of the cached model, frozen (eval mode, no grad)."""
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        model = build_model(spec)
+        self.blocks = nn.ModuleList(model.blocks[spec["cut"]:])
+        self.norm = copy.deepcopy(model.norm)
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: dropout, drop-path and norms always as at inference
+
+
+def build_model(spec: dict) -> nn.Module:
+    """The timm model of the spec with its recorded weights."""
+    from featcache.encoder import EncoderConfig, _build_model
+
+    weights = spec["weights"]
+    source = weights.get("source")
+    if source == "file":
+        path = weights["path"]
+        cfg = EncoderConfig(model=spec["model"], weights=path, img_size=spec["img_size"], model_args=spec["args"])
+        try:
+            model, info = _build_model(cfg)
+        except FeatcacheError as exc:
+            raise FeatcacheError(f"the frozen tail needs the cache's weights file: {exc}") from None
+        if info["sha256"] != weights["sha256"]:
+            raise FeatcacheError(f"weights file {path}: sha256 {info['sha256']} is not the cache's "
+                                 f"{weights['sha256']}; the frozen tail must be the network that made the cache")
+        return model
+    if source not in ("hub", "random"):
+        raise FeatcacheError(f"the cache's weights ({source}) cannot be rebuilt for a frozen tail")
+    cfg = EncoderConfig(model=spec["model"], weights="hub" if source == "hub" else "random",
+                        img_size=spec["img_size"], model_args=spec["args"])
+    with torch.random.fork_rng():  # random weights reseed torch's global generator
+        model, _ = _build_model(cfg)
+    return model

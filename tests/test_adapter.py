@@ -1,0 +1,157 @@
+"""In-backbone adapters from a partial cache: the cut, the frozen tail rebuilt from provenance, the
+ST-Adapter inside it, and what is (not) trained."""
+import os
+
+import numpy as np
+import pytest
+import timm
+import torch
+from typer.testing import CliRunner
+
+from conftest import TINY_ARGS, TINY_CLI, TINY_SIZE
+from featcache import open_cache
+from featcache.backbone import FrozenTail, backbone_spec
+from featcache.cli import app
+from featcache.config import build_config
+from featcache.registry import create_head
+from featcache.synthetic import make_dataset
+from featcache.train.fit import _optimizer, run_training
+
+runner = CliRunner()
+FP32 = ["--precision", "fp32", "--dtype", "float32"]
+
+
+@pytest.fixture(scope="module")
+def motion(tmp_path_factory):
+    """160 clips whose classes differ only by motion, with the cut at block 0 cached (all blocks adaptable)."""
+    root = tmp_path_factory.mktemp("adapter")
+    manifest = make_dataset(str(root), "motion", per_class=40, num_frames=16)
+    out = str(root / "c.zarr")
+    r = runner.invoke(app, ["extract", manifest, "--out", out, "--frames", "uniform:8", *TINY_CLI, "--dtype",
+                            "float32", "--cut-block", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_cut_is_cached_verified_and_described(motion):
+    cache = open_cache(motion)
+    assert cache.attrs["cut"]["block"] == 0 and cache.attrs["cut"]["depth"] == 2 and cache.verify() == []
+    entry = cache.video(cache.video_ids()[0])
+    assert entry.cut.shape == (8, 17, 64) and entry.cut.dtype == np.float16
+    info = runner.invoke(app, ["cache", "info", motion])
+    assert "cut" in info.output
+
+
+def test_fresh_adapters_and_the_tail_reproduce_the_cached_final_tokens(motion):
+    cache = open_cache(motion)
+    spec = backbone_spec(cache.attrs)
+    head = create_head("adapter", in_dim=64, num_classes=4, num_frames=8, grid=(4, 4), num_prefix_tokens=1,
+                       backbone=spec).eval()
+    entry = cache.video(cache.video_ids()[0])
+    h = torch.from_numpy(entry.cut.astype(np.float32))  # (T, N, C)
+    with torch.no_grad():
+        for i, block in enumerate(head.tail.blocks):
+            h = head._block(i, block, h, 8)  # zero-initialised adapters in every block: the identity
+        final = head.tail.norm(h)
+    cached = torch.from_numpy(entry.tokens[:, 0])  # fp32 final tokens (final norm applied)
+    cos = torch.nn.functional.cosine_similarity(final.flatten(1), cached.flatten(1), dim=1)
+    assert cos.min() >= 0.9999, cos  # the cut is stored in fp16
+
+
+def test_cut_through_the_tail_equals_the_full_forward():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, img_size=TINY_SIZE,
+                              **TINY_ARGS).eval()
+    x = torch.randn(3, 3, TINY_SIZE, TINY_SIZE)
+    for cut in (0, 1):
+        seen = []
+        hook = model.blocks[cut].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        with torch.no_grad():
+            full = model.forward_features(x)
+            hook.remove()
+            h = seen[0]
+            for block in model.blocks[cut:]:
+                h = block(h)
+            torch.testing.assert_close(model.norm(h), full, rtol=0, atol=0)
+
+
+def test_a_step_moves_every_adapter_parameter_and_no_frozen_one(motion):
+    cache = open_cache(motion)
+    head = create_head("adapter", in_dim=64, num_classes=4, num_frames=8, grid=(4, 4), num_prefix_tokens=1,
+                       backbone=backbone_spec(cache.attrs), position="attn_mlp", width=16, readout="mean")
+    # (with readout=cls the last block's pre-MLP adapter cannot reach the CLS token: no attention follows it)
+    frozen = {k: v.clone() for k, v in head.state_dict().items() if k.startswith("tail.")}
+    trained = {k: v.clone() for k, v in head.named_parameters() if v.requires_grad}
+    assert frozen and all(not p.requires_grad for n, p in head.named_parameters() if n.startswith("tail."))
+    opt = _optimizer(build_config({"head": "adapter", "weight_decay": 0.0, "lr": 1e-2}), head)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(trained)
+    x, y = torch.randn(4, 8, 17, 64), torch.tensor([0, 1, 2, 3])
+    head.train()
+    for _ in range(2):  # zero-initialised convs: fc1/fc2 weights get gradients from the second step on
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(head(x), y).backward()
+        opt.step()
+    for k, v in head.state_dict().items():
+        if k.startswith("tail."):
+            assert torch.equal(v, frozen[k]), k  # bit-identical
+    moved = {k: not torch.equal(p, trained[k]) for k, p in head.named_parameters() if p.requires_grad}
+    assert all(moved.values()), [k for k, m in moved.items() if not m]
+
+
+def test_checkpoints_hold_only_what_is_trained_and_eval_rebuilds_the_tail(motion, tmp_path):
+    cfg = build_config({"head": "adapter", "head.width": 16, "view": "uniform:8", "epochs": 1, "batch_size": 16})
+    assert cfg.view.source == "cut"
+    out = str(tmp_path / "run")
+    results = run_training(motion, cfg, out, show_progress=False)
+    ckpt = torch.load(os.path.join(out, "best.pt"), weights_only=True)
+    assert not any(k.startswith("tail.") for k in ckpt["state_dict"])
+    head = create_head("adapter", in_dim=64, num_classes=4, num_frames=8, grid=(4, 4), num_prefix_tokens=1,
+                       backbone=backbone_spec(open_cache(motion).attrs), width=16)
+    assert results["params"] == sum(p.numel() for p in head.parameters() if p.requires_grad)
+    e = runner.invoke(app, ["eval", out])
+    assert e.exit_code == 0, e.output
+    import json
+
+    assert json.loads(e.output)["test/top1"] == pytest.approx(results["test/top1"])
+
+
+def test_refusals_are_one_line(motion, tmp_path):
+    manifest = os.path.join(os.path.dirname(motion), "manifest.csv")
+    late = str(tmp_path / "late.zarr")  # cut before the last block: one block to adapt
+    r = runner.invoke(app, ["extract", manifest, "--out", late, "--frames", "uniform:2", *TINY_CLI,
+                            "--cut-block", "-1", "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", late, "--head", "adapter", "--view", "uniform:2", "--set", "head.blocks=2",
+                            "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "2 adapted blocks asked for, but 1 block(s) run after the cut (block 1 of 2)" in r.stderr
+    r = runner.invoke(app, ["train", motion, "--head", "adapter", "--set", "head.kind=amflow", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "amflow adapters are not" in r.stderr
+    no_cut = runner.invoke(app, ["extract", manifest, "--out", str(tmp_path / "n.zarr"), "--frames", "uniform:2",
+                                 *TINY_CLI, "-q"])
+    assert no_cut.exit_code == 0
+    r = runner.invoke(app, ["train", str(tmp_path / "n.zarr"), "--head", "adapter", "--view", "uniform:2",
+                            "--out", str(tmp_path / "n")])
+    assert r.exit_code == 2 and "holds no cut" in r.stderr and "--cut-block" in r.stderr
+
+
+def test_a_different_weights_file_is_refused_naming_both_hashes(tmp_path):
+    from safetensors.torch import save_file
+
+    manifest = make_dataset(str(tmp_path / "ds"), "motion", per_class=5, num_frames=8)
+    torch.manual_seed(1)
+    model = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, img_size=TINY_SIZE, **TINY_ARGS)
+    weights = str(tmp_path / "w.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    args = [a for a in TINY_CLI if a != "random"]
+    args[args.index("--weights") + 1:args.index("--weights") + 1] = [weights]
+    out = str(tmp_path / "c.zarr")
+    r = runner.invoke(app, ["extract", manifest, "--out", out, "--frames", "uniform:2", *args, "--cut-block", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    recorded = open_cache(out).attrs["model"]["weights"]["sha256"]
+    torch.manual_seed(2)
+    other = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, img_size=TINY_SIZE, **TINY_ARGS)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, weights)  # the file changed since
+    r = runner.invoke(app, ["train", out, "--head", "adapter", "--view", "uniform:2", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert recorded in r.stderr and "is not the cache's" in r.stderr
