@@ -24,14 +24,14 @@ import numpy as np
 import torch
 
 from featcache import open_cache
-from featcache.cache.dataset import View, materialise
+from featcache.cache.dataset import Task, materialise
 from featcache.config import build_config
 from featcache.encoder import EncoderConfig, FrozenEncoder
 from featcache.extract import ExtractConfig, ExtractSummary, _Pipeline, run_extract
 from featcache.manifest import read_manifest
 from featcache.synthetic import make_dataset
-from featcache.cache.dataset import Task
 from featcache.train.fit import _build, _loss, _optimizer
+from featcache.view import View
 
 
 def _dataset(videos: int, encoder: EncoderConfig, frames: str) -> tuple[str, str]:

@@ -15,7 +15,8 @@ def test_view_parses_once_and_is_hashable():
     assert v.frames == Policy("keyframes", 4) and v.layers == (0, 1)
     assert v == View(Policy("keyframes", 4), (0, 1), "patch", 4) and len({v, View("keyframes:4", (0, 1), "patch", 4)}) == 1
     assert str(v) == "keyframes:4 layers=0,1 tokens=patch spatial=4" and str(View()) == "uniform:8"
-    assert v.as_dict() == {"view": "keyframes:4", "layers": [0, 1], "tokens": "patch", "spatial": 4, "channels": 0}
+    assert v.as_dict() == {"view": "keyframes:4", "layers": [0, 1], "tokens": "patch", "spatial": 4, "channels": 0,
+                           "source": "tokens"}
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -58,12 +59,21 @@ def test_config_builds_the_view_and_round_trips():
                                           "head.blocks=2"]))
     assert cfg.view == View("keyframes:4", (-2, -1), "all", 4)
     flat = to_dict(cfg)
-    assert {k: flat[k] for k in ("view", "layers", "tokens", "spatial", "channels")} == cfg.view.as_dict()
+    assert {k: flat[k] for k in ("view", "layers", "tokens", "spatial", "channels", "source")} == cfg.view.as_dict()
     assert from_dict(flat) == cfg
     with pytest.raises(ValueError, match="--set tokens: 'both' is not one of"):
         build_config({"tokens": "both"}, where="--set ")
     with pytest.raises(ValueError, match="view: expected str, got 8"):
         build_config({"view": 8})
+
+
+def test_the_source_follows_the_head_unless_given():
+    assert build_config({"head": "adapter"}).view.source == "cut"
+    assert build_config({"head": "pool"}, base=build_config({"head": "adapter"})).view.source == "tokens"
+    with pytest.raises(ValueError, match="source: cut is the whole residual stream"):
+        build_config({"head": "adapter", "spatial": 2})
+    with pytest.raises(FeatcacheError, match="holds no cut"):
+        View(source="cut").check(ATTRS)
 
 
 def test_fusion_key_is_the_view_and_the_batch_settings():

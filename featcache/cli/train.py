@@ -22,16 +22,22 @@ Examples:
 """
 
 
+# options shared by train, pretrain and probe
+_CONFIG = typer.Option(None, "--config", "-c", help="YAML file of options (same keys as --set).")
+_SET = typer.Option([], "--set", help="Override KEY=VALUE, e.g. epochs=20, head.hidden=256 (repeatable).")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace the run already in --out (refused otherwise).")
+
+
 @app.command(epilog=TRAIN_EXAMPLES)
 def train(
     cache: str = typer.Argument(..., help="A cache written by featcache extract."),
     head: Optional[str] = typer.Option(None, help="Head name (featcache heads lists them)."),
     view: Optional[str] = typer.Option(None, help="Frames to use, e.g. uniform:8 or keyframes:8."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file of options (same keys as --set)."),
-    set_: list[str] = typer.Option([], "--set", help="Override KEY=VALUE, e.g. epochs=20, head.hidden=256 (repeatable)."),
+    config: Optional[str] = _CONFIG,
+    set_: list[str] = _SET,
     out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (refused otherwise)."),
+    overwrite: bool = _OVERWRITE,
     init: Optional[str] = typer.Option(None, "--init", help="Start the head from a featcache pretrain run (its TMM; the classifier is new)."),
     list_heads: bool = typer.Option(False, "--list-heads", help="List heads and their options, then exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -92,10 +98,10 @@ def pretrain(
     task: str = typer.Option("prp", help="Pretext task: prp (playback-rate perception, AdViSe)."),
     head: Optional[str] = typer.Option(None, help="Head to pre-train (default r3d)."),
     view: Optional[str] = typer.Option(None, help="The dense pool to sample clips from (default stride:1)."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file of options (same keys as train)."),
-    set_: list[str] = typer.Option([], "--set", help="Override KEY=VALUE (repeatable)."),
+    config: Optional[str] = _CONFIG,
+    set_: list[str] = _SET,
     out: str = typer.Option("runs/pretrain", "--out", "-o", help="Run directory."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
+    overwrite: bool = _OVERWRITE,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
 ):
     """Self-supervised pre-training of a head from a dense frame pool (video labels unused); then
@@ -131,7 +137,7 @@ def probe(
     feature: str = typer.Option("cls_mean", help="Per-frame feature averaged over time: cls, mean (patches) or cls_mean."),
     set_: list[str] = typer.Option([], "--set", help="View keys: layers, tokens, spatial, channels (KEY=VALUE)."),
     out: str = typer.Option("runs/probe", "--out", "-o", help="Run directory."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
+    overwrite: bool = _OVERWRITE,
 ):
     """Closed-form baselines on pooled per-video features: k-NN and logistic regression."""
     from featcache.train.probe import run_probe
