@@ -48,6 +48,7 @@ class ExtractConfig:
     shard: tuple[int, int] | None = None  # (index, count): process only this shard of the videos
     prefetch: int = 4  # decoded videos waiting for the model
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    crops: int = 1  # 1: the centre crop; 3: also the first and last crop along the long side (spatial views)
 
     @cached_property
     def policies(self) -> tuple[Policy, ...]:
@@ -104,6 +105,10 @@ def validate(cfg: ExtractConfig) -> None:
         raise FeatcacheError(f"--decoder: unknown {cfg.decoder!r}; expected one of {', '.join(DECODERS)}")
     if cfg.short_videos not in SHORT_VIDEO_MODES:
         raise FeatcacheError(f"--short-videos: unknown {cfg.short_videos!r}; expected repeat or fail")
+    if cfg.crops not in (1, 3):
+        raise FeatcacheError(f"--crops: expected 1 or 3, got {cfg.crops}")
+    if cfg.crops == 3 and cfg.encoder.cut_block is not None:
+        raise FeatcacheError("--crops 3 with --cut-block: the cut is cached for the centre crop only; give one of them")
     if cfg.overwrite and cfg.shard is not None:
         raise FeatcacheError(
             "--overwrite with --shard: each shard would replace the store under the others; replace it once "
@@ -164,6 +169,10 @@ def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
         "manifest": {"path": os.path.abspath(cfg.manifest)},  # where `cache status` finds the videos
         "storage": {"dtype": cfg.dtype, "tokens_dims": ["frame", "layer", "token", "channel"],
                     "token_order": "prefix (CLS/register) tokens first, then patches row-major"},
+        "crops": None if cfg.crops == 1 else {
+            "count": 3, "positions": ["first (left/top)", "centre", "last (right/bottom)"],
+            "offsets": "0, margin/2, margin along the long side; centred on the short side",
+            "stored": "tokens = the centre crop; side_crops = (first, last)"},
     }
 
 
@@ -173,6 +182,7 @@ class _Pipeline:
         self.policies = cfg.policies
         self.max_count = max([p.count for p in self.policies if p.fixed] or [1])  # stride pools are never short
         self.needs_luv = any(p.kind == "keyframes" for p in self.policies)
+        self._crop_order = (0, 1, 2) if cfg.crops == 3 else (1,)
         self.jobs: deque[_Job] = deque()
         self.pin = encoder.device.type == "cuda"
 
@@ -193,7 +203,8 @@ class _Pipeline:
             video = decode_video(item.path, pick, self.encoder.short_side,
                                  self.cfg.luv_size if self.needs_luv else None,
                                  self.cfg.decoder, self.encoder.preprocess["interpolation"])
-            frames = self.encoder.crop(video.frames)
+            # with 3 crops: [first crop's frames, centre crop's, last crop's], split again at publishing
+            frames = np.concatenate([self.encoder.crop(video.frames, p, self.cfg.crops) for p in self._crop_order])
         except DecodeError as exc:
             return _Decoded(item, record, reason=str(exc))
         except Exception as exc:  # one bad file must not end the run; the reason names the error
@@ -302,8 +313,12 @@ class _Pipeline:
             self._publish(self.jobs.popleft())
 
     def _publish(self, job: _Job) -> None:
+        tokens, side = job.tokens, None
+        if self.cfg.crops == 3:  # (3T, ...) in crop order -> centre crop + (first, last)
+            parts = np.split(job.tokens, 3)
+            tokens, side = parts[1], np.stack([parts[0], parts[2]])
         try:
-            written = self.writer.write_video(job.decoded.record, job.tokens, job.decoded.scores, job.cut)
+            written = self.writer.write_video(job.decoded.record, tokens, job.decoded.scores, job.cut, side)
         except PublishError as exc:
             self._fail(job.decoded, str(exc))
             return
@@ -312,7 +327,7 @@ class _Pipeline:
         else:
             self.summary.bytes_written += written
             self.summary.done += 1
-            self.summary.frames += len(job.tokens)
+            self.summary.frames += len(job.tokens)  # every crop went through the model
         self._advance()
 
     def _advance(self) -> None:

@@ -66,6 +66,9 @@ class View:
     # tokens: the cached layers' tokens; cut: the residual stream entering the cut block
     # (extract --cut-block), which in-backbone adapter heads run the frozen tail on
     source: str = "tokens"
+    # which of 3 cached spatial crops (extract --crops 3): 0 first, 1 centre (= the tokens), 2 last.
+    # Not a config key: set by multi-view testing.
+    crop: int = 1
 
     def __post_init__(self):
         if isinstance(self.frames, str):
@@ -100,6 +103,8 @@ class View:
             parts.append(f"view {self.subset[0] + 1} of {self.subset[1]}")
         if self.source != "tokens":
             parts.append(f"source={self.source}")
+        if self.crop != 1:
+            parts.append(f"crop {self.crop}")
         return " ".join(parts)
 
     def as_dict(self) -> dict:
@@ -114,6 +119,8 @@ class View:
         A ``stride:S`` view has as many frames as each video: only ``dense`` readers (featcache
         pretrain) take one."""
         cached = attrs["frames"]["policies"]
+        if self.crop != 1 and not attrs.get("crops"):
+            raise FeatcacheError("spatial views: the cache holds the centre crop only; re-extract with --crops 3")
         if self.source == "cut" and not attrs.get("cut"):
             raise FeatcacheError("source: cut asked for (an in-backbone adapter head), but the cache holds no cut; "
                                  "re-extract with --cut-block J (e.g. 0 for adapters in every block)")
@@ -159,4 +166,4 @@ class View:
     def reads_plain(self) -> bool:
         """True when the view is one cached layer as stored: frames copy straight from disk."""
         return (len(self.layers) == 1 and self.tokens == "all" and not self.spatial and not self.channels
-                and self.source == "tokens")
+                and self.source == "tokens" and self.crop == 1)

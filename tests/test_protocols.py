@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_encoder_config
@@ -191,3 +192,47 @@ def test_probe_cli_writes_what_train_writes(tmp_path, method, key):
     assert (out / "per_class_test.csv").exists() and (out / "config.yaml").exists()
     bad = runner.invoke(app, ["probe", cache, "--method", "svm", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--method: unknown 'svm'" in bad.stderr
+
+
+def test_three_crops_through_the_model_and_spatial_views(tmp_path):
+    from featcache import open_cache
+    from featcache.encoder import FrozenEncoder
+
+    root = tmp_path / "ds"
+    manifest = make_dataset(str(root), "appearance", per_class=5, num_frames=16, size=(112, 56))  # wide: crops move
+    cache = str(tmp_path / "c.zarr")
+    s = run_extract(ExtractConfig(manifest=manifest, out=cache, frames="uniform:4", crops=3,
+                                  encoder=tiny_encoder_config()), show_progress=False)
+    assert not s.failed and s.frames == 3 * 4 * 20
+    c = open_cache(cache)
+    assert c.attrs["crops"]["count"] == 3 and c.verify() == []
+    entry = c.video("red_000")
+    assert entry.side_crops.shape == (2, *entry.tokens.shape)
+    # independent: crop the decoded frames at offsets 0 and the margin, through the same model
+    from featcache.video.decode import decode_video
+
+    enc = FrozenEncoder(tiny_encoder_config())
+    video = decode_video(entry.record["path"], lambda n, sm, st: entry.frame_indices, enc.short_side)
+    h, w = video.frames.shape[1:3]
+    top = int(round((h - 56) / 2))  # centred on the short side
+    for side, left in ((0, 0), (1, w - 56)):  # offsets 0 and the margin along the long side
+        crop = np.ascontiguousarray(video.frames[:, top:top + 56, left:left + 56])
+        ref = enc(torch.from_numpy(crop)).numpy()
+        np.testing.assert_allclose(entry.side_crops[side], ref.astype(np.float16), atol=2e-3)
+    assert not np.allclose(entry.side_crops[0], entry.tokens, atol=1e-2)  # different crops
+    run = str(tmp_path / "run")
+    run_training(cache, build_config({"head": "pool", "view": "uniform:4", "epochs": 2, "batch_size": 8}), run,
+                 show_progress=False)
+    r = runner.invoke(app, ["eval", run, "--spatial-views", "3"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert "test/top1@1x3" in res and os.path.exists(os.path.join(run, "predictions_test@1x3.csv"))
+    rows, classes, scores, _ = read_predictions(os.path.join(run, "predictions_test@1x3.csv"))
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-6)
+    no_crops = str(tmp_path / "n.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=no_crops, frames="uniform:4", encoder=tiny_encoder_config()),
+                show_progress=False)
+    run2 = str(tmp_path / "run2")
+    run_training(no_crops, build_config({"head": "pool", "view": "uniform:4", "epochs": 1}), run2, show_progress=False)
+    r = runner.invoke(app, ["eval", run2, "--spatial-views", "3"])
+    assert r.exit_code == 2 and "re-extract with --crops 3" in r.stderr

@@ -97,7 +97,8 @@ def fill_view(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: V
     if view.reads_plain:
         entry.read_frames_into(dest, positions, layers[0])  # the common case: straight from disk
         return
-    x = entry.tokens[np.asarray(positions)]  # (T, L, N, C)
+    stored = entry.tokens if view.crop == 1 else entry.side_crops[0 if view.crop == 0 else 1]  # (T_pool, L, N, C)
+    x = stored[np.asarray(positions)]  # (T, L, N, C)
     x = np.concatenate([x[:, i] for i in layers], axis=-1)  # layers on channels: (T, N, C')
     if view.channels:  # average-pool the channel axis (AdaptiveAvgPool1d); commutes with the spatial pooling
         t, n, c = x.shape

@@ -21,6 +21,7 @@ STAGING = ".staging"
 TOKENS = "tokens"
 LUV_SCORES = "luv_scores"
 CUT = "cut"  # (T, N, C) float16: the residual stream entering the cut block (extract --cut-block)
+SIDE_CROPS = "side_crops"  # (2, T, L, N, C): the first and last of 3 spatial crops (extract --crops 3)
 STATUSES = ("done", "failed")
 STORAGE_DTYPES = ("float16", "float32")
 ROOT_KEYS = ("schema_version", "featcache_version", "fingerprint", "model", "preprocess", "layers",
@@ -29,9 +30,9 @@ VIDEO_KEYS = ("video_id", "path", "split", "labels", "source", "frame_indices", 
 
 # Root-attribute sections that decide what the tokens mean: two runs may share a store only
 # when all of them agree.
-FINGERPRINT_KEYS = ("model", "preprocess", "layers", "tokens", "compute", "frames", "storage", "cut")
+FINGERPRINT_KEYS = ("model", "preprocess", "layers", "tokens", "compute", "frames", "storage", "cut", "crops")
 _VOLATILE = {("model", "num_params"), ("compute", "device_type")}
-_OPTIONAL = {"cut"}
+_OPTIONAL = {"cut", "crops"}
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 

@@ -110,6 +110,11 @@ class VideoEntry:
         return self._array(schema.LUV_SCORES) if self.record.get("has_luv_scores") else None
 
     @cached_property
+    def side_crops(self) -> np.ndarray:
+        """(2, T, L, N, C): the first and last of three spatial crops (extract --crops 3)."""
+        return self._array(schema.SIDE_CROPS)
+
+    @cached_property
     def cut(self) -> np.ndarray:
         """(T, N, C) float16: the residual stream entering the cut block (extract --cut-block)."""
         return self._array(schema.CUT)
@@ -245,6 +250,10 @@ class Cache:
             length = parse_policy(policy).length(n)
             if pos is None or not pos or length not in (None, len(pos)) or min(pos) < 0 or max(pos) >= t:
                 out.append(f"policy {policy} positions missing or out of range")
+        if self.attrs.get("crops"):
+            side = _read_json(os.path.join(self.path, schema.VIDEOS, key, schema.SIDE_CROPS, "zarr.json")) or {}
+            if tuple(side.get("shape", ())) != (2, *expected):
+                out.append(f"side_crops shape {side.get('shape')} != expected {[2, *expected]}")
         if self.attrs.get("cut"):
             cut = _read_json(os.path.join(self.path, schema.VIDEOS, key, schema.CUT, "zarr.json")) or {}
             if tuple(cut.get("shape", ())) != (t, expected[2], expected[3]):
@@ -332,7 +341,7 @@ class CacheWriter(Cache):
 
     # ------------------------------------------------------------------ writing
     def write_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None,
-                    cut: np.ndarray | None = None) -> int | None:
+                    cut: np.ndarray | None = None, side_crops: np.ndarray | None = None) -> int | None:
         """Publish one complete video; returns the bytes of token data written, or None when
         another writer published this video first (its copy is kept, ours dropped). Any other
         failure to publish raises PublishError: the video is not in the store."""
@@ -356,7 +365,13 @@ class CacheWriter(Cache):
                                          compressors=None, chunk_key_encoding=_CHUNK_KEYS,
                                          dimension_names=("frame", "token", "channel"))
             cut_arr[...] = cut
-        return int(arr.nbytes) + (cut.nbytes if cut is not None else 0) if self._publish(stage, record) else None
+        if side_crops is not None:
+            side = group.create_array(schema.SIDE_CROPS, shape=side_crops.shape, chunks=side_crops.shape, dtype=dtype,
+                                      compressors=None, chunk_key_encoding=_CHUNK_KEYS,
+                                      dimension_names=("crop", "frame", "layer", "token", "channel"))
+            side[...] = side_crops.astype(dtype, copy=False)
+        extra = (cut.nbytes if cut is not None else 0) + (side.nbytes if side_crops is not None else 0)
+        return int(arr.nbytes) + int(extra) if self._publish(stage, record) else None
 
     def write_failure(self, record: dict, reason: str) -> None:
         import zarr

@@ -30,6 +30,7 @@ def extract(
     img_size: int = typer.Option(224, help="Square input size of the model."),
     frames: str = typer.Option("uniform:16", help="Frame policies, e.g. uniform:16,keyframes:8 (their union is cached)."),
     layers: str = typer.Option("-1", help="ViT blocks to cache, e.g. -1 or -4,-1."),
+    crops: int = typer.Option(1, help="Spatial crops per frame through the model: 1 (centre) or 3 (first, centre, last along the long side; for --spatial-views 3)."),
     cut_block: Optional[int] = typer.Option(None, help="Also cache the residual stream entering this ViT block (0 = after the embeddings; negative from the end) for in-backbone adapters."),
     batch_size: int = typer.Option(32, help="Frames per forward pass (batches span videos)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -70,7 +71,7 @@ def extract(
                             model_args=_parse_kv(model_arg, "--model-arg"))
         cfg = ExtractConfig(manifest=manifest, out=out, encoder=enc, frames=frames, batch_size=batch_size,
                             dtype=dtype, decoder=decoder, luv_size=_parse_size(luv_size),
-                            short_videos=short_videos, overwrite=overwrite, shard=_parse_shard(shard),
+                            short_videos=short_videos, overwrite=overwrite, shard=_parse_shard(shard), crops=crops,
                             threads=threads)
         if init_only:
             if shard is not None or slurm or devices:

@@ -158,6 +158,7 @@ def eval_(
     cache: Optional[str] = typer.Option(None, help="Evaluate on this cache instead of the one trained on."),
     checkpoint: str = typer.Option("best", help="best or last."),
     temporal_views: int = typer.Option(1, help="Multi-view testing: V interleaved uniform:N views from a uniform:N*V pool."),
+    spatial_views: int = typer.Option(1, help="Multi-view testing: 3 crops along the long side (a cache from extract --crops 3)."),
     combine: str = typer.Option("mean", help="How view scores combine (softmax/sigmoid first): mean, sum or max."),
     window: int = typer.Option(0, help="Sliding windows of this many pool frames (the head's clip length) over a dense pool."),
     stride: int = typer.Option(0, help="--window: start a window every STRIDE pool frames (default: the window, no overlap)."),
@@ -176,13 +177,13 @@ def eval_(
             raise FeatcacheError(f"--checkpoint: expected best or last, got {checkpoint!r}")
         path, other = os.path.join(run_dir, f"{checkpoint}.pt"), open_cache(cache) if cache else None
         if window or stride:
-            if temporal_views != 1:
-                raise FeatcacheError("--window and --temporal-views are two protocols; give one of them")
+            if temporal_views != 1 or spatial_views != 1:
+                raise FeatcacheError("--window and --temporal-views/--spatial-views are two protocols; give one of them")
             results = evaluate_windows(path, other, splits=(split,), out_dir=run_dir, window=window, stride=stride,
                                        aggregate=aggregate, pool=pool)
         else:
-            results = evaluate_checkpoint(path, other, splits=(split,), out_dir=run_dir,
-                                          temporal_views=temporal_views, combine=combine)
+            results = evaluate_checkpoint(path, other, splits=(split,), out_dir=run_dir, temporal_views=temporal_views,
+                                          combine=combine, spatial_views=spatial_views)
         if not results:
             raise FeatcacheError(f"the cache has no videos in the {split} split")
     protocol = next(iter(results)).split("@")[1] if "@" in next(iter(results)) else ""

@@ -51,7 +51,8 @@ COMBINE = ("mean", "sum", "max")
 
 
 def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None,
-                        data: dict | None = None, temporal_views: int = 1, combine: str = "mean") -> dict:
+                        data: dict | None = None, temporal_views: int = 1, combine: str = "mean",
+                        spatial_views: int = 1) -> dict:
     """Metrics of a saved head on the given splits of ``cache`` (a Cache, or None for the
     checkpoint's own); writes ``predictions_<split>.csv``, per-class files and confusion matrices
     into ``out_dir``. ``data`` (split -> ViewData of the checkpoint's view, already read) avoids
@@ -60,16 +61,21 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
     ``temporal_views`` V > 1 is multi-view testing from the cache: the checkpoint's ``uniform:N``
     view becomes V interleaved views of a ``uniform:N*V`` pool (view v = pool[v::V]), each scored,
     softmax (sigmoid for multi-label) per view, then combined by ``combine`` (``mean``: VideoMAE,
-    ST-Adapter; ``sum``: SlowFast; ``max``). Keys and files carry the protocol: ``test/top1@2x1``,
-    ``predictions_test@2x1.csv``."""
+    ST-Adapter; ``sum``: SlowFast; ``max``). ``spatial_views`` 3 adds the first and last of three
+    crops along the long side (the cache must hold them: ``extract --crops 3``), every temporal
+    view at every crop. Keys and files carry the protocol: ``test/top1@2x3``,
+    ``predictions_test@2x3.csv``."""
     if combine not in COMBINE:
         raise FeatcacheError(f"--combine: unknown {combine!r}; expected one of {', '.join(COMBINE)}")
+    if spatial_views not in (1, 3):
+        raise FeatcacheError(f"--spatial-views: expected 1 or 3, got {spatial_views}")
     run = _load_run(path, cache)
-    views = _temporal_views(run.cfg.view, temporal_views)
-    suffix = "" if temporal_views == 1 else f"@{temporal_views}x1"
+    crops = (1,) if spatial_views == 1 else (0, 1, 2)
+    views = [dataclasses.replace(v, crop=c) for v in _temporal_views(run.cfg.view, temporal_views) for c in crops]
+    suffix = "" if temporal_views == spatial_views == 1 else f"@{temporal_views}x{spatial_views}"
     results = {}
     for split in splits:
-        read = [data[split]] if data and temporal_views == 1 else [materialise(run.cache, v, split) for v in views]
+        read = [data[split]] if data and len(views) == 1 else [materialise(run.cache, v, split) for v in views]
         if not read[0].video_ids:
             continue
         probs = [probabilities(predict(run.head, d.x, run.cfg.batch_size, run.device), run.task.multi) for d in read]
