@@ -1,2 +1,3 @@
-"""Stage 2: training light heads from the cache (loop.py), metrics (metrics.py, pure),
-checkpoints (checkpoint.py)."""
+"""Stage 2: training light heads from the cache (fit.py), evaluation and its protocols
+(evaluate.py), pretext pre-training (pretrain.py), closed-form probes (probe.py), token-grid
+augmentation (augment.py), metrics (metrics.py, pure), checkpoints (checkpoint.py)."""
