@@ -26,7 +26,7 @@ base: {{view: uniform:8, spatial: 4, epochs: {epochs}, batch_size: 16, lr: 1.0e-
 method: list
 cells:
   - {{head: pool, head.temporal: avg, head.frame_feature: patches}}   # average of per-frame features
-  - {{head: r3d, head.hidden: 128}}                                   # AdViSe TMM on the 4x4 patch grid
+  - {{head: r3d, head.hidden: 128, head.out_dim: 128}}                # AdViSe TMM on the 4x4 patch grid
   - {{head: lstm, head.frame_feature: patches, head.hidden: 128}}      # an LSTM over the frames in order
 metric: {{name: val/top1, goal: maximize}}
 """
