@@ -1,7 +1,7 @@
 """Training configuration: a frozen dataclass with commented defaults, merged from a YAML file
 and ``key=value`` overrides. Unknown keys and values of the wrong type are errors naming the key.
 
-The view (``view, layers, tokens, spatial``) is parsed here, once, into one frozen
+The view (``view, layers, tokens, spatial, channels, source``) is parsed here, once, into one frozen
 :class:`featcache.view.View`; configs and checkpoints keep its flat keys.
 
 Pure: imports only :mod:`featcache.view`.
@@ -20,7 +20,7 @@ class TrainConfig:
     # --- model
     head: str = "pool"  # a registered head (featcache heads)
     head_options: dict = field(default_factory=dict)  # set as head.<option>=value
-    # --- view of the cache: keys view (frame policy), layers, tokens, spatial (see featcache.view)
+    # --- view of the cache: keys view (frame policy), layers, tokens, spatial, channels, source (featcache.view)
     view: View = field(default_factory=View)
     # --- optimisation
     epochs: int = 10
@@ -81,7 +81,7 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         raise ValueError(f"{where}{key}: expected {type(default).__name__}, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"{where}{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
-    if key == "init" and value in (None, "none", "None"):
+    if key == "init" and value in ("none", "None"):
         value = ""
     if key == "pos_weight" and value in ("none", "None"):
         value = None
@@ -150,7 +150,7 @@ def parse_assignments(pairs: list[str]) -> dict:
 
 
 def to_dict(cfg: TrainConfig) -> dict:
-    """Flat, YAML-ready keys (the view as ``view, layers, tokens, spatial``); build_config
+    """Flat, YAML-ready keys (the view as ``view, layers, tokens, spatial, channels, source``); build_config
     reads them back into an equal config."""
     out = {}
     for f in dataclasses.fields(TrainConfig):
