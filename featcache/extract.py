@@ -39,7 +39,7 @@ class ExtractConfig:
     out: str
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     frames: str = "uniform:16"  # policies; the union of their frames is cached once
-    batch_size: int = 32  # frames per forward pass, spanning videos
+    batch_size: int | str = 32  # frames per forward pass, spanning videos; "auto": probed per device (batchsize.py)
     dtype: str = "float16"  # storage dtype of the tokens
     decoder: str = "auto"  # auto = decord, checked against PyAV, PyAV where decord is wrong
     luv_size: tuple[int, int] = (64, 48)  # (w, h) decode size for key-frame LUV scoring
@@ -67,6 +67,7 @@ class ExtractSummary:
     failed: dict[str, str] = field(default_factory=dict)  # video id -> reason
     warnings: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # --overwrite: the differing facts of the replaced store
+    batch_size_note: str = ""  # --batch-size auto: the size chosen and how
     frames: int = 0
     bytes_written: int = 0
     wall_s: float = 0.0
@@ -97,8 +98,8 @@ class _Job:
 def validate(cfg: ExtractConfig) -> None:
     """Fail fast on bad options, before any model is built."""
     cfg.policies  # noqa: B018  (parses --frames)
-    if cfg.batch_size < 1:
-        raise FeatcacheError(f"--batch-size: must be at least 1, got {cfg.batch_size}")
+    if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
+        raise FeatcacheError(f"--batch-size: expected auto or an integer >= 1, got {cfg.batch_size!r}")
     if cfg.dtype not in schema.STORAGE_DTYPES:
         raise FeatcacheError(f"--dtype: unknown {cfg.dtype!r}; expected one of {', '.join(schema.STORAGE_DTYPES)}")
     if cfg.decoder not in DECODERS:
@@ -137,6 +138,12 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     done = writer.done_keys()
     todo = [it for it in items if schema.video_key(it.video_id) not in done]
     summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo), replaced=writer.replaced)
+    if cfg.batch_size == "auto":
+        from featcache.batchsize import choose_batch_size
+
+        size, how = choose_batch_size(encoder) if todo else (32, "auto: nothing to extract")
+        cfg = dataclasses.replace(cfg, batch_size=size)
+        summary.batch_size_note = f"batch size {size} ({how})"
     start = time.perf_counter()
     _Pipeline(cfg, encoder, writer, summary).run(todo, show_progress)
     summary.wall_s = time.perf_counter() - start

@@ -86,3 +86,15 @@ def lite0_state_dict():
     ref_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert all(ref_shapes[k] == tuple(v.shape) for k, v in state.items())
     return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_cache(tmp_path_factory):
+    """--batch-size auto caches its probe in the user cache dir: keep the tests' probes out of ~."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

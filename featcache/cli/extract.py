@@ -32,7 +32,7 @@ def extract(
     layers: str = typer.Option("-1", help="ViT blocks to cache, e.g. -1 or -4,-1."),
     crops: int = typer.Option(1, help="Spatial crops per frame through the model: 1 (centre) or 3 (first, centre, last along the long side; for --spatial-views 3)."),
     cut_block: Optional[int] = typer.Option(None, help="Also cache the residual stream entering this ViT block (0 = after the embeddings; negative from the end) for in-backbone adapters."),
-    batch_size: int = typer.Option(32, help="Frames per forward pass (batches span videos)."),
+    batch_size: str = typer.Option("auto", help="Frames per forward pass (batches span videos): auto (the fastest of 8/16/32/64 on this device, probed once and cached) or a number."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
     dtype: str = typer.Option("float16", help="Storage dtype of the tokens: float16 or float32."),
@@ -69,7 +69,7 @@ def extract(
                             layers=_parse_ints(layers, "--layers"), precision=precision, device=device,
                             cut_block=cut_block,
                             model_args=_parse_kv(model_arg, "--model-arg"))
-        cfg = ExtractConfig(manifest=manifest, out=out, encoder=enc, frames=frames, batch_size=batch_size,
+        cfg = ExtractConfig(manifest=manifest, out=out, encoder=enc, frames=frames, batch_size=_parse_batch(batch_size),
                             dtype=dtype, decoder=decoder, luv_size=_parse_size(luv_size),
                             short_videos=short_videos, overwrite=overwrite, shard=_parse_shard(shard), crops=crops,
                             threads=threads)
@@ -135,6 +135,14 @@ def _on_devices(cfg, devices: str) -> None:
         raise typer.Exit(1)
 
 
+def _parse_batch(text: str):
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise FeatcacheError(f"--batch-size: expected auto or an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def _print_replaced(replaced: list[str], out: str) -> None:
     if replaced:
         typer.echo(f"--overwrite: replaced the cache at {out} (it was made with other settings: {', '.join(replaced)})")
@@ -145,6 +153,8 @@ def _print_summary(s, out: str) -> None:
     typer.echo(f"extracted {s.done} videos, {len(s.failed)} failed, {s.skipped} already cached "
                f"(of {s.total}); {s.frames} frames in {s.wall_s:.1f} s = {s.frames_per_s:.1f} frames/s; "
                f"{mb:.1f} MB written to {out}")
+    if s.batch_size_note:
+        typer.echo(s.batch_size_note)
     for line in s.warnings:
         typer.echo(f"warning: {line}")
     for video_id, reason in s.failed.items():
