@@ -162,16 +162,17 @@ def test_demo_runs_the_whole_story_and_ends_with_a_leaderboard(tmp_path):
 def test_batch_size_auto_probes_once_then_uses_the_cached_choice(dataset, tmp_path):
     import json as _json
 
-    from featcache.batchsize import CANDIDATES, cache_file
+    from featcache.batchsize import CANDIDATES
 
-    first = run("extract", dataset, "--out", str(tmp_path / "a.zarr"), "--frames", "uniform:2", *TINY_CLI)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}  # a cache no other test has filled
+    first = run("extract", dataset, "--out", str(tmp_path / "a.zarr"), "--frames", "uniform:2", *TINY_CLI, env=env)
     assert first.returncode == 0, first.stderr
     line = next(ln for ln in first.stdout.splitlines() if ln.startswith("batch size "))
     size = int(line.split()[2])
     assert size in CANDIDATES and "auto: probed in" in line and "frames/s" in line
-    probes = _json.load(open(cache_file()))
+    probes = _json.load(open(tmp_path / "xdg" / "featcache" / "batch_size.json"))
     assert [v["batch_size"] for v in probes.values()] == [size]
-    again = run("extract", dataset, "--out", str(tmp_path / "b.zarr"), "--frames", "uniform:2", *TINY_CLI)
+    again = run("extract", dataset, "--out", str(tmp_path / "b.zarr"), "--frames", "uniform:2", *TINY_CLI, env=env)
     assert f"batch size {size} (auto: cached probe" in again.stdout
     bad = runner.invoke(app, ["extract", dataset, "--out", str(tmp_path / "c.zarr"), "--batch-size", "many"])
     assert bad.exit_code == 2 and "--batch-size: expected auto or an integer >= 1, got 'many'" in bad.stderr
