@@ -261,6 +261,9 @@ def test_cli_train_eval_and_errors(motion, tmp_path, monkeypatch):
     r = runner.invoke(app, again)  # a second run into a finished run's folder is refused, nothing touched
     assert r.exit_code == 2 and "holds a finished run; use another --out, --resume" in r.stderr
     assert json.load(open(os.path.join(out, "metrics.json"))) == metrics
+    bad = runner.invoke(app, ["train", motion, "--head", "r3d", "--set", "tokens=cls", "--out", out, "--overwrite"])
+    assert bad.exit_code == 2 and "r3d needs patch tokens" in bad.stderr
+    assert json.load(open(os.path.join(out, "metrics.json"))) == metrics  # a run that cannot start deletes nothing
     r = runner.invoke(app, [*again, "--overwrite"])
     assert r.exit_code == 0, r.output
     assert [json.loads(x)["epoch"] for x in open(os.path.join(out, "log.jsonl"))] == [0, 1]  # one run's epochs

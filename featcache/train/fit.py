@@ -78,15 +78,19 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
         raise FeatcacheError(f"{cache_path}: no videos in the train split; check the manifest's split column")
     task = _task(cfgs[0], data)
     device = resolve_device(cfgs[0].device)
-    for path in stale:  # only now that the data is read and the task is known
+    heads = []
+    for cfg in cfgs:  # each head's RNG stream continues from its own initialisation (see _Member)
+        head = _build(cfg, data["train"], task, cache.attrs)
+        heads.append((head, torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
+    for path in stale:  # only now that the data, the task and every head are known to be good
         os.remove(path)
     members = []
-    for cfg, out_dir in zip(cfgs, out_dirs):
+    for cfg, out_dir, (head, rng, cuda_rng) in zip(cfgs, out_dirs, heads):
         os.makedirs(out_dir, exist_ok=True)
         meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
                 "multi_label": task.multi, "config": to_dict(cfg)}
         _write_config(out_dir, meta)
-        members.append(_Member(cfg, _build(cfg, data["train"], task, cache.attrs), task, data, device, out_dir, meta))
+        members.append(_Member(cfg, head, task, data, device, out_dir, meta, rng, cuda_rng))
     trainer = _GroupTrainer(members, data, task, device)
     if resume:
         trainer.restore()
@@ -158,11 +162,10 @@ def _write_config(out_dir: str, meta: dict) -> None:
 class _Member:
     """One head of a group with everything that is its own."""
 
-    def __init__(self, cfg, head, task, data, device, out_dir, meta):
+    def __init__(self, cfg, head, task, data, device, out_dir, meta, rng, cuda_rng):
         self.cfg, self.head, self.out_dir, self.meta = cfg, head.to(device), out_dir, meta
         # the RNG streams this head's dropout draws from: continue from its own initialisation
-        self.rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        self.rng, self.cuda_rng = rng, cuda_rng
         steps = math.ceil(len(data["train"].x) / cfg.batch_size)
         total, warm = cfg.epochs * steps, cfg.warmup_epochs * steps
         self.opt = _optimizer(cfg, head)
