@@ -59,7 +59,7 @@ _CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),
 
 
 def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
-    if key == "init" and value is None:
+    if key == "init" and value in (None, "none", "None"):  # no pre-trained start
         value = ""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -81,8 +81,6 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         raise ValueError(f"{where}{key}: expected {type(default).__name__}, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"{where}{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
-    if key == "init" and value in ("none", "None"):
-        value = ""
     if key == "pos_weight" and value in ("none", "None"):
         value = None
     if key == "pos_weight" and not (value is None or value == "auto" or isinstance(value, (int, float))):

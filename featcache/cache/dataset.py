@@ -118,8 +118,7 @@ def fill_view(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: V
 def materialise(cache: Cache, view: View, split: str, max_memory_bytes: int = 4 << 30) -> ViewData:
     """Read every done video of ``split`` once into one (V, T, N, C) float16 array."""
     view.check(cache.attrs)
-    records = [r for r in cache.records().values() if r.get("status") == "done" and r["split"] == split]
-    records.sort(key=lambda r: r["video_id"])
+    records = cache.done_records(split)
     layout = view.layout(cache.attrs)
     out = _allocate((len(records), *layout.shape), max_memory_bytes)
     for i, record in enumerate(records):

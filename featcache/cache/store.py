@@ -169,6 +169,11 @@ class Cache:
                         self._records[entry.name] = meta.get("attributes", {})
         return self._records
 
+    def done_records(self, split: str) -> list[dict]:
+        """Records of the split's extracted videos, sorted by video id (the order views use)."""
+        return sorted((r for r in self.records().values() if r.get("status") == "done" and r["split"] == split),
+                      key=lambda r: r["video_id"])
+
     def video_ids(self, status: str = "done") -> list[str]:
         if status not in schema.STATUSES:
             raise ValueError(f"status must be one of {schema.STATUSES}, not {status!r}")
@@ -351,27 +356,19 @@ class CacheWriter(Cache):
         record = dict(record, status="done", has_luv_scores=luv_scores is not None)
         stage = self._stage_dir(record["video_id"])
         group = zarr.create_group(zarr.storage.LocalStore(stage), attributes=to_json(record))
-        arr = group.create_array(schema.TOKENS, shape=tokens.shape, chunks=tokens.shape, dtype=dtype,
-                                 compressors=None, chunk_key_encoding=_CHUNK_KEYS,
-                                 dimension_names=("frame", "layer", "token", "channel"))
-        arr[...] = tokens.astype(dtype, copy=False)
-        if luv_scores is not None:
-            scores = group.create_array(schema.LUV_SCORES, shape=luv_scores.shape, chunks=luv_scores.shape,
-                                        dtype="float32", compressors=None, chunk_key_encoding=_CHUNK_KEYS,
-                                        dimension_names=("source_frame",))
-            scores[...] = luv_scores
-        if cut is not None:
-            cut_arr = group.create_array(schema.CUT, shape=cut.shape, chunks=cut.shape, dtype="float16",
-                                         compressors=None, chunk_key_encoding=_CHUNK_KEYS,
-                                         dimension_names=("frame", "token", "channel"))
-            cut_arr[...] = cut
-        if side_crops is not None:
-            side = group.create_array(schema.SIDE_CROPS, shape=side_crops.shape, chunks=side_crops.shape, dtype=dtype,
-                                      compressors=None, chunk_key_encoding=_CHUNK_KEYS,
-                                      dimension_names=("crop", "frame", "layer", "token", "channel"))
-            side[...] = side_crops.astype(dtype, copy=False)
-        extra = (cut.nbytes if cut is not None else 0) + (side.nbytes if side_crops is not None else 0)
-        return int(arr.nbytes) + int(extra) if self._publish(stage, record) else None
+        arrays = [(schema.TOKENS, tokens, dtype, ("frame", "layer", "token", "channel")),
+                  (schema.LUV_SCORES, luv_scores, "float32", ("source_frame",)),
+                  (schema.CUT, cut, "float16", ("frame", "token", "channel")),
+                  (schema.SIDE_CROPS, side_crops, dtype, ("crop", "frame", "layer", "token", "channel"))]
+        written = 0
+        for name, data, kind, dims in arrays:
+            if data is None:
+                continue
+            arr = group.create_array(name, shape=data.shape, chunks=data.shape, dtype=kind, compressors=None,
+                                     chunk_key_encoding=_CHUNK_KEYS, dimension_names=dims)  # one chunk file each
+            arr[...] = data.astype(kind, copy=False)
+            written += int(arr.nbytes) if name != schema.LUV_SCORES else 0  # token data only
+        return written if self._publish(stage, record) else None
 
     def write_failure(self, record: dict, reason: str) -> None:
         import zarr

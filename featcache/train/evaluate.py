@@ -112,8 +112,7 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
     suffix = f"@w{width}s{stride}{aggregate}"
     results = {}
     for split in splits:
-        records = sorted((r for r in run.cache.records().values() if r.get("status") == "done" and r["split"] == split),
-                         key=lambda r: r["video_id"])
+        records = run.cache.done_records(split)
         if not records:
             continue
         video_scores = []

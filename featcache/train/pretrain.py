@@ -35,6 +35,7 @@ from featcache.errors import FeatcacheError
 from featcache.registry import create_head
 from featcache.train import checkpoint, metrics
 from featcache.train.augment import augment_tokens
+from featcache.train.evaluate import predict
 from featcache.train.fit import _lr_factor, _optimizer, _write_config, previous_run
 from featcache.view import View
 
@@ -84,9 +85,7 @@ class DensePool:
 def read_pools(cache: Cache, view: View, split: str) -> list[DensePool]:
     layout = view.layout(cache.attrs)
     pools = []
-    records = sorted((r for r in cache.records().values() if r.get("status") == "done" and r["split"] == split),
-                     key=lambda r: r["video_id"])
-    for record in records:
+    for record in cache.done_records(split):
         entry = cache.video(record["video_id"])
         positions = list(entry.policies[str(view.frames)])
         out = np.empty((len(positions), layout.num_tokens, layout.dim), dtype=np.float16)
@@ -203,8 +202,6 @@ def run_pretrain(cache_path: str, cfg: TrainConfig, out_dir: str, task_name: str
     return results
 
 
-@torch.inference_mode()
 def _scores(head: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> dict:
-    head.eval()
-    logits = torch.cat([head(x[i:i + batch_size].to(device).float()).float().cpu() for i in range(0, len(x), batch_size)])
-    return metrics.selection(logits.numpy(), y.numpy(), multi=False)
+    """Rate accuracy (top-1, top-5) of the head on fixed clips."""
+    return metrics.selection(predict(head, x, batch_size, device), y.numpy(), multi=False)
