@@ -42,16 +42,18 @@ def test_cut_is_cached_verified_and_described(motion):
     assert "cut" in info.output
 
 
-def test_fresh_adapters_and_the_tail_reproduce_the_cached_final_tokens(motion):
+@pytest.mark.parametrize("options", [{}, {"kind": "amflow", "position": "attn_mlp"},
+                                     {"kind": "amflow", "flow": "aligned", "tpm": "lstm"}])
+def test_fresh_adapters_and_the_tail_reproduce_the_cached_final_tokens(motion, options):
     cache = open_cache(motion)
     spec = backbone_spec(cache.attrs)
     head = create_head("adapter", in_dim=64, num_classes=4, num_frames=8, grid=(4, 4), num_prefix_tokens=1,
-                       backbone=spec).eval()
+                       backbone=spec, **options).eval()
     entry = cache.video(cache.video_ids()[0])
     h = torch.from_numpy(entry.cut.astype(np.float32))  # (T, N, C)
     with torch.no_grad():
         for i, block in enumerate(head.tail.blocks):
-            h = head._block(i, block, h, 8)  # zero-initialised adapters in every block: the identity
+            h, _ = head._block(i, block, h, 8)  # zero-initialised adapters in every block: the identity
         final = head.tail.norm(h)
     cached = torch.from_numpy(entry.tokens[:, 0])  # fp32 final tokens (final norm applied)
     cos = torch.nn.functional.cosine_similarity(final.flatten(1), cached.flatten(1), dim=1)
@@ -75,10 +77,14 @@ def test_cut_through_the_tail_equals_the_full_forward():
             torch.testing.assert_close(model.norm(h), full, rtol=0, atol=0)
 
 
-def test_a_step_moves_every_adapter_parameter_and_no_frozen_one(motion):
+@pytest.mark.parametrize("options", [{}, {"kind": "amflow", "tpm": "tcn"},
+                                     {"kind": "amflow", "flow": "aligned", "tpm": "transformer"},
+                                     {"kind": "amflow", "tpm": "lstm", "flow_blocks": "ends"}])
+def test_a_step_moves_every_adapter_parameter_and_no_frozen_one(motion, options):
     cache = open_cache(motion)
     head = create_head("adapter", in_dim=64, num_classes=4, num_frames=8, grid=(4, 4), num_prefix_tokens=1,
-                       backbone=backbone_spec(cache.attrs), position="attn_mlp", width=16, readout="mean")
+                       backbone=backbone_spec(cache.attrs), position="attn_mlp", width=16, readout="mean",
+                       **options)
     # (with readout=cls the last block's pre-MLP adapter cannot reach the CLS token: no attention follows it)
     frozen = {k: v.clone() for k, v in head.state_dict().items() if k.startswith("tail.")}
     trained = {k: v.clone() for k, v in head.named_parameters() if v.requires_grad}
@@ -87,7 +93,7 @@ def test_a_step_moves_every_adapter_parameter_and_no_frozen_one(motion):
     assert sum(len(g["params"]) for g in opt.param_groups) == len(trained)
     x, y = torch.randn(4, 8, 17, 64), torch.tensor([0, 1, 2, 3])
     head.train()
-    for _ in range(2):  # zero-initialised convs: fc1/fc2 weights get gradients from the second step on
+    for _ in range(2):  # zero-initialised convs / W_up: the weights before them move from the second step on
         opt.zero_grad()
         torch.nn.functional.cross_entropy(head(x), y).backward()
         opt.step()
@@ -125,8 +131,9 @@ def test_refusals_are_one_line(motion, tmp_path):
                             "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "2 adapted blocks asked for, but 1 block(s) run after the cut (block 1 of 2)" in r.stderr
-    r = runner.invoke(app, ["train", motion, "--head", "adapter", "--set", "head.kind=amflow", "--out", str(tmp_path / "a")])
-    assert r.exit_code == 2 and "amflow adapters are not" in r.stderr
+    r = runner.invoke(app, ["train", motion, "--head", "adapter", "--set", "head.kind=amflow", "--set",
+                            "head.position=mlp", "--view", "uniform:8", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "flow adapter across attention" in r.stderr
     no_cut = runner.invoke(app, ["extract", manifest, "--out", str(tmp_path / "n.zarr"), "--frames", "uniform:2",
                                  *TINY_CLI, "-q"])
     assert no_cut.exit_code == 0
@@ -155,3 +162,57 @@ def test_a_different_weights_file_is_refused_naming_both_hashes(tmp_path):
     r = runner.invoke(app, ["train", out, "--head", "adapter", "--view", "uniform:2", "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
     assert recorded in r.stderr and "is not the cache's" in r.stderr
+
+
+def test_attention_logits_are_the_blocks_own_attention():
+    """Q, K rebuilt from the block's qkv give exactly the probabilities of its unfused attention path."""
+    from featcache.heads.amflow import attention_logits
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, img_size=TINY_SIZE,
+                              **TINY_ARGS).eval()
+    attn = model.blocks[1].attn
+    attn.fused_attn = False
+    seen = []
+    hook = attn.attn_drop.register_forward_hook(lambda m, a, out: seen.append(out))
+    x = torch.randn(5, 17, 64)
+    with torch.no_grad():
+        attn(x)
+        hook.remove()
+        mine = attention_logits(attn, x).softmax(dim=-1)
+    assert mine.shape == (5, 2, 17, 17)
+    torch.testing.assert_close(mine, seen[0], rtol=1e-6, atol=1e-7)
+
+
+def test_vanilla_flow_is_equation_3():
+    """softmax over keys of |X_t - X_{t+1}|, summed over queries, against a loop over frames in numpy."""
+    from featcache.heads.amflow import column_mass, vanilla_flow
+
+    rng = np.random.default_rng(0)
+    b, t, h, n = 2, 4, 3, 5
+    logits = rng.normal(size=(b * t, h, n, n))
+    got = vanilla_flow(torch.from_numpy(logits), t).numpy()  # (B*T, N, heads)
+    clips = logits.reshape(b, t, h, n, n)
+    for i in range(b):
+        for f in range(t):
+            nxt = clips[i, min(f + 1, t - 1)]  # the last frame pairs with itself
+            d = np.abs(clips[i, f] - nxt)
+            soft = np.exp(d) / np.exp(d).sum(axis=-1, keepdims=True)  # over keys
+            want = soft.sum(axis=-2)  # (h, N): summed over queries
+            np.testing.assert_allclose(got[i * t + f], want.T, rtol=1e-12)
+    assert np.allclose(got.reshape(b, t, n, h)[:, -1], 1.0)  # a still pair: uniform rows, column sums 1
+    mass = column_mass(torch.from_numpy(logits)).numpy()
+    assert np.allclose(mass.sum(axis=1), n)  # each query's probabilities sum to 1
+
+
+def test_amflow_adapters_train_and_evaluate_from_the_cli(motion, tmp_path):
+    out = str(tmp_path / "run")
+    r = runner.invoke(app, ["train", motion, "--head", "adapter", "--view", "uniform:8", "--set", "head.kind=amflow",
+                            "--set", "head.tpm=transformer", "--set", "head.width=16", "--set", "epochs=1",
+                            "--set", "batch_size=16", "--out", out])
+    assert r.exit_code == 0, r.output
+    ckpt = torch.load(os.path.join(out, "best.pt"), weights_only=True)
+    assert not any(k.startswith("tail.") for k in ckpt["state_dict"])
+    assert any(k.startswith("pre_attn.0.local.net") for k in ckpt["state_dict"])
+    e = runner.invoke(app, ["eval", out])
+    assert e.exit_code == 0, e.output

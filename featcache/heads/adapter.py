@@ -15,7 +15,17 @@ adapter_layers`` (L151). Seed 000's head: width 384, kernel 3x1x1, frames averag
 concatenated, an MLP with 512 hidden units; ``mlp_layers`` counts extra hidden layers in the
 paper's sense (0 = the 512-unit MLP itself, 1 and 2 add layers).
 
-Seed 002's AM-flow adapters (``kind=amflow``) are not built.
+``kind=amflow`` builds seed 002's temporal processing adapters instead (heads/amflow.py): in each
+adapted block a scaled parallel adapter across attention fed with ``LN(X) || AMflow`` (eq. 6; LN is
+the block's own frozen ``norm1``, the input its attention sees), the flow computed online from that
+block's frozen Q and K (``flow=vanilla``, eq. 3, or ``flow=aligned``, eqs. 4-5 with a linear-attention
+aligning encoder), a temporal processing unit (``tpm=tcn|transformer|lstm``) inside the adapter and
+a global one on its token-squeezed embedding with a linear classifier; ``position=attn_mlp`` adds a
+second temporal adapter (no flow) across the MLP. The logits of every adapter and of the frozen
+branch (readout -> MLP, as for ``st``) are averaged (seed 002, "Classification Head": average
+pooling of the 2 x blocks + 1 outputs). ``flow_blocks=ends`` puts the flow in the first and last
+adapted blocks only (its Smarthome setting, blocks 1 and 12); the others get adapters without flow; ``flow=none`` gives every adapter no flow (its Table 4
+ablation "w/o AM Flow"). Not built: the hyperformer adapter variant of its Table 4.
 """
 from __future__ import annotations
 
@@ -24,10 +34,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from featcache.backbone import FrozenTail
+from featcache.heads.amflow import FLOWS, AligningEncoder, TemporalAdapter, attention_logits, vanilla_flow, \
+    column_mass
 from featcache.heads.layers import STAdapter, mlp
 from featcache.registry import register_head
 
 POSITIONS = ("attn", "attn_mlp", "mlp")
+KINDS = ("st", "amflow")
 
 
 @register_head("adapter")
@@ -37,12 +50,15 @@ class InBackboneAdapter(nn.Module):
     def __init__(self, in_dim, num_classes, num_frames, grid, num_prefix_tokens, backbone: dict | None = None,
                  kind: str = "st", blocks: int = 0, width: int = 384, temporal_kernel: int = 3,
                  position: str = "attn", readout: str = "cls", temporal: str = "avg", mlp_layers: int = 0,
-                 mlp_hidden: int = 512, dropout: float = 0.0, checkpointing: bool = False):
+                 mlp_hidden: int = 512, dropout: float = 0.0, checkpointing: bool = False, tpm: str = "tcn",
+                 flow: str = "vanilla", flow_blocks: str = "all", aligner_dim: int = 48):
         super().__init__()
         if backbone is None:
             raise ValueError("the adapter head runs the frozen blocks after a cached cut; extract with --cut-block J")
-        if kind != "st":
-            raise ValueError(f"kind {kind!r}: only 'st' (ST-Adapter) is built; seed 002's amflow adapters are not")
+        if kind not in KINDS or flow not in FLOWS or flow_blocks not in ("all", "ends"):
+            raise ValueError(f"kind must be one of {KINDS}, flow one of {FLOWS}, flow_blocks all|ends")
+        if kind == "amflow" and position == "mlp":
+            raise ValueError("kind=amflow puts the flow adapter across attention: position attn or attn_mlp")
         if position not in POSITIONS or readout not in ("cls", "mean") or temporal not in ("avg", "concat"):
             raise ValueError(f"position must be one of {POSITIONS}, readout cls|mean, temporal avg|concat")
         if readout == "cls" and not num_prefix_tokens:
@@ -55,11 +71,28 @@ class InBackboneAdapter(nn.Module):
                              f"(block {backbone['cut']} of {backbone['depth']}); extract with a lower --cut-block")
         first = after - blocks
 
-        def make():
-            return STAdapter(in_dim, width, temporal_kernel, tuple(grid), num_prefix_tokens)
+        self.kind = kind
+        self.pre_attn, self.pre_mlp, self.aligners = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+        heads = self.tail.blocks[0].attn.num_heads
+        with_flow = kind == "amflow" and flow != "none"
+        self.flow_blocks = {i for i in range(first, after) if with_flow and (flow_blocks == "all" or i in (first, after - 1))}
 
-        self.pre_attn = nn.ModuleDict({str(i): make() for i in range(first, after) if position != "mlp"})
-        self.pre_mlp = nn.ModuleDict({str(i): make() for i in range(first, after) if position != "attn"})
+        def make(flow_dim: int = 0) -> nn.Module:
+            if kind == "st":
+                return STAdapter(in_dim, width, temporal_kernel, tuple(grid), num_prefix_tokens)
+            return TemporalAdapter(in_dim, width, num_classes, num_frames, tpm, flow_dim)
+
+        for i in range(first, after):
+            flow_dim = 0
+            if i in self.flow_blocks:
+                flow_dim = heads if flow == "vanilla" else aligner_dim
+                if flow == "aligned":
+                    self.aligners[str(i)] = AligningEncoder(heads, num_prefix_tokens + grid[0] * grid[1],
+                                                            aligner_dim)
+            if position != "mlp":
+                self.pre_attn[str(i)] = make(flow_dim)
+            if position != "attn":
+                self.pre_mlp[str(i)] = make()
         self.frames, self.prefix, self.readout, self.temporal = num_frames, num_prefix_tokens, readout, temporal
         self.checkpointing = checkpointing
         self.drop = nn.Dropout(dropout)
@@ -69,23 +102,52 @@ class InBackboneAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, n, c = x.shape
         h = x.reshape(b * t, n, c)  # (B*T, N, C): every frame through the frozen tail
+        logits: list[torch.Tensor] = []
         for i, block in enumerate(self.tail.blocks):
             if self.checkpointing and self.training:
-                h = checkpoint(self._block, i, block, h, t, use_reentrant=False)
+                h, extra = checkpoint(self._block, i, block, h, t, use_reentrant=False)
             else:
-                h = self._block(i, block, h, t)
+                h, extra = self._block(i, block, h, t)
+            logits += extra
         h = self.tail.norm(h).reshape(b, t, n, c)
         frame = h[:, :, 0] if self.readout == "cls" else h[:, :, self.prefix:].mean(dim=2)  # (B, T, C)
         video = frame.mean(dim=1) if self.temporal == "avg" else frame.flatten(1)  # (B, C) or (B, T*C)
-        return self.mlp(self.drop(video))
+        out = self.mlp(self.drop(video))
+        if not logits:
+            return out
+        return torch.stack([out, *logits]).mean(dim=0)  # amflow: every adapter's logits and the frozen branch's
 
-    def _block(self, i: int, block: nn.Module, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def _block(self, i: int, block: nn.Module, x: torch.Tensor, frames: int) -> tuple[torch.Tensor, list]:
+        """One frozen block with its adapters: the new residual stream and any adapter logits."""
         key = str(i)
+        if self.kind == "amflow":
+            return self._amflow_block(i, block, x, frames)
         if key in self.pre_attn:
             x = self.pre_attn[key](x, frames)  # rewrites the residual stream before attention
         if key not in self.pre_mlp:
-            return block(x)
+            return block(x), []
         # timm Block.forward with an adapter between the attention and MLP residuals
         x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
         x = self.pre_mlp[key](x, frames)
-        return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x)))), []
+
+    def _amflow_block(self, i: int, block: nn.Module, x: torch.Tensor, frames: int) -> tuple[torch.Tensor, list]:
+        """timm ``Block.forward`` with seed 002's parallel adapters beside attention (and the MLP)."""
+        key, logits = str(i), []
+        normed = block.norm1(x)
+        update = block.drop_path1(block.ls1(block.attn(normed)))
+        if key in self.pre_attn:
+            flow = None
+            if i in self.flow_blocks:
+                att = attention_logits(block.attn, normed)  # the frozen Q, K of this block, online
+                flow = self.aligners[key](column_mass(att), frames) if key in self.aligners else \
+                    vanilla_flow(att, frames)
+            delta, lg = self.pre_attn[key](normed, frames, flow)
+            update, logits = update + delta, [lg]
+        x = x + update
+        normed = block.norm2(x)
+        update = block.drop_path2(block.ls2(block.mlp(normed)))
+        if key in self.pre_mlp:
+            delta, lg = self.pre_mlp[key](normed, frames)
+            update, logits = update + delta, logits + [lg]
+        return x + update, logits
