@@ -31,6 +31,13 @@ def probe_key(encoder) -> str:
 
 def choose_batch_size(encoder, candidates=CANDIDATES) -> tuple[int, str]:
     """(batch size, how it was chosen): from the cache file, or probed now and cached."""
+    entry, how = probe(encoder, candidates)
+    return int(entry["batch_size"]), how
+
+
+def probe(encoder, candidates=CANDIDATES) -> tuple[dict, str]:
+    """``{"batch_size": best, "frames_per_s": {size: rate}}`` for this model/device/precision,
+    from the cache file or measured now (and cached), and how it was obtained."""
     path, key = cache_file(), probe_key(encoder)
     try:
         with open(path) as f:
@@ -38,7 +45,7 @@ def choose_batch_size(encoder, candidates=CANDIDATES) -> tuple[int, str]:
     except (OSError, ValueError):
         known = {}
     if key in known:
-        return int(known[key]["batch_size"]), f"auto: cached probe ({path})"
+        return known[key], f"auto: cached probe ({path})"
     size = encoder.cfg.img_size
     rates, start = {}, time.perf_counter()
     for b in candidates:
@@ -60,4 +67,4 @@ def choose_batch_size(encoder, candidates=CANDIDATES) -> tuple[int, str]:
     except OSError:
         pass  # a read-only home: probe again next time
     tried = ", ".join(f"{k}: {v:.1f}" for k, v in rates.items())
-    return best, f"auto: probed in {time.perf_counter() - start:.1f} s (frames/s {tried})"
+    return known[key], f"auto: probed in {time.perf_counter() - start:.1f} s (frames/s {tried})"

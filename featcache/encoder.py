@@ -40,6 +40,7 @@ class EncoderConfig:
     device: str = "auto"  # auto = cuda if available, else cpu
     model_args: dict = field(default_factory=dict)  # extra timm create_model kwargs (tiny test models)
     cut_block: int | None = None  # also return the residual stream entering this ViT block (negative: from the end)
+    token_pool: int | str = 1  # k: k x k average pooling of the patch grid; "mean": one mean patch token (probe layout)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -70,10 +71,15 @@ class FrozenEncoder:
             getattr(self.model, "forward_intermediates", lambda: None)).parameters
         self.layers = self._resolve_layers(cfg.layers)
         self.cut_block, self.last_cut = self._resolve_cut(cfg.cut_block), None
+        self._pool: tuple | None = None
         probe = self(torch.zeros(1, cfg.img_size, cfg.img_size, 3, dtype=torch.uint8))
-        _, _, self.num_tokens, self.dim = probe.shape
+        _, _, tokens, self.dim = probe.shape
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0)) if self.is_vit else 0
-        self.grid = self._grid(self.num_tokens - self.num_prefix_tokens)
+        self.model_grid = self._grid(tokens - self.num_prefix_tokens)
+        self.grid = pooled_grid(self.model_grid, cfg.token_pool)
+        self.num_tokens = self.num_prefix_tokens + self.grid[0] * self.grid[1]
+        if self.grid != self.model_grid:
+            self._pool = (self.num_prefix_tokens, self.model_grid, self.grid)
 
     # ---------------------------------------------------------------- preprocessing
     @property
@@ -109,6 +115,8 @@ class FrozenEncoder:
         amp = self.precision in _AMP_DTYPES
         with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(self.precision), enabled=amp):
             tokens = self._tokens(x)
+        if self._pool is not None:
+            tokens = pool_patches(tokens.float(), *self._pool)
         if self.cut_block is not None:
             self.last_cut = self._captured.pop().float().cpu()
         return tokens.float().cpu()
@@ -189,6 +197,7 @@ class FrozenEncoder:
                 "num_tokens": self.num_tokens,
                 "dim": self.dim,
                 "final_norm": bool(self.is_vit),
+                **({} if self._pool is None else {"pool": self.cfg.token_pool, "model_grid": list(self.model_grid)}),
             },
             "compute": {"precision": self.precision, "device_type": self.device.type},
             "cut": None if self.cut_block is None else {
@@ -196,6 +205,30 @@ class FrozenEncoder:
                 "point": "input of the block (residual stream before its norm1), prefix tokens first",
                 "dims": ["frame", "token", "channel"]},
         }
+
+
+def pooled_grid(grid: tuple[int, int], pool: int | str) -> tuple[int, int]:
+    """The patch grid stored for ``--token-pool``: k x k windows (the grid must divide), or 1 x 1
+    for ``mean`` (prefix tokens + the mean patch token: DINOv2's linear-probe input)."""
+    if pool == "mean":
+        return (1, 1)
+    if not isinstance(pool, int) or pool < 1:
+        raise FeatcacheError(f"--token-pool: expected an integer >= 1 or mean, got {pool!r}")
+    if grid[0] % pool or grid[1] % pool:
+        raise FeatcacheError(f"--token-pool {pool}: the {grid[0]}x{grid[1]} patch grid is not divisible by {pool}; "
+                             "choose a divisor, or mean")
+    return (grid[0] // pool, grid[1] // pool)
+
+
+def pool_patches(tokens: torch.Tensor, prefix: int, grid: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+    """(B, L, P + H*W, C) -> (B, L, P + h*w, C): average non-overlapping windows of the row-major
+    patch grid; prefix tokens untouched. With equal windows the mean of the pooled patches is the
+    mean of the patches, so CLS and mean-patch readouts see the same input."""
+    b, l, _, c = tokens.shape
+    patches = tokens[:, :, prefix:].reshape(b * l, *grid, c).permute(0, 3, 1, 2)  # (B*L, C, H, W)
+    pooled = torch.nn.functional.avg_pool2d(patches, (grid[0] // out[0], grid[1] // out[1]))
+    pooled = pooled.permute(0, 2, 3, 1).reshape(b, l, out[0] * out[1], c)
+    return torch.cat([tokens[:, :, :prefix], pooled], dim=2)
 
 
 def _preprocess_config(model, img_size: int) -> dict:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from featcache import __version__
-from featcache.cache import schema
+from featcache.cache import quant, schema
 from featcache.cache.store import CacheWriter, PublishError
 from featcache.encoder import EncoderConfig, FrozenEncoder
 from featcache.errors import FeatcacheError
@@ -108,6 +108,10 @@ def validate(cfg: ExtractConfig) -> None:
         raise FeatcacheError(f"--short-videos: unknown {cfg.short_videos!r}; expected repeat or fail")
     if cfg.crops not in (1, 3):
         raise FeatcacheError(f"--crops: expected 1 or 3, got {cfg.crops}")
+    if cfg.dtype == "int8" and cfg.crops == 3:
+        raise FeatcacheError("--dtype int8 with --crops 3: int8 stores hold the centre crop only; use float16")
+    if cfg.encoder.token_pool != 1 and cfg.encoder.cut_block is not None:
+        raise FeatcacheError("--token-pool with --cut-block: the cut keeps the full grid; give one of them")
     if cfg.crops == 3 and cfg.encoder.cut_block is not None:
         raise FeatcacheError("--crops 3 with --cut-block: the cut is cached for the centre crop only; give one of them")
     if cfg.overwrite and cfg.shard is not None:
@@ -175,7 +179,8 @@ def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
         },
         "manifest": {"path": os.path.abspath(cfg.manifest)},  # where `cache status` finds the videos
         "storage": {"dtype": cfg.dtype, "tokens_dims": ["frame", "layer", "token", "channel"],
-                    "token_order": "prefix (CLS/register) tokens first, then patches row-major"},
+                    "token_order": "prefix (CLS/register) tokens first, then patches row-major",
+                    **({"quantization": quant.DESCRIPTION} if cfg.dtype == "int8" else {})},
         "crops": None if cfg.crops == 1 else {
             "count": 3, "positions": ["first (left/top)", "centre", "last (right/bottom)"],
             "offsets": "0, margin/2, margin along the long side; centred on the short side",
@@ -288,7 +293,8 @@ class _Pipeline:
         e = self.encoder
         shape = (len(decoded.frames), len(e.layers), e.num_tokens, e.dim)
         cut = np.empty((len(decoded.frames), e.num_tokens, e.dim), np.float16) if e.cut_block is not None else None
-        self.jobs.append(_Job(decoded, np.empty(shape, dtype=self.cfg.dtype), cut))
+        kind = np.float32 if self.cfg.dtype == "int8" else self.cfg.dtype  # int8: quantized at publishing
+        self.jobs.append(_Job(decoded, np.empty(shape, dtype=kind), cut))
 
     def _buffered(self) -> int:
         return sum(len(j.decoded.frames) - j.sent for j in self.jobs)

@@ -204,7 +204,7 @@ def test_shards_partition_the_manifest(container_manifest, tmp_path):
 @pytest.mark.parametrize("kw,match", [
     ({"frames": "uniform:8,random:2"}, "--frames: unknown policy 'random:2'"),
     ({"batch_size": 0}, "--batch-size"),
-    ({"dtype": "int8"}, "--dtype"),
+    ({"dtype": "int4"}, "--dtype"),
     ({"decoder": "opencv"}, "--decoder"),
     ({"short_videos": "pad"}, "--short-videos"),
 ])

@@ -61,7 +61,11 @@ def format_facts(f: dict) -> str:
         f"({p['interpolation']}), {p['crop']} crop, mean {p['mean']}, std {p['std']}",
         f"layers       {f['layers']}",
         f"tokens       {t['num_prefix_tokens']} prefix + {t['grid'][0]}x{t['grid'][1]} patches, dim {t['dim']}, "
-        f"stored as {f['storage']['dtype']}, computed in {f['compute']['precision']}",
+        f"stored as {f['storage']['dtype']}, computed in {f['compute']['precision']}"
+        + (f"; patches pooled ({t['pool']}) from the model's {t['model_grid'][0]}x{t['model_grid'][1]} grid"
+           if t.get("pool") else "")
+        + ("; int8 with per-channel then per-token scales, read back as float16"
+           if f['storage']['dtype'] == "int8" else ""),
         f"frames       {', '.join(f['frames']['policies'])} (pool = their union)",
         *([f"cut          residual stream entering block {f['cut']['block']} of {f['cut']['depth']} "
            f"(float16): adapters can go into blocks {f['cut']['block']}..{f['cut']['depth'] - 1}; the frozen "

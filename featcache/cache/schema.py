@@ -7,6 +7,7 @@ Layout (Zarr v3, one directory per video, 3-5 files per video):
       videos/<key>/zarr.json   one group per video; attributes = the video's record
       videos/<key>/tokens/     (T, L, N, C) float16, one uncompressed chunk ("0.0.0.0")
       videos/<key>/luv_scores/ (num_frames,) float32, one chunk; only with keyframes policies
+      videos/<key>/token_scales/, channel_scales/   only with --dtype int8 (cache/quant.py)
       .staging/                videos being written; renamed into videos/ when complete
 """
 from __future__ import annotations
@@ -23,7 +24,9 @@ LUV_SCORES = "luv_scores"
 CUT = "cut"  # (T, N, C) float16: the residual stream entering the cut block (extract --cut-block)
 SIDE_CROPS = "side_crops"  # (2, T, L, N, C): the first and last of 3 spatial crops (extract --crops 3)
 STATUSES = ("done", "failed")
-STORAGE_DTYPES = ("float16", "float32")
+TOKEN_SCALES = "token_scales"  # (T, L, N) float16: per-token scales of int8 tokens
+CHANNEL_SCALES = "channel_scales"  # (L, C) float32: per-channel scales of int8 tokens
+STORAGE_DTYPES = ("float16", "float32", "int8")
 ROOT_KEYS = ("schema_version", "featcache_version", "fingerprint", "model", "preprocess", "layers",
              "tokens", "compute", "frames", "storage")
 VIDEO_KEYS = ("video_id", "path", "split", "labels", "source", "frame_indices", "timestamps", "policies")

@@ -21,7 +21,7 @@ from functools import cached_property
 
 import numpy as np
 
-from featcache.cache import schema
+from featcache.cache import quant, schema
 from featcache.errors import FeatcacheError
 from featcache.view import parse_policy
 
@@ -63,8 +63,12 @@ class VideoEntry:
 
     @cached_property
     def tokens(self) -> np.ndarray:
-        """(T, L, N, C): frames, layers, tokens (prefix/CLS first), channels."""
-        return self._array(schema.TOKENS)
+        """(T, L, N, C): frames, layers, tokens (prefix/CLS first), channels; int8 stores are
+        dequantized to float16."""
+        tokens = self._array(schema.TOKENS)
+        if tokens.dtype != np.int8:
+            return tokens
+        return quant.dequantize(tokens, self._array(schema.TOKEN_SCALES), self._array(schema.CHANNEL_SCALES)[:, None])
 
     def read_frames_into(self, out: np.ndarray, positions: list[int], layer: int) -> None:
         """``out[t] = tokens[positions[t], layer]`` for a C-contiguous (T, N, C) ``out``.
@@ -74,15 +78,20 @@ class VideoEntry:
         ``out`` (one copy, no zarr overhead). Any other layout goes through zarr.
         """
         layout = self._plain_chunk()
-        if layout is None or layout[2] != out.dtype:
+        int8 = layout is not None and layout[2] == np.int8
+        if layout is None or layout[2] != out.dtype and not int8:
             out[...] = self.tokens[np.asarray(positions), layer]
             return
         path, shape, dtype = layout
         itemsize, layer = dtype.itemsize, layer % shape[1]
+        dest = np.empty(out.shape, np.int8) if int8 else out
         if len(positions) * 2 >= shape[0] and hasattr(mmap, "MAP_POPULATE"):
-            _copy_mapped(out, path, shape, itemsize, positions, layer)
+            _copy_mapped(dest, path, shape, itemsize, positions, layer)
         else:
-            _read_ranges(out, path, shape, itemsize, positions, layer)
+            _read_ranges(dest, path, shape, itemsize, positions, layer)
+        if int8:  # the scales are small: (T, L, N) and (L, C)
+            scales = self._array(schema.TOKEN_SCALES)[np.asarray(positions), layer]
+            out[...] = quant.dequantize(dest, scales, self._array(schema.CHANNEL_SCALES)[layer], out.dtype)
 
     def _plain_chunk(self) -> tuple[str, list[int], np.dtype] | None:
         folder = os.path.join(self.cache_path, schema.VIDEOS, self.key, schema.TOKENS)
@@ -203,9 +212,8 @@ class Cache:
 
     @property
     def bytes_per_frame(self) -> int:
-        t = self.attrs["tokens"]
-        itemsize = np.dtype(self.attrs["storage"]["dtype"]).itemsize
-        return len(self.attrs["layers"]) * t["num_tokens"] * t["dim"] * itemsize
+        return sum(int(np.prod(shape)) * np.dtype(kind).itemsize
+                   for name, shape, kind, _ in video_arrays(self.attrs, 1) if name != schema.CHANNEL_SCALES)
 
     def size_on_disk(self) -> int:
         total = 0
@@ -259,6 +267,10 @@ class Cache:
             side = _read_json(os.path.join(self.path, schema.VIDEOS, key, schema.SIDE_CROPS, "zarr.json")) or {}
             if tuple(side.get("shape", ())) != (2, *expected):
                 out.append(f"side_crops shape {side.get('shape')} != expected {[2, *expected]}")
+        if self.attrs["storage"]["dtype"] == "int8":
+            scales = _read_json(os.path.join(self.path, schema.VIDEOS, key, schema.TOKEN_SCALES, "zarr.json")) or {}
+            if tuple(scales.get("shape", ())) != expected[:3]:
+                out.append(f"token_scales shape {scales.get('shape')} != expected {list(expected[:3])}")
         if self.attrs.get("cut"):
             cut = _read_json(os.path.join(self.path, schema.VIDEOS, key, schema.CUT, "zarr.json")) or {}
             if tuple(cut.get("shape", ())) != (t, expected[2], expected[3]):
@@ -352,21 +364,17 @@ class CacheWriter(Cache):
         failure to publish raises PublishError: the video is not in the store."""
         import zarr
 
-        dtype = self.attrs["storage"]["dtype"]
         record = dict(record, status="done", has_luv_scores=luv_scores is not None)
         stage = self._stage_dir(record["video_id"])
         group = zarr.create_group(zarr.storage.LocalStore(stage), attributes=to_json(record))
-        arrays = [(schema.TOKENS, tokens, dtype, ("frame", "layer", "token", "channel")),
-                  (schema.LUV_SCORES, luv_scores, "float32", ("source_frame",)),
-                  (schema.CUT, cut, "float16", ("frame", "token", "channel")),
-                  (schema.SIDE_CROPS, side_crops, dtype, ("crop", "frame", "layer", "token", "channel"))]
+        data = {schema.TOKENS: tokens, schema.LUV_SCORES: luv_scores, schema.CUT: cut, schema.SIDE_CROPS: side_crops}
+        if self.attrs["storage"]["dtype"] == "int8":
+            data[schema.TOKENS], data[schema.TOKEN_SCALES], data[schema.CHANNEL_SCALES] = quant.quantize(tokens)
         written = 0
-        for name, data, kind, dims in arrays:
-            if data is None:
-                continue
-            arr = group.create_array(name, shape=data.shape, chunks=data.shape, dtype=kind, compressors=None,
+        for name, shape, kind, dims in video_arrays(self.attrs, len(tokens), luv_scores is not None and len(luv_scores)):
+            arr = group.create_array(name, shape=shape, chunks=shape, dtype=kind, compressors=None,
                                      chunk_key_encoding=_CHUNK_KEYS, dimension_names=dims)  # one chunk file each
-            arr[...] = data.astype(kind, copy=False)
+            arr[...] = data[name].astype(kind, copy=False)
             written += int(arr.nbytes) if name != schema.LUV_SCORES else 0  # token data only
         return written if self._publish(stage, record) else None
 
@@ -403,6 +411,26 @@ class CacheWriter(Cache):
         if self._records is not None:
             self._records[key] = to_json(record)
         return True
+
+
+def video_arrays(attrs: dict, frames: int, source_frames: int | None = None) -> list[tuple]:
+    """(name, shape, dtype, dimension names) of every array a video of ``frames`` cached frames
+    holds in a store with root attributes ``attrs`` (``source_frames``: LUV scores, when kept).
+    The writer and ``featcache estimate`` both use it."""
+    tok, dtype = attrs["tokens"], attrs["storage"]["dtype"]
+    shape = (frames, len(attrs["layers"]), tok["num_tokens"], tok["dim"])
+    dims = ("frame", "layer", "token", "channel")
+    out = [(schema.TOKENS, shape, dtype, dims)]
+    if dtype == "int8":
+        out += [(schema.TOKEN_SCALES, shape[:3], "float16", dims[:3]),
+                (schema.CHANNEL_SCALES, (shape[1], shape[3]), "float32", ("layer", "channel"))]
+    if source_frames:
+        out.append((schema.LUV_SCORES, (source_frames,), "float32", ("source_frame",)))
+    if attrs.get("cut"):
+        out.append((schema.CUT, (frames, tok["num_tokens"], tok["dim"]), "float16", ("frame", "token", "channel")))
+    if attrs.get("crops"):
+        out.append((schema.SIDE_CROPS, (2, *shape), dtype, ("crop", *dims)))
+    return out
 
 
 class PublishError(OSError):

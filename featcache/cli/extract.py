@@ -35,7 +35,8 @@ def extract(
     batch_size: str = typer.Option("auto", help="Frames per forward pass (batches span videos): auto (the fastest of 8/16/32/64 on this device, probed once and cached) or a number."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
-    dtype: str = typer.Option("float16", help="Storage dtype of the tokens: float16 or float32."),
+    dtype: str = typer.Option("float16", help="Storage dtype of the tokens: float16, float32 or int8 (per-channel then per-token scales; read back as float16)."),
+    token_pool: str = typer.Option("1", help="Average-pool the patch grid before storing: K (K x K windows, e.g. 2 = 4x fewer patch tokens) or mean (prefix tokens + the mean patch token: a linear-probe layout)."),
     decoder: str = typer.Option("auto", help="auto (decord checked against PyAV), decord or pyav."),
     luv_size: str = typer.Option("64x48", help="Decode size WxH for key-frame LUV scoring."),
     short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
@@ -61,18 +62,10 @@ def extract(
 
     Re-running the same command resumes: finished videos are skipped, failed ones retried.
     """
-    from featcache.encoder import EncoderConfig
-    from featcache.extract import ExtractConfig, prepare_store, run_extract
+    from featcache.extract import prepare_store, run_extract
 
     with user_errors():
-        enc = EncoderConfig(model=model, weights=weights, img_size=img_size,
-                            layers=_parse_ints(layers, "--layers"), precision=precision, device=device,
-                            cut_block=cut_block,
-                            model_args=_parse_kv(model_arg, "--model-arg"))
-        cfg = ExtractConfig(manifest=manifest, out=out, encoder=enc, frames=frames, batch_size=_parse_batch(batch_size),
-                            dtype=dtype, decoder=decoder, luv_size=_parse_size(luv_size),
-                            short_videos=short_videos, overwrite=overwrite, shard=_parse_shard(shard), crops=crops,
-                            threads=threads)
+        cfg = extract_config(locals())
         if init_only:
             if shard is not None or slurm or devices:
                 raise FeatcacheError("--init-only prepares the store for workers; give it without --shard, --slurm or --devices")
@@ -89,6 +82,78 @@ def extract(
     _print_summary(summary, out)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def extract_config(p: dict):
+    """The ExtractConfig of `featcache extract`'s parsed options (``estimate`` parses the same)."""
+    from featcache.encoder import EncoderConfig
+    from featcache.extract import ExtractConfig
+
+    enc = EncoderConfig(model=p["model"], weights=p["weights"], img_size=p["img_size"],
+                        layers=_parse_ints(p["layers"], "--layers"), precision=p["precision"], device=p["device"],
+                        cut_block=p["cut_block"], token_pool=_parse_pool(p["token_pool"]),
+                        model_args=_parse_kv(p["model_arg"], "--model-arg"))
+    return ExtractConfig(manifest=p["manifest"], out=p["out"], encoder=enc, frames=p["frames"],
+                         batch_size=_parse_batch(p["batch_size"]), dtype=p["dtype"], decoder=p["decoder"],
+                         luv_size=_parse_size(p["luv_size"]), short_videos=p["short_videos"],
+                         overwrite=p["overwrite"], shard=_parse_shard(p["shard"]), crops=p["crops"],
+                         threads=p["threads"])
+
+
+def _parse_pool(text: str):
+    if text == "mean":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise FeatcacheError(f"--token-pool: expected an integer >= 1 or mean, got {text!r}")
+    return int(text)
+
+
+ESTIMATE_EXAMPLES = """
+Examples:
+
+  featcache estimate data/ucf101.csv --frames uniform:16,keyframes:8
+
+  featcache estimate manifest.csv --dtype int8 --token-pool 2 --json
+"""
+
+
+@app.command(epilog=ESTIMATE_EXAMPLES, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def estimate(
+    ctx: typer.Context,
+    manifest: str = typer.Argument(..., help="The manifest extract would read."),
+    as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON (the total is `bytes`)."),
+    no_time: bool = typer.Option(False, "--no-time", help="Skip the short measured forward (no time estimate)."),
+):
+    """Bytes on disk (per frame, per video, total), files and model time of an extraction, before
+    running it. Takes every `featcache extract` option (e.g. --frames, --layers, --dtype,
+    --token-pool, --cut-block, --model); frame counts come from the container headers."""
+    import json
+
+    from featcache.estimate import estimate as run_estimate, human
+
+    with user_errors():
+        command = typer.main.get_command(app).get_command(ctx, "extract")
+        try:
+            parsed = command.make_context("extract", [manifest, "--out", "estimate.zarr", *ctx.args],
+                                          resilient_parsing=False).params
+        except Exception as exc:  # a usage error of typer's (vendored) click: one line, exit 2
+            if not hasattr(exc, "format_message"):
+                raise
+            raise FeatcacheError(f"estimate: {exc.format_message()}") from None
+        est = run_estimate(extract_config(parsed), measure=not no_time)
+    if as_json:
+        typer.echo(json.dumps(est.as_dict(), indent=1))
+        return
+    typer.echo(f"{est.videos} videos, {est.frames} cached frames; {human(est.token_bytes_per_frame)} of arrays "
+               f"per frame, {human(est.bytes_per_video)} per video")
+    typer.echo(f"total {human(est.bytes)} ({est.bytes} bytes) in {est.files} files, metadata included")
+    if est.forward_frames_per_s:
+        typer.echo(f"model time ~{est.model_seconds:.0f} s at {est.forward_frames_per_s:.1f} frames/s "
+                   f"(batch {est.batch_size}, measured here; decoding not included)")
+    for note in est.notes:
+        typer.echo(f"note: {note}")
+    for video_id, reason in est.unreadable.items():
+        typer.echo(f"unreadable: {video_id}: {reason}")
 
 
 def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster, wait, poll) -> None:
