@@ -25,7 +25,7 @@ def main() -> None:
     import zarr
 
     path = os.path.join(tempfile.mkdtemp(prefix="featcache-bench-"), "c.zarr")
-    writer = CacheWriter.open(path, {"storage": {"dtype": "float16"}})
+    writer = CacheWriter.open(path, {"storage": {"dtype": "float16"}, "layers": [-1], "tokens": {"num_tokens": 5, "dim": 4}})
     tokens = np.zeros((8, 1, 5, 4), np.float16)
     for i in range(args.videos):
         writer.write_video({"video_id": f"v{i:05d}", "frame_indices": list(range(8))}, tokens, None)

@@ -36,7 +36,10 @@ class Plan:
 
 def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = False,
               memory_bytes: int | None = None, max_fused: int = 32, show_progress: bool = True,
-              echo=print) -> list[dict]:
+              echo=print, slurm=None, wait: bool = False, poll_s: float = 10.0) -> list[dict]:
+    """Plan and run the cells; returns the leaderboard rows (empty for a dry run, or while
+    cluster tasks are still training). With ``slurm`` (a cluster.SlurmConfig) each fused group
+    is one task of a submitit job array instead of a pass in this process."""
     cache = open_cache(sweep.cache)
     layouts = _check_views(sweep, cache, cells)
     done = [r for r in cache.records().values() if r.get("status") == "done"]
@@ -49,9 +52,29 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
         return []
     os.makedirs(out_dir, exist_ok=True)
     _write_resolved(sweep, out_dir)
+    groups = [[p.cell for p in g] for g in groups]
+    if slurm is not None:
+        from featcache.sweep_cluster import launch_groups
+
+        if not launch_groups(sweep, out_dir, groups, cache.fingerprint, slurm, wait, poll_s, echo):
+            return []
+    else:
+        skipped = run_groups(sweep.cache, out_dir, groups, show_progress, echo)
+        if skipped:
+            echo(f"{skipped} finished cell(s) skipped (delete their folders under {out_dir}/cells to redo them)")
+    rows = [_row(out_dir, c) for c in cells]
+    write_leaderboard(out_dir, rows, sweep.axes, sweep.metric, sweep.goal)
+    return rows
+
+
+def run_groups(cache_path: str, out_dir: str, groups: list[list[Cell]], show_progress: bool = False,
+               echo=print) -> int:
+    """Train each group's unfinished cells in one pass, reading each view once for adjacent
+    groups; returns the number of finished cells skipped."""
+    cache = open_cache(cache_path)
     data, data_key, skipped = None, None, 0
     for group in groups:
-        todo = [p.cell for p in group if not _finished(p.cell, out_dir, cache.fingerprint)]
+        todo = [c for c in group if not finished(c, out_dir, cache.fingerprint)]
         skipped += len(group) - len(todo)
         if not todo:
             continue
@@ -59,15 +82,11 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
         if view != data_key:  # groups that share a view are adjacent (plan_groups) and share one read
             data = None  # free the previous view before reading the next
             echo(f"reading view {view}")
-            data, data_key = read_splits(cache, view), view
+            data, data_key = read_splits(cache, view, max_bytes=todo[0].config.view_budget), view
         echo(f"training {len(todo)} cell(s) in one pass: {', '.join(c.name for c in todo)}")
-        train_group(sweep.cache, [c.config for c in todo], [_cell_dir(out_dir, c) for c in todo],
+        train_group(cache_path, [c.config for c in todo], [_cell_dir(out_dir, c) for c in todo],
                     overwrite=True, show_progress=show_progress, data=data)
-    if skipped:
-        echo(f"{skipped} finished cell(s) skipped (delete their folders under {out_dir}/cells to redo them)")
-    rows = [_row(out_dir, c) for c in cells]
-    write_leaderboard(out_dir, rows, sweep.axes, sweep.metric, sweep.goal)
-    return rows
+    return skipped
 
 
 def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict[View, Layout]:
@@ -175,7 +194,7 @@ def _cell_dir(out_dir: str, cell: Cell) -> str:
     return os.path.join(out_dir, "cells", cell.name)
 
 
-def _finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
+def finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
     import yaml
 
     run = _cell_dir(out_dir, cell)

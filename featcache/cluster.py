@@ -74,10 +74,6 @@ class ShardTask:
 def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig) -> tuple[list, list[str]]:
     """Replace the store first when asked (``cfg.overwrite``), then submit one array task per
     shard; returns the submitit jobs and the differing facts of a replaced store."""
-    try:
-        import submitit
-    except ImportError:
-        raise FeatcacheError("--slurm needs submitit: pip install submitit") from None
     if slurm.cluster not in ("slurm", "local"):
         raise FeatcacheError(f"--cluster: expected slurm or local, got {slurm.cluster!r}")
     if cfg.shard is not None:
@@ -85,8 +81,20 @@ def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig) -> tuple[list, list[str
     validate(cfg)
     read_manifest(cfg.manifest)  # a bad manifest fails here, not in every task
     replaced = prepare_store(cfg, launcher_device(cfg, slurm)) if cfg.overwrite else []
+    executor = make_executor(slurm, "featcache-extract")
+    return executor.map_array(ShardTask(), shard_configs(cfg, slurm.shards)), replaced
+
+
+def make_executor(slurm: SlurmConfig, name: str):
+    """A submitit executor for one array (per-task logs under ``slurm.logs/<job id>/``)."""
+    try:
+        import submitit
+    except ImportError:
+        raise FeatcacheError("--slurm needs submitit: pip install submitit") from None
+    if slurm.cluster not in ("slurm", "local"):
+        raise FeatcacheError(f"--cluster: expected slurm or local, got {slurm.cluster!r}")
     executor = submitit.AutoExecutor(folder=os.path.join(slurm.logs, "%j"), cluster=slurm.cluster)
-    params = {"name": "featcache-extract", "timeout_min": slurm.time_min, "tasks_per_node": 1,
+    params = {"name": name, "timeout_min": slurm.time_min, "tasks_per_node": 1,
               "cpus_per_task": slurm.cpus_per_task, "mem_gb": slurm.mem_gb,
               "slurm_array_parallelism": slurm.array_parallelism}
     if slurm.gpus_per_task:
@@ -94,7 +102,7 @@ def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig) -> tuple[list, list[str
     if slurm.partition:
         params["slurm_partition"] = slurm.partition
     executor.update_parameters(**params)
-    return executor.map_array(ShardTask(), shard_configs(cfg, slurm.shards)), replaced
+    return executor
 
 
 @dataclasses.dataclass
@@ -111,10 +119,10 @@ class TaskOutcome:
 _PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
 
 
-def wait_for_tasks(jobs: list, out: str, total: int, echo, poll_s: float = 10.0,
+def wait_for_tasks(jobs: list, progress, echo, poll_s: float = 10.0,
                    log_path: str | None = None) -> list[TaskOutcome]:
     """Wait until every task has ended, printing one progress line per poll when it changed
-    (tasks pending / running / ended, videos in the store). Task states come from ``squeue``
+    (tasks pending / running / ended, then ``progress()``, e.g. videos in the store). Task states come from ``squeue``
     and each task's result file, never from ``sacct``: clusters without accounting work, and
     submitit's warnings go to ``log_path`` (or are dropped), not to the terminal."""
     import logging
@@ -122,6 +130,7 @@ def wait_for_tasks(jobs: list, out: str, total: int, echo, poll_s: float = 10.0,
     import warnings
 
     start, last, gone = time.monotonic(), None, Counter()
+    slurm_jobs = bool(jobs) and type(jobs[0]).__name__ == "SlurmJob"  # not submitit's local executor
     handler = logging.FileHandler(log_path) if log_path else logging.NullHandler()
     logger = logging.getLogger("submitit")
     logger.addHandler(handler)
@@ -130,7 +139,7 @@ def wait_for_tasks(jobs: list, out: str, total: int, echo, poll_s: float = 10.0,
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             while True:
-                queued = _squeue_states(jobs)
+                queued = squeue_states([str(j.job_id) for j in jobs]) if slurm_jobs else None
                 states = []
                 for i, job in enumerate(jobs):
                     if job.paths.result_pickle.exists():
@@ -145,7 +154,7 @@ def wait_for_tasks(jobs: list, out: str, total: int, echo, poll_s: float = 10.0,
                         states.append("ended" if gone[i] >= 2 else "running")
                 counts = Counter(states)
                 line = (f"tasks: {counts['pending']} pending, {counts['running']} running, {counts['ended']} ended; "
-                        f"videos in the store: {_published(out)}/{total}")
+                        f"{progress()}")
                 if line != last:
                     echo(f"[{time.monotonic() - start:5.0f} s] {line}")
                     last = line
@@ -184,15 +193,14 @@ def _last_error(text: str) -> str:
     return lines[0][:300] if lines else ""
 
 
-def _squeue_states(jobs: list) -> dict[str, str] | None:
-    """task id (``123_4``) -> Slurm state of the tasks still in the queue; None when the jobs
-    are not Slurm jobs (or squeue is missing)."""
+def squeue_states(task_ids: list[str]) -> dict[str, str] | None:
+    """task id (``123_4``) -> Slurm state of the tasks still in the queue; None without squeue."""
     import shutil
     import subprocess
 
-    if not jobs or type(jobs[0]).__name__ != "SlurmJob" or shutil.which("squeue") is None:
+    if not task_ids or shutil.which("squeue") is None:
         return None
-    arrays = sorted({str(job.job_id).split("_")[0] for job in jobs})
+    arrays = sorted({str(t).split("_")[0] for t in task_ids})
     p = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(arrays)],
                        capture_output=True, text=True, timeout=60)
     if p.returncode != 0:  # the whole array has left the queue
@@ -200,7 +208,8 @@ def _squeue_states(jobs: list) -> dict[str, str] | None:
     return dict(line.split(None, 1) for line in p.stdout.splitlines() if " " in line)
 
 
-def _published(out: str) -> int:
+def published(out: str) -> int:
+    """Videos published in the store at ``out`` (done or failed)."""
     from featcache.cache import schema
 
     try:

@@ -37,9 +37,16 @@ class TrainConfig:
     pos_weight: Any = None  # multi-label BCE: None, "auto" (negatives/positives per class) or a number
     seed: int = 0
     early_stop: int = 0  # stop after this many epochs without a better val metric (0 = off)
+    shuffle_window: int = 0  # shuffle blocks of this many neighbouring videos, then within them (0 = full shuffle)
+    max_view_memory_gb: float = 0.0  # a split of the view larger than this is streamed from disk (0 = half the free RAM)
     init: str = ""  # a featcache pretrain run (or its .pt) to start the head's transferable part from ("" = none)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
+
+    @property
+    def view_budget(self) -> int | None:
+        """Bytes a materialised split may take (None: the default, half the available memory)."""
+        return int(self.max_view_memory_gb * 1e9) if self.max_view_memory_gb > 0 else None
 
     @property
     def fusion_key(self) -> tuple:
@@ -51,7 +58,7 @@ class TrainConfig:
 HEAD_SOURCES = {"adapter": "cut"}
 
 # the settings that decide the batches: cells agreeing on all of them train in one fused pass
-FUSION_KEYS = ("view", "batch_size", "epochs", "seed", "task", "augment", "device", "amp")
+FUSION_KEYS = ("view", "batch_size", "epochs", "seed", "shuffle_window", "task", "augment", "device", "amp")
 
 
 _CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),

@@ -68,7 +68,9 @@ class ExtractSummary:
     warnings: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # --overwrite: the differing facts of the replaced store
     batch_size_note: str = ""  # --batch-size auto: the size chosen and how
-    frames: int = 0
+    frames: int = 0  # frames through the model
+    extended: int = 0  # done videos that gained the frames of policies added to the store
+    new_frames: int = 0  # frames those videos gained (the only ones decoded at full size and encoded)
     bytes_written: int = 0
     wall_s: float = 0.0
 
@@ -84,6 +86,7 @@ class _Decoded:
     frames: np.ndarray | None = None  # (T, S, S, 3) uint8, cropped
     scores: np.ndarray | None = None
     reason: str = ""  # set when the video failed
+    grown: dict | None = None  # extending a done video: its old record, and where old and new frames go
 
 
 @dataclass
@@ -139,8 +142,17 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
         torch.set_num_threads(cfg.threads)
     encoder = FrozenEncoder(cfg.encoder)
     writer = CacheWriter.open(cfg.out, root_attrs(cfg, encoder), replace=cfg.overwrite)
-    done = writer.done_keys()
-    todo = [it for it in items if schema.video_key(it.video_id) not in done]
+    cfg = dataclasses.replace(cfg, frames=",".join(writer.attrs["frames"]["policies"]))  # with policies added earlier
+    records = writer.records()
+    grow = {}  # done videos that lack a policy of the store: they gain its frames
+    todo = []
+    for it in items:
+        record = records.get(schema.video_key(it.video_id), {})
+        if record.get("status") != "done":
+            todo.append(it)
+        elif set(writer.attrs["frames"]["policies"]) - set(record["policies"]):
+            grow[it.video_id] = record
+            todo.append(it)
     summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo), replaced=writer.replaced)
     if cfg.batch_size == "auto":
         from featcache.batchsize import choose_batch_size
@@ -149,7 +161,7 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
         cfg = dataclasses.replace(cfg, batch_size=size)
         summary.batch_size_note = f"batch size {size} ({how})"
     start = time.perf_counter()
-    _Pipeline(cfg, encoder, writer, summary).run(todo, show_progress)
+    _Pipeline(cfg, encoder, writer, summary, grow).run(todo, show_progress)
     summary.wall_s = time.perf_counter() - start
     return summary
 
@@ -189,8 +201,10 @@ def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
 
 
 class _Pipeline:
-    def __init__(self, cfg: ExtractConfig, encoder: FrozenEncoder, writer: CacheWriter, summary: ExtractSummary):
+    def __init__(self, cfg: ExtractConfig, encoder: FrozenEncoder, writer: CacheWriter, summary: ExtractSummary,
+                 grow: dict[str, dict] | None = None):
         self.cfg, self.encoder, self.writer, self.summary = cfg, encoder, writer, summary
+        self.grow = grow or {}
         self.policies = cfg.policies
         self.max_count = max([p.count for p in self.policies if p.fixed] or [1])  # stride pools are never short
         self.needs_luv = any(p.kind == "keyframes" for p in self.policies)
@@ -203,13 +217,19 @@ class _Pipeline:
         record = {"video_id": item.video_id, "path": item.path, "split": item.split,
                   "labels": list(item.labels), "extra": item.extra}
         chosen = {}
+        old = self.grow.get(item.video_id)
 
         def pick(n: int, small: np.ndarray | None, stamps: np.ndarray) -> np.ndarray:
             if n < self.max_count and self.cfg.short_videos == "fail":
                 raise DecodeError(f"video has {n} frames, fewer than the {self.max_count} requested")
             chosen["scores"] = luv_scores(small) if small is not None else None
             pool, chosen["positions"] = select_frames(self.policies, n, chosen["scores"], stamps)
-            return pool
+            if old is None:
+                return pool
+            chosen["pool"] = pool
+            new = np.setdiff1d(pool, old["frame_indices"])
+            # a video that gains no frame still needs its frame count and scores: one frame is decoded, dropped
+            return new if len(new) else np.asarray(old["frame_indices"][:1])
 
         try:
             video = decode_video(item.path, pick, self.encoder.short_side,
@@ -221,6 +241,8 @@ class _Pipeline:
             return _Decoded(item, record, reason=str(exc))
         except Exception as exc:  # one bad file must not end the run; the reason names the error
             return _Decoded(item, record, reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
+        if old is not None:
+            return self._grown(item, old, video, frames, chosen)
         record.update(
             source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width,
                     "height": video.height, "decoder": video.decoder, "decoder_note": video.note,
@@ -230,6 +252,27 @@ class _Pipeline:
             short=video.num_frames < self.max_count,
         )
         return _Decoded(item, record, frames, chosen["scores"])
+
+    def _grown(self, item: VideoItem, old: dict, video, frames: np.ndarray, chosen: dict) -> _Decoded:
+        """A done video gaining the frames of added policies: only ``video.indices`` not already
+        cached go through the model; old and new frames are merged at publishing."""
+        old_idx = np.asarray(old["frame_indices"], dtype=np.int64)
+        keep = ~np.isin(video.indices, old_idx)  # the probe frame of a video that gains none is dropped
+        new_idx = video.indices[keep]
+        merged = np.union1d(old_idx, new_idx)
+        policies = {name: np.searchsorted(merged, old_idx[pos]).tolist() for name, pos in old["policies"].items()}
+        for name, pos in chosen["positions"].items():
+            if name not in policies:
+                policies[name] = np.searchsorted(merged, chosen["pool"][pos]).tolist()
+        stamps = np.empty(len(merged))
+        stamps[np.searchsorted(merged, old_idx)] = old["timestamps"]
+        stamps[np.searchsorted(merged, new_idx)] = video.timestamps[keep]
+        record = {k: v for k, v in old.items() if k not in ("status", "has_luv_scores")}
+        record.update(frame_indices=merged, timestamps=stamps, policies=policies, num_cached_frames=len(merged))
+        crops = len(self._crop_order)
+        frames = frames.reshape(crops, -1, *frames.shape[1:])[:, keep].reshape(-1, *frames.shape[1:])
+        grown = {"old": old, "old_at": np.searchsorted(merged, old_idx), "new_at": np.searchsorted(merged, new_idx)}
+        return _Decoded(item, record, frames, chosen["scores"], grown=grown)
 
     def _producer(self, items: list[VideoItem], out: queue.Queue, stop: threading.Event) -> None:
         for item in items:
@@ -310,6 +353,10 @@ class _Pipeline:
                 room -= take
             if not room:
                 break
+        if not parts:  # only videos that gain no frame are waiting
+            while self.jobs and self.jobs[0].filled == len(self.jobs[0].decoded.frames):
+                self._publish(self.jobs.popleft())
+            return
         batch = torch.from_numpy(np.concatenate([j.decoded.frames[a:b] for j, a, b in parts]))
         if self.pin:
             batch = batch.pin_memory()
@@ -326,12 +373,15 @@ class _Pipeline:
             self._publish(self.jobs.popleft())
 
     def _publish(self, job: _Job) -> None:
-        tokens, side = job.tokens, None
+        tokens, side, cut = job.tokens, None, job.cut
         if self.cfg.crops == 3:  # (3T, ...) in crop order -> centre crop + (first, last)
             parts = np.split(job.tokens, 3)
             tokens, side = parts[1], np.stack([parts[0], parts[2]])
         try:
-            written = self.writer.write_video(job.decoded.record, tokens, job.decoded.scores, job.cut, side)
+            if job.decoded.grown is not None:
+                written = self._publish_grown(job.decoded, tokens, cut, side)
+            else:
+                written = self.writer.write_video(job.decoded.record, tokens, job.decoded.scores, cut, side)
         except PublishError as exc:
             self._fail(job.decoded, str(exc))
             return
@@ -339,9 +389,30 @@ class _Pipeline:
             self.summary.skipped += 1
         else:
             self.summary.bytes_written += written
-            self.summary.done += 1
+            self.summary.done += job.decoded.grown is None  # grown videos are counted in summary.extended
             self.summary.frames += len(job.tokens)  # every crop went through the model
         self._advance()
+
+    def _publish_grown(self, decoded: _Decoded, tokens, cut, side) -> int | None:
+        """Old and new frames merged in source order, published in place of the old video."""
+        g, entry = decoded.grown, self.writer.video(decoded.item.video_id)
+        size = len(decoded.record["frame_indices"])
+
+        def merge(old: np.ndarray, new: np.ndarray, axis: int = 0) -> np.ndarray:
+            out = np.empty((*old.shape[:axis], size, *old.shape[axis + 1:]), dtype=new.dtype)
+            np.moveaxis(out, axis, 0)[g["old_at"]] = np.moveaxis(old, axis, 0)
+            np.moveaxis(out, axis, 0)[g["new_at"]] = np.moveaxis(new, axis, 0)
+            return out
+
+        scores = decoded.scores if decoded.scores is not None else entry.luv_scores
+        written = self.writer.replace_video(
+            decoded.record, merge(entry.tokens, tokens), scores,
+            merge(entry.cut, cut) if cut is not None else None,
+            merge(entry.side_crops, side, axis=1) if side is not None else None)
+        if written is not None:
+            self.summary.extended += 1
+            self.summary.new_frames += len(g["new_at"])
+        return written
 
     def _advance(self) -> None:
         elapsed = time.perf_counter() - self.start

@@ -3,6 +3,7 @@ import csv
 import glob
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -190,3 +191,37 @@ def test_a_retrained_cell_starts_a_fresh_log(cache, tmp_path):
     row = next(csv.DictReader(open(os.path.join(out, "leaderboard.csv"))))
     seconds = sum(x["seconds"] for x in log)
     assert float(row["train_s"]) == pytest.approx(seconds, abs=0.01)
+
+
+# ------------------------------------------------------------------ sweeps on a cluster
+def test_a_sweep_on_a_local_array_equals_the_local_run(cache, tmp_path):
+    """Each fused group is one task of a submitit array (--cluster local runs the same array here):
+    the leaderboard equals a plain run's; without --wait a re-run writes it once the tasks end."""
+    sweep = write(tmp_path, "parameters: {seed: {values: [0, 1]}}\n"
+                            "base: {head: pool, view: uniform:8, epochs: 2, batch_size: 8}\n")
+    local = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", str(tmp_path / "plain"), "-q"])
+    assert local.exit_code == 0, local.output
+    array = ["--slurm", "--cluster", "local", "--gpus-per-task", "0", "--cpus-per-task", "1", "--poll", "0.5",
+             "--slurm-logs", str(tmp_path / "logs")]
+    out = str(tmp_path / "array")
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q", *array, "--wait"])
+    assert r.exit_code == 0, r.output
+    assert "submitted 2 task(s)" in r.output and "cells finished: 2/2" in r.output
+    rows = {name: list(csv.DictReader(open(os.path.join(d, "leaderboard.csv")))) for name, d in
+            (("plain", tmp_path / "plain"), ("array", out))}
+    assert [(x["cell"], x["val/top1"], x["test/top1"]) for x in rows["plain"]] == \
+        [(x["cell"], x["val/top1"], x["test/top1"]) for x in rows["array"]]
+    again = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q", *array])
+    assert again.exit_code == 0 and "submitted" not in again.output and "best:" in again.output
+
+    later = str(tmp_path / "later")
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", later, "-q", *array])
+    assert r.exit_code == 0 and "re-run this command when they end" in r.output
+    assert not os.path.exists(os.path.join(later, "leaderboard.csv"))
+    for _ in range(600):  # the local array's processes outlive the submitting command
+        if len(glob.glob(os.path.join(later, "cells", "*", "metrics.json"))) == 2:
+            break
+        time.sleep(0.2)
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", later, "-q", *array])
+    assert r.exit_code == 0 and "submitted" not in r.output, r.output
+    assert len(list(csv.DictReader(open(os.path.join(later, "leaderboard.csv"))))) == 2

@@ -183,3 +183,31 @@ def test_a_failed_task_is_reported_with_its_shard_and_log(dataset, tmp_path):
         assert "failed: " in line and "manifest not found" in line and "log: " in line, line
         assert os.path.exists(line.split("log: ")[1].strip())
     assert "Traceback" not in stdout + stderr
+
+
+def test_a_sweep_runs_as_an_array_and_is_not_submitted_twice(dataset, tmp_path):
+    """`ablate --slurm`: one task per fused group; a re-run while they are queued or running submits
+    nothing; a re-run after they end writes the leaderboard."""
+    cache = tmp_path / "c.zarr"
+    r = subprocess.run([*FEATCACHE, "extract", dataset, "--out", str(cache), "--frames", "uniform:8", *MODEL, "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("parameters: {seed: {values: [0, 1]}}\n"
+                     "base: {head: r3d, head.hidden: 32, view: uniform:8, epochs: 3, batch_size: 8, device: cpu}\n")
+    out, logs = tmp_path / "sweep", tmp_path / "logs"
+    cmd = [*FEATCACHE, "ablate", str(sweep), "--cache", str(cache), "--out", str(out), "-q", "--slurm",
+           "--slurm-logs", str(logs), *TASK]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "submitted 2 task(s)" in first.stdout, first.stdout + first.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 cell(s) are still queued or running" in again.stdout and "submitted 2" not in again.stdout
+    job = job_of(logs)
+    wait_for(lambda: subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip() == "",
+             timeout=300, what="the sweep's tasks to leave the queue", poll=1)
+    final = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0 and "best:" in final.stdout, final.stdout + final.stderr
+    rows = list(csv.DictReader(open(out / "leaderboard.csv")))
+    assert sorted(r["seed"] for r in rows) == ["0", "1"] and all(float(r["test/top1"]) >= 0 for r in rows)
+    assert "Traceback" not in first.stderr + again.stderr + final.stderr

@@ -149,3 +149,57 @@ def test_estimate_refuses_bad_options_in_one_line(clips):
     for extra, words in ((["--dtype", "int4"], "--dtype: unknown 'int4'"), (["--bogus", "1"], "No such option")):
         r = runner.invoke(app, ["estimate", manifest, *TINY_CLI, *extra])
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.output
+
+
+# ------------------------------------------------------------------ incremental pools
+def test_adding_a_policy_decodes_and_encodes_only_the_new_frames(clips, tmp_path, monkeypatch):
+    import featcache.extract as extract_mod
+    from conftest import tiny_encoder_config
+    from featcache.extract import ExtractConfig, run_extract
+
+    manifest, _ = clips
+    out, fresh = str(tmp_path / "grow.zarr"), str(tmp_path / "fresh.zarr")
+
+    def cfg(path, frames):
+        return ExtractConfig(manifest=manifest, out=path, frames=frames, dtype="float32", batch_size=8,
+                             encoder=tiny_encoder_config())
+
+    run_extract(cfg(out, "uniform:8"), show_progress=False)
+    before = open_cache(out)
+    old = {v: before.video(v).tokens.copy() for v in before.video_ids()}
+    decoded = []
+    real = extract_mod.decode_video
+    monkeypatch.setattr(extract_mod, "decode_video", lambda *a, **k: decoded.append(real(*a, **k)) or decoded[-1])
+    summary = run_extract(cfg(out, "uniform:8,keyframes:4"), show_progress=False)
+    monkeypatch.undo()
+    run_extract(cfg(fresh, "uniform:8,keyframes:4"), show_progress=False)
+    grown, ref = open_cache(out), open_cache(fresh)
+    assert grown.verify() == [] and grown.fingerprint == before.fingerprint
+    assert grown.attrs["frames"]["policies"] == ["uniform:8", "keyframes:4"]
+    assert set(grown.attrs["frames"]["added"]) == {"uniform:8", "keyframes:4"}
+    gained = sum(len(grown.video(v).frame_indices) - 8 for v in old)
+    assert summary.extended == 16 and summary.done == 0 and summary.new_frames == gained == summary.frames
+    no_gain = sum(len(grown.video(v).frame_indices) == 8 for v in old)
+    assert sum(len(d.indices) for d in decoded) == gained + no_gain  # + one probe frame per video gaining none
+    for v in old:
+        g, r = grown.video(v), ref.video(v)
+        np.testing.assert_array_equal(g.frame_indices, r.frame_indices)
+        assert g.policies == r.policies
+        np.testing.assert_array_equal(g.tokens[g.policies["uniform:8"]], old[v])  # old frames untouched
+        np.testing.assert_allclose(g.tokens, r.tokens, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(g.timestamps, r.timestamps)
+    again = run_extract(cfg(out, "uniform:8"), show_progress=False)  # a subset: nothing to do
+    assert again.skipped == 16 and again.extended == 0
+
+
+def test_adding_a_policy_keeps_the_other_refusals(clips, tmp_path):
+    manifest, _ = clips
+    out = str(tmp_path / "c.zarr")
+    extract(manifest, out, "--frames", "uniform:4", "--dtype", "int8")
+    r = runner.invoke(app, ["extract", manifest, "--out", out, *TINY_CLI, "--frames", "uniform:4,uniform:6",
+                            "--dtype", "int8"])
+    assert r.exit_code == 2 and "cannot be added to the int8 store" in r.stderr
+    r = runner.invoke(app, ["extract", manifest, "--out", out, *TINY_CLI[:-1], "num_heads=4", "--frames", "uniform:4,uniform:6",
+                            "--dtype", "int8"])
+    assert r.exit_code == 2 and "different settings (model.args" in r.stderr
+    assert open_cache(out).attrs["frames"]["policies"] == ["uniform:4"] and open_cache(out).verify() == []

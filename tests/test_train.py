@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from conftest import TINY_ARGS, tiny_encoder_config
@@ -326,3 +327,43 @@ def test_token_dataset_with_a_dataloader(motion):
     assert len(ds) == 32
     x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
     assert x.shape == (5, 8, 5, 64) and x.dtype == torch.float16 and y.tolist() == [0] * 5  # sorted ids: down_*
+
+
+# ------------------------------------------------------------------ views larger than memory
+def test_epoch_order_windows_are_reproducible_shuffles_of_neighbouring_videos():
+    from featcache.cache.stream import epoch_order
+
+    full = epoch_order(50, seed=3, epoch=1)
+    assert sorted(full.tolist()) == list(range(50)) and torch.equal(full, epoch_order(50, seed=3, epoch=1))
+    assert not torch.equal(full, epoch_order(50, seed=3, epoch=2))
+    order = epoch_order(50, seed=3, epoch=1, window=8).tolist()
+    assert sorted(order) == list(range(50)) and order != sorted(order)
+    blocks, i = [], 0
+    while i < 50:  # consecutive runs of the order each stay inside one window of 8 neighbours
+        size = 8 if (order[i] // 8) < 6 else 2
+        blocks.append({v // 8 for v in order[i:i + size]})
+        i += size
+    assert all(len(b) == 1 for b in blocks) and len({next(iter(b)) for b in blocks}) == 7
+
+
+def test_a_split_larger_than_the_budget_streams_and_trains_to_the_same_metrics(motion, tmp_path):
+    from featcache.cache.dataset import materialise
+    from featcache.cache.stream import StreamedTokens
+
+    view = View("uniform:8")
+    memory = materialise(open_cache(motion), view, "train")
+    streamed = materialise(open_cache(motion), view, "train", max_bytes=memory.x.numel() * 2 // 5)
+    assert isinstance(streamed.x, StreamedTokens) and streamed.x.shape == memory.x.shape
+    idx = torch.tensor([5, 0, 77, 5])
+    assert torch.equal(streamed.x[idx], memory.x[idx]) and torch.equal(streamed.x[3:9], memory.x[3:9])
+    results = {}
+    for name, budget in (("memory", 0.0), ("streamed", memory.x.numel() * 2 / 5 / 1e9)):
+        cfg = build_config({"head": "r3d", "head.hidden": 32, "epochs": 3, "batch_size": 16, "shuffle_window": 12,
+                            "max_view_memory_gb": budget, "augment": "flip"})
+        results[name] = run_training(motion, cfg, str(tmp_path / name), show_progress=False)
+        meta = yaml.safe_load(open(tmp_path / name / "config.yaml"))
+        assert meta["streamed"] == ([] if name == "memory" else ["train", "val", "test"])
+    assert results["memory"] == results["streamed"]
+    logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(tmp_path / n / "log.jsonl")]
+            for n in results]
+    assert logs[0] == logs[1]

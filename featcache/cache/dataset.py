@@ -1,8 +1,9 @@
 """Training views over a cache: which frames, layers and tokens a head sees.
 
 A view is materialised once per run into one contiguous float16 array ``(V, T, N, C)`` per
-split (in memory, or a memmap in a temporary folder when larger than ``max_memory_bytes``) and
-reused every epoch, so an epoch costs a memory copy instead of V Zarr reads.
+split and reused every epoch, so an epoch costs a memory copy instead of V reads. A split larger
+than the memory budget (``max_bytes``) is streamed from the chunk files instead (cache/stream.py):
+the same values, read batch by batch, with no copy on disk.
 
 Frames come from the cached pool: a policy cached at extraction (``uniform:8``) is used as
 recorded; another one (``uniform:4`` from a ``uniform:8,uniform:16`` pool, ``keyframes:4`` from
@@ -11,8 +12,6 @@ frames are in the pool, and refused otherwise with the video that lacks them.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +27,7 @@ from featcache.view import View
 class ViewData:
     """One split of a view, materialised."""
 
-    x: torch.Tensor  # (V, T, N, C) float16
+    x: torch.Tensor  # (V, T, N, C) float16, or a StreamedTokens that reads the same values on demand
     labels: list[list[str]]
     video_ids: list[str]
     num_prefix_tokens: int
@@ -115,27 +114,35 @@ def fill_view(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: V
     dest[...] = np.concatenate(parts, axis=1)
 
 
-def materialise(cache: Cache, view: View, split: str, max_memory_bytes: int = 4 << 30) -> ViewData:
-    """Read every done video of ``split`` once into one (V, T, N, C) float16 array."""
+def materialise(cache: Cache, view: View, split: str, max_bytes: int | None = None) -> ViewData:
+    """Every done video of ``split`` read once into one (V, T, N, C) float16 array, or, when that
+    array would exceed ``max_bytes`` (default: half the available memory), a StreamedTokens."""
+    from featcache.cache.stream import StreamedTokens
+
     view.check(cache.attrs)
     records = cache.done_records(split)
     layout = view.layout(cache.attrs)
-    out = _allocate((len(records), *layout.shape), max_memory_bytes)
-    for i, record in enumerate(records):
-        entry = cache.video(record["video_id"])
-        positions = frame_positions(entry, view.frames)
-        if view.subset:  # one of several interleaved views of the pool
-            positions = positions[view.subset[0]::view.subset[1]]
-        fill_view(out[i], entry, positions, view, cache.attrs)
-    return ViewData(torch.from_numpy(out), [r["labels"] for r in records], [r["video_id"] for r in records],
-                    layout.num_prefix_tokens, layout.grid)
+    shape = (len(records), *layout.shape)
+    entries = [cache.video(r["video_id"]) for r in records]
+    positions = []
+    for entry in entries:
+        pos = frame_positions(entry, view.frames)
+        positions.append(pos[view.subset[0]::view.subset[1]] if view.subset else pos)  # interleaved views
+    labels, ids = [r["labels"] for r in records], [r["video_id"] for r in records]
+    if int(np.prod(shape)) * 2 > (max_bytes if max_bytes else memory_budget()):
+        return ViewData(StreamedTokens(cache, view, entries, positions, shape), labels, ids,
+                        layout.num_prefix_tokens, layout.grid)
+    out = np.empty(shape, dtype=np.float16)
+    for i, entry in enumerate(entries):
+        fill_view(out[i], entry, positions[i], view, cache.attrs)
+    return ViewData(torch.from_numpy(out), labels, ids, layout.num_prefix_tokens, layout.grid)
 
 
-def _allocate(shape: tuple[int, ...], max_memory_bytes: int) -> np.ndarray:
-    nbytes = int(np.prod(shape)) * 2
-    if nbytes <= max_memory_bytes:
-        return np.empty(shape, dtype=np.float16)
-    path = os.path.join(tempfile.mkdtemp(prefix="featcache-view-"), "view.f16")
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
-    os.unlink(path)  # the mapping stays valid; the file disappears with the process
-    return arr
+def memory_budget() -> int:
+    """Half the memory available now (the default budget of a materialised view)."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024 // 2
+    except (OSError, KeyError, ValueError):
+        return 4 << 30

@@ -34,7 +34,9 @@ VIDEO_KEYS = ("video_id", "path", "split", "labels", "source", "frame_indices", 
 # Root-attribute sections that decide what the tokens mean: two runs may share a store only
 # when all of them agree.
 FINGERPRINT_KEYS = ("model", "preprocess", "layers", "tokens", "compute", "frames", "storage", "cut", "crops")
-_VOLATILE = {("model", "num_params"), ("compute", "device_type")}
+# the policy list grows when policies are added to a store (incremental pools): the tokens of a
+# frame mean the same whatever else is cached, so it does not enter the fingerprint
+_VOLATILE = {("model", "num_params"), ("compute", "device_type"), ("frames", "policies"), ("frames", "added")}
 _OPTIONAL = {"cut", "crops"}
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -89,12 +89,20 @@ class VideoEntry:
             _copy_mapped(dest, path, shape, itemsize, positions, layer)
         else:
             _read_ranges(dest, path, shape, itemsize, positions, layer)
-        if int8:  # the scales are small: (T, L, N) and (L, C)
-            scales = self._array(schema.TOKEN_SCALES)[np.asarray(positions), layer]
-            out[...] = quant.dequantize(dest, scales, self._array(schema.CHANNEL_SCALES)[layer], out.dtype)
+        if int8:  # the scales are small: (T, L, N) and (L, C), each one plain chunk like the tokens
+            scales = self._plain_array(schema.TOKEN_SCALES)[np.asarray(positions), layer]
+            out[...] = quant.dequantize(dest, scales, self._plain_array(schema.CHANNEL_SCALES)[layer], out.dtype)
 
-    def _plain_chunk(self) -> tuple[str, list[int], np.dtype] | None:
-        folder = os.path.join(self.cache_path, schema.VIDEOS, self.key, schema.TOKENS)
+    def _plain_array(self, name: str) -> np.ndarray:
+        """A small array read straight from its single chunk file (through zarr for any other layout)."""
+        layout = self._plain_chunk(name)
+        if layout is None:
+            return self._array(name)
+        path, shape, dtype = layout
+        return np.fromfile(path, dtype=dtype).reshape(shape)
+
+    def _plain_chunk(self, name: str = schema.TOKENS) -> tuple[str, list[int], np.dtype] | None:
+        folder = os.path.join(self.cache_path, schema.VIDEOS, self.key, name)
         meta = _read_json(os.path.join(folder, "zarr.json")) or {}
         codecs = meta.get("codecs", [])
         plain = (len(codecs) == 1 and codecs[0].get("name") == "bytes"
@@ -316,7 +324,29 @@ class CacheWriter(Cache):
                 f"--out {path}: the cache was made with different settings ({', '.join(diff)}); "
                 "use another --out, or --overwrite to replace it")
         writer._clean_staging()
+        added = [p for p in attrs["frames"]["policies"] if p not in writer.attrs["frames"]["policies"]]
+        if added:
+            writer._add_policies(added)
         return writer
+
+    def _add_policies(self, added: list[str]) -> None:
+        """Incremental pools: the store's policy list grows (never shrinks); videos gain the new
+        policies' frames as extraction reaches them. The root is rewritten atomically."""
+        if self.attrs["storage"]["dtype"] == "int8":
+            raise FeatcacheError(f"--frames: {', '.join(added)} cannot be added to the int8 store {self.path} "
+                                 "(its per-video scales would change); extract into another --out")
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        frames = dict(self.attrs["frames"])
+        first = frames.get("added") or {p: self.attrs.get("created_at") for p in frames["policies"]}
+        frames["policies"] = [*frames["policies"], *added]
+        frames["added"] = {**first, **{p: now for p in added}}
+        meta = _read_json(os.path.join(self.path, "zarr.json"))
+        meta["attributes"] = dict(meta["attributes"], frames=frames)
+        tmp = os.path.join(self.path, f"zarr.json.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+        os.replace(tmp, os.path.join(self.path, "zarr.json"))
+        self.attrs = meta["attributes"]
 
     @staticmethod
     def _create(path: str, attrs: dict) -> None:
@@ -362,6 +392,12 @@ class CacheWriter(Cache):
         """Publish one complete video; returns the bytes of token data written, or None when
         another writer published this video first (its copy is kept, ours dropped). Any other
         failure to publish raises PublishError: the video is not in the store."""
+        record = dict(record, status="done", has_luv_scores=luv_scores is not None)
+        stage = self._stage(record, tokens, luv_scores, cut, side_crops)
+        return stage_bytes(tokens, self.attrs) if self._publish(stage, record) else None
+
+    def _stage(self, record: dict, tokens, luv_scores, cut, side_crops) -> str:
+        """Write a complete video under .staging/; returns its folder."""
         import zarr
 
         record = dict(record, status="done", has_luv_scores=luv_scores is not None)
@@ -370,13 +406,34 @@ class CacheWriter(Cache):
         data = {schema.TOKENS: tokens, schema.LUV_SCORES: luv_scores, schema.CUT: cut, schema.SIDE_CROPS: side_crops}
         if self.attrs["storage"]["dtype"] == "int8":
             data[schema.TOKENS], data[schema.TOKEN_SCALES], data[schema.CHANNEL_SCALES] = quant.quantize(tokens)
-        written = 0
         for name, shape, kind, dims in video_arrays(self.attrs, len(tokens), luv_scores is not None and len(luv_scores)):
             arr = group.create_array(name, shape=shape, chunks=shape, dtype=kind, compressors=None,
                                      chunk_key_encoding=_CHUNK_KEYS, dimension_names=dims)  # one chunk file each
             arr[...] = data[name].astype(kind, copy=False)
-            written += int(arr.nbytes) if name != schema.LUV_SCORES else 0  # token data only
-        return written if self._publish(stage, record) else None
+        return stage
+
+    def replace_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None,
+                      cut: np.ndarray | None = None, side_crops: np.ndarray | None = None) -> int | None:
+        """Publish a grown version of a done video in place of the old one (incremental pools):
+        the two directories are swapped in one ``renameat2(RENAME_EXCHANGE)``, so readers see the
+        old or the new video, never none. Returns the bytes of token data, or None when the
+        published copy already has every policy of ``record`` (another writer got there first)."""
+        key = schema.video_key(record["video_id"])
+        dest = os.path.join(self.path, schema.VIDEOS, key)
+        stage = self._stage(record, tokens, luv_scores, cut, side_crops)
+        theirs = (_read_json(os.path.join(dest, "zarr.json")) or {}).get("attributes", {})
+        if set(record["policies"]) <= set(theirs.get("policies", {})):
+            shutil.rmtree(stage)
+            return None
+        try:
+            _exchange(stage, dest)
+        except OSError as exc:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise PublishError(f"could not replace the video in the cache: {exc.strerror or exc} ({dest})") from None
+        shutil.rmtree(stage, ignore_errors=True)  # now the old copy
+        if self._records is not None:
+            self._records[key] = to_json(dict(record, status="done", has_luv_scores=luv_scores is not None))
+        return stage_bytes(tokens, self.attrs)
 
     def write_failure(self, record: dict, reason: str) -> None:
         import zarr
@@ -411,6 +468,24 @@ class CacheWriter(Cache):
         if self._records is not None:
             self._records[key] = to_json(record)
         return True
+
+
+def stage_bytes(tokens: np.ndarray, attrs: dict) -> int:
+    """Bytes of a video's arrays other than its LUV scores (what summaries call token data)."""
+    return sum(int(np.prod(shape)) * np.dtype(kind).itemsize
+               for name, shape, kind, _ in video_arrays(attrs, len(tokens)))
+
+
+def _exchange(a: str, b: str) -> None:
+    """Swap two directories atomically (Linux renameat2 RENAME_EXCHANGE)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, a.encode(), at_fdcwd, b.encode(), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err) + " (renameat2 RENAME_EXCHANGE: adding policies needs a local "
+                                              "Linux file system that supports it)")
 
 
 def video_arrays(attrs: dict, frames: int, source_frames: int | None = None) -> list[tuple]:

@@ -159,7 +159,7 @@ def estimate(
 def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster, wait, poll) -> None:
     import os
 
-    from featcache.cluster import SlurmConfig, launch_slurm, wait_for_tasks
+    from featcache.cluster import SlurmConfig, launch_slurm, published, wait_for_tasks
     from featcache.manifest import read_manifest
 
     jobs, replaced = launch_slurm(cfg, SlurmConfig(shards, partition, gpus, cpus, mem_gb, time_min, logs=logs,
@@ -171,8 +171,8 @@ def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster,
     if not wait:
         return
     total = len(read_manifest(cfg.manifest))
-    outcomes = wait_for_tasks(jobs, cfg.out, total, typer.echo, poll_s=poll,
-                              log_path=os.path.join(logs, array, "featcache-wait.log"))
+    outcomes = wait_for_tasks(jobs, lambda: f"videos in the store: {published(cfg.out)}/{total}", typer.echo,
+                              poll_s=poll, log_path=os.path.join(logs, array, "featcache-wait.log"))
     failed = 0
     for o in outcomes:
         if o.result is None:
@@ -218,6 +218,9 @@ def _print_summary(s, out: str) -> None:
     typer.echo(f"extracted {s.done} videos, {len(s.failed)} failed, {s.skipped} already cached "
                f"(of {s.total}); {s.frames} frames in {s.wall_s:.1f} s = {s.frames_per_s:.1f} frames/s; "
                f"{mb:.1f} MB written to {out}")
+    if s.extended:
+        typer.echo(f"grew {s.extended} cached videos by {s.new_frames} new frames for the policies added to the store "
+                   "(only those frames were decoded at full size and encoded)")
     if s.batch_size_note:
         typer.echo(s.batch_size_note)
     for line in s.warnings:

@@ -201,6 +201,8 @@ Examples:
   featcache ablate pipelines/advise_tmm.yaml --cache caches/diving48.zarr --out runs/advise
 
   featcache ablate sweep.yaml --out runs/s1 --only 0,3 --filter head.temporal=avg --set epochs=5
+
+  featcache ablate sweep.yaml --out runs/s2 --slurm --partition gpu --gpus-per-task 1 --wait
 """
 
 
@@ -216,6 +218,16 @@ def ablate(
     memory_gb: Optional[float] = typer.Option(None, help="Memory budget of one fused pass (default: half the free RAM, or 80% of free GPU memory)."),
     max_fused: int = typer.Option(32, help="Most heads trained in one pass."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    slurm: bool = typer.Option(False, "--slurm", help="Submit each fused group as a task of a Slurm job array (submitit); re-run the command to write the leaderboard, or give --wait."),
+    cluster: str = typer.Option("slurm", help="--slurm: slurm, or local to run the same array here (submitit's local executor)."),
+    partition: Optional[str] = typer.Option(None, help="--slurm: partition."),
+    gpus_per_task: int = typer.Option(1, help="--slurm: GPUs per task (0 for CPU tasks)."),
+    cpus_per_task: int = typer.Option(8, help="--slurm: CPUs per task."),
+    mem_gb: int = typer.Option(32, help="--slurm: memory per task (GB)."),
+    time: int = typer.Option(240, "--time", help="--slurm: time limit per task (minutes); preempted or timed-out tasks requeue and skip finished cells."),
+    slurm_logs: str = typer.Option("slurm_logs", help="--slurm: folder for per-task logs (<job id>/)."),
+    wait: bool = typer.Option(False, "--wait", help="--slurm: wait for the tasks, then write the leaderboard."),
+    poll: float = typer.Option(10.0, help="--slurm --wait: seconds between progress polls."),
 ):
     """Run a grid of trainings from one cache, fusing cells that read the same data into one pass."""
     from featcache.ablate import SweepError, load_sweep, select
@@ -230,8 +242,14 @@ def ablate(
             if not cells:
                 raise FeatcacheError(f"{sweep_file}: no cell matches --only/--filter")
             memory = int(memory_gb * 1e9) if memory_gb else None
+            cluster_cfg = None
+            if slurm:
+                from featcache.cluster import SlurmConfig
+
+                cluster_cfg = SlurmConfig(0, partition, gpus_per_task, cpus_per_task, mem_gb, time, logs=slurm_logs,
+                                          cluster=cluster)
             rows = run_sweep(sweep, out, cells, dry_run=dry_run, memory_bytes=memory, max_fused=max_fused,
-                             show_progress=not quiet, echo=typer.echo)
+                             show_progress=not quiet, echo=typer.echo, slurm=cluster_cfg, wait=wait, poll_s=poll)
         except (SweepError, ValueError) as exc:
             raise FeatcacheError(str(exc)) from None
     if rows:

@@ -24,9 +24,9 @@ from featcache.view import View, parse_policy
 SPLITS = ("train", "val", "test")
 
 
-def read_splits(cache: Cache, view: View, splits=SPLITS) -> dict[str, ViewData]:
-    """Each split of ``view``, read once."""
-    return {s: materialise(cache, view, s) for s in splits}
+def read_splits(cache: Cache, view: View, splits=SPLITS, max_bytes: int | None = None) -> dict[str, ViewData]:
+    """Each split of ``view``, read once (streamed when larger than ``max_bytes``)."""
+    return {s: materialise(cache, view, s, max_bytes) for s in splits}
 
 
 @torch.inference_mode()

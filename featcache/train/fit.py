@@ -23,7 +23,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from featcache.cache.dataset import Task, ViewData
+from featcache.cache.dataset import Task, ViewData, memory_budget
+from featcache.cache.stream import StreamedTokens, batches, epoch_order
 from featcache.cache.store import open_cache
 from featcache.config import FUSION_KEYS, TrainConfig, to_dict
 from featcache.device import resolve_device
@@ -73,7 +74,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     view = cfgs[0].view
     view.check(cache.attrs)
     stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
-    data = data or read_splits(cache, view)
+    data = data or read_splits(cache, view, max_bytes=cfgs[0].view_budget)
     if len(data["train"].video_ids) == 0:
         raise FeatcacheError(f"{cache_path}: no videos in the train split; check the manifest's split column")
     task = _task(cfgs[0], data)
@@ -88,7 +89,8 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     for cfg, out_dir, (head, rng, cuda_rng) in zip(cfgs, out_dirs, heads):
         os.makedirs(out_dir, exist_ok=True)
         meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
-                "multi_label": task.multi, "config": to_dict(cfg)}
+                "multi_label": task.multi, "config": to_dict(cfg),
+                "streamed": [s for s, d in data.items() if isinstance(d.x, StreamedTokens)]}
         _write_config(out_dir, meta)
         members.append(_Member(cfg, head, task, data, device, out_dir, meta, rng, cuda_rng))
     trainer = _GroupTrainer(members, data, task, device)
@@ -259,15 +261,15 @@ class _GroupTrainer:
                     f"{k} {v:.3f}" for k, v in first.items() if k in ("train/loss", f"val/{self.task.metric}")))
 
     def _epoch(self, epoch: int) -> list[dict]:
-        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)  # same seed -> same order
-        order = torch.randperm(len(self.x), generator=g)
+        order = epoch_order(len(self.x), self.cfg.seed, epoch, self.cfg.shuffle_window)  # in memory or streamed
         active = [m for m in self.members if m.active]
         stats = {id(m): [0.0, 0, time.perf_counter()] for m in active}  # loss sum, correct, start
         for m in active:
             m.head.train()
-        for i in range(0, len(order), self.cfg.batch_size):
-            idx = order[i:i + self.cfg.batch_size]
-            x = self.x[idx].to(self.device, non_blocking=True).float()
+        budget = self.cfg.view_budget or memory_budget()
+        for step, (idx, x) in enumerate(batches(self.x, order, self.cfg.batch_size, budget)):
+            i = step * self.cfg.batch_size
+            x = x.to(self.device, non_blocking=True).float()
             if self.cfg.augment != "none":  # one draw per batch, shared by every head of the group
                 g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch * 10_007 + i)
                 x = augment_tokens(x.cpu(), self.data["train"].num_prefix_tokens, self.data["train"].grid,

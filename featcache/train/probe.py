@@ -36,15 +36,19 @@ LOGREG_C = tuple(10.0 ** p for p in range(-4, 5))
 
 
 def video_features(x: torch.Tensor, prefix: int, feature: str) -> np.ndarray:
-    """(V, T, N, C) float16 tokens -> (V, D) float32: the per-frame feature averaged over time."""
-    x = x.float()
+    """(V, T, N, C) float16 tokens (in memory or streamed) -> (V, D) float32: the per-frame
+    feature averaged over time, 256 videos at a time."""
     if feature in ("cls", "cls_mean") and not prefix:
         raise FeatcacheError(f"--feature {feature}: the view has no CLS token; use mean")
     if feature in ("mean", "cls_mean") and x.shape[2] == prefix:
         raise FeatcacheError(f"--feature {feature}: the view has no patch tokens; use cls")
-    parts = {"cls": [x[:, :, 0]], "mean": [x[:, :, prefix:].mean(2)],
-             "cls_mean": [x[:, :, 0], x[:, :, prefix:].mean(2)]}[feature]
-    return torch.cat(parts, dim=-1).mean(dim=1).numpy()  # (V, D)
+    out = []
+    for i in range(0, len(x), 256):
+        chunk = x[i:i + 256].float()
+        parts = {"cls": [chunk[:, :, 0]], "mean": [chunk[:, :, prefix:].mean(2)],
+                 "cls_mean": [chunk[:, :, 0], chunk[:, :, prefix:].mean(2)]}[feature]
+        out.append(torch.cat(parts, dim=-1).mean(dim=1).numpy())  # (V, D)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def knn_scores(train: np.ndarray, train_y: np.ndarray, query: np.ndarray, k: int, classes: int) -> np.ndarray:
