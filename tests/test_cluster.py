@@ -57,8 +57,8 @@ def test_two_concurrent_shard_processes_share_one_store(dataset, tmp_path):
 def test_slurm_array_through_submitit_local_executor(dataset, tmp_path):
     pytest.importorskip("submitit")
     out, logs = str(tmp_path / "c.zarr"), str(tmp_path / "logs")
-    run_extract(ExtractConfig(manifest=dataset, out=out, frames="uniform:2", encoder=tiny_encoder_config(),
-                              shard=(0, 3)), show_progress=False)  # a store made with other settings
+    run_extract(ExtractConfig(manifest=dataset, out=out, frames="uniform:4", encoder=tiny_encoder_config(),
+                              shard=(0, 3), dtype="float32"), show_progress=False)  # a store made with other settings
     r = runner.invoke(app, ["extract", dataset, "--out", out, "--frames", "uniform:4", *TINY_CLI, "--slurm", "--overwrite",
                             "--shards", "3", "--cluster", "local", "--gpus-per-task", "0", "--slurm-logs", logs, "--wait"])
     assert r.exit_code == 0, r.output
@@ -105,26 +105,26 @@ def test_overwrite_with_two_workers_never_loses_a_finished_video(dataset, tmp_pa
     cache = open_cache(str(out))
     assert sorted(cache.video_ids()) == sorted(ids_of(dataset)) and cache.verify() == []
     # other settings: the launcher replaces the store once, before the workers start
-    other = dataclasses.replace(cfg, frames="uniform:3", overwrite=True)
+    other = dataclasses.replace(cfg, dtype="float32", overwrite=True)
     summaries, replaced = run_on_devices(other, ["cpu", "cpu"])
-    assert replaced == ["frames.policies"] and all(s.replaced == [] for s in summaries)
+    assert replaced == ["storage.dtype"] and all(s.replaced == [] for s in summaries)
     assert sum(s.done for s in summaries) == 24 and not any(s.failed for s in summaries)
     cache = open_cache(str(out))
-    assert len(cache.video_ids()) == 24 and cache.attrs["frames"]["policies"] == ["uniform:3"]
+    assert len(cache.video_ids()) == 24 and cache.attrs["storage"]["dtype"] == "float32"
     assert not any(c.overwrite for c in shard_configs(other, 4))  # workers (and requeued tasks) never replace
 
 
 def test_shard_with_overwrite_is_refused_and_init_only_prepares_the_store(dataset, tmp_path):
     out = str(tmp_path / "c.zarr")
     common = ["extract", dataset, "--out", out, "--frames", "uniform:2", *TINY_CLI, "-q"]
-    run_extract(ExtractConfig(manifest=dataset, out=out, frames="uniform:3", encoder=tiny_encoder_config(),
-                              shard=(0, 4)), show_progress=False)
+    run_extract(ExtractConfig(manifest=dataset, out=out, frames="uniform:2", encoder=tiny_encoder_config(),
+                              shard=(0, 4), dtype="float32"), show_progress=False)
     r = runner.invoke(app, [*common, "--shard", "0/2", "--overwrite"])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--overwrite --init-only" in r.stderr
     assert len(open_cache(out).video_ids()) > 0  # nothing was deleted
     r = runner.invoke(app, [*common, "--overwrite", "--init-only"])
-    assert r.exit_code == 0 and "replaced the cache" in r.output and "frames.policies" in r.output
-    assert open_cache(out).video_ids() == [] and open_cache(out).attrs["frames"]["policies"] == ["uniform:2"]
+    assert r.exit_code == 0 and "replaced the cache" in r.output and "storage.dtype" in r.output
+    assert open_cache(out).video_ids() == [] and open_cache(out).attrs["storage"]["dtype"] == "float16"
     for i in range(2):
         assert runner.invoke(app, [*common, "--shard", f"{i}/2"]).exit_code == 0
     assert len(open_cache(out).video_ids()) == 24

@@ -124,12 +124,12 @@ def test_resume_skips_and_other_settings_are_refused(container_manifest, tmp_pat
     extract(container_manifest, out, frames="uniform:4")
     again = extract(container_manifest, out, frames="uniform:4")
     assert (again.skipped, again.done, again.frames) == (4, 0, 0)
-    with pytest.raises(FeatcacheError, match=r"different settings \(frames.policies\).*--overwrite"):
-        extract(container_manifest, out, frames="uniform:8")
+    with pytest.raises(FeatcacheError, match=r"different settings \(storage.dtype\).*--overwrite"):
+        extract(container_manifest, out, frames="uniform:4", dtype="float32")
     with pytest.raises(FeatcacheError, match=r"layers"):
         extract(container_manifest, out, frames="uniform:4", encoder=tiny_encoder_config(layers=(0, 1)))
-    redo = extract(container_manifest, out, frames="uniform:8", overwrite=True)
-    assert redo.done == 4 and open_cache(str(out)).attrs["frames"]["policies"] == ["uniform:8"]
+    redo = extract(container_manifest, out, frames="uniform:4", dtype="float32", overwrite=True)
+    assert redo.done == 4 and open_cache(str(out)).attrs["storage"]["dtype"] == "float32"
 
 
 def test_overwrite_keeps_a_store_whose_settings_match(container_manifest, tmp_path):
@@ -141,8 +141,8 @@ def test_overwrite_keeps_a_store_whose_settings_match(container_manifest, tmp_pa
     again = extract(container_manifest, out, frames="uniform:4", overwrite=True)
     assert (again.skipped, again.done, again.replaced) == (4, 0, [])
     assert len(videos) == 4 and all((d / "marker").exists() for d in videos)
-    other = extract(container_manifest, out, frames="uniform:2", overwrite=True)
-    assert other.done == 4 and other.replaced == ["frames.policies"]
+    other = extract(container_manifest, out, frames="uniform:4", dtype="float32", overwrite=True)
+    assert other.done == 4 and other.replaced == ["storage.dtype"]
 
 
 def test_a_video_that_cannot_be_published_fails_instead_of_counting_as_done(container_manifest, tmp_path):

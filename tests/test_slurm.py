@@ -145,8 +145,8 @@ def test_a_requeued_task_runs_again_and_the_store_ends_complete(dataset, tmp_pat
 
 def test_overwrite_with_a_requeue_loses_nothing(dataset, tmp_path):
     out, logs = tmp_path / "c.zarr", tmp_path / "logs"
-    first = subprocess.run([*FEATCACHE, "extract", dataset, "--out", str(out), "--frames", "uniform:2", *MODEL,
-                            "-q"], capture_output=True, text=True)  # a store made with other settings
+    first = subprocess.run([*FEATCACHE, "extract", dataset, "--out", str(out), "--frames", "uniform:8", *MODEL,
+                            "--dtype", "float32", "-q"], capture_output=True, text=True)  # made with other settings
     assert first.returncode == 0, first.stderr
     proc = start(extract_cmd(dataset, out, logs, "--overwrite"))
     job_of(logs)
@@ -155,7 +155,7 @@ def test_overwrite_with_a_requeue_loses_nothing(dataset, tmp_path):
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stdout + stderr
     assert stdout.count("replaced the cache") == 1 and "Traceback" not in stdout + stderr
-    assert open_cache(str(out)).attrs["frames"]["policies"] == ["uniform:8"]
+    assert open_cache(str(out)).attrs["storage"]["dtype"] == "float16"
     assert_complete(out, dataset)
 
 
