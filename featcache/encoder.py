@@ -88,22 +88,10 @@ class FrozenEncoder:
         return self.preprocess["resize_short_side"]
 
     def crop(self, frames: np.ndarray, position: int = 1, count: int = 1) -> np.ndarray:
-        """Crop resized uint8 frames (K, H, W, 3) -> (K, S, S, 3). ``count=1``: the centre crop
-        (torchvision rounding). ``count=3``: crop ``position`` 0/1/2 along the long side (left /
-        centre / right, or top / centre / bottom) at offsets 0, margin/2, margin, centred on the
-        short side: the three spatial views of SlowFast's and ST-Adapter's testing
-        (``video_dataset/dataset.py`` crops at 0, margin/2, margin)."""
-        size = self.cfg.img_size
-        h, w = frames.shape[1:3]
-        if h < size or w < size:
-            raise ValueError(f"frames of {w}x{h} are smaller than the {size}x{size} crop")
-        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-        if count == 3 and position != 1:
-            if w >= h:
-                left = 0 if position == 0 else w - size
-            else:
-                top = 0 if position == 0 else h - size
-        return np.ascontiguousarray(frames[:, top:top + size, left:left + size])
+        """The model's crop of resized uint8 frames (featcache.prepare.crop)."""
+        from featcache.prepare import crop
+
+        return crop(frames, self.cfg.img_size, position, count)
 
     # ---------------------------------------------------------------- forward
     @torch.inference_mode()

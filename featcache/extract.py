@@ -25,8 +25,9 @@ from featcache.cache.store import CacheWriter, PublishError
 from featcache.encoder import EncoderConfig, FrozenEncoder
 from featcache.errors import FeatcacheError
 from featcache.manifest import VideoItem, read_manifest
-from featcache.video.decode import DECODERS, DecodeError, decode_video
-from featcache.video.select import Policy, luv_scores, parse_policies, select_frames
+from featcache.prepare import DecodePool, DecodeSpec, Prepared, auto_workers, prepare
+from featcache.video.decode import DECODERS
+from featcache.video.select import Policy, parse_policies
 
 SHORT_VIDEO_MODES = ("repeat", "fail")
 
@@ -49,6 +50,7 @@ class ExtractConfig:
     prefetch: int = 4  # decoded videos waiting for the model
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     crops: int = 1  # 1: the centre crop; 3: also the first and last crop along the long side (spatial views)
+    decode_workers: int = 0  # decode processes (0: one decoding thread in this process; -1: auto from the free cores)
 
     @cached_property
     def policies(self) -> tuple[Policy, ...]:
@@ -68,6 +70,7 @@ class ExtractSummary:
     warnings: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # --overwrite: the differing facts of the replaced store
     batch_size_note: str = ""  # --batch-size auto: the size chosen and how
+    decode_note: str = ""  # where decoding ran
     frames: int = 0  # frames through the model
     extended: int = 0  # done videos that gained the frames of policies added to the store
     new_frames: int = 0  # frames those videos gained (the only ones decoded at full size and encoded)
@@ -80,18 +83,8 @@ class ExtractSummary:
 
 
 @dataclass
-class _Decoded:
-    item: VideoItem
-    record: dict
-    frames: np.ndarray | None = None  # (T, S, S, 3) uint8, cropped
-    scores: np.ndarray | None = None
-    reason: str = ""  # set when the video failed
-    grown: dict | None = None  # extending a done video: its old record, and where old and new frames go
-
-
-@dataclass
 class _Job:
-    decoded: _Decoded
+    decoded: Prepared
     tokens: np.ndarray  # (T, L, N, C) storage dtype, filled batch by batch
     cut: np.ndarray | None = None  # (T, N, C) float16: the residual stream entering the cut block
     sent: int = 0  # frames handed to the model
@@ -109,6 +102,8 @@ def validate(cfg: ExtractConfig) -> None:
         raise FeatcacheError(f"--decoder: unknown {cfg.decoder!r}; expected one of {', '.join(DECODERS)}")
     if cfg.short_videos not in SHORT_VIDEO_MODES:
         raise FeatcacheError(f"--short-videos: unknown {cfg.short_videos!r}; expected repeat or fail")
+    if cfg.decode_workers < -1:
+        raise FeatcacheError(f"--decode-workers: expected auto or an integer >= 0, got {cfg.decode_workers}")
     if cfg.crops not in (1, 3):
         raise FeatcacheError(f"--crops: expected 1 or 3, got {cfg.crops}")
     if cfg.dtype == "int8" and cfg.crops == 3:
@@ -122,6 +117,10 @@ def validate(cfg: ExtractConfig) -> None:
             "--overwrite with --shard: each shard would replace the store under the others; replace it once "
             f"with `featcache extract {cfg.manifest} --out {cfg.out} --overwrite --init-only` (same options, "
             "no --shard), then start the shards without --overwrite")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def shard_of(video_id: str, count: int) -> int:
@@ -154,6 +153,12 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
             grow[it.video_id] = record
             todo.append(it)
     summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo), replaced=writer.replaced)
+    workers = cfg.decode_workers if cfg.decode_workers >= 0 else auto_workers(encoder.device.type)
+    if workers and not cfg.threads and encoder.device.type == "cpu":  # decoders and the model share the cores
+        torch.set_num_threads(max(1, _cores() - workers))
+    cfg = dataclasses.replace(cfg, decode_workers=workers)
+    summary.decode_note = (f"decoding in {workers} worker process(es), the model on {torch.get_num_threads()} "
+                           "thread(s)" if workers else "decoding in one thread beside the model")
     if cfg.batch_size == "auto":
         from featcache.batchsize import choose_batch_size
 
@@ -205,78 +210,32 @@ class _Pipeline:
                  grow: dict[str, dict] | None = None):
         self.cfg, self.encoder, self.writer, self.summary = cfg, encoder, writer, summary
         self.grow = grow or {}
+        self.workers = max(0, cfg.decode_workers)  # resolved by run_extract
         self.policies = cfg.policies
         self.max_count = max([p.count for p in self.policies if p.fixed] or [1])  # stride pools are never short
         self.needs_luv = any(p.kind == "keyframes" for p in self.policies)
-        self._crop_order = (0, 1, 2) if cfg.crops == 3 else (1,)
         self.jobs: deque[_Job] = deque()
         self.pin = encoder.device.type == "cuda"
 
-    # ---------------------------------------------------------------- decoding thread
-    def _decode(self, item: VideoItem) -> _Decoded:
-        record = {"video_id": item.video_id, "path": item.path, "split": item.split,
-                  "labels": list(item.labels), "extra": item.extra}
-        chosen = {}
-        old = self.grow.get(item.video_id)
-
-        def pick(n: int, small: np.ndarray | None, stamps: np.ndarray) -> np.ndarray:
-            if n < self.max_count and self.cfg.short_videos == "fail":
-                raise DecodeError(f"video has {n} frames, fewer than the {self.max_count} requested")
-            chosen["scores"] = luv_scores(small) if small is not None else None
-            pool, chosen["positions"] = select_frames(self.policies, n, chosen["scores"], stamps)
-            if old is None:
-                return pool
-            chosen["pool"] = pool
-            new = np.setdiff1d(pool, old["frame_indices"])
-            # a video that gains no frame still needs its frame count and scores: one frame is decoded, dropped
-            return new if len(new) else np.asarray(old["frame_indices"][:1])
-
+    # ---------------------------------------------------------------- decoding side
+    def _prepared(self, items: list[VideoItem]):
+        """Each item decoded, selected and cropped, in order: in this thread or in worker processes."""
+        e = self.encoder
+        spec = DecodeSpec(",".join(str(p) for p in self.policies), self.cfg.short_videos,
+                          self.cfg.luv_size if self.needs_luv else None, self.cfg.decoder, e.short_side,
+                          e.preprocess["interpolation"], e.cfg.img_size, self.cfg.crops)
+        if not self.workers:
+            yield from (prepare(item, spec, self.grow.get(item.video_id)) for item in items)
+            return
+        pool = DecodePool(self.workers, self.cfg.prefetch)
         try:
-            video = decode_video(item.path, pick, self.encoder.short_side,
-                                 self.cfg.luv_size if self.needs_luv else None,
-                                 self.cfg.decoder, self.encoder.preprocess["interpolation"])
-            # with 3 crops: [first crop's frames, centre crop's, last crop's], split again at publishing
-            frames = np.concatenate([self.encoder.crop(video.frames, p, self.cfg.crops) for p in self._crop_order])
-        except DecodeError as exc:
-            return _Decoded(item, record, reason=str(exc))
-        except Exception as exc:  # one bad file must not end the run; the reason names the error
-            return _Decoded(item, record, reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
-        if old is not None:
-            return self._grown(item, old, video, frames, chosen)
-        record.update(
-            source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width,
-                    "height": video.height, "decoder": video.decoder, "decoder_note": video.note,
-                    "expected_frames": video.expected_frames, "truncated": video.looks_truncated},
-            frame_indices=video.indices, timestamps=video.timestamps,
-            policies=chosen["positions"], num_cached_frames=len(video.indices),
-            short=video.num_frames < self.max_count,
-        )
-        return _Decoded(item, record, frames, chosen["scores"])
-
-    def _grown(self, item: VideoItem, old: dict, video, frames: np.ndarray, chosen: dict) -> _Decoded:
-        """A done video gaining the frames of added policies: only ``video.indices`` not already
-        cached go through the model; old and new frames are merged at publishing."""
-        old_idx = np.asarray(old["frame_indices"], dtype=np.int64)
-        keep = ~np.isin(video.indices, old_idx)  # the probe frame of a video that gains none is dropped
-        new_idx = video.indices[keep]
-        merged = np.union1d(old_idx, new_idx)
-        policies = {name: np.searchsorted(merged, old_idx[pos]).tolist() for name, pos in old["policies"].items()}
-        for name, pos in chosen["positions"].items():
-            if name not in policies:
-                policies[name] = np.searchsorted(merged, chosen["pool"][pos]).tolist()
-        stamps = np.empty(len(merged))
-        stamps[np.searchsorted(merged, old_idx)] = old["timestamps"]
-        stamps[np.searchsorted(merged, new_idx)] = video.timestamps[keep]
-        record = {k: v for k, v in old.items() if k not in ("status", "has_luv_scores")}
-        record.update(frame_indices=merged, timestamps=stamps, policies=policies, num_cached_frames=len(merged))
-        crops = len(self._crop_order)
-        frames = frames.reshape(crops, -1, *frames.shape[1:])[:, keep].reshape(-1, *frames.shape[1:])
-        grown = {"old": old, "old_at": np.searchsorted(merged, old_idx), "new_at": np.searchsorted(merged, new_idx)}
-        return _Decoded(item, record, frames, chosen["scores"], grown=grown)
+            yield from pool.map(items, spec, self.grow)
+        finally:
+            pool.close()
 
     def _producer(self, items: list[VideoItem], out: queue.Queue, stop: threading.Event) -> None:
-        for item in items:
-            decoded = self._decode(item)
+        source = self._prepared(items)
+        for decoded in source:
             while not stop.is_set():
                 try:
                     out.put(decoded, timeout=0.2)
@@ -284,6 +243,7 @@ class _Pipeline:
                 except queue.Full:
                     continue
             if stop.is_set():
+                source.close()  # stops the workers
                 return
         out.put(None)
 
@@ -312,7 +272,7 @@ class _Pipeline:
                 stop.set()
                 thread.join(timeout=5)
 
-    def _fail(self, decoded: _Decoded, reason: str) -> None:
+    def _fail(self, decoded: Prepared, reason: str) -> None:
         """Record a failed video in the summary and, when the store takes it, in the store."""
         self.summary.failed[decoded.item.video_id] = reason
         try:
@@ -321,7 +281,7 @@ class _Pipeline:
             self.summary.failed[decoded.item.video_id] = f"{reason}; its failure record was not written either: {exc}"
         self._advance()
 
-    def _accept(self, decoded: _Decoded) -> None:
+    def _accept(self, decoded: Prepared) -> None:
         if decoded.reason:
             self._fail(decoded, decoded.reason)
             return
@@ -393,7 +353,7 @@ class _Pipeline:
             self.summary.frames += len(job.tokens)  # every crop went through the model
         self._advance()
 
-    def _publish_grown(self, decoded: _Decoded, tokens, cut, side) -> int | None:
+    def _publish_grown(self, decoded: Prepared, tokens, cut, side) -> int | None:
         """Old and new frames merged in source order, published in place of the old video."""
         g, entry = decoded.grown, self.writer.video(decoded.item.video_id)
         size = len(decoded.record["frame_indices"])

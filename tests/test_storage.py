@@ -153,7 +153,7 @@ def test_estimate_refuses_bad_options_in_one_line(clips):
 
 # ------------------------------------------------------------------ incremental pools
 def test_adding_a_policy_decodes_and_encodes_only_the_new_frames(clips, tmp_path, monkeypatch):
-    import featcache.extract as extract_mod
+    import featcache.prepare as extract_mod
     from conftest import tiny_encoder_config
     from featcache.extract import ExtractConfig, run_extract
 
@@ -203,3 +203,36 @@ def test_adding_a_policy_keeps_the_other_refusals(clips, tmp_path):
                             "--dtype", "int8"])
     assert r.exit_code == 2 and "different settings (model.args" in r.stderr
     assert open_cache(out).attrs["frames"]["policies"] == ["uniform:4"] and open_cache(out).verify() == []
+
+
+# ------------------------------------------------------------------ decode workers
+def test_decode_workers_write_the_same_store_and_leave_no_shared_memory(clips, tmp_path):
+    import glob as globmod
+    import csv
+
+    manifest, _ = clips
+    rows = list(csv.DictReader(open(manifest)))
+    rows.append({**rows[0], "video_id": "gone", "path": str(tmp_path / "missing.mp4")})
+    bad = str(tmp_path / "m.csv")
+    with open(bad, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "path": os.path.join(os.path.dirname(manifest), r["path"]) if r["video_id"] != "gone"
+                      else r["path"]} for r in rows])
+    shm_before = set(globmod.glob("/dev/shm/psm_*"))
+    stores = {}
+    for workers in ("0", "2"):
+        out = str(tmp_path / f"w{workers}.zarr")
+        r = runner.invoke(app, ["extract", bad, "--out", out, *TINY_CLI, "--frames", "uniform:4,keyframes:2",
+                                "--dtype", "float32", "--decode-workers", workers, "-q"])
+        assert r.exit_code == 1 and "failed: gone: file not found" in r.output, r.output
+        assert ("decoding in 2 worker process(es)" in r.output) == (workers == "2")
+        stores[workers] = open_cache(out)
+    a, b = stores["0"], stores["2"]
+    assert a.video_ids() == b.video_ids() and len(a.video_ids()) == 16 and a.failures() == b.failures()
+    for vid in a.video_ids():
+        assert a.video(vid).record == b.video(vid).record
+        np.testing.assert_array_equal(a.video(vid).tokens, b.video(vid).tokens)
+    assert set(globmod.glob("/dev/shm/psm_*")) <= shm_before
+    r = runner.invoke(app, ["extract", bad, "--out", str(tmp_path / "x.zarr"), *TINY_CLI, "--decode-workers", "-2"])
+    assert r.exit_code == 2 and "--decode-workers: expected auto or an integer >= 0" in r.stderr

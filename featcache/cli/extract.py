@@ -37,11 +37,12 @@ def extract(
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
     dtype: str = typer.Option("float16", help="Storage dtype of the tokens: float16, float32 or int8 (per-channel then per-token scales; read back as float16)."),
     token_pool: str = typer.Option("1", help="Average-pool the patch grid before storing: K (K x K windows, e.g. 2 = 4x fewer patch tokens) or mean (prefix tokens + the mean patch token: a linear-probe layout)."),
-    decoder: str = typer.Option("auto", help="auto (decord checked against PyAV), decord or pyav."),
+    decoder: str = typer.Option("auto", help="auto (decord checked against PyAV), decord, pyav or torchcodec (checked against PyAV like decord; needs the torchcodec extra)."),
     luv_size: str = typer.Option("64x48", help="Decode size WxH for key-frame LUV scoring."),
     short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
     shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the videos (stable hash of the id)."),
-    threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default; fewer when decode workers share the CPU)."),
+    decode_workers: str = typer.Option("auto", help="Decode processes (spawned; frames through shared memory): auto (the cores the model leaves: all but one beside a GPU, those beyond torch's threads on a CPU) or N (0 = one decoding thread in the model's process)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache made with other settings (one whose settings match is kept and resumed)."),
     init_only: bool = typer.Option(False, "--init-only", help="Create the store (with --overwrite: replace one made with other settings) and exit; run once before starting --shard workers by hand."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -97,7 +98,15 @@ def extract_config(p: dict):
                          batch_size=_parse_batch(p["batch_size"]), dtype=p["dtype"], decoder=p["decoder"],
                          luv_size=_parse_size(p["luv_size"]), short_videos=p["short_videos"],
                          overwrite=p["overwrite"], shard=_parse_shard(p["shard"]), crops=p["crops"],
-                         threads=p["threads"])
+                         threads=p["threads"], decode_workers=_parse_workers(p["decode_workers"]))
+
+
+def _parse_workers(text: str) -> int:
+    if text == "auto":
+        return -1
+    if not text.isdigit():
+        raise FeatcacheError(f"--decode-workers: expected auto or an integer >= 0, got {text!r}")
+    return int(text)
 
 
 def _parse_pool(text: str):
@@ -223,6 +232,8 @@ def _print_summary(s, out: str) -> None:
                    "(only those frames were decoded at full size and encoded)")
     if s.batch_size_note:
         typer.echo(s.batch_size_note)
+    if s.decode_note and s.total - s.skipped:
+        typer.echo(s.decode_note)
     for line in s.warnings:
         typer.echo(f"warning: {line}")
     for video_id, reason in s.failed.items():

@@ -1,0 +1,213 @@
+"""The decoding side of stage 1, one video at a time: decode, select frames, crop.
+
+``prepare`` is a plain function of a manifest item and a picklable ``DecodeSpec``, so it runs the
+same in the extraction process (a background thread) or in decode worker processes
+(``DecodePool``: spawned, never forked -- decord deadlocks in forked children -- one thread each,
+frames handed back through shared memory). Publishing stays in the main process.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from featcache.manifest import VideoItem
+from featcache.video.decode import DecodeError, decode_video
+from featcache.video.select import luv_scores, parse_policies, select_frames
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """Everything the decoding side needs (no model): picklable for worker processes."""
+
+    policies: str
+    short_videos: str
+    luv_size: tuple[int, int] | None  # only with key-frame policies
+    decoder: str
+    short_side: int
+    interpolation: str
+    img_size: int
+    crops: int
+
+
+@dataclass
+class Prepared:
+    item: VideoItem
+    record: dict
+    frames: np.ndarray | None = None  # (crops * T, S, S, 3) uint8, cropped, crops in order first/centre/last
+    scores: np.ndarray | None = None
+    reason: str = ""  # set when the video failed
+    grown: dict | None = None  # extending a done video: where its old and new frames go
+    shared: tuple | None = None  # (name, shape) of the frames in shared memory, from a worker
+
+
+def crop(frames: np.ndarray, size: int, position: int = 1, count: int = 1) -> np.ndarray:
+    """Crop resized uint8 frames (K, H, W, 3) -> (K, S, S, 3). ``count=1``: the centre crop
+    (torchvision rounding). ``count=3``: crop ``position`` 0/1/2 along the long side (left /
+    centre / right, or top / centre / bottom) at offsets 0, margin/2, margin, centred on the
+    short side: the three spatial views of SlowFast's and ST-Adapter's testing
+    (``video_dataset/dataset.py`` crops at 0, margin/2, margin)."""
+    h, w = frames.shape[1:3]
+    if h < size or w < size:
+        raise ValueError(f"frames of {w}x{h} are smaller than the {size}x{size} crop")
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    if count == 3 and position != 1:
+        if w >= h:
+            left = 0 if position == 0 else w - size
+        else:
+            top = 0 if position == 0 else h - size
+    return np.ascontiguousarray(frames[:, top:top + size, left:left + size])
+
+
+def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepared:
+    """Decode and crop the frames of ``item`` its policies pick; with ``old`` (a done video's
+    record), only the frames it lacks. Never raises for a bad video: ``reason`` says why."""
+    policies = parse_policies(spec.policies)
+    max_count = max([p.count for p in policies if p.fixed] or [1])  # stride pools are never short
+    record = {"video_id": item.video_id, "path": item.path, "split": item.split,
+              "labels": list(item.labels), "extra": item.extra}
+    chosen = {}
+
+    def pick(n: int, small: np.ndarray | None, stamps: np.ndarray) -> np.ndarray:
+        if n < max_count and spec.short_videos == "fail":
+            raise DecodeError(f"video has {n} frames, fewer than the {max_count} requested")
+        chosen["scores"] = luv_scores(small) if small is not None else None
+        pool, chosen["positions"] = select_frames(policies, n, chosen["scores"], stamps)
+        if old is None:
+            return pool
+        chosen["pool"] = pool
+        new = np.setdiff1d(pool, old["frame_indices"])
+        # a video that gains no frame still needs its frame count and scores: one frame is decoded, dropped
+        return new if len(new) else np.asarray(old["frame_indices"][:1])
+
+    order = (0, 1, 2) if spec.crops == 3 else (1,)
+    try:
+        video = decode_video(item.path, pick, spec.short_side, spec.luv_size, spec.decoder, spec.interpolation)
+        # with 3 crops: [first crop's frames, centre crop's, last crop's], split again at publishing
+        frames = np.concatenate([crop(video.frames, spec.img_size, p, spec.crops) for p in order])
+    except DecodeError as exc:
+        return Prepared(item, record, reason=str(exc))
+    except Exception as exc:  # one bad file must not end the run; the reason names the error
+        return Prepared(item, record, reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
+    if old is not None:
+        return _grown(item, old, video, frames, chosen, len(order))
+    record.update(
+        source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width,
+                "height": video.height, "decoder": video.decoder, "decoder_note": video.note,
+                "expected_frames": video.expected_frames, "truncated": video.looks_truncated},
+        frame_indices=video.indices, timestamps=video.timestamps,
+        policies=chosen["positions"], num_cached_frames=len(video.indices),
+        short=video.num_frames < max_count,
+    )
+    return Prepared(item, record, frames, chosen["scores"])
+
+
+def _grown(item: VideoItem, old: dict, video, frames: np.ndarray, chosen: dict, crops: int) -> Prepared:
+    """A done video gaining the frames of added policies: only ``video.indices`` not already
+    cached go through the model; old and new frames are merged at publishing."""
+    old_idx = np.asarray(old["frame_indices"], dtype=np.int64)
+    keep = ~np.isin(video.indices, old_idx)  # the probe frame of a video that gains none is dropped
+    new_idx = video.indices[keep]
+    merged = np.union1d(old_idx, new_idx)
+    policies = {name: np.searchsorted(merged, old_idx[pos]).tolist() for name, pos in old["policies"].items()}
+    for name, pos in chosen["positions"].items():
+        if name not in policies:
+            policies[name] = np.searchsorted(merged, chosen["pool"][pos]).tolist()
+    stamps = np.empty(len(merged))
+    stamps[np.searchsorted(merged, old_idx)] = old["timestamps"]
+    stamps[np.searchsorted(merged, new_idx)] = video.timestamps[keep]
+    record = {k: v for k, v in old.items() if k not in ("status", "has_luv_scores")}
+    record.update(frame_indices=merged, timestamps=stamps, policies=policies, num_cached_frames=len(merged))
+    frames = frames.reshape(crops, -1, *frames.shape[1:])[:, keep].reshape(-1, *frames.shape[1:])
+    grown = {"old_at": np.searchsorted(merged, old_idx), "new_at": np.searchsorted(merged, new_idx)}
+    return Prepared(item, record, frames, chosen["scores"], grown=grown)
+
+
+# ---------------------------------------------------------------- worker processes
+def _init_worker() -> None:
+    """One thread per decode worker: the cores are shared with the model's threads."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _prepare_shared(item: VideoItem, spec: DecodeSpec, old: dict | None) -> Prepared:
+    """``prepare`` in a worker: the frames go into a shared-memory block the main process frees."""
+    from multiprocessing import shared_memory
+
+    out = prepare(item, spec, old)
+    if out.frames is not None and out.frames.size:
+        shm = shared_memory.SharedMemory(create=True, size=out.frames.nbytes)
+        np.ndarray(out.frames.shape, np.uint8, buffer=shm.buf)[...] = out.frames
+        out.shared, out.frames = (shm.name, out.frames.shape), None
+        shm.close()
+    return out
+
+
+def _receive(out: Prepared) -> Prepared:
+    """Move a worker's frames out of shared memory (and free the block)."""
+    from multiprocessing import shared_memory
+
+    if out.shared is not None:
+        name, shape = out.shared
+        shm = shared_memory.SharedMemory(name=name)
+        try:
+            out.frames = np.array(np.ndarray(shape, np.uint8, buffer=shm.buf))
+        finally:
+            shm.close()
+            shm.unlink()
+        out.shared = None
+    return out
+
+
+def auto_workers(device_type: str) -> int:
+    """Decode workers for the cores the model leaves: on a GPU all but one core (the model's
+    host thread); on the CPU the cores beyond torch's threads (0: decode in a thread)."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device_type == "cuda":
+        return max(1, cores - 1)
+    return max(0, cores - torch.get_num_threads())
+
+
+class DecodePool:
+    """``workers`` spawned processes running ``prepare``; ``map`` yields results in item order
+    with at most ``ahead`` videos decoded or in flight beyond the one being consumed."""
+
+    def __init__(self, workers: int, ahead: int):
+        import multiprocessing
+
+        self.ahead = max(ahead, workers)
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker)
+
+        self.pending: list = []
+
+    def map(self, items: list[VideoItem], spec: DecodeSpec, grow: dict[str, dict]):
+        it = iter(items)
+
+        def submit() -> None:
+            item = next(it, None)
+            if item is not None:
+                self.pending.append(self.pool.submit(_prepare_shared, item, spec, grow.get(item.video_id)))
+
+        for _ in range(self.ahead + 1):
+            submit()
+        while self.pending:
+            out = _receive(self.pending.pop(0).result())
+            submit()
+            yield out
+
+    def close(self) -> None:
+        """Stop: queued videos are cancelled, finished ones' shared memory freed."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for future in self.pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                _receive(future.result())
+        self.pending = []
