@@ -41,7 +41,7 @@ def bare_forward(model, pixels: torch.Tensor, batch_size: int, bf16: bool) -> fl
 def decoded_frames(cfg: ExtractConfig, encoder: FrozenEncoder) -> np.ndarray:
     """The exact frames the pipeline feeds the model, decoded once, untimed."""
     pipe = _Pipeline(cfg, encoder, writer=None, summary=ExtractSummary())
-    return np.concatenate([pipe._decode(item).frames for item in read_manifest(cfg.manifest)])
+    return np.concatenate([p.frames for p in pipe._prepared(read_manifest(cfg.manifest))])
 
 
 def main() -> None:

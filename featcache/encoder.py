@@ -41,6 +41,7 @@ class EncoderConfig:
     model_args: dict = field(default_factory=dict)  # extra timm create_model kwargs (tiny test models)
     cut_block: int | None = None  # also return the residual stream entering this ViT block (negative: from the end)
     token_pool: int | str = 1  # k: k x k average pooling of the patch grid; "mean": one mean patch token (probe layout)
+    compile: bool = False  # torch.compile the forward that runs (opt-in: compile time vs steady-state speed)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -72,6 +73,8 @@ class FrozenEncoder:
         self.layers = self._resolve_layers(cfg.layers)
         self.cut_block, self.last_cut = self._resolve_cut(cfg.cut_block), None
         self._pool: tuple | None = None
+        # torch.compile of the forward that runs (opt-in); the cut hook needs eager blocks
+        self._forward = torch.compile(self._tokens) if cfg.compile and self.cut_block is None else self._tokens
         probe = self(torch.zeros(1, cfg.img_size, cfg.img_size, 3, dtype=torch.uint8))
         _, _, tokens, self.dim = probe.shape
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0)) if self.is_vit else 0
@@ -98,16 +101,50 @@ class FrozenEncoder:
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> float32 tokens (B, L, N, C) on the CPU; with a cut block, the
         residual stream entering it is left in ``last_cut`` (B, N, C) float32 on the CPU."""
-        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
+        tokens, cut = self._run(frames.to(self.device, non_blocking=True))
+        if cut is not None:
+            self.last_cut = cut.float().cpu()
+        return tokens.float().cpu()
+
+    @torch.inference_mode()
+    def submit(self, frames: torch.Tensor) -> "Pending":
+        """Start the forward of a batch and return at once where the device works asynchronously:
+        on CUDA the (pinned) frames are copied on a side stream, so the copy of the next batch
+        overlaps this batch's forward, and the tokens come back into pinned host memory without
+        blocking. ``Pending.result()`` waits. Elsewhere it is ``__call__``."""
+        if self.device.type != "cuda":
+            tokens = self(frames)
+            return Pending(tokens, self.last_cut if self.cut_block is not None else None)
+        if not hasattr(self, "_copy_stream"):
+            self._copy_stream = torch.cuda.Stream(self.device)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            x = frames.to(self.device, non_blocking=True)
+        compute.wait_stream(self._copy_stream)
+        x.record_stream(compute)  # the copy stream's memory is used on the compute stream
+        tokens, cut = self._run(x)
+        host = torch.empty(tokens.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        host_cut = None
+        if cut is not None:
+            host_cut = torch.empty(cut.shape, dtype=torch.float32, pin_memory=True)
+            host_cut.copy_(cut, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(compute)
+        return Pending(host, host_cut, done)
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 (B, S, S, 3) on the device -> float tokens (B, L, N, C) and the cut, on the device:
+        normalisation, the forward under autocast, token pooling."""
+        x = x.permute(0, 3, 1, 2).float()  # (B, 3, S, S)
         x = (x - self._mean) / self._std
         amp = self.precision in _AMP_DTYPES
         with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(self.precision), enabled=amp):
-            tokens = self._tokens(x)
+            tokens = self._forward(x)
         if self._pool is not None:
             tokens = pool_patches(tokens.float(), *self._pool)
-        if self.cut_block is not None:
-            self.last_cut = self._captured.pop().float().cpu()
-        return tokens.float().cpu()
+        cut = self._captured.pop() if self.cut_block is not None else None
+        return tokens.float(), cut
 
     def _resolve_cut(self, cut: int | None) -> int | None:
         """Hook the input of block ``cut`` (before its norm1; prefix tokens first, as timm orders
@@ -193,6 +230,20 @@ class FrozenEncoder:
                 "point": "input of the block (residual stream before its norm1), prefix tokens first",
                 "dims": ["frame", "token", "channel"]},
         }
+
+
+@dataclass
+class Pending:
+    """A submitted batch: ``result()`` gives (tokens (B, L, N, C) float32, cut or None) on the host."""
+
+    tokens: torch.Tensor
+    cut: torch.Tensor | None = None
+    done: object = None  # a CUDA event, or None when already complete
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.tokens, self.cut
 
 
 def pooled_grid(grid: tuple[int, int], pool: int | str) -> tuple[int, int]:

@@ -215,6 +215,7 @@ class _Pipeline:
         self.max_count = max([p.count for p in self.policies if p.fixed] or [1])  # stride pools are never short
         self.needs_luv = any(p.kind == "keyframes" for p in self.policies)
         self.jobs: deque[_Job] = deque()
+        self.inflight = None  # (parts, Pending): the batch submitted last, not yet collected
         self.pin = encoder.device.type == "cuda"
 
     # ---------------------------------------------------------------- decoding side
@@ -266,7 +267,7 @@ class _Pipeline:
                     self._accept(decoded)
                     while self._buffered() >= self.cfg.batch_size:
                         self._forward()
-                while self.jobs:
+                while self.jobs or self.inflight:
                     self._forward()
             finally:
                 stop.set()
@@ -313,15 +314,22 @@ class _Pipeline:
                 room -= take
             if not room:
                 break
-        if not parts:  # only videos that gain no frame are waiting
-            while self.jobs and self.jobs[0].filled == len(self.jobs[0].decoded.frames):
-                self._publish(self.jobs.popleft())
-            return
-        batch = torch.from_numpy(np.concatenate([j.decoded.frames[a:b] for j, a, b in parts]))
-        if self.pin:
-            batch = batch.pin_memory()
-        tokens = self.encoder(batch).numpy()  # (B, L, N, C)
-        cut = self.encoder.last_cut.numpy() if self.encoder.cut_block is not None else None  # (B, N, C)
+        previous, self.inflight = self.inflight, None
+        if parts:
+            batch = torch.from_numpy(np.concatenate([j.decoded.frames[a:b] for j, a, b in parts]))
+            if self.pin:
+                batch = batch.pin_memory()
+            # on CUDA this batch's copy and forward are queued before the previous batch's tokens
+            # are collected, so the host work of one batch overlaps the device work of the other
+            self.inflight = (parts, self.encoder.submit(batch))
+        if previous is not None:
+            self._collect(*previous)
+        while self.jobs and self.jobs[0].filled == len(self.jobs[0].decoded.frames):
+            self._publish(self.jobs.popleft())
+
+    def _collect(self, parts: list, pending) -> None:
+        tokens, cut = pending.result()  # (B, L, N, C), (B, N, C) or None
+        tokens, cut = tokens.numpy(), (cut.numpy() if cut is not None else None)
         offset = 0
         for job, a, b in parts:
             job.tokens[a:b] = tokens[offset:offset + b - a]
@@ -329,8 +337,6 @@ class _Pipeline:
                 job.cut[a:b] = cut[offset:offset + b - a]
             job.filled += b - a
             offset += b - a
-        while self.jobs and self.jobs[0].filled == len(self.jobs[0].decoded.frames):
-            self._publish(self.jobs.popleft())
 
     def _publish(self, job: _Job) -> None:
         tokens, side, cut = job.tokens, None, job.cut

@@ -2,8 +2,10 @@
 
 ``prepare`` is a plain function of a manifest item and a picklable ``DecodeSpec``, so it runs the
 same in the extraction process (a background thread) or in decode worker processes
-(``DecodePool``: spawned, never forked -- decord deadlocks in forked children -- one thread each,
-frames handed back through shared memory). Publishing stays in the main process.
+(``DecodePool``: started from a fork server, a fresh process that never ran decord or torch, since
+decord deadlocks in children forked from a process that did; spawned where there is no fork
+server; one thread each, frames handed back through shared memory). Publishing stays in the main
+process.
 """
 from __future__ import annotations
 
@@ -127,13 +129,10 @@ def _grown(item: VideoItem, old: dict, video, frames: np.ndarray, chosen: dict, 
 
 # ---------------------------------------------------------------- worker processes
 def _init_worker() -> None:
-    """One thread per decode worker: the cores are shared with the model's threads."""
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    """One thread per decode worker (the cores are shared with the model's threads); torch is
+    not imported here: decoding does not need it."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
 
 
 def _prepare_shared(item: VideoItem, spec: DecodeSpec, old: dict | None) -> Prepared:
@@ -184,8 +183,12 @@ class DecodePool:
         import multiprocessing
 
         self.ahead = max(ahead, workers)
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker)
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["featcache.prepare"])  # workers start with this module imported
+        else:
+            context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
 
         self.pending: list = []
 

@@ -29,6 +29,17 @@ def test_vit_tokens_match_forward_features(frames):
     torch.testing.assert_close(out[:, 0], ref, rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_forward_and_submitted_batches_match_eager(frames):
+    """--compile: torch.compile of the forward featcache calls gives the eager tokens; submit()
+    (the overlapped path on CUDA, the same call on the CPU) gives them too."""
+    eager = FrozenEncoder(tiny_encoder_config())
+    compiled = FrozenEncoder(tiny_encoder_config(compile=True))
+    ref = eager(frames)
+    torch.testing.assert_close(compiled(frames), ref, rtol=1e-4, atol=1e-4)
+    tokens, cut = eager.submit(frames).result()
+    assert torch.equal(tokens, ref) and cut is None
+
+
 def test_several_layers_match_blocks(frames):
     enc = FrozenEncoder(tiny_encoder_config(layers=(0, -1)))
     out = enc(frames)

@@ -35,6 +35,7 @@ def extract(
     batch_size: str = typer.Option("auto", help="Frames per forward pass (batches span videos): auto (the fastest of 8/16/32/64 on this device, probed once and cached) or a number."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model's forward (opt-in: compiling takes a while; see benchmarks/RESULTS.md)."),
     dtype: str = typer.Option("float16", help="Storage dtype of the tokens: float16, float32 or int8 (per-channel then per-token scales; read back as float16)."),
     token_pool: str = typer.Option("1", help="Average-pool the patch grid before storing: K (K x K windows, e.g. 2 = 4x fewer patch tokens) or mean (prefix tokens + the mean patch token: a linear-probe layout)."),
     decoder: str = typer.Option("auto", help="auto (decord checked against PyAV), decord, pyav or torchcodec (checked against PyAV like decord; needs the torchcodec extra)."),
@@ -92,7 +93,7 @@ def extract_config(p: dict):
 
     enc = EncoderConfig(model=p["model"], weights=p["weights"], img_size=p["img_size"],
                         layers=_parse_ints(p["layers"], "--layers"), precision=p["precision"], device=p["device"],
-                        cut_block=p["cut_block"], token_pool=_parse_pool(p["token_pool"]),
+                        cut_block=p["cut_block"], token_pool=_parse_pool(p["token_pool"]), compile=p["compile_"],
                         model_args=_parse_kv(p["model_arg"], "--model-arg"))
     return ExtractConfig(manifest=p["manifest"], out=p["out"], encoder=enc, frames=p["frames"],
                          batch_size=_parse_batch(p["batch_size"]), dtype=p["dtype"], decoder=p["decoder"],
