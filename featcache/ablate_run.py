@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from featcache.ablate import Cell, Sweep, SweepError
-from featcache.cache.dataset import frame_positions
+from featcache.cache.dataset import frame_positions, memory_budget
 from featcache.cache.store import open_cache
 from featcache.config import to_dict
 from featcache.errors import FeatcacheError
@@ -141,12 +141,7 @@ def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) 
 def _available_bytes(device: str) -> int:
     if device != "cpu" and torch.cuda.is_available():
         return int(torch.cuda.mem_get_info()[0] * 0.8)
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024 // 2
-    except (OSError, KeyError, ValueError):
-        return 4 << 30
+    return memory_budget()
 
 
 def plan_groups(plans: list[Plan], budget: int, max_fused: int) -> list[list[Plan]]:

@@ -252,7 +252,7 @@ def pooled_grid(grid: tuple[int, int], pool: int | str) -> tuple[int, int]:
     if pool == "mean":
         return (1, 1)
     if not isinstance(pool, int) or pool < 1:
-        raise FeatcacheError(f"--token-pool: expected an integer >= 1 or mean, got {pool!r}")
+        raise FeatcacheError(f"--token-pool: expected mean or an integer >= 1, got {pool!r}")
     if grid[0] % pool or grid[1] % pool:
         raise FeatcacheError(f"--token-pool {pool}: the {grid[0]}x{grid[1]} patch grid is not divisible by {pool}; "
                              "choose a divisor, or mean")

@@ -100,7 +100,7 @@ def test_token_pool_keeps_cls_and_mean_patch_inputs_and_quarters_the_patches(cli
 def test_token_pool_refusals_are_one_line(clips, tmp_path):
     manifest, _ = clips
     for extra, words in ((["--token-pool", "3"], "4x4 patch grid is not divisible by 3"),
-                         (["--token-pool", "x"], "expected an integer >= 1 or mean"),
+                         (["--token-pool", "x"], "expected mean or an integer >= 1"),
                          (["--token-pool", "2", "--cut-block", "0"], "--token-pool with --cut-block"),
                          (["--dtype", "int8", "--crops", "3"], "int8 stores hold the centre crop only")):
         r = runner.invoke(app, ["extract", manifest, "--out", str(tmp_path / "x.zarr"), *TINY_CLI, *extra])

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from featcache.cli import _parse_ints, _parse_kv, _parse_shard, _parse_size, app, user_errors
+from featcache.cli import SLURM_OPTIONS, _parse_ints, _parse_kv, _parse_shard, _parse_size, app, user_errors
 from featcache.errors import FeatcacheError
 
 
@@ -50,15 +50,15 @@ def extract(
     devices: Optional[str] = typer.Option(None, help="One worker per device, each a shard: all, or cuda:0,cuda:1."),
     slurm: bool = typer.Option(False, "--slurm", help="Submit a Slurm job array (submitit), one task per shard."),
     shards: int = typer.Option(8, help="--slurm: number of array tasks (shards)."),
-    partition: Optional[str] = typer.Option(None, help="--slurm: partition."),
-    gpus_per_task: int = typer.Option(1, help="--slurm: GPUs per task (0 for CPU tasks)."),
-    cpus_per_task: int = typer.Option(8, help="--slurm: CPUs per task."),
-    mem_gb: int = typer.Option(32, help="--slurm: memory per task (GB)."),
+    partition: Optional[str] = SLURM_OPTIONS["partition"],
+    gpus_per_task: int = SLURM_OPTIONS["gpus_per_task"],
+    cpus_per_task: int = SLURM_OPTIONS["cpus_per_task"],
+    mem_gb: int = SLURM_OPTIONS["mem_gb"],
     time: int = typer.Option(240, "--time", help="--slurm: time limit per task (minutes); preempted or timed-out tasks requeue and resume."),
-    slurm_logs: str = typer.Option("slurm_logs", help="--slurm: folder for per-task logs (<job id>/)."),
-    cluster: str = typer.Option("slurm", help="--slurm: slurm, or local to run the same array here (submitit's local executor)."),
+    slurm_logs: str = SLURM_OPTIONS["slurm_logs"],
+    cluster: str = SLURM_OPTIONS["cluster"],
     wait: bool = typer.Option(False, "--wait", help="--slurm: wait for every task, one progress line per poll, then their summaries."),
-    poll: float = typer.Option(10.0, help="--slurm --wait: seconds between progress polls."),
+    poll: float = SLURM_OPTIONS["poll"],
 ):
     """Decode the videos of MANIFEST, run the frozen model, write tokens to a Zarr cache.
 
@@ -93,28 +93,26 @@ def extract_config(p: dict):
 
     enc = EncoderConfig(model=p["model"], weights=p["weights"], img_size=p["img_size"],
                         layers=_parse_ints(p["layers"], "--layers"), precision=p["precision"], device=p["device"],
-                        cut_block=p["cut_block"], token_pool=_parse_pool(p["token_pool"]), compile=p["compile_"],
+                        cut_block=p["cut_block"], token_pool=_word_or_int(p["token_pool"], "--token-pool", "mean"), compile=p["compile_"],
                         model_args=_parse_kv(p["model_arg"], "--model-arg"))
     return ExtractConfig(manifest=p["manifest"], out=p["out"], encoder=enc, frames=p["frames"],
-                         batch_size=_parse_batch(p["batch_size"]), dtype=p["dtype"], decoder=p["decoder"],
+                         batch_size=_word_or_int(p["batch_size"], "--batch-size", "auto"), dtype=p["dtype"], decoder=p["decoder"],
                          luv_size=_parse_size(p["luv_size"]), short_videos=p["short_videos"],
                          overwrite=p["overwrite"], shard=_parse_shard(p["shard"]), crops=p["crops"],
-                         threads=p["threads"], decode_workers=_parse_workers(p["decode_workers"]))
+                         threads=p["threads"], decode_workers=_auto_workers(p["decode_workers"]))
 
 
-def _parse_workers(text: str) -> int:
-    if text == "auto":
-        return -1
-    if not text.isdigit():
-        raise FeatcacheError(f"--decode-workers: expected auto or an integer >= 0, got {text!r}")
-    return int(text)
+def _auto_workers(text: str) -> int:
+    value = _word_or_int(text, "--decode-workers", "auto", minimum=0)
+    return -1 if value == "auto" else value
 
 
-def _parse_pool(text: str):
-    if text == "mean":
+def _word_or_int(text: str, option: str, word: str, minimum: int = 1):
+    """``word`` itself, or an integer >= ``minimum``; anything else is a one-line error."""
+    if text == word:
         return text
-    if not text.isdigit() or int(text) < 1:
-        raise FeatcacheError(f"--token-pool: expected an integer >= 1 or mean, got {text!r}")
+    if not text.isdigit() or int(text) < minimum:
+        raise FeatcacheError(f"{option}: expected {word} or an integer >= {minimum}, got {text!r}")
     return int(text)
 
 
@@ -208,14 +206,6 @@ def _on_devices(cfg, devices: str) -> None:
         _print_summary(summary, cfg.out)
     if any(s.failed for s in summaries):
         raise typer.Exit(1)
-
-
-def _parse_batch(text: str):
-    if text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise FeatcacheError(f"--batch-size: expected auto or an integer >= 1, got {text!r}")
-    return int(text)
 
 
 def _print_replaced(replaced: list[str], out: str) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from featcache.cli import app, user_errors
+from featcache.cli import SLURM_OPTIONS, app, user_errors
 from featcache.errors import FeatcacheError
 
 
@@ -219,15 +219,15 @@ def ablate(
     max_fused: int = typer.Option(32, help="Most heads trained in one pass."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     slurm: bool = typer.Option(False, "--slurm", help="Submit each fused group as a task of a Slurm job array (submitit); re-run the command to write the leaderboard, or give --wait."),
-    cluster: str = typer.Option("slurm", help="--slurm: slurm, or local to run the same array here (submitit's local executor)."),
-    partition: Optional[str] = typer.Option(None, help="--slurm: partition."),
-    gpus_per_task: int = typer.Option(1, help="--slurm: GPUs per task (0 for CPU tasks)."),
-    cpus_per_task: int = typer.Option(8, help="--slurm: CPUs per task."),
-    mem_gb: int = typer.Option(32, help="--slurm: memory per task (GB)."),
+    cluster: str = SLURM_OPTIONS["cluster"],
+    partition: Optional[str] = SLURM_OPTIONS["partition"],
+    gpus_per_task: int = SLURM_OPTIONS["gpus_per_task"],
+    cpus_per_task: int = SLURM_OPTIONS["cpus_per_task"],
+    mem_gb: int = SLURM_OPTIONS["mem_gb"],
     time: int = typer.Option(240, "--time", help="--slurm: time limit per task (minutes); preempted or timed-out tasks requeue and skip finished cells."),
-    slurm_logs: str = typer.Option("slurm_logs", help="--slurm: folder for per-task logs (<job id>/)."),
+    slurm_logs: str = SLURM_OPTIONS["slurm_logs"],
     wait: bool = typer.Option(False, "--wait", help="--slurm: wait for the tasks, then write the leaderboard."),
-    poll: float = typer.Option(10.0, help="--slurm --wait: seconds between progress polls."),
+    poll: float = SLURM_OPTIONS["poll"],
 ):
     """Run a grid of trainings from one cache, fusing cells that read the same data into one pass."""
     from featcache.ablate import SweepError, load_sweep, select
