@@ -10,7 +10,7 @@ clips and all of them into fresh stores; the steady-state rate is the extra fram
 over the extra wall time (so starting the workers and the first batches cancel out). Rounds
 alternate the cells. Reported per cell: frames through the model per second, source frames decoded
 per second (every frame for key frames, the chosen ones otherwise), and those per core used for
-decoding. ``workers=0`` is one decoding thread in the model's process (the default on a CPU).
+decoding. ``workers=0`` decodes in the model's process between forwards (the default on a CPU).
 
 Then the three decoders alone (``decode_video``, no model): decord, PyAV and torchcodec on the
 same clips at the ViT-S/14 resize (short side 256) for ``uniform:8``, frames/s each, rounds

@@ -1,16 +1,15 @@
 """Stage 1: manifest -> decoded, selected frames -> frozen model -> Zarr cache.
 
-One background thread decodes and selects frames (decord/PyAV run in C with one thread each)
-while the main thread runs the model on batches that span videos and publishes each video as
-soon as all its frames are through. The queue between them is bounded, so memory stays flat.
+Videos are decoded, selected and cropped (featcache.prepare) either in this process between
+forwards or in decode worker processes a bounded number of videos ahead; the model runs on
+batches that span videos, and each video is published as soon as all its frames are through.
+On CUDA the forward of one batch is queued while the next is assembled (FrozenEncoder.submit).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
-import queue
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ class ExtractConfig:
     prefetch: int = 4  # decoded videos waiting for the model
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     crops: int = 1  # 1: the centre crop; 3: also the first and last crop along the long side (spatial views)
-    decode_workers: int = 0  # decode processes (0: one decoding thread in this process; -1: auto from the free cores)
+    decode_workers: int = 0  # decode processes (0: decode in this process between forwards; -1: auto from the free cores)
 
     @cached_property
     def policies(self) -> tuple[Policy, ...]:
@@ -158,7 +157,7 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
         torch.set_num_threads(max(1, _cores() - workers))
     cfg = dataclasses.replace(cfg, decode_workers=workers)
     summary.decode_note = (f"decoding in {workers} worker process(es), the model on {torch.get_num_threads()} "
-                           "thread(s)" if workers else "decoding in one thread beside the model")
+                           "thread(s)" if workers else "decoding between forwards in the model's process")
     if cfg.batch_size == "auto":
         from featcache.batchsize import choose_batch_size
 
@@ -234,44 +233,30 @@ class _Pipeline:
         finally:
             pool.close()
 
-    def _producer(self, items: list[VideoItem], out: queue.Queue, stop: threading.Event) -> None:
-        source = self._prepared(items)
-        for decoded in source:
-            while not stop.is_set():
-                try:
-                    out.put(decoded, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            if stop.is_set():
-                source.close()  # stops the workers
-                return
-        out.put(None)
-
     # ---------------------------------------------------------------- main thread
     def run(self, items: list[VideoItem], show_progress: bool) -> None:
+        """Decode (here, or in the worker processes) and feed the model. Without workers, each
+        video is decoded between forwards: on a CPU a decoding thread beside torch's threads
+        slows their parallel regions more than the decode costs; on a GPU ``submit`` returns
+        before the forward ends, so decoding overlaps the device's work anyway."""
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
-        q: queue.Queue = queue.Queue(maxsize=max(1, self.cfg.prefetch))
-        stop = threading.Event()
-        thread = threading.Thread(target=self._producer, args=(items, q, stop), daemon=True)
         columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
         self.start = time.perf_counter()
         with Progress(*columns, disable=not show_progress) as progress:
             self.progress, self.task = progress, progress.add_task("extract", total=len(items), rate="")
-            thread.start()
+            source = self._prepared(items)
             try:
-                while (decoded := q.get()) is not None:
+                for decoded in source:
                     self._accept(decoded)
                     while self._buffered() >= self.cfg.batch_size:
                         self._forward()
                 while self.jobs or self.inflight:
                     self._forward()
             finally:
-                stop.set()
-                thread.join(timeout=5)
+                source.close()  # stops the workers
 
     def _fail(self, decoded: Prepared, reason: str) -> None:
         """Record a failed video in the summary and, when the store takes it, in the store."""

@@ -1,7 +1,7 @@
 """The decoding side of stage 1, one video at a time: decode, select frames, crop.
 
 ``prepare`` is a plain function of a manifest item and a picklable ``DecodeSpec``, so it runs the
-same in the extraction process (a background thread) or in decode worker processes
+same in the extraction process (between forwards) or in decode worker processes
 (``DecodePool``: started from a fork server, a fresh process that never ran decord or torch, since
 decord deadlocks in children forked from a process that did; spawned where there is no fork
 server; one thread each, frames handed back through shared memory). Publishing stays in the main

@@ -43,7 +43,7 @@ def extract(
     short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
     shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the videos (stable hash of the id)."),
     threads: int = typer.Option(0, help="torch threads (0 = torch's default; fewer when decode workers share the CPU)."),
-    decode_workers: str = typer.Option("auto", help="Decode processes (spawned; frames through shared memory): auto (the cores the model leaves: all but one beside a GPU, those beyond torch's threads on a CPU) or N (0 = one decoding thread in the model's process)."),
+    decode_workers: str = typer.Option("auto", help="Decode processes (spawned; frames through shared memory): auto (the cores the model leaves: all but one beside a GPU, those beyond torch's threads on a CPU) or N (0 = decode in the model's process, between forwards)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache made with other settings (one whose settings match is kept and resumed)."),
     init_only: bool = typer.Option(False, "--init-only", help="Create the store (with --overwrite: replace one made with other settings) and exit; run once before starting --shard workers by hand."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
