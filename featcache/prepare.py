@@ -2,9 +2,11 @@
 
 ``prepare`` is a plain function of a manifest item and a picklable ``DecodeSpec``, so it runs the
 same in the extraction process (between forwards) or in decode worker processes
-(``DecodePool``: started from a fork server, a fresh process that never ran decord or torch, since
+(``DecodePool``: started from a fork server, a fresh process that has decoded nothing, since
 decord deadlocks in children forked from a process that did; spawned where there is no fork
-server; one thread each, frames handed back through shared memory). Publishing stays in the main
+server; one thread each, frames handed back through shared memory). As with any multiprocessing
+start method but fork, a script that extracts with workers must do so under
+``if __name__ == "__main__":`` (workers import the main module). Publishing stays in the main
 process.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featcache.errors import FeatcacheError
 from featcache.manifest import VideoItem
 from featcache.video.decode import DecodeError, decode_video
 from featcache.video.select import luv_scores, parse_policies, select_frames
@@ -202,8 +205,15 @@ class DecodePool:
 
         for _ in range(self.ahead + 1):
             submit()
+        from concurrent.futures.process import BrokenProcessPool
+
         while self.pending:
-            out = _receive(self.pending.pop(0).result())
+            try:
+                out = _receive(self.pending.pop(0).result())
+            except BrokenProcessPool:
+                raise FeatcacheError("a decode worker process died (killed, out of memory, or a script that starts "
+                                     "extraction without `if __name__ == \"__main__\":`, which worker processes "
+                                     "need); re-run to resume, or use --decode-workers 0") from None
             submit()
             yield out
 
