@@ -142,13 +142,14 @@ def wait_for_tasks(jobs: list, progress, echo, poll_s: float = 10.0,
                 queued = squeue_states([str(j.job_id) for j in jobs]) if slurm_jobs else None
                 states = []
                 for i, job in enumerate(jobs):
-                    if job.paths.result_pickle.exists():
+                    if queued is not None and str(job.job_id) in queued:
+                        # still queued: a result file may be an earlier, requeued attempt's
+                        gone[i] = 0
+                        states.append("pending" if queued[str(job.job_id)] in _PENDING else "running")
+                    elif job.paths.result_pickle.exists():
                         states.append("ended")
                     elif queued is None:  # not Slurm (submitit's local executor)
                         states.append("ended" if job.done() else "running")
-                    elif str(job.job_id) in queued:
-                        gone[i] = 0
-                        states.append("pending" if queued[str(job.job_id)] in _PENDING else "running")
                     else:  # left the queue without a result: ended (after a second look)
                         gone[i] += 1
                         states.append("ended" if gone[i] >= 2 else "running")

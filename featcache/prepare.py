@@ -196,6 +196,8 @@ class DecodePool:
         self.pending: list = []
 
     def map(self, items: list[VideoItem], spec: DecodeSpec, grow: dict[str, dict]):
+        from concurrent.futures.process import BrokenProcessPool
+
         it = iter(items)
 
         def submit() -> None:
@@ -203,19 +205,17 @@ class DecodePool:
             if item is not None:
                 self.pending.append(self.pool.submit(_prepare_shared, item, spec, grow.get(item.video_id)))
 
-        for _ in range(self.ahead + 1):
-            submit()
-        from concurrent.futures.process import BrokenProcessPool
-
-        while self.pending:
-            try:
+        try:
+            for _ in range(self.ahead + 1):
+                submit()
+            while self.pending:
                 out = _receive(self.pending.pop(0).result())
-            except BrokenProcessPool:
-                raise FeatcacheError("a decode worker process died (killed, out of memory, or a script that starts "
-                                     "extraction without `if __name__ == \"__main__\":`, which worker processes "
-                                     "need); re-run to resume, or use --decode-workers 0") from None
-            submit()
-            yield out
+                submit()
+                yield out
+        except BrokenProcessPool:
+            raise FeatcacheError("a decode worker process died (killed, out of memory, or a script that starts "
+                                 "extraction without `if __name__ == \"__main__\":`, which worker processes need); "
+                                 "re-run to resume, or use --decode-workers 0") from None
 
     def close(self) -> None:
         """Stop: queued videos are cancelled, finished ones' shared memory freed."""
