@@ -23,7 +23,7 @@ import time
 
 from featcache import open_cache
 from featcache.cache.dataset import materialise
-from featcache.cache.store import video_arrays
+from featcache.cache.store import frame_bytes
 from featcache.config import build_config
 from featcache.encoder import EncoderConfig
 from featcache.extract import ExtractConfig, run_extract
@@ -37,10 +37,7 @@ FORMATS = {"float16": {}, "int8": {"dtype": "int8"}, "pool2": {"pool": 2}, "mean
 
 def vit_s_bytes(dtype: str, pool) -> int:
     grid = 16 if pool in (None, 1) else 1 if pool == "mean" else 16 // pool
-    attrs = {"layers": [-1], "tokens": {"num_tokens": 1 + grid * grid, "dim": 384}, "storage": {"dtype": dtype}}
-    import numpy as np
-
-    return sum(int(np.prod(s)) * np.dtype(k).itemsize for n, s, k, _ in video_arrays(attrs, 1) if n != "channel_scales")
+    return frame_bytes({"layers": [-1], "tokens": {"num_tokens": 1 + grid * grid, "dim": 384}, "storage": {"dtype": dtype}})
 
 
 def main() -> None:

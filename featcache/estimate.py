@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featcache.cache import schema
-from featcache.cache.store import to_json, video_arrays
+from featcache.cache.store import arrays_bytes, frame_bytes, to_json, video_arrays
 from featcache.errors import FeatcacheError
 from featcache.manifest import VideoItem, read_manifest
 from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, _open_pyav, _expected_frames, check_file
@@ -76,7 +76,7 @@ def estimate(cfg, measure: bool = True) -> Estimate:
     attrs = to_json(root_attrs(cfg, encoder))
     attrs = dict(attrs, fingerprint=schema.fingerprint(attrs), schema_version=schema.SCHEMA_VERSION,
                  created_at="2026-01-01T00:00:00+00:00")
-    est = Estimate(token_bytes_per_frame=_token_bytes_per_frame(attrs))
+    est = Estimate(token_bytes_per_frame=frame_bytes(attrs))
     est.bytes += _group_bytes(attrs) + _group_bytes({})  # root + videos/
     est.files += 2
     arrays_meta: dict[tuple, tuple[int, int]] = {}
@@ -97,7 +97,7 @@ def estimate(cfg, measure: bool = True) -> Estimate:
         if key not in arrays_meta:
             arrays_meta[key] = _arrays_meta_bytes(plan)
         meta, files = arrays_meta[key]
-        est.bytes += _group_bytes(record) + meta + sum(int(np.prod(s)) * np.dtype(k).itemsize for _, s, k, _ in plan)
+        est.bytes += _group_bytes(record) + meta + arrays_bytes(plan)
         est.files += 1 + files
         est.videos += 1
         est.frames += t
@@ -111,11 +111,6 @@ def estimate(cfg, measure: bool = True) -> Estimate:
         est.batch_size = int(entry["batch_size"])
         est.forward_frames_per_s = float(entry["frames_per_s"][str(est.batch_size)])
     return est
-
-
-def _token_bytes_per_frame(attrs: dict) -> int:
-    return sum(int(np.prod(s)) * np.dtype(k).itemsize for name, s, k, _ in video_arrays(attrs, 1)
-               if name != schema.CHANNEL_SCALES)
 
 
 def _record(item: VideoItem, **extra) -> dict:

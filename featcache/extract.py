@@ -24,7 +24,7 @@ from featcache.cache.store import CacheWriter, PublishError
 from featcache.encoder import EncoderConfig, FrozenEncoder
 from featcache.errors import FeatcacheError
 from featcache.manifest import VideoItem, read_manifest
-from featcache.prepare import DecodePool, DecodeSpec, Prepared, auto_workers, prepare
+from featcache.prepare import DecodePool, DecodeSpec, Prepared, auto_workers, prepare, usable_cores
 from featcache.video.decode import DECODERS
 from featcache.video.select import Policy, parse_policies
 
@@ -118,10 +118,6 @@ def validate(cfg: ExtractConfig) -> None:
             "no --shard), then start the shards without --overwrite")
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def shard_of(video_id: str, count: int) -> int:
     """Stable shard of a video: independent of manifest order, process and machine."""
     return int.from_bytes(hashlib.sha256(video_id.encode("utf-8")).digest()[:8], "big") % count
@@ -154,7 +150,7 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo), replaced=writer.replaced)
     workers = cfg.decode_workers if cfg.decode_workers >= 0 else auto_workers(encoder.device.type)
     if workers and not cfg.threads and encoder.device.type == "cpu":  # decoders and the model share the cores
-        torch.set_num_threads(max(1, _cores() - workers))
+        torch.set_num_threads(max(1, usable_cores() - workers))
     cfg = dataclasses.replace(cfg, decode_workers=workers)
     summary.decode_note = (f"decoding in {workers} worker process(es), the model on {torch.get_num_threads()} "
                            "thread(s)" if workers else "decoding between forwards in the model's process")

@@ -167,12 +167,17 @@ def _receive(out: Prepared) -> Prepared:
     return out
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a Slurm allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def auto_workers(device_type: str) -> int:
     """Decode workers for the cores the model leaves: on a GPU all but one core (the model's
     host thread); on the CPU the cores beyond torch's threads (0: decode in a thread)."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if device_type == "cuda":
         return max(1, cores - 1)
     return max(0, cores - torch.get_num_threads())

@@ -220,8 +220,8 @@ class Cache:
 
     @property
     def bytes_per_frame(self) -> int:
-        return sum(int(np.prod(shape)) * np.dtype(kind).itemsize
-                   for name, shape, kind, _ in video_arrays(self.attrs, 1) if name != schema.CHANNEL_SCALES)
+        """Bytes of every per-frame array (tokens, their scales, cut, side crops) for one frame."""
+        return frame_bytes(self.attrs)
 
     def size_on_disk(self) -> int:
         total = 0
@@ -472,8 +472,18 @@ class CacheWriter(Cache):
 
 def stage_bytes(tokens: np.ndarray, attrs: dict) -> int:
     """Bytes of a video's arrays other than its LUV scores (what summaries call token data)."""
-    return sum(int(np.prod(shape)) * np.dtype(kind).itemsize
-               for name, shape, kind, _ in video_arrays(attrs, len(tokens)))
+    return arrays_bytes(video_arrays(attrs, len(tokens)))
+
+
+def arrays_bytes(plan: list[tuple], skip: tuple[str, ...] = ()) -> int:
+    """Data bytes of a ``video_arrays`` plan (uncompressed single chunks), without ``skip``."""
+    return sum(int(np.prod(shape)) * np.dtype(kind).itemsize for name, shape, kind, _ in plan if name not in skip)
+
+
+def frame_bytes(attrs: dict) -> int:
+    """Bytes per cached frame of a store with root attributes ``attrs`` (the per-video channel
+    scales of int8 stores left out)."""
+    return arrays_bytes(video_arrays(attrs, 1), skip=(schema.CHANNEL_SCALES,))
 
 
 def _exchange(a: str, b: str) -> None:
