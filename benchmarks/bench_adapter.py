@@ -27,7 +27,6 @@ import torch
 
 from featcache import open_cache
 from featcache.backbone import backbone_spec
-from featcache.cache.dataset import Task
 from featcache.config import build_config
 from featcache.encoder import EncoderConfig, FrozenEncoder
 from featcache.extract import ExtractConfig, ExtractSummary, _Pipeline, run_extract

@@ -12,14 +12,12 @@ mislead a user (``extract`` warns about such files).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from featcache.cache import schema
 from featcache.cache.store import arrays_bytes, frame_bytes, to_json, video_arrays
-from featcache.errors import FeatcacheError
 from featcache.manifest import VideoItem, read_manifest
 from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, _open_pyav, _expected_frames, check_file
 from featcache.video.select import fps_indices, uniform_indices

@@ -2,7 +2,6 @@
 survive outlier channels, pooled and linear-probe token layouts."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 

@@ -392,12 +392,11 @@ class CacheWriter(Cache):
         """Publish one complete video; returns the bytes of token data written, or None when
         another writer published this video first (its copy is kept, ours dropped). Any other
         failure to publish raises PublishError: the video is not in the store."""
-        record = dict(record, status="done", has_luv_scores=luv_scores is not None)
-        stage = self._stage(record, tokens, luv_scores, cut, side_crops)
+        stage, record = self._stage(record, tokens, luv_scores, cut, side_crops)
         return stage_bytes(tokens, self.attrs) if self._publish(stage, record) else None
 
-    def _stage(self, record: dict, tokens, luv_scores, cut, side_crops) -> str:
-        """Write a complete video under .staging/; returns its folder."""
+    def _stage(self, record: dict, tokens, luv_scores, cut, side_crops) -> tuple[str, dict]:
+        """Write a complete video under .staging/; returns its folder and its published record."""
         import zarr
 
         record = dict(record, status="done", has_luv_scores=luv_scores is not None)
@@ -410,7 +409,7 @@ class CacheWriter(Cache):
             arr = group.create_array(name, shape=shape, chunks=shape, dtype=kind, compressors=None,
                                      chunk_key_encoding=_CHUNK_KEYS, dimension_names=dims)  # one chunk file each
             arr[...] = data[name].astype(kind, copy=False)
-        return stage
+        return stage, record
 
     def replace_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None,
                       cut: np.ndarray | None = None, side_crops: np.ndarray | None = None) -> int | None:
@@ -420,11 +419,10 @@ class CacheWriter(Cache):
         published copy already has every policy of ``record`` (another writer got there first)."""
         key = schema.video_key(record["video_id"])
         dest = os.path.join(self.path, schema.VIDEOS, key)
-        stage = self._stage(record, tokens, luv_scores, cut, side_crops)
         theirs = (_read_json(os.path.join(dest, "zarr.json")) or {}).get("attributes", {})
         if set(record["policies"]) <= set(theirs.get("policies", {})):
-            shutil.rmtree(stage)
-            return None
+            return None  # checked before writing anything; a grower racing past it swaps in an equal copy
+        stage, record = self._stage(record, tokens, luv_scores, cut, side_crops)
         try:
             _exchange(stage, dest)
         except OSError as exc:
@@ -432,7 +430,7 @@ class CacheWriter(Cache):
             raise PublishError(f"could not replace the video in the cache: {exc.strerror or exc} ({dest})") from None
         shutil.rmtree(stage, ignore_errors=True)  # now the old copy
         if self._records is not None:
-            self._records[key] = to_json(dict(record, status="done", has_luv_scores=luv_scores is not None))
+            self._records[key] = to_json(record)
         return stage_bytes(tokens, self.attrs)
 
     def write_failure(self, record: dict, reason: str) -> None:

@@ -32,7 +32,7 @@ from featcache.errors import FeatcacheError
 from featcache.registry import create_head
 from featcache.train import checkpoint, metrics
 from featcache.train.augment import augment_tokens
-from featcache.train.evaluate import SPLITS, evaluate_checkpoint, flat, read_splits
+from featcache.train.evaluate import evaluate_checkpoint, flat, read_splits
 
 # what a run writes; a new run into a folder removes these first
 RUN_FILES = ("log.jsonl", "best.pt", "last.pt", "metrics.json", "config.yaml", "confusion_*.csv", "confusion_*.png",
