@@ -211,11 +211,11 @@ def squeue_states(task_ids: list[str]) -> dict[str, str] | None:
 
 def published(out: str) -> int:
     """Videos published in the store at ``out`` (done or failed)."""
-    from featcache.cache import schema
+    from featcache.cache.store import open_cache
 
     try:
-        return sum(1 for e in os.scandir(os.path.join(out, schema.VIDEOS)) if e.is_dir())
-    except FileNotFoundError:
+        return len(open_cache(out).records())
+    except FeatcacheError:  # not created yet
         return 0
 
 
@@ -265,7 +265,7 @@ def shard_status(cache, video_ids: list[str], shards: int) -> list[dict]:
     from featcache.cache import schema
 
     records = cache.records()
-    staged = {name.split("@")[0] for name in cache.staged()}
+    staged = cache.in_progress_keys()
     rows = [Counter() for _ in range(shards)]
     for vid in video_ids:
         key = schema.video_key(vid)

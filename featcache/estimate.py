@@ -1,23 +1,27 @@
 """`featcache estimate`: what an extraction will write, before it runs.
 
-Bytes come from the same array plan the writer uses (``store.video_arrays``) and from the
-metadata zarr itself serialises (``GroupMetadata`` / ``ArrayV3Metadata`` rendered in memory), so
-the estimate counts what ``Cache.size_on_disk`` later counts: every file of the store. Each
-video's frame count is read from its container header (PyAV, no decoding); timestamps are
-rendered as the default decoder records them (decord: float32 seconds; PyAV for formats without
-a seek index). Known gaps: key frames whose count is fixed but whose positions depend on the
-pixels are assumed to fall anywhere in the video, so the share of them that coincides with other
-policies' frames is estimated, not known (exact when key frames are the only policy), and a header that misstates the frame count misleads the estimate as it would
-mislead a user (``extract`` warns about such files).
+The estimate replays the packed writer's accounting (``cache/packed.py``): the same array plan
+(``packed.row_plan``), the same index lines (``packed.index_line``, with the rows each video
+gets), the same seal (shard indexes and each array's ``zarr.json``, rendered by zarr itself) and
+the same roll-over into new segments, so it counts what ``Cache.size_on_disk`` later counts:
+every file of the store. Each video's frame count is read from its container header (PyAV, no
+decoding); timestamps are rendered as the default decoder records them (decord: float32
+seconds; PyAV for formats without a seek index). Key frames whose count is fixed but whose
+positions depend on the pixels are assumed to fall anywhere in the video, so the share of them
+that coincides with other policies' frames is estimated, not known: ``bytes_min``/``bytes_max``
+bound it (every key frame already taken / none taken); exact when key frames are the only
+policy. A header that misstates the frame count misleads the estimate as it would mislead a
+user (``extract`` warns about such files).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from featcache.cache import schema
-from featcache.cache.store import arrays_bytes, frame_bytes, to_json, video_arrays
+from featcache.cache import packed, schema
+from featcache.cache.store import frame_bytes, to_json
 from featcache.manifest import VideoItem, read_manifest
 from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, _open_pyav, _expected_frames, check_file
 from featcache.video.select import fps_indices, uniform_indices
@@ -29,6 +33,8 @@ class Estimate:
     frames: int = 0  # cached frames (the union of the policies', per video)
     files: int = 0
     bytes: int = 0
+    bytes_min: int = 0  # key frames with other policies: every key frame among the other policies' frames
+    bytes_max: int = 0  # ... and none of them
     token_bytes_per_frame: int = 0
     unreadable: dict[str, str] = field(default_factory=dict)  # video id -> reason (extract will fail them)
     forward_frames_per_s: float = 0.0  # the model alone, measured here at its best batch size
@@ -45,6 +51,7 @@ class Estimate:
 
     def as_dict(self) -> dict:
         return {"videos": self.videos, "frames": self.frames, "files": self.files, "bytes": self.bytes,
+                "bytes_min": self.bytes_min, "bytes_max": self.bytes_max,
                 "bytes_per_video": round(self.bytes_per_video, 1), "token_bytes_per_frame": self.token_bytes_per_frame,
                 "unreadable": self.unreadable, "forward_frames_per_s": round(self.forward_frames_per_s, 2),
                 "batch_size": self.batch_size, "model_seconds": round(self.model_seconds, 1), "notes": self.notes}
@@ -73,12 +80,10 @@ def estimate(cfg, measure: bool = True) -> Estimate:
     encoder = FrozenEncoder(cfg.encoder)
     attrs = to_json(root_attrs(cfg, encoder))
     attrs = dict(attrs, fingerprint=schema.fingerprint(attrs), schema_version=schema.SCHEMA_VERSION,
-                 created_at="2026-01-01T00:00:00+00:00")
+                 created_at="2026-01-01T00:00:00+00:00")  # the length of a real timestamp
     est = Estimate(token_bytes_per_frame=frame_bytes(attrs))
-    est.bytes += _group_bytes(attrs) + _group_bytes({})  # root + videos/
-    est.files += 2
-    arrays_meta: dict[tuple, tuple[int, int]] = {}
     needs_luv = any(p.kind == "keyframes" for p in cfg.policies)
+    stores = {overlap: _StoreBytes(attrs) for overlap in ("expected", "min", "max")}
     for item in items:
         try:
             n, fps, fmt, width, height = header_frames(item.path)
@@ -86,19 +91,21 @@ def estimate(cfg, measure: bool = True) -> Estimate:
                 raise DecodeError("the container header gives no frame count")
         except DecodeError as exc:
             est.unreadable[item.video_id] = str(exc)
-            est.bytes += _group_bytes(_record(item, status="failed", reason=str(exc)))
-            est.files += 1
+            for store in stores.values():
+                store.add(_record(item, status="failed", reason=str(exc)), {})
             continue
-        record, t = _video_record(item, cfg, n, fps, fmt, needs_luv, (width, height))
-        plan = video_arrays(attrs, t, n if needs_luv else None)
-        key = tuple((name, shape, kind) for name, shape, kind, _ in plan)
-        if key not in arrays_meta:
-            arrays_meta[key] = _arrays_meta_bytes(plan)
-        meta, files = arrays_meta[key]
-        est.bytes += _group_bytes(record) + meta + arrays_bytes(plan)
-        est.files += 1 + files
-        est.videos += 1
-        est.frames += t
+        for overlap, store in stores.items():
+            record, t = _video_record(item, cfg, n, fps, fmt, needs_luv, (width, height), overlap)
+            rows = {schema.TOKENS: t, schema.LUV_SCORES: n if needs_luv else 0, schema.TOKEN_SCALES: t,
+                    schema.CHANNEL_SCALES: 1, schema.CUT: t, schema.SIDE_CROPS: t}
+            store.add(record, rows)
+            if overlap == "expected":
+                est.videos += 1
+                est.frames += t
+    for store in stores.values():
+        store.seal()
+    est.bytes, est.files = stores["expected"].bytes, stores["expected"].files
+    est.bytes_min, est.bytes_max = stores["min"].bytes, stores["max"].bytes
     if any(p.kind == "keyframes" for p in cfg.policies) and len(cfg.policies) > 1:
         est.notes.append("key frames are assumed to fall anywhere in the video: their overlap with the other "
                          "policies' frames is estimated, not known")
@@ -117,8 +124,10 @@ def _record(item: VideoItem, **extra) -> dict:
 
 
 def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv: bool,
-                  size: tuple[int, int]) -> tuple[dict, int]:
-    """The record extract would write for a video of ``n`` frames, and its cached frame count."""
+                  size: tuple[int, int], overlap: str = "expected") -> tuple[dict, int]:
+    """The record extract would write for a video of ``n`` frames, and its cached frame count.
+    ``overlap``: how many key frames coincide with the other policies' frames (expected: as many
+    as chance gives; min: as few as possible, all new frames; max: as many as possible)."""
     picked, keyframes = {}, {}
     max_count = max([p.count for p in cfg.policies if p.fixed] or [1])
     for policy in cfg.policies:
@@ -136,7 +145,10 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
     for name, idx in keyframes.items():
         # key frames anywhere in the video: a fraction len(known)/n of them is expected to be frames
         # already taken; placeholders with the digits of real indices, after the known frames
-        new = idx[:int(round(len(idx) * (1 - sum(len(e) for e in extra) / n)))]
+        taken = sum(len(e) for e in extra)
+        fresh = {"expected": int(round(len(idx) * (1 - taken / n))), "max": min(len(idx), n - taken),
+                 "min": max(0, len(idx) - taken)}[overlap]
+        new = idx[:fresh]
         start = sum(len(e) for e in extra)
         positions[name] = list(range(start, start + len(new)))
         extra.append(new)
@@ -154,27 +166,52 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
     return record, pool_size
 
 
-def _group_bytes(attrs: dict) -> int:
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.group import GroupMetadata
+class _StoreBytes:
+    """The bytes and files a single writer's packed store of these videos takes, replayed."""
 
-    docs = GroupMetadata(attributes=to_json(attrs)).to_buffer_dict(default_buffer_prototype())
-    return sum(len(b.to_bytes()) for b in docs.values())
+    def __init__(self, attrs: dict):
+        self.attrs, self.plan = attrs, packed.row_plan(attrs)
+        root = dict(attrs, layout=schema.PACKED_LAYOUT)
+        self.bytes = len(packed.group_metadata(root)) + len(packed.group_metadata({}))  # root, segments/
+        self.files = 2
+        self.segment: dict[str, int] | None = None  # rows per array of the open segment
+        self.segment_bytes = 0
+
+    def add(self, record: dict, rows: dict[str, int]) -> None:
+        if self.segment is None:
+            self.segment, self.segment_bytes = {}, 0
+            self.bytes += len(packed.group_metadata(_SEGMENT_ATTRS))
+            self.files += 2  # zarr.json, index.jsonl
+        placed = {}
+        for name, count in rows.items():
+            if name not in self.plan or not count:
+                continue
+            start = self.segment.setdefault(name, 0)
+            if start == 0:
+                self.files += 1  # the array's data file
+            placed[name] = [start, count]
+            self.segment[name] = start + count
+            shape, kind = self.plan[name][:2]
+            nbytes = count * int(np.prod(shape, dtype=np.int64)) * np.dtype(kind).itemsize
+            self.bytes += nbytes
+            self.segment_bytes += nbytes
+        status = record.get("status", "done")
+        if status == "done":
+            record = dict(record, status="done", has_luv_scores=bool(rows.get(schema.LUV_SCORES)))
+        self.bytes += len(packed.index_line(to_json(record), placed, 0))
+        if self.segment_bytes >= packed.SEGMENT_BYTES:
+            self.seal()
+
+    def seal(self) -> None:
+        for name, count in (self.segment or {}).items():
+            self.bytes += packed.sealed_bytes(name, count, self.attrs)
+            self.files += 1  # its zarr.json
+        self.segment = None
 
 
-def _arrays_meta_bytes(plan: list[tuple]) -> tuple[int, int]:
-    """(bytes, files) of the arrays' metadata and chunk files, rendered by zarr in memory."""
-    import zarr
-
-    from featcache.cache.store import _CHUNK_KEYS
-
-    store = zarr.storage.MemoryStore()
-    group = zarr.create_group(store)
-    for name, shape, kind, dims in plan:
-        group.create_array(name, shape=shape, chunks=shape, dtype=kind, compressors=None,
-                           chunk_key_encoding=_CHUNK_KEYS, dimension_names=dims)
-    docs = {k: v for k, v in store._store_dict.items() if k.endswith("zarr.json") and k != "zarr.json"}
-    return sum(len(v.to_bytes()) for v in docs.values()), 2 * len(docs)  # metadata + one chunk file each
+# what a writer's segment group records (the length of a real one: a pid of 7 digits)
+_SEGMENT_ATTRS = {"featcache_segment": {"host": os.uname().nodename, "pid": 1000000,
+                                        "created_at": "2026-01-01T00:00:00+00:00"}}
 
 
 def human(n: float) -> str:

@@ -161,7 +161,10 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
         cfg = dataclasses.replace(cfg, batch_size=size)
         summary.batch_size_note = f"batch size {size} ({how})"
     start = time.perf_counter()
-    _Pipeline(cfg, encoder, writer, summary, grow).run(todo, show_progress)
+    try:
+        _Pipeline(cfg, encoder, writer, summary, grow).run(todo, show_progress)
+    finally:
+        writer.close()  # seals this run's segment, also on Ctrl-C
     summary.wall_s = time.perf_counter() - start
     return summary
 

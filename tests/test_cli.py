@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_CLI, write_manifest
 from featcache import open_cache
+from featcache.cluster import published
 from featcache.cli import app
 from featcache.synthetic import make_dataset
 
@@ -62,7 +63,7 @@ def test_failed_videos_give_exit_1_and_are_listed(tmp_path, dataset):
 def test_verify_catches_damage(tmp_path, dataset):
     out = tmp_path / "c.zarr"
     assert run("extract", dataset, "--out", str(out), "--frames", "uniform:2", *TINY_CLI, "-q").returncode == 0
-    chunk = out / "videos" / "left_000" / "tokens" / "0.0.0.0"
+    chunk, = out.glob("segments/*/tokens/0.0.0.0")
     chunk.write_bytes(chunk.read_bytes()[:100])
     v = run("cache", "verify", str(out))
     assert v.returncode == 1 and "problem: left_000: token chunk missing or truncated" in v.stdout
@@ -74,10 +75,9 @@ def test_kill_9_then_resume(tmp_path, dataset):
     args = ["extract", dataset, "--out", str(out), "--frames", "uniform:8", "--batch-size", "4", "-q",
             "--weights", "random", "--precision", "fp32", "--img-size", "112", "--model-arg", "depth=3"]
     proc = subprocess.Popen([*FEATCACHE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    videos = out / "videos"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if videos.is_dir() and sum(e.is_dir() for e in os.scandir(videos)) >= 3:
+        if published(str(out)) >= 3:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "extraction finished before it could be killed; make it slower"
@@ -92,8 +92,10 @@ def test_kill_9_then_resume(tmp_path, dataset):
     assert p.returncode == 0, p.stderr
     cache = open_cache(str(out))
     ids = cache.video_ids()
-    assert len(ids) == len(set(ids)) == 16 and cache.staged() == []
+    assert len(ids) == len(set(ids)) == 16
     assert f"{len(partial.video_ids())} already cached" in p.stdout
+    killed, rerun = cache.segments()  # the killed writer's segment is read as it was left, never touched
+    assert not killed.sealed and rerun.sealed and len(killed.entries) == len(partial.video_ids())
     assert run("cache", "verify", str(out)).returncode == 0
 
 

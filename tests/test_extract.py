@@ -132,38 +132,60 @@ def test_resume_skips_and_other_settings_are_refused(container_manifest, tmp_pat
     assert redo.done == 4 and open_cache(str(out)).attrs["storage"]["dtype"] == "float32"
 
 
+def store_files(out):
+    """path -> bytes of every file of a store."""
+    return {os.path.relpath(os.path.join(r, f), out): open(os.path.join(r, f), "rb").read()
+            for r, _, files in os.walk(out) for f in files}
+
+
 def test_overwrite_keeps_a_store_whose_settings_match(container_manifest, tmp_path):
     out = tmp_path / "c.zarr"
     extract(container_manifest, out, frames="uniform:4")
-    videos = [d for d in (out / "videos").iterdir() if d.is_dir()]
-    for d in videos:
-        (d / "marker").write_text("written before --overwrite")  # gone if the video were deleted and redone
+    before = store_files(out)
     again = extract(container_manifest, out, frames="uniform:4", overwrite=True)
     assert (again.skipped, again.done, again.replaced) == (4, 0, [])
-    assert len(videos) == 4 and all((d / "marker").exists() for d in videos)
+    assert store_files(out) == before  # not a byte of the finished videos was touched
     other = extract(container_manifest, out, frames="uniform:4", dtype="float32", overwrite=True)
     assert other.done == 4 and other.replaced == ["storage.dtype"]
 
 
-def test_a_video_that_cannot_be_published_fails_instead_of_counting_as_done(container_manifest, tmp_path):
+def test_a_video_that_cannot_be_published_fails_instead_of_counting_as_done(container_manifest, tmp_path,
+                                                                            monkeypatch):
+    """The disk fills up half-way through one video's rows: that video fails (and says why),
+    the others are published in a fresh segment, and a re-run redoes it."""
+    import errno
+
     from typer.testing import CliRunner
 
     from conftest import TINY_CLI
+    from featcache.cache import packed
     from featcache.cli import app
 
     out = tmp_path / "c.zarr"
-    extract(container_manifest, out, frames="uniform:2")
-    shutil.rmtree(out / "videos" / "clip_mp4")
-    (out / "videos" / "clip_mp4").write_text("a file where the video's folder must go")  # rename -> ENOTDIR
+    real, calls = packed._pwrite_all, []
+
+    def disk_full_once(fd, view, offset):
+        calls.append(offset)
+        if len(calls) == 2:  # the second video's tokens: half of them land, then ENOSPC
+            real(fd, view[:len(view) // 2], offset)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, view, offset)
+
+    monkeypatch.setattr(packed, "_pwrite_all", disk_full_once)
     s = extract(container_manifest, out, frames="uniform:2")
-    assert (s.done, s.skipped, list(s.failed)) == (0, 3, ["clip_mp4"])
-    assert "could not publish into the cache: Not a directory" in s.failed["clip_mp4"]
-    assert s.frames == 0 and s.bytes_written == 0
+    monkeypatch.undo()
+    assert s.done == 3 and len(s.failed) == 1, s
+    (failed, reason), = s.failed.items()
+    assert "could not publish into the cache: No space left on device" in reason
+    assert s.frames == 6
+    cache = open_cache(str(out))
+    assert cache.verify() == [] and len(cache.video_ids()) == 3 and list(cache.failures()) == [failed]
+    assert len(cache.segments()) == 2  # the torn segment was sealed; the rest went to a new one
     r = CliRunner().invoke(app, ["extract", container_manifest, "--out", str(out), "--frames", "uniform:2",
                                  *TINY_CLI, "-q"])
-    assert r.exit_code == 1 and "extracted 0 videos, 1 failed, 3 already cached" in r.output
-    assert "failed: clip_mp4: could not publish into the cache" in r.output
-    assert open_cache(str(out)).verify() == [] and len(open_cache(str(out)).video_ids()) == 3
+    assert r.exit_code == 0 and "extracted 1 videos, 0 failed, 3 already cached" in r.output, r.output
+    cache = open_cache(str(out))
+    assert cache.verify() == [] and len(cache.video_ids()) == 4 and cache.failures() == {}
 
 
 def test_out_that_is_not_a_cache_is_left_alone(container_manifest, tmp_path):
@@ -183,8 +205,8 @@ def test_ids_cannot_write_outside_the_store(tmp_path, videos):
     s = extract(write_manifest(tmp_path / "m.csv", rows), out, frames="uniform:2")
     assert s.done == 4
     assert sorted(os.listdir(tmp_path / "store")) == ["c.zarr"]
-    entries = [e.name for e in os.scandir(out / "videos") if e.is_dir()]
-    assert len(entries) == 4 and all(not e.startswith(".") and "/" not in e for e in entries)
+    names = {n for _, dirs, files in os.walk(out) for n in dirs + files}
+    assert not any(i in n or "escape" in n or n == ".hidden" for i in ids for n in names)  # ids name no file
     cache = open_cache(str(out))
     assert sorted(cache.video_ids()) == sorted(ids) and cache.video("../escape").tokens.shape[0] == 2
 

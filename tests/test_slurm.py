@@ -88,8 +88,9 @@ def wait_for(condition, timeout=120, what="", poll=0.2):
 
 
 def done_count(out):
-    videos = os.path.join(out, "videos")
-    return sum(1 for e in os.scandir(videos) if e.is_dir()) if os.path.isdir(videos) else 0
+    from featcache.cluster import published
+
+    return published(str(out))
 
 
 def assert_complete(out, manifest):

@@ -67,8 +67,7 @@ def test_an_int8_cache_reads_back_within_the_error_of_the_fp16_cache(clips, tmp_
         out = np.empty((3, *a.shape[2:]), np.float16)  # the fast path views use: a few frames of one layer
         small.video(vid).read_frames_into(out, [0, 4, 7], -1)
         np.testing.assert_array_equal(out, a[[0, 4, 7], 1])
-    data = [os.path.getsize(os.path.join(c.path, "videos", half.video_ids()[0], "tokens", "0.0.0.0"))
-            for c in (half, small)]
+    data = [c.video(half.video_ids()[0]).stored("tokens").nbytes for c in (half, small)]
     assert data[1] * 2 == data[0]
     r = runner.invoke(app, ["train", small.path, "--head", "pool", "--view", "uniform:8", "--set", "epochs=1",
                             "--out", str(tmp_path / "run"), "-q"])

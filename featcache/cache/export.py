@@ -87,16 +87,17 @@ def import_hdf5(src: str, out: str, manifest: str | None = None, model_name: str
 
 def _import_featcache(f, out: str) -> int:
     attrs = json.loads(f.attrs["provenance"])
-    writer = CacheWriter.open(out, {k: v for k, v in attrs.items() if k not in ("fingerprint", "created_at")})
-    if writer.fingerprint != attrs["fingerprint"]:
-        raise FeatcacheError("the imported provenance does not reproduce its fingerprint; the file was altered")
-    for g in f["videos"].values():
-        record = json.loads(g.attrs["record"])
-        luv = g["luv_scores"][...] if "luv_scores" in g else None
-        writer.write_video(record, g["tokens"][...], luv)
-    for g in f["failed"].values():
-        record = json.loads(g.attrs["record"])
-        writer.write_failure(record, record.get("reason", ""))
+    with CacheWriter.open(out, {k: v for k, v in attrs.items() if k not in ("fingerprint", "created_at", "layout")}) \
+            as writer:
+        if writer.fingerprint != attrs["fingerprint"]:
+            raise FeatcacheError("the imported provenance does not reproduce its fingerprint; the file was altered")
+        for g in f["videos"].values():
+            record = json.loads(g.attrs["record"])
+            luv = g["luv_scores"][...] if "luv_scores" in g else None
+            writer.write_video(record, g["tokens"][...], luv)
+        for g in f["failed"].values():
+            record = json.loads(g.attrs["record"])
+            writer.write_failure(record, record.get("reason", ""))
     return len(f["videos"])
 
 
@@ -138,7 +139,11 @@ def _import_foreign(f, src: str, out: str, manifest: str, model_name: str, frame
         "manifest": {"path": os.path.abspath(manifest)},
         "storage": {"dtype": "float16", "tokens_dims": ["frame", "layer", "token", "channel"]},
     }
-    writer = CacheWriter.open(out, attrs)
+    with CacheWriter.open(out, attrs) as writer:
+        return _write_foreign(writer, shapes, datasets, items, policy, src)
+
+
+def _write_foreign(writer, shapes, datasets, items, policy, src) -> int:
     done = writer.done_keys()
     for vid, shape in shapes.items():
         if schema.video_key(vid) in done:

@@ -1,14 +1,17 @@
 """Pure facts about the cache layout: names, keys, fingerprints. No zarr here.
 
-Layout (Zarr v3, one directory per video, 3-5 files per video):
+Packed layout (schema 2, the default; see packed.py and README "Cache format"):
 
     CACHE.zarr/
-      zarr.json                root group; attributes = provenance (see README "Cache format")
-      videos/<key>/zarr.json   one group per video; attributes = the video's record
-      videos/<key>/tokens/     (T, L, N, C) float16, one uncompressed chunk ("0.0.0.0")
-      videos/<key>/luv_scores/ (num_frames,) float32, one chunk; only with keyframes policies
-      videos/<key>/token_scales/, channel_scales/   only with --dtype int8 (cache/quant.py)
-      .staging/                videos being written; renamed into videos/ when complete
+      zarr.json                       root group; attributes = provenance
+      segments/zarr.json              group
+      segments/<segment>/zarr.json    one group per writer process (or roll-over)
+      segments/<segment>/index.jsonl  one line per published video: record + rows per array
+      segments/<segment>/<array>/     tokens, luv_scores, token_scales, channel_scales, cut,
+                                      side_crops: rows of many videos in one data file
+                                      ("0.0.0.0"); zarr.json written when the segment is sealed
+
+Loose layout (schema 1, rounds 1-2; read only, see loose.py): ``videos/<key>/`` per video.
 """
 from __future__ import annotations
 
@@ -16,8 +19,11 @@ import hashlib
 import json
 import re
 
-SCHEMA_VERSION = 1
-VIDEOS = "videos"
+SCHEMA_VERSION = 2  # 1: loose (one folder per video), 2: packed segments
+VIDEOS = "videos"  # schema 1
+SEGMENTS = "segments"  # schema 2
+PACKED_LAYOUT = ("packed: segments/<segment>/index.jsonl lists the videos of each segment (record, and rows "
+                 "[start, count] per array); segments/<segment>/<array> holds their rows concatenated")
 STAGING = ".staging"
 TOKENS = "tokens"
 LUV_SCORES = "luv_scores"

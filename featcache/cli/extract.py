@@ -155,6 +155,9 @@ def estimate(
     typer.echo(f"{est.videos} videos, {est.frames} cached frames; {human(est.token_bytes_per_frame)} of arrays "
                f"per frame, {human(est.bytes_per_video)} per video")
     typer.echo(f"total {human(est.bytes)} ({est.bytes} bytes) in {est.files} files, metadata included")
+    if est.bytes_min != est.bytes_max:
+        typer.echo(f"range {human(est.bytes_min)} to {human(est.bytes_max)}: how many key frames coincide with the "
+                   "other policies' frames only scoring reveals")
     if est.forward_frames_per_s:
         typer.echo(f"model time ~{est.model_seconds:.0f} s at {est.forward_frames_per_s:.1f} frames/s "
                    f"(batch {est.batch_size}, measured here; decoding not included)")
