@@ -7,3 +7,7 @@ is a bug and keeps its traceback.
 
 class FeatcacheError(Exception):
     """A user-facing error: the message says what is wrong and what to do."""
+
+
+class DamagedStore(FeatcacheError, OSError):
+    """A store's files are missing or truncated where its index says data lies."""

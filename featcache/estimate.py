@@ -181,7 +181,8 @@ class _StoreBytes:
         if self.segment is None:
             self.segment, self.segment_bytes = {}, 0
             self.bytes += len(packed.group_metadata(_SEGMENT_ATTRS))
-            self.files += 2  # zarr.json, index.jsonl
+            self.files += 2  # zarr.json, index/0
+            self.index_bytes = 0
         placed = {}
         for name, count in rows.items():
             if name not in self.plan or not count:
@@ -198,14 +199,20 @@ class _StoreBytes:
         status = record.get("status", "done")
         if status == "done":
             record = dict(record, status="done", has_luv_scores=bool(rows.get(schema.LUV_SCORES)))
-        self.bytes += len(packed.index_line(to_json(record), placed, 0))
+        line = len(packed.index_line(to_json(record), placed, 0))
+        self.bytes += line
+        self.index_bytes += line
         if self.segment_bytes >= packed.SEGMENT_BYTES:
             self.seal()
 
     def seal(self) -> None:
-        for name, count in (self.segment or {}).items():
+        if self.segment is None:
+            return
+        for name, count in self.segment.items():
             self.bytes += packed.sealed_bytes(name, count, self.attrs)
             self.files += 1  # its zarr.json
+        self.bytes += len(packed.index_metadata(self.index_bytes))
+        self.files += 1
         self.segment = None
 
 

@@ -20,6 +20,7 @@ import uuid
 import numpy as np
 
 from featcache.cache import schema
+from featcache.errors import DamagedStore
 
 CHUNK_KEYS = {"name": "v2", "separator": "."}
 
@@ -59,7 +60,8 @@ def read_array(root: str, key: str, name: str) -> np.ndarray:
         shape, dtype = tuple(meta["shape"]), np.dtype(meta["data_type"])
         size = int(np.prod(shape)) * dtype.itemsize
         if not os.path.isfile(path) or os.path.getsize(path) != size:
-            raise OSError(f"{path}: chunk missing or truncated (expected {size} bytes); run featcache cache verify")
+            raise DamagedStore(f"{path}: chunk missing or truncated (expected {size} bytes); "
+                               f"run featcache cache verify {root}")
         return np.memmap(path, dtype=dtype, mode="r", shape=shape) if size else np.zeros(shape, dtype)
     import zarr
 

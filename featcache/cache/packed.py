@@ -2,7 +2,8 @@
 
 A segment is a Zarr group ``segments/<name>/`` owned by the one process that created it. Its
 arrays hold the frames of many videos concatenated along the first axis (one data file each,
-``<array>/0.0.0.0``), and ``index.jsonl`` holds one JSON line per published video::
+``<array>/0.0.0.0``), and ``index/0`` holds one JSON line per published video (UTF-8; sealed, it
+is a 1-D uint8 Zarr array of those bytes)::
 
     {"record": {...the video's record...}, "rows": {"tokens": [start, count], ...}, "generation": 0}
 
@@ -35,7 +36,8 @@ import numpy as np
 
 from featcache.cache import schema
 
-INDEX = "index.jsonl"
+INDEX = "index"  # a uint8 array of JSON lines: its one chunk file is index/0
+INDEX_FILE = os.path.join(INDEX, "0")
 DATA = "0.0.0.0"  # the one chunk (shard) of each array: v2 chunk keys, no nested chunk folders
 SEGMENT_BYTES = 4 << 30  # a writer rolls over to a new segment past this many bytes of data
 _KEY_ENCODING = {"name": "v2", "separator": "."}
@@ -111,6 +113,18 @@ def array_metadata(name: str, rows: int, attrs: dict) -> bytes:
     return _store_bytes(store, "zarr.json")
 
 
+def index_metadata(nbytes: int) -> bytes:
+    """The ``zarr.json`` of a sealed index: ``nbytes`` bytes of JSON lines as one uint8 chunk."""
+    import zarr
+
+    store = zarr.storage.MemoryStore()
+    zarr.create_array(store, shape=(nbytes,), chunks=(nbytes,), dtype="uint8", compressors=None,
+                      chunk_key_encoding=_KEY_ENCODING, dimension_names=("byte",),
+                      attributes={"format": "JSON lines, UTF-8: one published video per line "
+                                            "(record, rows [start, count] per array, generation)"})
+    return _store_bytes(store, "zarr.json")
+
+
 def group_metadata(attributes: dict) -> bytes:
     """A group's ``zarr.json``, rendered by zarr itself."""
     from zarr.core.buffer import default_buffer_prototype
@@ -164,7 +178,7 @@ class Segment:
         self.tail = False  # a last line without its newline: an interrupted publish
         self.bad_lines: list[int] = []  # complete lines that do not parse: corruption
         try:
-            with open(os.path.join(self.path, INDEX), "rb") as f:
+            with open(os.path.join(self.path, INDEX_FILE), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return
@@ -243,8 +257,10 @@ class SegmentWriter:
             {"featcache_segment": {"host": os.uname().nodename, "pid": os.getpid(),
                                    "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                                        timespec="seconds")}}))
-        self.index_fd = os.open(os.path.join(self.path, INDEX), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
-                                0o644)
+        os.mkdir(os.path.join(self.path, INDEX))
+        self.index_fd = os.open(os.path.join(self.path, INDEX_FILE),
+                                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self.index_bytes = 0
 
     def _fd(self, name: str) -> int:
         if name not in self.fds:
@@ -272,6 +288,7 @@ class SegmentWriter:
             self.bytes += count * rows[name][0].nbytes if count else 0
         line = index_line(record, placed, generation)
         _write_all(self.index_fd, line)
+        self.index_bytes += len(line)
         if self.durable:
             os.fdatasync(self.index_fd)
         return {"record": record, "rows": placed, "generation": generation, "segment": self.name}
@@ -291,7 +308,9 @@ class SegmentWriter:
             os.close(fd)
             if rows:
                 _write_new(os.path.join(self.path, name, "zarr.json"), array_metadata(name, rows, self.attrs))
+        os.fsync(self.index_fd)
         os.close(self.index_fd)
+        _write_new(os.path.join(self.path, INDEX, "zarr.json"), index_metadata(self.index_bytes))
         self.fds, self.cursor, self.index_fd, self.name, self.bytes = {}, {}, None, None, 0
 
 

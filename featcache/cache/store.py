@@ -21,7 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from featcache.cache import loose, packed, quant, schema
-from featcache.errors import FeatcacheError
+from featcache.errors import DamagedStore, FeatcacheError
 from featcache.view import parse_policy
 
 _MAPS = 64  # segment files kept mapped at once per Cache (each holds a file descriptor)
@@ -168,6 +168,11 @@ class Cache:
                 self._records = {k: self._index[k]["record"] for k in sorted(self._index)}
         return self._records
 
+    def index_entries(self) -> dict[str, dict]:
+        """key -> the index entry readers use (packed stores: segment, rows, generation)."""
+        self.records()
+        return self._index
+
     def segments(self) -> list[packed.Segment]:
         """The packed store's segments (empty for a loose store)."""
         self.records()
@@ -242,8 +247,8 @@ class Cache:
         if rows is None or start + count > len(rows):
             rows = self._map(segment, name)
             if start + count > len(rows):
-                raise OSError(f"{self._data_path(segment, name)}: truncated (rows {start}..{start + count} "
-                              f"beyond its {len(rows)}); run featcache cache verify")
+                raise DamagedStore(f"{self._data_path(segment, name)}: truncated (rows {start}..{start + count} "
+                                   f"beyond its {len(rows)}); run featcache cache verify {self.path}")
         self._maps.move_to_end((segment, name))
         return rows[start:start + count]
 
@@ -252,6 +257,8 @@ class Cache:
         kind = np.dtype(kind)
         row_bytes = int(np.prod(shape, dtype=np.int64)) * kind.itemsize
         path = self._data_path(segment, name)
+        if not os.path.isfile(path):
+            raise DamagedStore(f"{path}: missing; run featcache cache verify {self.path}")
         with open(path, "rb") as f:
             n = os.fstat(f.fileno()).st_size // row_bytes
             buf = mmap.mmap(f.fileno(), n * row_bytes, access=mmap.ACCESS_READ) if n else b""
@@ -290,7 +297,7 @@ class Cache:
         except OSError as exc:
             return [f"cannot list the store: {exc}"]
         for s in self._segments:
-            problems += [f"segments/{s.name}/{packed.INDEX} line {n}: not a valid index entry" for n in s.bad_lines]
+            problems += [f"segments/{s.name}/{packed.INDEX_FILE} line {n}: not a valid index entry" for n in s.bad_lines]
         for key, record in records.items():
             vid = record.get("video_id")
             try:
@@ -424,8 +431,8 @@ class CacheWriter(Cache):
 
     @staticmethod
     def _create(path: str, attrs: dict) -> None:
-        attrs = dict(attrs, created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     layout=schema.PACKED_LAYOUT)
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        attrs = dict(attrs, created_at=attrs.get("created_at") or now, layout=schema.PACKED_LAYOUT)
         tmp = f"{path.rstrip(os.sep)}.tmp-{uuid.uuid4().hex[:8]}"
         os.makedirs(os.path.join(tmp, schema.SEGMENTS))
         packed._write_new(os.path.join(tmp, "zarr.json"), packed.group_metadata(attrs))

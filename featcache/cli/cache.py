@@ -1,4 +1,4 @@
-"""`featcache cache info|verify|status|export|import`."""
+"""`featcache cache info|verify|status|pack|export|import`."""
 from __future__ import annotations
 
 import json
@@ -69,6 +69,30 @@ def cache_status(
     total = {k: sum(r[k] for r in rows) for k in ("done", "failed", "in_progress", "pending")}
     typer.echo(f"total: {total['done']} done, {total['failed']} failed, {total['in_progress']} in progress, "
                f"{total['pending']} pending")
+
+
+@cache_app.command("pack", epilog="Examples:\n\n  featcache cache pack old_round2.zarr --out new.zarr   # convert a schema-1 store\n\n"
+                                   "  featcache cache pack k700.zarr --out k700_packed.zarr  # merge 1,000 tasks' segments")
+def cache_pack(
+    path: str = typer.Argument(..., help="A featcache store (either layout); it is only read."),
+    out: str = typer.Option(..., "--out", "-o", help="The new packed store to write (must not exist)."),
+    segment_gb: float = typer.Option(4.0, "--segment-gb", help="Roll over to a new segment past this many GB."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Convert a schema-1 store into the packed layout, or merge a store's segments into few large
+    ones; tokens and records are copied unchanged, superseded copies and unpublished tails dropped."""
+    from featcache.cache.pack import pack
+
+    with user_errors():
+        if not segment_gb > 0:
+            raise FeatcacheError(f"--segment-gb: must be > 0, got {segment_gb}")
+        s = pack(path, out, segment_bytes=int(segment_gb * 1e9), show_progress=not quiet)
+    typer.echo(f"packed {s.videos} videos and {s.failed} failure records into {out}: "
+               f"{s.segments_after} segment(s), {s.files_after} files, {s.bytes_after / 1e6:.1f} MB "
+               f"(was {s.segments_before or 'no'} segment(s), {s.files_before} files, {s.bytes_before / 1e6:.1f} MB)")
+    for vid, reason in s.unreadable.items():
+        typer.echo(f"unreadable: {vid}: {reason}")
+    typer.echo(f"check it with: featcache cache verify {out}")
 
 
 @cache_app.command("export", epilog="Examples:\n\n  featcache cache export c.zarr --format hdf5 c.h5\n\n  featcache cache export c.zarr --format npy c_npy/")

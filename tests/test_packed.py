@@ -1,0 +1,301 @@
+"""The packed store at dataset scale: segments one writer each owns, an index per segment, files
+and opens that do not grow with the number of videos, kill -9 of concurrent shard workers, old
+(schema-1) stores that keep working and convert, and only the file-system operations NFS, Lustre
+and GPFS provide."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from conftest import TINY_CLI
+from featcache import open_cache
+from featcache.cache import packed
+from featcache.cache.store import CacheWriter
+from featcache.cli import app
+from featcache.cluster import published
+from featcache.synthetic import make_dataset
+
+runner = CliRunner()
+DATA = os.path.join(os.path.dirname(__file__), "data")
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "featcache")
+FEATCACHE = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "featcache.cli"]
+TINY_ATTRS = {"featcache_version": "test", "model": {"name": "none"}, "preprocess": {}, "compute": {},
+              "storage": {"dtype": "float16"}, "layers": [-1], "tokens": {"num_tokens": 5, "dim": 4},
+              "frames": {"policies": ["uniform:8"]}}
+
+
+def write_tiny_store(path, videos, writers=1, **open_kw):
+    """``videos`` tiny videos through the real writer, split over ``writers`` writer processes'
+    worth of segments; returns {video_id: tokens}."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for w in range(writers):
+        with CacheWriter.open(path, TINY_ATTRS, **open_kw) as writer:
+            for i in range(w, videos, writers):
+                tokens = rng.normal(size=(8, 1, 5, 4)).astype(np.float16)
+                record = {"video_id": f"v{i:06d}", "path": f"v{i:06d}.mp4", "split": "train", "labels": ["a"],
+                          "source": {"num_frames": 8}, "frame_indices": list(range(8)),
+                          "timestamps": [t / 25 for t in range(8)], "policies": {"uniform:8": list(range(8))}}
+                writer.write_video(record, tokens, None)
+                out[record["video_id"]] = tokens
+    return out
+
+
+# ------------------------------------------------------------------ layout and zarr
+def test_a_packed_store_is_a_zarr_hierarchy_plain_zarr_reads(tmp_path):
+    path = str(tmp_path / "c.zarr")
+    tokens = write_tiny_store(path, 30)
+    cache = open_cache(path)
+    assert cache.layout == "packed" and cache.attrs["schema_version"] == 2 and len(cache.video_ids()) == 30
+    (name, segment), = zarr.open_group(path, mode="r")["segments"].groups()
+    assert segment["tokens"].shape == (240, 1, 5, 4)
+    lines = bytes(np.asarray(segment["index"][:])).decode().splitlines()
+    for line in lines:  # a reader without featcache: the index says where each video's rows are
+        entry = json.loads(line)
+        start, count = entry["rows"]["tokens"]
+        vid = entry["record"]["video_id"]
+        np.testing.assert_array_equal(segment["tokens"][start:start + count], tokens[vid])
+        np.testing.assert_array_equal(cache.video(vid).tokens, tokens[vid])
+    assert segment["tokens"][7, 0, 2, 1] == tokens["v000000"][7, 0, 2, 1]  # one frame alone, via the shard index
+
+
+def test_files_and_opens_do_not_grow_with_the_number_of_videos(tmp_path):
+    """Opening, listing and reading one video: count every file Python opens under the store
+    (audit events), at 100 and at 2,000 videos."""
+    counts = {}
+    for n in (100, 2000):
+        path = str(tmp_path / f"c{n}.zarr")
+        write_tiny_store(path, n, durable=False)
+        code = textwrap.dedent(f"""
+            import sys
+            path = {path!r}
+            opened = []
+            sys.addaudithook(lambda e, a: opened.append(str(a[0])) if e == "open" and str(a[0]).startswith(path) else None)
+            from featcache import open_cache
+            cache = open_cache(path)
+            ids = cache.video_ids()
+            assert len(ids) == {n}
+            cache.video(ids[{n} // 2]).tokens
+            print(len(opened))
+        """)
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        counts[n] = (int(p.stdout), open_cache(path).file_count())
+    assert counts[100] == counts[2000], counts
+    opens, files = counts[2000]
+    assert opens <= 4 and files <= 16, counts  # root + index + one data file; a dozen files and folders in all
+
+
+def test_a_writer_rolls_over_into_new_segments_and_pack_merges_them(tmp_path):
+    path = str(tmp_path / "c.zarr")
+    tokens = write_tiny_store(path, 60, writers=3, segment_bytes=5 * 8 * 5 * 4 * 2)  # 5 videos a segment
+    cache = open_cache(path)
+    assert len(cache.segments()) == 12 and all(s.sealed for s in cache.segments())
+    r = runner.invoke(app, ["cache", "pack", path, "--out", str(tmp_path / "p.zarr"), "-q"])
+    assert r.exit_code == 0 and "packed 60 videos and 0 failure records" in r.output, r.output
+    new = open_cache(str(tmp_path / "p.zarr"))
+    assert len(new.segments()) == 1 and new.verify() == [] and new.records() == cache.records()
+    assert new.fingerprint == cache.fingerprint and new.attrs["packed"]["from"] == cache.path
+    for vid, x in tokens.items():
+        np.testing.assert_array_equal(new.video(vid).tokens, x)
+    assert new.file_count() < cache.file_count()
+    r = runner.invoke(app, ["cache", "pack", path, "--out", str(tmp_path / "p.zarr")])
+    assert r.exit_code == 2 and "exists; give a new path" in r.output
+
+
+def test_growth_appends_a_newer_copy_that_readers_take(tmp_path):
+    path = str(tmp_path / "c.zarr")
+    write_tiny_store(path, 3)
+    attrs = dict(TINY_ATTRS, frames={"policies": ["uniform:8", "uniform:4"]})
+    with CacheWriter.open(path, attrs) as writer:
+        grown = np.ones((8, 1, 5, 4), np.float16)
+        for vid in writer.video_ids():
+            old = writer.video(vid)
+            record = dict(old.record, policies={**old.policies, "uniform:4": [0, 2, 4, 6]})
+            assert writer.replace_video(record, grown, None) is not None
+            assert writer.replace_video(record, grown, None) is None  # it has every policy now
+    cache = open_cache(path)
+    assert cache.attrs["frames"]["policies"] == ["uniform:8", "uniform:4"]
+    assert cache.index_entries()["v000001"]["generation"] == 1 and len(cache.segments()) == 2
+    np.testing.assert_array_equal(cache.video("v000001").tokens, grown)
+    assert cache.verify() == []
+
+
+# ------------------------------------------------------------------ damage and interruption
+def test_torn_tails_corrupt_lines_and_missing_files_are_problem_lines_never_tracebacks(tmp_path):
+    path = tmp_path / "c.zarr"
+    write_tiny_store(str(path), 10)
+    seg, = (path / "segments").glob("2*")
+    with open(seg / "index" / "0", "ab") as f:
+        f.write(b'{"record": {"video_id": "v9999')  # a publish killed mid-line
+    cache = open_cache(str(path))
+    assert len(cache.video_ids()) == 10 and cache.verify() == [] and cache.staged() == [seg.name]
+    v = runner.invoke(app, ["cache", "verify", str(path)])
+    assert v.exit_code == 0 and "1 interrupted write(s)" in v.output, v.output
+    with open(seg / "index" / "0", "ab") as f:
+        f.write(b"\nnot json\n")
+    assert open_cache(str(path)).verify() == [f"segments/{seg.name}/index/0 line {n}: not a valid index entry"
+                                              for n in (11, 12)]  # the torn line, completed, and the junk
+    (seg / "tokens" / "0.0.0.0").write_bytes(b"")
+    v = runner.invoke(app, ["cache", "verify", str(path)])
+    assert v.exit_code == 1 and v.output.count("token chunk missing or truncated") == 10, v.output
+    assert "Traceback" not in v.output
+    (path / "zarr.json").write_text("{ not json")
+    for cmd in (["cache", "verify", str(path)], ["cache", "info", str(path)]):
+        r = runner.invoke(app, cmd)
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "corrupt" in r.stderr, r.output
+
+
+def test_training_on_a_damaged_store_is_one_line(tmp_path, videos):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,path,label,split\n" + "".join(
+        f"v{i},{p},{'ab'[i % 2]},train\n" for i, p in enumerate(videos.values())))
+    out = tmp_path / "c.zarr"
+    r = runner.invoke(app, ["extract", str(manifest), "--out", str(out), "--frames", "uniform:4", *TINY_CLI, "-q"])
+    assert r.exit_code == 0, r.output
+    data, = out.glob("segments/*/tokens/0.0.0.0")
+    data.write_bytes(data.read_bytes()[:5000])
+    r = runner.invoke(app, ["train", str(out), "--head", "pool", "--view", "uniform:4", "--out",
+                            str(tmp_path / "run"), "-q"])
+    assert r.exit_code == 2 and "truncated" in r.stderr and "featcache cache verify" in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_two_shard_workers_one_killed_then_both_rerun_give_every_video_once(tmp_path):
+    """Two `extract --shard` processes at once; kill -9 one part-way; re-run both: every video
+    exactly once, verify clean, tokens equal to a single-worker extraction."""
+    manifest = make_dataset(str(tmp_path / "data"), "motion", per_class=5, num_frames=12, size=(64, 48))
+    slow = ["--weights", "random", "--precision", "fp32", "--img-size", "112", "--model-arg", "depth=3",
+            "--frames", "uniform:6", "--batch-size", "4", "-q"]
+    out = tmp_path / "c.zarr"
+    args = [[*FEATCACHE, "extract", manifest, "--out", str(out), "--shard", f"{i}/2", *slow] for i in range(2)]
+    procs = [subprocess.Popen(a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for a in args]
+    deadline = time.time() + 180
+    while time.time() < deadline and procs[0].poll() is None and published(str(out)) < 3:
+        time.sleep(0.02)
+    assert procs[0].poll() is None, "shard 0 finished before it could be killed; make it slower"
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait()
+    assert procs[1].wait(timeout=300) == 0, procs[1].stderr.read()
+    partial = open_cache(str(out))
+    assert 0 < len(partial.video_ids()) < 20 and partial.verify() == []
+    for a in args:
+        p = subprocess.run(a, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+    cache = open_cache(str(out))
+    ids = cache.video_ids()
+    assert len(ids) == len(set(ids)) == 20 and cache.verify() == [] and cache.failures() == {}
+    assert sum(len(s.entries) for s in cache.segments()) == 20  # nothing was written twice
+    single = tmp_path / "one.zarr"
+    p = subprocess.run([*FEATCACHE, "extract", manifest, "--out", str(single), *slow], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    ref = open_cache(str(single))
+    for vid in ids:
+        np.testing.assert_allclose(cache.video(vid).tokens.astype(np.float32),
+                                   ref.video(vid).tokens.astype(np.float32), rtol=0, atol=2e-3)
+        assert cache.video(vid).record["frame_indices"] == ref.video(vid).record["frame_indices"]
+
+
+# ------------------------------------------------------------------ the file-system operations used
+_WATCH = textwrap.dedent("""
+    import os, sys
+    store = os.path.abspath(sys.argv[1])
+    bad = []
+    def hook(event, args):
+        if event in ("os.rename", "os.replace") and str(args[1]).startswith(store) and os.path.exists(args[1]):
+            if not str(args[1]).endswith(store + "/zarr.json"):  # the root's policy list (plain rename(2))
+                bad.append(f"{event} over an existing {args[1]}")
+        elif event in ("os.link", "os.symlink") and str(args[1]).startswith(store):
+            bad.append(f"{event} {args[1]}")
+        elif event in ("fcntl.flock", "fcntl.lockf"):
+            bad.append(event)
+        elif event == "ctypes.dlsym" and "rename" in str(args[1]):
+            bad.append(f"ctypes {args[1]}")
+    sys.addaudithook(hook)
+    from featcache.cli import main
+    sys.argv = ["featcache", *sys.argv[2:]]
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    print("BAD:" + repr(bad))
+    sys.exit(code)
+""")
+
+
+def test_extract_grow_and_pack_use_only_what_nfs_lustre_and_gpfs_provide(tmp_path):
+    """Audit events of a real extraction, a growth (incremental pool), a failure and a pack: no
+    rename over an existing file (but the root's zarr.json), no hard or symbolic link, no lock,
+    no renameat2; and the package's sources never name those calls."""
+    manifest = make_dataset(str(tmp_path / "data"), "motion", per_class=2, num_frames=12, size=(64, 48))
+    with open(manifest, "a") as f:
+        f.write("gone,videos/gone.mp4,left,train\n")
+    out = str(tmp_path / "c.zarr")
+    for frames in ("uniform:4", "uniform:4,keyframes:2"):
+        p = subprocess.run([sys.executable, "-c", _WATCH, out, "extract", manifest, "--out", out, "--frames", frames,
+                            *TINY_CLI, "-q"], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 1 and "BAD:[]" in p.stdout, p.stdout + p.stderr  # exit 1: the missing video
+    p = subprocess.run([sys.executable, "-c", _WATCH, str(tmp_path / "p.zarr"), "cache", "pack", out,
+                        "--out", str(tmp_path / "p.zarr"), "-q"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "BAD:[]" in p.stdout, p.stdout + p.stderr
+    cache = open_cache(out)
+    assert cache.verify() == [] and len(cache.video_ids()) == 8 and list(cache.failures()) == ["gone"]
+    assert all(len(cache.video(v).frame_indices) >= 4 for v in cache.video_ids())
+    package = os.path.dirname(os.path.dirname(packed.__file__))
+    for root, _, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py"):
+                text = open(os.path.join(root, name)).read()
+                for call in ("renameat2", "RENAME_EXCHANGE", "os.link(", "flock(", "lockf("):
+                    assert call not in text, f"{name} names {call}"
+
+
+# ------------------------------------------------------------------ old stores
+@pytest.mark.parametrize("name", ["round2_fp16.zarr", "round2_int8.zarr"])
+def test_a_round2_store_opens_trains_evaluates_and_packs_into_identical_tokens(name, tmp_path):
+    old_path = str(tmp_path / name)
+    shutil.copytree(os.path.join(DATA, name), old_path)
+    old = open_cache(old_path)
+    assert old.layout == "loose" and old.attrs["schema_version"] == 1 and old.verify() == []
+    assert len(old.video_ids()) == 20 and list(old.failures()) == ["gone_000"]
+    run = str(tmp_path / "run")
+    r = runner.invoke(app, ["train", old_path, "--head", "pool", "--view", "uniform:4", "--set", "epochs=2",
+                            "--out", run, "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", run, "--split", "test"])
+    assert r.exit_code == 0, r.output
+    new_path = str(tmp_path / "new.zarr")
+    p = subprocess.run([*FEATCACHE, "cache", "pack", old_path, "--out", new_path, "-q"], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0 and "packed 20 videos and 1 failure records" in p.stdout, p.stdout + p.stderr
+    assert subprocess.run([*FEATCACHE, "cache", "verify", new_path], capture_output=True).returncode == 0
+    new = open_cache(new_path)
+    assert new.layout == "packed" and new.records() == old.records() and new.fingerprint == old.fingerprint
+    for vid in old.video_ids():
+        a, b = old.video(vid).arrays(), new.video(vid).arrays()
+        assert set(a) == set(b) and set(a) >= {"tokens"}
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])  # byte for byte: int8 tokens and scales too
+    r = runner.invoke(app, ["eval", run, "--split", "test", "--cache", new_path])
+    assert r.exit_code == 0, r.output  # the run trained on the old store evaluates on the new one
+
+
+def test_extracting_into_a_round2_store_says_to_pack_it_first(tmp_path, videos):
+    old_path = str(tmp_path / "old.zarr")
+    shutil.copytree(os.path.join(DATA, "round2_fp16.zarr"), old_path)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"video_id,path,label,split\nx,{videos['.mp4']},a,train\n")
+    r = runner.invoke(app, ["extract", str(manifest), "--out", old_path, *TINY_CLI,
+                            "--frames", "uniform:4,keyframes:2", "-q"])
+    assert r.exit_code == 2 and "featcache cache pack" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+        r.output
