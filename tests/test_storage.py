@@ -110,7 +110,8 @@ def test_token_pool_refusals_are_one_line(clips, tmp_path):
 @pytest.mark.parametrize("extra", [["--frames", "uniform:8,uniform:4"],
                                    ["--frames", "keyframes:4", "--dtype", "int8"],
                                    ["--frames", "stride:3", "--token-pool", "2", "--layers", "-2,-1"],
-                                   ["--frames", "uniform:8", "--cut-block", "0"]])
+                                   ["--frames", "uniform:8", "--cut-block", "0"],
+                                   ["--frames", "uniform:8,keyframes:4"]])
 def test_estimate_matches_the_bytes_extract_writes(clips, tmp_path, extra):
     manifest, _ = clips
     r = runner.invoke(app, ["estimate", manifest, *TINY_CLI, *extra, "--json", "--no-time"])
@@ -118,8 +119,14 @@ def test_estimate_matches_the_bytes_extract_writes(clips, tmp_path, extra):
     est = json.loads(r.output)
     cache = extract(manifest, str(tmp_path / "c.zarr"), *extra)
     files = sum(len(f) for _, _, f in os.walk(cache.path))
-    assert abs(est["bytes"] / cache.size_on_disk() - 1) <= 0.02, (est["bytes"], cache.size_on_disk())
+    size = cache.size_on_disk()
     assert est["files"] == files and est["videos"] == 16
+    # timestamps and the writer's pid render a few bytes longer or shorter than the estimate's
+    assert est["bytes_min"] * (1 - 1e-4) <= size <= est["bytes_max"] * (1 + 1e-4), (est, size)
+    if "keyframes:4" in extra[1] and "uniform" in extra[1]:  # the overlap only scoring reveals: a range
+        assert est["bytes_min"] < est["bytes"] < est["bytes_max"]
+    else:
+        assert est["bytes_min"] == est["bytes"] == est["bytes_max"] and abs(est["bytes"] / size - 1) <= 1e-4, (est, size)
 
 
 def test_estimate_on_every_container_and_the_real_clip_from_a_subprocess(videos, city_clip, tmp_path):
@@ -137,7 +144,8 @@ def test_estimate_on_every_container_and_the_real_clip_from_a_subprocess(videos,
     runner.invoke(app, ["extract", *args, "--out", str(tmp_path / "c.zarr"), "-q"])  # exit 1: one video is missing
     cache = open_cache(str(tmp_path / "c.zarr"))
     assert len(cache.video_ids()) == len(videos) + 1
-    assert abs(est["bytes"] / cache.size_on_disk() - 1) <= 0.02, (est["bytes"], cache.size_on_disk())
+    # decoders' notes in the real clips' records are not known before decoding: 0.2% here
+    assert abs(est["bytes"] / cache.size_on_disk() - 1) <= 0.005, (est["bytes"], cache.size_on_disk())
     text = runner.invoke(app, ["estimate", *args, "--no-time"])
     assert text.exit_code == 0 and "metadata included" in text.output and "unreadable: gone" in text.output
 

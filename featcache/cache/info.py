@@ -38,6 +38,9 @@ def cache_facts(path: str) -> dict:
         "cached_frames": frames,
         "bytes_per_frame": cache.bytes_per_frame,
         "size_on_disk": cache.size_on_disk(),
+        "layout": cache.layout,
+        "segments": len(cache.segments()),
+        "files": cache.file_count(),
     }
 
 
@@ -73,6 +76,9 @@ def format_facts(f: dict) -> str:
         f"videos       {v['done']} done, {v['failed']} failed, {v['interrupted']} interrupted; "
         f"splits {v['per_split']}; {v['labels']} labels; decoders {v['decoders']}",
         f"size         {f['cached_frames']} frames x {_mb(f['bytes_per_frame'])}/frame; {_mb(f['size_on_disk'])} on disk",
+        "layout       " + (f"packed: {f['segments']} segment(s), {f['files']} files and folders" if f["layout"] == "packed"
+                            else f"schema 1, a folder per video ({f['files']} files and folders); convert it with "
+                                 f"featcache cache pack {f['path']} --out NEW.zarr"),
     ]
     lines += [f"failed       {vid}: {reason}" for vid, reason in f["failures"].items()]
     return "\n".join(lines)

