@@ -299,3 +299,42 @@ def test_extracting_into_a_round2_store_says_to_pack_it_first(tmp_path, videos):
                             "--frames", "uniform:4,keyframes:2", "-q"])
     assert r.exit_code == 2 and "featcache cache pack" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
         r.output
+
+
+def test_bench_open_runs_at_a_tiny_size():
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_open.py")
+    p = subprocess.run([sys.executable, script, "--videos", "20,60", "--read-videos", "3", "--rounds", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    small, big, read = rows
+    assert small["old"]["files"] < big["old"]["files"] and small["new"]["files"] == big["new"]["files"]
+    assert big["old"]["opened"] > 60 and big["new"]["opened"] == small["new"]["opened"] <= 4
+    assert read["read"]["videos"] == 3 and read["read"]["ratio_vs_memmap"] > 0
+
+
+def test_repair_records_broken_videos_as_failed_and_the_next_extract_redoes_them(tmp_path, videos):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,path,label,split\n" + "".join(
+        f"v{i},{p},{'ab'[i % 2]},train\n" for i, p in enumerate(videos.values())))
+    out = tmp_path / "c.zarr"
+    args = ["extract", str(manifest), "--out", str(out), "--frames", "uniform:4", *TINY_CLI, "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    before = {v: open_cache(str(out)).video(v).tokens for v in open_cache(str(out)).video_ids()}
+    data, = out.glob("segments/*/tokens/0.0.0.0")
+    row = 4 * 17 * 64 * 2  # one video's tokens: 4 frames x 17 tokens x 64 channels, fp16
+    data.write_bytes(data.read_bytes()[:2 * row + 10])  # the third video on is cut off
+    v = runner.invoke(app, ["cache", "verify", str(out)])
+    assert v.exit_code == 1 and "featcache cache repair" in v.output
+    r = runner.invoke(app, ["cache", "repair", str(out)])
+    assert r.exit_code == 0 and "repair: 2 broken video(s) recorded as failed" in r.output, r.output
+    cache = open_cache(str(out))
+    assert cache.verify() == [] and len(cache.video_ids()) == 2 and len(cache.failures()) == 2
+    assert all("removed by featcache cache repair" in why for why in cache.failures().values())
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "extracted 2 videos, 0 failed, 2 already cached" in again.output, again.output
+    cache = open_cache(str(out))
+    assert cache.verify() == [] and sorted(cache.video_ids()) == sorted(before) and cache.failures() == {}
+    for vid, x in before.items():
+        np.testing.assert_array_equal(cache.video(vid).tokens, x)
+    assert runner.invoke(app, ["cache", "repair", str(out)]).output.startswith("repair: 0 broken")

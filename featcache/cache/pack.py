@@ -1,5 +1,8 @@
-"""`featcache cache pack`: convert a schema-1 store into the packed layout, or compact a packed
-store's many small segments (one per array task, say) into few large ones.
+"""`featcache cache pack` and `cache repair`.
+
+``pack`` converts a schema-1 store into the packed layout, or compacts a packed store's many small
+segments (one per array task, say) into few large ones. ``repair`` marks the broken videos of a
+packed store as failed (an appended record; nothing is deleted), so the next extraction redoes them.
 
 The new store gets every video's arrays byte for byte (int8 tokens and their scales included)
 and its record unchanged; superseded copies (grown videos, racing duplicates) and unpublished
@@ -54,6 +57,26 @@ def pack(src: str, out: str, segment_bytes: int | None = None, show_progress: bo
     summary.segments_after, summary.files_after, summary.bytes_after = (len(new.segments()), new.file_count(),
                                                                         new.size_on_disk())
     return summary
+
+
+def repair(path: str, check_values: bool = True) -> dict[str, list[str]]:
+    """Record every broken done video of the packed store at ``path`` as failed, with its
+    problems as the reason; returns video id -> problems."""
+    cache = open_cache(path)
+    if cache.layout != "packed":
+        raise FeatcacheError(f"{path}: a schema-1 store, which featcache no longer writes; `featcache cache pack "
+                             f"{path} --out NEW.zarr` copies it and records its unreadable videos as failed")
+    broken = {k: p for k, p in cache.broken(check_values).items() if cache.records()[k].get("status") == "done"}
+    if not broken:
+        return {}
+    attrs = {k: v for k, v in cache.attrs.items() if k not in ("fingerprint", "schema_version", "layout")}
+    out = {}
+    with CacheWriter.open(path, attrs) as writer:
+        for key, problems in broken.items():
+            vid = cache.records()[key]["video_id"]
+            writer.drop(vid, "removed by featcache cache repair: " + "; ".join(problems))
+            out[vid] = problems
+    return out
 
 
 def _copy(cache: Cache, writer: CacheWriter, record: dict, summary: PackSummary) -> None:

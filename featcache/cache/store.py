@@ -14,6 +14,7 @@ import json
 import mmap
 import os
 import shutil
+import threading
 import uuid
 from collections import OrderedDict
 from functools import cached_property
@@ -150,11 +151,17 @@ class Cache:
         self._index: dict[str, dict] = {}  # packed: key -> the index entry readers use
         self._segments: list[packed.Segment] = []
         self._maps: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # streamed views read from several threads
 
     def __getstate__(self):  # DataLoader workers get a copy without the mapped files
         state = dict(self.__dict__)
         state["_maps"] = OrderedDict()
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ listing
     def records(self) -> dict[str, dict]:
@@ -164,8 +171,9 @@ class Cache:
                 self._records = loose.list_records(self.path)
             else:
                 self._segments = packed.read_segments(self.path)
-                self._index = packed.resolve(self._segments)
-                self._records = {k: self._index[k]["record"] for k in sorted(self._index)}
+                with packed.no_gc():
+                    self._index = packed.resolve(self._segments)
+                    self._records = {k: self._index[k]["record"] for k in sorted(self._index)}
         return self._records
 
     def index_entries(self) -> dict[str, dict]:
@@ -243,13 +251,14 @@ class Cache:
         return packed.from_rows(name, self._rows(index["segment"], name, start, count))
 
     def _rows(self, segment: str, name: str, start: int, count: int) -> np.ndarray:
-        rows = self._maps.get((segment, name))
-        if rows is None or start + count > len(rows):
-            rows = self._map(segment, name)
-            if start + count > len(rows):
-                raise DamagedStore(f"{self._data_path(segment, name)}: truncated (rows {start}..{start + count} "
-                                   f"beyond its {len(rows)}); run featcache cache verify {self.path}")
-        self._maps.move_to_end((segment, name))
+        with self._lock:
+            rows = self._maps.get((segment, name))
+            if rows is None or start + count > len(rows):
+                rows = self._map(segment, name)
+                if start + count > len(rows):
+                    raise DamagedStore(f"{self._data_path(segment, name)}: truncated (rows {start}..{start + count} "
+                                       f"beyond its {len(rows)}); run featcache cache verify {self.path}")
+            self._maps.move_to_end((segment, name))
         return rows[start:start + count]
 
     def _map(self, segment: str, name: str) -> np.ndarray:
@@ -298,18 +307,30 @@ class Cache:
             return [f"cannot list the store: {exc}"]
         for s in self._segments:
             problems += [f"segments/{s.name}/{packed.INDEX_FILE} line {n}: not a valid index entry" for n in s.bad_lines]
-        for key, record in records.items():
+        for key, found in self.broken(check_values).items():
+            vid = records[key].get("video_id") or key
+            problems += [f"{vid}: {p}" for p in found]
+        return problems
+
+    def broken(self, check_values: bool = True) -> dict[str, list[str]]:
+        """key -> the problems of each published video that has any; never raises."""
+        out = {}
+        for key, record in self.records().items():
             vid = record.get("video_id")
             try:
                 if key != schema.video_key(vid or ""):
-                    problems.append(f"{key}: directory name does not match video_id {vid!r}")
+                    found = [f"directory name {key!r} does not match video_id {vid!r}"]
                 elif record.get("status") == "done":
-                    problems += [f"{vid}: {p}" for p in self._verify_video(key, record, check_values)]
+                    found = self._verify_video(key, record, check_values)
                 elif record.get("status") != "failed" or not record.get("reason"):
-                    problems.append(f"{key}: status {record.get('status')!r} without a failure reason")
+                    found = [f"status {record.get('status')!r} without a failure reason"]
+                else:
+                    found = []
             except Exception as exc:  # noqa: BLE001 -- a damaged video is a problem line, never a traceback
-                problems.append(f"{vid or key}: unreadable ({type(exc).__name__}: {exc})")
-        return problems
+                found = [f"unreadable ({type(exc).__name__}: {exc})"]
+            if found:
+                out[key] = found
+        return out
 
     def _verify_video(self, key: str, record: dict, check_values: bool) -> list[str]:
         missing = [k for k in schema.VIDEO_KEYS if k not in record]
@@ -462,11 +483,17 @@ class CacheWriter(Cache):
         """Publish one complete video; returns the bytes of token data written, or None when
         the store already holds it done (its copy is kept, ours dropped). Any other failure to
         publish raises PublishError: the video is not in the store."""
-        if self.records().get(schema.video_key(record["video_id"]), {}).get("status") == "done":
+        key = schema.video_key(record["video_id"])
+        if self.records().get(key, {}).get("status") == "done":
             return None
         self._append(dict(record, status="done", has_luv_scores=luv_scores is not None),
-                     self._arrays(tokens, luv_scores, cut, side_crops), generation=0)
+                     self._arrays(tokens, luv_scores, cut, side_crops), self._next_generation(key))
         return stage_bytes(tokens, self.attrs)
+
+    def _next_generation(self, key: str) -> int:
+        """0 for a new video; one above the entry it replaces (a failure, a repaired copy)."""
+        entry = self._index.get(key)
+        return 0 if entry is None else entry.get("generation", 0) + 1
 
     def replace_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None,
                       cut: np.ndarray | None = None, side_crops: np.ndarray | None = None) -> int | None:
@@ -477,13 +504,21 @@ class CacheWriter(Cache):
         theirs = self.records().get(key, {})
         if set(record["policies"]) <= set(theirs.get("policies", {})):
             return None
-        generation = self._index.get(key, {}).get("generation", 0) + 1
         self._append(dict(record, status="done", has_luv_scores=luv_scores is not None),
-                     self._arrays(tokens, luv_scores, cut, side_crops), generation)
+                     self._arrays(tokens, luv_scores, cut, side_crops), self._next_generation(key))
         return stage_bytes(tokens, self.attrs)
 
     def write_failure(self, record: dict, reason: str) -> None:
-        self._append(dict(record, status="failed", reason=reason), {}, generation=0)
+        key = schema.video_key(record["video_id"])
+        if self.records().get(key, {}).get("status") == "done":
+            return  # a video done earlier (or by a concurrent writer) stays done
+        self._append(dict(record, status="failed", reason=reason), {}, self._next_generation(key))
+
+    def drop(self, video_id: str, reason: str) -> None:
+        """Replace a (broken) done video by a failure record, so the next extraction redoes it."""
+        key = schema.video_key(video_id)
+        record = {k: v for k, v in self.records()[key].items() if k not in ("has_luv_scores", "reason")}
+        self._append(dict(record, status="failed", reason=reason), {}, self._next_generation(key))
 
     def write_raw(self, record: dict, arrays: dict[str, np.ndarray]) -> None:
         """Publish a video's arrays exactly as another store holds them (``cache pack``)."""

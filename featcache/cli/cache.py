@@ -1,4 +1,4 @@
-"""`featcache cache info|verify|status|pack|export|import`."""
+"""`featcache cache info|verify|repair|status|pack|export|import`."""
 from __future__ import annotations
 
 import json
@@ -38,10 +38,29 @@ def cache_verify(
     for p in problems:
         typer.echo(f"problem: {p}")
     note = f"; {staged} interrupted write(s) will be redone by the next extract run" if staged else ""
+    hint = f"; `featcache cache repair {path}` records the broken videos as failed, the next extract redoes them"
     verdict = "FAILED" if problems else "ok"
-    typer.echo(f"verify {verdict}: {done} videos done, {failed} failed, {len(problems)} problem(s){note}")
+    typer.echo(f"verify {verdict}: {done} videos done, {failed} failed, {len(problems)} problem(s){note}"
+               + (hint if problems and cache.layout == "packed" else ""))
     if problems:
         raise typer.Exit(1)
+
+
+@cache_app.command("repair", epilog="Example:\n\n  featcache cache repair caches/ucf101.zarr   # then re-run the extract command")
+def cache_repair(
+    path: str = typer.Argument(..., help="A packed featcache store."),
+    quick: bool = typer.Option(False, "--quick", help="Check structure only; skip reading token values."),
+):
+    """Record every video `cache verify` finds broken as failed (nothing is deleted), so the next
+    extract run redoes it."""
+    from featcache.cache.pack import repair
+
+    with user_errors():
+        dropped = repair(path, check_values=not quick)
+    for vid, problems in dropped.items():
+        typer.echo(f"removed: {vid}: {'; '.join(problems)}")
+    typer.echo(f"repair: {len(dropped)} broken video(s) recorded as failed"
+               + ("; re-run the extract command to redo them" if dropped else ""))
 
 
 @cache_app.command("status", epilog="Example:\n\n  featcache cache status caches/k400.zarr --shards 64")
