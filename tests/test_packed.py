@@ -170,31 +170,32 @@ def test_training_on_a_damaged_store_is_one_line(tmp_path, videos):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_two_shard_workers_one_killed_then_both_rerun_give_every_video_once(tmp_path):
     """Two `extract --shard` processes at once; kill -9 one part-way; re-run both: every video
     exactly once, verify clean, tokens equal to a single-worker extraction."""
-    manifest = make_dataset(str(tmp_path / "data"), "motion", per_class=5, num_frames=12, size=(64, 48))
+    manifest = make_dataset(str(tmp_path / "data"), "motion", per_class=4, num_frames=12, size=(64, 48))
     slow = ["--weights", "random", "--precision", "fp32", "--img-size", "112", "--model-arg", "depth=3",
             "--frames", "uniform:6", "--batch-size", "4", "-q"]
     out = tmp_path / "c.zarr"
     args = [[*FEATCACHE, "extract", manifest, "--out", str(out), "--shard", f"{i}/2", *slow] for i in range(2)]
     procs = [subprocess.Popen(a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for a in args]
     deadline = time.time() + 180
-    while time.time() < deadline and procs[0].poll() is None and published(str(out)) < 3:
+    while time.time() < deadline and procs[0].poll() is None and published(str(out)) < 2:
         time.sleep(0.02)
     assert procs[0].poll() is None, "shard 0 finished before it could be killed; make it slower"
     procs[0].send_signal(signal.SIGKILL)
     procs[0].wait()
     assert procs[1].wait(timeout=300) == 0, procs[1].stderr.read()
     partial = open_cache(str(out))
-    assert 0 < len(partial.video_ids()) < 20 and partial.verify() == []
+    assert 0 < len(partial.video_ids()) < 16 and partial.verify() == []
     for a in args:
         p = subprocess.run(a, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr
     cache = open_cache(str(out))
     ids = cache.video_ids()
-    assert len(ids) == len(set(ids)) == 20 and cache.verify() == [] and cache.failures() == {}
-    assert sum(len(s.entries) for s in cache.segments()) == 20  # nothing was written twice
+    assert len(ids) == len(set(ids)) == 16 and cache.verify() == [] and cache.failures() == {}
+    assert sum(len(s.entries) for s in cache.segments()) == 16  # nothing was written twice
     single = tmp_path / "one.zarr"
     p = subprocess.run([*FEATCACHE, "extract", manifest, "--out", str(single), *slow], capture_output=True, text=True,
                        timeout=300)
@@ -233,11 +234,12 @@ _WATCH = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_extract_grow_and_pack_use_only_what_nfs_lustre_and_gpfs_provide(tmp_path):
     """Audit events of a real extraction, a growth (incremental pool), a failure and a pack: no
     rename over an existing file (but the root's zarr.json), no hard or symbolic link, no lock,
     no renameat2; and the package's sources never name those calls."""
-    manifest = make_dataset(str(tmp_path / "data"), "motion", per_class=2, num_frames=12, size=(64, 48))
+    manifest = make_dataset(str(tmp_path / "data"), "motion", per_class=1, num_frames=12, size=(64, 48))
     with open(manifest, "a") as f:
         f.write("gone,videos/gone.mp4,left,train\n")
     out = str(tmp_path / "c.zarr")
@@ -249,7 +251,7 @@ def test_extract_grow_and_pack_use_only_what_nfs_lustre_and_gpfs_provide(tmp_pat
                         "--out", str(tmp_path / "p.zarr"), "-q"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "BAD:[]" in p.stdout, p.stdout + p.stderr
     cache = open_cache(out)
-    assert cache.verify() == [] and len(cache.video_ids()) == 8 and list(cache.failures()) == ["gone"]
+    assert cache.verify() == [] and len(cache.video_ids()) == 4 and list(cache.failures()) == ["gone"]
     assert all(len(cache.video(v).frame_indices) >= 4 for v in cache.video_ids())
     package = os.path.dirname(os.path.dirname(packed.__file__))
     for root, _, files in os.walk(package):
