@@ -42,7 +42,7 @@ class ExtractConfig:
     batch_size: int | str = 32  # frames per forward pass, spanning videos; "auto": probed per device (batchsize.py)
     dtype: str = "float16"  # storage dtype of the tokens
     decoder: str = "auto"  # auto = decord, checked against PyAV, PyAV where decord is wrong
-    luv_size: tuple[int, int] = (64, 48)  # (w, h) decode size for key-frame LUV scoring
+    luv_size: tuple[int, int] | str = (64, 48)  # (w, h) scale of key-frame LUV scoring, or "full" (the source size)
     short_videos: str = "repeat"  # fewer frames than a policy asks: repeat frames or fail the video
     overwrite: bool = False  # replace an existing cache made with other settings (never one whose settings match)
     shard: tuple[int, int] | None = None  # (index, count): process only this shard of the videos
@@ -101,6 +101,13 @@ def validate(cfg: ExtractConfig) -> None:
         raise FeatcacheError(f"--decoder: unknown {cfg.decoder!r}; expected one of {', '.join(DECODERS)}")
     if cfg.short_videos not in SHORT_VIDEO_MODES:
         raise FeatcacheError(f"--short-videos: unknown {cfg.short_videos!r}; expected repeat or fail")
+    if cfg.luv_size != "full" and not (isinstance(cfg.luv_size, (tuple, list)) and len(cfg.luv_size) == 2
+                                       and all(isinstance(v, int) and v >= 2 for v in cfg.luv_size)):
+        raise FeatcacheError(f"--luv-size: expected WxH such as 64x48, or full, got {cfg.luv_size!r}")
+    if cfg.luv_size == "full" and cfg.decoder in ("decord", "torchcodec") and any(
+            p.kind == "keyframes" for p in cfg.policies):
+        raise FeatcacheError(f"--luv-size full is scored in the in-order pass; use --decoder auto or pyav, "
+                             f"not {cfg.decoder}")
     if cfg.decode_workers < -1:
         raise FeatcacheError(f"--decode-workers: expected auto or an integer >= 0, got {cfg.decode_workers}")
     if cfg.crops not in (1, 3):
@@ -185,7 +192,7 @@ def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
         **encoder.provenance(),
         "frames": {
             "policies": [str(p) for p in cfg.policies],
-            "luv_size": list(cfg.luv_size),
+            "luv_size": cfg.luv_size if cfg.luv_size == "full" else list(cfg.luv_size),
             "luv_score": "mean |CIE L*u*v* (D65, sRGB) - previous frame's|; frame 0 scores 0",
             "short_videos": cfg.short_videos,
         },

@@ -207,6 +207,8 @@ def test_shards_partition_the_manifest(container_manifest, tmp_path):
     ({"dtype": "int4"}, "--dtype"),
     ({"decoder": "opencv"}, "--decoder"),
     ({"short_videos": "pad"}, "--short-videos"),
+    ({"luv_size": (64,)}, "--luv-size: expected WxH such as 64x48, or full"),
+    ({"frames": "keyframes:2", "luv_size": "full", "decoder": "decord"}, "--luv-size full is scored in the in-order"),
 ])
 def test_bad_options_fail_before_work(container_manifest, tmp_path, kw, match):
     with pytest.raises(FeatcacheError, match=match):
@@ -226,3 +228,32 @@ def test_direct_chunk_reads_equal_zarr_reads(container_cache, positions):
     half = np.empty((len(positions),) + ref.shape[2:], dtype=np.float16)  # other dtype: through zarr
     entry.read_frames_into(half, positions, 0)
     np.testing.assert_array_equal(half, ref[positions, 0].astype(np.float16))
+
+
+def test_luv_size_full_is_used_and_recorded(videos, tmp_path):
+    """`--luv-size full` scores at the source size (the scores of full-size frames, in order) and
+    the store says so; the default records 64x48."""
+    from typer.testing import CliRunner
+
+    from conftest import TINY_CLI
+    from featcache.cli import app
+    from featcache.video.select import luv_scores
+
+    manifest = write_manifest(tmp_path / "m.csv", [{"video_id": "a", "path": videos[".mp4"], "label": "x", "split": "train"}])
+    r = CliRunner().invoke(app, ["extract", manifest, "--out", str(tmp_path / "full.zarr"), *TINY_CLI,
+                                 "--frames", "keyframes:3", "--luv-size", "full", "-q"])
+    assert r.exit_code == 0, r.output
+    cache = open_cache(str(tmp_path / "full.zarr"))
+    assert cache.attrs["frames"]["luv_size"] == "full"
+    import av
+
+    with av.open(videos[".mp4"]) as c:
+        ref = luv_scores(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]))
+    v = cache.video("a")
+    np.testing.assert_array_equal(v.luv_scores, ref)
+    assert v.frame_indices.tolist() == keyframe_indices(ref, 3).tolist()
+    r = CliRunner().invoke(app, ["extract", manifest, "--out", str(tmp_path / "d.zarr"), *TINY_CLI,
+                                 "--frames", "keyframes:3", "-q"])
+    assert r.exit_code == 0 and open_cache(str(tmp_path / "d.zarr")).attrs["frames"]["luv_size"] == [64, 48]
+    r = CliRunner().invoke(app, ["extract", manifest, "--out", str(tmp_path / "e.zarr"), *TINY_CLI, "--luv-size", "big"])
+    assert r.exit_code == 2 and "--luv-size: expected WxH such as 64x48, or full, got 'big'" in r.output

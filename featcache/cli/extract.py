@@ -39,7 +39,7 @@ def extract(
     dtype: str = typer.Option("float16", help="Storage dtype of the tokens: float16, float32 or int8 (per-channel then per-token scales; read back as float16)."),
     token_pool: str = typer.Option("1", help="Average-pool the patch grid before storing: K (K x K windows, e.g. 2 = 4x fewer patch tokens) or mean (prefix tokens + the mean patch token: a linear-probe layout)."),
     decoder: str = typer.Option("auto", help="auto (decord checked against PyAV), decord, pyav or torchcodec (checked against PyAV like decord; needs the torchcodec extra)."),
-    luv_size: str = typer.Option("64x48", help="Decode size WxH for key-frame LUV scoring."),
+    luv_size: str = typer.Option("64x48", help="Resolution of key-frame LUV scoring: WxH (every frame scaled to it, bilinear) or full (the source size; slower). Recorded in the store."),
     short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
     shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the videos (stable hash of the id)."),
     threads: int = typer.Option(0, help="torch threads (0 = torch's default; fewer when decode workers share the CPU)."),
