@@ -1,6 +1,7 @@
 """The decoding side of stage 1 alone: against FFmpeg's own decode, and with decode workers 0, 1, 2.
 
     .venv/bin/python benchmarks/bench_decode.py --versus-ffmpeg-only [--rounds 7] [--clips A.avi B.mpg]
+    .venv/bin/python benchmarks/bench_decode.py --luv-agreement-only [--clips ...]
     .venv/bin/python benchmarks/bench_decode.py [--videos 32] [--frames 48] [--rounds 3]
 
 **Versus FFmpeg** (first): featcache's decoding side of one video (``prepare``: decode, score,
@@ -12,6 +13,10 @@ Mbit/s, noisy texture so the codec has work), the real MPEG-2 clip of Kivy-examp
 installed (Debian's opencv-doc), OpenCV's sample AVIs, plus any ``--clips``. Each round times
 ffmpeg and every policy back to back on one file, alternating; the ratio is taken within a round
 and reported as median and range over the rounds. 1.0 = FFmpeg's own single-thread speed.
+
+**Key-frame scoring resolution** (``--luv-agreement-only``, also run after the FFmpeg section):
+on the same files, how many of the ``keyframes:8`` picks scored at 32x24, 64x48 (the default) and
+128x96 are also picked when scoring at the source size (``--luv-size full``).
 
 A near-free model (a 1-block ViT, embed 64, at 56x56: thousands of frames/s) makes the pipeline
 decode-bound, so its frames/s is the decode side's. Sources: generated motion clips at 320x240 and
@@ -124,6 +129,20 @@ def versus_ffmpeg(files: list[str], rounds: int) -> list[dict]:
     return rows
 
 
+def luv_agreement(files: list[str], k: int = 8) -> None:
+    from featcache.video.select import keyframe_indices
+
+    for path in files:
+        picks = {}
+        for size in ("full", (32, 24), (64, 48), (128, 96)):
+            got = decode_video(path, lambda n, s, st: keyframe_indices(s, k), 64, size, keep_best=k)
+            picks["full" if size == "full" else "%dx%d" % size] = got.indices.tolist()
+        full = set(picks["full"])
+        print(json.dumps({"luv_agreement": os.path.basename(path), "k": k,
+                          **{name: len(full & set(v)) for name, v in picks.items() if name != "full"},
+                          "picks": picks}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=32)
@@ -131,12 +150,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clips", nargs="*", default=[], help="more files for the FFmpeg comparison")
     ap.add_argument("--versus-ffmpeg-only", action="store_true")
+    ap.add_argument("--luv-agreement-only", action="store_true")
     ap.add_argument("--long-gop-frames", type=int, default=300)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="featcache-bench-")
-    versus_ffmpeg([long_gop_clip(os.path.join(work, "long_gop_720p.mp4"), args.long_gop_frames),
-                   *real_clips(), *args.clips], args.rounds)
-    if args.versus_ffmpeg_only:
+    files = [long_gop_clip(os.path.join(work, "long_gop_720p.mp4"), args.long_gop_frames), *real_clips(), *args.clips]
+    if not args.luv_agreement_only:
+        versus_ffmpeg(files, args.rounds)
+    luv_agreement(files)
+    if args.versus_ffmpeg_only or args.luv_agreement_only:
         return
     # 4x the small clips: each run must last long enough for its start to be small next to it
     sources = {name: make_dataset(os.path.join(work, name), "motion", per_class=scale * args.videos // 4,
