@@ -161,15 +161,22 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     cfg = dataclasses.replace(cfg, decode_workers=workers)
     summary.decode_note = (f"decoding in {workers} worker process(es), the model on {torch.get_num_threads()} "
                            "thread(s)" if workers else "decoding between forwards in the model's process")
+    entry = None
     if cfg.batch_size == "auto":
-        from featcache.batchsize import choose_batch_size
+        from featcache.batchsize import probe
 
-        size, how = choose_batch_size(encoder) if todo else (32, "auto: nothing to extract")
-        cfg = dataclasses.replace(cfg, batch_size=size)
-        summary.batch_size_note = f"batch size {size} ({how})"
+        entry, how = probe(encoder) if todo else ({"batch_size": 32}, "auto: nothing to extract")
+        cfg = dataclasses.replace(cfg, batch_size=int(entry["batch_size"]))
+        summary.batch_size_note = f"batch size {cfg.batch_size} ({how})"
     start = time.perf_counter()
-    _Pipeline(cfg, encoder, writer, summary, grow).run(todo, show_progress)
+    pipe = _Pipeline(cfg, encoder, writer, summary, grow)
+    pipe.run(todo, show_progress)
     summary.wall_s = time.perf_counter() - start
+    if entry is not None and todo:
+        from featcache.batchsize import judge
+
+        note = judge(encoder, entry, how.startswith("auto: cached"), *pipe.full_batches)
+        summary.batch_size_note += f"; {note}" if note else ""
     return summary
 
 
@@ -219,6 +226,7 @@ class _Pipeline:
         self.jobs: deque[_Job] = deque()
         self.inflight = None  # (parts, Pending): the batch submitted last, not yet collected
         self.pin = encoder.device.type == "cuda"
+        self.full_batches = [0, 0.0, 0]  # batches of exactly batch_size: count, forward seconds, frames
 
     # ---------------------------------------------------------------- decoding side
     def _prepared(self, items: list[VideoItem]):
@@ -309,14 +317,19 @@ class _Pipeline:
                 batch = batch.pin_memory()
             # on CUDA this batch's copy and forward are queued before the previous batch's tokens
             # are collected, so the host work of one batch overlaps the device work of the other
-            self.inflight = (parts, self.encoder.submit(batch))
+            t = time.perf_counter()
+            self.inflight = (parts, self.encoder.submit(batch), time.perf_counter() - t, len(batch))
         if previous is not None:
             self._collect(*previous)
         while self.jobs and self.jobs[0].filled == len(self.jobs[0].decoded.frames):
             self._publish(self.jobs.popleft())
 
-    def _collect(self, parts: list, pending) -> None:
+    def _collect(self, parts: list, pending, submit_s: float = 0.0, size: int = 0) -> None:
+        t = time.perf_counter()
         tokens, cut = pending.result()  # (B, L, N, C), (B, N, C) or None
+        if size == self.cfg.batch_size:  # the forward's own time (on CUDA: the wait, roughly the device's)
+            fb = self.full_batches
+            fb[0], fb[1], fb[2] = fb[0] + 1, fb[1] + submit_s + time.perf_counter() - t, fb[2] + size
         tokens, cut = tokens.numpy(), (cut.numpy() if cut is not None else None)
         offset = 0
         for job, a, b in parts:
