@@ -23,7 +23,7 @@ def stored():
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-@pytest.mark.parametrize("chunk", [1 << 16, 100, 7])  # one step, steps of whole tokens, the slice recursion
+@pytest.mark.parametrize("chunk", [1 << 14, 1 << 20, 100, 7])  # one step, steps of whole tokens, the slice recursion
 def test_fused_dequantize_is_bit_identical(stored, dtype, chunk, monkeypatch):
     monkeypatch.setattr(quant, "_CHUNK", chunk)
     q, s, ch = stored
