@@ -41,7 +41,7 @@ class ExtractConfig:
     frames: str = "uniform:16"  # policies; the union of their frames is cached once
     batch_size: int | str = 32  # frames per forward pass, spanning videos; "auto": probed per device (batchsize.py)
     dtype: str = "float16"  # storage dtype of the tokens
-    decoder: str = "auto"  # auto = decord, checked against PyAV, PyAV where decord is wrong
+    decoder: str = "auto"  # auto = pyav, one in-order pass; decord / torchcodec: random access checked against PyAV
     luv_size: tuple[int, int] | str = (64, 48)  # (w, h) scale of key-frame LUV scoring, or "full" (the source size)
     short_videos: str = "repeat"  # fewer frames than a policy asks: repeat frames or fail the video
     overwrite: bool = False  # replace an existing cache made with other settings (never one whose settings match)

@@ -38,7 +38,7 @@ def extract(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model's forward (opt-in: compiling takes a while; see benchmarks/RESULTS.md)."),
     dtype: str = typer.Option("float16", help="Storage dtype of the tokens: float16, float32 or int8 (per-channel then per-token scales; read back as float16)."),
     token_pool: str = typer.Option("1", help="Average-pool the patch grid before storing: K (K x K windows, e.g. 2 = 4x fewer patch tokens) or mean (prefix tokens + the mean patch token: a linear-probe layout)."),
-    decoder: str = typer.Option("auto", help="auto (decord checked against PyAV), decord, pyav or torchcodec (checked against PyAV like decord; needs the torchcodec extra)."),
+    decoder: str = typer.Option("auto", help="auto (= pyav: one in-order pass per video), decord or torchcodec (random access, checked against PyAV; torchcodec needs its extra)."),
     luv_size: str = typer.Option("64x48", help="Resolution of key-frame LUV scoring: WxH (every frame scaled to it, bilinear) or full (the source size; slower). Recorded in the store."),
     short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
     shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the videos (stable hash of the id)."),
