@@ -40,7 +40,6 @@ SEQUENTIAL_FORMATS = {"mpeg", "mpegts", "mpegvideo", "h264", "hevc", "m4v", "mjp
 Picker = Callable[[int, "np.ndarray | None", np.ndarray], np.ndarray]  # (num_frames, LUV scores, seconds)
 # (header frame count, seconds at the header rate) -> the frames the picker will likely choose besides key frames
 Guess = Callable[[int, np.ndarray], np.ndarray]
-LuvSize = "tuple[int, int] | str | None"  # (w, h), "full" (the source size) or None (no scoring)
 
 
 class DecodeError(Exception):
@@ -96,7 +95,7 @@ def decode_video(
     path: str,
     pick: Picker,
     short_side: int,
-    small_size=None,
+    small_size: tuple[int, int] | str | None = None,
     decoder: str = "auto",
     interpolation: str = "bicubic",
     keep_best: int = 0,
