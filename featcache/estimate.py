@@ -5,8 +5,8 @@ The estimate replays the packed writer's accounting (``cache/packed.py``): the s
 gets), the same seal (shard indexes and each array's ``zarr.json``, rendered by zarr itself) and
 the same roll-over into new segments, so it counts what ``Cache.size_on_disk`` later counts:
 every file of the store. Each video's frame count is read from its container header (PyAV, no
-decoding); timestamps are rendered as the default decoder records them (decord: float32
-seconds; PyAV for formats without a seek index). Key frames whose count is fixed but whose
+decoding); timestamps are rendered as the chosen decoder records them (PyAV, the default:
+float64 seconds; decord: float32 seconds). Key frames whose count is fixed but whose
 positions depend on the pixels are assumed to fall anywhere in the video, so the share of them
 that coincides with other policies' frames is estimated, not known: ``bytes_min``/``bytes_max``
 bound it (every key frame already taken / none taken); exact when key frames are the only
@@ -155,10 +155,12 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
     indices = np.sort(np.concatenate(extra))
     pool_size = len(indices)
     stamps = indices / fps
-    if fmt not in SEQUENTIAL_FORMATS and cfg.decoder != "pyav":  # decord reports float32 seconds
+    # auto and pyav decode in order with PyAV; decord and torchcodec only formats with a seek index
+    decoder = "pyav" if fmt in SEQUENTIAL_FORMATS or cfg.decoder in ("auto", "pyav") else cfg.decoder
+    if decoder == "decord":  # decord reports float32 seconds
         stamps = stamps.astype(np.float32).astype(np.float64)
     source = {"num_frames": n, "fps": fps, "width": size[0], "height": size[1],
-              "decoder": "pyav" if fmt in SEQUENTIAL_FORMATS or cfg.decoder == "pyav" else "decord",
+              "decoder": decoder,
               "decoder_note": "", "expected_frames": n, "truncated": False}
     record = _record(item, source=source, frame_indices=indices.tolist(), timestamps=stamps.tolist(),
                      policies=positions, num_cached_frames=pool_size, short=n < max_count, status="done",

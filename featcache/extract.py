@@ -41,8 +41,8 @@ class ExtractConfig:
     frames: str = "uniform:16"  # policies; the union of their frames is cached once
     batch_size: int | str = 32  # frames per forward pass, spanning videos; "auto": probed per device (batchsize.py)
     dtype: str = "float16"  # storage dtype of the tokens
-    decoder: str = "auto"  # auto = decord, checked against PyAV, PyAV where decord is wrong
-    luv_size: tuple[int, int] = (64, 48)  # (w, h) decode size for key-frame LUV scoring
+    decoder: str = "auto"  # auto = pyav, one in-order pass; decord / torchcodec: random access checked against PyAV
+    luv_size: tuple[int, int] | str = (64, 48)  # (w, h) scale of key-frame LUV scoring, or "full" (the source size)
     short_videos: str = "repeat"  # fewer frames than a policy asks: repeat frames or fail the video
     overwrite: bool = False  # replace an existing cache made with other settings (never one whose settings match)
     shard: tuple[int, int] | None = None  # (index, count): process only this shard of the videos
@@ -101,6 +101,13 @@ def validate(cfg: ExtractConfig) -> None:
         raise FeatcacheError(f"--decoder: unknown {cfg.decoder!r}; expected one of {', '.join(DECODERS)}")
     if cfg.short_videos not in SHORT_VIDEO_MODES:
         raise FeatcacheError(f"--short-videos: unknown {cfg.short_videos!r}; expected repeat or fail")
+    if cfg.luv_size != "full" and not (isinstance(cfg.luv_size, (tuple, list)) and len(cfg.luv_size) == 2
+                                       and all(isinstance(v, int) and v >= 2 for v in cfg.luv_size)):
+        raise FeatcacheError(f"--luv-size: expected WxH such as 64x48, or full, got {cfg.luv_size!r}")
+    if cfg.luv_size == "full" and cfg.decoder in ("decord", "torchcodec") and any(
+            p.kind == "keyframes" for p in cfg.policies):
+        raise FeatcacheError(f"--luv-size full is scored in the in-order pass; use --decoder auto or pyav, "
+                             f"not {cfg.decoder}")
     if cfg.decode_workers < -1:
         raise FeatcacheError(f"--decode-workers: expected auto or an integer >= 0, got {cfg.decode_workers}")
     if cfg.crops not in (1, 3):
@@ -154,18 +161,25 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     cfg = dataclasses.replace(cfg, decode_workers=workers)
     summary.decode_note = (f"decoding in {workers} worker process(es), the model on {torch.get_num_threads()} "
                            "thread(s)" if workers else "decoding between forwards in the model's process")
+    entry = None
     if cfg.batch_size == "auto":
-        from featcache.batchsize import choose_batch_size
+        from featcache.batchsize import probe
 
-        size, how = choose_batch_size(encoder) if todo else (32, "auto: nothing to extract")
-        cfg = dataclasses.replace(cfg, batch_size=size)
-        summary.batch_size_note = f"batch size {size} ({how})"
+        entry, how = probe(encoder) if todo else ({"batch_size": 32}, "auto: nothing to extract")
+        cfg = dataclasses.replace(cfg, batch_size=int(entry["batch_size"]))
+        summary.batch_size_note = f"batch size {cfg.batch_size} ({how})"
     start = time.perf_counter()
+    pipe = _Pipeline(cfg, encoder, writer, summary, grow)
     try:
-        _Pipeline(cfg, encoder, writer, summary, grow).run(todo, show_progress)
+        pipe.run(todo, show_progress)
     finally:
         writer.close()  # seals this run's segment, also on Ctrl-C
     summary.wall_s = time.perf_counter() - start
+    if entry is not None and todo:
+        from featcache.batchsize import judge
+
+        note = judge(encoder, entry, how.startswith("auto: cached"), *pipe.full_batches)
+        summary.batch_size_note += f"; {note}" if note else ""
     return summary
 
 
@@ -188,7 +202,7 @@ def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
         **encoder.provenance(),
         "frames": {
             "policies": [str(p) for p in cfg.policies],
-            "luv_size": list(cfg.luv_size),
+            "luv_size": cfg.luv_size if cfg.luv_size == "full" else list(cfg.luv_size),
             "luv_score": "mean |CIE L*u*v* (D65, sRGB) - previous frame's|; frame 0 scores 0",
             "short_videos": cfg.short_videos,
         },
@@ -215,6 +229,7 @@ class _Pipeline:
         self.jobs: deque[_Job] = deque()
         self.inflight = None  # (parts, Pending): the batch submitted last, not yet collected
         self.pin = encoder.device.type == "cuda"
+        self.full_batches = [0, 0.0, 0]  # batches of exactly batch_size: count, forward seconds, frames
 
     # ---------------------------------------------------------------- decoding side
     def _prepared(self, items: list[VideoItem]):
@@ -305,14 +320,19 @@ class _Pipeline:
                 batch = batch.pin_memory()
             # on CUDA this batch's copy and forward are queued before the previous batch's tokens
             # are collected, so the host work of one batch overlaps the device work of the other
-            self.inflight = (parts, self.encoder.submit(batch))
+            t = time.perf_counter()
+            self.inflight = (parts, self.encoder.submit(batch), time.perf_counter() - t, len(batch))
         if previous is not None:
             self._collect(*previous)
         while self.jobs and self.jobs[0].filled == len(self.jobs[0].decoded.frames):
             self._publish(self.jobs.popleft())
 
-    def _collect(self, parts: list, pending) -> None:
+    def _collect(self, parts: list, pending, submit_s: float = 0.0, size: int = 0) -> None:
+        t = time.perf_counter()
         tokens, cut = pending.result()  # (B, L, N, C), (B, N, C) or None
+        if size == self.cfg.batch_size:  # the forward's own time (on CUDA: the wait, roughly the device's)
+            fb = self.full_batches
+            fb[0], fb[1], fb[2] = fb[0] + 1, fb[1] + submit_s + time.perf_counter() - t, fb[2] + size
         tokens, cut = tokens.numpy(), (cut.numpy() if cut is not None else None)
         offset = 0
         for job, a, b in parts:

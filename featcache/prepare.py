@@ -20,7 +20,7 @@ import numpy as np
 from featcache.errors import FeatcacheError
 from featcache.manifest import VideoItem
 from featcache.video.decode import DecodeError, decode_video
-from featcache.video.select import luv_scores, parse_policies, select_frames
+from featcache.video.select import parse_policies, select_frames
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class DecodeSpec:
 
     policies: str
     short_videos: str
-    luv_size: tuple[int, int] | None  # only with key-frame policies
+    luv_size: tuple[int, int] | str | None  # (w, h) or "full"; only with key-frame policies
     decoder: str
     short_side: int
     interpolation: str
@@ -75,10 +75,10 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
               "labels": list(item.labels), "extra": item.extra}
     chosen = {}
 
-    def pick(n: int, small: np.ndarray | None, stamps: np.ndarray) -> np.ndarray:
+    def pick(n: int, scores: np.ndarray | None, stamps: np.ndarray) -> np.ndarray:
         if n < max_count and spec.short_videos == "fail":
             raise DecodeError(f"video has {n} frames, fewer than the {max_count} requested")
-        chosen["scores"] = luv_scores(small) if small is not None else None
+        chosen["scores"] = scores
         pool, chosen["positions"] = select_frames(policies, n, chosen["scores"], stamps)
         if old is None:
             return pool
@@ -87,9 +87,18 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
         # a video that gains no frame still needs its frame count and scores: one frame is decoded, dropped
         return new if len(new) else np.asarray(old["frame_indices"][:1])
 
+    fixed = tuple(p for p in policies if p.kind != "keyframes")
+    keep_best = max([p.count for p in policies if p.kind == "keyframes"] or [0])
+
+    def guess(n: int, stamps: np.ndarray) -> np.ndarray:
+        """What ``pick`` will choose besides key frames if the header's frame count is right."""
+        idx = select_frames(fixed, n, None, stamps)[0] if fixed else np.zeros(0, np.int64)
+        return idx if old is None else np.union1d(idx, np.asarray(old["frame_indices"][:1], dtype=np.int64))
+
     order = (0, 1, 2) if spec.crops == 3 else (1,)
     try:
-        video = decode_video(item.path, pick, spec.short_side, spec.luv_size, spec.decoder, spec.interpolation)
+        video = decode_video(item.path, pick, spec.short_side, spec.luv_size, spec.decoder, spec.interpolation,
+                             keep_best, guess)
         # with 3 crops: [first crop's frames, centre crop's, last crop's], split again at publishing
         frames = np.concatenate([crop(video.frames, spec.img_size, p, spec.crops) for p in order])
     except DecodeError as exc:

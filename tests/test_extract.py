@@ -229,6 +229,8 @@ def test_shards_partition_the_manifest(container_manifest, tmp_path):
     ({"dtype": "int4"}, "--dtype"),
     ({"decoder": "opencv"}, "--decoder"),
     ({"short_videos": "pad"}, "--short-videos"),
+    ({"luv_size": (64,)}, "--luv-size: expected WxH such as 64x48, or full"),
+    ({"frames": "keyframes:2", "luv_size": "full", "decoder": "decord"}, "--luv-size full is scored in the in-order"),
 ])
 def test_bad_options_fail_before_work(container_manifest, tmp_path, kw, match):
     with pytest.raises(FeatcacheError, match=match):
@@ -248,3 +250,58 @@ def test_direct_chunk_reads_equal_zarr_reads(container_cache, positions):
     half = np.empty((len(positions),) + ref.shape[2:], dtype=np.float16)  # other dtype: through zarr
     entry.read_frames_into(half, positions, 0)
     np.testing.assert_array_equal(half, ref[positions, 0].astype(np.float16))
+
+
+def test_luv_size_full_is_used_and_recorded(videos, tmp_path):
+    """`--luv-size full` scores at the source size (the scores of full-size frames, in order) and
+    the store says so; the default records 64x48."""
+    from typer.testing import CliRunner
+
+    from conftest import TINY_CLI
+    from featcache.cli import app
+    from featcache.video.select import luv_scores
+
+    manifest = write_manifest(tmp_path / "m.csv", [{"video_id": "a", "path": videos[".mp4"], "label": "x", "split": "train"}])
+    r = CliRunner().invoke(app, ["extract", manifest, "--out", str(tmp_path / "full.zarr"), *TINY_CLI,
+                                 "--frames", "keyframes:3", "--luv-size", "full", "-q"])
+    assert r.exit_code == 0, r.output
+    cache = open_cache(str(tmp_path / "full.zarr"))
+    assert cache.attrs["frames"]["luv_size"] == "full"
+    import av
+
+    with av.open(videos[".mp4"]) as c:
+        ref = luv_scores(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]))
+    v = cache.video("a")
+    np.testing.assert_array_equal(v.luv_scores, ref)
+    assert v.frame_indices.tolist() == keyframe_indices(ref, 3).tolist()
+    r = CliRunner().invoke(app, ["extract", manifest, "--out", str(tmp_path / "d.zarr"), *TINY_CLI,
+                                 "--frames", "keyframes:3", "-q"])
+    assert r.exit_code == 0 and open_cache(str(tmp_path / "d.zarr")).attrs["frames"]["luv_size"] == [64, 48]
+    r = CliRunner().invoke(app, ["extract", manifest, "--out", str(tmp_path / "e.zarr"), *TINY_CLI, "--luv-size", "big"])
+    assert r.exit_code == 2 and "--luv-size: expected WxH such as 64x48, or full, got 'big'" in r.output
+
+
+def test_batch_size_auto_drops_a_stale_probe_and_says_so(container_manifest, tmp_path, monkeypatch):
+    """A cached probe far from what the run measures (here: a made-up 1e6 frames/s) is reported
+    and dropped, so the next run probes again (with a warm-up and repeats)."""
+    import json
+
+    from featcache import batchsize
+    from featcache.encoder import FrozenEncoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(batchsize, "MIN_SECONDS", 0.0)
+    monkeypatch.setattr(batchsize, "MIN_BATCHES", 1)
+    key = batchsize.probe_key(FrozenEncoder(tiny_encoder_config()))
+    os.makedirs(tmp_path / "xdg" / "featcache")
+    with open(batchsize.cache_file(), "w") as f:
+        json.dump({key: {"batch_size": 8, "frames_per_s": {"8": 1e6}}, "other": {"batch_size": 16}}, f)
+    s = extract(container_manifest, tmp_path / "a.zarr", frames="uniform:8", batch_size="auto")
+    assert "batch size 8 (auto: cached probe" in s.batch_size_note
+    assert "the cached probe is stale" in s.batch_size_note and "the probe said 1000000.0" in s.batch_size_note
+    assert json.load(open(batchsize.cache_file())) == {"other": {"batch_size": 16}}
+    monkeypatch.setattr(batchsize, "MIN_SECONDS", 1e9)  # the new probe is not judged (tiny runs are noisy)
+    again = extract(container_manifest, tmp_path / "b.zarr", frames="uniform:8", batch_size="auto")
+    assert "auto: probed in" in again.batch_size_note
+    entry = json.load(open(batchsize.cache_file()))[key]
+    assert entry["repeats"] == batchsize.REPEATS and str(entry["batch_size"]) in entry["frames_per_s"]

@@ -78,3 +78,45 @@ def test_fps_policy_picks_the_frame_nearest_each_time():
     assert fps_indices(gappy, 2).tolist() == [0, 2, 3]
     pool, positions = select_frames(parse_policies("fps:4,uniform:2"), 50, None, stamps)
     assert pool[positions["fps:4"]].tolist() == [0, 6, 12, 19, 25, 31, 37, 44]
+
+
+def _rgb_to_luv_before_the_lookup(rgb):
+    """rgb_to_luv as it was written before the sRGB lookup table (the formula per pixel)."""
+    from featcache.video.select import _RGB_TO_XYZ, _UN, _VN, _WHITE
+
+    c = rgb.astype(np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ _RGB_TO_XYZ.T
+    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    y_rel = y / _WHITE[1]
+    lum = np.where(y_rel > (6 / 29) ** 3, 116 * np.cbrt(y_rel) - 16, (29 / 3) ** 3 * y_rel)
+    denom = x + 15 * y + 3 * z
+    safe = np.where(denom > 0, denom, 1.0)
+    u = 13 * lum * (np.where(denom > 0, 4 * x / safe, _UN) - _UN)
+    v = 13 * lum * (np.where(denom > 0, 9 * y / safe, _VN) - _VN)
+    return np.stack([lum, u, v], axis=-1).astype(np.float32)
+
+
+def test_rgb_to_luv_lookup_gives_the_formula_values():
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 17, 23, 3), dtype=np.uint8)
+    rgb[0, 0, :3] = [[0, 0, 0], [255, 255, 255], [10, 10, 10]]  # both branches of the sRGB curve
+    np.testing.assert_array_equal(rgb_to_luv(rgb), _rgb_to_luv_before_the_lookup(rgb))
+
+
+def test_streaming_best_frames_hold_every_key_frame_pick():
+    """Offering frames one by one and keeping k of them always keeps what keyframe_indices picks
+    when at least k frames changed (scores with many exact ties and zeros)."""
+    from featcache.video.select import BestFrames
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 9))
+        scores = rng.integers(0, 4, n).astype(np.float32)  # 0 = unchanged; few levels: ties everywhere
+        scores[0] = 0
+        best = BestFrames(k)
+        for i, s in enumerate(scores):
+            best.offer(i, s, payload=f"frame {i}")
+        kept = best.kept()
+        assert all(kept[i] == f"frame {i}" for i in kept) and len(kept) == min(k, int((scores > 0).sum()))
+        if (scores > 0).sum() >= k and n >= k:
+            assert sorted(kept) == keyframe_indices(scores, k).tolist()

@@ -76,10 +76,12 @@ def _parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
     return int(index), int(count)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
+def _parse_size(text: str) -> "tuple[int, int] | str":
+    if text.strip().lower() == "full":
+        return "full"
     w, sep, h = text.partition("x")
     if not (sep and w.isdigit() and h.isdigit()) or int(w) < 2 or int(h) < 2:
-        raise FeatcacheError(f"--luv-size: expected WxH such as 64x48, got {text!r}")
+        raise FeatcacheError(f"--luv-size: expected WxH such as 64x48, or full, got {text!r}")
     return int(w), int(h)
 
 

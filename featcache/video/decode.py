@@ -1,14 +1,23 @@
 """Video decoding: the only module that touches decord or PyAV.
 
-decord is the fast path (random access with ``get_batch``); PyAV decodes every frame in order
-and is used when decord is missing, cannot open a file, fails while reading, or disagrees with
-PyAV on the first frame. That last check exists because decord silently shifts frames on some
-containers (the MPEG-2 program stream used in the tests comes out 12 frames late), and a shift
-misaligns every feature downstream. ``--decoder pyav`` / ``decord`` force one decoder.
+``auto`` (the default) decodes each video once, in order, with PyAV (FFmpeg's own decoder, one
+thread): the LUV scores of key-frame policies are computed frame by frame while streaming, the
+best-scoring frames and the frames the other policies will pick (known from the header's frame
+count) are kept as they go by, and only the kept frames are scaled to the model's resize size.
+There is no random access, so nothing can land on the wrong frame; where the header misstated the
+count, or a policy picks frames that were not kept (static footage, very short videos), those
+frames are decoded in a second pass up to the last one needed (``DecodedVideo.second_pass``).
+
+``--decoder decord`` / ``torchcodec`` use random access (fast on long videos with few frames per
+GOP) behind cross-checks against PyAV: their frame 0 must equal PyAV's, with key-frame scoring
+their seeks must land where their own sequential decode did, and containers without a seek index
+go to PyAV. Those checks exist because decord silently shifts frames on some containers (the
+MPEG-2 program stream used in the tests comes out 12 frames late), and a shift misaligns every
+feature downstream. ``--decoder pyav`` is ``auto``.
 
 Frames are decoded straight at the model's resize size (shorter side = ``short_side``, aspect
-kept, torchvision's rounding), so full-resolution frames never exist in memory; the centre crop
-and normalisation belong to the encoder.
+kept, torchvision's rounding), so full-resolution RGB frames never exist in memory; the centre
+crop and normalisation belong to the encoder.
 """
 from __future__ import annotations
 
@@ -18,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from featcache.video.select import BestFrames, LuvScorer, luv_scores
+
 DECODERS = ("auto", "decord", "pyav", "torchcodec")
 # Mean absolute difference (0-255 scale) above which decord's and PyAV's first frames are
 # taken to be different frames rather than the same frame through two scalers.
@@ -26,7 +37,9 @@ PROBE_TOLERANCE = 6.0
 # (seen with MPEG program streams): decoded sequentially with PyAV.
 SEQUENTIAL_FORMATS = {"mpeg", "mpegts", "mpegvideo", "h264", "hevc", "m4v", "mjpeg"}
 
-Picker = Callable[[int, "np.ndarray | None", np.ndarray], np.ndarray]  # (num_frames, small frames, seconds)
+Picker = Callable[[int, "np.ndarray | None", np.ndarray], np.ndarray]  # (num_frames, LUV scores, seconds)
+# (header frame count, seconds at the header rate) -> the frames the picker will likely choose besides key frames
+Guess = Callable[[int, np.ndarray], np.ndarray]
 
 
 class DecodeError(Exception):
@@ -47,6 +60,7 @@ class DecodedVideo:
     decoder: str
     note: str = ""
     expected_frames: int | None = None  # what the container's duration implies, when it says
+    second_pass: bool = False  # the in-order decode had to read the file again for frames it had not kept
 
     @property
     def looks_truncated(self) -> bool:
@@ -81,25 +95,32 @@ def decode_video(
     path: str,
     pick: Picker,
     short_side: int,
-    small_size: tuple[int, int] | None = None,
+    small_size: tuple[int, int] | str | None = None,
     decoder: str = "auto",
     interpolation: str = "bicubic",
+    keep_best: int = 0,
+    guess: Guess | None = None,
 ) -> DecodedVideo:
-    """Decode the frames ``pick(num_frames, small_frames, timestamps)`` chooses.
+    """Decode the frames ``pick(num_frames, scores, timestamps)`` chooses.
 
-    ``small_frames`` is every frame at ``small_size`` (w, h) when given (for LUV scoring),
-    else None; ``timestamps`` is every frame's time in seconds from the first. Raises DecodeError with a one-line reason when no decoder can read the file.
+    ``scores`` is every frame's LUV key-frame score (``select.LuvScorer``) computed at
+    ``small_size`` ((w, h), or ``"full"``: the source size) when given, else None; ``timestamps``
+    is every frame's time in seconds from the first. ``keep_best`` (the largest key-frame count)
+    and ``guess`` tell the in-order decoder which frames to keep while streaming; a wrong guess
+    costs time (a second pass), never correctness. Raises DecodeError with a one-line reason when
+    no decoder can read the file.
     """
     if decoder not in DECODERS:
         raise ValueError(f"--decoder: unknown decoder {decoder!r}; expected one of {DECODERS}")
+    if small_size == "full" and decoder in ("decord", "torchcodec"):
+        raise ValueError(f"--luv-size full is scored in the in-order pass; use --decoder auto or pyav, not {decoder}")
     check_file(path)
-    if decoder == "pyav":
-        return _decode_pyav(path, pick, short_side, small_size, interpolation)
+    if decoder in ("auto", "pyav"):
+        return _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best, guess)
     try:
         if decoder == "torchcodec":
             return _decode_torchcodec(path, pick, short_side, small_size, interpolation)
-        return _decode_decord(path, pick, short_side, small_size, probe=decoder == "auto",
-                              interpolation=interpolation)
+        return _decode_decord(path, pick, short_side, small_size, interpolation)
     except DecodeError:
         raise
     except _ProbeMismatch as exc:
@@ -107,8 +128,8 @@ def decode_video(
     except Exception as exc:  # decord's DECORDError is not a RuntimeError
         if decoder == "decord":
             raise DecodeError(f"decord cannot decode: {_one_line(exc)}") from exc
-        note = f"{decoder if decoder != 'auto' else 'decord'} failed ({_one_line(exc)}); decoded with PyAV"
-    video = _decode_pyav(path, pick, short_side, small_size, interpolation)
+        note = f"{decoder} failed ({_one_line(exc)}); decoded with PyAV"
+    video = _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best, guess)
     video.note = note
     return video
 
@@ -123,31 +144,26 @@ class _ProbeMismatch(Exception):
     pass
 
 
-def _decode_decord(path, pick, short_side, small_size, probe, interpolation) -> DecodedVideo:
+def _decode_decord(path, pick, short_side, small_size, interpolation) -> DecodedVideo:
     import decord  # optional: PyAV covers its absence
 
-    expected = None
-    if probe:
-        width, height, first, fmt, expected = _pyav_first_frame(path, short_side, interpolation)
-        if fmt in SEQUENTIAL_FORMATS:
-            raise _ProbeMismatch(f"container {fmt!r} has no seek index; decoded with PyAV")
-    else:
-        height, width = decord.VideoReader(path, num_threads=1)[0].shape[:2]
+    width, height, first, fmt, expected = _pyav_first_frame(path, short_side, interpolation)
+    if fmt in SEQUENTIAL_FORMATS:
+        raise _ProbeMismatch(f"container {fmt!r} has no seek index; decoded with PyAV")
     out_w, out_h = resize_to_short_side(width, height, short_side)
     vr = decord.VideoReader(path, width=out_w, height=out_h, num_threads=1)
     n = len(vr)
     if n < 1:
         raise DecodeError("the video has no frames")
-    if probe:
-        _check_same(vr[0].asnumpy(), first, "decord's frame 0 differs from PyAV's")
+    _check_same(vr[0].asnumpy(), first, "decord's frame 0 differs from PyAV's")
     small = None
     if small_size is not None:
         sr = decord.VideoReader(path, width=small_size[0], height=small_size[1], num_threads=1)
         small = sr.get_batch(list(range(n))).asnumpy()  # sequential: the reference
     fps = float(vr.get_avg_fps())
     stamps = _clean_timestamps(vr.get_frame_timestamp(list(range(n)))[:, 0], fps)
-    indices = np.asarray(pick(n, small, stamps), dtype=np.int64)
-    if probe and small is not None:  # random access must land where sequential decoding did
+    indices = np.asarray(pick(n, None if small is None else luv_scores(small), stamps), dtype=np.int64)
+    if small is not None:  # random access must land where sequential decoding did
         _check_same(sr.get_batch(indices.tolist()).asnumpy(), small[indices],
                     "decord's seeks disagree with its sequential decode")
     frames = vr.get_batch(indices.tolist()).asnumpy()
@@ -196,7 +212,7 @@ def _decode_torchcodec(path, pick, short_side, small_size, interpolation) -> Dec
         if len(small) != n:
             raise _ProbeMismatch(f"torchcodec read {len(small)} of {n} frames in order; decoded with PyAV")
     stamps = np.arange(n, dtype=np.float64) / fps
-    indices = np.asarray(pick(n, small, stamps), dtype=np.int64)
+    indices = np.asarray(pick(n, None if small is None else luv_scores(small), stamps), dtype=np.int64)
     if small is not None:  # random access must land where sequential decoding did
         _check_same(sdec.get_frames_at(indices.tolist()).data.numpy(), small[indices],
                     "torchcodec's seeks disagree with its sequential decode")
@@ -254,17 +270,38 @@ def _to_rgb(frame, width, height, interpolation):
                             interpolation=interpolation.upper())
 
 
-def _decode_pyav(path, pick, short_side, small_size, interpolation) -> DecodedVideo:
-    """Two sequential passes: count/score every frame, then keep the chosen ones."""
-    times, small, size = [], [], None
+def _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best=0, guess=None) -> DecodedVideo:
+    """One in-order pass: score every frame (when scoring), keep the ``keep_best`` best-scoring
+    frames (decoded, unscaled) and scale the guessed picks as they go by; then ``pick`` and scale
+    the kept key frames. Frames the pick wants that were not kept come from a second pass."""
+    from av.video.reformatter import VideoReformatter
+
     container, stream = _open_pyav(path)
+    to_small, to_out = VideoReformatter(), VideoReformatter()  # one scaler context each, reused per frame
+    times, scores, size, out_size = [], [], None, None
+    scorer, best, done = (LuvScorer() if small_size is not None else None), BestFrames(keep_best), {}
     try:
-        for frame in container.decode(stream):
-            size = size or (frame.width, frame.height)
+        expected = _expected_frames(container, stream)
+        count, rate = stream.frames or expected, stream.average_rate
+        wanted = set()
+        if guess is not None and count:
+            wanted = set(np.asarray(guess(count, np.arange(count) / float(rate or 25)), dtype=np.int64).tolist())
+        for i, frame in enumerate(container.decode(stream)):
+            if size is None:
+                size = (frame.width, frame.height)
+                out_size = resize_to_short_side(size[0], size[1], short_side)
             times.append(frame.time)
-            if small_size is not None:
-                small.append(_to_rgb(frame, small_size[0], small_size[1], "bilinear"))
-        rate, expected = stream.average_rate, _expected_frames(container, stream)
+            if i in wanted:
+                done[i] = _scaled(to_out, frame, out_size, interpolation)
+            if scorer is not None:
+                if small_size == "full":
+                    rgb = to_small.reformat(frame, format="rgb24").to_ndarray()
+                else:
+                    rgb = _scaled(to_small, frame, small_size, "bilinear")
+                score = scorer(rgb)
+                scores.append(score)
+                if i not in done:
+                    best.offer(i, score, frame)
     except Exception as exc:
         raise DecodeError(f"cannot decode: {_one_line(exc)}") from exc
     finally:
@@ -275,22 +312,36 @@ def _decode_pyav(path, pick, short_side, small_size, interpolation) -> DecodedVi
     raw = np.array([np.nan if t is None else t for t in times])
     fps = float(rate) if rate else (n - 1) / max(raw[-1] - raw[0], 1e-9)
     stamps = _clean_timestamps(raw, fps)
-    indices = np.asarray(pick(n, np.stack(small) if small else None, stamps), dtype=np.int64)
-    out_w, out_h = resize_to_short_side(size[0], size[1], short_side)
-    frames = _pyav_frames_at(path, indices, out_w, out_h, interpolation)
+    indices = np.asarray(pick(n, np.array(scores, np.float32) if scorer is not None else None, stamps), dtype=np.int64)
+    kept = best.kept()
+    need = set(indices.tolist())
+    for i in need & kept.keys():
+        done[i] = _scaled(to_out, kept[i], out_size, interpolation)
+    missing = np.array(sorted(need - done.keys()), dtype=np.int64)
+    if len(missing):
+        done.update(zip(missing.tolist(), _pyav_frames_at(path, missing, *out_size, interpolation)))
+    frames = np.stack([done[i] for i in indices.tolist()])
     return DecodedVideo(frames, indices, stamps[indices], n, fps, size[0], size[1], "pyav",
-                        expected_frames=expected)
+                        expected_frames=expected, second_pass=bool(len(missing)))
+
+
+def _scaled(reformatter, frame, size, interpolation) -> np.ndarray:
+    return reformatter.reformat(frame, format="rgb24", width=size[0], height=size[1],
+                                interpolation=interpolation.upper()).to_ndarray()
 
 
 def _pyav_frames_at(path, indices, width, height, interpolation) -> np.ndarray:
+    """The frames at sorted ``indices``, decoding in order up to the last one."""
+    from av.video.reformatter import VideoReformatter
+
     wanted = set(indices.tolist())
     last = int(indices.max())
-    out = {}
+    out, scaler = {}, VideoReformatter()
     container, stream = _open_pyav(path)
     try:
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                out[i] = _to_rgb(frame, width, height, interpolation)
+                out[i] = _scaled(scaler, frame, (width, height), interpolation)
             if i >= last:
                 break
     except Exception as exc:

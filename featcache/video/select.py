@@ -19,6 +19,7 @@ Conventions (documented in the README, relied on by the tests):
 """
 from __future__ import annotations
 
+import heapq
 import re
 from dataclasses import dataclass
 
@@ -88,10 +89,19 @@ def uniform_indices(num_frames: int, count: int) -> np.ndarray:
     return np.floor((i + 0.5) * num_frames / count).astype(np.int64)
 
 
+# sRGB decoding of every uint8 level, computed as rgb_to_luv always did (a lookup, same values)
+_LEVELS = np.arange(256, dtype=np.float64) / 255.0
+_LINEAR = np.where(_LEVELS <= 0.04045, _LEVELS / 12.92, ((_LEVELS + 0.055) / 1.055) ** 2.4)
+
+
 def rgb_to_luv(rgb: np.ndarray) -> np.ndarray:
     """uint8 sRGB (..., 3) -> float32 CIE L*u*v* (..., 3), D65 white (L in [0, 100])."""
-    c = rgb.astype(np.float64) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8:
+        linear = _LINEAR[rgb]
+    else:
+        c = rgb.astype(np.float64) / 255.0
+        linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
     xyz = linear @ _RGB_TO_XYZ.T  # (..., 3)
     x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
     y_rel = y / _WHITE[1]
@@ -105,16 +115,48 @@ def rgb_to_luv(rgb: np.ndarray) -> np.ndarray:
     return np.stack([lum, u, v], axis=-1).astype(np.float32)
 
 
+class LuvScorer:
+    """Streaming key-frame scores: call with each frame (uint8 (H, W, 3)) in order; returns its
+    mean |LUV - previous frame's LUV| (0 for the first frame), as float32."""
+
+    def __init__(self):
+        self.prev = None
+
+    def __call__(self, frame: np.ndarray) -> np.float32:
+        luv = rgb_to_luv(frame)
+        score = np.float32(0.0) if self.prev is None else np.float32(np.abs(luv - self.prev).mean())
+        self.prev = luv
+        return score
+
+
 def luv_scores(frames: np.ndarray) -> np.ndarray:
     """Score each frame of uint8 (T, H, W, 3) by its mean |LUV - previous LUV|; frame 0 scores 0."""
-    scores = np.zeros(len(frames), dtype=np.float32)
-    prev = None
-    for t, frame in enumerate(frames):  # frame by frame: bounded memory on long videos
-        luv = rgb_to_luv(frame)
-        if prev is not None:
-            scores[t] = np.abs(luv - prev).mean()
-        prev = luv
-    return scores
+    scorer = LuvScorer()  # frame by frame: bounded memory on long videos
+    return np.array([scorer(frame) for frame in frames], dtype=np.float32).reshape(len(frames))
+
+
+class BestFrames:
+    """The ``k`` frames a streaming decode must keep so that ``keyframe_indices(scores, k)`` can be
+    answered at the end without decoding again: the ``k`` best by (score descending, index
+    ascending) among frames that scored > 0, each with a payload (the decoded frame). Offer frames
+    in index order. Static footage (fewer than ``k`` changed frames) and videos shorter than ``k``
+    also pick frames outside this set; the decoder fetches those afterwards."""
+
+    def __init__(self, k: int):
+        self.k, self.heap = k, []  # min-heap of (score, -index, payload): the root is the worst kept
+
+    def offer(self, index: int, score: float, payload) -> None:
+        if self.k <= 0 or not score > 0:
+            return
+        entry = (float(score), -index, payload)  # (score, -index) is unique: payloads are never compared
+        if len(self.heap) < self.k:
+            heapq.heappush(self.heap, entry)
+        elif entry[:2] > self.heap[0][:2]:  # a later frame with an equal score loses the tie
+            heapq.heapreplace(self.heap, entry)
+
+    def kept(self) -> dict:
+        """{index: payload} of the frames kept."""
+        return {-neg: payload for _, neg, payload in self.heap}
 
 
 def keyframe_indices(scores: np.ndarray, count: int) -> np.ndarray:
