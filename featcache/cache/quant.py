@@ -66,7 +66,11 @@ def dequantize(q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarr
     ch = np.asarray(channel_scales, dtype=np.float32)
     ts = ts.reshape((1,) * (q.ndim - ts.ndim) + ts.shape)
     ch = ch.reshape((1,) * (q.ndim - ch.ndim) + ch.shape)
-    with torch.inference_mode():
+    import warnings
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        # inputs are often read-only memory maps of the store: torch only reads them here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         _dequantize_into(torch, out, q, ts, ch)
     return out
 

@@ -84,7 +84,7 @@ class VideoEntry:
             pos = np.asarray(positions)
             q = stored[pos, layer]
             scales = self.stored(schema.TOKEN_SCALES)[pos, layer]
-            out[...] = quant.dequantize(q, scales, self.stored(schema.CHANNEL_SCALES)[layer], out.dtype)
+            quant.dequantize(q, scales, self.stored(schema.CHANNEL_SCALES)[layer], out.dtype, out=out)
             return
         for t, run in _runs(positions, stored.shape[1]):
             out[t:t + run] = stored[positions[t]:positions[t] + run, layer]
