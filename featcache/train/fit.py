@@ -29,7 +29,7 @@ from featcache.cache.store import open_cache
 from featcache.config import FUSION_KEYS, TrainConfig, to_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
-from featcache.registry import create_head
+from featcache.registry import create_head, head_source
 from featcache.train import checkpoint, metrics
 from featcache.train.augment import augment_tokens
 from featcache.train.evaluate import evaluate_checkpoint, flat, read_splits
@@ -89,7 +89,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     for cfg, out_dir, (head, rng, cuda_rng) in zip(cfgs, out_dirs, heads):
         os.makedirs(out_dir, exist_ok=True)
         meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
-                "multi_label": task.multi, "config": to_dict(cfg),
+                "multi_label": task.multi, "config": to_dict(cfg), "head_source": head_source(cfg.head),
                 "streamed": [s for s, d in data.items() if isinstance(d.x, StreamedTokens)]}
         _write_config(out_dir, meta)
         members.append(_Member(cfg, head, task, data, device, out_dir, meta, rng, cuda_rng))
@@ -126,14 +126,42 @@ def _build(cfg: TrainConfig, train: ViewData, task: Task, attrs: dict | None = N
     args = {"in_dim": train.x.shape[-1], "num_classes": len(task.classes), "num_frames": train.x.shape[1],
             "grid": tuple(train.grid), "num_prefix_tokens": train.num_prefix_tokens}
     args.update(backbone_args(cfg.head, attrs))
+    user = False
     try:
+        user = head_source(cfg.head)["kind"] != "builtin"
         head = create_head(cfg.head, **args, **cfg.head_options)
-    except (ValueError, TypeError) as exc:
-        raise FeatcacheError(f"head {cfg.head}: {exc}") from None
+    except Exception as exc:  # a user's constructor may raise anything: one line naming the head
+        if not (user or isinstance(exc, (ValueError, TypeError))):
+            raise
+        what = f"{type(exc).__name__}: {exc}" if user and not isinstance(exc, ValueError) else str(exc)
+        message = what if what.startswith("head ") else f"head {cfg.head}: {what}"
+        raise FeatcacheError(message) from None
+    if user:  # the built-in heads are tested to keep the interface
+        check_head_output(cfg.head, head, train.x[:2], len(task.classes))
     if cfg.init:
         checkpoint.init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
     head.featcache_args = {**args, **cfg.head_options}
     return head
+
+
+def check_head_output(name: str, head: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    """A user's head must map ``(B, T, N, C)`` tokens to ``(B, num_classes)`` logits: tried on
+    two videos of the view before training (eval mode, RNG untouched), one line if not."""
+    x = x.float()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        was = head.training
+        head.eval()
+        try:
+            out = head(x)
+        except Exception as exc:
+            raise FeatcacheError(f"head {name}: forward failed on a {tuple(x.shape)} (B, T, N, C) batch of the view: "
+                                 f"{type(exc).__name__}: {exc}"[:400]) from None
+        finally:
+            head.train(was)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (len(x), num_classes):
+        raise FeatcacheError(f"head {name}: forward must return (B, num_classes) = {(len(x), num_classes)} logits "
+                             f"for a {tuple(x.shape)} (B, T, N, C) batch; it returned {shape}")
 
 
 def backbone_args(head: str, attrs: dict | None) -> dict:
@@ -218,6 +246,10 @@ class _Member:
         ckpt = checkpoint.load(path)
         if ckpt["config"] != self.meta["config"] or ckpt["cache"]["fingerprint"] != self.meta["cache"]["fingerprint"]:
             raise FeatcacheError(f"--resume: {path} was made with another config or cache; use a new --out")
+        if ckpt.get("head_source", self.meta["head_source"]) != self.meta["head_source"]:
+            raise FeatcacheError(f"--resume: the head's code changed since {path} was saved "
+                                 f"({self.meta['head_source'].get('path', self.meta['head_source'].get('module'))}); "
+                                 "restore it or use a new --out")
         checkpoint.load_trainable(self.head, ckpt["state_dict"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
