@@ -214,8 +214,12 @@ def _row(out_dir: str, cell: Cell) -> dict:
         metrics = json.load(f)
     with open(os.path.join(run, "log.jsonl")) as f:
         seconds = sum(json.loads(line)["seconds"] for line in f)
+    import yaml
+
+    with open(os.path.join(run, "config.yaml")) as f:
+        classes = len(yaml.safe_load(f).get("classes") or [])
     return {"cell": cell.name, "index": cell.index, "settings": cell.settings, "metrics": metrics,
-            "params": metrics.get("params"), "train_s": round(seconds, 2)}
+            "params": metrics.get("params"), "train_s": round(seconds, 2), "classes": classes}
 
 
 def _write_resolved(sweep: Sweep, out_dir: str) -> None:

@@ -257,9 +257,9 @@ def ablate(
         except (SweepError, ValueError) as exc:
             raise FeatcacheError(str(exc)) from None
     if rows:
-        from featcache.leaderboard import rank
+        from featcache.leaderboard import best_cell
 
-        best = rank(rows, sweep.metric, sweep.goal)[0]  # the leaderboard's own ordering
+        best = best_cell(rows, sweep.axes, sweep.metric, sweep.goal)  # the leaderboard's first row (seeds averaged)
         typer.echo(f"best: {best['cell']} {sweep.metric} {best['metrics'][sweep.metric]:.4f}; "
                    f"leaderboard: {out}/leaderboard.md, {out}/leaderboard.csv")
 

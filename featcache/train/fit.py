@@ -3,7 +3,9 @@ and the files it writes live in :mod:`featcache.train.evaluate`. Never imports d
 
 Run directory (RUN_DIR):
     config.yaml        resolved config + cache path/fingerprint + classes + task
-    log.jsonl          one line per epoch of this run: train/loss, train/top1, val/..., lr, seconds
+    log.jsonl          one line per epoch of this run: train/loss, train/top1, val/loss, val/..., lr, seconds
+    curves.png         loss and the selection metric per epoch, train vs val (with matplotlib)
+    events.out.tfevents.*, wandb/   with --set log=tensorboard / log=wandb (featcache.train.tracking)
     best.pt, last.pt   checkpoints (best on the val metric; last for --resume)
     metrics.json       final flat metrics: val/..., test/..., best_epoch
     confusion_<split>.csv, per_class_<split>.csv   (+ confusion_<split>.png with matplotlib)
@@ -26,17 +28,18 @@ from torch import nn
 from featcache.cache.dataset import Task, ViewData, memory_budget
 from featcache.cache.stream import StreamedTokens, batches, epoch_order
 from featcache.cache.store import open_cache
-from featcache.config import FUSION_KEYS, TrainConfig, to_dict
+from featcache.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.registry import create_head, head_source
 from featcache.train import checkpoint, metrics
 from featcache.train.augment import augment_tokens
 from featcache.train.evaluate import evaluate_checkpoint, flat, read_splits
+from featcache.train.tracking import TB_FILES, Tracker
 
 # what a run writes; a new run into a folder removes these first
 RUN_FILES = ("log.jsonl", "best.pt", "last.pt", "metrics.json", "config.yaml", "confusion_*.csv", "confusion_*.png",
-             "per_class_*.csv", "predictions_*.csv", "eval_*.json")
+             "per_class_*.csv", "predictions_*.csv", "eval_*.json", "curves.png", TB_FILES, "wandb_id")
 
 
 def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False,
@@ -96,16 +99,35 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     trainer = _GroupTrainer(members, data, task, device)
     if resume:
         trainer.restore()
-    trainer.fit(show_progress, on_epoch)
-    results = []
-    for m in members:
-        r = evaluate_checkpoint(os.path.join(m.out_dir, "best.pt"), cache, splits=("val", "test"),
-                                out_dir=m.out_dir, data=data)
-        r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters() if p.requires_grad))
-        with open(os.path.join(m.out_dir, "metrics.json"), "w") as f:
-            json.dump(r, f, indent=2, sort_keys=True)
-        results.append(r)
+    try:
+        for m in members:
+            m.tracker = Tracker(parse_log(m.cfg.log), m.out_dir, m.meta["config"], trainer.start_epoch)
+        trainer.fit(show_progress, on_epoch)
+        results = []
+        for m in members:
+            r = evaluate_checkpoint(os.path.join(m.out_dir, "best.pt"), cache, splits=("val", "test"),
+                                    out_dir=m.out_dir, data=data)
+            r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters() if p.requires_grad))
+            with open(os.path.join(m.out_dir, "metrics.json"), "w") as f:
+                json.dump(r, f, indent=2, sort_keys=True)
+            plot_run_curves(m.out_dir, task)
+            m.tracker.finish(r)
+            results.append(r)
+    finally:
+        for m in members:
+            if m.tracker is not None:
+                m.tracker.close()
     return results
+
+
+def plot_run_curves(out_dir: str, task: Task) -> None:
+    """RUN_DIR/curves.png from RUN_DIR/log.jsonl (all epochs, resumed ones included)."""
+    from featcache.figures import plot_curves
+
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        log = [json.loads(line) for line in f if line.strip()]
+    chance = None if task.multi else 1 / len(task.classes)
+    plot_curves(os.path.join(out_dir, "curves.png"), log, task.metric, chance, title=os.path.basename(os.path.abspath(out_dir)))
 
 
 def _task(cfg: TrainConfig, data: dict[str, ViewData]) -> Task:
@@ -205,6 +227,7 @@ class _Member:
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler(enabled=self.amp and self.amp_dtype == torch.float16)
         self.best, self.best_epoch, self.stale, self.active = -math.inf, -1, 0, True
+        self.tracker = None  # set by train_group once the first epoch is known
 
     def forward(self, x, y):
         torch.set_rng_state(self.rng)
@@ -335,9 +358,13 @@ class _GroupTrainer:
                 x = val.x[i:i + self.cfg.batch_size].to(self.device, non_blocking=True).float()
                 for m in active:
                     logits[id(m)].append(m.head(x).float().cpu())
-        targets = self.task.targets(val.labels).numpy()
-        return {k: flat(metrics.selection(torch.cat(v).numpy(), targets, self.task.multi), "val")
-                for k, v in logits.items()}
+        y = self.task.targets(val.labels)
+        out = {}
+        for m in active:  # the selection metrics and the loss the head is trained on (train vs val curves)
+            scores = torch.cat(logits[id(m)])
+            out[id(m)] = flat(metrics.selection(scores.numpy(), y.numpy(), self.task.multi), "val")
+            out[id(m)]["val/loss"] = float(m.loss_fn(scores.to(self.device), y.to(self.device)))
+        return out
 
     def _finish_epoch(self, m: _Member, epoch: int, loss_sum: float, correct: int, start: float, val: dict) -> dict:
         record = {"epoch": epoch, "train/loss": loss_sum / len(self.x), "lr": m.sched.get_last_lr()[0]}
@@ -356,6 +383,8 @@ class _GroupTrainer:
         m.save(epoch, improved)
         with open(os.path.join(m.out_dir, "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
+        if m.tracker is not None:
+            m.tracker.epoch(record)
         return record
 
 
