@@ -35,7 +35,8 @@ def aggregate(rows: list[dict], axes: tuple[str, ...]) -> list[dict]:
     kept = [a for a in axes if a not in replicate]
     groups: dict = {}
     for r in sorted(rows, key=lambda r: r["index"]):
-        groups.setdefault(tuple(str(r["settings"].get(a, "")) for a in kept), []).append(r)
+        key = tuple(str(r["settings"].get(a, "")) for a in kept) if replicate else r["index"]
+        groups.setdefault(key, []).append(r)
     out = []
     for members in groups.values():
         keys = [k for k, v in members[0]["metrics"].items()
@@ -72,15 +73,16 @@ def rank(rows: list[dict], metric: str, goal: str) -> list[dict]:
 
 
 def axis_summary(rows: list[dict], axes: tuple[str, ...], metric: str) -> dict[str, list[tuple]]:
-    """axis -> [(value, mean metric, number of cells)] in first-seen value order."""
+    """axis -> [(value, mean metric, number of runs)] in first-seen value order (the mean over the
+    cells with that value; an aggregated row counts its n runs)."""
     out = {}
     for axis in axes:
         groups: dict = defaultdict(list)
         for r in sorted(rows, key=lambda r: r["index"]):
             if axis in r["settings"]:
-                groups[str(r["settings"][axis])].append(r["metrics"][metric])
+                groups[str(r["settings"][axis])].append((r["metrics"][metric], r.get("n", 1)))
         if len(groups) > 1:
-            out[axis] = [(v, sum(ms) / len(ms), len(ms)) for v, ms in groups.items()]
+            out[axis] = [(v, sum(m for m, _ in ms) / len(ms), sum(n for _, n in ms)) for v, ms in groups.items()]
     return out
 
 
@@ -157,7 +159,7 @@ def _plot(path: str, ranked: list[dict], axes: tuple[str, ...], metric: str, goa
     cells = [{"label": _readable(r["settings"]) or r["cell"], "values": r["metrics"], "errors": r.get("std", {})}
              for r in ranked]
     panels = []
-    for axis in axes:
+    for axis in axes if len(axes) > 1 else ():  # one varied axis: its panel would repeat the cells
         groups: dict = defaultdict(list)
         for r in sorted(ranked, key=lambda r: r["index"]):
             if axis in r["settings"]:
