@@ -127,7 +127,7 @@ def test_logger_errors_are_one_line(motion, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
     err = cli("train", motion, "--set", "log=wandb", "--out", tmp_path / "a", code=2).output
     assert "log=wandb needs the wandb package: pip install 'featcache[wandb]'" in err
-    assert len(err.strip().splitlines()) == 1
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "a").exists()  # nothing written
     err = cli("train", motion, "--set", "log=mlflow", "--out", tmp_path / "b", code=2).output
     assert "log: 'mlflow' is not one of jsonl, tensorboard, wandb" in err
 

@@ -222,3 +222,12 @@ def test_an_unknown_option_of_a_file_head_names_its_options(motion, tmp_path):
     path = write_head(tmp_path)
     err = cli("train", motion, "--head", f"{path}:DiffHead", "--set", "head.width=3", code=2).output
     assert "has no option width; options: hidden, drop" in err
+
+
+def test_a_file_head_in_a_config_file(motion, tmp_path):
+    path = write_head(tmp_path)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"head": {"name": f"{path}:DiffHead", "hidden": 8}, "epochs": 1}))
+    cli("train", motion, "--config", config, "-q", "--out", tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert ckpt["head"] == f"{path}:DiffHead" and ckpt["head_args"]["hidden"] == 8

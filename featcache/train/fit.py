@@ -32,7 +32,7 @@ from featcache.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.registry import create_head, head_source
-from featcache.train import checkpoint, metrics
+from featcache.train import checkpoint, metrics, tracking
 from featcache.train.augment import augment_tokens
 from featcache.train.evaluate import evaluate_checkpoint, flat, read_splits
 from featcache.train.tracking import TB_FILES, Tracker
@@ -73,6 +73,8 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     is called with each finished epoch's log record (of the first head)."""
     if len({c.fusion_key for c in cfgs}) != 1:
         raise ValueError(f"cells of one group must agree on {', '.join(FUSION_KEYS)}")
+    for cfg in cfgs:  # a missing logger package stops the run before anything is written
+        tracking.require(parse_log(cfg.log))
     cache = open_cache(cache_path)
     view = cfgs[0].view
     view.check(cache.attrs)

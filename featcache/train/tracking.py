@@ -23,6 +23,14 @@ from featcache.errors import FeatcacheError
 TB_FILES = "events.out.tfevents.*"  # what SummaryWriter writes into RUN_DIR
 
 
+def require(kinds: tuple[str, ...]) -> None:
+    """Fail before anything is written when a requested logger's package is missing."""
+    if "tensorboard" in kinds:
+        _tensorboard_writer()
+    if "wandb" in kinds:
+        _wandb_module()
+
+
 class Tracker:
     """The loggers of one run directory: ``epoch(record)`` per epoch, ``finish(results)`` once."""
 
@@ -64,20 +72,29 @@ class Tracker:
             self.run = None
 
 
-def _tensorboard(out_dir: str, start_epoch: int):
+def _tensorboard_writer():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise FeatcacheError("log=tensorboard needs the tensorboard package: pip install 'featcache[tensorboard]'") from None
-    # a resumed run drops what a killed run logged after its last checkpoint (purge_step)
-    return SummaryWriter(log_dir=out_dir, purge_step=start_epoch if start_epoch else None)
+    return SummaryWriter
 
 
-def _wandb(out_dir: str, config: dict, resume: bool):
+def _wandb_module():
     try:
         import wandb
     except ImportError:
         raise FeatcacheError("log=wandb needs the wandb package: pip install 'featcache[wandb]'") from None
+    return wandb
+
+
+def _tensorboard(out_dir: str, start_epoch: int):
+    # a resumed run drops what a killed run logged after its last checkpoint (purge_step)
+    return _tensorboard_writer()(log_dir=out_dir, purge_step=start_epoch if start_epoch else None)
+
+
+def _wandb(out_dir: str, config: dict, resume: bool):
+    wandb = _wandb_module()
     id_file = os.path.join(out_dir, "wandb_id")
     if resume and os.path.exists(id_file):
         run_id = open(id_file).read().strip()
