@@ -37,10 +37,10 @@ def plot_curves(path: str, log: list[dict], metric: str, chance: float | None = 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     panels = ((axes[0], "loss", "loss"), (axes[1], metric, metric))
     for ax, key, label in panels:
-        for split, style in (("train", "o-"), ("val", "s--")):
+        for split, style, colour in (("train", "o-", "tab:blue"), ("val", "s--", "tab:orange")):
             values = [r.get(f"{split}/{key}") for r in log]
             if any(v is not None for v in values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], style, ms=3, label=split)
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, color=colour, ms=3, label=split)
         if key == metric and chance is not None:
             ax.axhline(chance, color="grey", lw=1, ls=":", label=f"chance {chance:.2f}")
         if best is not None:
@@ -106,7 +106,8 @@ def plot_leaderboard(path: str, cells: list[dict], panels: list[tuple[str, list[
     widths = [max(2.6, 0.38 * len(bars) * len(shown) + 0.8) for _, bars in groups]
     longest = max(len(line) for _, bars in groups for b in bars for line in b["label"].split("\n"))
     lines = max(b["label"].count("\n") + 1 for _, bars in groups for b in bars)
-    fig, axes = plt.subplots(1, len(groups), figsize=(min(40, sum(widths) + 1), 3.4 + 0.09 * longest + 0.12 * lines),
+    fig_width = min(40, max(5.0, sum(widths) + 1))
+    fig, axes = plt.subplots(1, len(groups), figsize=(fig_width, 3.4 + 0.09 * longest + 0.12 * lines),
                              squeeze=False, sharey=True, gridspec_kw={"width_ratios": widths})
     colours = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
     top = max([b["values"].get(m, 0) + b.get("errors", {}).get(m, 0) for _, bars in groups for b in bars for m in shown]
@@ -118,10 +119,13 @@ def plot_leaderboard(path: str, cells: list[dict], panels: list[tuple[str, list[
             values = [b["values"].get(metric, np.nan) for b in bars]
             errors = [b.get("errors", {}).get(metric, 0.0) for b in bars]
             has_err = any(e > 0 for e in errors)
-            drawn = ax.bar(x, values, width, yerr=errors if has_err else None, capsize=3 if has_err else 0,
-                           color=colours[j % len(colours)], label=metric, alpha=1.0 if j == 0 else 0.75)
-            ax.bar_label(drawn, labels=[_label(v, e) for v, e in zip(values, errors)], fontsize=6.5, padding=2,
-                         rotation=90 if len(bars) * len(shown) > 12 else 0)
+            ax.bar(x, values, width, yerr=errors if has_err else None, capsize=3 if has_err else 0,
+                   color=colours[j % len(colours)], label=metric, alpha=1.0 if j == 0 else 0.75)
+            crowded = len(bars) * len(shown) > 12
+            for xi, v, e in zip(x, values, errors):  # above the error bar, not across it
+                if not np.isnan(v):
+                    ax.text(xi, v + e + 0.01 * max(top, 1e-9), _label(v, e), ha="center", va="bottom",
+                            fontsize=6.5, rotation=90 if crowded else 0)
         if chance is not None:
             ax.axhline(chance, color="grey", lw=1, ls=":", label=f"chance {chance:.2f}" if k == 0 else None)
         ax.set_xticks(range(len(bars)), [b["label"] for b in bars], rotation=30 if longest > 8 else 0,
@@ -133,7 +137,9 @@ def plot_leaderboard(path: str, cells: list[dict], panels: list[tuple[str, list[
     axes[0][0].set_ylim(0, max(1.0, top) * 1.15 if top <= 1 else top * 1.15)
     axes[0][0].legend(fontsize=7, loc="upper right")
     if title:
-        fig.suptitle(title, fontsize=10)
+        import textwrap
+
+        fig.suptitle("\n".join(textwrap.wrap(title, int(fig_width * 10))), fontsize=9.5)  # fits a narrow figure
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

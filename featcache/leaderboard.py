@@ -165,7 +165,7 @@ def _plot(path: str, ranked: list[dict], axes: tuple[str, ...], metric: str, goa
             if axis in r["settings"]:
                 groups[str(r["settings"][axis])].append(r["metrics"])
         if len(groups) > 1:
-            panels.append((axis, [{"label": v, "values": {m: float(np.mean([x[m] for x in ms])) for m in shown}}
+            panels.append((axis, [{"label": _short(v), "values": {m: float(np.mean([x[m] for x in ms])) for m in shown}}
                                   for v, ms in groups.items()]))
     classes = min((r.get("classes") or 0 for r in ranked), default=0)
     chance = 1 / classes if classes and name in ("top1", "mean_class_acc") else None
@@ -176,11 +176,13 @@ def _plot(path: str, ranked: list[dict], axes: tuple[str, ...], metric: str, goa
 
 def _readable(settings: dict) -> str:
     """A cell's varied settings, one per line, with long head file paths shortened."""
-    def short(v) -> str:
-        text = str(v)
-        if ":" in text and text.rpartition(":")[0].endswith(".py"):
-            path, _, cls = text.rpartition(":")
-            return f"{os.path.basename(path)}:{cls}"
-        return text
+    return "\n".join(f"{k}={_short(v)}" for k, v in settings.items())
 
-    return "\n".join(f"{k}={short(v)}" for k, v in settings.items())
+
+def _short(value) -> str:
+    """A head file's path shortened to its file name (``/a/b/my_heads.py:Head`` -> ``my_heads.py:Head``)."""
+    text = str(value)
+    if ":" in text and text.rpartition(":")[0].endswith(".py"):
+        path, _, cls = text.rpartition(":")
+        return f"{os.path.basename(path)}:{cls}"
+    return text
