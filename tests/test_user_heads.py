@@ -157,6 +157,7 @@ def _install_plugin(site, version="1.2.0"):
 def test_an_entry_point_head_is_listed(tmp_path, monkeypatch):
     _install_plugin(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # importlib.metadata finds the dist-info on sys.path
+    monkeypatch.delitem(sys.modules, "labheads", raising=False)
     out = cli("heads").output.splitlines()
     assert any(x.startswith("diff ") and "hidden=64, drop=0.0" in x and "[labheads]" in x for x in out), out
     assert "hidden=64" in cli("heads", "--head", "diff").output
@@ -231,3 +232,13 @@ def test_a_file_head_in_a_config_file(motion, tmp_path):
     cli("train", motion, "--config", config, "-q", "--out", tmp_path / "run")
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert ckpt["head"] == f"{path}:DiffHead" and ckpt["head_args"]["hidden"] == 8
+
+
+def test_a_broken_entry_point_does_not_hide_the_other_heads(tmp_path, monkeypatch):
+    _install_plugin(tmp_path)
+    (tmp_path / "labheads" / "__init__.py").write_text("raise ImportError('no CUDA toolkit')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "labheads", raising=False)  # a good copy from another test
+    out = cli("heads").output
+    assert "diff         (an installed entry point that cannot be loaded: " in out and "no CUDA toolkit" in out
+    assert "r3d " in out and "pool " in out

@@ -275,7 +275,10 @@ def heads(head: Optional[str] = typer.Option(None, "--head", help="Only this hea
             try:
                 options, source = head_options(name), head_source(name)
             except ValueError as exc:
-                raise FeatcacheError(f"--head: {exc}" if head else f"entry point {name!r}: {exc}") from None
+                if head:
+                    raise FeatcacheError(f"--head: {exc}") from None
+                typer.echo(f"{name:12s} (an installed entry point that cannot be loaded: {exc})")
+                continue
             opts = ", ".join(f"{k}=<required>" if v is REQUIRED else f"{k}={v!r}" for k, v in options.items())
             origin = "" if source["kind"] == "builtin" else f"   [{source.get('path') or source['module']}]"
             typer.echo(f"{name:12s} {opts}{origin}")
