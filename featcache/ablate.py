@@ -9,6 +9,7 @@ Sweep file:
     parameters:                                 # grid: the product of the axes' values
       view: {values: [uniform:8, uniform:16]}
       head.temporal: {values: [avg, concat]}
+      seed: {values: [0, 1, 2]}                 # replicates: the leaderboard reports mean +- std (n)
     zip: [[head.hidden, head.mlp_hidden]]       # optional: axes that vary together
     cells: [{head: r3d}, {head: pool}]          # method: list: explicit cells
     metric: {name: val/top1, goal: maximize}
@@ -16,6 +17,7 @@ Sweep file:
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from dataclasses import dataclass
 
@@ -68,11 +70,22 @@ def load_sweep(path: str, cache: str | None = None, overrides: dict | None = Non
     for i, varied in enumerate(settings):
         name = cell_name(i, varied)
         try:
-            cfg = build_config({**base, **varied})
+            cfg = build_config(_head_files({**base, **varied}, os.path.dirname(os.path.abspath(path))))
         except ValueError as exc:
             raise SweepError(f"{path}: cell {name}: {exc}") from None
         cells.append(Cell(i, name, varied, cfg))
     return Sweep(path, cache, tuple(axes), tuple(cells), metric, goal)
+
+
+def _head_files(values: dict, folder: str) -> dict:
+    """A ``head: FILE.py:Class`` with a relative path names the file beside the sweep file when
+    one is there (else it stays relative to the current folder)."""
+    head = values.get("head")
+    if isinstance(head, str) and ":" in head:
+        target, _, attr = head.rpartition(":")
+        if target.endswith(".py") and not os.path.isabs(target) and os.path.isfile(os.path.join(folder, target)):
+            return {**values, "head": f"{os.path.join(folder, target)}:{attr}"}
+    return values
 
 
 def _mapping(value, path: str, key: str) -> dict:

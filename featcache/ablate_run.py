@@ -21,9 +21,9 @@ from featcache.cache.store import open_cache
 from featcache.config import to_dict
 from featcache.errors import FeatcacheError
 from featcache.leaderboard import write_leaderboard
-from featcache.registry import create_head
+from featcache.registry import create_head, head_source
 from featcache.train.evaluate import read_splits
-from featcache.train.fit import backbone_args, train_group
+from featcache.train.fit import backbone_args, check_head_output, train_group
 from featcache.view import Layout, View
 
 
@@ -114,8 +114,15 @@ def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) 
         head = create_head(cell.config.head, in_dim=layout.dim, num_classes=classes, num_frames=layout.frames,
                            grid=layout.grid, num_prefix_tokens=layout.num_prefix_tokens,
                            **backbone_args(cell.config.head, attrs), **cell.config.head_options)
-    except (ValueError, TypeError, FeatcacheError) as exc:
+    except Exception as exc:  # a user's head may raise anything: one line naming the cell
+        if not isinstance(exc, (ValueError, TypeError, FeatcacheError)) and head_source(cell.config.head)["kind"] == "builtin":
+            raise
         raise SweepError(f"{sweep.path}: cell {cell.name}: head={cell.config.head}: {exc}") from None
+    if head_source(cell.config.head)["kind"] != "builtin":
+        try:
+            check_head_output(cell.config.head, head, torch.zeros(2, *layout.shape), classes)
+        except FeatcacheError as exc:
+            raise SweepError(f"{sweep.path}: cell {cell.name}: {exc}") from None
     if cell.config.init:
         from featcache.train.checkpoint import init_from
 
@@ -197,7 +204,8 @@ def finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
         return False
     with open(os.path.join(run, "config.yaml")) as f:
         meta = yaml.safe_load(f)
-    return meta.get("config") == to_dict(cell.config) and meta.get("cache", {}).get("fingerprint") == fingerprint
+    return (meta.get("config") == to_dict(cell.config) and meta.get("cache", {}).get("fingerprint") == fingerprint
+            and meta.get("head_source", {"kind": "builtin"}) == head_source(cell.config.head))  # a head file edited since: redo
 
 
 def _row(out_dir: str, cell: Cell) -> dict:
@@ -206,8 +214,12 @@ def _row(out_dir: str, cell: Cell) -> dict:
         metrics = json.load(f)
     with open(os.path.join(run, "log.jsonl")) as f:
         seconds = sum(json.loads(line)["seconds"] for line in f)
+    import yaml
+
+    with open(os.path.join(run, "config.yaml")) as f:
+        classes = len(yaml.safe_load(f).get("classes") or [])
     return {"cell": cell.name, "index": cell.index, "settings": cell.settings, "metrics": metrics,
-            "params": metrics.get("params"), "train_s": round(seconds, 2)}
+            "params": metrics.get("params"), "train_s": round(seconds, 2), "classes": classes}
 
 
 def _write_resolved(sweep: Sweep, out_dir: str) -> None:

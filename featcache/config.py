@@ -40,6 +40,9 @@ class TrainConfig:
     shuffle_window: int = 0  # shuffle blocks of this many neighbouring videos, then within them (0 = full shuffle)
     max_view_memory_gb: float = 0.0  # a split of the view larger than this is streamed from disk (0 = half the free RAM)
     init: str = ""  # a featcache pretrain run (or its .pt) to start the head's transferable part from ("" = none)
+    # where per-epoch records go besides log.jsonl: jsonl (only it) | tensorboard | wandb, or several
+    # (tensorboard,wandb); see featcache.train.tracking
+    log: str = "jsonl"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
 
@@ -88,11 +91,26 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         raise ValueError(f"{where}{key}: expected {type(default).__name__}, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"{where}{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+    if key == "log":
+        value = ",".join(parse_log(value, where))
     if key == "pos_weight" and value in ("none", "None"):
         value = None
     if key == "pos_weight" and not (value is None or value == "auto" or isinstance(value, (int, float))):
         raise ValueError(f"{where}pos_weight: expected none, auto or a number, got {value!r}")
     return value
+
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
+def parse_log(value: str, where: str = "") -> tuple[str, ...]:
+    """``"tensorboard,wandb"`` -> ("tensorboard", "wandb"); ValueError naming a bad one."""
+    names = tuple(v.strip() for v in str(value).split(",") if v.strip())
+    bad = [n for n in names if n not in LOGGERS]
+    if bad or not names:
+        raise ValueError(f"{where}log: {bad[0] if bad else value!r} is not one of {', '.join(LOGGERS)} "
+                         "(several: log=tensorboard,wandb)")
+    return names
 
 
 def flatten(mapping: dict, prefix: str = "") -> dict:

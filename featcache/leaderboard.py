@@ -1,19 +1,66 @@
 """Sweep leaderboards: OUT/leaderboard.csv and OUT/leaderboard.md (+ leaderboard.png with
 matplotlib). One row per cell, sorted by the sweep metric, the best cell marked, and a summary per
-axis (mean metric per value) so each factor's effect shows at a glance."""
+axis (mean metric per value) so each factor's effect shows at a glance.
+
+Replicates as papers report them: a sweep axis over ``seed`` (or ``manifest``: other splits) is
+aggregated, so each remaining cell is one row with every metric's mean, its standard deviation
+over the replicates (sample std, ddof=1, as pandas ``.std()``) and their number ``n``, ranked by
+the mean; the per-run rows are kept in OUT/leaderboard_runs.csv (always written). ``top5`` is left
+out when there are 5 or fewer classes (it is 1 by construction)."""
 from __future__ import annotations
 
 import csv
 import os
 from collections import defaultdict
 
+import numpy as np
+
 _SKIP = {"best_epoch", "params"}
+REPLICATE_AXES = ("seed", "manifest")  # axes whose values are replicates of one setting
 
 
 def metric_columns(rows: list[dict]) -> list[str]:
-    keys = {k for r in rows for k, v in r["metrics"].items() if k not in _SKIP and not isinstance(v, list)}
+    classes = min((r.get("classes") or 10**9 for r in rows), default=10**9)
+    keys = {k for r in rows for k, v in r["metrics"].items() if k not in _SKIP and not isinstance(v, list)
+            and not (classes <= 5 and k.split("/")[-1].startswith("top5"))}
     order = {"train": 0, "val": 1, "test": 2}
     return sorted(keys, key=lambda k: (order.get(k.split("/")[0], 3), k))
+
+
+def aggregate(rows: list[dict], axes: tuple[str, ...]) -> list[dict]:
+    """Rows that differ only in replicate axes (``seed``, ``manifest``) become one row:
+    ``metrics`` the mean, ``std`` the sample standard deviation (0 for one run), ``n`` and
+    ``runs`` (their cell names). Without a replicate axis the rows come back with n = 1."""
+    replicate = [a for a in axes if a in REPLICATE_AXES]
+    kept = [a for a in axes if a not in replicate]
+    groups: dict = {}
+    for r in sorted(rows, key=lambda r: r["index"]):
+        key = tuple(str(r["settings"].get(a, "")) for a in kept) if replicate else r["index"]
+        groups.setdefault(key, []).append(r)
+    out = []
+    for members in groups.values():
+        keys = [k for k, v in members[0]["metrics"].items()
+                if isinstance(v, (int, float)) and all(isinstance(m["metrics"].get(k), (int, float)) for m in members)]
+        values = {k: np.array([m["metrics"][k] for m in members], dtype=float) for k in keys}
+        first = members[0]
+        settings = {a: first["settings"][a] for a in kept if a in first["settings"]}
+        out.append({**first, "cell": first["cell"] if not replicate else _group_name(first, settings),
+                    "settings": settings, "n": len(members), "runs": [m["cell"] for m in members],
+                    "metrics": {k: float(v.mean()) for k, v in values.items()},
+                    "std": {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()},
+                    "train_s": round(sum(m["train_s"] for m in members), 2)})
+    return out
+
+
+def _group_name(first: dict, settings: dict) -> str:
+    from featcache.ablate import cell_name
+
+    return cell_name(first["index"], settings)
+
+
+def best_cell(rows: list[dict], axes: tuple[str, ...], metric: str, goal: str) -> dict:
+    """The leaderboard's first row (replicates aggregated)."""
+    return rank(aggregate(rows, axes), metric, goal)[0]
 
 
 def rank(rows: list[dict], metric: str, goal: str) -> list[dict]:
@@ -26,35 +73,61 @@ def rank(rows: list[dict], metric: str, goal: str) -> list[dict]:
 
 
 def axis_summary(rows: list[dict], axes: tuple[str, ...], metric: str) -> dict[str, list[tuple]]:
-    """axis -> [(value, mean metric, number of cells)] in first-seen value order."""
+    """axis -> [(value, mean metric, number of runs)] in first-seen value order (the mean over the
+    cells with that value; an aggregated row counts its n runs)."""
     out = {}
     for axis in axes:
         groups: dict = defaultdict(list)
         for r in sorted(rows, key=lambda r: r["index"]):
             if axis in r["settings"]:
-                groups[str(r["settings"][axis])].append(r["metrics"][metric])
+                groups[str(r["settings"][axis])].append((r["metrics"][metric], r.get("n", 1)))
         if len(groups) > 1:
-            out[axis] = [(v, sum(ms) / len(ms), len(ms)) for v, ms in groups.items()]
+            out[axis] = [(v, sum(m for m, _ in ms) / len(ms), sum(n for _, n in ms)) for v, ms in groups.items()]
     return out
 
 
-def write_leaderboard(out_dir: str, rows: list[dict], axes: tuple[str, ...], metric: str, goal: str) -> None:
-    ranked = rank(rows, metric, goal)
-    metrics = metric_columns(rows)
-    header = ["rank", "best", "cell", *axes, *metrics, "params", "train_s"]
+def _table(ranked: list[dict], axes, metrics: list[str], replicates: bool, joined: bool = False) -> tuple[list, list]:
+    """Header and rows of a leaderboard: per metric its mean and std (columns ``m``, ``m_std``;
+    one ``mean ± std`` cell when ``joined``) and ``n`` when replicates are aggregated, else the value."""
+    if not replicates:
+        stats = list(metrics)
+    else:
+        stats = [f"{m} (mean ± std)" for m in metrics] if joined else [c for m in metrics for c in (m, f"{m}_std")]
+    header = ["rank", "best", "cell", *axes, *(["n"] if replicates else []), *stats, "params", "train_s"]
     table = []
     for i, r in enumerate(ranked, 1):
+        values = []
+        for m in metrics:
+            mean, std = _fmt(r["metrics"].get(m)), _fmt(r["std"].get(m)) if replicates else ""
+            values += [f"{mean} ± {std}"] if replicates and joined else [mean, std] if replicates else [mean]
         table.append([i, "*" if i == 1 else "", r["cell"], *[r["settings"].get(a, "") for a in axes],
-                      *[_fmt(r["metrics"].get(m)) for m in metrics], r["params"], r["train_s"]])
-    with open(os.path.join(out_dir, "leaderboard.csv"), "w", newline="") as f:
+                      *([r["n"]] if replicates else []), *values, r["params"], r["train_s"]])
+    return header, table
+
+
+def _write_csv(path: str, header: list, table: list) -> None:
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(table)
+
+
+def write_leaderboard(out_dir: str, rows: list[dict], axes: tuple[str, ...], metric: str, goal: str) -> None:
+    metrics = metric_columns(rows)
+    _write_csv(os.path.join(out_dir, "leaderboard_runs.csv"), *_table(rank(rows, metric, goal), axes, metrics, False))
+    replicates = any(a in REPLICATE_AXES for a in axes)
+    runs, rows = rows, aggregate(rows, axes)
+    axes = tuple(a for a in axes if a not in REPLICATE_AXES)
+    ranked = rank(rows, metric, goal)
+    header, table = _table(ranked, axes, metrics, replicates)
+    _write_csv(os.path.join(out_dir, "leaderboard.csv"), header, table)
+    header, table = _table(ranked, axes, metrics, replicates, joined=True)  # the markdown: mean ± std in one cell
     summary = axis_summary(rows, axes, metric)
     with open(os.path.join(out_dir, "leaderboard.md"), "w") as f:
         f.write(f"# Leaderboard ({metric}, {goal})\n\n")
         best = ranked[0]
-        f.write(f"Best: **{best['cell']}** with {metric} = {_fmt(best['metrics'][metric])}\n\n")
+        spread = f" ± {_fmt(best['std'][metric])} (mean ± std over n={best['n']})" if replicates else ""
+        f.write(f"Best: **{best['cell']}** with {metric} = {_fmt(best['metrics'][metric])}{spread}\n\n")
         f.write("| " + " | ".join(map(str, header)) + " |\n|" + "---|" * len(header) + "\n")
         for row in table:
             cells = [f"**{c}**" if row[1] and j == 2 else str(c) for j, c in enumerate(row)]
@@ -66,33 +139,50 @@ def write_leaderboard(out_dir: str, rows: list[dict], axes: tuple[str, ...], met
                 if len(values) == 2:  # e.g. init none vs prp: AdViSe's delta Acc
                     parts += f"; difference {values[1][0]} - {values[0][0]} = {values[1][1] - values[0][1]:+.4f}"
                 f.write(f"- **{axis}**: {parts}\n")
-    _plot(os.path.join(out_dir, "leaderboard.png"), ranked, summary, metric)
+        if replicates:
+            f.write(f"\nReplicates: {len(runs)} runs; every row is the mean ± sample std (ddof=1) over its n runs "
+                    "(seed/manifest axis); the runs are in leaderboard_runs.csv.\n")
+    _plot(os.path.join(out_dir, "leaderboard.png"), ranked, axes, metric, goal)
 
 
 def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
 
 
-def _plot(path: str, ranked: list[dict], summary: dict, metric: str) -> None:
-    """One panel with every cell's metric (best first), then one per varied axis (mean per value)."""
-    try:
-        import matplotlib
+def _plot(path: str, ranked: list[dict], axes: tuple[str, ...], metric: str, goal: str) -> None:
+    """The metric the text reports (the test split of the sweep metric) with val beside it, per
+    cell and per varied axis (mean over the other axes), error bars when replicates are aggregated."""
+    from featcache.figures import plot_leaderboard
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return  # optional: pip install featcache[plot]
-    panels = [("cells", [(r["cell"], r["metrics"][metric]) for r in ranked])]
-    panels += [(axis, [(v, m) for v, m, _ in values]) for axis, values in summary.items()]
-    widths = [max(3.2, 0.45 * len(bars) + 1) for _, bars in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 3.6), squeeze=False,
-                             gridspec_kw={"width_ratios": widths})
-    for ax, (title, bars) in zip(axes[0], panels):
-        ax.bar(range(len(bars)), [m for _, m in bars])
-        ax.set_xticks(range(len(bars)), [str(v) for v, _ in bars], rotation=30, ha="right", fontsize=7)
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel(metric, fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    split, name = metric.split("/", 1)
+    shown = [m for m in (f"test/{name}", f"val/{name}") if all(m in r["metrics"] for r in ranked)] or [metric]
+    cells = [{"label": _readable(r["settings"]) or r["cell"], "values": r["metrics"], "errors": r.get("std", {})}
+             for r in ranked]
+    panels = []
+    for axis in axes if len(axes) > 1 else ():  # one varied axis: its panel would repeat the cells
+        groups: dict = defaultdict(list)
+        for r in sorted(ranked, key=lambda r: r["index"]):
+            if axis in r["settings"]:
+                groups[str(r["settings"][axis])].append(r["metrics"])
+        if len(groups) > 1:
+            panels.append((axis, [{"label": _short(v), "values": {m: float(np.mean([x[m] for x in ms])) for m in shown}}
+                                  for v, ms in groups.items()]))
+    classes = min((r.get("classes") or 0 for r in ranked), default=0)
+    chance = 1 / classes if classes and name in ("top1", "mean_class_acc") else None
+    n = max(r.get("n", 1) for r in ranked)
+    note = f"; mean ± std over {n} replicates" if n > 1 else ""
+    plot_leaderboard(path, cells, panels, shown, chance, title=f"{' and '.join(shown)} (selected on {metric}, {goal}){note}")
+
+
+def _readable(settings: dict) -> str:
+    """A cell's varied settings, one per line, with long head file paths shortened."""
+    return "\n".join(f"{k}={_short(v)}" for k, v in settings.items())
+
+
+def _short(value) -> str:
+    """A head file's path shortened to its file name (``/a/b/my_heads.py:Head`` -> ``my_heads.py:Head``)."""
+    text = str(value)
+    if ":" in text and text.rpartition(":")[0].endswith(".py"):
+        path, _, cls = text.rpartition(":")
+        return f"{os.path.basename(path)}:{cls}"
+    return text

@@ -207,7 +207,7 @@ def test_a_sweep_on_a_local_array_equals_the_local_run(cache, tmp_path):
     r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q", *array, "--wait"])
     assert r.exit_code == 0, r.output
     assert "submitted 2 task(s)" in r.output and "cells finished: 2/2" in r.output
-    rows = {name: list(csv.DictReader(open(os.path.join(d, "leaderboard.csv")))) for name, d in
+    rows = {name: list(csv.DictReader(open(os.path.join(d, "leaderboard_runs.csv")))) for name, d in
             (("plain", tmp_path / "plain"), ("array", out))}
     assert [(x["cell"], x["val/top1"], x["test/top1"]) for x in rows["plain"]] == \
         [(x["cell"], x["val/top1"], x["test/top1"]) for x in rows["array"]]
@@ -224,4 +224,5 @@ def test_a_sweep_on_a_local_array_equals_the_local_run(cache, tmp_path):
         time.sleep(0.2)
     r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", later, "-q", *array])
     assert r.exit_code == 0 and "submitted" not in r.output, r.output
-    assert len(list(csv.DictReader(open(os.path.join(later, "leaderboard.csv"))))) == 2
+    assert len(list(csv.DictReader(open(os.path.join(later, "leaderboard_runs.csv"))))) == 2  # per seed
+    assert [r["n"] for r in csv.DictReader(open(os.path.join(later, "leaderboard.csv")))] == ["2"]  # seeds aggregated

@@ -91,7 +91,7 @@ def test_prp_pretraining_learns_rate_where_frame_averaging_cannot(dense, tmp_pat
     # measured: r3d 0.84, frame averaging 0.34 on the 32 held-out clips (chance 0.25)
     assert r3d["val/top1"] >= 0.65 and r3d["val/top1"] >= avg["val/top1"] + 0.3, (r3d, avg)
     assert r3d["prp/val_clips"] == 32 and r3d["prp/train_clips_rounded"] == 0
-    for name in ("config.yaml", "log.jsonl", "best.pt"):
+    for name in ("config.yaml", "log.jsonl", "best.pt", "curves.png"):
         assert (tmp_path / "prp" / name).exists()
     assert len(open(tmp_path / "prp" / "log.jsonl").read().splitlines()) == 15
 

@@ -369,6 +369,14 @@ class Cache:
             out.append("tokens contain NaN or inf")
         return out
 
+    def dataset(self, view="uniform:8", split="train", manifest=None, **kw):
+        """One split of a view as a torch Dataset of ``(tokens (T, N, C), target)`` for your own
+        loop; ``manifest``: labels and splits from a training manifest (None: the store's own).
+        See featcache.cache.torch_dataset.CacheDataset for the options and attributes."""
+        from featcache.cache.torch_dataset import cache_dataset
+
+        return cache_dataset(self, view, split, manifest, **kw)
+
 
 class CacheWriter(Cache):
     """Creates or resumes a packed store and publishes videos into a segment of its own.

@@ -19,6 +19,8 @@ Examples:
   featcache train c.zarr --head pool --set head.temporal=concat --set head.mlp_layers=2 --set epochs=20
 
   featcache train c.zarr --config pipelines/adapter.yaml --set seed=1 --out runs/adapter_s1
+
+  featcache train c.zarr --head my_heads.py:TinyHead --set head.hidden=64 --set log=tensorboard
 """
 
 
@@ -31,7 +33,7 @@ _OVERWRITE = typer.Option(False, "--overwrite", help="Replace the run already in
 @app.command(epilog=TRAIN_EXAMPLES)
 def train(
     cache: str = typer.Argument(..., help="A cache written by featcache extract."),
-    head: Optional[str] = typer.Option(None, help="Head name (featcache heads lists them)."),
+    head: Optional[str] = typer.Option(None, help="Head name (featcache heads lists them), or your own: FILE.py:Class or module:Class."),
     view: Optional[str] = typer.Option(None, help="Frames to use, e.g. uniform:8 or keyframes:8."),
     config: Optional[str] = _CONFIG,
     set_: list[str] = _SET,
@@ -44,7 +46,7 @@ def train(
 ):
     """Train a light head on the cached tokens: fit on train, select on val, report on test."""
     if list_heads:
-        heads()
+        heads(head=head)
         return
     from featcache.train.fit import run_training
 
@@ -70,14 +72,16 @@ def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], vi
         cfg = build_config({**flags, **parse_assignments(pairs)}, base=cfg, where="--set ")
     except ValueError as exc:
         raise FeatcacheError(str(exc)) from None
-    from featcache.registry import head_options, list_heads
+    from featcache.registry import head_options
 
-    if cfg.head not in list_heads():
-        raise FeatcacheError(f"--head: unknown head {cfg.head!r}; available: {', '.join(list_heads())}")
-    unknown = sorted(set(cfg.head_options) - set(head_options(cfg.head)))
+    try:
+        options = head_options(cfg.head)  # a user's head (FILE.py:Class, module:Class) is imported and checked here
+    except ValueError as exc:
+        raise FeatcacheError(f"--head: {exc}") from None
+    unknown = sorted(set(cfg.head_options) - set(options))
     if unknown:
         raise FeatcacheError(f"head {cfg.head} has no option {', '.join(unknown)}; "
-                             f"options: {', '.join(head_options(cfg.head))}")
+                             f"options: {', '.join(options) or 'none'}")
     return cfg
 
 
@@ -253,18 +257,28 @@ def ablate(
         except (SweepError, ValueError) as exc:
             raise FeatcacheError(str(exc)) from None
     if rows:
-        from featcache.leaderboard import rank
+        from featcache.leaderboard import best_cell
 
-        best = rank(rows, sweep.metric, sweep.goal)[0]  # the leaderboard's own ordering
+        best = best_cell(rows, sweep.axes, sweep.metric, sweep.goal)  # the leaderboard's first row (seeds averaged)
         typer.echo(f"best: {best['cell']} {sweep.metric} {best['metrics'][sweep.metric]:.4f}; "
                    f"leaderboard: {out}/leaderboard.md, {out}/leaderboard.csv")
 
 
-@app.command()
-def heads():
-    """List the registered heads and their options with defaults."""
-    from featcache.registry import head_options, list_heads
+@app.command(epilog="Examples:\n\n  featcache heads\n\n  featcache heads --head my_heads.py:TinyHead")
+def heads(head: Optional[str] = typer.Option(None, "--head", help="Only this head: a name, FILE.py:Class or module:Class.")):
+    """List the heads (built in, and registered by installed packages under the entry-point group
+    featcache.heads) and their options with defaults; --head lists one, your own included."""
+    from featcache.registry import REQUIRED, head_options, head_source, list_heads
 
-    for name in list_heads():
-        opts = ", ".join(f"{k}={v!r}" for k, v in head_options(name).items())
-        typer.echo(f"{name:12s} {opts}")
+    with user_errors():
+        for name in [head] if head else list_heads():
+            try:
+                options, source = head_options(name), head_source(name)
+            except ValueError as exc:
+                if head:
+                    raise FeatcacheError(f"--head: {exc}") from None
+                typer.echo(f"{name:12s} (an installed entry point that cannot be loaded: {exc})")
+                continue
+            opts = ", ".join(f"{k}=<required>" if v is REQUIRED else f"{k}={v!r}" for k, v in options.items())
+            origin = "" if source["kind"] == "builtin" else f"   [{source.get('path') or source['module']}]"
+            typer.echo(f"{name:12s} {opts}{origin}")

@@ -1,6 +1,7 @@
 """Head checkpoints: weights plus everything needed to rebuild and trust them.
 
-A checkpoint records the head name and constructor arguments, the resolved training config,
+A checkpoint records the head name, where its class came from (``head_source``: built in, or a
+user's file path + sha256, or module + version) and constructor arguments, the resolved training config,
 the class list and task, and the fingerprint and path of the cache it was trained on, so that
 ``featcache eval`` can refuse a cache from another model or preprocessing.
 """
@@ -34,7 +35,7 @@ def build_head(ckpt: dict) -> torch.nn.Module:
     """The head of a checkpoint with its weights loaded, in eval mode (frozen parts, such as an
     adapter head's frozen tail, are rebuilt from their recorded provenance, not loaded)."""
     try:
-        head = create_head(ckpt["head"], **ckpt["head_args"])
+        head = create_head(ckpt["head"], **ckpt["head_args"], source=ckpt.get("head_source"))
     except (ValueError, TypeError) as exc:
         raise FeatcacheError(f"head {ckpt['head']}: {exc}") from None
     load_trainable(head, ckpt["state_dict"])

@@ -229,20 +229,6 @@ def _write_per_class(out_dir: str, split: str, task: Task, m: dict, cm: np.ndarr
 
 
 def _plot_confusion(path: str, classes: list[str], cm: np.ndarray) -> None:
-    try:
-        import matplotlib
+    from featcache.figures import plot_confusion
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return  # optional
-    size = max(4, 0.35 * len(classes))
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plot_confusion(path, classes, cm, title=os.path.basename(path)[len("confusion_"):-len(".png")])

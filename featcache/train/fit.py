@@ -3,7 +3,9 @@ and the files it writes live in :mod:`featcache.train.evaluate`. Never imports d
 
 Run directory (RUN_DIR):
     config.yaml        resolved config + cache path/fingerprint + classes + task
-    log.jsonl          one line per epoch of this run: train/loss, train/top1, val/..., lr, seconds
+    log.jsonl          one line per epoch of this run: train/loss, train/top1, val/loss, val/..., lr, seconds
+    curves.png         loss and the selection metric per epoch, train vs val (with matplotlib)
+    events.out.tfevents.*, wandb/   with --set log=tensorboard / log=wandb (featcache.train.tracking)
     best.pt, last.pt   checkpoints (best on the val metric; last for --resume)
     metrics.json       final flat metrics: val/..., test/..., best_epoch
     confusion_<split>.csv, per_class_<split>.csv   (+ confusion_<split>.png with matplotlib)
@@ -26,17 +28,18 @@ from torch import nn
 from featcache.cache.dataset import Task, ViewData, memory_budget
 from featcache.cache.stream import StreamedTokens, batches, epoch_order
 from featcache.cache.store import open_cache
-from featcache.config import FUSION_KEYS, TrainConfig, to_dict
+from featcache.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
-from featcache.registry import create_head
-from featcache.train import checkpoint, metrics
+from featcache.registry import create_head, head_source
+from featcache.train import checkpoint, metrics, tracking
 from featcache.train.augment import augment_tokens
 from featcache.train.evaluate import evaluate_checkpoint, flat, read_splits
+from featcache.train.tracking import TB_FILES, Tracker
 
 # what a run writes; a new run into a folder removes these first
 RUN_FILES = ("log.jsonl", "best.pt", "last.pt", "metrics.json", "config.yaml", "confusion_*.csv", "confusion_*.png",
-             "per_class_*.csv", "predictions_*.csv", "eval_*.json")
+             "per_class_*.csv", "predictions_*.csv", "eval_*.json", "curves.png", TB_FILES, "wandb_id")
 
 
 def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False,
@@ -70,6 +73,8 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     is called with each finished epoch's log record (of the first head)."""
     if len({c.fusion_key for c in cfgs}) != 1:
         raise ValueError(f"cells of one group must agree on {', '.join(FUSION_KEYS)}")
+    for cfg in cfgs:  # a missing logger package stops the run before anything is written
+        tracking.require(parse_log(cfg.log))
     cache = open_cache(cache_path)
     view = cfgs[0].view
     view.check(cache.attrs)
@@ -89,23 +94,42 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     for cfg, out_dir, (head, rng, cuda_rng) in zip(cfgs, out_dirs, heads):
         os.makedirs(out_dir, exist_ok=True)
         meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
-                "multi_label": task.multi, "config": to_dict(cfg),
+                "multi_label": task.multi, "config": to_dict(cfg), "head_source": head_source(cfg.head),
                 "streamed": [s for s, d in data.items() if isinstance(d.x, StreamedTokens)]}
         _write_config(out_dir, meta)
         members.append(_Member(cfg, head, task, data, device, out_dir, meta, rng, cuda_rng))
     trainer = _GroupTrainer(members, data, task, device)
     if resume:
         trainer.restore()
-    trainer.fit(show_progress, on_epoch)
-    results = []
-    for m in members:
-        r = evaluate_checkpoint(os.path.join(m.out_dir, "best.pt"), cache, splits=("val", "test"),
-                                out_dir=m.out_dir, data=data)
-        r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters() if p.requires_grad))
-        with open(os.path.join(m.out_dir, "metrics.json"), "w") as f:
-            json.dump(r, f, indent=2, sort_keys=True)
-        results.append(r)
+    try:
+        for m in members:
+            m.tracker = Tracker(parse_log(m.cfg.log), m.out_dir, m.meta["config"], trainer.start_epoch)
+        trainer.fit(show_progress, on_epoch)
+        results = []
+        for m in members:
+            r = evaluate_checkpoint(os.path.join(m.out_dir, "best.pt"), cache, splits=("val", "test"),
+                                    out_dir=m.out_dir, data=data)
+            r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters() if p.requires_grad))
+            with open(os.path.join(m.out_dir, "metrics.json"), "w") as f:
+                json.dump(r, f, indent=2, sort_keys=True)
+            plot_run_curves(m.out_dir, task)
+            m.tracker.finish(r)
+            results.append(r)
+    finally:
+        for m in members:
+            if m.tracker is not None:
+                m.tracker.close()
     return results
+
+
+def plot_run_curves(out_dir: str, task: Task) -> None:
+    """RUN_DIR/curves.png from RUN_DIR/log.jsonl (all epochs, resumed ones included)."""
+    from featcache.figures import plot_curves
+
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        log = [json.loads(line) for line in f if line.strip()]
+    chance = None if task.multi else 1 / len(task.classes)
+    plot_curves(os.path.join(out_dir, "curves.png"), log, task.metric, chance, title=os.path.basename(os.path.abspath(out_dir)))
 
 
 def _task(cfg: TrainConfig, data: dict[str, ViewData]) -> Task:
@@ -126,14 +150,42 @@ def _build(cfg: TrainConfig, train: ViewData, task: Task, attrs: dict | None = N
     args = {"in_dim": train.x.shape[-1], "num_classes": len(task.classes), "num_frames": train.x.shape[1],
             "grid": tuple(train.grid), "num_prefix_tokens": train.num_prefix_tokens}
     args.update(backbone_args(cfg.head, attrs))
+    user = False
     try:
+        user = head_source(cfg.head)["kind"] != "builtin"
         head = create_head(cfg.head, **args, **cfg.head_options)
-    except (ValueError, TypeError) as exc:
-        raise FeatcacheError(f"head {cfg.head}: {exc}") from None
+    except Exception as exc:  # a user's constructor may raise anything: one line naming the head
+        if not (user or isinstance(exc, (ValueError, TypeError))):
+            raise
+        what = f"{type(exc).__name__}: {exc}" if user and not isinstance(exc, ValueError) else str(exc)
+        message = what if what.startswith("head ") else f"head {cfg.head}: {what}"
+        raise FeatcacheError(message) from None
+    if user:  # the built-in heads are tested to keep the interface
+        check_head_output(cfg.head, head, train.x[:2], len(task.classes))
     if cfg.init:
         checkpoint.init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
     head.featcache_args = {**args, **cfg.head_options}
     return head
+
+
+def check_head_output(name: str, head: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    """A user's head must map ``(B, T, N, C)`` tokens to ``(B, num_classes)`` logits: tried on
+    two videos of the view before training (eval mode, RNG untouched), one line if not."""
+    x = x.float()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        was = head.training
+        head.eval()
+        try:
+            out = head(x)
+        except Exception as exc:
+            raise FeatcacheError(f"head {name}: forward failed on a {tuple(x.shape)} (B, T, N, C) batch of the view: "
+                                 f"{type(exc).__name__}: {exc}"[:400]) from None
+        finally:
+            head.train(was)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (len(x), num_classes):
+        raise FeatcacheError(f"head {name}: forward must return (B, num_classes) = {(len(x), num_classes)} logits "
+                             f"for a {tuple(x.shape)} (B, T, N, C) batch; it returned {shape}")
 
 
 def backbone_args(head: str, attrs: dict | None) -> dict:
@@ -177,6 +229,7 @@ class _Member:
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler(enabled=self.amp and self.amp_dtype == torch.float16)
         self.best, self.best_epoch, self.stale, self.active = -math.inf, -1, 0, True
+        self.tracker = None  # set by train_group once the first epoch is known
 
     def forward(self, x, y):
         torch.set_rng_state(self.rng)
@@ -218,6 +271,10 @@ class _Member:
         ckpt = checkpoint.load(path)
         if ckpt["config"] != self.meta["config"] or ckpt["cache"]["fingerprint"] != self.meta["cache"]["fingerprint"]:
             raise FeatcacheError(f"--resume: {path} was made with another config or cache; use a new --out")
+        if ckpt.get("head_source", self.meta["head_source"]) != self.meta["head_source"]:
+            raise FeatcacheError(f"--resume: the head's code changed since {path} was saved "
+                                 f"({self.meta['head_source'].get('path', self.meta['head_source'].get('module'))}); "
+                                 "restore it or use a new --out")
         checkpoint.load_trainable(self.head, ckpt["state_dict"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -303,9 +360,13 @@ class _GroupTrainer:
                 x = val.x[i:i + self.cfg.batch_size].to(self.device, non_blocking=True).float()
                 for m in active:
                     logits[id(m)].append(m.head(x).float().cpu())
-        targets = self.task.targets(val.labels).numpy()
-        return {k: flat(metrics.selection(torch.cat(v).numpy(), targets, self.task.multi), "val")
-                for k, v in logits.items()}
+        y = self.task.targets(val.labels)
+        out = {}
+        for m in active:  # the selection metrics and the loss the head is trained on (train vs val curves)
+            scores = torch.cat(logits[id(m)])
+            out[id(m)] = flat(metrics.selection(scores.numpy(), y.numpy(), self.task.multi), "val")
+            out[id(m)]["val/loss"] = float(m.loss_fn(scores.to(self.device), y.to(self.device)))
+        return out
 
     def _finish_epoch(self, m: _Member, epoch: int, loss_sum: float, correct: int, start: float, val: dict) -> dict:
         record = {"epoch": epoch, "train/loss": loss_sum / len(self.x), "lr": m.sched.get_last_lr()[0]}
@@ -324,6 +385,8 @@ class _GroupTrainer:
         m.save(epoch, improved)
         with open(os.path.join(m.out_dir, "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
+        if m.tracker is not None:
+            m.tracker.epoch(record)
         return record
 
 

@@ -199,6 +199,11 @@ def run_pretrain(cache_path: str, cfg: TrainConfig, out_dir: str, task_name: str
         results.update({f"val/{k}": v for k, v in _scores(head, val_x, val_y, cfg.batch_size, device).items()})
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
+    from featcache.figures import plot_curves
+
+    with open(os.path.join(out_dir, "log.jsonl")) as f:  # curves.png: loss and rate accuracy per epoch
+        plot_curves(os.path.join(out_dir, "curves.png"), [json.loads(line) for line in f], "top1", 1 / len(task.rates),
+                    title=f"{os.path.basename(os.path.abspath(out_dir))}: {task_name} pre-training")
     return results
 
 

@@ -1,0 +1,110 @@
+"""Tracked runs: where a run's per-epoch records go besides ``log.jsonl`` (``--set log=...``).
+
+- ``jsonl`` (default): only ``RUN_DIR/log.jsonl``, one line per epoch.
+- ``tensorboard``: TensorBoard event files in ``RUN_DIR`` (``torch.utils.tensorboard``; the
+  ``tensorboard`` extra): every number of an epoch's record (``train/loss``, ``train/top1``,
+  ``val/loss``, ``val/top1`` ..., ``lr``) at step = epoch, and the final ``test/*`` metrics at the
+  best epoch. ``tensorboard --logdir runs/`` shows every run under its folder name.
+- ``wandb``: a Weights & Biases run (the ``wandb`` extra) named after the run folder, with the
+  resolved config; offline (``RUN_DIR/wandb/``, ``wandb sync`` uploads it later) unless
+  ``WANDB_MODE`` says otherwise or ``WANDB_API_KEY`` is set. ``WANDB_PROJECT`` picks the project
+  (default ``featcache``). A resumed run continues the same W&B run.
+
+Several may be given: ``log=tensorboard,wandb``. Imports of tensorboard and wandb happen here,
+only when asked for.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+from featcache.errors import FeatcacheError
+
+TB_FILES = "events.out.tfevents.*"  # what SummaryWriter writes into RUN_DIR
+
+
+def require(kinds: tuple[str, ...]) -> None:
+    """Fail before anything is written when a requested logger's package is missing."""
+    if "tensorboard" in kinds:
+        _tensorboard_writer()
+    if "wandb" in kinds:
+        _wandb_module()
+
+
+class Tracker:
+    """The loggers of one run directory: ``epoch(record)`` per epoch, ``finish(results)`` once."""
+
+    def __init__(self, kinds: tuple[str, ...], out_dir: str, config: dict, start_epoch: int = 0):
+        self.writer = self.run = None
+        if "tensorboard" in kinds:
+            self.writer = _tensorboard(out_dir, start_epoch)
+        if "wandb" in kinds:
+            self.run = _wandb(out_dir, config, resume=start_epoch > 0)
+
+    def epoch(self, record: dict) -> None:
+        step = record["epoch"]
+        numbers = {k: v for k, v in record.items()
+                   if k not in ("epoch", "seconds") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.writer is not None:
+            for key, value in numbers.items():
+                self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        if self.run is not None:
+            self.run.log({**numbers, "epoch": step, "seconds": record.get("seconds")}, step=step)
+
+    def finish(self, results: dict) -> None:
+        """The final metrics (test/*, at the selected epoch), then close everything."""
+        step = max(0, int(results.get("best_epoch", 0)))
+        final = {k: v for k, v in results.items() if k.startswith("test/") and isinstance(v, (int, float))}
+        if self.writer is not None:
+            for key, value in final.items():
+                self.writer.add_scalar(key, value, step)
+        if self.run is not None:
+            self.run.summary.update({k: v for k, v in results.items() if isinstance(v, (int, float))})
+        self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
+def _tensorboard_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FeatcacheError("log=tensorboard needs the tensorboard package: pip install 'featcache[tensorboard]'") from None
+    return SummaryWriter
+
+
+def _wandb_module():
+    try:
+        import wandb
+    except ImportError:
+        raise FeatcacheError("log=wandb needs the wandb package: pip install 'featcache[wandb]'") from None
+    return wandb
+
+
+def _tensorboard(out_dir: str, start_epoch: int):
+    # a resumed run drops what a killed run logged after its last checkpoint (purge_step)
+    return _tensorboard_writer()(log_dir=out_dir, purge_step=start_epoch if start_epoch else None)
+
+
+def _wandb(out_dir: str, config: dict, resume: bool):
+    wandb = _wandb_module()
+    id_file = os.path.join(out_dir, "wandb_id")
+    if resume and os.path.exists(id_file):
+        run_id = open(id_file).read().strip()
+    else:
+        run_id = secrets.token_hex(6)
+        with open(id_file, "w") as f:
+            f.write(run_id)
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    try:
+        return wandb.init(project=os.environ.get("WANDB_PROJECT", "featcache"), name=os.path.basename(os.path.abspath(out_dir)),
+                          dir=out_dir, config=config, id=run_id, resume="allow", mode=mode, reinit="create_new")
+    except Exception as exc:  # wandb's own errors (login, network) as one line
+        raise FeatcacheError(f"log=wandb: {type(exc).__name__}: {exc}"[:300]) from None
