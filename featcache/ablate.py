@@ -12,6 +12,8 @@ Sweep file:
     zip: [[head.hidden, head.mlp_hidden]]       # optional: axes that vary together
     cells: [{head: r3d}, {head: pool}]          # method: list: explicit cells
     metric: {name: val/top1, goal: maximize}
+    average: [manifest]                         # optional: also rank the means over these axes
+                                                # (e.g. the three official splits: "mean over 3 splits")
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 from featcache.config import TrainConfig, build_config, flatten, load_yaml_mapping
 
-SWEEP_KEYS = ("name", "description", "cache", "base", "method", "parameters", "zip", "cells", "metric")
+SWEEP_KEYS = ("name", "description", "cache", "base", "method", "parameters", "zip", "cells", "metric", "average")
 METHODS = ("grid", "list")
 GOALS = ("maximize", "minimize")
 
@@ -42,6 +44,7 @@ class Sweep:
     cells: tuple[Cell, ...]
     metric: str
     goal: str
+    average: tuple[str, ...] = ()  # axes the leaderboard also averages over (leaderboard_mean.*)
 
 
 class SweepError(ValueError):
@@ -64,6 +67,7 @@ def load_sweep(path: str, cache: str | None = None, overrides: dict | None = Non
     base.update(overrides or {})
     settings, axes = _expand(spec, path)
     metric, goal = _metric(spec.get("metric", {}), path)
+    average = _average(spec.get("average", []), axes, path)
     cells = []
     for i, varied in enumerate(settings):
         name = cell_name(i, varied)
@@ -72,7 +76,18 @@ def load_sweep(path: str, cache: str | None = None, overrides: dict | None = Non
         except ValueError as exc:
             raise SweepError(f"{path}: cell {name}: {exc}") from None
         cells.append(Cell(i, name, varied, cfg))
-    return Sweep(path, cache, tuple(axes), tuple(cells), metric, goal)
+    return Sweep(path, cache, tuple(axes), tuple(cells), metric, goal, average)
+
+
+def _average(value, axes: list[str], path: str) -> tuple[str, ...]:
+    """``average: manifest`` or ``[manifest, seed]``: varied axes the leaderboard averages over."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SweepError(f"{path}: average: expected an axis name or a list of them, got {value!r}")
+    for name in names:
+        if name not in axes:
+            raise SweepError(f"{path}: average: {name!r} is not a varied axis ({', '.join(axes) or 'none'})")
+    return tuple(names)
 
 
 def _mapping(value, path: str, key: str) -> dict:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from featcache.ablate import Cell, Sweep, SweepError
+from featcache.annotations import annotate
 from featcache.cache.dataset import frame_positions, memory_budget
 from featcache.cache.store import open_cache
 from featcache.config import to_dict
 from featcache.errors import FeatcacheError
-from featcache.leaderboard import write_leaderboard
+from featcache.leaderboard import write_averages, write_leaderboard
 from featcache.registry import create_head
 from featcache.train.evaluate import read_splits
 from featcache.train.fit import backbone_args, train_group
@@ -42,12 +43,12 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     is one task of a submitit job array instead of a pass in this process."""
     cache = open_cache(sweep.cache)
     layouts = _check_views(sweep, cache, cells)
-    done = [r for r in cache.records().values() if r.get("status") == "done"]
-    classes = max(2, len({label for r in done for label in r["labels"]}))
+    annotated = _check_manifests(sweep, cache, cells, echo)
+    classes = max(2, *(len(a.annotations.classes()) for a in annotated.values()))
     plans = [_probe(sweep, cell, layouts[cell.config.view], classes, cache.attrs) for cell in cells]
     budget = memory_bytes or _available_bytes(cells[0].config.device)
     groups = plan_groups(plans, budget, max_fused)
-    _print_plan(sweep, groups, sum(r["split"] == "train" for r in done), echo)
+    _print_plan(sweep, groups, len(annotated[cells[0].config.manifest].done_records("train")), echo)
     if dry_run:
         return []
     os.makedirs(out_dir, exist_ok=True)
@@ -64,6 +65,8 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
             echo(f"{skipped} finished cell(s) skipped (delete their folders under {out_dir}/cells to redo them)")
     rows = [_row(out_dir, c) for c in cells]
     write_leaderboard(out_dir, rows, sweep.axes, sweep.metric, sweep.goal)
+    if sweep.average:
+        write_averages(out_dir, rows, sweep.axes, sweep.average, sweep.metric, sweep.goal)
     return rows
 
 
@@ -78,11 +81,12 @@ def run_groups(cache_path: str, out_dir: str, groups: list[list[Cell]], show_pro
         skipped += len(group) - len(todo)
         if not todo:
             continue
-        view = todo[0].config.view
-        if view != data_key:  # groups that share a view are adjacent (plan_groups) and share one read
+        view, manifest = todo[0].config.view, todo[0].config.manifest
+        if (view, manifest) != data_key:  # groups that share a view are adjacent (plan_groups) and share one read
             data = None  # free the previous view before reading the next
-            echo(f"reading view {view}")
-            data, data_key = read_splits(cache, view, max_bytes=todo[0].config.view_budget), view
+            echo(f"reading view {view}" + (f" (labels and splits: {manifest})" if manifest else ""))
+            data = read_splits(annotate(cache, manifest), view, max_bytes=todo[0].config.view_budget)
+            data_key = (view, manifest)
         echo(f"training {len(todo)} cell(s) in one pass: {', '.join(c.name for c in todo)}")
         train_group(cache_path, [c.config for c in todo], [_cell_dir(out_dir, c) for c in todo],
                     overwrite=True, show_progress=show_progress, data=data)
@@ -105,6 +109,26 @@ def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict[View, Layout]:
             raise SweepError(f"{sweep.path}: cell {cell.name}: view={view.frames}: {exc}") from None
         layouts[view] = view.layout(cache.attrs)
     return layouts
+
+
+def _check_manifests(sweep: Sweep, cache, cells: list[Cell], echo) -> dict:
+    """Every distinct manifest of the cells read and matched against the cache before anything
+    trains; its summary printed. Returns manifest -> the annotated cache."""
+    out = {}
+    for cell in cells:
+        manifest = cell.config.manifest
+        if manifest in out:
+            continue
+        try:
+            out[manifest] = annotate(cache, manifest)
+        except FeatcacheError as exc:
+            raise SweepError(f"{sweep.path}: cell {cell.name}: manifest={manifest}: {exc}") from None
+        if not out[manifest].done_records("train"):
+            raise SweepError(f"{sweep.path}: cell {cell.name}: no videos in the train split"
+                             + (f" of {manifest}" if manifest else " (the store's annotations; give manifest:)"))
+        for line in out[manifest].annotations.summary():
+            echo(line)
+    return out
 
 
 def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) -> Plan:
@@ -197,7 +221,14 @@ def finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
         return False
     with open(os.path.join(run, "config.yaml")) as f:
         meta = yaml.safe_load(f)
-    return meta.get("config") == to_dict(cell.config) and meta.get("cache", {}).get("fingerprint") == fingerprint
+    if meta.get("config") != to_dict(cell.config) or meta.get("cache", {}).get("fingerprint") != fingerprint:
+        return False
+    if cell.config.manifest:  # the same manifest path with other contents is another cell
+        from featcache.annotations import file_sha256
+
+        return os.path.isfile(cell.config.manifest) and \
+            (meta.get("manifest") or {}).get("sha256") == file_sha256(cell.config.manifest)
+    return True
 
 
 def _row(out_dir: str, cell: Cell) -> dict:

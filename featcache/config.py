@@ -22,6 +22,9 @@ class TrainConfig:
     head_options: dict = field(default_factory=dict)  # set as head.<option>=value
     # --- view of the cache: keys view (frame policy), layers, tokens, spatial, channels, source (featcache.view)
     view: View = field(default_factory=View)
+    # --- annotations: labels and splits from this training manifest (video_id,label,split), matched
+    # to the cache by video_id ("" = the store's own, from its extraction manifest)
+    manifest: str = ""
     # --- optimisation
     epochs: int = 10
     batch_size: int = 32
@@ -39,6 +42,7 @@ class TrainConfig:
     early_stop: int = 0  # stop after this many epochs without a better val metric (0 = off)
     shuffle_window: int = 0  # shuffle blocks of this many neighbouring videos, then within them (0 = full shuffle)
     max_view_memory_gb: float = 0.0  # a split of the view larger than this is streamed from disk (0 = half the free RAM)
+    keep_last: bool = False  # keep last.pt (the resumable state) once the run has finished
     init: str = ""  # a featcache pretrain run (or its .pt) to start the head's transferable part from ("" = none)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
@@ -58,7 +62,7 @@ class TrainConfig:
 HEAD_SOURCES = {"adapter": "cut"}
 
 # the settings that decide the batches: cells agreeing on all of them train in one fused pass
-FUSION_KEYS = ("view", "batch_size", "epochs", "seed", "shuffle_window", "task", "augment", "device", "amp")
+FUSION_KEYS = ("view", "manifest", "batch_size", "epochs", "seed", "shuffle_window", "task", "augment", "device", "amp")
 
 
 _CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),
@@ -66,7 +70,7 @@ _CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),
 
 
 def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
-    if key == "init" and value in (None, "none", "None"):  # no pre-trained start
+    if key in ("init", "manifest") and value in (None, "none", "None"):  # no pre-trained start / the store's own
         value = ""
     if isinstance(default, bool):
         ok = isinstance(value, bool)

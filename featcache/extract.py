@@ -148,6 +148,12 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
             grow[it.video_id] = record
             todo.append(it)
     summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo), replaced=writer.replaced)
+    relabelled = relabelled_videos(items, records)
+    if relabelled:
+        summary.warnings.append(
+            f"{len(relabelled)} cached video(s) have other labels or splits in {cfg.manifest} than at their "
+            f"extraction (e.g. {relabelled[0]}); the store keeps its own (tokens do not depend on them): "
+            f"train with --manifest {cfg.manifest} to use these")
     workers = cfg.decode_workers if cfg.decode_workers >= 0 else auto_workers(encoder.device.type)
     if workers and not cfg.threads and encoder.device.type == "cpu":  # decoders and the model share the cores
         torch.set_num_threads(max(1, usable_cores() - workers))
@@ -164,6 +170,17 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     _Pipeline(cfg, encoder, writer, summary, grow).run(todo, show_progress)
     summary.wall_s = time.perf_counter() - start
     return summary
+
+
+def relabelled_videos(items: list[VideoItem], records: dict) -> list[str]:
+    """Ids of done videos whose manifest row gives labels or a split other than their record's."""
+    out = []
+    for it in items:
+        record = records.get(schema.video_key(it.video_id), {})
+        if record.get("status") == "done" and (it.labels or it.split) and \
+                (list(it.labels), it.split) != (list(record.get("labels", [])), record.get("split", "")):
+            out.append(it.video_id)
+    return out
 
 
 def prepare_store(cfg: ExtractConfig, device: str | None = None) -> list[str]:

@@ -96,3 +96,51 @@ def _plot(path: str, ranked: list[dict], summary: dict, metric: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def mean_over(rows: list[dict], axes: tuple[str, ...], over: tuple[str, ...], metrics: list[str]) -> list[dict]:
+    """Cells grouped by every axis except those in ``over`` (e.g. the three official splits of a
+    dataset, or seeds): per group the settings, the cells' names, and mean, sample std and count
+    of each metric present in all of them."""
+    import statistics
+
+    keep = [a for a in axes if a not in over]
+    groups: dict = {}
+    for r in sorted(rows, key=lambda r: r["index"]):
+        groups.setdefault(tuple(str(r["settings"].get(a, "")) for a in keep), []).append(r)
+    out = []
+    for key, members in groups.items():
+        stats = {}
+        for m in metrics:
+            values = [r["metrics"][m] for r in members if isinstance(r["metrics"].get(m), (int, float))]
+            if len(values) == len(members):
+                stats[m] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+        out.append({"settings": dict(zip(keep, key)), "cells": [r["cell"] for r in members], "stats": stats})
+    return out
+
+
+def write_averages(out_dir: str, rows: list[dict], axes: tuple[str, ...], over: tuple[str, ...], metric: str,
+                   goal: str) -> list[dict]:
+    """OUT/leaderboard_mean.csv and a section of leaderboard.md: the means over ``over``,
+    ranked by the mean of ``metric``."""
+    groups = mean_over(rows, axes, over, metric_columns(rows))
+    sign = -1 if goal == "maximize" else 1
+    groups.sort(key=lambda g: sign * g["stats"][metric][0])
+    keep = [a for a in axes if a not in over]
+    metrics = [m for m in metric_columns(rows) if all(m in g["stats"] for g in groups)]
+    header = ["rank", *keep, *(f"{m} {part}" for m in metrics for part in ("mean", "std")), "n", "cells"]
+    table = [[i, *g["settings"].values(), *(_fmt(g["stats"][m][j]) for m in metrics for j in (0, 1)),
+              g["stats"][metric][2], " ".join(g["cells"])] for i, g in enumerate(groups, 1)]
+    with open(os.path.join(out_dir, "leaderboard_mean.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(table)
+    with open(os.path.join(out_dir, "leaderboard.md"), "a") as f:
+        f.write(f"\n## Mean over {', '.join(over)} ({metric}, {goal})\n\n")
+        short = ["rank", *keep, f"{metric} mean", f"{metric} std", "n", "cells"]
+        f.write("| " + " | ".join(short) + " |\n|" + "---|" * len(short) + "\n")
+        for i, g in enumerate(groups, 1):
+            mean, std, n = g["stats"][metric]
+            f.write("| " + " | ".join(map(str, [i, *g["settings"].values(), _fmt(mean), _fmt(std), n,
+                                                 ", ".join(g["cells"])])) + " |\n")
+    return groups

@@ -17,12 +17,15 @@ Examples:
   featcache extract manifest.csv --out tiny.zarr --weights random --model-arg depth=2 --precision fp32
 
   featcache extract manifest.csv --out c.zarr --model tf_efficientnet_lite0 --weights lite0.pth
+
+  ls videos/*.mp4 > videos.txt; featcache extract videos.txt --out c.zarr   # a plain list: ids from file names
 """
 
 
 @app.command(epilog=EXTRACT_EXAMPLES)
 def extract(
-    manifest: str = typer.Argument(..., help="CSV or JSONL manifest with video_id,path,label,split."),
+    manifest: str = typer.Argument(..., help="CSV or JSONL manifest with video_id,path (label,split optional: "
+                                   "training can take them from train --manifest), or a text file of video paths, one per line."),
     out: str = typer.Option(..., "--out", "-o", help="The Zarr store to create or resume."),
     model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name."),
     weights: str = typer.Option("hub", help="hub (timm pretrained), random, or a .pth/.safetensors file."),
