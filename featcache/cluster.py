@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections import Counter
 
 from featcache.errors import FeatcacheError
@@ -80,9 +81,17 @@ def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig) -> tuple[list, list[str
         raise FeatcacheError("--slurm: give --shards N, not --shard I/N (each task takes one shard)")
     validate(cfg)
     read_manifest(cfg.manifest)  # a bad manifest fails here, not in every task
+    check_scheduler(slurm)  # before a store is replaced
     replaced = prepare_store(cfg, launcher_device(cfg, slurm)) if cfg.overwrite else []
     executor = make_executor(slurm, "featcache-extract")
     return executor.map_array(ShardTask(), shard_configs(cfg, slurm.shards)), replaced
+
+
+def check_scheduler(slurm: SlurmConfig) -> None:
+    """``--slurm`` where no Slurm is installed is one line saying what to do instead."""
+    if slurm.cluster == "slurm" and shutil.which("sbatch") is None:
+        raise FeatcacheError("--slurm: no Slurm on this machine (sbatch is not on PATH); run on a Slurm login node, "
+                             "or give --cluster local to run the same array here, or drop --slurm")
 
 
 def make_executor(slurm: SlurmConfig, name: str):
@@ -93,6 +102,7 @@ def make_executor(slurm: SlurmConfig, name: str):
         raise FeatcacheError("--slurm needs submitit: pip install submitit") from None
     if slurm.cluster not in ("slurm", "local"):
         raise FeatcacheError(f"--cluster: expected slurm or local, got {slurm.cluster!r}")
+    check_scheduler(slurm)
     executor = submitit.AutoExecutor(folder=os.path.join(slurm.logs, "%j"), cluster=slurm.cluster)
     params = {"name": name, "timeout_min": slurm.time_min, "tasks_per_node": 1,
               "cpus_per_task": slurm.cpus_per_task, "mem_gb": slurm.mem_gb,
