@@ -62,7 +62,9 @@ class ShardTask:
     requeued with the same shard, and extraction resumes from the store."""
 
     def __call__(self, cfg: ExtractConfig) -> dict:
-        summary = run_extract(cfg, show_progress=False)
+        # the task's log (stdout: not a terminal) gets plain periodic progress lines and the summary
+        summary = run_extract(cfg, show_progress=True)
+        print(task_summary(summary, cfg), flush=True)
         return {"shard": list(cfg.shard), "done": summary.done, "skipped": summary.skipped,
                 "failed": summary.failed, "frames": summary.frames, "wall_s": summary.wall_s}
 
@@ -70,6 +72,16 @@ class ShardTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(ShardTask(), cfg)
+
+
+def task_summary(summary, cfg: ExtractConfig) -> str:
+    """The lines an array task prints into its own log at the end."""
+    lines = [f"featcache extract shard {cfg.shard[0]}/{cfg.shard[1]}: {summary.done} done, {summary.skipped} already "
+             f"cached, {len(summary.failed)} failed (of {summary.total}); {summary.frames} frames in "
+             f"{summary.wall_s:.1f} s"]
+    lines += [f"warning: {w}" for w in summary.warnings]
+    lines += [f"failed: {v}: {reason}" for v, reason in summary.failed.items()]
+    return "\n".join(lines)
 
 
 def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig) -> tuple[list, list[str]]:

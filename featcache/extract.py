@@ -67,6 +67,7 @@ class ExtractSummary:
     done: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # video id -> reason
     warnings: list[str] = field(default_factory=list)
+    decoder_messages: dict[str, int] = field(default_factory=dict)  # video id -> lines FFmpeg printed (in its record)
     replaced: list[str] = field(default_factory=list)  # --overwrite: the differing facts of the replaced store
     batch_size_note: str = ""  # --batch-size auto: the size chosen and how
     decode_note: str = ""  # where decoding ran
@@ -252,13 +253,14 @@ class _Pipeline:
         video is decoded between forwards: on a CPU a decoding thread beside torch's threads
         slows their parallel regions more than the decode costs; on a GPU ``submit`` returns
         before the forward ends, so decoding overlaps the device's work anyway."""
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from featcache.progress import progress as make_progress
 
         columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
         self.start = time.perf_counter()
-        with Progress(*columns, disable=not show_progress) as progress:
+        with make_progress("extract", "videos", columns, disable=not show_progress) as progress:  # plain lines in logs
             self.progress, self.task = progress, progress.add_task("extract", total=len(items), rate="")
             source = self._prepared(items)
             try:
@@ -284,6 +286,8 @@ class _Pipeline:
         if decoded.reason:
             self._fail(decoded, decoded.reason)
             return
+        if decoded.record["source"].get("decoder_messages"):
+            self.summary.decoder_messages[decoded.item.video_id] = decoded.record["source"]["decoder_messages"]
         if decoded.record["source"]["truncated"]:
             self.summary.warnings.append(
                 f"{decoded.item.video_id}: decoded {decoded.record['source']['num_frames']} frames, the container "

@@ -215,3 +215,59 @@ def test_a_view_from_an_odd_multiple_pool_through_the_cli(tmp_path):
         else:
             one_line_error(r, r"view uniform:4: video .* lacks some of its frames in the cached pool")
     assert np.all(np.isin(uniform_indices(37, 4), uniform_indices(37, 12)))
+
+
+# ------------------------------------------------------------------ what extraction prints
+def _cut_mkv(tmp_path):
+    """A Matroska file cut in half: FFmpeg prints "Read error" lines while decoding it."""
+    from featcache.synthetic import motion_clip, write_video
+
+    full = str(tmp_path / "full.mkv")
+    write_video(full, motion_clip("left", np.random.default_rng(0), num_frames=200, size=(160, 120)))
+    data = open(full, "rb").read()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[:len(data) // 2])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"video_id,path\ncut,{cut}\nfull,{full}\n")
+    return str(manifest)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_ffmpeg_messages_go_to_the_record_not_the_terminal(tmp_path, workers):
+    import subprocess
+    import sys
+
+    manifest = _cut_mkv(tmp_path)
+    cache = str(tmp_path / "c.zarr")
+    p = subprocess.run([sys.executable, "-m", "featcache.cli", "extract", manifest, "--out", cache, "--frames",
+                        "uniform:4", *TINY_CLI, "--decode-workers", workers], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "FEATCACHE_PROGRESS_EVERY": "0"})
+    assert p.returncode == 0, p.stderr
+    assert "Read error" not in p.stderr and "@ 0x" not in p.stderr  # nothing over the progress bar
+    from featcache import open_cache
+
+    cache = open_cache(cache)
+    source = cache.video("cut").record["source"]
+    assert source["decoder_messages"] > 0 and any("Read error" in line for line in source["decoder_log"])
+    assert cache.video("full").record["source"]["decoder_messages"] == 0
+    assert source["truncated"] and "cut: decoded" in p.stdout and "the file may be truncated" in p.stdout
+    assert f"the decoder (FFmpeg) printed {source['decoder_messages']} message line(s) for 1 video(s): cut" in p.stdout
+    # stdout is not a terminal: plain progress lines, no bar redraws
+    assert "extract: 1/2 videos (50%)" in p.stdout and "extract: 2/2 videos (100%)" in p.stdout
+    assert "━" not in p.stdout and "\r" not in p.stdout
+
+
+@pytest.mark.slow
+def test_local_executor_task_logs_hold_featcache_output(small, tmp_path):
+    pytest.importorskip("submitit")
+    logs, out = str(tmp_path / "logs"), str(tmp_path / "c.zarr")
+    r = runner.invoke(app, ["extract", small["manifest"], "--out", out, "--frames", "uniform:4", *TINY_CLI,
+                            "--slurm", "--cluster", "local", "--shards", "2", "--gpus-per-task", "0",
+                            "--slurm-logs", logs, "--wait", "--poll", "0.5"])
+    assert r.exit_code == 0, r.output
+    texts = [open(os.path.join(d, f)).read() for d, _, files in os.walk(logs) for f in files if f.endswith("_log.out")]
+    assert len(texts) == 2
+    for text in texts:
+        assert re.search(r"featcache extract shard [01]/2: \d+ done, 0 already cached, 0 failed", text), text
+        assert re.search(r"extract: (\d+)/\1 videos \(100%\)", text), text

@@ -230,5 +230,10 @@ def _print_summary(s, out: str) -> None:
         typer.echo(s.decode_note)
     for line in s.warnings:
         typer.echo(f"warning: {line}")
+    if s.decoder_messages:
+        shown = ", ".join(f"{v} ({n})" for v, n in list(s.decoder_messages.items())[:5])
+        typer.echo(f"note: the decoder (FFmpeg) printed {sum(s.decoder_messages.values())} message line(s) for "
+                   f"{len(s.decoder_messages)} video(s): {shown}{' ...' if len(s.decoder_messages) > 5 else ''}; "
+                   "kept in each video's record (source.decoder_log), not printed over the progress bar")
     for video_id, reason in s.failed.items():
         typer.echo(f"failed: {video_id}: {reason}")
