@@ -86,8 +86,30 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def load_annotations(cache, manifest: str | None = None) -> Annotations:
-    """The cache's records with labels and splits from ``manifest`` (None or "": the store's)."""
+def carve_val(ann: Annotations, fraction: float) -> Annotations:
+    """Annotations without a val split get one: each train video goes to val when
+    ``sha256("val:" + video_id)`` falls below ``fraction`` (stable under added videos and any
+    seed; the converters' carve, which keeps performer groups together, is better where it exists)."""
+    if not fraction:
+        return ann
+    if ann.done("val"):
+        raise FeatcacheError(f"val_fraction={fraction}: the annotations already have a val split "
+                             f"({len(ann.done('val'))} videos); val_fraction carves one only where there is none")
+    records = {}
+    for key, r in ann.records.items():
+        digest = hashlib.sha256(f"val:{r['video_id']}".encode()).digest()
+        moved = r.get("split") == "train" and int.from_bytes(digest[:8], "big") / 2**64 < fraction
+        records[key] = {**r, "split": "val"} if moved else r
+    return Annotations(ann.path, ann.sha256, records, ann.missing, ann.unlisted, ann.failed)
+
+
+def load_annotations(cache, manifest: str | None = None, val_fraction: float = 0.0) -> Annotations:
+    """The cache's records with labels and splits from ``manifest`` (None or "": the store's),
+    val carved from train by ``val_fraction`` when there is no val split."""
+    return carve_val(_load(cache, manifest), val_fraction)
+
+
+def _load(cache, manifest: str | None) -> Annotations:
     records = cache.records()
     if not manifest:
         failed = sorted(r["video_id"] for r in records.values() if r.get("status") == "failed")
@@ -124,11 +146,21 @@ class AnnotatedCache:
         return self.annotations.done(split)
 
 
-def annotate(cache, manifest: str | None = None) -> AnnotatedCache:
+def annotate(cache, manifest: str | None = None, val_fraction: float = 0.0) -> AnnotatedCache:
     """``cache`` (a Cache, or one already annotated: its own cache is used) with labels and
-    splits from ``manifest`` (None or "": the store's own)."""
+    splits from ``manifest`` (None or "": the store's own), see :func:`load_annotations`."""
     base = cache.cache if isinstance(cache, AnnotatedCache) else cache
-    return AnnotatedCache(base, load_annotations(base, manifest))
+    return AnnotatedCache(base, load_annotations(base, manifest, val_fraction))
+
+
+def check_selection(ann: Annotations, select: str, metric: str = "") -> None:
+    """Refuse to select on val (``select: val``, or a val/ sweep metric) where there is no val."""
+    if ann.done("val") or (select != "val" and not metric.startswith("val/")):
+        return
+    where = f"--manifest {ann.path}" if ann.path else "the store's annotations"
+    what = f"the sweep metric {metric}" if metric.startswith("val/") else "select: val"
+    raise FeatcacheError(f"no videos in the val split ({where}) for {what}; carve one from train with "
+                         "--set val_fraction=0.1, or keep the last epoch with --set select=last")
 
 
 def run_annotations(meta: dict) -> str | None:

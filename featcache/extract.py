@@ -44,6 +44,7 @@ class ExtractConfig:
     decoder: str = "auto"  # auto = decord, checked against PyAV, PyAV where decord is wrong
     luv_size: tuple[int, int] = (64, 48)  # (w, h) decode size for key-frame LUV scoring
     short_videos: str = "repeat"  # fewer frames than a policy asks: repeat frames or fail the video
+    truncated: str = "warn"  # fewer frames decoded than the container promises: warn (record field) or fail the video
     overwrite: bool = False  # replace an existing cache made with other settings (never one whose settings match)
     shard: tuple[int, int] | None = None  # (index, count): process only this shard of the videos
     prefetch: int = 4  # decoded videos waiting for the model
@@ -102,6 +103,8 @@ def validate(cfg: ExtractConfig) -> None:
         raise FeatcacheError(f"--decoder: unknown {cfg.decoder!r}; expected one of {', '.join(DECODERS)}")
     if cfg.short_videos not in SHORT_VIDEO_MODES:
         raise FeatcacheError(f"--short-videos: unknown {cfg.short_videos!r}; expected repeat or fail")
+    if cfg.truncated not in ("warn", "fail"):
+        raise FeatcacheError(f"--truncated: unknown {cfg.truncated!r}; expected warn or fail")
     if cfg.decode_workers < -1:
         raise FeatcacheError(f"--decode-workers: expected auto or an integer >= 0, got {cfg.decode_workers}")
     if cfg.crops not in (1, 3):
@@ -289,9 +292,13 @@ class _Pipeline:
         if decoded.record["source"].get("decoder_messages"):
             self.summary.decoder_messages[decoded.item.video_id] = decoded.record["source"]["decoder_messages"]
         if decoded.record["source"]["truncated"]:
-            self.summary.warnings.append(
-                f"{decoded.item.video_id}: decoded {decoded.record['source']['num_frames']} frames, the container "
-                f"promises ~{decoded.record['source']['expected_frames']}; the file may be truncated")
+            what = (f"decoded {decoded.record['source']['num_frames']} frames, the container promises "
+                    f"~{decoded.record['source']['expected_frames']}")
+            if self.cfg.truncated == "fail":
+                self._fail(decoded, f"truncated: {what} (--truncated fail)")
+                return
+            self.summary.warnings.append(f"{decoded.item.video_id}: {what}; the file may be truncated "
+                                         "(source.truncated in its record; --truncated fail refuses such files)")
         if decoded.record["short"]:
             self.summary.warnings.append(
                 f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, fewer than "

@@ -72,7 +72,7 @@ def split_ids(manifest, split):
 
 def train(cache, out, *args):
     return runner.invoke(app, ["train", cache, "--head", "linear", "--view", "uniform:4", "--set", "epochs=2",
-                               "--set", "batch_size=4", "--out", str(out), "-q", *args])
+                               "--set", "batch_size=4", "--set", "select=last", "--out", str(out), "-q", *args])
 
 
 def test_three_splits_from_one_extraction_train_on_their_own_lists(ucf, tmp_path):
@@ -168,7 +168,7 @@ def test_resume_refuses_another_manifest_or_a_changed_one(ucf, tmp_path):
 def test_sweep_over_three_manifests_and_the_mean_over_splits(ucf, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({
-        "cache": ucf["cache"], "base": {"head": "linear", "view": "uniform:4", "epochs": 2, "batch_size": 4},
+        "cache": ucf["cache"], "base": {"head": "linear", "view": "uniform:4", "epochs": 2, "batch_size": 4, "select": "last"},
         "parameters": {"manifest": {"values": ucf["manifests"]}, "lr": {"values": [1e-3, 1e-2]}},
         "metric": {"name": "test/top1"}, "average": ["manifest"]}))
     out = tmp_path / "sweep"

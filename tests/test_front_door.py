@@ -209,7 +209,7 @@ def test_a_view_from_an_odd_multiple_pool_through_the_cli(tmp_path):
                                 "--decode-workers", "0", "-q"])
         assert r.exit_code == 0, r.output
         r = runner.invoke(app, ["train", cache, "--head", "linear", "--view", "uniform:4", "--set", "epochs=1",
-                                "-q", "--out", str(tmp_path / f"run_{served}")])
+                                "--set", "select=last", "-q", "--out", str(tmp_path / f"run_{served}")])
         if served:
             assert r.exit_code == 0, r.output
         else:

@@ -44,6 +44,7 @@ def extract(
     decoder: str = typer.Option("auto", help="auto (decord checked against PyAV), decord, pyav or torchcodec (checked against PyAV like decord; needs the torchcodec extra)."),
     luv_size: str = typer.Option("64x48", help="Decode size WxH for key-frame LUV scoring."),
     short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
+    truncated: str = typer.Option("warn", help="Videos with fewer frames than their container promises (a file cut short): warn (a summary line and source.truncated in the record) or fail."),
     shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the videos (stable hash of the id)."),
     threads: int = typer.Option(0, help="torch threads (0 = torch's default; fewer when decode workers share the CPU)."),
     decode_workers: str = typer.Option("auto", help="Decode processes (spawned; frames through shared memory): auto (the cores the model leaves: all but one beside a GPU, those beyond torch's threads on a CPU) or N (0 = decode in the model's process, between forwards)."),
@@ -100,7 +101,7 @@ def extract_config(p: dict):
                         model_args=_parse_kv(p["model_arg"], "--model-arg"))
     return ExtractConfig(manifest=p["manifest"], out=p["out"], encoder=enc, frames=p["frames"],
                          batch_size=_word_or_int(p["batch_size"], "--batch-size", "auto"), dtype=p["dtype"], decoder=p["decoder"],
-                         luv_size=_parse_size(p["luv_size"]), short_videos=p["short_videos"],
+                         luv_size=_parse_size(p["luv_size"]), short_videos=p["short_videos"], truncated=p["truncated"],
                          overwrite=p["overwrite"], shard=_parse_shard(p["shard"]), crops=p["crops"],
                          threads=p["threads"], decode_workers=_auto_workers(p["decode_workers"]))
 

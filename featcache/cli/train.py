@@ -215,7 +215,7 @@ def eval_(
     run_dir: str = typer.Argument(..., help="A featcache train run directory."),
     split: str = typer.Option("test", help="train, val or test."),
     cache: Optional[str] = typer.Option(None, help="Evaluate on this cache instead of the one trained on."),
-    checkpoint: str = typer.Option("best", help="best or last."),
+    checkpoint: str = typer.Option("best", help="best or last (a run trained with keep_last; outputs named @last)."),
     temporal_views: int = typer.Option(1, help="Multi-view testing: V interleaved uniform:N views from a uniform:N*V pool."),
     spatial_views: int = typer.Option(1, help="Multi-view testing: 3 crops along the long side (a cache from extract --crops 3)."),
     combine: str = typer.Option("mean", help="How view scores combine (softmax/sigmoid first): mean, sum or max."),
@@ -237,17 +237,21 @@ def eval_(
         if checkpoint not in ("best", "last"):
             raise FeatcacheError(f"--checkpoint: expected best or last, got {checkpoint!r}")
         path, other = os.path.join(run_dir, f"{checkpoint}.pt"), open_cache(cache) if cache else None
+        if checkpoint == "last" and not os.path.exists(path) and os.path.exists(os.path.join(run_dir, "best.pt")):
+            raise FeatcacheError(f"--checkpoint last: {run_dir} has no last.pt (a finished run keeps it only when "
+                                 "trained with --set keep_last=true); evaluate best, or train with keep_last")
+        tag = "@last" if checkpoint == "last" else ""  # its outputs never overwrite the best checkpoint's
         if window or stride:
             if temporal_views != 1 or spatial_views != 1:
                 raise FeatcacheError("--window and --temporal-views/--spatial-views are two protocols; give one of them")
             results = evaluate_windows(path, other, splits=(split,), out_dir=run_dir, window=window, stride=stride,
-                                       aggregate=aggregate, pool=pool, manifest=manifest)
+                                       aggregate=aggregate, pool=pool, manifest=manifest, tag=tag)
         else:
             results = evaluate_checkpoint(path, other, splits=(split,), out_dir=run_dir, temporal_views=temporal_views,
-                                          combine=combine, spatial_views=spatial_views, manifest=manifest)
+                                          combine=combine, spatial_views=spatial_views, manifest=manifest, tag=tag)
         if not results:
             raise FeatcacheError(f"the cache has no videos in the {split} split")
-    protocol = next(iter(results)).split("@")[1] if "@" in next(iter(results)) else ""
+    protocol = next(iter(results)).split("@", 1)[1] if "@" in next(iter(results)) else ""
     protocol = f"@{protocol}" if protocol else ""
     with open(os.path.join(run_dir, f"eval_{split}{protocol}.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)

@@ -53,7 +53,7 @@ COMBINE = ("mean", "sum", "max")
 
 def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None,
                         data: dict | None = None, temporal_views: int = 1, combine: str = "mean",
-                        spatial_views: int = 1, manifest: str | None = None) -> dict:
+                        spatial_views: int = 1, manifest: str | None = None, tag: str = "") -> dict:
     """Metrics of a saved head on the given splits of ``cache`` (a Cache, or None for the
     checkpoint's own), labels and splits from ``manifest`` (default: the run's; see
     :func:`_load_run`); writes ``predictions_<split>.csv``, per-class files and confusion matrices
@@ -66,15 +66,16 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
     ST-Adapter; ``sum``: SlowFast; ``max``). ``spatial_views`` 3 adds the first and last of three
     crops along the long side (the cache must hold them: ``extract --crops 3``), every temporal
     view at every crop. Keys and files carry the protocol: ``test/top1@2x3``,
-    ``predictions_test@2x3.csv``."""
+    ``predictions_test@2x3.csv``; ``tag`` ("@last") is appended to both, so the outputs of another
+    checkpoint never overwrite the best one's."""
     if combine not in COMBINE:
         raise FeatcacheError(f"--combine: unknown {combine!r}; expected one of {', '.join(COMBINE)}")
     if spatial_views not in (1, 3):
         raise FeatcacheError(f"--spatial-views: expected 1 or 3, got {spatial_views}")
     run = _load_run(path, cache, manifest)
-    crops = (1,) if spatial_views == 1 else (0, 1, 2)
+    crops = (1,) if spatial_views == 1 else (0, 1, 2)  # tag (e.g. "@last"): which checkpoint, in keys and file names
     views = [dataclasses.replace(v, crop=c) for v in _temporal_views(run.cfg.view, temporal_views) for c in crops]
-    suffix = "" if temporal_views == spatial_views == 1 else f"@{temporal_views}x{spatial_views}"
+    suffix = ("" if temporal_views == spatial_views == 1 else f"@{temporal_views}x{spatial_views}") + tag
     results = {}
     for split in splits:
         read = [data[split]] if data and len(views) == 1 else [materialise(run.cache, v, split) for v in views]
@@ -89,7 +90,7 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
 
 def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = None, window: int = 0,
                      stride: int = 0, aggregate: str = "max", pool: str | None = None,
-                     manifest: str | None = None) -> dict:
+                     manifest: str | None = None, tag: str = "") -> dict:
     """Sliding-window evaluation (seed 004's Charades protocol): windows of the head's own length
     W over a dense pool (``fps:F``, or ``stride:S``; the cache's first by default), starting every
     ``stride`` pool frames (default W: no overlap); each window scored (softmax/sigmoid), then the
@@ -112,7 +113,7 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
                              f"({', '.join(dense) or 'it holds none'}); extract with --frames fps:F or stride:S")
     policy = parse_policy(pool)
     layout = run.cfg.view.layout(run.cache.attrs)
-    suffix = f"@w{width}s{stride}{aggregate}"
+    suffix = f"@w{width}s{stride}{aggregate}{tag}"
     results = {}
     for split in splits:
         records = run.cache.done_records(split)
@@ -176,7 +177,7 @@ def _annotated(cache: Cache, ckpt: dict, manifest: str | None) -> AnnotatedCache
                                  "give --manifest M.csv")
         check_same_manifest(recorded, recorded["path"])
         manifest = recorded["path"]
-    annotated = annotate(cache, manifest)
+    annotated = annotate(cache, manifest, ckpt["config"].get("val_fraction", 0.0))
     classes = annotated.annotations.classes()
     if manifest and classes != list(ckpt["classes"]):
         extra, lost = sorted(set(classes) - set(ckpt["classes"])), sorted(set(ckpt["classes"]) - set(classes))

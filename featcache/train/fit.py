@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from featcache.annotations import annotate
+from featcache.annotations import annotate, check_selection
 from featcache.cache.dataset import Task, ViewData, memory_budget
 from featcache.cache.stream import StreamedTokens, batches, epoch_order
 from featcache.cache.store import open_cache
@@ -75,7 +75,8 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     is called with each finished epoch's log record (of the first head)."""
     if len({c.fusion_key for c in cfgs}) != 1:
         raise ValueError(f"cells of one group must agree on {', '.join(FUSION_KEYS)}")
-    cache = annotate(open_cache(cache_path), cfgs[0].manifest)  # labels and splits: the manifest's, or the store's
+    # labels and splits: the manifest's, or the store's; val carved from train when asked
+    cache = annotate(open_cache(cache_path), cfgs[0].manifest, cfgs[0].val_fraction)
     for line in cache.annotations.summary() if echo else ():
         echo(line)
     view = cfgs[0].view
@@ -86,6 +87,8 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
         where = f"--manifest {cfgs[0].manifest}" if cfgs[0].manifest else "the store's annotations"
         raise FeatcacheError(f"{cache_path}: no videos in the train split ({where}); check the manifest's split "
                              "column, or give a training manifest with --manifest M.csv (video_id,label,split)")
+    for cfg in cfgs:
+        check_selection(cache.annotations, cfg.select)
     task = _task(cfgs[0], data)
     device = resolve_device(cfgs[0].device)
     heads = []
@@ -327,7 +330,7 @@ class _GroupTrainer:
         if not self.task.multi:
             record["train/top1"] = correct / len(self.x)
         record.update(val)
-        value = record.get(f"val/{self.task.metric}", epoch)  # without a val split, the last epoch is kept
+        value = epoch if m.cfg.select == "last" else record.get(f"val/{self.task.metric}", epoch)
         improved = value > m.best
         if improved:
             m.best, m.best_epoch, m.stale = value, epoch, 0

@@ -119,7 +119,7 @@ def run_pretrain(cache_path: str, cfg: TrainConfig, out_dir: str, task_name: str
     the val split's rate accuracy (fixed clips); write a run directory like ``train``'s."""
     if task_name not in TASKS:
         raise FeatcacheError(f"--task: unknown {task_name!r}; expected one of {', '.join(TASKS)}")
-    cache = annotate(open_cache(cache_path), cfg.manifest)  # labels and splits: the manifest's, or the store's
+    cache = annotate(open_cache(cache_path), cfg.manifest, cfg.val_fraction)  # labels and splits: the manifest's, or the store's
     for line in cache.annotations.summary() if echo else ():
         echo(line)
     cfg.view.check(cache.attrs, dense=True)

@@ -72,7 +72,7 @@ def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feat
         raise FeatcacheError(f"--method: unknown {method!r}; expected one of {', '.join(METHODS)}")
     if feature not in FEATURES:
         raise FeatcacheError(f"--feature: unknown {feature!r}; expected one of {', '.join(FEATURES)}")
-    cache = annotate(open_cache(cache_path), cfg.manifest)  # labels and splits: the manifest's, or the store's
+    cache = annotate(open_cache(cache_path), cfg.manifest, cfg.val_fraction)  # labels and splits: the manifest's, or the store's
     for line in cache.annotations.summary() if echo else ():
         echo(line)
     cfg.view.check(cache.attrs)
