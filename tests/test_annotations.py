@@ -215,3 +215,37 @@ def test_re_extracting_with_a_relabelled_manifest_says_the_store_keeps_its_own(u
     assert "18 already cached" in r.output
     assert f"warning: 18 cached video(s) have other labels or splits in {ucf['manifests'][0]}" in r.output
     assert f"train with --manifest {ucf['manifests'][0]}" in r.output
+
+
+def test_probe_takes_labels_and_splits_from_the_manifest(ucf, tmp_path):
+    out = tmp_path / "knn"
+    manifest = ucf["manifests"][1]
+    r = ok(runner.invoke(app, ["probe", ucf["cache"], "--method", "knn", "--view", "uniform:4", "--feature", "mean",
+                               "--manifest", manifest, "--set", "val_fraction=0.3", "--out", str(out)]))
+    assert f"labels and splits: {os.path.abspath(manifest)}" in r.output
+    assert sorted(p["video_id"] for p in read_csv(out / "predictions_test.csv")) == split_ids(manifest, "test")
+    val = {p["video_id"] for p in read_csv(out / "predictions_val.csv")}
+    assert val and val <= set(split_ids(manifest, "train"))  # carved from this manifest's train list
+    assert yaml.safe_load(open(out / "config.yaml"))["manifest"]["sha256"] == file_sha256(manifest)
+
+
+def test_pretrain_takes_its_splits_from_the_manifest(tmp_path):
+    """PRP uses no labels, but its train/val videos are the manifest's."""
+    from featcache.synthetic import make_dataset
+
+    src = make_dataset(str(tmp_path), "motion", per_class=3, num_frames=12, size=VIDEO_SIZE)
+    cache = str(tmp_path / "dense.zarr")
+    ok(runner.invoke(app, ["extract", src, "--out", cache, "--frames", "stride:1", *TINY_CLI, "--decode-workers", "0",
+                           "-q"]))
+    rows = read_csv(src)
+    manifest = tmp_path / "splits.csv"
+    manifest.write_text("video_id,label,split\n" + "".join(
+        f"{r['video_id']},,{'train' if i < 4 else 'val'}\n" for i, r in enumerate(rows)))
+    out = tmp_path / "prp"
+    r = ok(runner.invoke(app, ["pretrain", cache, "--set", "head.hidden=8", "--set", "head.out_dim=8",
+                               "--set", "head.mlp_hidden=8", "--set", "epochs=1", "--manifest", str(manifest),
+                               "--out", str(out), "-q"]))
+    assert f"videos: train 4, val {len(rows) - 4}, test 0" in r.output
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["prp/train_clips"] == 4 * 4 and metrics["prp/val_clips"] == (len(rows) - 4) * 4
+    assert f"--manifest {manifest}" in r.output  # the fine-tune command keeps the labels' source
