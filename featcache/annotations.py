@@ -59,14 +59,16 @@ class Annotations:
     def summary(self) -> list[str]:
         """Lines for the start of a run: where labels and splits come from, counts per split, and
         every video left out, by name."""
-        source = f"{self.path} (sha256 {self.sha256[:12]})" if self.path else "the store's own (its extraction manifest)"
+        source = (f"{self.path} (sha256 {self.sha256[:12]})" if self.path
+                  else "the store's own (its extraction manifest)")
         counts = ", ".join(f"{s} {n}" for s, n in self.counts().items())
         lines = [f"labels and splits: {source}; videos: {counts}"]
         if self.missing:
-            lines.append(f"{len(self.missing)} video(s) of the manifest are not in the cache (not extracted or failed), "
-                         f"left out: {name_some(self.missing)}")
+            lines.append(f"{len(self.missing)} video(s) of the manifest are not in the cache (not extracted or "
+                         f"failed), left out: {name_some(self.missing)}")
         if self.unlisted:
-            lines.append(f"{len(self.unlisted)} cached video(s) are not in the manifest, left out: {name_some(self.unlisted)}")
+            lines.append(f"{len(self.unlisted)} cached video(s) are not in the manifest, left out: "
+                         f"{name_some(self.unlisted)}")
         if self.failed:
             lines.append(f"{len(self.failed)} video(s) failed at extraction, left out: {name_some(self.failed)} "
                          "(featcache cache info lists the reasons)")

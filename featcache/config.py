@@ -64,7 +64,8 @@ class TrainConfig:
 HEAD_SOURCES = {"adapter": "cut"}
 
 # the settings that decide the batches: cells agreeing on all of them train in one fused pass
-FUSION_KEYS = ("view", "manifest", "val_fraction", "batch_size", "epochs", "seed", "shuffle_window", "task", "augment", "device", "amp")
+FUSION_KEYS = ("view", "manifest", "val_fraction", "batch_size", "epochs", "seed", "shuffle_window", "task",
+               "augment", "device", "amp")
 
 
 _CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),

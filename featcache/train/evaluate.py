@@ -73,7 +73,7 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
     if spatial_views not in (1, 3):
         raise FeatcacheError(f"--spatial-views: expected 1 or 3, got {spatial_views}")
     run = _load_run(path, cache, manifest)
-    crops = (1,) if spatial_views == 1 else (0, 1, 2)  # tag (e.g. "@last"): which checkpoint, in keys and file names
+    crops = (1,) if spatial_views == 1 else (0, 1, 2)
     views = [dataclasses.replace(v, crop=c) for v in _temporal_views(run.cfg.view, temporal_views) for c in crops]
     suffix = ("" if temporal_views == spatial_views == 1 else f"@{temporal_views}x{spatial_views}") + tag
     results = {}

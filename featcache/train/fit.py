@@ -82,13 +82,13 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     view = cfgs[0].view
     view.check(cache.attrs)
     stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
-    data = data or read_splits(cache, view, max_bytes=cfgs[0].view_budget)
-    if len(data["train"].video_ids) == 0:
+    if not cache.done_records("train"):  # before anything is read
         where = f"--manifest {cfgs[0].manifest}" if cfgs[0].manifest else "the store's annotations"
         raise FeatcacheError(f"{cache_path}: no videos in the train split ({where}); check the manifest's split "
                              "column, or give a training manifest with --manifest M.csv (video_id,label,split)")
     for cfg in cfgs:
         check_selection(cache.annotations, cfg.select)
+    data = data or read_splits(cache, view, max_bytes=cfgs[0].view_budget)
     task = _task(cfgs[0], data)
     device = resolve_device(cfgs[0].device)
     heads = []
