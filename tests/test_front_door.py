@@ -271,3 +271,14 @@ def test_local_executor_task_logs_hold_featcache_output(small, tmp_path):
     for text in texts:
         assert re.search(r"featcache extract shard [01]/2: \d+ done, 0 already cached, 0 failed", text), text
         assert re.search(r"extract: (\d+)/\1 videos \(100%\)", text), text
+
+
+def test_readme_npy_export_layout_is_what_export_writes(small, tmp_path):
+    readme = open(os.path.join(REPO, "README.md")).read()
+    claim = next(line for line in readme.splitlines() if "--format npy c_npy/" in line)
+    assert "c_npy/videos/<key>.npy + <key>.json, c_npy/provenance.json, failed.json" in claim
+    out = tmp_path / "c_npy"
+    r = runner.invoke(app, ["cache", "export", small["cache"], "--format", "npy", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "provenance.json").exists() and (out / "failed.json").exists()
+    assert (out / "videos" / "left_000.npy").exists() and (out / "videos" / "left_000.json").exists()
