@@ -249,3 +249,17 @@ def test_pretrain_takes_its_splits_from_the_manifest(tmp_path):
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["prp/train_clips"] == 4 * 4 and metrics["prp/val_clips"] == (len(rows) - 4) * 4
     assert f"--manifest {manifest}" in r.output  # the fine-tune command keeps the labels' source
+
+
+def test_a_cache_extracted_with_split_1_trains_on_split_2_when_told(ucf, tmp_path):
+    s1, s2 = ucf["manifests"][:2]
+    cache = str(tmp_path / "s1.zarr")
+    ok(runner.invoke(app, ["extract", s1, "--out", cache, "--frames", "uniform:4", *TINY_CLI, "--decode-workers", "0",
+                           "-q"]))
+    ok(train(cache, tmp_path / "default"))  # the store's own annotations: split 1
+    assert sorted(p["video_id"] for p in read_csv(tmp_path / "default" / "predictions_test.csv")) == split_ids(s1, "test")
+    ok(train(cache, tmp_path / "two", "--manifest", s2))
+    assert sorted(p["video_id"] for p in read_csv(tmp_path / "two" / "predictions_test.csv")) == split_ids(s2, "test")
+    ok(runner.invoke(app, ["eval", str(tmp_path / "two"), "--split", "train"]))
+    assert sorted(p["video_id"] for p in read_csv(tmp_path / "two" / "predictions_train.csv")) == split_ids(s2, "train")
+    assert split_ids(s1, "test") != split_ids(s2, "test")
