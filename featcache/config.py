@@ -22,9 +22,6 @@ class TrainConfig:
     head_options: dict = field(default_factory=dict)  # set as head.<option>=value
     # --- view of the cache: keys view (frame policy), layers, tokens, spatial, channels, source (featcache.view)
     view: View = field(default_factory=View)
-    # --- annotations: labels and splits from this training manifest (video_id,label,split), matched
-    # to the cache by video_id ("" = the store's own, from its extraction manifest)
-    manifest: str = ""
     # --- optimisation
     epochs: int = 10
     batch_size: int = 32
@@ -44,6 +41,9 @@ class TrainConfig:
     val_fraction: float = 0.0  # without a val split: carve this fraction of train into val (by video id, stable)
     shuffle_window: int = 0  # shuffle blocks of this many neighbouring videos, then within them (0 = full shuffle)
     max_view_memory_gb: float = 0.0  # a split of the view larger than this is streamed from disk (0 = half the free RAM)
+    # labels and splits from this training manifest (video_id,label,split), matched to the cache by
+    # video_id ("" = the store's own, from its extraction manifest)
+    manifest: str = ""
     keep_last: bool = False  # keep last.pt (the resumable state) once the run has finished
     init: str = ""  # a featcache pretrain run (or its .pt) to start the head's transferable part from ("" = none)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
