@@ -10,6 +10,7 @@ Sweep file:
       view: {values: [uniform:8, uniform:16]}
       head.temporal: {values: [avg, concat]}
       seed: {values: [0, 1, 2]}                 # replicates: the leaderboard reports mean +- std (n)
+      manifest: {values: [s1.csv, s2.csv]}      # official splits: replicates too ("mean over 3 splits")
     zip: [[head.hidden, head.mlp_hidden]]       # optional: axes that vary together
     cells: [{head: r3d}, {head: pool}]          # method: list: explicit cells
     metric: {name: val/top1, goal: maximize}

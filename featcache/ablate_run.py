@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from featcache.ablate import Cell, Sweep, SweepError
+from featcache.annotations import annotate, check_selection
 from featcache.cache.dataset import frame_positions, memory_budget
 from featcache.cache.store import open_cache
 from featcache.config import to_dict
@@ -42,12 +43,14 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     is one task of a submitit job array instead of a pass in this process."""
     cache = open_cache(sweep.cache)
     layouts = _check_views(sweep, cache, cells)
-    done = [r for r in cache.records().values() if r.get("status") == "done"]
-    classes = max(2, len({label for r in done for label in r["labels"]}))
+    annotated = _check_manifests(sweep, cache, cells, echo)
+    classes = max(2, *(len(a.annotations.classes()) for a in annotated.values()))
+    _check_metric(sweep, annotated)
     plans = [_probe(sweep, cell, layouts[cell.config.view], classes, cache.attrs) for cell in cells]
     budget = memory_bytes or _available_bytes(cells[0].config.device)
     groups = plan_groups(plans, budget, max_fused)
-    _print_plan(sweep, groups, sum(r["split"] == "train" for r in done), echo)
+    first = cells[0].config
+    _print_plan(sweep, groups, len(annotated[first.manifest, first.val_fraction].done_records("train")), echo)
     if dry_run:
         return []
     os.makedirs(out_dir, exist_ok=True)
@@ -78,11 +81,12 @@ def run_groups(cache_path: str, out_dir: str, groups: list[list[Cell]], show_pro
         skipped += len(group) - len(todo)
         if not todo:
             continue
-        view = todo[0].config.view
-        if view != data_key:  # groups that share a view are adjacent (plan_groups) and share one read
+        cfg = todo[0].config
+        if (cfg.view, cfg.manifest, cfg.val_fraction) != data_key:  # groups that share a view are adjacent (plan_groups)
             data = None  # free the previous view before reading the next
-            echo(f"reading view {view}")
-            data, data_key = read_splits(cache, view, max_bytes=todo[0].config.view_budget), view
+            echo(f"reading view {cfg.view}" + (f" (labels and splits: {cfg.manifest})" if cfg.manifest else ""))
+            data = read_splits(annotate(cache, cfg.manifest, cfg.val_fraction), cfg.view, max_bytes=cfg.view_budget)
+            data_key = (cfg.view, cfg.manifest, cfg.val_fraction)
         echo(f"training {len(todo)} cell(s) in one pass: {', '.join(c.name for c in todo)}")
         train_group(cache_path, [c.config for c in todo], [_cell_dir(out_dir, c) for c in todo],
                     overwrite=True, show_progress=show_progress, data=data)
@@ -105,6 +109,48 @@ def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict[View, Layout]:
             raise SweepError(f"{sweep.path}: cell {cell.name}: view={view.frames}: {exc}") from None
         layouts[view] = view.layout(cache.attrs)
     return layouts
+
+
+def _check_manifests(sweep: Sweep, cache, cells: list[Cell], echo) -> dict:
+    """Every distinct manifest of the cells read and matched against the cache before anything
+    trains; its summary printed. Returns manifest -> the annotated cache."""
+    out = {}
+    for cell in cells:
+        cfg = cell.config
+        key = (cfg.manifest, cfg.val_fraction)
+        try:
+            if key not in out:
+                out[key] = annotate(cache, *key)
+                for line in out[key].annotations.summary():
+                    echo(line)
+            check_selection(out[key].annotations, cfg.select, sweep.metric)
+        except FeatcacheError as exc:
+            raise SweepError(f"{sweep.path}: cell {cell.name}: {exc}") from None
+        if not out[key].done_records("train"):
+            raise SweepError(f"{sweep.path}: cell {cell.name}: no videos in the train split"
+                             + (f" of {cfg.manifest}" if cfg.manifest else " (the store's annotations; give manifest:)"))
+    return out
+
+
+def _check_metric(sweep: Sweep, annotated: dict) -> None:
+    """The sweep's metric must be a key every cell's metrics.json will hold (checked before any
+    cell trains, not after all of them have)."""
+    import numpy as np
+
+    from featcache.train import metrics
+    from featcache.train.evaluate import flat
+
+    multi = any(len(r.get("labels", [])) > 1 for a in annotated.values() for r in a.records().values())
+    tasks = {c.config.task for c in sweep.cells}
+    known = {"best_epoch", "params"}
+    for split in ("val", "test"):
+        if "multi" in tasks or (multi and "auto" in tasks):
+            known |= set(flat(metrics.multi_label(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0]])), split))
+        if "single" in tasks or (not multi and "auto" in tasks):
+            known |= set(flat(metrics.single_label(np.array([[1.0, 0.0]]), np.array([0]), 2)[0], split))
+    if sweep.metric not in known:
+        raise SweepError(f"{sweep.path}: metric.name: {sweep.metric!r} is not a metric these cells report; "
+                         f"expected one of {', '.join(sorted(known))}")
 
 
 def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) -> Plan:
@@ -204,8 +250,16 @@ def finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
         return False
     with open(os.path.join(run, "config.yaml")) as f:
         meta = yaml.safe_load(f)
-    return (meta.get("config") == to_dict(cell.config) and meta.get("cache", {}).get("fingerprint") == fingerprint
-            and meta.get("head_source", {"kind": "builtin"}) == head_source(cell.config.head))  # a head file edited since: redo
+    if meta.get("config") != to_dict(cell.config) or meta.get("cache", {}).get("fingerprint") != fingerprint:
+        return False
+    if meta.get("head_source", {"kind": "builtin"}) != head_source(cell.config.head):
+        return False  # a head file edited since: redo
+    if cell.config.manifest:  # the same manifest path with other contents is another cell
+        from featcache.annotations import file_sha256
+
+        return os.path.isfile(cell.config.manifest) and \
+            (meta.get("manifest") or {}).get("sha256") == file_sha256(cell.config.manifest)
+    return True
 
 
 def _row(out_dir: str, cell: Cell) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections import Counter
 
 from featcache.errors import FeatcacheError
@@ -61,7 +62,9 @@ class ShardTask:
     requeued with the same shard, and extraction resumes from the store."""
 
     def __call__(self, cfg: ExtractConfig) -> dict:
-        summary = run_extract(cfg, show_progress=False)
+        # the task's log (stdout: not a terminal) gets plain periodic progress lines and the summary
+        summary = run_extract(cfg, show_progress=True)
+        print(task_summary(summary, cfg), flush=True)
         return {"shard": list(cfg.shard), "done": summary.done, "skipped": summary.skipped,
                 "failed": summary.failed, "frames": summary.frames, "wall_s": summary.wall_s}
 
@@ -69,6 +72,16 @@ class ShardTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(ShardTask(), cfg)
+
+
+def task_summary(summary, cfg: ExtractConfig) -> str:
+    """The lines an array task prints into its own log at the end."""
+    lines = [f"featcache extract shard {cfg.shard[0]}/{cfg.shard[1]}: {summary.done} done, {summary.skipped} already "
+             f"cached, {len(summary.failed)} failed (of {summary.total}); {summary.frames} frames in "
+             f"{summary.wall_s:.1f} s"]
+    lines += [f"warning: {w}" for w in summary.warnings]
+    lines += [f"failed: {v}: {reason}" for v, reason in summary.failed.items()]
+    return "\n".join(lines)
 
 
 def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig) -> tuple[list, list[str]]:
@@ -80,9 +93,17 @@ def launch_slurm(cfg: ExtractConfig, slurm: SlurmConfig) -> tuple[list, list[str
         raise FeatcacheError("--slurm: give --shards N, not --shard I/N (each task takes one shard)")
     validate(cfg)
     read_manifest(cfg.manifest)  # a bad manifest fails here, not in every task
+    check_scheduler(slurm)  # before a store is replaced
     replaced = prepare_store(cfg, launcher_device(cfg, slurm)) if cfg.overwrite else []
     executor = make_executor(slurm, "featcache-extract")
     return executor.map_array(ShardTask(), shard_configs(cfg, slurm.shards)), replaced
+
+
+def check_scheduler(slurm: SlurmConfig) -> None:
+    """``--slurm`` where no Slurm is installed is one line saying what to do instead."""
+    if slurm.cluster == "slurm" and shutil.which("sbatch") is None:
+        raise FeatcacheError("--slurm: no Slurm on this machine (sbatch is not on PATH); run on a Slurm login node, "
+                             "or give --cluster local to run the same array here, or drop --slurm")
 
 
 def make_executor(slurm: SlurmConfig, name: str):
@@ -93,6 +114,7 @@ def make_executor(slurm: SlurmConfig, name: str):
         raise FeatcacheError("--slurm needs submitit: pip install submitit") from None
     if slurm.cluster not in ("slurm", "local"):
         raise FeatcacheError(f"--cluster: expected slurm or local, got {slurm.cluster!r}")
+    check_scheduler(slurm)
     executor = submitit.AutoExecutor(folder=os.path.join(slurm.logs, "%j"), cluster=slurm.cluster)
     params = {"name": name, "timeout_min": slurm.time_min, "tasks_per_node": 1,
               "cpus_per_task": slurm.cpus_per_task, "mem_gb": slurm.mem_gb,

@@ -37,8 +37,14 @@ class TrainConfig:
     pos_weight: Any = None  # multi-label BCE: None, "auto" (negatives/positives per class) or a number
     seed: int = 0
     early_stop: int = 0  # stop after this many epochs without a better val metric (0 = off)
+    select: str = "val"  # val: keep the epoch best on the val metric | last: keep the last epoch (no val needed)
+    val_fraction: float = 0.0  # without a val split: carve this fraction of train into val (by video id, stable)
     shuffle_window: int = 0  # shuffle blocks of this many neighbouring videos, then within them (0 = full shuffle)
     max_view_memory_gb: float = 0.0  # a split of the view larger than this is streamed from disk (0 = half the free RAM)
+    # labels and splits from this training manifest (video_id,label,split), matched to the cache by
+    # video_id ("" = the store's own, from its extraction manifest)
+    manifest: str = ""
+    keep_last: bool = False  # keep last.pt (the resumable state) once the run has finished
     init: str = ""  # a featcache pretrain run (or its .pt) to start the head's transferable part from ("" = none)
     # where per-epoch records go besides log.jsonl: jsonl (only it) | tensorboard | wandb, or several
     # (tensorboard,wandb); see featcache.train.tracking
@@ -61,15 +67,34 @@ class TrainConfig:
 HEAD_SOURCES = {"adapter": "cut"}
 
 # the settings that decide the batches: cells agreeing on all of them train in one fused pass
-FUSION_KEYS = ("view", "batch_size", "epochs", "seed", "shuffle_window", "task", "augment", "device", "amp")
+FUSION_KEYS = ("view", "manifest", "val_fraction", "batch_size", "epochs", "seed", "shuffle_window", "task",
+               "augment", "device", "amp")
 
 
 _CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),
-            "augment": ("none", "flip", "crop_flip")}
+            "augment": ("none", "flip", "crop_flip"), "select": ("val", "last")}
+
+# numeric ranges checked at parse time: key -> (lowest, highest, lowest allowed?, highest allowed?)
+_RANGES = {"epochs": (1, None, True, True), "batch_size": (1, None, True, True), "lr": (0, None, False, True),
+           "weight_decay": (0, None, True, True), "momentum": (0, 1, True, False),
+           "warmup_epochs": (0, None, True, True), "grad_clip": (0, None, True, True),
+           "label_smoothing": (0, 1, True, False), "early_stop": (0, None, True, True),
+           "shuffle_window": (0, None, True, True), "max_view_memory_gb": (0, None, True, True),
+           "val_fraction": (0, 1, True, False)}
+
+
+def _check_range(key: str, value, where: str) -> None:
+    low, high, low_ok, high_ok = _RANGES[key]
+    bad = (low is not None and (value < low or (value == low and not low_ok))) or \
+          (high is not None and (value > high or (value == high and not high_ok)))
+    if bad:
+        lower = "" if low is None else f"{'>=' if low_ok else '>'} {low}"
+        upper = "" if high is None else f"{'<=' if high_ok else '<'} {high}"
+        raise ValueError(f"{where}{key}: must be {' and '.join(p for p in (lower, upper) if p)}, got {value!r}")
 
 
 def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
-    if key == "init" and value in (None, "none", "None"):  # no pre-trained start
+    if key in ("init", "manifest") and value in (None, "none", "None"):  # no pre-trained start / the store's own
         value = ""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -93,6 +118,8 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         raise ValueError(f"{where}{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
     if key == "log":
         value = ",".join(parse_log(value, where))
+    if key in _RANGES:
+        _check_range(key, value, where)
     if key == "pos_weight" and value in ("none", "None"):
         value = None
     if key == "pos_weight" and not (value is None or value == "auto" or isinstance(value, (int, float))):

@@ -44,6 +44,7 @@ class ExtractConfig:
     decoder: str = "auto"  # auto = pyav, one in-order pass; decord / torchcodec: random access checked against PyAV
     luv_size: tuple[int, int] | str = (64, 48)  # (w, h) scale of key-frame LUV scoring, or "full" (the source size)
     short_videos: str = "repeat"  # fewer frames than a policy asks: repeat frames or fail the video
+    truncated: str = "warn"  # fewer frames decoded than the container promises: warn (record field) or fail the video
     overwrite: bool = False  # replace an existing cache made with other settings (never one whose settings match)
     shard: tuple[int, int] | None = None  # (index, count): process only this shard of the videos
     prefetch: int = 4  # decoded videos waiting for the model
@@ -67,6 +68,7 @@ class ExtractSummary:
     done: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # video id -> reason
     warnings: list[str] = field(default_factory=list)
+    decoder_messages: dict[str, int] = field(default_factory=dict)  # video id -> lines FFmpeg printed (in its record)
     replaced: list[str] = field(default_factory=list)  # --overwrite: the differing facts of the replaced store
     batch_size_note: str = ""  # --batch-size auto: the size chosen and how
     decode_note: str = ""  # where decoding ran
@@ -108,6 +110,8 @@ def validate(cfg: ExtractConfig) -> None:
             p.kind == "keyframes" for p in cfg.policies):
         raise FeatcacheError(f"--luv-size full is scored in the in-order pass; use --decoder auto or pyav, "
                              f"not {cfg.decoder}")
+    if cfg.truncated not in ("warn", "fail"):
+        raise FeatcacheError(f"--truncated: unknown {cfg.truncated!r}; expected warn or fail")
     if cfg.decode_workers < -1:
         raise FeatcacheError(f"--decode-workers: expected auto or an integer >= 0, got {cfg.decode_workers}")
     if cfg.crops not in (1, 3):
@@ -155,6 +159,12 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
             grow[it.video_id] = record
             todo.append(it)
     summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo), replaced=writer.replaced)
+    relabelled = relabelled_videos(items, records)
+    if relabelled:
+        summary.warnings.append(
+            f"{len(relabelled)} cached video(s) have other labels or splits in {cfg.manifest} than at their "
+            f"extraction (e.g. {relabelled[0]}); the store keeps its own (tokens do not depend on them): "
+            f"train with --manifest {cfg.manifest} to use these")
     workers = cfg.decode_workers if cfg.decode_workers >= 0 else auto_workers(encoder.device.type)
     if workers and not cfg.threads and encoder.device.type == "cpu":  # decoders and the model share the cores
         torch.set_num_threads(max(1, usable_cores() - workers))
@@ -181,6 +191,17 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
         note = judge(encoder, entry, how.startswith("auto: cached"), *pipe.full_batches)
         summary.batch_size_note += f"; {note}" if note else ""
     return summary
+
+
+def relabelled_videos(items: list[VideoItem], records: dict) -> list[str]:
+    """Ids of done videos whose manifest row gives labels or a split other than their record's."""
+    out = []
+    for it in items:
+        record = records.get(schema.video_key(it.video_id), {})
+        if record.get("status") == "done" and (it.labels or it.split) and \
+                (list(it.labels), it.split) != (list(record.get("labels", [])), record.get("split", "")):
+            out.append(it.video_id)
+    return out
 
 
 def prepare_store(cfg: ExtractConfig, device: str | None = None) -> list[str]:
@@ -253,13 +274,14 @@ class _Pipeline:
         video is decoded between forwards: on a CPU a decoding thread beside torch's threads
         slows their parallel regions more than the decode costs; on a GPU ``submit`` returns
         before the forward ends, so decoding overlaps the device's work anyway."""
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from featcache.progress import progress as make_progress
 
         columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
         self.start = time.perf_counter()
-        with Progress(*columns, disable=not show_progress) as progress:
+        with make_progress("extract", "videos", columns, disable=not show_progress) as progress:  # plain lines in logs
             self.progress, self.task = progress, progress.add_task("extract", total=len(items), rate="")
             source = self._prepared(items)
             try:
@@ -285,10 +307,16 @@ class _Pipeline:
         if decoded.reason:
             self._fail(decoded, decoded.reason)
             return
+        if decoded.record["source"].get("decoder_messages"):
+            self.summary.decoder_messages[decoded.item.video_id] = decoded.record["source"]["decoder_messages"]
         if decoded.record["source"]["truncated"]:
-            self.summary.warnings.append(
-                f"{decoded.item.video_id}: decoded {decoded.record['source']['num_frames']} frames, the container "
-                f"promises ~{decoded.record['source']['expected_frames']}; the file may be truncated")
+            what = (f"decoded {decoded.record['source']['num_frames']} frames, the container promises "
+                    f"~{decoded.record['source']['expected_frames']}")
+            if self.cfg.truncated == "fail":
+                self._fail(decoded, f"truncated: {what} (--truncated fail)")
+                return
+            self.summary.warnings.append(f"{decoded.item.video_id}: {what}; the file may be truncated "
+                                         "(source.truncated in its record; --truncated fail refuses such files)")
         if decoded.record["short"]:
             self.summary.warnings.append(
                 f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, fewer than "

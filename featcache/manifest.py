@@ -1,21 +1,33 @@
-"""Read and validate manifests: CSV or JSONL with ``video_id,path,label,split``.
+"""Read and validate manifests: CSV or JSONL with ``video_id,path[,label,split]``, or a plain list
+of video paths (one per line, as video_features takes; ids from the file names).
 
+Extraction needs only ``video_id,path``: frozen features do not depend on annotations.
 ``label`` may hold several labels separated by ``;`` (multi-label) and may be empty for
-unlabelled videos. Relative paths resolve against the manifest's folder. Extra columns are kept
-and stored with each video. Lines starting with ``#`` are comments (for hand-written files);
-converted manifests are plain CSV with their provenance beside them in ``NAME.csv.json``.
+unlabelled videos; ``split`` may be empty (or absent) at extraction, and training then takes
+labels and splits from a manifest given with ``--manifest`` (:mod:`featcache.annotations`).
+A *training* manifest (``annotations=True``) needs ``video_id,label,split`` (``path`` optional).
+Relative paths resolve against the manifest's folder. Extra columns are kept and stored with
+each video. Lines starting with ``#`` are comments (for hand-written files); converted manifests
+are plain CSV with their provenance beside them in ``NAME.csv.json``. Files are read as UTF-8
+(a byte-order mark, as Excel's "CSV UTF-8" writes, and CRLF line ends are fine).
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
 
 from featcache.errors import FeatcacheError
 
-REQUIRED_COLUMNS = ("video_id", "path", "label", "split")
+REQUIRED_COLUMNS = ("video_id", "path", "label", "split")  # what converters write
+EXTRACT_COLUMNS = ("video_id", "path")  # what extraction needs
+TRAIN_COLUMNS = ("video_id", "label", "split")  # what training needs
 SPLITS = ("train", "val", "test")
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".3gp",
+                    ".ts", ".ogv", ".vob")
+PATH_LIST_HINT = "a CSV with video_id,path (label,split optional) or a text file with one video path per line"
 
 
 @dataclass(frozen=True)
@@ -23,23 +35,31 @@ class VideoItem:
     """One manifest row."""
 
     video_id: str
-    path: str  # absolute
-    labels: tuple[str, ...]
-    split: str
+    path: str  # absolute ("" in a training manifest without paths)
+    labels: tuple[str, ...]  # () when unlabelled or not given
+    split: str  # train | val | test, or "" when not given (extraction only)
     extra: dict = field(default_factory=dict)
 
 
-def read_manifest(path: str) -> list[VideoItem]:
-    """Parse and validate a manifest; raise FeatcacheError naming the file, line and problem."""
-    if not os.path.isfile(path):
-        raise FeatcacheError(f"manifest not found: {path}")
-    rows = _read_jsonl(path) if path.endswith((".jsonl", ".json")) else _read_csv(path)
+def read_manifest(path: str, annotations: bool = False) -> list[VideoItem]:
+    """Parse and validate a manifest; raise FeatcacheError naming the file, line and problem.
+    ``annotations``: a training manifest (every video needs a label column entry and a split)."""
+    text = _read_text(path)
+    if path.endswith((".jsonl", ".json")):
+        rows = _read_jsonl(path, text, annotations)
+    elif _is_csv(path, text):
+        rows = _read_csv(path, text, annotations)
+    else:
+        if annotations:
+            raise FeatcacheError(f"{path}: a list of paths holds no labels or splits; a training manifest "
+                                 f"needs the columns {','.join(TRAIN_COLUMNS)}")
+        return _read_path_list(path, text)
     if not rows:
         raise FeatcacheError(f"{path}: the manifest lists no videos")
     base = os.path.dirname(os.path.abspath(path))
     items, seen = [], {}
     for line, row in rows:
-        item = _to_item(path, line, row, base)
+        item = _to_item(path, line, row, base, annotations)
         if item.video_id in seen:
             raise FeatcacheError(
                 f"{path}:{line}: duplicate video_id {item.video_id!r} (first on line {seen[item.video_id]})"
@@ -49,12 +69,48 @@ def read_manifest(path: str) -> list[VideoItem]:
     return items
 
 
-def _read_csv(path: str) -> list[tuple[int, dict]]:
+def _read_text(path: str) -> str:
+    """The file as text: UTF-8, a byte-order mark dropped; a video, a folder or another encoding
+    is one line saying what to give instead."""
+    if os.path.isdir(path):
+        raise FeatcacheError(f"{path} is a folder, not a manifest; give {PATH_LIST_HINT} "
+                             f"(e.g. featcache manifest folder {path} --out m.csv)")
+    if not os.path.isfile(path):
+        raise FeatcacheError(f"manifest not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    if path.lower().endswith(VIDEO_EXTENSIONS) or b"\0" in data[:4096]:
+        what = "a video" if path.lower().endswith(VIDEO_EXTENSIONS) else "a binary file"
+        raise FeatcacheError(f"{path} is {what}, not a manifest; give {PATH_LIST_HINT} "
+                             f"(e.g. ls videos/*.mp4 > videos.txt)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise FeatcacheError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the manifest as "
+                             f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > utf8.csv") from None
+
+
+def _lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of the lines that are not comments; CRLF, CR and LF all end a line."""
+    return [(n, t) for n, t in enumerate(io.StringIO(text, newline=""), start=1) if not t.startswith("#")]
+
+
+def _is_csv(path: str, text: str) -> bool:
+    """A CSV manifest (a header naming video_id, or a .csv/.tsv file), not a list of paths."""
+    if path.lower().endswith((".csv", ".tsv")):
+        return True
+    first = next((t for _, t in _lines(text) if t.strip()), "")
+    return "video_id" in [c.strip() for c in next(csv.reader([first]), [])]
+
+
+def _read_csv(path: str, text: str, annotations: bool) -> list[tuple[int, dict]]:
     """Rows with the file's own line numbers (comment lines are skipped, not renumbered)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        kept = [(number, text) for number, text in enumerate(f, start=1) if not text.startswith("#")]
-    reader = csv.DictReader(text for _, text in kept)
-    _check_columns(path, reader.fieldnames or [])
+    kept = _lines(text)
+    reader = csv.DictReader(t for _, t in kept)
+    if reader.fieldnames:
+        reader.fieldnames = [c.strip() for c in reader.fieldnames]
+    _check_columns(path, reader.fieldnames or [], annotations)
     rows = []
     for row in reader:
         line = kept[reader.line_num - 1][0]  # line_num counts the kept lines read so far
@@ -64,47 +120,70 @@ def _read_csv(path: str) -> list[tuple[int, dict]]:
     return rows
 
 
-def _read_jsonl(path: str) -> list[tuple[int, dict]]:
+def _read_jsonl(path: str, text: str, annotations: bool) -> list[tuple[int, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise FeatcacheError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise FeatcacheError(f"{path}:{i}: each line must be a JSON object")
-            _check_columns(path, list(row), line=i)
-            rows.append((i, row))
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FeatcacheError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise FeatcacheError(f"{path}:{i}: each line must be a JSON object")
+        _check_columns(path, list(row), annotations, line=i)
+        rows.append((i, row))
     return rows
 
 
-def _check_columns(path: str, columns: list[str], line: int | None = None) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+def _read_path_list(path: str, text: str) -> list[VideoItem]:
+    """One video path per line (relative to the list's folder); ids are the file names' stems."""
+    base = os.path.dirname(os.path.abspath(path))
+    items, seen = [], {}
+    for line, t in _lines(text):
+        video_path = t.strip()
+        if not video_path:
+            continue
+        video_id = os.path.splitext(os.path.basename(video_path))[0]
+        if not video_id:
+            raise FeatcacheError(f"{path}:{line}: {video_path!r} names no file")
+        if video_id in seen:
+            raise FeatcacheError(f"{path}:{line}: video id {video_id!r} (from the file name) is also the id of line "
+                                 f"{seen[video_id]}; give a CSV with a video_id column to tell them apart")
+        seen[video_id] = line
+        items.append(VideoItem(video_id, os.path.normpath(os.path.join(base, video_path)), (), ""))
+    if not items:
+        raise FeatcacheError(f"{path}: the manifest lists no videos")
+    return items
+
+
+def _check_columns(path: str, columns: list[str], annotations: bool, line: int | None = None) -> None:
+    needed = TRAIN_COLUMNS if annotations else EXTRACT_COLUMNS
+    missing = [c for c in needed if c not in columns]
     if missing:
         where = f"{path}:{line}" if line else path
-        raise FeatcacheError(
-            f"{where}: missing column(s) {', '.join(missing)}; a manifest needs {','.join(REQUIRED_COLUMNS)}"
-        )
+        what = "a training manifest (labels and splits)" if annotations else "a manifest"
+        raise FeatcacheError(f"{where}: missing column(s) {', '.join(missing)}; {what} needs {','.join(needed)} "
+                             f"(it has {','.join(columns) or 'no header'})")
 
 
-def _to_item(path: str, line: int, row: dict, base: str) -> VideoItem:
+def _to_item(path: str, line: int, row: dict, base: str, annotations: bool) -> VideoItem:
     video_id = str(row["video_id"]).strip()
     if not video_id:
         raise FeatcacheError(f"{path}:{line}: empty video_id")
-    split = str(row["split"]).strip()
-    if split not in SPLITS:
-        raise FeatcacheError(f"{path}:{line}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    video_path = str(row["path"]).strip()
-    if not video_path:
+    split = str(row.get("split") or "").strip()
+    if split not in SPLITS and (split or annotations):
+        raise FeatcacheError(f"{path}:{line}: {'unknown split ' + repr(split) if split else 'empty split'} "
+                             f"for video {video_id!r}; expected one of {', '.join(SPLITS)}")
+    video_path = str(row.get("path") or "").strip()
+    if not video_path and not annotations:
         raise FeatcacheError(f"{path}:{line}: empty path for video {video_id!r}")
-    label = row["label"]
+    label = row.get("label") or ""
     labels = label if isinstance(label, list) else str(label).split(";")
     labels = tuple(str(x).strip() for x in labels if str(x).strip())
     extra = {k: v for k, v in row.items() if k not in REQUIRED_COLUMNS}
-    return VideoItem(video_id, os.path.normpath(os.path.join(base, video_path)), labels, split, extra)
+    full = os.path.normpath(os.path.join(base, video_path)) if video_path else ""
+    return VideoItem(video_id, full, labels, split, extra)
 
 
 def provenance_path(manifest: str) -> str:

@@ -11,7 +11,11 @@ process.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -96,26 +100,70 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
         return idx if old is None else np.union1d(idx, np.asarray(old["frame_indices"][:1], dtype=np.int64))
 
     order = (0, 1, 2) if spec.crops == 3 else (1,)
+    messages: list[str] = []  # what FFmpeg (inside decord / PyAV) prints: kept in the record, not on the terminal
     try:
-        video = decode_video(item.path, pick, spec.short_side, spec.luv_size, spec.decoder, spec.interpolation,
-                             keep_best, guess)
+        with captured_stderr(messages):
+            video = decode_video(item.path, pick, spec.short_side, spec.luv_size, spec.decoder, spec.interpolation,
+                                 keep_best, guess)
         # with 3 crops: [first crop's frames, centre crop's, last crop's], split again at publishing
         frames = np.concatenate([crop(video.frames, spec.img_size, p, spec.crops) for p in order])
     except DecodeError as exc:
-        return Prepared(item, record, reason=str(exc))
+        return Prepared(item, _with_log(record, messages), reason=str(exc))
     except Exception as exc:  # one bad file must not end the run; the reason names the error
-        return Prepared(item, record, reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
+        return Prepared(item, _with_log(record, messages), reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
     if old is not None:
         return _grown(item, old, video, frames, chosen, len(order))
     record.update(
         source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width,
                 "height": video.height, "decoder": video.decoder, "decoder_note": video.note,
-                "expected_frames": video.expected_frames, "truncated": video.looks_truncated},
+                "expected_frames": video.expected_frames, "truncated": video.looks_truncated,
+                **decoder_log(messages)},
         frame_indices=video.indices, timestamps=video.timestamps,
         policies=chosen["positions"], num_cached_frames=len(video.indices),
         short=video.num_frames < max_count,
     )
     return Prepared(item, record, frames, chosen["scores"])
+
+
+DECODER_LOG_LINES = 20  # distinct decoder messages kept per video (the count covers all)
+
+
+def decoder_log(messages: list[str]) -> dict:
+    """``decoder_messages`` (how many lines the decoder printed) and ``decoder_log`` (the first
+    distinct ones, FFmpeg's context pointers dropped) for a video's record."""
+    distinct = []
+    for line in messages:
+        line = re.sub(r" @ 0x[0-9a-f]+\]", "]", line.strip())
+        if line and line not in distinct and len(distinct) < DECODER_LOG_LINES:
+            distinct.append(line)
+    return {"decoder_messages": sum(1 for m in messages if m.strip()), "decoder_log": distinct}
+
+
+def _with_log(record: dict, messages: list[str]) -> dict:
+    return {**record, **decoder_log(messages)} if any(m.strip() for m in messages) else record
+
+
+@contextlib.contextmanager
+def captured_stderr(sink: list[str]):
+    """Collect what is written to file descriptor 2 (FFmpeg logs there from C, past Python's
+    sys.stderr) into ``sink`` instead of the terminal, where it would print over the progress bar."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to capture
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            sink.extend(tmp.read().decode("utf-8", errors="replace").splitlines())
 
 
 def _grown(item: VideoItem, old: dict, video, frames: np.ndarray, chosen: dict, crops: int) -> Prepared:

@@ -91,7 +91,7 @@ def test_memory_budget_splits_groups():
 def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
     values = [{"head": "pool", "head.dropout": 0.3, "lr": 3e-3}, {"head": "transformer", "head.dropout": 0.2},
               {"head": "tcn", "optimizer": "sgd", "lr": 1e-2}, {"head": "r3d", "head.hidden": 32, "weight_decay": 0.0}]
-    cfgs = [build_config({"epochs": 3, "batch_size": 8, "view": "uniform:8", "augment": "crop_flip", **v})
+    cfgs = [build_config({"epochs": 3, "batch_size": 8, "view": "uniform:8", "augment": "crop_flip", "keep_last": True, **v})
             for v in values]  # token-grid augmentation drawn once per batch for every head
     fused = train_group(cache, cfgs, [str(tmp_path / f"fused{i}") for i in range(4)], show_progress=False)
     for i, cfg in enumerate(cfgs):

@@ -30,7 +30,7 @@ def test_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("text,match", [
-    ("video_id,path,split\na,a.mp4,train\n", "missing column.*label"),
+    ("video_id,label,split\na,x,train\n", "missing column.*path"),
     ("video_id,path,label,split\na,a.mp4,x,train\na,b.mp4,y,test\n", "m.csv:3: duplicate video_id 'a' \\(first on line 2\\)"),
     ("video_id,path,label,split\na,a.mp4,x,training\n", "m.csv:2: unknown split 'training'"),
     ("video_id,path,label,split\n", "lists no videos"),

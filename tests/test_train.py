@@ -99,8 +99,9 @@ def test_run_directory_and_eval_round_trip(motion, tmp_path):
     out = tmp_path / "run"
     results = train(motion, out, head="linear", epochs=3)
     files = set(os.listdir(out))
-    assert {"config.yaml", "log.jsonl", "best.pt", "last.pt", "metrics.json", "confusion_test.csv",
+    assert {"config.yaml", "log.jsonl", "best.pt", "metrics.json", "confusion_test.csv",
             "per_class_test.csv", "confusion_val.csv"} <= files
+    assert "last.pt" not in files  # a finished run keeps no resumable state unless keep_last
     on_disk = json.load(open(out / "metrics.json"))
     assert on_disk == results
     for key in ("val/top1", "test/top1", "test/top5", "test/mean_class_acc", "test/macro_f1", "best_epoch"):

@@ -6,8 +6,9 @@ than the memory budget (``max_bytes``) is streamed from the chunk files instead 
 the same values, read batch by batch, with no copy on disk.
 
 Frames come from the cached pool: a policy cached at extraction (``uniform:8``) is used as
-recorded; another one (``uniform:4`` from a ``uniform:8,uniform:16`` pool, ``keyframes:4`` from
-a ``keyframes:8`` pool and its stored LUV scores) is recomputed per video and served when all its
+recorded; another one (``uniform:4`` from a ``uniform:12`` pool: ``uniform:N`` from ``uniform:kN``
+with k odd holds for every video length, the segment centres coinciding; ``keyframes:4`` from a
+``keyframes:8`` pool and its stored LUV scores) is recomputed per video and served when all its
 frames are in the pool, and refused otherwise with the video that lacks them.
 """
 from __future__ import annotations

@@ -35,15 +35,16 @@ SLURM_OPTIONS = {
 
 
 @contextlib.contextmanager
-def user_errors():
-    """A FeatcacheError becomes one line on stderr and exit status 2."""
+def user_errors(interrupted: str = "interrupted; run the same command again to resume"):
+    """A FeatcacheError becomes one line on stderr and exit status 2; Ctrl-C the line
+    ``interrupted`` (how to resume) and exit status 130."""
     try:
         yield
     except FeatcacheError as exc:
         typer.echo(f"featcache: error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        typer.echo("featcache: interrupted; run the same command again to resume", err=True)
+        typer.echo(f"featcache: {interrupted}", err=True)
         raise typer.Exit(130) from None
 
 

@@ -17,12 +17,15 @@ Examples:
   featcache extract manifest.csv --out tiny.zarr --weights random --model-arg depth=2 --precision fp32
 
   featcache extract manifest.csv --out c.zarr --model tf_efficientnet_lite0 --weights lite0.pth
+
+  ls videos/*.mp4 > videos.txt; featcache extract videos.txt --out c.zarr   # a plain list: ids from file names
 """
 
 
 @app.command(epilog=EXTRACT_EXAMPLES)
 def extract(
-    manifest: str = typer.Argument(..., help="CSV or JSONL manifest with video_id,path,label,split."),
+    manifest: str = typer.Argument(..., help="CSV or JSONL manifest with video_id,path (label,split optional: "
+                                   "training can take them from train --manifest), or a text file of video paths, one per line."),
     out: str = typer.Option(..., "--out", "-o", help="The Zarr store to create or resume."),
     model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name."),
     weights: str = typer.Option("hub", help="hub (timm pretrained), random, or a .pth/.safetensors file."),
@@ -41,6 +44,7 @@ def extract(
     decoder: str = typer.Option("auto", help="auto (= pyav: one in-order pass per video), decord or torchcodec (random access, checked against PyAV; torchcodec needs its extra)."),
     luv_size: str = typer.Option("64x48", help="Resolution of key-frame LUV scoring: WxH (every frame scaled to it, bilinear) or full (the source size; slower). Recorded in the store."),
     short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
+    truncated: str = typer.Option("warn", help="Videos with fewer frames than their container promises (a file cut short): warn (a summary line and source.truncated in the record) or fail."),
     shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the videos (stable hash of the id)."),
     threads: int = typer.Option(0, help="torch threads (0 = torch's default; fewer when decode workers share the CPU)."),
     decode_workers: str = typer.Option("auto", help="Decode processes (spawned; frames through shared memory): auto (the cores the model leaves: all but one beside a GPU, those beyond torch's threads on a CPU) or N (0 = decode in the model's process, between forwards)."),
@@ -97,7 +101,7 @@ def extract_config(p: dict):
                         model_args=_parse_kv(p["model_arg"], "--model-arg"))
     return ExtractConfig(manifest=p["manifest"], out=p["out"], encoder=enc, frames=p["frames"],
                          batch_size=_word_or_int(p["batch_size"], "--batch-size", "auto"), dtype=p["dtype"], decoder=p["decoder"],
-                         luv_size=_parse_size(p["luv_size"]), short_videos=p["short_videos"],
+                         luv_size=_parse_size(p["luv_size"]), short_videos=p["short_videos"], truncated=p["truncated"],
                          overwrite=p["overwrite"], shard=_parse_shard(p["shard"]), crops=p["crops"],
                          threads=p["threads"], decode_workers=_auto_workers(p["decode_workers"]))
 
@@ -230,5 +234,10 @@ def _print_summary(s, out: str) -> None:
         typer.echo(s.decode_note)
     for line in s.warnings:
         typer.echo(f"warning: {line}")
+    if s.decoder_messages:
+        shown = ", ".join(f"{v} ({n})" for v, n in list(s.decoder_messages.items())[:5])
+        typer.echo(f"note: the decoder (FFmpeg) printed {sum(s.decoder_messages.values())} message line(s) for "
+                   f"{len(s.decoder_messages)} video(s): {shown}{' ...' if len(s.decoder_messages) > 5 else ''}; "
+                   "kept in each video's record (source.decoder_log), not printed over the progress bar")
     for video_id, reason in s.failed.items():
         typer.echo(f"failed: {video_id}: {reason}")

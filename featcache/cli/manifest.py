@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional
 
 import typer
@@ -28,26 +29,58 @@ def _convert(out: str, root: str, converter, *args) -> None:
                f"check it with featcache manifest check {out}")
 
 
-@manifest_app.command("ucf101", epilog="Example:\n\n  featcache manifest ucf101 UCF-101 --splits ucfTrainTestlist --split-id 1 --out ucf101_s1.csv")
+_SPLIT_ID = typer.Option("1", help="Official split 1, 2 or 3, or several (1,2,3): one manifest each, "
+                                   "--out NAME.csv becoming NAME_s1.csv ... (or put {split} in --out).")
+
+
+def split_outputs(out: str, split_ids: str) -> list[tuple[int, str]]:
+    """(split id, manifest path) for ``--split-id 1`` or ``1,2,3``: one id writes ``out`` itself;
+    several write ``out`` with ``{split}`` filled in, or ``NAME_s<N>.csv``."""
+    from featcache.errors import FeatcacheError
+
+    try:
+        ids = [int(v) for v in split_ids.split(",")]
+    except ValueError:
+        raise FeatcacheError(f"--split-id: expected 1, 2, 3 or a list such as 1,2,3, got {split_ids!r}") from None
+    if len(set(ids)) != len(ids):
+        raise FeatcacheError(f"--split-id: {split_ids!r} repeats a split")
+    if "{split}" in out:
+        return [(i, out.replace("{split}", str(i))) for i in ids]
+    if len(ids) == 1:
+        return [(ids[0], out)]
+    stem, ext = os.path.splitext(out)
+    return [(i, f"{stem}_s{i}{ext or '.csv'}") for i in ids]
+
+
+def _convert_splits(out: str, root: str, converter, splits: str, split_ids: str, *args) -> None:
+    with user_errors():
+        outputs = split_outputs(out, split_ids)
+    for split_id, path in outputs:
+        _convert(path, root, converter, splits, split_id, *args)
+
+
+@manifest_app.command("ucf101", epilog="Examples:\n\n  featcache manifest ucf101 UCF-101 --splits ucfTrainTestlist --split-id 1 --out ucf101_s1.csv\n\n"
+                                       "  featcache manifest ucf101 UCF-101 --splits ucfTrainTestlist --split-id 1,2,3 --out ucf101.csv   # ucf101_s1.csv, _s2, _s3")
 def manifest_ucf101(root: str = typer.Argument(..., help="Folder with <Class>/v_<Class>_gXX_cYY.avi."),
                     splits: str = typer.Option(..., help="Folder with classInd.txt, trainlist0N.txt, testlist0N.txt."),
-                    split_id: int = typer.Option(1, help="Official split 1, 2 or 3."),
+                    split_id: str = _SPLIT_ID,
                     out: str = _OUT, val_fraction: float = _VAL, seed: int = _SEED):
     """UCF101 from its official split files (val carved from train by performer group)."""
     from featcache import converters
 
-    _convert(out, root, converters.ucf101, splits, split_id, val_fraction, seed)
+    _convert_splits(out, root, converters.ucf101, splits, split_id, val_fraction, seed)
 
 
-@manifest_app.command("hmdb51", epilog="Example:\n\n  featcache manifest hmdb51 hmdb51_org --splits testTrainMulti_7030_splits --out hmdb51_s1.csv")
+@manifest_app.command("hmdb51", epilog="Examples:\n\n  featcache manifest hmdb51 hmdb51_org --splits testTrainMulti_7030_splits --out hmdb51_s1.csv\n\n"
+                                       "  featcache manifest hmdb51 hmdb51_org --splits testTrainMulti_7030_splits --split-id 1,2,3 --out hmdb51.csv")
 def manifest_hmdb51(root: str = typer.Argument(..., help="Folder with <class>/<video>.avi."),
                     splits: str = typer.Option(..., help="Folder with <class>_test_split<N>.txt files."),
-                    split_id: int = typer.Option(1, help="Official split 1, 2 or 3."),
+                    split_id: str = _SPLIT_ID,
                     out: str = _OUT, val_fraction: float = _VAL, seed: int = _SEED):
     """HMDB51 from its official split files."""
     from featcache import converters
 
-    _convert(out, root, converters.hmdb51, splits, split_id, val_fraction, seed)
+    _convert_splits(out, root, converters.hmdb51, splits, split_id, val_fraction, seed)
 
 
 @manifest_app.command("kinetics", epilog="Example:\n\n  featcache manifest kinetics k400 --csv train.csv --csv validate.csv --out k400.csv")

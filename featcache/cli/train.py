@@ -18,9 +18,11 @@ Examples:
 
   featcache train c.zarr --head pool --set head.temporal=concat --set head.mlp_layers=2 --set epochs=20
 
-  featcache train c.zarr --config pipelines/adapter.yaml --set seed=1 --out runs/adapter_s1
+  featcache train c.zarr --config pipelines/advise_r3d.yaml --set seed=1 --out runs/r3d_s1
 
   featcache train c.zarr --head my_heads.py:TinyHead --set head.hidden=64 --set log=tensorboard
+
+  featcache train ucf101.zarr --head r3d --manifest ucf101_s2.csv --out runs/r3d_split2   # labels and splits of split 2
 """
 
 
@@ -28,6 +30,8 @@ Examples:
 _CONFIG = typer.Option(None, "--config", "-c", help="YAML file of options (same keys as --set).")
 _SET = typer.Option([], "--set", help="Override KEY=VALUE, e.g. epochs=20, head.hidden=256 (repeatable).")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace the run already in --out (refused otherwise).")
+_MANIFEST = typer.Option(None, "--manifest", "-m", help="Labels and splits from this training manifest "
+                         "(video_id,label,split), matched to the cache by video_id (default: the store's own).")
 
 
 @app.command(epilog=TRAIN_EXAMPLES)
@@ -41,6 +45,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
     overwrite: bool = _OVERWRITE,
     init: Optional[str] = typer.Option(None, "--init", help="Start the head from a featcache pretrain run (its TMM; the classifier is new)."),
+    manifest: Optional[str] = _MANIFEST,
     list_heads: bool = typer.Option(False, "--list-heads", help="List heads and their options, then exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -50,25 +55,56 @@ def train(
         return
     from featcache.train.fit import run_training
 
-    with user_errors():
+    again = _resume_command(cache, head, view, config, set_, init, manifest, out)
+    with user_errors(interrupted=f"interrupted; resume with: {again}"):
         if resume and overwrite:
             raise FeatcacheError("--resume continues the run in --out and --overwrite replaces it; give one of them")
-        cfg = _train_config(config, set_, head, view, init=init)
-        results = run_training(cache, cfg, out, resume=resume, overwrite=overwrite, show_progress=not quiet)
+        if resume:
+            _check_resumable(out)
+        cfg = _train_config(config, set_, head, view, init=init, manifest=manifest)
+        results = run_training(cache, cfg, out, resume=resume, overwrite=overwrite, show_progress=not quiet,
+                               echo=typer.echo)
     shown = {k: v for k, v in results.items() if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "macro_f1", "mAP")}
     typer.echo(f"trained {cfg.head} on {cfg.view}; best epoch {results['best_epoch']}; "
                + ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())))
     typer.echo(f"run directory: {out} (metrics.json, log.jsonl, best.pt, config.yaml)")
 
 
+def _resume_command(cache, head, view, config, pairs, init, manifest, out) -> str:
+    """The `featcache train` command that continues this run (the same options and --resume)."""
+    import shlex
+
+    words = ["featcache", "train", cache]
+    for flag, value in (("--head", head), ("--view", view), ("--config", config), ("--init", init),
+                        ("--manifest", manifest)):
+        words += [flag, value] if value is not None else []
+    for pair in pairs:
+        words += ["--set", pair]
+    return " ".join(shlex.quote(w) for w in [*words, "--out", out, "--resume"])
+
+
+def _check_resumable(out: str) -> None:
+    """--resume needs a run to continue: refuse a folder that does not exist or holds none."""
+    if not os.path.isdir(out):
+        raise FeatcacheError(f"--resume: {out} does not exist, so there is no run to continue; "
+                             "drop --resume to start a new run there")
+    has = {name for name in ("last.pt", "metrics.json", "config.yaml") if os.path.exists(os.path.join(out, name))}
+    if "metrics.json" in has and "last.pt" not in has:
+        raise FeatcacheError(f"--resume: the run in {out} has finished; nothing to continue "
+                             "(eval it with featcache eval, or give --overwrite to train it anew)")
+    if not has:  # a run interrupted before its first epoch ended holds config.yaml: it starts at epoch 0
+        raise FeatcacheError(f"--resume: {out} holds no featcache run to continue; drop --resume to start one there")
+
+
 def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], view: Optional[str],
-                  init: Optional[str] = None, base=None):
+                  init: Optional[str] = None, base=None, manifest: Optional[str] = None):
     from featcache.config import build_config, load_yaml_mapping, parse_assignments
 
     try:
         values = load_yaml_mapping(path, missing="--config: no such file") if path else {}
         cfg = build_config(values, base=base, where=f"{path}: " if path else "")
-        flags = {k: v for k, v in (("head", head), ("view", view), ("init", init)) if v is not None}
+        flags = {k: v for k, v in (("head", head), ("view", view), ("init", init), ("manifest", manifest))
+                 if v is not None}
         cfg = build_config({**flags, **parse_assignments(pairs)}, base=cfg, where="--set ")
     except ValueError as exc:
         raise FeatcacheError(str(exc)) from None
@@ -106,6 +142,7 @@ def pretrain(
     set_: list[str] = _SET,
     out: str = typer.Option("runs/pretrain", "--out", "-o", help="Run directory."),
     overwrite: bool = _OVERWRITE,
+    manifest: Optional[str] = _MANIFEST,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
 ):
     """Self-supervised pre-training of a head from a dense frame pool (video labels unused); then
@@ -116,12 +153,33 @@ def pretrain(
 
     with user_errors():
         base = TrainConfig(head="r3d", view=View("stride:1"), epochs=15)
-        cfg = _train_config(config, set_, head, view, base=base)
-        results = run_pretrain(cache, cfg, out, task_name=task, overwrite=overwrite, show_progress=not quiet)
+        cfg = _train_config(config, set_, head, view, base=base, manifest=manifest)
+        results = run_pretrain(cache, cfg, out, task_name=task, overwrite=overwrite, show_progress=not quiet,
+                               echo=typer.echo)
     rate = results.get("val/top1")
     typer.echo(f"pre-trained {cfg.head} on {task}; best epoch {results['best_epoch']}; "
                + (f"val rate accuracy {rate:.4f} (chance {1 / 4:.2f})" if rate is not None else "no val split"))
-    typer.echo(f"run directory: {out}; fine-tune: featcache train {cache} --head {cfg.head} --init {out}")
+    typer.echo(f"run directory: {out}; fine-tune: {finetune_command(cache, cfg, out)}")
+
+
+def finetune_command(cache: str, cfg, out: str) -> str:
+    """The `featcache train` command that fine-tunes a pre-training: the head's options and the
+    token layout (layers, tokens, spatial, channels) must be the pre-training's for --init."""
+    import shlex
+
+    from featcache.config import TrainConfig
+
+    words = ["featcache", "train", cache, "--head", cfg.head, "--view", "uniform:8", "--init", out]
+    for key, value in sorted(cfg.head_options.items()):
+        words += ["--set", f"head.{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    default, ours = TrainConfig().view.as_dict(), cfg.view.as_dict()
+    for key in ("layers", "tokens", "spatial", "channels"):
+        if ours[key] != default[key]:
+            value = ours[key]
+            words += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    if cfg.manifest:
+        words += ["--manifest", cfg.manifest]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 PROBE_EXAMPLES = """
@@ -142,13 +200,14 @@ def probe(
     set_: list[str] = typer.Option([], "--set", help="View keys: layers, tokens, spatial, channels (KEY=VALUE)."),
     out: str = typer.Option("runs/probe", "--out", "-o", help="Run directory."),
     overwrite: bool = _OVERWRITE,
+    manifest: Optional[str] = _MANIFEST,
 ):
     """Closed-form baselines on pooled per-video features: k-NN and logistic regression."""
     from featcache.train.probe import run_probe
 
     with user_errors():
-        cfg = _train_config(None, set_, None, view)
-        results = run_probe(cache, cfg, out, method, feature, overwrite=overwrite)
+        cfg = _train_config(None, set_, None, view, manifest=manifest)
+        results = run_probe(cache, cfg, out, method, feature, overwrite=overwrite, echo=typer.echo)
     shown = {k: v for k, v in results.items() if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "k", "C")}
     typer.echo(f"{method} on {feature} features; " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
     typer.echo(f"run directory: {out} (metrics.json, predictions_<split>.csv, config.yaml)")
@@ -160,7 +219,7 @@ def eval_(
     run_dir: str = typer.Argument(..., help="A featcache train run directory."),
     split: str = typer.Option("test", help="train, val or test."),
     cache: Optional[str] = typer.Option(None, help="Evaluate on this cache instead of the one trained on."),
-    checkpoint: str = typer.Option("best", help="best or last."),
+    checkpoint: str = typer.Option("best", help="best or last (a run trained with keep_last; outputs named @last)."),
     temporal_views: int = typer.Option(1, help="Multi-view testing: V interleaved uniform:N views from a uniform:N*V pool."),
     spatial_views: int = typer.Option(1, help="Multi-view testing: 3 crops along the long side (a cache from extract --crops 3)."),
     combine: str = typer.Option("mean", help="How view scores combine (softmax/sigmoid first): mean, sum or max."),
@@ -168,6 +227,8 @@ def eval_(
     stride: int = typer.Option(0, help="--window: start a window every STRIDE pool frames (default: the window, no overlap)."),
     aggregate: str = typer.Option("max", help="--window: a video's score is the max or mean over its windows."),
     pool: Optional[str] = typer.Option(None, help="--window: the dense pool (fps:F or stride:S; default the cache's first)."),
+    manifest: Optional[str] = typer.Option(None, "--manifest", "-m", help="Labels and splits from this manifest "
+                                           "(default: the one the run was trained with; its class list must be the run's)."),
 ):
     """Re-evaluate a trained head on a split (writes predictions_<split>.csv); refuses caches from
     another model or preprocessing."""
@@ -180,17 +241,21 @@ def eval_(
         if checkpoint not in ("best", "last"):
             raise FeatcacheError(f"--checkpoint: expected best or last, got {checkpoint!r}")
         path, other = os.path.join(run_dir, f"{checkpoint}.pt"), open_cache(cache) if cache else None
+        if checkpoint == "last" and not os.path.exists(path) and os.path.exists(os.path.join(run_dir, "best.pt")):
+            raise FeatcacheError(f"--checkpoint last: {run_dir} has no last.pt (a finished run keeps it only when "
+                                 "trained with --set keep_last=true); evaluate best, or train with keep_last")
+        tag = "@last" if checkpoint == "last" else ""  # its outputs never overwrite the best checkpoint's
         if window or stride:
             if temporal_views != 1 or spatial_views != 1:
                 raise FeatcacheError("--window and --temporal-views/--spatial-views are two protocols; give one of them")
             results = evaluate_windows(path, other, splits=(split,), out_dir=run_dir, window=window, stride=stride,
-                                       aggregate=aggregate, pool=pool)
+                                       aggregate=aggregate, pool=pool, manifest=manifest, tag=tag)
         else:
             results = evaluate_checkpoint(path, other, splits=(split,), out_dir=run_dir, temporal_views=temporal_views,
-                                          combine=combine, spatial_views=spatial_views)
+                                          combine=combine, spatial_views=spatial_views, manifest=manifest, tag=tag)
         if not results:
             raise FeatcacheError(f"the cache has no videos in the {split} split")
-    protocol = next(iter(results)).split("@")[1] if "@" in next(iter(results)) else ""
+    protocol = next(iter(results)).split("@", 1)[1] if "@" in next(iter(results)) else ""
     protocol = f"@{protocol}" if protocol else ""
     with open(os.path.join(run_dir, f"eval_{split}{protocol}.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
@@ -200,9 +265,11 @@ def eval_(
 ABLATE_EXAMPLES = """
 Examples:
 
-  featcache ablate pipelines/adapter_pooling.yaml --cache caches/hmdb51.zarr --out runs/adapter --dry-run
+  featcache ablate pipelines/seed000_table1_frames.yaml --cache caches/hmdb51_cut0.zarr --out runs/s000 --dry-run
 
-  featcache ablate pipelines/advise_tmm.yaml --cache caches/diving48.zarr --out runs/advise
+  featcache ablate pipelines/advise_table5_tmm_vs_avg.yaml --cache caches/diving48.zarr --out runs/advise
+
+  featcache ablate sweep.yaml --manifest ucf101_s2.csv --out runs/split2   # every cell on split 2's labels and splits
 
   featcache ablate sweep.yaml --out runs/s1 --only 0,3 --filter head.temporal=avg --set epochs=5
 
@@ -216,6 +283,7 @@ def ablate(
     out: str = typer.Option("runs/sweep", "--out", "-o", help="Folder for cells/, leaderboard.csv and .md."),
     cache: Optional[str] = typer.Option(None, help="The cache to use (overrides the file's cache:)."),
     set_: list[str] = typer.Option([], "--set", help="Override a base option KEY=VALUE for every cell."),
+    manifest: Optional[str] = typer.Option(None, "--manifest", "-m", help="Labels and splits of every cell from this training manifest (a sweep may vary manifest: instead)."),
     only: Optional[str] = typer.Option(None, help="Run only these cells: comma-separated indices or names."),
     filter_: list[str] = typer.Option([], "--filter", help="Run only cells with KEY=VALUE (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, fused passes and estimated cost."),
@@ -240,7 +308,8 @@ def ablate(
 
     with user_errors():
         try:
-            sweep = load_sweep(sweep_file, cache=cache, overrides=parse_assignments(set_))
+            overrides = {**parse_assignments(set_), **({"manifest": manifest} if manifest else {})}
+            sweep = load_sweep(sweep_file, cache=cache, overrides=overrides)
             filters = parse_assignments(filter_)
             cells = select(sweep.cells, only.split(",") if only else None, filters)
             if not cells:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from featcache.annotations import AnnotatedCache, annotate, check_same_manifest
 from featcache.cache.dataset import Task, ViewData, fill_view, frame_positions, materialise
 from featcache.cache.store import Cache, open_cache
 from featcache.config import from_dict
@@ -52,9 +53,10 @@ COMBINE = ("mean", "sum", "max")
 
 def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None,
                         data: dict | None = None, temporal_views: int = 1, combine: str = "mean",
-                        spatial_views: int = 1) -> dict:
+                        spatial_views: int = 1, manifest: str | None = None, tag: str = "") -> dict:
     """Metrics of a saved head on the given splits of ``cache`` (a Cache, or None for the
-    checkpoint's own); writes ``predictions_<split>.csv``, per-class files and confusion matrices
+    checkpoint's own), labels and splits from ``manifest`` (default: the run's; see
+    :func:`_load_run`); writes ``predictions_<split>.csv``, per-class files and confusion matrices
     into ``out_dir``. ``data`` (split -> ViewData of the checkpoint's view, already read) avoids
     reading again.
 
@@ -64,15 +66,16 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
     ST-Adapter; ``sum``: SlowFast; ``max``). ``spatial_views`` 3 adds the first and last of three
     crops along the long side (the cache must hold them: ``extract --crops 3``), every temporal
     view at every crop. Keys and files carry the protocol: ``test/top1@2x3``,
-    ``predictions_test@2x3.csv``."""
+    ``predictions_test@2x3.csv``; ``tag`` ("@last") is appended to both, so the outputs of another
+    checkpoint never overwrite the best one's."""
     if combine not in COMBINE:
         raise FeatcacheError(f"--combine: unknown {combine!r}; expected one of {', '.join(COMBINE)}")
     if spatial_views not in (1, 3):
         raise FeatcacheError(f"--spatial-views: expected 1 or 3, got {spatial_views}")
-    run = _load_run(path, cache)
+    run = _load_run(path, cache, manifest)
     crops = (1,) if spatial_views == 1 else (0, 1, 2)
     views = [dataclasses.replace(v, crop=c) for v in _temporal_views(run.cfg.view, temporal_views) for c in crops]
-    suffix = "" if temporal_views == spatial_views == 1 else f"@{temporal_views}x{spatial_views}"
+    suffix = ("" if temporal_views == spatial_views == 1 else f"@{temporal_views}x{spatial_views}") + tag
     results = {}
     for split in splits:
         read = [data[split]] if data and len(views) == 1 else [materialise(run.cache, v, split) for v in views]
@@ -86,7 +89,8 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
 
 
 def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = None, window: int = 0,
-                     stride: int = 0, aggregate: str = "max", pool: str | None = None) -> dict:
+                     stride: int = 0, aggregate: str = "max", pool: str | None = None,
+                     manifest: str | None = None, tag: str = "") -> dict:
     """Sliding-window evaluation (seed 004's Charades protocol): windows of the head's own length
     W over a dense pool (``fps:F``, or ``stride:S``; the cache's first by default), starting every
     ``stride`` pool frames (default W: no overlap); each window scored (softmax/sigmoid), then the
@@ -94,7 +98,7 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
     frames (uniform:W of its pool). Keys and files carry the protocol: ``test/mAP@w8s4max``."""
     if aggregate not in ("max", "mean"):
         raise FeatcacheError(f"--aggregate: expected max or mean, got {aggregate!r}")
-    run = _load_run(path, cache)
+    run = _load_run(path, cache, manifest)
     width = run.cfg.view.frames.count
     if window and window != width:
         raise FeatcacheError(f"--window {window}: the head was trained on {width}-frame clips ({run.cfg.view.frames}); "
@@ -109,7 +113,7 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
                              f"({', '.join(dense) or 'it holds none'}); extract with --frames fps:F or stride:S")
     policy = parse_policy(pool)
     layout = run.cfg.view.layout(run.cache.attrs)
-    suffix = f"@w{width}s{stride}{aggregate}"
+    suffix = f"@w{width}s{stride}{aggregate}{tag}"
     results = {}
     for split in splits:
         records = run.cache.done_records(split)
@@ -143,8 +147,11 @@ class _Run:
     device: torch.device
 
 
-def _load_run(path: str, cache: Cache | None) -> _Run:
-    """A trained head from its checkpoint, checked against the cache it will read."""
+def _load_run(path: str, cache: Cache | None, manifest: str | None = None) -> _Run:
+    """A trained head from its checkpoint, checked against the cache it will read. Labels and
+    splits: ``cache``'s when it is already annotated (training's own evaluation), else those of
+    ``manifest``, else the manifest the run was trained with (refused if it changed since), else
+    the store's own."""
     ckpt = checkpoint.load(path)
     if "pretext" in ckpt:
         raise FeatcacheError(f"{path}: a {ckpt['pretext']['task']} pre-training; its score is val/top1 in "
@@ -154,9 +161,30 @@ def _load_run(path: str, cache: Cache | None) -> _Run:
         raise FeatcacheError(
             f"{cache.path} (fingerprint {cache.fingerprint}) is not the cache this head was trained on "
             f"(fingerprint {ckpt['cache']['fingerprint']}: other model, preprocessing, layers or frames)")
+    if manifest is not None or not isinstance(cache, AnnotatedCache):
+        cache = _annotated(cache, ckpt, manifest)
     cfg = from_dict(ckpt["config"])
     device = resolve_device(cfg.device)
     return _Run(cfg, cache, checkpoint.build_head(ckpt).to(device), Task(ckpt["classes"], ckpt["multi_label"]), device)
+
+
+def _annotated(cache: Cache, ckpt: dict, manifest: str | None) -> AnnotatedCache:
+    """The cache under the labels and splits an evaluation of ``ckpt`` uses (see _load_run)."""
+    recorded = ckpt.get("manifest") or {}
+    if manifest is None and recorded.get("path"):
+        if not os.path.isfile(recorded["path"]):
+            raise FeatcacheError(f"the manifest this run was trained with, {recorded['path']}, is gone; "
+                                 "give --manifest M.csv")
+        check_same_manifest(recorded, recorded["path"])
+        manifest = recorded["path"]
+    annotated = annotate(cache, manifest, ckpt["config"].get("val_fraction", 0.0))
+    classes = annotated.annotations.classes()
+    if manifest and classes != list(ckpt["classes"]):
+        extra, lost = sorted(set(classes) - set(ckpt["classes"])), sorted(set(ckpt["classes"]) - set(classes))
+        raise FeatcacheError(f"--manifest {manifest}: its class list differs from the run's ({len(classes)} vs "
+                             f"{len(ckpt['classes'])} classes; new: {extra[:5]}, absent: {lost[:5]}); "
+                             "evaluate with a manifest of the same classes")
+    return annotated
 
 
 def report_split(task: Task, split: str, suffix: str, video_ids: list[str], labels: list[list[str]], logits: np.ndarray,

@@ -6,7 +6,8 @@ Run directory (RUN_DIR):
     log.jsonl          one line per epoch of this run: train/loss, train/top1, val/loss, val/..., lr, seconds
     curves.png         loss and the selection metric per epoch, train vs val (with matplotlib)
     events.out.tfevents.*, wandb/   with --set log=tensorboard / log=wandb (featcache.train.tracking)
-    best.pt, last.pt   checkpoints (best on the val metric; last for --resume)
+    best.pt, last.pt   checkpoints (best on the val metric; last for --resume, removed once the run
+                       has finished unless keep_last: true)
     metrics.json       final flat metrics: val/..., test/..., best_epoch
     confusion_<split>.csv, per_class_<split>.csv   (+ confusion_<split>.png with matplotlib)
 
@@ -15,6 +16,7 @@ refused unless ``overwrite`` is given, and then the old run's files are removed 
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -25,6 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from featcache.annotations import annotate, check_selection
 from featcache.cache.dataset import Task, ViewData, memory_budget
 from featcache.cache.stream import StreamedTokens, batches, epoch_order
 from featcache.cache.store import open_cache
@@ -43,10 +46,12 @@ RUN_FILES = ("log.jsonl", "best.pt", "last.pt", "metrics.json", "config.yaml", "
 
 
 def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False,
-                 show_progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train ``cfg.head`` on the cache's train split, select on val, report on test."""
+                 show_progress: bool = True, on_epoch: Callable[[dict], None] | None = None,
+                 echo: Callable[[str], None] | None = None) -> dict:
+    """Train ``cfg.head`` on the cache's train split, select on val, report on test. ``echo``
+    gets the lines saying where labels and splits come from and which videos are left out."""
     return train_group(cache_path, [cfg], [out_dir], resume=resume, overwrite=overwrite,
-                       show_progress=show_progress, on_epoch=on_epoch)[0]
+                       show_progress=show_progress, on_epoch=on_epoch, echo=echo)[0]
 
 
 def previous_run(out_dir: str, resume: bool, overwrite: bool) -> list[str]:
@@ -65,7 +70,7 @@ def previous_run(out_dir: str, resume: bool, overwrite: bool) -> list[str]:
 
 def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], resume: bool = False,
                 overwrite: bool = False, show_progress: bool = True, data: dict | None = None,
-                on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+                on_epoch: Callable[[dict], None] | None = None, echo: Callable[[str], None] | None = None) -> list[dict]:
     """Train several heads in one pass over the data (DINOv2-linear-eval style): every head sees
     the same batches, has its own optimiser, schedule, RNG stream and checkpoints, and the summed
     loss is back-propagated once. Each head's results equal training it alone with the same seed.
@@ -75,13 +80,20 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
         raise ValueError(f"cells of one group must agree on {', '.join(FUSION_KEYS)}")
     for cfg in cfgs:  # a missing logger package stops the run before anything is written
         tracking.require(parse_log(cfg.log))
-    cache = open_cache(cache_path)
+    # labels and splits: the manifest's, or the store's; val carved from train when asked
+    cache = annotate(open_cache(cache_path), cfgs[0].manifest, cfgs[0].val_fraction)
+    for line in cache.annotations.summary() if echo else ():
+        echo(line)
     view = cfgs[0].view
     view.check(cache.attrs)
     stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
+    if not cache.done_records("train"):  # before anything is read
+        where = f"--manifest {cfgs[0].manifest}" if cfgs[0].manifest else "the store's annotations"
+        raise FeatcacheError(f"{cache_path}: no videos in the train split ({where}); check the manifest's split "
+                             "column, or give a training manifest with --manifest M.csv (video_id,label,split)")
+    for cfg in cfgs:
+        check_selection(cache.annotations, cfg.select)
     data = data or read_splits(cache, view, max_bytes=cfgs[0].view_budget)
-    if len(data["train"].video_ids) == 0:
-        raise FeatcacheError(f"{cache_path}: no videos in the train split; check the manifest's split column")
     task = _task(cfgs[0], data)
     device = resolve_device(cfgs[0].device)
     heads = []
@@ -95,6 +107,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
         os.makedirs(out_dir, exist_ok=True)
         meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
                 "multi_label": task.multi, "config": to_dict(cfg), "head_source": head_source(cfg.head),
+                "manifest": cache.annotations.meta(),
                 "streamed": [s for s, d in data.items() if isinstance(d.x, StreamedTokens)]}
         _write_config(out_dir, meta)
         members.append(_Member(cfg, head, task, data, device, out_dir, meta, rng, cuda_rng))
@@ -112,6 +125,9 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
             r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters() if p.requires_grad))
             with open(os.path.join(m.out_dir, "metrics.json"), "w") as f:
                 json.dump(r, f, indent=2, sort_keys=True)
+            if not m.cfg.keep_last:  # finished: the resumable state is not needed (a sweep cell's would stay)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(m.out_dir, "last.pt"))
             plot_run_curves(m.out_dir, task)
             m.tracker.finish(r)
             results.append(r)
@@ -275,6 +291,9 @@ class _Member:
             raise FeatcacheError(f"--resume: the head's code changed since {path} was saved "
                                  f"({self.meta['head_source'].get('path', self.meta['head_source'].get('module'))}); "
                                  "restore it or use a new --out")
+        if (ckpt.get("manifest") or {}).get("sha256") != self.meta["manifest"]["sha256"]:
+            raise FeatcacheError(f"--resume: {path} was trained with other labels and splits (another --manifest, "
+                                 "or the manifest changed); use a new --out")
         checkpoint.load_trainable(self.head, ckpt["state_dict"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -373,7 +392,7 @@ class _GroupTrainer:
         if not self.task.multi:
             record["train/top1"] = correct / len(self.x)
         record.update(val)
-        value = record.get(f"val/{self.task.metric}", epoch)  # without a val split, the last epoch is kept
+        value = epoch if m.cfg.select == "last" else record.get(f"val/{self.task.metric}", epoch)
         improved = value > m.best
         if improved:
             m.best, m.best_epoch, m.stale = value, epoch, 0

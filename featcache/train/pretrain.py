@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from featcache.annotations import annotate
 from featcache.cache.dataset import fill_view
 from featcache.cache.store import Cache, open_cache
 from featcache.config import TrainConfig, to_dict
@@ -113,12 +114,14 @@ def make_clips(pools: list[DensePool], rng: np.random.Generator, task: PRP) -> t
 
 
 def run_pretrain(cache_path: str, cfg: TrainConfig, out_dir: str, task_name: str = "prp", overwrite: bool = False,
-                 show_progress: bool = True, task: PRP = PRP()) -> dict:
+                 show_progress: bool = True, task: PRP = PRP(), echo=None) -> dict:
     """Pre-train ``cfg.head`` on the pretext task over the train split's dense pools; select on
     the val split's rate accuracy (fixed clips); write a run directory like ``train``'s."""
     if task_name not in TASKS:
         raise FeatcacheError(f"--task: unknown {task_name!r}; expected one of {', '.join(TASKS)}")
-    cache = open_cache(cache_path)
+    cache = annotate(open_cache(cache_path), cfg.manifest, cfg.val_fraction)  # labels and splits: the manifest's, or the store's
+    for line in cache.annotations.summary() if echo else ():
+        echo(line)
     cfg.view.check(cache.attrs, dense=True)
     if cfg.view.frames.fixed:
         raise FeatcacheError(f"view {cfg.view.frames}: PRP samples clips at several rates from a dense pool; "
@@ -139,7 +142,7 @@ def run_pretrain(cache_path: str, cfg: TrainConfig, out_dir: str, task_name: str
     except (ValueError, TypeError) as exc:
         raise FeatcacheError(f"head {cfg.head}: {exc}") from None
     meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
-            "multi_label": False, "config": to_dict(cfg), "pretext": {"task": task_name, **asdict(task)}}
+            "multi_label": False, "config": to_dict(cfg), "manifest": cache.annotations.meta(), "pretext": {"task": task_name, **asdict(task)}}
     _write_config(out_dir, meta)
     device = resolve_device(cfg.device)
     head.to(device)

@@ -21,6 +21,7 @@ import os
 import numpy as np
 import torch
 
+from featcache.annotations import annotate
 from featcache.cache.dataset import Task
 from featcache.cache.store import open_cache
 from featcache.config import TrainConfig, to_dict
@@ -66,12 +67,14 @@ def knn_scores(train: np.ndarray, train_y: np.ndarray, query: np.ndarray, k: int
 
 
 def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feature: str = "cls_mean",
-              overwrite: bool = False) -> dict:
+              overwrite: bool = False, echo=None) -> dict:
     if method not in METHODS:
         raise FeatcacheError(f"--method: unknown {method!r}; expected one of {', '.join(METHODS)}")
     if feature not in FEATURES:
         raise FeatcacheError(f"--feature: unknown {feature!r}; expected one of {', '.join(FEATURES)}")
-    cache = open_cache(cache_path)
+    cache = annotate(open_cache(cache_path), cfg.manifest, cfg.val_fraction)  # labels and splits: the manifest's, or the store's
+    for line in cache.annotations.summary() if echo else ():
+        echo(line)
     cfg.view.check(cache.attrs)
     stale = previous_run(out_dir, resume=False, overwrite=overwrite)
     data = read_splits(cache, cfg.view)
@@ -91,7 +94,7 @@ def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feat
     os.makedirs(out_dir, exist_ok=True)
     _write_config(out_dir, {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
                             "multi_label": False, "probe": {"method": method, "feature": feature, **choice},
-                            "config": to_dict(cfg)})
+                            "config": to_dict(cfg), "manifest": cache.annotations.meta()})
     results = dict(choice)
     for split in ("val", "test"):
         if split not in feats:
