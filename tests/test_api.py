@@ -1,4 +1,5 @@
 """The cache from Python: open_cache(path).dataset(...) and the docs' plain-PyTorch loop."""
+import csv
 import os
 import re
 
@@ -105,9 +106,27 @@ def test_multi_hot_targets_when_asked(motion):
     ({"view": "uniform:x"}, "dataset: "),
     ({"view": "keyframes:8"}, "lacks some of its frames"),
     ({"tokens": "everything"}, "tokens: 'everything' is not one of"),
-    ({"manifest": "labels.csv"}, "not available yet"),
+    ({"manifest": "no_such_labels.csv"}, "no_such_labels.csv"),
     ({"classes": ["left", "right"]}, "not in classes"),
 ])
 def test_bad_arguments_are_one_clear_error(motion, kwargs, message):
     with pytest.raises(FeatcacheError, match=re.escape(message)):
         open_cache(motion).dataset(**kwargs)
+
+
+def test_labels_and_splits_from_a_training_manifest(motion, tmp_path):
+    """dataset(manifest=M): M's split lists and labels, matched to the cache by video_id."""
+    records = sorted(open_cache(motion).records().values(), key=lambda r: r["video_id"])
+    swap = {"left": "right", "right": "left"}
+    rows = [{"video_id": r["video_id"], "path": r["path"], "label": swap.get(r["labels"][0], r["labels"][0]),
+             "split": "train" if i % 2 else "test"} for i, r in enumerate(records)]
+    manifest = tmp_path / "relabelled.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    ds = open_cache(motion).dataset(split="train", manifest=str(manifest))
+    wanted = sorted(r["video_id"] for r in rows if r["split"] == "train")
+    assert ds.video_ids == wanted
+    labels = {r["video_id"]: r["label"] for r in rows}
+    assert [ds.classes[int(t)] for t in ds.targets] == [labels[v] for v in ds.video_ids]

@@ -36,8 +36,9 @@ def annotated(cache, manifest: str | None = None):
     dataset takes its records from."""
     if manifest is None:
         return cache
-    raise FeatcacheError("dataset(manifest=...): labels and splits from a training manifest are not available "
-                         "yet in this version of featcache; give manifest=None (the store's own annotations)")
+    from featcache.annotations import annotate
+
+    return annotate(cache, manifest)
 
 
 def _view(view, layers, tokens, spatial, channels) -> View:
