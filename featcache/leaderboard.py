@@ -1,6 +1,7 @@
 """Sweep leaderboards: OUT/leaderboard.csv and OUT/leaderboard.md (+ leaderboard.png with
 matplotlib). One row per cell, sorted by the sweep metric, the best cell marked, and a summary per
-axis (mean metric per value) so each factor's effect shows at a glance."""
+axis (mean metric per value) so each factor's effect shows at a glance. A sweep with an ``init``
+axis also gets AdViSe's delta Acc per pre-initialised cell (:func:`paired_deltas`)."""
 from __future__ import annotations
 
 import csv
@@ -38,14 +39,39 @@ def axis_summary(rows: list[dict], axes: tuple[str, ...], metric: str) -> dict[s
     return out
 
 
+SCRATCH = ("", "none", "None", None)  # init values of a cell trained from scratch
+
+
+def paired_deltas(rows: list[dict], metric: str, axis: str = "init") -> dict[str, dict[str, float]]:
+    """AdViSe's delta Acc: for every cell with a pre-trained ``init``, its metric minus that of the
+    cell whose settings are the same except ``init: none`` (same seed, same everything else).
+    Column name -> {cell: difference}, for the sweep metric and its ``test/`` counterpart; cells
+    without a scratch partner get no value. Empty when the sweep has no such pairs."""
+    def key(r):
+        return tuple(sorted((k, str(v)) for k, v in r["settings"].items() if k != axis))
+
+    scratch = {key(r): r for r in rows if axis in r["settings"] and r["settings"][axis] in SCRATCH}
+    names = [metric] + ([f"test/{metric.split('/', 1)[1]}"] if not metric.startswith("test/") else [])
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        col = {r["cell"]: r["metrics"][name] - scratch[key(r)]["metrics"][name] for r in rows
+               if r["settings"].get(axis) not in SCRATCH and key(r) in scratch
+               and name in r["metrics"] and name in scratch[key(r)]["metrics"]}
+        if col:
+            out[f"delta {name}"] = col
+    return out
+
+
 def write_leaderboard(out_dir: str, rows: list[dict], axes: tuple[str, ...], metric: str, goal: str) -> None:
     ranked = rank(rows, metric, goal)
     metrics = metric_columns(rows)
-    header = ["rank", "best", "cell", *axes, *metrics, "params", "train_s"]
+    deltas = paired_deltas(rows, metric)
+    header = ["rank", "best", "cell", *axes, *metrics, *deltas, "params", "train_s"]
     table = []
     for i, r in enumerate(ranked, 1):
         table.append([i, "*" if i == 1 else "", r["cell"], *[r["settings"].get(a, "") for a in axes],
-                      *[_fmt(r["metrics"].get(m)) for m in metrics], r["params"], r["train_s"]])
+                      *[_fmt(r["metrics"].get(m)) for m in metrics], *[_fmt(d.get(r["cell"])) for d in deltas.values()],
+                      r["params"], r["train_s"]])
     with open(os.path.join(out_dir, "leaderboard.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
