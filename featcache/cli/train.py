@@ -151,19 +151,25 @@ def probe(
 
 
 @app.command("eval", epilog="Examples:\n\n  featcache eval runs/r3d --split test\n\n"
-                             "  featcache eval runs/r3d --temporal-views 2   # two uniform:8 views of a uniform:16 pool")
+                             "  featcache eval runs/r3d --temporal-views 2   # two uniform:8 views of a uniform:16 pool\n\n"
+                             "  featcache eval runs/r3d --temporal-views 10 --spatial-views 3 --clip-rate 2 --combine sum"
+                             "   # SlowFast's 30 views: 10 dense clips x 3 crops (docs/protocols.md)")
 def eval_(
     run_dir: str = typer.Argument(..., help="A featcache train run directory."),
     split: str = typer.Option("test", help="train, val or test."),
     cache: Optional[str] = typer.Option(None, help="Evaluate on this cache instead of the one trained on."),
     checkpoint: str = typer.Option("best", help="best or last."),
-    temporal_views: int = typer.Option(1, help="Multi-view testing: V interleaved uniform:N views from a uniform:N*V pool."),
+    temporal_views: int = typer.Option(1, help="Multi-view testing: V interleaved uniform:N views from a uniform:N*V pool "
+                                              "(VideoMAE-like), or with --clip-rate V dense clips (SlowFast)."),
     spatial_views: int = typer.Option(1, help="Multi-view testing: 3 crops along the long side (a cache from extract --crops 3)."),
     combine: str = typer.Option("mean", help="How view scores combine (softmax/sigmoid first): mean, sum or max."),
     window: int = typer.Option(0, help="Sliding windows of this many pool frames (the head's clip length) over a dense pool."),
     stride: int = typer.Option(0, help="--window: start a window every STRIDE pool frames (default: the window, no overlap)."),
     aggregate: str = typer.Option("max", help="--window: a video's score is the max or mean over its windows."),
-    pool: Optional[str] = typer.Option(None, help="--window: the dense pool (fps:F or stride:S; default the cache's first)."),
+    pool: Optional[str] = typer.Option(None, help="--window / --clip-rate: the dense pool (fps:F or stride:S for windows, "
+                                                  "stride:S for clips; default the cache's first)."),
+    clip_rate: int = typer.Option(0, help="Dense-clip views: each of the --temporal-views is N frames every R source "
+                                          "frames, starts evenly spaced (SlowFast get_start_end_idx), from a stride:S pool."),
 ):
     """Re-evaluate a trained head on a split (writes predictions_<split>.csv); refuses caches from
     another model or preprocessing."""
@@ -177,13 +183,14 @@ def eval_(
             raise FeatcacheError(f"--checkpoint: expected best or last, got {checkpoint!r}")
         path, other = os.path.join(run_dir, f"{checkpoint}.pt"), open_cache(cache) if cache else None
         if window or stride:
-            if temporal_views != 1 or spatial_views != 1:
-                raise FeatcacheError("--window and --temporal-views/--spatial-views are two protocols; give one of them")
+            if temporal_views != 1 or spatial_views != 1 or clip_rate:
+                raise FeatcacheError("--window and --temporal-views/--spatial-views/--clip-rate are two protocols; "
+                                     "give one of them")
             results = evaluate_windows(path, other, splits=(split,), out_dir=run_dir, window=window, stride=stride,
                                        aggregate=aggregate, pool=pool)
         else:
             results = evaluate_checkpoint(path, other, splits=(split,), out_dir=run_dir, temporal_views=temporal_views,
-                                          combine=combine, spatial_views=spatial_views)
+                                          combine=combine, spatial_views=spatial_views, clip_rate=clip_rate, pool=pool)
         if not results:
             raise FeatcacheError(f"the cache has no videos in the {split} split")
     protocol = next(iter(results)).split("@")[1] if "@" in next(iter(results)) else ""
