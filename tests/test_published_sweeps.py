@@ -119,3 +119,31 @@ def test_ablate_reports_delta_acc_between_a_prp_and_a_scratch_cell(tmp_path):
         expected = float(rows[prp][metric]) - float(rows["none"][metric])
         assert float(rows[prp][f"delta {metric}"]) == pytest.approx(expected, abs=1e-4)
         assert rows["none"][f"delta {metric}"] == ""
+
+
+def test_seed002_sweeps_say_what_they_reproduce():
+    from featcache.heads.amflow import TemporalUnit
+
+    s, text = sweep("seed002_tpm.yaml")
+    assert "Table 4 components" not in text and "only the cell tpm=lstm, flow=vanilla" in text
+    assert {c.config.head_options["flow_blocks"] for c in s.cells} == {"ends"}
+    sizes = {}
+    for c in s.cells:  # each module at the sweep's width, as configured
+        o = c.config.head_options
+        unit = TemporalUnit(o["tpm"], o["width"], 8, o["tpm_layers"], o["tpm_hidden"])
+        sizes[o["tpm"]] = sum(p.numel() for p in unit.parameters())
+    assert sizes["tcn"] < sizes["transformer"] < sizes["lstm"]
+    assert sizes["lstm"] / sizes["transformer"] == pytest.approx(360 / 103, rel=0.03)  # seed 002 Tables 1-2
+    t4, text4 = sweep("seed002_table4.yaml")
+    assert [c.config.head_options["flow"] for c in t4.cells] == ["none", "vanilla", "aligned"]
+    assert {c.config.head_options["flow_blocks"] for c in t4.cells} == {"all"}
+    assert all(n in text4 for n in ("74.3", "72.7", "88.8"))  # seed 002 Table 4
+
+
+def test_heads_command_lists_the_new_options():
+    r = runner.invoke(app, ["heads"])
+    assert r.exit_code == 0, r.output
+    lines = {line.split()[0]: line for line in r.output.splitlines() if line.strip()}
+    assert "mlp_bn=True" in lines["r3d"] and "temporal_kernel=3" in lines["r3d"]
+    assert "tpm_layers=0" in lines["adapter"] and "tpm_hidden=0" in lines["adapter"]
+    assert all("frame_norm=True" in lines[h] for h in ("pool", "linear", "lstm", "tcn", "transformer"))
