@@ -1,6 +1,7 @@
 """Sweep leaderboards: OUT/leaderboard.csv and OUT/leaderboard.md (+ leaderboard.png with
 matplotlib). One row per cell, sorted by the sweep metric, the best cell marked, and a summary per
-axis (mean metric per value) so each factor's effect shows at a glance.
+axis (mean metric per value) so each factor's effect shows at a glance. A sweep with an ``init``
+axis also gets AdViSe's delta Acc per pre-initialised cell (:func:`paired_deltas`).
 
 Replicates as papers report them: a sweep axis over ``seed`` (or ``manifest``: other splits) is
 aggregated, so each remaining cell is one row with every metric's mean, its standard deviation
@@ -86,14 +87,40 @@ def axis_summary(rows: list[dict], axes: tuple[str, ...], metric: str) -> dict[s
     return out
 
 
-def _table(ranked: list[dict], axes, metrics: list[str], replicates: bool, joined: bool = False) -> tuple[list, list]:
+SCRATCH = ("", "none", "None", None)  # init values of a cell trained from scratch
+
+
+def paired_deltas(rows: list[dict], metric: str, axis: str = "init") -> dict[str, dict[str, float]]:
+    """AdViSe's delta Acc: for every cell with a pre-trained ``init``, its metric minus that of the
+    cell whose settings are the same except ``init: none`` (same seed, same everything else).
+    Column name -> {cell: difference}, for the sweep metric and its ``test/`` counterpart; cells
+    without a scratch partner get no value. Empty when the sweep has no such pairs."""
+    def key(r):
+        return tuple(sorted((k, str(v)) for k, v in r["settings"].items() if k != axis))
+
+    scratch = {key(r): r for r in rows if axis in r["settings"] and r["settings"][axis] in SCRATCH}
+    names = [metric] + ([f"test/{metric.split('/', 1)[1]}"] if not metric.startswith("test/") else [])
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        col = {r["cell"]: r["metrics"][name] - scratch[key(r)]["metrics"][name] for r in rows
+               if r["settings"].get(axis) not in SCRATCH and key(r) in scratch
+               and name in r["metrics"] and name in scratch[key(r)]["metrics"]}
+        if col:
+            out[f"delta {name}"] = col
+    return out
+
+
+def _table(ranked: list[dict], axes, metrics: list[str], replicates: bool, joined: bool = False,
+           deltas: dict | None = None) -> tuple[list, list]:
     """Header and rows of a leaderboard: per metric its mean and std (columns ``m``, ``m_std``;
-    one ``mean ± std`` cell when ``joined``) and ``n`` when replicates are aggregated, else the value."""
+    one ``mean ± std`` cell when ``joined``) and ``n`` when replicates are aggregated, else the value;
+    then the ``deltas`` columns (:func:`paired_deltas`)."""
+    deltas = deltas or {}
     if not replicates:
         stats = list(metrics)
     else:
         stats = [f"{m} (mean ± std)" for m in metrics] if joined else [c for m in metrics for c in (m, f"{m}_std")]
-    header = ["rank", "best", "cell", *axes, *(["n"] if replicates else []), *stats, "params", "train_s"]
+    header = ["rank", "best", "cell", *axes, *(["n"] if replicates else []), *stats, *deltas, "params", "train_s"]
     table = []
     for i, r in enumerate(ranked, 1):
         values = []
@@ -101,7 +128,8 @@ def _table(ranked: list[dict], axes, metrics: list[str], replicates: bool, joine
             mean, std = _fmt(r["metrics"].get(m)), _fmt(r["std"].get(m)) if replicates else ""
             values += [f"{mean} ± {std}"] if replicates and joined else [mean, std] if replicates else [mean]
         table.append([i, "*" if i == 1 else "", r["cell"], *[r["settings"].get(a, "") for a in axes],
-                      *([r["n"]] if replicates else []), *values, r["params"], r["train_s"]])
+                      *([r["n"]] if replicates else []), *values, *[_fmt(d.get(r["cell"])) for d in deltas.values()],
+                      r["params"], r["train_s"]])
     return header, table
 
 
@@ -114,14 +142,16 @@ def _write_csv(path: str, header: list, table: list) -> None:
 
 def write_leaderboard(out_dir: str, rows: list[dict], axes: tuple[str, ...], metric: str, goal: str) -> None:
     metrics = metric_columns(rows)
-    _write_csv(os.path.join(out_dir, "leaderboard_runs.csv"), *_table(rank(rows, metric, goal), axes, metrics, False))
+    _write_csv(os.path.join(out_dir, "leaderboard_runs.csv"),
+               *_table(rank(rows, metric, goal), axes, metrics, False, deltas=paired_deltas(rows, metric)))
     replicates = any(a in REPLICATE_AXES for a in axes)
     runs, rows = rows, aggregate(rows, axes)
     axes = tuple(a for a in axes if a not in REPLICATE_AXES)
     ranked = rank(rows, metric, goal)
-    header, table = _table(ranked, axes, metrics, replicates)
+    deltas = paired_deltas(rows, metric)  # of the means, when replicates are aggregated
+    header, table = _table(ranked, axes, metrics, replicates, deltas=deltas)
     _write_csv(os.path.join(out_dir, "leaderboard.csv"), header, table)
-    header, table = _table(ranked, axes, metrics, replicates, joined=True)  # the markdown: mean ± std in one cell
+    header, table = _table(ranked, axes, metrics, replicates, joined=True, deltas=deltas)  # markdown: mean ± std
     summary = axis_summary(rows, axes, metric)
     with open(os.path.join(out_dir, "leaderboard.md"), "w") as f:
         f.write(f"# Leaderboard ({metric}, {goal})\n\n")

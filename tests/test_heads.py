@@ -91,31 +91,7 @@ def test_r3d_is_the_released_tmm():
     assert v.shape == (2, 48, T, *GRID)
 
 
-# AdViSe (seed 003) Table 3: trainable parameters (M) of the TMM + 2-FC head, 768-channel input,
-# 4 PRP classes. Rows: blocks 1/2/4/6/8 at hidden 256; hidden 64/256/512/1024/2048 at one block.
-TABLE3_BLOCKS = {1: 1.84, 2: 2.95, 4: 5.18, 6: 7.41, 8: 9.63}
-TABLE3_HIDDEN = {64: 0.94, 256: 1.84, 512: 4.07, 1024: 12.06, 2048: 42.21}
-
-
-def r3d_params(**options) -> float:
-    head = create_head("r3d", in_dim=768, num_classes=4, num_frames=8, grid=(14, 14), num_prefix_tokens=1, **options)
-    return sum(p.numel() for p in head.parameters()) / 1e6
-
-
-@pytest.mark.parametrize("options,paper", [({"blocks": b}, m) for b, m in TABLE3_BLOCKS.items()]
-                         + [({"hidden": h}, m) for h, m in TABLE3_HIDDEN.items()])
-def test_r3d_parameter_counts_track_advise_table3(options, paper):
-    ours = r3d_params(**options)
-    assert abs(ours - paper) / paper <= 0.25, (options, ours, paper)  # the paper's rows fit no exact formula
-
-
-def test_r3d_exact_counts_of_the_released_structure():
-    # by hand, 1 block, kt=3: a 768*256*3 + b 256*256*9 + c 256*512 + shortcut 768*512 + BN 2*(256+256+512+512)
-    # + head 512*1024 + 1024 + 1024*4 + 4
-    block = 768 * 256 * 3 + 256 * 256 * 9 + 256 * 512 + 768 * 512 + 2 * (256 + 256 + 512 + 512)
-    assert r3d_params() * 1e6 == block + 512 * 1024 + 1024 + 1024 * 4 + 4
-    # temporal_kernel=1 is the literal released call (temp_kernel_sizes=[[1]]): 768*256*2 fewer
-    assert round((r3d_params() - r3d_params(temporal_kernel=1)) * 1e6) == 768 * 256 * 2
+# AdViSe Table 3 and the released TMM + MLP head: tests/test_released_ports.py (exact, against a port).
 
 
 @pytest.mark.parametrize("temporal,layers,width", [("avg", 0, C), ("avg", 2, C), ("concat", 1, T * C)])
@@ -195,3 +171,12 @@ def test_weighted_frame_feature_starts_as_the_mean_of_all_tokens():
     with torch.no_grad():
         f.token_logits[0] = 50.0  # all weight on the CLS token = the cls feature
     torch.testing.assert_close(f(x), nn.functional.layer_norm(x[:, :, 0], (C,)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["pool", "linear", "lstm", "tcn", "transformer", "stadapter_posthoc"])
+def test_frame_norm_switch_drops_the_layer_norm(name):
+    head = build(name, frame_norm=False, frame_feature="cls")
+    assert not any(isinstance(m, nn.LayerNorm) for m in head.frame.modules())
+    x = tokens()
+    torch.testing.assert_close(head.frame(x), x[:, :, 0])  # the raw CLS token of each frame
+    assert isinstance(build(name, frame_feature="cls").frame.norm, nn.LayerNorm)  # default as before

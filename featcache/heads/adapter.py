@@ -19,13 +19,20 @@ paper's sense (0 = the 512-unit MLP itself, 1 and 2 add layers).
 adapted block a scaled parallel adapter across attention fed with ``LN(X) || AMflow`` (eq. 6; LN is
 the block's own frozen ``norm1``, the input its attention sees), the flow computed online from that
 block's frozen Q and K (``flow=vanilla``, eq. 3, or ``flow=aligned``, eqs. 4-5 with a linear-attention
-aligning encoder), a temporal processing unit (``tpm=tcn|transformer|lstm``) inside the adapter and
-a global one on its token-squeezed embedding with a linear classifier; ``position=attn_mlp`` adds a
-second temporal adapter (no flow) across the MLP. The logits of every adapter and of the frozen
-branch (readout -> MLP, as for ``st``) are averaged (seed 002, "Classification Head": average
-pooling of the 2 x blocks + 1 outputs). ``flow_blocks=ends`` puts the flow in the first and last
-adapted blocks only (its Smarthome setting, blocks 1 and 12); the others get adapters without flow; ``flow=none`` gives every adapter no flow (its Table 4
-ablation "w/o AM Flow"). Not built: the hyperformer adapter variant of its Table 4.
+aligning encoder), a temporal processing unit (``tpm=tcn|transformer|lstm``, sized by ``tpm_layers``
+and ``tpm_hidden``) inside the adapter and a global one on its token-squeezed embedding with a
+linear classifier; ``position=attn_mlp`` adds a second temporal adapter (no flow) across the MLP.
+The logits of every temporal adapter and of the frozen branch are averaged (seed 002,
+"Classification Head": average pooling of the 2 x blocks + 1 outputs). The frozen branch is "the
+frozen image model taking the final frame as input": featcache reads it as the frozen model's final
+layer (readout -> MLP, as for ``st``) over the clip, ``temporal=avg`` averaging the frames' readouts
+(the default); ``temporal=last`` takes the clip's final frame only (the literal reading).
+``flow_blocks=ends`` is the paper's AM/2 (its Smarthome setting, blocks 1 and 12; section
+"Location of AM Flow addition"): temporal adapters with the flow (and the aligning encoder) in the
+first and last adapted blocks only, "traditional" adapters (``PlainAdapter``: no flow, no temporal
+unit, no classifier) in the others, so 2 / blocks of the temporal and aligning parameters.
+``flow=none`` gives the temporal adapters no flow (its Table 4 ablation "w/o AM Flow"). Not built:
+the hyperformer adapter variant of its Table 4.
 """
 from __future__ import annotations
 
@@ -34,8 +41,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from featcache.backbone import FrozenTail
-from featcache.heads.amflow import FLOWS, AligningEncoder, TemporalAdapter, attention_logits, vanilla_flow, \
-    column_mass
+from featcache.heads.amflow import FLOWS, AligningEncoder, PlainAdapter, TemporalAdapter, attention_logits, \
+    column_mass, vanilla_flow
 from featcache.heads.layers import STAdapter, mlp
 from featcache.registry import register_head
 
@@ -51,7 +58,8 @@ class InBackboneAdapter(nn.Module):
                  kind: str = "st", blocks: int = 0, width: int = 384, temporal_kernel: int = 3,
                  position: str = "attn", readout: str = "cls", temporal: str = "avg", mlp_layers: int = 0,
                  mlp_hidden: int = 512, dropout: float = 0.0, checkpointing: bool = False, tpm: str = "tcn",
-                 flow: str = "vanilla", flow_blocks: str = "all", aligner_dim: int = 48):
+                 flow: str = "vanilla", flow_blocks: str = "all", aligner_dim: int = 48, tpm_layers: int = 0,
+                 tpm_hidden: int = 0):
         super().__init__()
         if backbone is None:
             raise ValueError("the adapter head runs the frozen blocks after a cached cut; extract with --cut-block J")
@@ -59,8 +67,8 @@ class InBackboneAdapter(nn.Module):
             raise ValueError(f"kind must be one of {KINDS}, flow one of {FLOWS}, flow_blocks all|ends")
         if kind == "amflow" and position == "mlp":
             raise ValueError("kind=amflow puts the flow adapter across attention: position attn or attn_mlp")
-        if position not in POSITIONS or readout not in ("cls", "mean") or temporal not in ("avg", "concat"):
-            raise ValueError(f"position must be one of {POSITIONS}, readout cls|mean, temporal avg|concat")
+        if position not in POSITIONS or readout not in ("cls", "mean") or temporal not in ("avg", "concat", "last"):
+            raise ValueError(f"position must be one of {POSITIONS}, readout cls|mean, temporal avg|concat|last")
         if readout == "cls" and not num_prefix_tokens:
             raise ValueError("readout cls needs a CLS token; use readout=mean")
         self.tail = FrozenTail(backbone)
@@ -74,13 +82,17 @@ class InBackboneAdapter(nn.Module):
         self.kind = kind
         self.pre_attn, self.pre_mlp, self.aligners = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         heads = self.tail.blocks[0].attn.num_heads
+        # AM/2 (flow_blocks=ends): temporal adapters in the first and last adapted blocks, plain ones between
+        self.temporal_blocks = {i for i in range(first, after) if flow_blocks == "all" or i in (first, after - 1)}
         with_flow = kind == "amflow" and flow != "none"
-        self.flow_blocks = {i for i in range(first, after) if with_flow and (flow_blocks == "all" or i in (first, after - 1))}
+        self.flow_blocks = self.temporal_blocks if with_flow else set()
 
-        def make(flow_dim: int = 0) -> nn.Module:
+        def make(i: int, flow_dim: int = 0) -> nn.Module:
             if kind == "st":
                 return STAdapter(in_dim, width, temporal_kernel, tuple(grid), num_prefix_tokens)
-            return TemporalAdapter(in_dim, width, num_classes, num_frames, tpm, flow_dim)
+            if i not in self.temporal_blocks:
+                return PlainAdapter(in_dim, width)
+            return TemporalAdapter(in_dim, width, num_classes, num_frames, tpm, flow_dim, tpm_layers, tpm_hidden)
 
         for i in range(first, after):
             flow_dim = 0
@@ -90,9 +102,9 @@ class InBackboneAdapter(nn.Module):
                     self.aligners[str(i)] = AligningEncoder(heads, num_prefix_tokens + grid[0] * grid[1],
                                                             aligner_dim)
             if position != "mlp":
-                self.pre_attn[str(i)] = make(flow_dim)
+                self.pre_attn[str(i)] = make(i, flow_dim)
             if position != "attn":
-                self.pre_mlp[str(i)] = make()
+                self.pre_mlp[str(i)] = make(i)
         self.frames, self.prefix, self.readout, self.temporal = num_frames, num_prefix_tokens, readout, temporal
         self.checkpointing = checkpointing
         self.drop = nn.Dropout(dropout)
@@ -111,7 +123,10 @@ class InBackboneAdapter(nn.Module):
             logits += extra
         h = self.tail.norm(h).reshape(b, t, n, c)
         frame = h[:, :, 0] if self.readout == "cls" else h[:, :, self.prefix:].mean(dim=2)  # (B, T, C)
-        video = frame.mean(dim=1) if self.temporal == "avg" else frame.flatten(1)  # (B, C) or (B, T*C)
+        if self.temporal == "last":
+            video = frame[:, -1]  # (B, C): the clip's final frame only
+        else:
+            video = frame.mean(dim=1) if self.temporal == "avg" else frame.flatten(1)  # (B, C) or (B, T*C)
         out = self.mlp(self.drop(video))
         if not logits:
             return out
@@ -143,11 +158,11 @@ class InBackboneAdapter(nn.Module):
                 flow = self.aligners[key](column_mass(att), frames) if key in self.aligners else \
                     vanilla_flow(att, frames)
             delta, lg = self.pre_attn[key](normed, frames, flow)
-            update, logits = update + delta, [lg]
+            update, logits = update + delta, [lg] if lg is not None else []
         x = x + update
         normed = block.norm2(x)
         update = block.drop_path2(block.ls2(block.mlp(normed)))
         if key in self.pre_mlp:
             delta, lg = self.pre_mlp[key](normed, frames)
-            update, logits = update + delta, logits + [lg]
+            update, logits = update + delta, logits + ([lg] if lg is not None else [])
         return x + update, logits

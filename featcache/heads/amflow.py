@@ -90,24 +90,38 @@ class AligningEncoder(nn.Module):
 
 class TemporalUnit(nn.Module):
     """A temporal processing module over (S, T, D) sequences, residual, same shape out:
-    ``tcn`` (two dilated depthwise-separable temporal convolutions), ``transformer`` (one encoder
-    layer with a learned temporal position embedding) or ``lstm`` (one layer)."""
+    ``tcn`` (``layers`` dilated depthwise-separable temporal convolutions, dilations 1, 2, 4, ...;
+    default 2), ``transformer`` (``layers`` pre-norm encoder layers, feed-forward width ``hidden``
+    (default 2D), a learned temporal position embedding; default 1 layer) or ``lstm`` (``layers``
+    layers of ``hidden`` units (default D), projected back to D when ``hidden != D``; default 1).
+    ``layers`` and ``hidden`` are the capacity knobs: the paper (seed 002 Tables 1-2) gives only
+    the modules' totals, TCN < transformer < LSTM (54 / 103 / 360 M in ViT-B), not their shapes."""
 
-    def __init__(self, kind: str, dim: int, frames: int):
+    def __init__(self, kind: str, dim: int, frames: int, layers: int = 0, hidden: int = 0):
         super().__init__()
         if kind not in TPMS:
             raise ValueError(f"tpm must be one of {TPMS}, not {kind!r}")
+        if layers < 0 or hidden < 0:
+            raise ValueError(f"tpm_layers and tpm_hidden must be >= 0 (0 = the default), got {layers} and {hidden}")
+        if kind == "tcn" and hidden:
+            raise ValueError("tpm_hidden sets the transformer's feed-forward width and the LSTM's hidden size; "
+                             "a TCN's capacity is tpm_layers")
         self.kind = kind
         if kind == "tcn":
             self.net = nn.ModuleList(nn.Sequential(nn.Conv1d(dim, dim, 3, padding=d, dilation=d, groups=dim),
-                                                   nn.Conv1d(dim, dim, 1), nn.ReLU()) for d in (1, 2))
+                                                   nn.Conv1d(dim, dim, 1), nn.ReLU())
+                                     for d in (2 ** i for i in range(layers or 2)))
         elif kind == "transformer":
             heads = next(h for h in (8, 4, 2, 1) if dim % h == 0)
             self.pos = nn.Parameter(torch.zeros(1, frames, dim))
-            self.net = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True,
-                                                  norm_first=True)
+            layer = nn.TransformerEncoderLayer(dim, heads, hidden or 2 * dim, dropout=0.0, batch_first=True,
+                                               norm_first=True)
+            # one layer stays a bare layer (the state-dict keys of earlier checkpoints)
+            self.net = layer if (layers or 1) == 1 else nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         else:
-            self.net = nn.LSTM(dim, dim, batch_first=True)
+            hidden = hidden or dim
+            self.net = nn.LSTM(dim, hidden, layers or 1, batch_first=True)
+            self.proj = nn.Linear(hidden, dim) if hidden != dim else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "tcn":
@@ -117,7 +131,7 @@ class TemporalUnit(nn.Module):
             return h.transpose(1, 2)
         if self.kind == "transformer":
             return self.net(x + self.pos[:, :x.shape[1]])
-        return x + self.net(x)[0]
+        return x + self.proj(self.net(x)[0])
 
 
 class TemporalAdapter(nn.Module):
@@ -127,15 +141,16 @@ class TemporalAdapter(nn.Module):
     scalar. The global branch squeezes E over tokens, runs its own unit over time and classifies
     (one set of logits per adapter, averaged by the head)."""
 
-    def __init__(self, dim: int, width: int, num_classes: int, frames: int, tpm: str, flow_dim: int = 0):
+    def __init__(self, dim: int, width: int, num_classes: int, frames: int, tpm: str, flow_dim: int = 0,
+                 tpm_layers: int = 0, tpm_hidden: int = 0):
         super().__init__()
         self.down = nn.Linear(dim + flow_dim, width)
-        self.local = TemporalUnit(tpm, width, frames)
+        self.local = TemporalUnit(tpm, width, frames, tpm_layers, tpm_hidden)
         self.up = nn.Linear(width, dim)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
         self.scale = nn.Parameter(torch.ones(()))
-        self.glob = TemporalUnit(tpm, width, frames)
+        self.glob = TemporalUnit(tpm, width, frames, tpm_layers, tpm_hidden)
         self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor, frames: int, flow: torch.Tensor | None = None):
@@ -148,3 +163,21 @@ class TemporalAdapter(nn.Module):
         update = self.scale * self.up(local.reshape(bt, n, -1))
         logits = self.fc(self.glob(e.reshape(b, frames, n, -1).mean(dim=2)).mean(dim=1))  # squeeze, TPU, linear
         return update, logits
+
+
+class PlainAdapter(nn.Module):
+    """A "traditional" scaled parallel adapter (eq. 1): ``s * W_up(ReLU(W_down x))``, no flow, no
+    temporal unit, no classifier; AM/2 puts these in the blocks between the first and last.
+    ``W_up`` starts at zero."""
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.down, self.up = nn.Linear(dim, width), nn.Linear(width, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor, frames: int, flow: torch.Tensor | None = None):
+        """(B*T, N, C) normed block input -> (B*T, N, C) residual update, no logits."""
+        return self.scale * self.up(F.relu(self.down(x))), None
+

@@ -18,7 +18,8 @@ def mlp(in_dim: int, out_dim: int, hidden: int, layers: int, dropout: float) -> 
 
 
 class FrameFeature(nn.Module):
-    """(B, T, N, C) tokens -> (B, T, D) one vector per frame, layer-normalised.
+    """(B, T, N, C) tokens -> (B, T, D) one vector per frame, layer-normalised unless ``norm`` is
+    False (seed 004's best head has "LayerNorm: False"; heads expose it as ``frame_norm``).
 
     ``cls``: the first prefix token; ``mean``: mean of the patch tokens; ``cls_mean``: both,
     concatenated (D = 2C); ``patches``: all patch tokens concatenated in grid order (D = H*W*C;
@@ -28,7 +29,8 @@ class FrameFeature(nn.Module):
     against CLS only); ``auto``: cls when the view has prefix tokens, else mean.
     """
 
-    def __init__(self, dim: int, num_prefix_tokens: int, grid: tuple[int, int], mode: str = "auto"):
+    def __init__(self, dim: int, num_prefix_tokens: int, grid: tuple[int, int], mode: str = "auto",
+                 norm: bool = True):
         super().__init__()
         if mode not in FRAME_FEATURES:
             raise ValueError(f"frame_feature must be one of {FRAME_FEATURES}, not {mode!r}")
@@ -43,7 +45,7 @@ class FrameFeature(nn.Module):
         self.out_dim = {"cls_mean": 2 * dim, "patches": grid[0] * grid[1] * dim}.get(mode, dim)
         if mode == "weighted":
             self.token_logits = nn.Parameter(torch.zeros(num_prefix_tokens + grid[0] * grid[1]))
-        self.norm = nn.LayerNorm(self.out_dim)
+        self.norm = nn.LayerNorm(self.out_dim) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "cls":

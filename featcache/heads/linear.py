@@ -10,9 +10,10 @@ from featcache.registry import register_head
 
 @register_head("linear")
 class LinearHead(nn.Module):
-    def __init__(self, in_dim, num_classes, num_frames, grid, num_prefix_tokens, frame_feature: str = "auto"):
+    def __init__(self, in_dim, num_classes, num_frames, grid, num_prefix_tokens, frame_feature: str = "auto",
+                 frame_norm: bool = True):
         super().__init__()
-        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature)
+        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature, frame_norm)
         self.fc = nn.Linear(self.frame.out_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,9 @@ from featcache.registry import register_head
 class LSTMHead(nn.Module):
     def __init__(self, in_dim, num_classes, num_frames, grid, num_prefix_tokens,
                  hidden: int = 256, layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-                 frame_feature: str = "auto"):
+                 frame_feature: str = "auto", frame_norm: bool = True):
         super().__init__()
-        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature)
+        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature, frame_norm)
         self.lstm = nn.LSTM(self.frame.out_dim, hidden, layers, batch_first=True,
                             dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional)
         self.drop = nn.Dropout(dropout)

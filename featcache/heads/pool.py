@@ -11,12 +11,12 @@ from featcache.registry import register_head
 @register_head("pool")
 class PoolHead(nn.Module):
     def __init__(self, in_dim, num_classes, num_frames, grid, num_prefix_tokens,
-                 temporal: str = "avg", frame_feature: str = "auto", mlp_layers: int = 1,
+                 temporal: str = "avg", frame_feature: str = "auto", frame_norm: bool = True, mlp_layers: int = 1,
                  mlp_hidden: int = 1024, dropout: float = 0.0):
         super().__init__()
         if temporal not in ("avg", "concat"):
             raise ValueError(f"temporal must be avg or concat, not {temporal!r}")
-        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature)
+        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature, frame_norm)
         self.temporal = temporal
         width = self.frame.out_dim * (num_frames if temporal == "concat" else 1)
         self.drop = nn.Dropout(dropout)

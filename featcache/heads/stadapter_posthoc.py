@@ -18,11 +18,12 @@ from featcache.registry import register_head
 class PostHocSTAdapterHead(nn.Module):
     def __init__(self, in_dim, num_classes, num_frames, grid, num_prefix_tokens,
                  width: int = 128, temporal_kernel: int = 3, blocks: int = 1,
-                 frame_feature: str = "mean", mlp_layers: int = 1, mlp_hidden: int = 1024, dropout: float = 0.0):
+                 frame_feature: str = "mean", frame_norm: bool = True, mlp_layers: int = 1, mlp_hidden: int = 1024,
+                 dropout: float = 0.0):
         super().__init__()
         self.adapters = nn.ModuleList([STAdapter(in_dim, width, temporal_kernel, tuple(grid), num_prefix_tokens)
                                        for _ in range(blocks)])
-        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature)
+        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature, frame_norm)
         self.drop = nn.Dropout(dropout)
         self.mlp = mlp(self.frame.out_dim, num_classes, mlp_hidden, mlp_layers, dropout)
 

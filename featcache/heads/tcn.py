@@ -12,11 +12,11 @@ from featcache.registry import register_head
 class TCNHead(nn.Module):
     def __init__(self, in_dim, num_classes, num_frames, grid, num_prefix_tokens,
                  hidden: int = 256, levels: int = 3, kernel: int = 3, dropout: float = 0.0,
-                 frame_feature: str = "auto"):
+                 frame_feature: str = "auto", frame_norm: bool = True):
         super().__init__()
         if kernel % 2 == 0:
             raise ValueError(f"kernel must be odd, not {kernel}")
-        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature)
+        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature, frame_norm)
         self.proj = nn.Conv1d(self.frame.out_dim, hidden, 1)
         self.levels = nn.ModuleList(
             nn.Sequential(nn.Conv1d(hidden, hidden, kernel, padding=(kernel // 2) * 2 ** i, dilation=2 ** i),

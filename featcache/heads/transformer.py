@@ -13,9 +13,9 @@ from featcache.registry import register_head
 class TemporalTransformerHead(nn.Module):
     def __init__(self, in_dim, num_classes, num_frames, grid, num_prefix_tokens,
                  dim: int = 256, layers: int = 2, heads: int = 4, dropout: float = 0.1,
-                 frame_feature: str = "auto"):
+                 frame_feature: str = "auto", frame_norm: bool = True):
         super().__init__()
-        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature)
+        self.frame = FrameFeature(in_dim, num_prefix_tokens, grid, frame_feature, frame_norm)
         self.proj = nn.Linear(self.frame.out_dim, dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(1, num_frames + 1, dim) * 0.02)

@@ -53,7 +53,8 @@ COMBINE = ("mean", "sum", "max")
 
 def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None,
                         data: dict | None = None, temporal_views: int = 1, combine: str = "mean",
-                        spatial_views: int = 1, manifest: str | None = None, tag: str = "") -> dict:
+                        spatial_views: int = 1, manifest: str | None = None, tag: str = "", clip_rate: int = 0,
+                        pool: str | None = None) -> dict:
     """Metrics of a saved head on the given splits of ``cache`` (a Cache, or None for the
     checkpoint's own), labels and splits from ``manifest`` (default: the run's; see
     :func:`_load_run`); writes ``predictions_<split>.csv``, per-class files and confusion matrices
@@ -67,13 +68,19 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
     crops along the long side (the cache must hold them: ``extract --crops 3``), every temporal
     view at every crop. Keys and files carry the protocol: ``test/top1@2x3``,
     ``predictions_test@2x3.csv``; ``tag`` ("@last") is appended to both, so the outputs of another
-    checkpoint never overwrite the best one's."""
+    checkpoint never overwrite the best one's.
+
+    ``clip_rate`` R > 0 serves SlowFast's dense clips instead (train/clips.py): V clips of the
+    head's N frames at rate R, starts evenly spaced over the video, from a ``stride:S`` pool
+    (``pool``, default the cache's first); keys carry the rate: ``test/top1@10x3r2``."""
     if combine not in COMBINE:
         raise FeatcacheError(f"--combine: unknown {combine!r}; expected one of {', '.join(COMBINE)}")
     if spatial_views not in (1, 3):
         raise FeatcacheError(f"--spatial-views: expected 1 or 3, got {spatial_views}")
     run = _load_run(path, cache, manifest)
     crops = (1,) if spatial_views == 1 else (0, 1, 2)
+    if clip_rate or pool:
+        return _evaluate_dense_clips(run, splits, out_dir, temporal_views, crops, combine, clip_rate, pool, tag)
     views = [dataclasses.replace(v, crop=c) for v in _temporal_views(run.cfg.view, temporal_views) for c in crops]
     suffix = ("" if temporal_views == spatial_views == 1 else f"@{temporal_views}x{spatial_views}") + tag
     results = {}
@@ -135,6 +142,66 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
         scores = np.stack(video_scores)
         results.update(report_split(run.task, split, suffix, [r["video_id"] for r in records], [r["labels"] for r in records],
                                _as_logits(scores, run.task.multi, "mean", 1), scores, out_dir))
+    return results
+
+
+def _dense_pool(run, pool: str | None, option: str) -> Policy:
+    """The ``stride:S`` pool dense clips are cut from (the cache's first by default)."""
+    dense = [p for p in run.cache.attrs["frames"]["policies"] if parse_policy(p).kind == "stride"]
+    pool = pool or (dense[0] if dense else "")
+    if not pool or pool not in dense:
+        raise FeatcacheError(f"{option}: dense clips are cut from a stride:S pool of the cache "
+                             f"({', '.join(dense) or 'it holds none'}); extract with --frames stride:1,...")
+    return parse_policy(pool)
+
+
+def _evaluate_dense_clips(run, splits, out_dir, num_clips: int, crops: tuple, combine: str, rate: int,
+                          pool: str | None, tag: str = "") -> dict:
+    """SlowFast's multi-view testing (see evaluate_checkpoint): every clip at every crop, scored,
+    softmax/sigmoid per view, then combined."""
+    from featcache.train.clips import dense_clip_indices, nearest_positions
+
+    if rate < 1:
+        raise FeatcacheError(f"--clip-rate: must be at least 1, got {rate} (dense clips need --clip-rate R)")
+    if num_clips < 1:
+        raise FeatcacheError(f"--temporal-views: must be at least 1, got {num_clips}")
+    policy = _dense_pool(run, pool, "--clip-rate")
+    views = [dataclasses.replace(run.cfg.view, crop=c) for c in crops]
+    for view in views:
+        view.check(run.cache.attrs)
+    layout = run.cfg.view.layout(run.cache.attrs)
+    frames = layout.frames
+    suffix = f"@{num_clips}x{len(crops)}r{rate}{tag}"
+    results = {}
+    for split in splits:
+        records = run.cache.done_records(split)
+        if not records:
+            continue
+        entries = [run.cache.video(r["video_id"]) for r in records]
+        clips, rounded = [], 0
+        for entry, record in zip(entries, records):
+            pos = np.asarray(frame_positions(entry, policy))  # the pool's positions among the cached frames
+            source = entry.frame_indices[pos]
+            per_video = []
+            for v in range(num_clips):
+                wanted = dense_clip_indices(record["source"]["num_frames"], frames, rate, v, num_clips)
+                near, missed = nearest_positions(source, wanted)
+                per_video.append(pos[near].tolist())
+                rounded += missed
+            clips.append(per_video)
+        probs = []
+        for v in range(num_clips):
+            for view in views:
+                x = np.empty((len(entries), *layout.shape), dtype=np.float16)
+                for i, entry in enumerate(entries):
+                    fill_view(x[i], entry, clips[i][v], view, run.cache.attrs)
+                logits = predict(run.head, torch.from_numpy(x), run.cfg.batch_size, run.device)
+                probs.append(probabilities(logits, run.task.multi))
+        scores = {"mean": np.mean, "sum": np.sum, "max": np.max}[combine](np.stack(probs), axis=0)
+        results.update(report_split(run.task, split, suffix, [r["video_id"] for r in records],
+                                    [r["labels"] for r in records],
+                                    _as_logits(scores, run.task.multi, combine, len(probs)), scores, out_dir))
+        results[f"{split}/clip_frames_rounded{suffix}"] = rounded / (len(entries) * num_clips * frames)
     return results
 
 

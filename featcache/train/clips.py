@@ -1,0 +1,53 @@
+"""Dense-clip test views (SlowFast's multi-view protocol) from a cached ``stride:S`` pool.
+
+A test view is a clip of N frames at a sampling rate R (N*R consecutive source frames, every R-th
+kept); V clips per video with starts evenly spaced over it. As
+``facebookresearch/SlowFast`` ``slowfast/datasets/decoder.py``:
+
+- ``clip_size = max(1, sampling_rate * num_frames / target_fps * fps)`` (``decode``, L552-555;
+  featcache counts the rate in source frames, i.e. ``target_fps`` = the video's own rate);
+- ``get_start_end_idx`` (L37-76) with ``clip_idx`` over ``num_clips`` (no offset):
+  ``delta = max(video_size - clip_size, 0)``, ``start = delta * clip_idx / num_clips``,
+  ``end = start + clip_size - 1``;
+- ``temporal_sampling`` (L17-34): ``torch.linspace(start, end, num_frames)`` clamped to
+  ``[0, video_size - 1]``, truncated with ``.long()``. A video shorter than a clip repeats its
+  last frame.
+
+A source frame the pool does not hold (``stride:S`` with S > 1) is served by the nearest cached
+frame; how many were is reported with the metrics.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def get_start_end_idx(video_size: int, clip_size: float, clip_idx: int, num_clips: int) -> tuple[float, float]:
+    """First and last (fractional) source frame of clip ``clip_idx`` of ``num_clips``."""
+    delta = max(video_size - clip_size, 0)
+    start = delta * clip_idx / num_clips
+    return start, start + clip_size - 1
+
+
+def dense_clip_indices(video_size: int, num_frames: int, rate: int, clip_idx: int, num_clips: int) -> np.ndarray:
+    """Source frame indices (num_frames,) of one dense test clip."""
+    if rate < 1:
+        raise ValueError(f"--clip-rate: must be at least 1, got {rate}")
+    if not 0 <= clip_idx < num_clips:
+        raise ValueError(f"clip {clip_idx} of {num_clips} does not exist")
+    clip_size = max(1.0, float(rate * num_frames))
+    start, end = get_start_end_idx(video_size, clip_size, clip_idx, num_clips)
+    index = torch.linspace(start, end, num_frames)  # float32, as SlowFast
+    return torch.clamp(index, 0, video_size - 1).long().numpy()
+
+
+def nearest_positions(pool_frames: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, int]:
+    """Positions into a sorted pool of source frames nearest to ``wanted`` (ties to the earlier
+    frame), and how many wanted frames the pool does not hold exactly."""
+    if len(pool_frames) == 1:
+        pos = np.zeros(len(wanted), dtype=np.int64)
+    else:
+        pos = np.clip(np.searchsorted(pool_frames, wanted), 1, len(pool_frames) - 1)
+        left, right = pool_frames[pos - 1], pool_frames[pos]
+        pos = np.where(np.abs(wanted - left) <= np.abs(right - wanted), pos - 1, pos)
+    return pos, int((pool_frames[pos] != wanted).sum())

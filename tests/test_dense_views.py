@@ -1,0 +1,120 @@
+"""Dense-clip multi-view testing (SlowFast's protocol) from a stride:S pool, against a port of
+SlowFast's clip sampling."""
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import tiny_encoder_config
+from featcache.cli import app
+from featcache.config import build_config
+from featcache.extract import ExtractConfig, run_extract
+from featcache.synthetic import make_dataset
+from featcache.train.clips import dense_clip_indices, nearest_positions
+from featcache.train.fit import run_training
+
+runner = CliRunner()
+
+
+def port_get_start_end_idx(video_size, clip_size, clip_idx, num_clips_uniform, use_offset=False):
+    """facebookresearch/SlowFast ``slowfast/datasets/decoder.py`` L37-76 (test-time branch)."""
+    delta = max(video_size - clip_size, 0)
+    if use_offset:
+        if num_clips_uniform == 1:
+            start_idx = math.floor(delta / 2)
+        else:
+            start_idx = clip_idx * math.floor(delta / (num_clips_uniform - 1))
+    else:
+        start_idx = delta * clip_idx / num_clips_uniform
+    end_idx = start_idx + clip_size - 1
+    return start_idx, end_idx, start_idx / delta if delta != 0 else 0.0
+
+
+def port_clip(video_size, sampling_rate, num_frames, clip_idx, num_clips, fps=30, target_fps=30):
+    """``decode`` L552-555 (clip size) + ``temporal_sampling`` L17-34, on frame indices."""
+    clip_size = np.maximum(1.0, sampling_rate * num_frames / target_fps * fps)
+    start_idx, end_idx, _ = port_get_start_end_idx(video_size, clip_size, clip_idx, num_clips)
+    index = torch.linspace(start_idx, end_idx, num_frames)
+    return torch.clamp(index, 0, video_size - 1).long().tolist()
+
+
+def test_dense_clips_equal_slowfasts_sampling():
+    rng = np.random.default_rng(0)
+    for _ in range(5000):
+        size, frames, rate = int(rng.integers(1, 600)), int(rng.choice([4, 8, 16, 32])), int(rng.choice([1, 2, 4, 8]))
+        views = int(rng.integers(1, 11))
+        v = int(rng.integers(views))
+        assert dense_clip_indices(size, frames, rate, v, views).tolist() == port_clip(size, rate, frames, v, views)
+    # by hand: 100 frames, 8 x rate 4 = 32-frame clips, 3 views: starts 0, 68/3, 136/3
+    assert dense_clip_indices(100, 8, 4, 0, 3).tolist() == [0, 4, 8, 13, 17, 22, 26, 31]
+    assert dense_clip_indices(100, 8, 4, 2, 3).tolist()[0] == 45
+    assert dense_clip_indices(10, 8, 4, 1, 2).tolist() == [0, 4, 8, 9, 9, 9, 9, 9]  # short video: clamped
+
+
+def test_nearest_cached_frame_of_a_stride_pool():
+    pool = np.array([0, 2, 4, 6, 8])
+    pos, missed = nearest_positions(pool, np.array([0, 1, 3, 7, 8, 9]))
+    assert pos.tolist() == [0, 0, 1, 3, 4, 4] and missed == 4  # ties to the earlier frame
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dense")
+    manifest = make_dataset(str(root / "ds"), "motion", per_class=5, num_frames=40)
+    cache = str(root / "c.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=cache, frames="stride:1,uniform:4", encoder=tiny_encoder_config()),
+                show_progress=False)
+    run = str(root / "run")
+    run_training(cache, build_config({"head": "r3d", "view": "uniform:4", "epochs": 2, "batch_size": 8,
+                                      "head.hidden": 8, "head.out_dim": 16}), run, show_progress=False)
+    return manifest, cache, run
+
+
+def test_eval_clip_rate_scores_slowfasts_clips(trained):
+    from featcache import open_cache
+    from featcache.cache.dataset import fill_view
+    from featcache.train import checkpoint as ck
+    from featcache.view import View
+
+    manifest, cache, run = trained
+    r = runner.invoke(app, ["eval", run, "--temporal-views", "3", "--clip-rate", "2", "--combine", "sum"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert {"test/top1@3x1r2", "test/clip_frames_rounded@3x1r2"} <= set(res)
+    assert res["test/clip_frames_rounded@3x1r2"] == 0.0  # stride:1 holds every frame
+    assert os.path.exists(os.path.join(run, "eval_test@3x1r2.json"))
+    with open(os.path.join(run, "predictions_test@3x1r2.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    # independently, per test video: SlowFast's 3 clips, through the head, softmax summed
+    head = ck.build_head(ck.load(os.path.join(run, "best.pt"))).eval()
+    c = open_cache(cache)
+    for row in rows:
+        entry = c.video(row["video_id"])
+        n = entry.record["source"]["num_frames"]
+        pool = list(entry.policies["stride:1"])
+        x = np.zeros((3, 4, 17, 64), np.float16)
+        for v in range(3):
+            wanted = port_clip(n, 2, 4, v, 3)
+            fill_view(x[v], entry, [pool[list(entry.frame_indices[pool]).index(w)] for w in wanted], View("uniform:4"),
+                      c.attrs)
+        with torch.no_grad():
+            expected = torch.softmax(head(torch.from_numpy(x).float()), 1).sum(0).numpy()
+        got = np.array([float(row[k]) for k in list(row)[2:]])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    uniform = json.loads(runner.invoke(app, ["eval", run]).output)  # the single view stays as it was
+    assert "test/top1" in uniform
+
+
+def test_clip_rate_refusals_are_one_line(trained):
+    manifest, cache, run = trained
+    r = runner.invoke(app, ["eval", run, "--temporal-views", "2", "--clip-rate", "2", "--pool", "stride:3"])
+    assert r.exit_code == 2 and "dense clips are cut from a stride:S pool of the cache (stride:1)" in r.stderr
+    r = runner.invoke(app, ["eval", run, "--clip-rate", "2", "--window", "4"])
+    assert r.exit_code == 2 and "two protocols" in r.stderr
+    r = runner.invoke(app, ["eval", run, "--clip-rate", "-1"])
+    assert r.exit_code == 2 and "--clip-rate: must be at least 1" in r.stderr

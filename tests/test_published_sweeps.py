@@ -1,0 +1,149 @@
+"""The pipelines/ sweep files that reproduce published tables and figures: their settings against
+the papers' numbers, and AdViSe's delta Acc computed by `featcache ablate` between paired cells."""
+import csv
+import os
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_CLI
+from featcache.ablate import load_sweep
+from featcache.cli import app
+from featcache.leaderboard import paired_deltas, write_leaderboard
+from featcache.synthetic import make_dataset
+
+PIPELINES = os.path.join(os.path.dirname(__file__), "..", "pipelines")
+runner = CliRunner()
+
+
+def sweep(name):
+    path = os.path.join(PIPELINES, name)
+    return load_sweep(path, cache="any"), open(path).read()
+
+
+def row(index, settings, **metrics):
+    return {"cell": f"{index:03d}", "index": index, "settings": settings, "metrics": metrics, "params": 1,
+            "train_s": 0.0}
+
+
+def test_paired_deltas_subtract_the_scratch_partner_only():
+    rows = [row(0, {"spatial": 0, "init": "none"}, **{"val/top1": 0.5, "test/top1": 0.4}),
+            row(1, {"spatial": 0, "init": "runs/a"}, **{"val/top1": 0.75, "test/top1": 0.5}),
+            row(2, {"spatial": 3, "init": "none"}, **{"val/top1": 0.25, "test/top1": 0.3}),
+            row(3, {"spatial": 3, "init": "runs/b"}, **{"val/top1": 0.125, "test/top1": 0.3}),
+            row(4, {"spatial": 5, "init": "runs/c"}, **{"val/top1": 0.9, "test/top1": 0.9})]  # no partner
+    deltas = paired_deltas(rows, "val/top1")
+    assert deltas == {"delta val/top1": {"001": 0.25, "003": -0.125},
+                      "delta test/top1": {"001": pytest.approx(0.1), "003": 0.0}}
+    assert paired_deltas([row(0, {"seed": 0}, **{"val/top1": 1.0})], "val/top1") == {}  # no init axis
+
+
+def test_leaderboard_has_the_delta_column(tmp_path):
+    rows = [row(0, {"init": "none", "seed": 0}, **{"val/top1": 0.5}),
+            row(1, {"init": "runs/prp", "seed": 0}, **{"val/top1": 0.75}),
+            row(2, {"init": "none", "seed": 1}, **{"val/top1": 0.625}),
+            row(3, {"init": "runs/prp", "seed": 1}, **{"val/top1": 0.5})]
+    write_leaderboard(str(tmp_path), rows, ("init", "seed"), "val/top1", "maximize")
+    table = {r["cell"]: r for r in csv.DictReader(open(tmp_path / "leaderboard.csv"))}
+    assert table["001"]["delta val/top1"] == "0.2500" and table["003"]["delta val/top1"] == "-0.1250"
+    assert table["000"]["delta val/top1"] == "" and "delta val/top1" in open(tmp_path / "leaderboard.md").read()
+
+
+@pytest.mark.parametrize("name,points", [("advise_fig3_spatial", 5), ("advise_fig4_channels", 5),
+                                         ("advise_table3_depth_width", 9)])
+@pytest.mark.parametrize("variant", ["", "_paper"])
+def test_advise_figure_sweeps_pair_every_setting_with_a_prp_start(name, points, variant):
+    s, text = sweep(f"{name}{variant}.yaml")
+    assert "init" in s.axes and len(s.cells) == 2 * points
+    scratch = [c for c in s.cells if not c.config.init]
+    prp = [c for c in s.cells if c.config.init]
+    assert len(scratch) == len(prp) == points
+    key = lambda c: sorted((k, str(v)) for k, v in c.settings.items() if k != "init")  # noqa: E731
+    assert sorted(map(str, map(key, scratch))) == sorted(map(str, map(key, prp)))
+    assert len({c.config.init for c in prp}) == points  # one pre-training per setting
+    for needle in ("delta Acc", "Acc_ft", "800", "120", "30-view", "What differs"):
+        assert needle in text, needle
+    cfg = s.cells[0].config
+    if variant:  # the paper's fine-tuning: 120 epochs on 16-frame clips, lr 1e-2 x 32/64
+        assert (cfg.epochs, str(cfg.view.frames), cfg.lr, cfg.weight_decay) == (120, "uniform:16", 5e-3, 5e-3)
+        assert "--set epochs=800" in text and "--temporal-views 10 --spatial-views 3 --clip-rate" in text
+    else:
+        assert (cfg.epochs, str(cfg.view.frames)) == (30, "uniform:8") and f"{name}_paper.yaml" in text
+
+
+def test_table3_sweep_says_its_accuracies_are_figs_5_and_6():
+    _, text = sweep("advise_table3_depth_width.yaml")
+    first = text.splitlines()[0]
+    assert "Fig. 5" in first and "Fig. 6" in first and "not accuracy" in text
+
+
+def test_table5_numbers_are_the_papers_and_it_has_the_prp_arm():
+    s, text = sweep("advise_table5_tmm_vs_avg.yaml")
+    # seed 003 Table 5 (UCF101 / Diving48)
+    assert re.search(r"CLIP\s+TMM 91\.9 / 74\.2\s+average pooling 88\.5 / 23\.1", text)
+    assert re.search(r"DINOv2\s+TMM 95\.3 / 82\.9\s+average pooling 88\.5 / 22\.9", text)
+    assert re.search(r"MAE\s+TMM 86\.8 / 75\.5\s+average pooling 73\.0 / 14\.1", text)
+    heads = [(c.config.head, c.config.init) for c in s.cells]
+    assert heads == [("pool", ""), ("r3d", ""), ("r3d", "runs/prp_table5")]
+
+
+def test_charades_sweep_is_seed_004s_videomamba_head():
+    s, text = sweep("charades_seed004.yaml")
+    for cell in s.cells:
+        c = cell.config
+        assert c.lr == 1e-5 and c.pos_weight == 2.0 and c.optimizer == "adamw"
+        o = c.head_options
+        assert (o["mlp_layers"], o["mlp_hidden"], o["dropout"], o["frame_norm"]) == (2, 1024, 0.7, False)
+    assert [c.config.head_options["frame_feature"] for c in s.cells] == ["cls", "weighted"]
+    assert "What still differs" in text and "spatio-temporal" in text
+
+
+def test_ablate_reports_delta_acc_between_a_prp_and_a_scratch_cell(tmp_path):
+    manifest = make_dataset(str(tmp_path / "ds"), "motion", per_class=5, num_frames=16)
+    cache = str(tmp_path / "c.zarr")
+    r = runner.invoke(app, ["extract", manifest, "--out", cache, "--frames", "stride:2,uniform:4", *TINY_CLI, "-q"])
+    assert r.exit_code == 0, r.output
+    prp = str(tmp_path / "prp")
+    r = runner.invoke(app, ["pretrain", cache, "--view", "stride:2", "--out", prp, "--set", "epochs=1", "--set", "head.hidden=8",
+                            "--set", "head.out_dim=16", "-q"])
+    assert r.exit_code == 0, r.output
+    spec = tmp_path / "s.yaml"
+    spec.write_text("base: {head: r3d, view: uniform:4, epochs: 1, batch_size: 4, head.hidden: 8, head.out_dim: 16}\n"
+                    f"parameters:\n  init: {{values: [none, {prp}]}}\n")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["ablate", str(spec), "--cache", cache, "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    rows = {r["init"]: r for r in csv.DictReader(open(out / "leaderboard.csv"))}
+    for metric in ("val/top1", "test/top1"):
+        expected = float(rows[prp][metric]) - float(rows["none"][metric])
+        assert float(rows[prp][f"delta {metric}"]) == pytest.approx(expected, abs=1e-4)
+        assert rows["none"][f"delta {metric}"] == ""
+
+
+def test_seed002_sweeps_say_what_they_reproduce():
+    from featcache.heads.amflow import TemporalUnit
+
+    s, text = sweep("seed002_tpm.yaml")
+    assert "Table 4 components" not in text and "only the cell tpm=lstm, flow=vanilla" in text
+    assert {c.config.head_options["flow_blocks"] for c in s.cells} == {"ends"}
+    sizes = {}
+    for c in s.cells:  # each module at the sweep's width, as configured
+        o = c.config.head_options
+        unit = TemporalUnit(o["tpm"], o["width"], 8, o["tpm_layers"], o["tpm_hidden"])
+        sizes[o["tpm"]] = sum(p.numel() for p in unit.parameters())
+    assert sizes["tcn"] < sizes["transformer"] < sizes["lstm"]
+    assert sizes["lstm"] / sizes["transformer"] == pytest.approx(360 / 103, rel=0.03)  # seed 002 Tables 1-2
+    t4, text4 = sweep("seed002_table4.yaml")
+    assert [c.config.head_options["flow"] for c in t4.cells] == ["none", "vanilla", "aligned"]
+    assert {c.config.head_options["flow_blocks"] for c in t4.cells} == {"all"}
+    assert all(n in text4 for n in ("74.3", "72.7", "88.8"))  # seed 002 Table 4
+
+
+def test_heads_command_lists_the_new_options():
+    r = runner.invoke(app, ["heads"])
+    assert r.exit_code == 0, r.output
+    lines = {line.split()[0]: line for line in r.output.splitlines() if line.strip()}
+    assert "mlp_bn=True" in lines["r3d"] and "temporal_kernel=3" in lines["r3d"]
+    assert "tpm_layers=0" in lines["adapter"] and "tpm_hidden=0" in lines["adapter"]
+    assert all("frame_norm=True" in lines[h] for h in ("pool", "linear", "lstm", "tcn", "transformer"))
