@@ -45,9 +45,12 @@ def test_leaderboard_has_the_delta_column(tmp_path):
             row(2, {"init": "none", "seed": 1}, **{"val/top1": 0.625}),
             row(3, {"init": "runs/prp", "seed": 1}, **{"val/top1": 0.5})]
     write_leaderboard(str(tmp_path), rows, ("init", "seed"), "val/top1", "maximize")
-    table = {r["cell"]: r for r in csv.DictReader(open(tmp_path / "leaderboard.csv"))}
-    assert table["001"]["delta val/top1"] == "0.2500" and table["003"]["delta val/top1"] == "-0.1250"
-    assert table["000"]["delta val/top1"] == "" and "delta val/top1" in open(tmp_path / "leaderboard.md").read()
+    runs = {r["cell"]: r for r in csv.DictReader(open(tmp_path / "leaderboard_runs.csv"))}  # per seed: paired
+    assert runs["001"]["delta val/top1"] == "0.2500" and runs["003"]["delta val/top1"] == "-0.1250"
+    assert runs["000"]["delta val/top1"] == ""
+    means = {r["init"]: r for r in csv.DictReader(open(tmp_path / "leaderboard.csv"))}  # seeds aggregated
+    assert means["runs/prp"]["delta val/top1"] == "0.0625" and means["none"]["delta val/top1"] == ""
+    assert means["runs/prp"]["n"] == "2" and "delta val/top1" in open(tmp_path / "leaderboard.md").read()
 
 
 @pytest.mark.parametrize("name,points", [("advise_fig3_spatial", 5), ("advise_fig4_channels", 5),
