@@ -23,6 +23,7 @@ import numpy as np
 from featcache.cache import packed, schema
 from featcache.cache.store import frame_bytes, to_json
 from featcache.manifest import VideoItem, read_manifest
+from featcache.prepare import decoder_log
 from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, _open_pyav, _expected_frames, check_file
 from featcache.video.select import fps_indices, uniform_indices
 
@@ -161,7 +162,8 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
         stamps = stamps.astype(np.float32).astype(np.float64)
     source = {"num_frames": n, "fps": fps, "width": size[0], "height": size[1],
               "decoder": decoder,
-              "decoder_note": "", "expected_frames": n, "truncated": False}
+              "decoder_note": "", "expected_frames": n, "truncated": False,
+              **decoder_log([])}  # a clean decode: no messages
     record = _record(item, source=source, frame_indices=indices.tolist(), timestamps=stamps.tolist(),
                      policies=positions, num_cached_frames=pool_size, short=n < max_count, status="done",
                      has_luv_scores=needs_luv)

@@ -89,6 +89,10 @@ def test_a_head_in_a_file_trains_with_options_resumes_and_evaluates(motion, tmp_
     monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", real)
     cli("train", motion, "--head", spec, *common, "--out", part, "--resume")
     assert json.load(open(part / "metrics.json")) == json.load(open(full / "metrics.json"))
+    stopped = tmp_path / "stopped"  # interrupted, to be resumed after the head file changes below
+    monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", stop_after_epoch_1)
+    cli("train", motion, "--head", spec, *common, "--out", stopped, code=130)
+    monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", real)
 
     # eval from elsewhere rebuilds the head from the recorded file; a multi-view protocol too
     monkeypatch.chdir(tmp_path.parent)
@@ -101,7 +105,7 @@ def test_a_head_in_a_file_trains_with_options_resumes_and_evaluates(motion, tmp_
     err = cli("eval", full, code=2).output
     assert "changed since the checkpoint was made" in err and str(path) in err and len(err.strip().splitlines()) == 1
     monkeypatch.chdir(tmp_path)
-    assert "the head's code changed" in cli("train", motion, "--head", spec, *common, "--out", part, "--resume",
+    assert "the head's code changed" in cli("train", motion, "--head", spec, *common, "--out", stopped, "--resume",
                                             code=2).output
 
 
@@ -203,7 +207,7 @@ def test_a_broken_head_is_one_line(motion, tmp_path, case):
     text, cls, message = BROKEN[case]
     path = write_head(tmp_path, text)
     err = cli("train", motion, "--head", f"{path}:{cls}", "--set", "epochs=1", "-q", "--out", tmp_path / "run",
-              code=2).output
+              code=2).stderr  # stdout has said where the labels and splits come from
     assert message in err and err.startswith("featcache: error: ") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run" / "metrics.json").exists()
 
