@@ -44,15 +44,20 @@ def choose_batch_size(encoder, candidates=CANDIDATES) -> tuple[int, str]:
     return int(entry["batch_size"]), how
 
 
+def _load(path: str) -> dict:
+    """The cached probes (none when the file is missing or unreadable)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def probe(encoder, candidates=CANDIDATES) -> tuple[dict, str]:
     """``{"batch_size": best, "frames_per_s": {size: rate}}`` for this model/device/precision,
     from the cache file or measured now (and cached), and how it was obtained."""
     path, key = cache_file(), probe_key(encoder)
-    try:
-        with open(path) as f:
-            known = json.load(f)
-    except (OSError, ValueError):
-        known = {}
+    known = _load(path)
     if key in known:
         return known[key], f"auto: cached probe ({path})"
     size = encoder.cfg.img_size
@@ -101,11 +106,7 @@ def judge(encoder, entry: dict, cached: bool, batches: int, seconds: float, fram
     if faster_ok or 1 / STALE_FACTOR <= measured / expected <= STALE_FACTOR:
         return f"this run's forward: {measured:.1f} frames/s at batch {size}, as probed"
     path, key = cache_file(), probe_key(encoder)
-    try:
-        with open(path) as f:
-            known = json.load(f)
-    except (OSError, ValueError):
-        known = {}
+    known = _load(path)
     if known.pop(key, None) is not None:
         _save(path, known)
     which = "the cached probe is stale" if cached else "the machine's speed changed since the probe"

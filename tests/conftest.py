@@ -98,3 +98,28 @@ def _private_user_cache(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
+
+
+def extract_motion(tmp_path_factory, per_class: int, frames: str) -> str:
+    """A cache of generated motion clips (60/20/20 train/val/test per class; the 4 classes differ
+    only by direction of motion) from the tiny model; returns its path."""
+    from featcache.extract import ExtractConfig, run_extract
+    from featcache.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("motion")
+    s = run_extract(ExtractConfig(manifest=make_dataset(str(root), "motion", per_class=per_class, num_frames=16),
+                                  out=str(root / "c.zarr"), frames=frames, encoder=tiny_encoder_config()),
+                    show_progress=False)
+    assert s.done and not s.failed
+    return str(root / "c.zarr")
+
+
+def cli(*args, code=0):
+    """``featcache ARGS`` through typer's CliRunner, its exit status checked."""
+    from typer.testing import CliRunner
+
+    from featcache.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, (result.output, result.exception)
+    return result

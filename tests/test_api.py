@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_encoder_config
+from conftest import extract_motion
 from featcache import open_cache
 from featcache.cache.dataset import materialise
 from featcache.errors import FeatcacheError
-from featcache.extract import ExtractConfig, run_extract
-from featcache.synthetic import make_dataset
 from featcache.video.select import uniform_indices
 from featcache.view import View
 
@@ -22,12 +20,7 @@ DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "library.md")
 @pytest.fixture(scope="module")
 def motion(tmp_path_factory):
     """160 clips (96 train / 32 val / 32 test) whose 4 classes differ only by direction of motion."""
-    root = tmp_path_factory.mktemp("motion")
-    s = run_extract(ExtractConfig(manifest=make_dataset(str(root), "motion", per_class=40, num_frames=16),
-                                  out=str(root / "c.zarr"), frames="uniform:8,keyframes:4",
-                                  encoder=tiny_encoder_config()), show_progress=False)
-    assert s.done and not s.failed
-    return str(root / "c.zarr")
+    return extract_motion(tmp_path_factory, per_class=40, frames="uniform:8,keyframes:4")
 
 
 def docs_loop() -> str:

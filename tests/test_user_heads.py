@@ -9,12 +9,8 @@ import textwrap
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
-from conftest import tiny_encoder_config
-from featcache.cli import app
-from featcache.extract import ExtractConfig, run_extract
-from featcache.synthetic import make_dataset
+from conftest import cli, extract_motion
 
 HEAD = textwrap.dedent('''
     import torch
@@ -38,18 +34,7 @@ HEAD = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def motion(tmp_path_factory):
-    root = tmp_path_factory.mktemp("motion")
-    s = run_extract(ExtractConfig(manifest=make_dataset(str(root), "motion", per_class=20, num_frames=16),
-                                  out=str(root / "c.zarr"), frames="uniform:8,uniform:16",
-                                  encoder=tiny_encoder_config()), show_progress=False)
-    assert s.done and not s.failed
-    return str(root / "c.zarr")
-
-
-def cli(*args, code=0):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, (result.output, result.exception)
-    return result
+    return extract_motion(tmp_path_factory, per_class=20, frames="uniform:8,uniform:16")
 
 
 def write_head(folder, text=HEAD, name="my_heads.py"):
