@@ -180,3 +180,20 @@ def test_frame_norm_switch_drops_the_layer_norm(name):
     x = tokens()
     torch.testing.assert_close(head.frame(x), x[:, :, 0])  # the raw CLS token of each frame
     assert isinstance(build(name, frame_feature="cls").frame.norm, nn.LayerNorm)  # default as before
+
+
+def test_an_r3d_checkpoint_from_before_the_batch_norm_default_still_loads():
+    """Runs trained before r3d's MLP got the released batch norm record no mlp_bn and hold a
+    biased first Linear and no BN statistics: they rebuild as trained, with the same outputs."""
+    from featcache.train.checkpoint import build_head
+
+    common = dict(in_dim=C, num_classes=K, num_frames=T, grid=GRID, num_prefix_tokens=PREFIX)
+    old = build("r3d", mlp_bn=False, hidden=16).eval()
+    ckpt = {"head": "r3d", "head_args": {**common, "hidden": 16}, "state_dict": old.state_dict()}
+    rebuilt = build_head(ckpt)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in rebuilt.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(tokens()), old(tokens()))
+    new = build("r3d", hidden=16).eval()  # today's default: its checkpoints rebuild with batch norm
+    rebuilt = build_head({"head": "r3d", "head_args": {**common, "hidden": 16}, "state_dict": new.state_dict()})
+    assert any(isinstance(m, nn.BatchNorm1d) for m in rebuilt.modules())

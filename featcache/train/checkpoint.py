@@ -34,8 +34,11 @@ def load(path: str) -> dict:
 def build_head(ckpt: dict) -> torch.nn.Module:
     """The head of a checkpoint with its weights loaded, in eval mode (frozen parts, such as an
     adapter head's frozen tail, are rebuilt from their recorded provenance, not loaded)."""
+    args = dict(ckpt["head_args"])
+    if ckpt["head"] == "r3d" and "mlp_bn" not in args and "mlp.0.bias" in ckpt["state_dict"]:
+        args["mlp_bn"] = False  # trained before the released head's batch norm became r3d's default
     try:
-        head = create_head(ckpt["head"], **ckpt["head_args"], source=ckpt.get("head_source"))
+        head = create_head(ckpt["head"], **args, source=ckpt.get("head_source"))
     except (ValueError, TypeError) as exc:
         raise FeatcacheError(f"head {ckpt['head']}: {exc}") from None
     load_trainable(head, ckpt["state_dict"])
