@@ -196,8 +196,7 @@ class _StoreBytes:
                 self.files += 1  # the array's data file
             placed[name] = [start, count]
             self.segment[name] = start + count
-            shape, kind = self.plan[name][:2]
-            nbytes = count * int(np.prod(shape, dtype=np.int64)) * np.dtype(kind).itemsize
+            nbytes = count * packed.row_bytes(self.plan[name])
             self.bytes += nbytes
             self.segment_bytes += nbytes
         status = record.get("status", "done")

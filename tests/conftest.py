@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models, generated videos of several containers, the real clip."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import os
@@ -123,3 +124,24 @@ def cli(*args, code=0):
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == code, (result.output, result.exception)
     return result
+
+
+@contextlib.contextmanager
+def ctrl_c_after_epoch(epoch: int = 1):
+    """Inside the block, training raises KeyboardInterrupt (as Ctrl-C would) once ``epoch`` has
+    finished and been recorded."""
+    from featcache.train import fit
+
+    real = fit._GroupTrainer._finish_epoch
+
+    def finish_then_interrupt(self, m, e, *rest):
+        record = real(self, m, e, *rest)
+        if e == epoch:
+            raise KeyboardInterrupt
+        return record
+
+    fit._GroupTrainer._finish_epoch = finish_then_interrupt
+    try:
+        yield
+    finally:
+        fit._GroupTrainer._finish_epoch = real

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI, VIDEO_SIZE
+from conftest import TINY_CLI, VIDEO_SIZE, ctrl_c_after_epoch
 from featcache.cli import app
 from featcache.synthetic import make_dataset
 from featcache.video.select import uniform_indices
@@ -101,26 +101,15 @@ def test_extract_slurm_without_slurm(small, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ training
-def test_interrupt_hint_gives_the_command_that_resumes(small, tmp_path, monkeypatch):
-    from featcache.train import fit
-
-    real = fit._GroupTrainer._finish_epoch
-
-    def finish_then_interrupt(self, m, epoch, *args):
-        record = real(self, m, epoch, *args)
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return record
-
+def test_interrupt_hint_gives_the_command_that_resumes(small, tmp_path):
     out = str(tmp_path / "run")
     args = ["train", small["cache"], "--head", "linear", "--view", "uniform:4", "--set", "epochs=4",
             "--set", "batch_size=8", "--out", out, "-q"]
-    monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", finish_then_interrupt)
-    r = runner.invoke(app, args)
+    with ctrl_c_after_epoch(1):
+        r = runner.invoke(app, args)
     assert r.exit_code == 130
     hint = r.output.strip().splitlines()[-1]
     assert hint.startswith("featcache: interrupted; resume with: featcache train ") and hint.endswith("--resume")
-    monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", real)
     again = shlex.split(hint.split("resume with: ", 1)[1])[1:]
     r = runner.invoke(app, again)
     assert r.exit_code == 0, r.output

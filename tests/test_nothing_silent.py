@@ -3,7 +3,6 @@ said up front, truncated files are a warning or a failure, `eval --checkpoint la
 overwrites the best checkpoint's outputs, values are range-checked, sweeps are validated whole."""
 import csv
 import hashlib
-import os
 
 import numpy as np
 import pytest

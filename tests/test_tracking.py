@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import cli, extract_motion
+from conftest import cli, ctrl_c_after_epoch, extract_motion
 from featcache.leaderboard import aggregate, metric_columns
 
 FAST = ["--set", "batch_size=8", "-q"]
@@ -43,21 +43,10 @@ def test_tensorboard_events_hold_one_point_per_epoch(motion, tmp_path):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_resumed_run_continues_its_curves_without_duplicates(motion, tmp_path, monkeypatch):
-    from featcache.train import fit
-
-    real = fit._GroupTrainer._finish_epoch
-
-    def stop_after_epoch_1(self, m, epoch, *rest):
-        record = real(self, m, epoch, *rest)
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return record
-
+def test_a_resumed_run_continues_its_curves_without_duplicates(motion, tmp_path):
     run, args = tmp_path / "run", ["--head", "pool", "--set", "epochs=4", "--set", "log=tensorboard", *FAST]
-    monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", stop_after_epoch_1)
-    cli("train", motion, *args, "--out", run, code=130)
-    monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", real)
+    with ctrl_c_after_epoch(1):
+        cli("train", motion, *args, "--out", run, code=130)
     cli("train", motion, *args, "--out", run, "--resume")
     assert [s for s, _ in scalars(run)["train/loss"]] == [0, 1, 2, 3]
     assert [r["epoch"] for r in log_of(run)] == [0, 1, 2, 3]

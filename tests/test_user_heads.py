@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import cli, extract_motion
+from conftest import cli, ctrl_c_after_epoch, extract_motion
 
 HEAD = textwrap.dedent('''
     import torch
@@ -58,26 +58,14 @@ def test_a_head_in_a_file_trains_with_options_resumes_and_evaluates(motion, tmp_
     assert ckpt["state_dict"]["frame.weight"].shape == (24, 16 * 64)  # --set head.hidden reached the class
 
     # resume: interrupted after epoch 1, continued, equal to the uninterrupted run
-    from featcache.train import fit
-
-    real = fit._GroupTrainer._finish_epoch
-
-    def stop_after_epoch_1(self, m, epoch, *rest):
-        record = real(self, m, epoch, *rest)
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return record
-
     part = tmp_path / "part"
-    monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", stop_after_epoch_1)
-    assert "interrupted" in cli("train", motion, "--head", spec, *common, "--out", part, code=130).output
-    monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", real)
+    with ctrl_c_after_epoch(1):
+        assert "interrupted" in cli("train", motion, "--head", spec, *common, "--out", part, code=130).output
     cli("train", motion, "--head", spec, *common, "--out", part, "--resume")
     assert json.load(open(part / "metrics.json")) == json.load(open(full / "metrics.json"))
     stopped = tmp_path / "stopped"  # interrupted, to be resumed after the head file changes below
-    monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", stop_after_epoch_1)
-    cli("train", motion, "--head", spec, *common, "--out", stopped, code=130)
-    monkeypatch.setattr(fit._GroupTrainer, "_finish_epoch", real)
+    with ctrl_c_after_epoch(1):
+        cli("train", motion, "--head", spec, *common, "--out", stopped, code=130)
 
     # eval from elsewhere rebuilds the head from the recorded file; a multi-view protocol too
     monkeypatch.chdir(tmp_path.parent)

@@ -45,11 +45,13 @@ def list_records(root: str) -> dict[str, dict]:
     return records
 
 
-def read_array(root: str, key: str, name: str) -> np.ndarray:
-    """One array of one video: memory-mapped when it is one plain little-endian chunk (what
-    featcache wrote), through zarr otherwise."""
+def read_array(root: str, key: str, name: str) -> np.ndarray | None:
+    """One array of one video (None when the video has no such array): memory-mapped when it is
+    one plain little-endian chunk (what featcache wrote), through zarr otherwise."""
     folder = os.path.join(root, schema.VIDEOS, key, name)
-    meta = read_json(os.path.join(folder, "zarr.json")) or {}
+    meta = read_json(os.path.join(folder, "zarr.json"))
+    if meta is None:
+        return None
     codecs = meta.get("codecs", [])
     plain = (len(codecs) == 1 and codecs[0].get("name") == "bytes"
              and codecs[0].get("configuration", {}).get("endian", "little") == "little"
@@ -66,11 +68,6 @@ def read_array(root: str, key: str, name: str) -> np.ndarray:
     import zarr
 
     return zarr.open_array(folder, mode="r")[...]
-
-
-def array_shape(root: str, key: str, name: str) -> tuple | None:
-    meta = read_json(os.path.join(root, schema.VIDEOS, key, name, "zarr.json"))
-    return tuple(meta["shape"]) if meta and "shape" in meta else None
 
 
 def staged(root: str) -> list[str]:

@@ -66,6 +66,12 @@ def row_plan(attrs: dict) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ..
     return plan
 
 
+def row_bytes(plan_entry: tuple) -> int:
+    """Bytes of one row of a :func:`row_plan` entry."""
+    shape, kind = plan_entry[:2]
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(kind).itemsize
+
+
 def video_rows(attrs: dict, arrays: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
     """A video's arrays (as the reader returns them) -> the rows its segment arrays get."""
     plan, out = row_plan(attrs), {}
@@ -325,12 +331,10 @@ class SegmentWriter:
         if self.name is None:
             return
         for name, fd in self.fds.items():
-            rows = self.cursor[name]
-            shape, kind, _, sharded = self.plan[name]
-            row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(kind).itemsize
-            os.ftruncate(fd, rows * row_bytes)  # drops the rows of a publish that raised half-way
-            if sharded and rows:
-                _pwrite_all(fd, memoryview(shard_index(rows, row_bytes)), rows * row_bytes)
+            rows, size = self.cursor[name], row_bytes(self.plan[name])
+            os.ftruncate(fd, rows * size)  # drops the rows of a publish that raised half-way
+            if self.plan[name][3] and rows:  # sharded
+                _pwrite_all(fd, memoryview(shard_index(rows, size)), rows * size)
             os.fsync(fd)
             os.close(fd)
             if rows:

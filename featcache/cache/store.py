@@ -240,8 +240,6 @@ class Cache:
     # ------------------------------------------------------------------ reading arrays
     def _stored(self, entry: VideoEntry, name: str) -> np.ndarray | None:
         if self.layout == "loose":
-            if loose.array_shape(self.path, entry.key, name) is None:
-                return None
             return loose.read_array(self.path, entry.key, name)
         index = self._index[entry.key]
         where = index["rows"].get(name)
@@ -262,16 +260,15 @@ class Cache:
         return rows[start:start + count]
 
     def _map(self, segment: str, name: str) -> np.ndarray:
-        shape, kind = packed.row_plan(self.attrs)[name][:2]
-        kind = np.dtype(kind)
-        row_bytes = int(np.prod(shape, dtype=np.int64)) * kind.itemsize
+        plan = packed.row_plan(self.attrs)[name]
+        shape, kind, size = plan[0], np.dtype(plan[1]), packed.row_bytes(plan)
         path = self._data_path(segment, name)
         if not os.path.isfile(path):
             raise DamagedStore(f"{path}: missing; run featcache cache verify {self.path}")
         with open(path, "rb") as f:
-            n = os.fstat(f.fileno()).st_size // row_bytes
-            buf = mmap.mmap(f.fileno(), n * row_bytes, access=mmap.ACCESS_READ) if n else b""
-        rows = np.frombuffer(buf, dtype=kind, count=n * (row_bytes // kind.itemsize)).reshape(n, *shape)
+            n = os.fstat(f.fileno()).st_size // size
+            buf = mmap.mmap(f.fileno(), n * size, access=mmap.ACCESS_READ) if n else b""
+        rows = np.frombuffer(buf, dtype=kind, count=n * (size // kind.itemsize)).reshape(n, *shape)
         self._maps[(segment, name)] = rows
         while len(self._maps) > _MAPS:
             self._maps.popitem(last=False)  # views handed out keep their mapping alive
@@ -284,14 +281,14 @@ class Cache:
         """Data bytes of an unsealed segment beyond its indexed rows (an interrupted publish)."""
         if segment.sealed:
             return 0
-        plan, extra = packed.row_plan(self.attrs), 0
-        for name, (shape, kind, _, _) in plan.items():
+        extra = 0
+        for name, plan in packed.row_plan(self.attrs).items():
             path = os.path.join(segment.path, name, packed.DATA)
             if not os.path.exists(path):
                 continue
             end = max((e["rows"][name][0] + e["rows"][name][1] for e in segment.entries if name in e["rows"]),
                       default=0)
-            extra += max(0, os.path.getsize(path) - end * int(np.prod(shape, dtype=np.int64)) * np.dtype(kind).itemsize)
+            extra += max(0, os.path.getsize(path) - end * packed.row_bytes(plan))
         return extra
 
     # ------------------------------------------------------------------ checks
@@ -491,12 +488,9 @@ class CacheWriter(Cache):
         """Publish one complete video; returns the bytes of token data written, or None when
         the store already holds it done (its copy is kept, ours dropped). Any other failure to
         publish raises PublishError: the video is not in the store."""
-        key = schema.video_key(record["video_id"])
-        if self.records().get(key, {}).get("status") == "done":
+        if self.records().get(schema.video_key(record["video_id"]), {}).get("status") == "done":
             return None
-        self._append(dict(record, status="done", has_luv_scores=luv_scores is not None),
-                     self._arrays(tokens, luv_scores, cut, side_crops), self._next_generation(key))
-        return stage_bytes(tokens, self.attrs)
+        return self._publish_done(record, tokens, luv_scores, cut, side_crops)
 
     def _next_generation(self, key: str) -> int:
         """0 for a new video; one above the entry it replaces (a failure, a repaired copy)."""
@@ -512,8 +506,15 @@ class CacheWriter(Cache):
         theirs = self.records().get(key, {})
         if set(record["policies"]) <= set(theirs.get("policies", {})):
             return None
+        return self._publish_done(record, tokens, luv_scores, cut, side_crops)
+
+    def _publish_done(self, record: dict, tokens, luv_scores, cut, side_crops) -> int:
+        """Append a done video one generation above the copy it replaces; its token bytes."""
+        data = {schema.TOKENS: tokens, schema.LUV_SCORES: luv_scores, schema.CUT: cut, schema.SIDE_CROPS: side_crops}
+        if self.attrs["storage"]["dtype"] == "int8":
+            data[schema.TOKENS], data[schema.TOKEN_SCALES], data[schema.CHANNEL_SCALES] = quant.quantize(tokens)
         self._append(dict(record, status="done", has_luv_scores=luv_scores is not None),
-                     self._arrays(tokens, luv_scores, cut, side_crops), self._next_generation(key))
+                     packed.video_rows(self.attrs, data), self._next_generation(schema.video_key(record["video_id"])))
         return stage_bytes(tokens, self.attrs)
 
     def write_failure(self, record: dict, reason: str) -> None:
@@ -531,12 +532,6 @@ class CacheWriter(Cache):
     def write_raw(self, record: dict, arrays: dict[str, np.ndarray]) -> None:
         """Publish a video's arrays exactly as another store holds them (``cache pack``)."""
         self._append(record, packed.video_rows(self.attrs, arrays), generation=0)
-
-    def _arrays(self, tokens, luv_scores, cut, side_crops) -> dict[str, np.ndarray]:
-        data = {schema.TOKENS: tokens, schema.LUV_SCORES: luv_scores, schema.CUT: cut, schema.SIDE_CROPS: side_crops}
-        if self.attrs["storage"]["dtype"] == "int8":
-            data[schema.TOKENS], data[schema.TOKEN_SCALES], data[schema.CHANNEL_SCALES] = quant.quantize(tokens)
-        return packed.video_rows(self.attrs, data)
 
     def _append(self, record: dict, rows: dict[str, np.ndarray], generation: int) -> None:
         record = to_json(record)
