@@ -230,9 +230,11 @@ def check_manifest(path: str) -> tuple[dict, list[str]]:
     no_train = sorted((set(labels["val"]) | set(labels["test"])) - set(labels["train"]))
     errors = [f"missing file: {it.video_id}: {it.path}" for it in missing]
     errors += [f"class {c!r} has no training videos (it appears only in val/test)" for c in no_train]
-    if not per_split["train"]:
+    annotated = any(it.split for it in items)  # an extraction manifest (a list of paths) holds no splits
+    if annotated and not per_split["train"]:
         errors.append("no videos in the train split")
     facts = {
+        "annotated": annotated,
         "videos": len(items),
         "per_split": {s: len(its) for s, its in per_split.items()},
         "missing_files": len(missing),

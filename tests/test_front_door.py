@@ -75,6 +75,9 @@ def test_a_plain_list_of_paths_extracts_with_ids_from_file_names(small, tmp_path
     records = open_cache(cache).records().values()
     assert sorted(r["video_id"] for r in records) == ["left_000", "up_001"]
     assert all(r["labels"] == [] and r["split"] == "" for r in records)
+    checked = runner.invoke(app, ["manifest", "check", str(listing)])  # a list to extract from: no splits owed
+    assert checked.exit_code == 0 and "check ok" in checked.output and "no labels or splits" in checked.output, \
+        checked.output
     dup = tmp_path / "dup.txt"
     dup.write_text("a/x.mp4\nb/x.mp4\n")
     one_line_error(runner.invoke(app, ["extract", str(dup), "--out", cache]),
@@ -149,7 +152,7 @@ def test_pretrain_prints_a_finetune_command_that_runs(small, tmp_path):
     assert r.exit_code == 0, r.output
 
 
-# ------------------------------------------------------------------ help texts and README claims
+# ------------------------------------------------------------------ help texts and the docs' claims
 def _help_texts():
     """(command, its --help text) of every command, as a user sees them."""
     import typer
@@ -176,7 +179,7 @@ def test_help_examples_name_only_files_that_exist():
 
 
 def test_readme_uniform_subset_claim_holds_for_every_length():
-    """README: uniform:N is served from a uniform:kN pool with k odd for every length, and from
+    """docs/training.md: uniform:N is served from a uniform:kN pool with k odd for every length, and from
     uniform:8,uniform:16 only for 21 of the lengths 1-1000 (segment centres, recomputed here)."""
     def centres(n, count):  # independent of featcache: floor((i + 1/2) n / count)
         return {(2 * i + 1) * n // (2 * count) for i in range(count)}
@@ -186,7 +189,7 @@ def test_readme_uniform_subset_claim_holds_for_every_length():
         assert centres(n, 4) <= centres(n, 12)
     served = [n for n in range(1, 1001) if centres(n, 4) <= centres(n, 8) | centres(n, 16)]
     assert len(served) == 21
-    readme = open(os.path.join(REPO, "README.md")).read()
+    readme = open(os.path.join(REPO, "docs", "training.md")).read()
     assert "only for 21 of the lengths" in readme and "`uniform:4` from `uniform:12`" in readme
 
 
@@ -265,8 +268,8 @@ def test_local_executor_task_logs_hold_featcache_output(small, tmp_path):
         assert re.search(r"extract: (\d+)/\1 videos \(100%\)", text), text
 
 
-def test_readme_npy_export_layout_is_what_export_writes(small, tmp_path):
-    readme = open(os.path.join(REPO, "README.md")).read()
+def test_the_docs_npy_export_layout_is_what_export_writes(small, tmp_path):
+    readme = open(os.path.join(REPO, "docs", "export.md")).read()
     claim = next(line for line in readme.splitlines() if "--format npy c_npy/" in line)
     assert "c_npy/videos/<key>.npy + <key>.json, c_npy/provenance.json, failed.json" in claim
     out = tmp_path / "c_npy"

@@ -150,7 +150,10 @@ def manifest_check(path: str = typer.Argument(..., help="A manifest."),
     else:
         typer.echo(f"{path}: {facts['videos']} videos {facts['per_split']}; {facts['classes']} classes "
                    f"{facts['classes_per_split']}; multi-label: {facts['multi_label']}; unlabelled: {facts['unlabelled']}")
-        typer.echo(f"train class balance: smallest {facts['smallest_classes']}, largest {facts['largest_classes']}")
+        if facts["annotated"]:
+            typer.echo(f"train class balance: smallest {facts['smallest_classes']}, largest {facts['largest_classes']}")
+        else:
+            typer.echo("no labels or splits: a manifest to extract from; give them at training time (--manifest)")
         for e in errors[:20]:
             typer.echo(f"error: {e}")
         if len(errors) > 20:
