@@ -1,6 +1,6 @@
 """Pure facts about the cache layout: names, keys, fingerprints. No zarr here.
 
-Packed layout (schema 2, the default; see packed.py and README "Cache format"):
+Packed layout (schema 2, the default; see packed.py and docs/cache-format.md):
 
     CACHE.zarr/
       zarr.json                       root group; attributes = provenance

@@ -287,7 +287,7 @@ Examples:
 
 @app.command(epilog=ABLATE_EXAMPLES)
 def ablate(
-    sweep_file: str = typer.Argument(..., help="A sweep YAML file (see README: Sweeps)."),
+    sweep_file: str = typer.Argument(..., help="A sweep YAML file (see docs/sweeps.md)."),
     out: str = typer.Option("runs/sweep", "--out", "-o", help="Folder for cells/, leaderboard.csv and .md."),
     cache: Optional[str] = typer.Option(None, help="The cache to use (overrides the file's cache:)."),
     set_: list[str] = typer.Option([], "--set", help="Override a base option KEY=VALUE for every cell."),

@@ -1,4 +1,4 @@
-"""Classification metrics (numpy + scikit-learn only). Names match the README and metrics.json."""
+"""Classification metrics (numpy + scikit-learn only). Names match docs/training.md and metrics.json."""
 from __future__ import annotations
 
 import numpy as np

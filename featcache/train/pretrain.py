@@ -13,7 +13,7 @@ every rate, start and jitter. Conventions of the released code (JingwWu/advise-v
 
 A source frame the pool does not hold (a ``stride:S`` pool with S > 1) is rounded to the nearest
 cached frame; how many clips needed rounding is recorded in ``metrics.json``. Per-clip colour
-jitter and random-resized crops cannot be replayed from tokens (see README).
+jitter and random-resized crops cannot be replayed from tokens (see docs/training.md).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Frame selection: pure functions from frame counts / pixels to frame indices.
 
-Conventions (documented in the README, relied on by the tests):
+Conventions (documented in docs/decoding.md, relied on by the tests):
 - ``uniform:N`` takes the centre of each of N equal segments, ``floor((i + 0.5) * n / N)``.
   A video with fewer than N frames repeats frames (the TSN test-time convention), so every
   policy always yields exactly N positions.
