@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from featcache import open_cache
-from featcache.backbone import backbone_spec
-from featcache.config import build_config
-from featcache.encoder import EncoderConfig, FrozenEncoder
-from featcache.extract import ExtractConfig, ExtractSummary, _Pipeline, run_extract
-from featcache.manifest import read_manifest
-from featcache.registry import create_head
-from featcache.synthetic import make_dataset
-from featcache.train.fit import _optimizer
+from featcache.heads.frozen_tail import backbone_spec
+from featcache.spec.config import build_config
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder
+from featcache.extract.pipeline import ExtractConfig, ExtractSummary, _Pipeline, run_extract
+from featcache.data.manifest import read_manifest
+from featcache.heads.registry import create_head
+from featcache.data.synthetic import make_dataset
+from featcache.train.optim import optimizer
 
 MODEL = "vit_small_patch14_dinov2.lvd142m"
 
@@ -99,7 +99,7 @@ def main() -> None:
         cache = open_cache(caches[cut])
         head = create_head("adapter", in_dim=384, num_classes=4, num_frames=args.frames, grid=(16, 16),
                            num_prefix_tokens=1, backbone=backbone_spec(cache.attrs), blocks=blocks).train()
-        return head, _optimizer(build_config({"head": "adapter"}), head), cache
+        return head, optimizer(build_config({"head": "adapter"}), head), cache
 
     def cached_x(cache):
         def get():

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from featcache.encoder import EncoderConfig, FrozenEncoder
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder
 
 
 def rate(encoder: FrozenEncoder, batches: list[torch.Tensor]) -> float:

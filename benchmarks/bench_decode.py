@@ -40,10 +40,10 @@ import os
 import statistics
 import tempfile
 
-from featcache.encoder import EncoderConfig
-from featcache.extract import ExtractConfig, run_extract
-from featcache.manifest import read_manifest
-from featcache.synthetic import make_dataset
+from featcache.extract.encoder import EncoderConfig
+from featcache.extract.pipeline import ExtractConfig, run_extract
+from featcache.data.manifest import read_manifest
+from featcache.data.synthetic import make_dataset
 from featcache.video.decode import decode_video
 from featcache.video.select import uniform_indices
 
@@ -99,8 +99,8 @@ def ffmpeg_seconds(path: str) -> float:
 def versus_ffmpeg(files: list[str], rounds: int) -> list[dict]:
     import time
 
-    from featcache.manifest import VideoItem
-    from featcache.prepare import DecodeSpec, prepare
+    from featcache.data.manifest import VideoItem
+    from featcache.video.prepare import DecodeSpec, prepare
 
     rows = []
     for path in files:

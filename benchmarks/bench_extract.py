@@ -29,10 +29,10 @@ import time
 import numpy as np
 import torch
 
-from featcache.encoder import EncoderConfig, FrozenEncoder
-from featcache.extract import ExtractConfig, _Pipeline, ExtractSummary, run_extract
-from featcache.manifest import read_manifest
-from featcache.synthetic import make_dataset
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder
+from featcache.extract.pipeline import ExtractConfig, _Pipeline, ExtractSummary, run_extract
+from featcache.data.manifest import read_manifest
+from featcache.data.synthetic import make_dataset
 
 
 def bare_forward(model, pixels: torch.Tensor, batch_size: int, bf16: bool) -> float:
@@ -54,9 +54,9 @@ BUDGET = (  # (label, file suffix, function): cumulative time of each
     ("decode (decode_video, all of it)", "video/decode.py", "decode_video"),
     ("  LUV scoring (LuvScorer)", "video/select.py", "__call__"),
     ("  scaling kept / small frames (swscale)", "video/decode.py", "_scaled"),
-    ("crop (prepare.crop)", "featcache/prepare.py", "crop"),
-    ("normalise + cast (encoder._run minus the forward)", "featcache/encoder.py", "_run"),
-    ("forward (encoder._tokens)", "featcache/encoder.py", "_tokens"),
+    ("crop (prepare.crop)", "featcache/video/prepare.py", "crop"),
+    ("normalise + cast (encoder._run minus the forward)", "featcache/extract/encoder.py", "_run"),
+    ("forward (encoder._tokens)", "featcache/extract/encoder.py", "_tokens"),
     ("write (CacheWriter.write_video)", "cache/store.py", "write_video"),
 )
 

@@ -26,12 +26,12 @@ import time
 from featcache import open_cache
 from featcache.cache.dataset import materialise
 from featcache.cache.store import frame_bytes
-from featcache.config import build_config
-from featcache.encoder import EncoderConfig
-from featcache.extract import ExtractConfig, run_extract
-from featcache.synthetic import make_dataset
+from featcache.spec.config import build_config
+from featcache.extract.encoder import EncoderConfig
+from featcache.extract.pipeline import ExtractConfig, run_extract
+from featcache.data.synthetic import make_dataset
 from featcache.train.fit import run_training
-from featcache.view import View
+from featcache.spec.view import View
 
 FORMATS = {"float16": {}, "int8": {"dtype": "int8"}, "pool2": {"pool": 2}, "mean": {"pool": "mean"}}
 

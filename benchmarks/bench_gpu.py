@@ -36,9 +36,9 @@ def sync():
 def extract(out: str, tiny: bool) -> None:
     from bench_extract import decoded_frames
 
-    from featcache.encoder import EncoderConfig, FrozenEncoder
-    from featcache.extract import ExtractConfig, run_extract
-    from featcache.synthetic import make_dataset
+    from featcache.extract.encoder import EncoderConfig, FrozenEncoder
+    from featcache.extract.pipeline import ExtractConfig, run_extract
+    from featcache.data.synthetic import make_dataset
 
     work = tempfile.mkdtemp(prefix="featcache-gpu-")
     manifest = make_dataset(work, "motion", per_class=2 if tiny else 16, num_frames=24 if tiny else 96, size=(320, 240))
@@ -82,7 +82,7 @@ def extract(out: str, tiny: bool) -> None:
 def decode(out: str, tiny: bool) -> None:
     from bench_decode import NEAR_FREE, long_gop_clip
 
-    from featcache.extract import ExtractConfig, run_extract
+    from featcache.extract.pipeline import ExtractConfig, run_extract
 
     work = tempfile.mkdtemp(prefix="featcache-gpu-")
     frames = 30 if tiny else 300

@@ -31,7 +31,7 @@ import numpy as np
 from featcache.cache import loose
 from featcache.cache.dataset import materialise
 from featcache.cache.store import Cache, CacheWriter
-from featcache.view import View
+from featcache.spec.view import View
 
 ATTRS = {"featcache_version": "bench", "model": {"name": "none"}, "preprocess": {}, "compute": {},
          "storage": {"dtype": "float16"}, "layers": [-1], "frames": {"policies": ["uniform:8"]}}

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from featcache import open_cache
-from featcache.synthetic import make_dataset
+from featcache.data.synthetic import make_dataset
 
 FEATCACHE = os.path.join(os.path.dirname(sys.executable), "featcache")
 

@@ -22,7 +22,7 @@ import time
 
 
 def child(mode: str, cache: str, out: str, budget: float, epochs: int) -> None:
-    from featcache.config import build_config
+    from featcache.spec.config import build_config
     from featcache.train.fit import run_training
 
     cfg = build_config({"head": "pool", "view": "uniform:16", "epochs": epochs, "batch_size": 32, "seed": 0,
@@ -30,7 +30,7 @@ def child(mode: str, cache: str, out: str, budget: float, epochs: int) -> None:
     start = time.perf_counter()
     if mode == "baseline":
         from featcache import open_cache
-        from featcache.registry import create_head
+        from featcache.heads.registry import create_head
 
         open_cache(cache).records()
         create_head("pool", in_dim=384, num_classes=4, num_frames=16, grid=(16, 16), num_prefix_tokens=1)
@@ -53,9 +53,9 @@ def main() -> None:
         child(args.child[0], args.child[1], args.child[2], args.budget_gb, args.epochs)
         return
     from featcache import open_cache
-    from featcache.encoder import EncoderConfig
-    from featcache.extract import ExtractConfig, run_extract
-    from featcache.synthetic import make_dataset
+    from featcache.extract.encoder import EncoderConfig
+    from featcache.extract.pipeline import ExtractConfig, run_extract
+    from featcache.data.synthetic import make_dataset
 
     work = tempfile.mkdtemp(prefix="featcache-bench-")
     manifest = make_dataset(work, "motion", per_class=args.videos // 4, num_frames=24, size=(256, 224))

@@ -25,13 +25,14 @@ import torch
 
 from featcache import open_cache
 from featcache.cache.dataset import Task, materialise
-from featcache.config import build_config
-from featcache.encoder import EncoderConfig, FrozenEncoder
-from featcache.extract import ExtractConfig, ExtractSummary, _Pipeline, run_extract
-from featcache.manifest import read_manifest
-from featcache.synthetic import make_dataset
-from featcache.train.fit import _build, _loss, _optimizer
-from featcache.view import View
+from featcache.spec.config import build_config
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder
+from featcache.extract.pipeline import ExtractConfig, ExtractSummary, _Pipeline, run_extract
+from featcache.data.manifest import read_manifest
+from featcache.data.synthetic import make_dataset
+from featcache.train.fit import _build, _loss
+from featcache.train.optim import optimizer
+from featcache.spec.view import View
 
 
 def _dataset(videos: int, encoder: EncoderConfig, frames: str) -> tuple[str, str]:
@@ -51,7 +52,7 @@ def bench_epoch(args) -> None:
     task = Task(sorted({ls[0] for ls in data.labels}), multi=False)
     y = task.targets(data.labels)
     head = _build(cfg, data, task)
-    opt, loss_fn = _optimizer(cfg, head), _loss(cfg, task, y)
+    opt, loss_fn = optimizer(cfg, head), _loss(cfg, task, y)
     items = {it.video_id: it for it in read_manifest(manifest)}
     encoder = FrozenEncoder(enc_cfg)
     pipe = _Pipeline(ExtractConfig(manifest=manifest, out=out, encoder=enc_cfg, frames="uniform:8"),

@@ -4,7 +4,7 @@ Stage 1 (`featcache extract`) writes patch tokens with full provenance to a Zarr
 stage 2 reads them. ``open_cache(path)`` is the Python entry point to a store.
 """
 
-__version__ = "0.1.0"
+from featcache.version import __version__
 
 
 def open_cache(path: str):

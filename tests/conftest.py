@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from featcache.synthetic import motion_clip, write_video
+from featcache.data.synthetic import motion_clip, write_video
 
 # A 2-block, 64-wide DINOv2-architecture ViT at 56x56 (4x4 patches): same code path as the
 # default model, a few ms per frame.
@@ -24,7 +24,7 @@ CONTAINERS = (".mp4", ".avi", ".mkv", ".mpg")
 
 
 def tiny_encoder_config(**kw):
-    from featcache.encoder import EncoderConfig
+    from featcache.extract.encoder import EncoderConfig
 
     base = dict(weights="random", img_size=TINY_SIZE, precision="fp32", model_args=dict(TINY_ARGS))
     return EncoderConfig(**{**base, **kw})
@@ -104,8 +104,8 @@ def _private_user_cache(tmp_path_factory):
 def extract_motion(tmp_path_factory, per_class: int, frames: str) -> str:
     """A cache of generated motion clips (60/20/20 train/val/test per class; the 4 classes differ
     only by direction of motion) from the tiny model; returns its path."""
-    from featcache.extract import ExtractConfig, run_extract
-    from featcache.synthetic import make_dataset
+    from featcache.extract.pipeline import ExtractConfig, run_extract
+    from featcache.data.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("motion")
     s = run_extract(ExtractConfig(manifest=make_dataset(str(root), "motion", per_class=per_class, num_frames=16),

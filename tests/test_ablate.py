@@ -10,12 +10,12 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_encoder_config
-from featcache.ablate import SweepError, _expand, cell_name, load_sweep, select
-from featcache.ablate_run import Plan, plan_groups
+from featcache.spec.sweep import SweepError, _expand, cell_name, load_sweep, select
+from featcache.sweep.run import Plan, plan_groups
 from featcache.cli import app
-from featcache.config import build_config
-from featcache.extract import ExtractConfig, run_extract
-from featcache.synthetic import make_dataset
+from featcache.spec.config import build_config
+from featcache.extract.pipeline import ExtractConfig, run_extract
+from featcache.data.synthetic import make_dataset
 from featcache.train import checkpoint
 from featcache.train.fit import run_training, train_group
 

@@ -10,12 +10,13 @@ from typer.testing import CliRunner
 
 from conftest import TINY_ARGS, TINY_CLI, TINY_SIZE
 from featcache import open_cache
-from featcache.backbone import FrozenTail, backbone_spec
+from featcache.heads.frozen_tail import FrozenTail, backbone_spec
 from featcache.cli import app
-from featcache.config import build_config
-from featcache.registry import create_head
-from featcache.synthetic import make_dataset
-from featcache.train.fit import _optimizer, run_training
+from featcache.spec.config import build_config
+from featcache.heads.registry import create_head
+from featcache.data.synthetic import make_dataset
+from featcache.train.fit import run_training
+from featcache.train.optim import optimizer
 
 runner = CliRunner()
 FP32 = ["--precision", "fp32", "--dtype", "float32"]
@@ -89,7 +90,7 @@ def test_a_step_moves_every_adapter_parameter_and_no_frozen_one(motion, options)
     frozen = {k: v.clone() for k, v in head.state_dict().items() if k.startswith("tail.")}
     trained = {k: v.clone() for k, v in head.named_parameters() if v.requires_grad}
     assert frozen and all(not p.requires_grad for n, p in head.named_parameters() if n.startswith("tail."))
-    opt = _optimizer(build_config({"head": "adapter", "weight_decay": 0.0, "lr": 1e-2}), head)
+    opt = optimizer(build_config({"head": "adapter", "weight_decay": 0.0, "lr": 1e-2}), head)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(trained)
     x, y = torch.randn(4, 8, 17, 64), torch.tensor([0, 1, 2, 3])
     head.train()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from featcache.heads.amflow import AligningEncoder, PlainAdapter, TemporalAdapter, TemporalUnit
-from featcache.registry import create_head
+from featcache.heads.registry import create_head
 
 C, T, GRID, K = 32, 4, (2, 2), 3
 # ViT-B's 12 blocks (tiny width): AM/2 is blocks 1 and 12 of 12

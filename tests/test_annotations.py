@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from conftest import TINY_CLI, VIDEO_SIZE
 from featcache import open_cache
-from featcache.annotations import annotate, file_sha256
+from featcache.data.annotations import annotate, file_sha256
 from featcache.cli import app
-from featcache.synthetic import motion_clip, write_video
+from featcache.data.synthetic import motion_clip, write_video
 
 runner = CliRunner()
 CLASSES = {"MoveLeft": "left", "MoveRight": "right", "MoveUp": "up"}
@@ -222,7 +222,7 @@ def test_probe_takes_labels_and_splits_from_the_manifest(ucf, tmp_path):
 
 def test_pretrain_takes_its_splits_from_the_manifest(tmp_path):
     """PRP uses no labels, but its train/val videos are the manifest's."""
-    from featcache.synthetic import make_dataset
+    from featcache.data.synthetic import make_dataset
 
     src = make_dataset(str(tmp_path), "motion", per_class=3, num_frames=12, size=VIDEO_SIZE)
     cache = str(tmp_path / "dense.zarr")

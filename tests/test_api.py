@@ -12,7 +12,7 @@ from featcache import open_cache
 from featcache.cache.dataset import materialise
 from featcache.errors import FeatcacheError
 from featcache.video.select import uniform_indices
-from featcache.view import View
+from featcache.spec.view import View
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "library.md")
 

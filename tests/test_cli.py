@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from conftest import TINY_CLI, write_manifest
 from featcache import open_cache
-from featcache.cluster import published
+from featcache.launch.extract_array import published
 from featcache.cli import app
-from featcache.synthetic import make_dataset
+from featcache.data.synthetic import make_dataset
 
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "featcache")  # the installed console script
 FEATCACHE = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "featcache.cli"]
@@ -164,7 +164,7 @@ def test_demo_runs_the_whole_story_and_ends_with_a_leaderboard(tmp_path):
 def test_batch_size_auto_probes_once_then_uses_the_cached_choice(dataset, tmp_path):
     import json as _json
 
-    from featcache.batchsize import CANDIDATES
+    from featcache.extract.batchsize import CANDIDATES
 
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}  # a cache no other test has filled
     first = run("extract", dataset, "--out", str(tmp_path / "a.zarr"), "--frames", "uniform:2", *TINY_CLI, env=env)

@@ -14,12 +14,12 @@ from conftest import TINY_CLI, tiny_encoder_config
 from featcache import open_cache
 from featcache.cache.export import export_cache, import_hdf5
 from featcache.cli import app
-from featcache.cluster import parse_devices, run_on_devices, shard_configs
+from featcache.launch.extract_array import parse_devices, run_on_devices, shard_configs
 from featcache.errors import FeatcacheError
-from featcache.extract import ExtractConfig, run_extract, shard_of
-from featcache.synthetic import make_dataset
+from featcache.extract.pipeline import ExtractConfig, run_extract, shard_of
+from featcache.data.synthetic import make_dataset
 from featcache.train.fit import run_training
-from featcache.config import build_config
+from featcache.spec.config import build_config
 
 runner = CliRunner()
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "featcache")
@@ -68,7 +68,7 @@ def test_slurm_array_through_submitit_local_executor(dataset, tmp_path):
     task_logs = [f for _, _, files in os.walk(logs) for f in files if f.endswith("_log.out")]
     assert len(task_logs) == 3
     # a requeued task (same shard) resumes: nothing left to do
-    from featcache.cluster import ShardTask
+    from featcache.launch.extract_array import ShardTask
 
     again = ShardTask()(ExtractConfig(manifest=dataset, out=out, frames="uniform:4", encoder=tiny_encoder_config(),
                                       shard=(1, 3)))

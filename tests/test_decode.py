@@ -196,8 +196,8 @@ def test_one_pass_picks_and_frames_equal_two_pass_selection(videos, city_clip, t
     """prepare's single in-order pass returns the same pool, policies, scores and frames as the
     two-pass selection, ties included, and reads no file twice where the header's count is right."""
     import featcache.video.decode as dec
-    from featcache.manifest import VideoItem
-    from featcache.prepare import DecodeSpec, prepare
+    from featcache.data.manifest import VideoItem
+    from featcache.video.prepare import DecodeSpec, prepare
 
     second = []
     real = dec._pyav_frames_at

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import TINY_ARGS, TINY_SIZE, tiny_encoder_config
-from featcache.encoder import EncoderConfig, FrozenEncoder
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder
 from featcache.errors import FeatcacheError
 
 

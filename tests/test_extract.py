@@ -9,8 +9,8 @@ import torch
 from conftest import CONTAINERS, TINY_ARGS, TINY_SIZE, VIDEO_SIZE, pyav_frames, tiny_encoder_config, write_manifest
 from featcache import open_cache
 from featcache.errors import FeatcacheError
-from featcache.extract import ExtractConfig, run_extract, shard_of
-from featcache.synthetic import motion_clip, write_video
+from featcache.extract.pipeline import ExtractConfig, run_extract, shard_of
+from featcache.data.synthetic import motion_clip, write_video
 from featcache.video.select import keyframe_indices, uniform_indices
 
 
@@ -286,8 +286,8 @@ def test_batch_size_auto_drops_a_stale_probe_and_says_so(container_manifest, tmp
     and dropped, so the next run probes again (with a warm-up and repeats)."""
     import json
 
-    from featcache import batchsize
-    from featcache.encoder import FrozenEncoder
+    from featcache.extract import batchsize
+    from featcache.extract.encoder import FrozenEncoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(batchsize, "MIN_SECONDS", 0.0)

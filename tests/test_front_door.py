@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_CLI, VIDEO_SIZE, ctrl_c_after_epoch
 from featcache.cli import app
-from featcache.synthetic import make_dataset
+from featcache.data.synthetic import make_dataset
 from featcache.video.select import uniform_indices
 
 runner = CliRunner()
@@ -212,7 +212,7 @@ def test_a_view_from_an_odd_multiple_pool_through_the_cli(tmp_path):
 # ------------------------------------------------------------------ what extraction prints
 def _cut_mkv(tmp_path):
     """A Matroska file cut in half: FFmpeg prints "Read error" lines while decoding it."""
-    from featcache.synthetic import motion_clip, write_video
+    from featcache.data.synthetic import motion_clip, write_video
 
     full = str(tmp_path / "full.mkv")
     write_video(full, motion_clip("left", np.random.default_rng(0), num_frames=200, size=(160, 120)))

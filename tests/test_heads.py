@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from featcache.registry import create_head, head_options, list_heads
+from featcache.heads.registry import create_head, head_options, list_heads
 
 B, T, C, K = 4, 8, 32, 5
 GRID, PREFIX = (4, 4), 1

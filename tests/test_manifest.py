@@ -4,7 +4,7 @@ import os
 import pytest
 
 from featcache.errors import FeatcacheError
-from featcache.manifest import read_manifest
+from featcache.data.manifest import read_manifest
 
 
 def write(path, text):

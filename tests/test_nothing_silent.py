@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_CLI, VIDEO_SIZE
 from featcache.cli import app
-from featcache.synthetic import make_dataset, motion_clip, write_video
+from featcache.data.synthetic import make_dataset, motion_clip, write_video
 
 runner = CliRunner()
 

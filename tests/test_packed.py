@@ -21,8 +21,8 @@ from featcache import open_cache
 from featcache.cache import packed
 from featcache.cache.store import CacheWriter
 from featcache.cli import app
-from featcache.cluster import published
-from featcache.synthetic import make_dataset
+from featcache.launch.extract_array import published
+from featcache.data.synthetic import make_dataset
 
 runner = CliRunner()
 DATA = os.path.join(os.path.dirname(__file__), "data")

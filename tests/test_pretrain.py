@@ -10,14 +10,14 @@ from typer.testing import CliRunner
 from conftest import TINY_CLI
 from featcache import open_cache
 from featcache.cli import app
-from featcache.config import build_config
+from featcache.spec.config import build_config
 from featcache.errors import FeatcacheError
-from featcache.registry import create_head
-from featcache.synthetic import make_dataset
+from featcache.heads.registry import create_head
+from featcache.data.synthetic import make_dataset
 from featcache.train import checkpoint
 from featcache.train.pretrain import PRP, make_clips, prp_indices, read_pools
 from featcache.video.select import Policy, parse_policies, select_frames
-from featcache.view import View
+from featcache.spec.view import View
 
 runner = CliRunner()
 # a 2-block ViT at 112x112 (8x8 patch grid): the grid must be fine enough to see a 2 px/frame scroll

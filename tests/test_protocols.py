@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from conftest import tiny_encoder_config
 from featcache.cli import app
-from featcache.config import build_config
-from featcache.extract import ExtractConfig, run_extract
-from featcache.synthetic import make_dataset
+from featcache.spec.config import build_config
+from featcache.extract.pipeline import ExtractConfig, run_extract
+from featcache.data.synthetic import make_dataset
 from featcache.train.fit import run_training
 
 runner = CliRunner()
@@ -139,7 +139,7 @@ def test_sliding_windows_over_an_fps_pool(tmp_path):
 
     from featcache.cache.dataset import fill_view
     from featcache.train import checkpoint as ck
-    from featcache.view import View
+    from featcache.spec.view import View
 
     head = ck.build_head(ck.load(os.path.join(run, "best.pt")))
     test_id = sorted(r["video_id"] for r in csv.DictReader(open(manifest)) if r["split"] == "test")[0]
@@ -196,7 +196,7 @@ def test_probe_cli_writes_what_train_writes(tmp_path, method, key):
 
 def test_three_crops_through_the_model_and_spatial_views(tmp_path):
     from featcache import open_cache
-    from featcache.encoder import FrozenEncoder
+    from featcache.extract.encoder import FrozenEncoder
 
     root = tmp_path / "ds"
     manifest = make_dataset(str(root), "appearance", per_class=5, num_frames=16, size=(112, 56))  # wide: crops move

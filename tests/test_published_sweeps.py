@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import TINY_CLI
-from featcache.ablate import load_sweep
+from featcache.spec.sweep import load_sweep
 from featcache.cli import app
-from featcache.leaderboard import paired_deltas, write_leaderboard
-from featcache.synthetic import make_dataset
+from featcache.sweep.leaderboard import paired_deltas, write_leaderboard
+from featcache.data.synthetic import make_dataset
 
 PIPELINES = os.path.join(os.path.dirname(__file__), "..", "pipelines")
 runner = CliRunner()

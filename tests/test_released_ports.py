@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from featcache.registry import create_head
+from featcache.heads.registry import create_head
 
 
 # ----------------------------------------------------------------------------- AdViSe TMM

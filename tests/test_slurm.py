@@ -12,7 +12,7 @@ import time
 import pytest
 
 from featcache import open_cache
-from featcache.synthetic import make_dataset
+from featcache.data.synthetic import make_dataset
 
 pytestmark = pytest.mark.slurm
 
@@ -88,7 +88,7 @@ def wait_for(condition, timeout=120, what="", poll=0.2):
 
 
 def done_count(out):
-    from featcache.cluster import published
+    from featcache.launch.extract_array import published
 
     return published(str(out))
 

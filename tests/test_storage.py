@@ -13,7 +13,7 @@ from conftest import TINY_CLI, write_manifest
 from featcache import open_cache
 from featcache.cache.quant import dequantize, quantize
 from featcache.cli import app
-from featcache.synthetic import make_dataset
+from featcache.data.synthetic import make_dataset
 
 runner = CliRunner()
 
@@ -159,9 +159,9 @@ def test_estimate_refuses_bad_options_in_one_line(clips):
 
 # ------------------------------------------------------------------ incremental pools
 def test_adding_a_policy_decodes_and_encodes_only_the_new_frames(clips, tmp_path, monkeypatch):
-    import featcache.prepare as extract_mod
+    import featcache.video.prepare as extract_mod
     from conftest import tiny_encoder_config
-    from featcache.extract import ExtractConfig, run_extract
+    from featcache.extract.pipeline import ExtractConfig, run_extract
 
     manifest, _ = clips
     out, fresh = str(tmp_path / "grow.zarr"), str(tmp_path / "fresh.zarr")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import cli, ctrl_c_after_epoch, extract_motion
-from featcache.leaderboard import aggregate, metric_columns
+from featcache.sweep.leaderboard import aggregate, metric_columns
 
 FAST = ["--set", "batch_size=8", "-q"]
 

@@ -14,14 +14,19 @@ frames are in the pool, and refused otherwise with the video that lacks them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from featcache.cache.store import Cache, VideoEntry
+from featcache.cache.stream import StreamedTokens
 from featcache.errors import FeatcacheError
-from featcache.video.select import Policy, keyframe_indices, uniform_indices
-from featcache.view import View
+from featcache.spec.policy import Policy
+from featcache.video.select import keyframe_indices, uniform_indices
+from featcache.spec.view import View
+
+if TYPE_CHECKING:  # the store hands a Cache to these functions; importing it would close a circle
+    from featcache.cache.store import Cache, VideoEntry
 
 
 @dataclass
@@ -118,8 +123,6 @@ def fill_view(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: V
 def materialise(cache: Cache, view: View, split: str, max_bytes: int | None = None) -> ViewData:
     """Every done video of ``split`` read once into one (V, T, N, C) float16 array, or, when that
     array would exceed ``max_bytes`` (default: half the available memory), a StreamedTokens."""
-    from featcache.cache.stream import StreamedTokens
-
     view.check(cache.attrs)
     records = cache.done_records(split)
     layout = view.layout(cache.attrs)
@@ -131,7 +134,7 @@ def materialise(cache: Cache, view: View, split: str, max_bytes: int | None = No
         positions.append(pos[view.subset[0]::view.subset[1]] if view.subset else pos)  # interleaved views
     labels, ids = [r["labels"] for r in records], [r["video_id"] for r in records]
     if int(np.prod(shape)) * 2 > (max_bytes if max_bytes else memory_budget()):
-        return ViewData(StreamedTokens(cache, view, entries, positions, shape), labels, ids,
+        return ViewData(StreamedTokens(cache, view, entries, positions, shape, fill_view), labels, ids,
                         layout.num_prefix_tokens, layout.grid)
     out = np.empty(shape, dtype=np.float16)
     for i, entry in enumerate(entries):

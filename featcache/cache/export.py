@@ -11,9 +11,9 @@ import numpy as np
 from featcache.cache import schema
 from featcache.cache.store import CacheWriter, open_cache, to_json
 from featcache.errors import FeatcacheError
-from featcache.manifest import read_manifest
+from featcache.data.manifest import read_manifest
 from featcache.video.select import uniform_indices
-from featcache.view import parse_policy
+from featcache.spec.view import parse_policy
 
 FORMATS = ("hdf5", "npy")
 HDF5_FORMAT = "featcache-hdf5-1"
@@ -177,6 +177,6 @@ def _grid(tokens: int) -> list[int]:
 
 
 def _version() -> str:
-    from featcache import __version__
+    from featcache.version import __version__
 
     return __version__

@@ -15,6 +15,9 @@ both, and the next run redoes the video in a segment of its own. Nothing is ever
 hard-linked, locked or exchanged: segment folders and files are created with ``O_EXCL`` and only
 appended to by their owner, which is all NFS, Lustre and GPFS need to provide.
 
+Long module: the segment format is one contract (row plan, index lines, seal, resolve); its
+writer and reader are kept side by side so that a change to one is seen against the other.
+
 When a writer finishes (the end of a run, a roll-over at ``segment_bytes``, or Ctrl-C) it seals
 its segment: each data file gets a Zarr v3 shard index after its rows (``sharding_indexed``, one
 inner chunk per frame, index at the end, crc32c) and its ``zarr.json`` (written to a temporary

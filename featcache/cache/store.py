@@ -6,6 +6,10 @@ complete, so readers never see a half-written video and a killed writer leaves a
 unpublished tail that the next run ignores and redoes. Opening a store reads one index file per
 segment, whatever the number of videos. Schema-1 stores (one folder per video, ``loose.py``) are
 still read; ``featcache cache pack`` converts them.
+
+Long module: the public reading API (Cache, VideoEntry) and the one writer (CacheWriter) share
+the record conventions and the mapped-segment cache; split them into reader.py and writer.py
+when a third layout arrives.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import numpy as np
 
 from featcache.cache import loose, packed, quant, schema
 from featcache.errors import DamagedStore, FeatcacheError
-from featcache.view import parse_policy
+from featcache.spec.view import parse_policy
 
 _MAPS = 64  # segment files kept mapped at once per Cache (each holds a file descriptor)
 

@@ -32,8 +32,9 @@ def epoch_order(n: int, seed: int, epoch: int, window: int = 0) -> torch.Tensor:
 class StreamedTokens:
     """A split of a view read from the store on demand (see module docstring)."""
 
-    def __init__(self, cache, view, entries: list, positions: list[list[int]], shape: tuple[int, ...]):
-        self.cache, self.view, self.entries, self.positions = cache, view, entries, positions
+    def __init__(self, cache, view, entries: list, positions: list[list[int]], shape: tuple[int, ...], fill):
+        # fill(dest, entry, positions, view, attrs): cache.dataset.fill_view, the in-memory path's own reader
+        self.cache, self.view, self.entries, self.positions, self.fill = cache, view, entries, positions, fill
         self.shape = torch.Size(shape)
         self.dtype = torch.float16
 
@@ -45,15 +46,13 @@ class StreamedTokens:
         return int(np.prod(self.shape[1:])) * 2
 
     def __getitem__(self, index) -> torch.Tensor:
-        from featcache.cache.dataset import fill_view
-
         if isinstance(index, slice):
             rows = range(*index.indices(len(self)))
         else:
             rows = torch.as_tensor(index).reshape(-1).tolist()
         out = np.empty((len(rows), *self.shape[1:]), np.float16)
         for i, row in enumerate(rows):
-            fill_view(out[i], self.entries[row], self.positions[row], self.view, self.cache.attrs)
+            self.fill(out[i], self.entries[row], self.positions[row], self.view, self.cache.attrs)
         return torch.from_numpy(out)
 
 

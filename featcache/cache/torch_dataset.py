@@ -8,7 +8,7 @@
 
 A :class:`CacheDataset` is one split of one view, read exactly as ``featcache train`` reads it
 (the same :func:`featcache.cache.dataset.materialise`: the frames, layers, tokens and poolings of
-a :class:`featcache.view.View`, served from the cached frame pool): in memory as one float16 array
+a :class:`featcache.spec.view.View`, served from the cached frame pool): in memory as one float16 array
 when it fits ``max_bytes`` (default: half the available memory), else streamed from the chunk
 files video by video (``featcache.cache.stream.StreamedTokens``). Either way it works with a
 plain ``DataLoader``, worker processes included.
@@ -25,7 +25,7 @@ import torch
 
 from featcache.cache.dataset import Task, materialise
 from featcache.errors import FeatcacheError
-from featcache.view import View
+from featcache.spec.view import View
 
 SPLITS = ("train", "val", "test")
 
@@ -36,7 +36,7 @@ def annotated(cache, manifest: str | None = None):
     dataset takes its records from."""
     if manifest is None:
         return cache
-    from featcache.annotations import annotate
+    from featcache.data.annotations import annotate
 
     return annotate(cache, manifest)
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from featcache.cli import cache_app, user_errors
+from featcache.cli.app import cache_app, user_errors
 from featcache.errors import FeatcacheError
 
 
@@ -29,7 +29,7 @@ def cache_verify(
     quick: bool = typer.Option(False, "--quick", help="Check structure only; skip reading token values."),
 ):
     """Check every video entry is complete and consistent; exit 1 when not."""
-    from featcache import open_cache
+    from featcache.cache.store import open_cache
 
     with user_errors():
         cache = open_cache(path)
@@ -70,9 +70,9 @@ def cache_status(
     shards: int = typer.Option(1, help="Show progress per shard of N."),
 ):
     """Progress across shards: done / failed / in progress / pending videos."""
-    from featcache import open_cache
-    from featcache.cluster import shard_status
-    from featcache.manifest import read_manifest
+    from featcache.cache.store import open_cache
+    from featcache.launch.extract_array import shard_status
+    from featcache.data.manifest import read_manifest
 
     with user_errors():
         cache = open_cache(path)

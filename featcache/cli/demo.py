@@ -7,7 +7,7 @@ import time
 
 import typer
 
-from featcache.cli import _parse_kv, app, user_errors
+from featcache.cli.app import parse_kv, app, user_errors
 
 
 @app.command(epilog="Example:\n\n  featcache demo --out demo")
@@ -24,8 +24,8 @@ def demo(
 ):
     """The whole two-stage story: motion clips -> one extraction -> a sweep of three heads from the
     cache -> OUT/leaderboard.{csv,md,png}, where a temporal head beats average pooling."""
-    from featcache.demo import report, run_demo
-    from featcache.encoder import EncoderConfig
+    from featcache.launch.demo import report, run_demo
+    from featcache.extract.encoder import EncoderConfig
     from featcache.errors import FeatcacheError
 
     start = time.perf_counter()
@@ -33,7 +33,7 @@ def demo(
         if per_class < 5:
             raise FeatcacheError(f"--per-class: at least 5 clips per class (train/val/test), got {per_class}")
         encoder = EncoderConfig(model=model, weights=weights, img_size=img_size, precision=precision,
-                                model_args=_parse_kv(model_arg, "--model-arg"))
+                                model_args=parse_kv(model_arg, "--model-arg"))
         rows = run_demo(out, per_class, encoder, epochs, echo=typer.echo, show_progress=not quiet)
     with open(os.path.join(out, "manifest.csv"), newline="") as f:
         test_clips = sum(r["split"] == "test" for r in csv.DictReader(f))

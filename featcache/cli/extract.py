@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from featcache.cli import SLURM_OPTIONS, _parse_ints, _parse_kv, _parse_shard, _parse_size, app, user_errors
+from featcache.cli.app import SLURM_OPTIONS, parse_ints, parse_kv, parse_shard, parse_size, app, user_errors
 from featcache.errors import FeatcacheError
 
 
@@ -68,7 +68,7 @@ def extract(
 
     Re-running the same command resumes: finished videos are skipped, failed ones retried.
     """
-    from featcache.extract import prepare_store, run_extract
+    from featcache.extract.pipeline import prepare_store, run_extract
 
     with user_errors():
         cfg = extract_config(locals())
@@ -92,17 +92,17 @@ def extract(
 
 def extract_config(p: dict):
     """The ExtractConfig of `featcache extract`'s parsed options (``estimate`` parses the same)."""
-    from featcache.encoder import EncoderConfig
-    from featcache.extract import ExtractConfig
+    from featcache.extract.encoder import EncoderConfig
+    from featcache.extract.pipeline import ExtractConfig
 
     enc = EncoderConfig(model=p["model"], weights=p["weights"], img_size=p["img_size"],
-                        layers=_parse_ints(p["layers"], "--layers"), precision=p["precision"], device=p["device"],
+                        layers=parse_ints(p["layers"], "--layers"), precision=p["precision"], device=p["device"],
                         cut_block=p["cut_block"], token_pool=_word_or_int(p["token_pool"], "--token-pool", "mean"), compile=p["compile_"],
-                        model_args=_parse_kv(p["model_arg"], "--model-arg"))
+                        model_args=parse_kv(p["model_arg"], "--model-arg"))
     return ExtractConfig(manifest=p["manifest"], out=p["out"], encoder=enc, frames=p["frames"],
                          batch_size=_word_or_int(p["batch_size"], "--batch-size", "auto"), dtype=p["dtype"], decoder=p["decoder"],
-                         luv_size=_parse_size(p["luv_size"]), short_videos=p["short_videos"], truncated=p["truncated"],
-                         overwrite=p["overwrite"], shard=_parse_shard(p["shard"]), crops=p["crops"],
+                         luv_size=parse_size(p["luv_size"]), short_videos=p["short_videos"], truncated=p["truncated"],
+                         overwrite=p["overwrite"], shard=parse_shard(p["shard"]), crops=p["crops"],
                          threads=p["threads"], decode_workers=_auto_workers(p["decode_workers"]))
 
 
@@ -141,7 +141,7 @@ def estimate(
     --token-pool, --cut-block, --model); frame counts come from the container headers."""
     import json
 
-    from featcache.estimate import estimate as run_estimate, human
+    from featcache.extract.estimate import estimate as run_estimate, human
 
     with user_errors():
         command = typer.main.get_command(app).get_command(ctx, "extract")
@@ -174,8 +174,9 @@ def estimate(
 def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster, wait, poll) -> None:
     import os
 
-    from featcache.cluster import SlurmConfig, launch_slurm, published, wait_for_tasks
-    from featcache.manifest import read_manifest
+    from featcache.launch.extract_array import launch_slurm, published
+    from featcache.launch.submitit import SlurmConfig, wait_for_tasks
+    from featcache.data.manifest import read_manifest
 
     jobs, replaced = launch_slurm(cfg, SlurmConfig(shards, partition, gpus, cpus, mem_gb, time_min, logs=logs,
                                                    cluster=cluster))
@@ -203,7 +204,7 @@ def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster,
 
 
 def _on_devices(cfg, devices: str) -> None:
-    from featcache.cluster import parse_devices, run_on_devices
+    from featcache.launch.extract_array import parse_devices, run_on_devices
 
     names = parse_devices(devices)
     summaries, replaced = run_on_devices(cfg, names)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from featcache.cli import app, user_errors
+from featcache.cli.app import app, user_errors
 
 
 manifest_app = typer.Typer(help="Build manifests from standard dataset layouts, and check them.", no_args_is_help=True)
@@ -18,7 +18,7 @@ _SEED = typer.Option(0, help="Seed of the val carve.")
 
 
 def _convert(out: str, root: str, converter, *args) -> None:
-    from featcache.manifest import provenance_path, write_manifest
+    from featcache.data.manifest import provenance_path, write_manifest
 
     with user_errors():
         rows, notes = converter(root, *args)
@@ -66,7 +66,7 @@ def manifest_ucf101(root: str = typer.Argument(..., help="Folder with <Class>/v_
                     split_id: str = _SPLIT_ID,
                     out: str = _OUT, val_fraction: float = _VAL, seed: int = _SEED):
     """UCF101 from its official split files (val carved from train by performer group)."""
-    from featcache import converters
+    from featcache.data import converters
 
     _convert_splits(out, root, converters.ucf101, splits, split_id, val_fraction, seed)
 
@@ -78,7 +78,7 @@ def manifest_hmdb51(root: str = typer.Argument(..., help="Folder with <class>/<v
                     split_id: str = _SPLIT_ID,
                     out: str = _OUT, val_fraction: float = _VAL, seed: int = _SEED):
     """HMDB51 from its official split files."""
-    from featcache import converters
+    from featcache.data import converters
 
     _convert_splits(out, root, converters.hmdb51, splits, split_id, val_fraction, seed)
 
@@ -88,7 +88,7 @@ def manifest_kinetics(root: str = typer.Argument(..., help="Folder holding the c
                       csv_files: list[str] = typer.Option(..., "--csv", help="Official CSV(s) (repeatable)."),
                       out: str = _OUT):
     """Kinetics-400/600/700 from the official CSVs."""
-    from featcache import converters
+    from featcache.data import converters
 
     _convert(out, root, converters.kinetics, csv_files)
 
@@ -101,7 +101,7 @@ def manifest_ssv2(root: str = typer.Argument(..., help="Folder with <id>.webm.")
                   test_json: Optional[str] = typer.Option(None, "--test", help="something-something-v2-test.json."),
                   out: str = _OUT):
     """Something-Something v2 from the official JSON files."""
-    from featcache import converters
+    from featcache.data import converters
 
     _convert(out, root, converters.ssv2, labels, train_json, val_json, test_json)
 
@@ -111,7 +111,7 @@ def manifest_diving48(root: str = typer.Argument(..., help="Folder with <vid_nam
                       train_json: str = typer.Option(..., "--train"), test_json: str = typer.Option(..., "--test"),
                       out: str = _OUT, val_fraction: float = _VAL, seed: int = _SEED):
     """Diving48 from the official JSON files."""
-    from featcache import converters
+    from featcache.data import converters
 
     _convert(out, root, converters.diving48, train_json, test_json, val_fraction, seed)
 
@@ -122,7 +122,7 @@ def manifest_charades(root: str = typer.Argument(..., help="Folder with <id>.mp4
                       classes: str = typer.Option(..., help="Charades_v1_classes.txt."),
                       out: str = _OUT, val_fraction: float = _VAL, seed: int = _SEED):
     """Charades (multi-label) from the official CSVs and class list."""
-    from featcache import converters
+    from featcache.data import converters
 
     _convert(out, root, converters.charades, train_csv, test_csv, classes, val_fraction, seed)
 
@@ -132,7 +132,7 @@ def manifest_folder(root: str = typer.Argument(..., help="Folder with <class>/<v
                     out: str = _OUT, val_fraction: float = _VAL,
                     test_fraction: float = typer.Option(0.2, help="Fraction for test."), seed: int = _SEED):
     """A generic root/<class>/<video> layout with a deterministic, seeded train/val/test split."""
-    from featcache import converters
+    from featcache.data import converters
 
     _convert(out, root, converters.folder, val_fraction, test_fraction, seed)
 
@@ -141,7 +141,7 @@ def manifest_folder(root: str = typer.Argument(..., help="Folder with <class>/<v
 def manifest_check(path: str = typer.Argument(..., help="A manifest."),
                    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
     """Missing files, duplicate ids, classes without training videos, label sets, class balance."""
-    from featcache.manifest import check_manifest
+    from featcache.data.manifest import check_manifest
 
     with user_errors():
         facts, errors = check_manifest(path)

@@ -1,4 +1,4 @@
-"""`featcache train`, `eval`, `heads` and `ablate`."""
+"""`featcache train`, `pretrain`, `probe`, `eval` and `heads` (`ablate` is in cli/ablate.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from featcache.cli import SLURM_OPTIONS, app, user_errors
+from featcache.cli.app import app, user_errors
 from featcache.errors import FeatcacheError
 
 
@@ -98,7 +98,7 @@ def _check_resumable(out: str) -> None:
 
 def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], view: Optional[str],
                   init: Optional[str] = None, base=None, manifest: Optional[str] = None):
-    from featcache.config import build_config, load_yaml_mapping, parse_assignments
+    from featcache.spec.config import build_config, load_yaml_mapping, parse_assignments
 
     try:
         values = load_yaml_mapping(path, missing="--config: no such file") if path else {}
@@ -108,7 +108,7 @@ def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], vi
         cfg = build_config({**flags, **parse_assignments(pairs)}, base=cfg, where="--set ")
     except ValueError as exc:
         raise FeatcacheError(str(exc)) from None
-    from featcache.registry import head_options
+    from featcache.heads.registry import head_options
 
     try:
         options = head_options(cfg.head)  # a user's head (FILE.py:Class, module:Class) is imported and checked here
@@ -147,9 +147,9 @@ def pretrain(
 ):
     """Self-supervised pre-training of a head from a dense frame pool (video labels unused); then
     fine-tune with `featcache train --init RUN_DIR`."""
-    from featcache.config import TrainConfig
+    from featcache.spec.config import TrainConfig
     from featcache.train.pretrain import run_pretrain
-    from featcache.view import View
+    from featcache.spec.view import View
 
     with user_errors():
         base = TrainConfig(head="r3d", view=View("stride:1"), epochs=15)
@@ -167,7 +167,7 @@ def finetune_command(cache: str, cfg, out: str) -> str:
     token layout (layers, tokens, spatial, channels) must be the pre-training's for --init."""
     import shlex
 
-    from featcache.config import TrainConfig
+    from featcache.spec.config import TrainConfig
 
     words = ["featcache", "train", cache, "--head", cfg.head, "--view", "uniform:8", "--init", out]
     for key, value in sorted(cfg.head_options.items()):
@@ -238,7 +238,7 @@ def eval_(
 ):
     """Re-evaluate a trained head on a split (writes predictions_<split>.csv); refuses caches from
     another model or preprocessing."""
-    from featcache import open_cache
+    from featcache.cache.store import open_cache
     from featcache.train.evaluate import SPLITS, evaluate_checkpoint, evaluate_windows
 
     with user_errors():
@@ -270,82 +270,11 @@ def eval_(
     typer.echo(json.dumps(results, indent=2, sort_keys=True))
 
 
-ABLATE_EXAMPLES = """
-Examples:
-
-  featcache ablate pipelines/seed000_table1_frames.yaml --cache caches/hmdb51_cut0.zarr --out runs/s000 --dry-run
-
-  featcache ablate pipelines/advise_table5_tmm_vs_avg.yaml --cache caches/diving48.zarr --out runs/advise
-
-  featcache ablate sweep.yaml --manifest ucf101_s2.csv --out runs/split2   # every cell on split 2's labels and splits
-
-  featcache ablate sweep.yaml --out runs/s1 --only 0,3 --filter head.temporal=avg --set epochs=5
-
-  featcache ablate sweep.yaml --out runs/s2 --slurm --partition gpu --gpus-per-task 1 --wait
-"""
-
-
-@app.command(epilog=ABLATE_EXAMPLES)
-def ablate(
-    sweep_file: str = typer.Argument(..., help="A sweep YAML file (see docs/sweeps.md)."),
-    out: str = typer.Option("runs/sweep", "--out", "-o", help="Folder for cells/, leaderboard.csv and .md."),
-    cache: Optional[str] = typer.Option(None, help="The cache to use (overrides the file's cache:)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a base option KEY=VALUE for every cell."),
-    manifest: Optional[str] = typer.Option(None, "--manifest", "-m", help="Labels and splits of every cell from this training manifest (a sweep may vary manifest: instead)."),
-    only: Optional[str] = typer.Option(None, help="Run only these cells: comma-separated indices or names."),
-    filter_: list[str] = typer.Option([], "--filter", help="Run only cells with KEY=VALUE (repeatable)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, fused passes and estimated cost."),
-    memory_gb: Optional[float] = typer.Option(None, help="Memory budget of one fused pass (default: half the free RAM, or 80% of free GPU memory)."),
-    max_fused: int = typer.Option(32, help="Most heads trained in one pass."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    slurm: bool = typer.Option(False, "--slurm", help="Submit each fused group as a task of a Slurm job array (submitit); re-run the command to write the leaderboard, or give --wait."),
-    cluster: str = SLURM_OPTIONS["cluster"],
-    partition: Optional[str] = SLURM_OPTIONS["partition"],
-    gpus_per_task: int = SLURM_OPTIONS["gpus_per_task"],
-    cpus_per_task: int = SLURM_OPTIONS["cpus_per_task"],
-    mem_gb: int = SLURM_OPTIONS["mem_gb"],
-    time: int = typer.Option(240, "--time", help="--slurm: time limit per task (minutes); preempted or timed-out tasks requeue and skip finished cells."),
-    slurm_logs: str = SLURM_OPTIONS["slurm_logs"],
-    wait: bool = typer.Option(False, "--wait", help="--slurm: wait for the tasks, then write the leaderboard."),
-    poll: float = SLURM_OPTIONS["poll"],
-):
-    """Run a grid of trainings from one cache, fusing cells that read the same data into one pass."""
-    from featcache.ablate import SweepError, load_sweep, select
-    from featcache.ablate_run import run_sweep
-    from featcache.config import parse_assignments
-
-    with user_errors():
-        try:
-            overrides = {**parse_assignments(set_), **({"manifest": manifest} if manifest else {})}
-            sweep = load_sweep(sweep_file, cache=cache, overrides=overrides)
-            filters = parse_assignments(filter_)
-            cells = select(sweep.cells, only.split(",") if only else None, filters)
-            if not cells:
-                raise FeatcacheError(f"{sweep_file}: no cell matches --only/--filter")
-            memory = int(memory_gb * 1e9) if memory_gb else None
-            cluster_cfg = None
-            if slurm:
-                from featcache.cluster import SlurmConfig
-
-                cluster_cfg = SlurmConfig(0, partition, gpus_per_task, cpus_per_task, mem_gb, time, logs=slurm_logs,
-                                          cluster=cluster)
-            rows = run_sweep(sweep, out, cells, dry_run=dry_run, memory_bytes=memory, max_fused=max_fused,
-                             show_progress=not quiet, echo=typer.echo, slurm=cluster_cfg, wait=wait, poll_s=poll)
-        except (SweepError, ValueError) as exc:
-            raise FeatcacheError(str(exc)) from None
-    if rows:
-        from featcache.leaderboard import best_cell
-
-        best = best_cell(rows, sweep.axes, sweep.metric, sweep.goal)  # the leaderboard's first row (seeds averaged)
-        typer.echo(f"best: {best['cell']} {sweep.metric} {best['metrics'][sweep.metric]:.4f}; "
-                   f"leaderboard: {out}/leaderboard.md, {out}/leaderboard.csv")
-
-
 @app.command(epilog="Examples:\n\n  featcache heads\n\n  featcache heads --head my_heads.py:TinyHead")
 def heads(head: Optional[str] = typer.Option(None, "--head", help="Only this head: a name, FILE.py:Class or module:Class.")):
     """List the heads (built in, and registered by installed packages under the entry-point group
     featcache.heads) and their options with defaults; --head lists one, your own included."""
-    from featcache.registry import REQUIRED, head_options, head_source, list_heads
+    from featcache.heads.registry import REQUIRED, head_options, head_source, list_heads
 
     with user_errors():
         for name in [head] if head else list_heads():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from featcache.registry import register_head
+from featcache.heads.registry import register_head
 
 
 @register_head("attentive")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from featcache.heads.layers import FrameFeature
-from featcache.registry import register_head
+from featcache.heads.registry import register_head
 
 
 @register_head("linear")

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from featcache.heads.layers import patch_volume
-from featcache.registry import register_head
+from featcache.heads.registry import register_head
 
 
 def _conv_bn(dim_in: int, dim_out: int, kernel: tuple[int, int, int]) -> list[nn.Module]:

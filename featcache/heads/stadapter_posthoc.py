@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from featcache.heads.layers import FrameFeature, STAdapter, mlp
-from featcache.registry import register_head
+from featcache.heads.registry import register_head
 
 
 @register_head("stadapter_posthoc")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from featcache.heads.layers import FrameFeature
-from featcache.registry import register_head
+from featcache.heads.registry import register_head
 
 
 @register_head("transformer")

@@ -12,7 +12,7 @@ import os
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.registry import create_head
+from featcache.heads.registry import create_head
 
 
 def save(path: str, **payload) -> None:

@@ -1,6 +1,9 @@
 """Evaluation and reporting: scores of a saved head on the splits of a cache, the metrics, the
 per-class files and confusion matrices a run directory holds. Training lives in
 :mod:`featcache.train.fit`.
+
+Long module: the evaluation protocols (single view, temporal views, windows, dense clips)
+share one scoring and one reporting path.
 """
 from __future__ import annotations
 
@@ -12,15 +15,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from featcache.annotations import AnnotatedCache, annotate, check_same_manifest
+from featcache.data.annotations import AnnotatedCache, annotate, check_same_manifest
 from featcache.cache.dataset import Task, ViewData, fill_view, frame_positions, materialise
 from featcache.cache.store import Cache, open_cache
-from featcache.config import from_dict
+from featcache.spec.config import from_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.train import checkpoint, metrics
-from featcache.video.select import Policy, uniform_indices
-from featcache.view import View, parse_policy
+from featcache.spec.policy import Policy
+from featcache.video.select import uniform_indices
+from featcache.spec.view import View, parse_policy
 
 SPLITS = ("train", "val", "test")
 
@@ -324,6 +328,6 @@ def _write_per_class(out_dir: str, split: str, task: Task, m: dict, cm: np.ndarr
 
 
 def _plot_confusion(path: str, classes: list[str], cm: np.ndarray) -> None:
-    from featcache.figures import plot_confusion
+    from featcache.train.figures import plot_confusion
 
     plot_confusion(path, classes, cm, title=os.path.basename(path)[len("confusion_"):-len(".png")])

@@ -1,18 +1,10 @@
 """Training from a cache: one head, or a fused group of heads sharing every batch. Evaluation
 and the files it writes live in :mod:`featcache.train.evaluate`. Never imports decord or PyAV.
 
-Run directory (RUN_DIR):
-    config.yaml        resolved config + cache path/fingerprint + classes + task
-    log.jsonl          one line per epoch of this run: train/loss, train/top1, val/loss, val/..., lr, seconds
-    curves.png         loss and the selection metric per epoch, train vs val (with matplotlib)
-    events.out.tfevents.*, wandb/   with --set log=tensorboard / log=wandb (featcache.train.tracking)
-    best.pt, last.pt   checkpoints (best on the val metric; last for --resume, removed once the run
-                       has finished unless keep_last: true)
-    metrics.json       final flat metrics: val/..., test/..., best_epoch
-    confusion_<split>.csv, per_class_<split>.csv   (+ confusion_<split>.png with matplotlib)
+The run directory it writes is described in :mod:`featcache.train.rundir`.
 
-A new run never mixes with an old one: without ``resume`` a folder that already holds a run is
-refused unless ``overwrite`` is given, and then the old run's files are removed first.
+Long module: the one training loop (fused groups of heads sharing every batch, resume,
+selection, tracking) with its small helpers.
 """
 from __future__ import annotations
 
@@ -27,22 +19,21 @@ from typing import Callable
 import torch
 from torch import nn
 
-from featcache.annotations import annotate, check_selection
+from featcache.data.annotations import annotate, check_selection
 from featcache.cache.dataset import Task, ViewData, memory_budget
 from featcache.cache.stream import StreamedTokens, batches, epoch_order
 from featcache.cache.store import open_cache
-from featcache.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
+from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
-from featcache.registry import create_head, head_source
+from featcache.heads.registry import create_head, head_source
 from featcache.train import checkpoint, metrics, tracking
 from featcache.train.augment import augment_tokens
 from featcache.train.evaluate import evaluate_checkpoint, flat, read_splits
-from featcache.train.tracking import TB_FILES, Tracker
+from featcache.train.optim import lr_factor, optimizer
+from featcache.train.rundir import previous_run, write_config
+from featcache.train.tracking import Tracker
 
-# what a run writes; a new run into a folder removes these first
-RUN_FILES = ("log.jsonl", "best.pt", "last.pt", "metrics.json", "config.yaml", "confusion_*.csv", "confusion_*.png",
-             "per_class_*.csv", "predictions_*.csv", "eval_*.json", "curves.png", TB_FILES, "wandb_id")
 
 
 def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False,
@@ -52,20 +43,6 @@ def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool =
     gets the lines saying where labels and splits come from and which videos are left out."""
     return train_group(cache_path, [cfg], [out_dir], resume=resume, overwrite=overwrite,
                        show_progress=show_progress, on_epoch=on_epoch, echo=echo)[0]
-
-
-def previous_run(out_dir: str, resume: bool, overwrite: bool) -> list[str]:
-    """The files of a run already in ``out_dir`` that a new run must remove first. Refuses a
-    folder that holds a run unless ``resume`` (keep it: nothing to remove) or ``overwrite``,
-    so a log never mixes two runs. Writes nothing."""
-    old = [name for pattern in RUN_FILES for name in glob.glob(os.path.join(out_dir, pattern))]
-    if resume or not old:
-        return []
-    if not overwrite:
-        state = "a finished run" if os.path.exists(os.path.join(out_dir, "metrics.json")) else "an unfinished run"
-        raise FeatcacheError(f"--out {out_dir}: holds {state}; use another --out, --resume to continue it, "
-                             "or --overwrite to replace it")
-    return old
 
 
 def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], resume: bool = False,
@@ -109,7 +86,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
                 "multi_label": task.multi, "config": to_dict(cfg), "head_source": head_source(cfg.head),
                 "manifest": cache.annotations.meta(),
                 "streamed": [s for s, d in data.items() if isinstance(d.x, StreamedTokens)]}
-        _write_config(out_dir, meta)
+        write_config(out_dir, meta)
         members.append(_Member(cfg, head, task, data, device, out_dir, meta, rng, cuda_rng))
     trainer = _GroupTrainer(members, data, task, device)
     if resume:
@@ -140,7 +117,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
 
 def plot_run_curves(out_dir: str, task: Task) -> None:
     """RUN_DIR/curves.png from RUN_DIR/log.jsonl (all epochs, resumed ones included)."""
-    from featcache.figures import plot_curves
+    from featcache.train.figures import plot_curves
 
     with open(os.path.join(out_dir, "log.jsonl")) as f:
         log = [json.loads(line) for line in f if line.strip()]
@@ -207,11 +184,11 @@ def check_head_output(name: str, head: nn.Module, x: torch.Tensor, num_classes: 
 def backbone_args(head: str, attrs: dict | None) -> dict:
     """``{"backbone": spec}`` for heads that run frozen blocks of the cached model (rebuilt from
     the cache's provenance), else nothing."""
-    from featcache.registry import head_options
+    from featcache.heads.registry import head_options
 
     if "backbone" not in head_options(head) or attrs is None:
         return {}
-    from featcache.backbone import backbone_spec
+    from featcache.heads.frozen_tail import backbone_spec
 
     return {"backbone": backbone_spec(attrs)}
 
@@ -220,13 +197,6 @@ def trainable(head: nn.Module) -> dict:
     """The head's state without frozen parts (``frozen_prefixes``: rebuilt, never saved)."""
     frozen = getattr(head, "frozen_prefixes", ())
     return {k: v.detach().cpu() for k, v in head.state_dict().items() if not k.startswith(frozen)}
-
-
-def _write_config(out_dir: str, meta: dict) -> None:
-    import yaml
-
-    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(meta, f, sort_keys=False)
 
 
 class _Member:
@@ -238,8 +208,8 @@ class _Member:
         self.rng, self.cuda_rng = rng, cuda_rng
         steps = math.ceil(len(data["train"].x) / cfg.batch_size)
         total, warm = cfg.epochs * steps, cfg.warmup_epochs * steps
-        self.opt = _optimizer(cfg, head)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, warm, total))
+        self.opt = optimizer(cfg, head)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, warm, total))
         self.loss_fn = _loss(cfg, task, task.targets(data["train"].labels)).to(device)
         self.amp = device.type == "cuda" and cfg.amp
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -407,23 +377,6 @@ class _GroupTrainer:
         if m.tracker is not None:
             m.tracker.epoch(record)
         return record
-
-
-def _optimizer(cfg: TrainConfig, head: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in head.parameters() if p.requires_grad]  # frozen parts never enter the optimiser
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]  # biases, norms, tokens
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def _lr_factor(step: int, warmup: float, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1.0, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _loss(cfg: TrainConfig, task: Task, y: torch.Tensor) -> nn.Module:

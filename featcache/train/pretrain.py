@@ -27,18 +27,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from featcache.annotations import annotate
+from featcache.data.annotations import annotate
 from featcache.cache.dataset import fill_view
 from featcache.cache.store import Cache, open_cache
-from featcache.config import TrainConfig, to_dict
+from featcache.spec.config import TrainConfig, to_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
-from featcache.registry import create_head
+from featcache.heads.registry import create_head
 from featcache.train import checkpoint, metrics
 from featcache.train.augment import augment_tokens
 from featcache.train.evaluate import predict
-from featcache.train.fit import _lr_factor, _optimizer, _write_config, previous_run
-from featcache.view import View
+from featcache.train.optim import lr_factor, optimizer
+from featcache.train.rundir import previous_run, write_config
+from featcache.spec.view import View
 
 TASKS = ("prp",)
 
@@ -143,15 +144,15 @@ def run_pretrain(cache_path: str, cfg: TrainConfig, out_dir: str, task_name: str
         raise FeatcacheError(f"head {cfg.head}: {exc}") from None
     meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
             "multi_label": False, "config": to_dict(cfg), "manifest": cache.annotations.meta(), "pretext": {"task": task_name, **asdict(task)}}
-    _write_config(out_dir, meta)
+    write_config(out_dir, meta)
     device = resolve_device(cfg.device)
     head.to(device)
     val_x, val_y, val_rounded = make_clips(val, np.random.default_rng(cfg.seed + 1), task) if val else (None, None, 0)
     best, best_epoch, rounded = -math.inf, -1, 0
     steps = math.ceil(len(train) * task.clips_per_video / cfg.batch_size)
-    opt = _optimizer(cfg, head)
+    opt = optimizer(cfg, head)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _lr_factor(s, cfg.warmup_epochs * steps, cfg.epochs * steps))
+        opt, lambda s: lr_factor(s, cfg.warmup_epochs * steps, cfg.epochs * steps))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=task.label_smoothing)
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
@@ -202,7 +203,7 @@ def run_pretrain(cache_path: str, cfg: TrainConfig, out_dir: str, task_name: str
         results.update({f"val/{k}": v for k, v in _scores(head, val_x, val_y, cfg.batch_size, device).items()})
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
-    from featcache.figures import plot_curves
+    from featcache.train.figures import plot_curves
 
     with open(os.path.join(out_dir, "log.jsonl")) as f:  # curves.png: loss and rate accuracy per epoch
         plot_curves(os.path.join(out_dir, "curves.png"), [json.loads(line) for line in f], "top1", 1 / len(task.rates),

@@ -21,13 +21,13 @@ import os
 import numpy as np
 import torch
 
-from featcache.annotations import annotate
+from featcache.data.annotations import annotate
 from featcache.cache.dataset import Task
 from featcache.cache.store import open_cache
-from featcache.config import TrainConfig, to_dict
+from featcache.spec.config import TrainConfig, to_dict
 from featcache.errors import FeatcacheError
 from featcache.train.evaluate import report_split, read_splits
-from featcache.train.fit import _write_config, previous_run
+from featcache.train.rundir import previous_run, write_config
 
 METHODS = ("knn", "logreg")
 FEATURES = ("cls", "mean", "cls_mean")
@@ -92,7 +92,7 @@ def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feat
     for path in stale:
         os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
-    _write_config(out_dir, {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
+    write_config(out_dir, {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
                             "multi_label": False, "probe": {"method": method, "feature": feature, **choice},
                             "config": to_dict(cfg), "manifest": cache.annotations.meta()})
     results = dict(choice)

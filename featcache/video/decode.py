@@ -18,6 +18,9 @@ feature downstream. ``--decoder pyav`` is ``auto``.
 Frames are decoded straight at the model's resize size (shorter side = ``short_side``, aspect
 kept, torchvision's rounding), so full-resolution RGB frames never exist in memory; the centre
 crop and normalisation belong to the encoder.
+
+Long module: three decoders behind one interface and the cross-checks between them; the
+checks must sit beside the decoders they check.
 """
 from __future__ import annotations
 
@@ -134,7 +137,7 @@ def decode_video(
     return video
 
 
-def _expected_frames(container, stream) -> int | None:
+def expected_frames(container, stream) -> int | None:
     if container.duration and stream.average_rate:
         return round(container.duration / 1e6 * float(stream.average_rate))
     return None
@@ -236,7 +239,7 @@ def _clean_timestamps(raw: np.ndarray, fps: float) -> np.ndarray:
     return np.arange(len(raw), dtype=np.float64) / (fps or 1.0)
 
 
-def _open_pyav(path):
+def open_pyav(path):
     import av
 
     try:
@@ -252,12 +255,12 @@ def _open_pyav(path):
 
 
 def _pyav_first_frame(path, short_side, interpolation):
-    container, stream = _open_pyav(path)
+    container, stream = open_pyav(path)
     try:
         for frame in container.decode(stream):
             w, h = resize_to_short_side(frame.width, frame.height, short_side)
             rgb = _to_rgb(frame, w, h, interpolation)
-            return frame.width, frame.height, rgb, container.format.name, _expected_frames(container, stream)
+            return frame.width, frame.height, rgb, container.format.name, expected_frames(container, stream)
     except Exception as exc:
         raise DecodeError(f"cannot decode: {_one_line(exc)}") from exc
     finally:
@@ -276,12 +279,12 @@ def _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best=0,
     the kept key frames. Frames the pick wants that were not kept come from a second pass."""
     from av.video.reformatter import VideoReformatter
 
-    container, stream = _open_pyav(path)
+    container, stream = open_pyav(path)
     to_small, to_out = VideoReformatter(), VideoReformatter()  # one scaler context each, reused per frame
     times, scores, size, out_size = [], [], None, None
     scorer, best, done = (LuvScorer() if small_size is not None else None), BestFrames(keep_best), {}
     try:
-        expected = _expected_frames(container, stream)
+        expected = expected_frames(container, stream)
         count, rate = stream.frames or expected, stream.average_rate
         wanted = set()
         if guess is not None and count:
@@ -337,7 +340,7 @@ def _pyav_frames_at(path, indices, width, height, interpolation) -> np.ndarray:
     wanted = set(indices.tolist())
     last = int(indices.max())
     out, scaler = {}, VideoReformatter()
-    container, stream = _open_pyav(path)
+    container, stream = open_pyav(path)
     try:
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:

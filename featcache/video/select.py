@@ -20,12 +20,12 @@ Conventions (documented in docs/decoding.md, relied on by the tests):
 from __future__ import annotations
 
 import heapq
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
-POLICY_KINDS = ("uniform", "keyframes", "stride", "fps")
+from featcache.spec.policy import POLICY_KINDS, Policy, parse_policies  # noqa: F401  (re-exported)
+
 
 # sRGB (D65) -> CIE XYZ, IEC 61966-2-1.
 _RGB_TO_XYZ = np.array(
@@ -39,46 +39,6 @@ _RGB_TO_XYZ = np.array(
 _WHITE = _RGB_TO_XYZ.sum(axis=1)  # D65 white point (Xn, Yn=1, Zn)
 _UN = 4 * _WHITE[0] / (_WHITE[0] + 15 * _WHITE[1] + 3 * _WHITE[2])
 _VN = 9 * _WHITE[1] / (_WHITE[0] + 15 * _WHITE[1] + 3 * _WHITE[2])
-
-
-@dataclass(frozen=True)
-class Policy:
-    """One frame-selection policy such as ``uniform:16``."""
-
-    kind: str
-    count: int  # frames for uniform/keyframes; the step S for stride; frames per second for fps
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.count}"
-
-    @property
-    def fixed(self) -> bool:
-        """True when every video yields the same number of frames (not a stride pool)."""
-        return self.kind not in ("stride", "fps")
-
-    def length(self, num_frames: int) -> int | None:
-        """How many frames this policy picks from a video of ``num_frames`` frames (None for
-        fps:F, which depends on the timestamps)."""
-        if self.kind == "fps":
-            return None
-        return self.count if self.fixed else -(-num_frames // self.count)
-
-
-def parse_policies(text: str) -> tuple[Policy, ...]:
-    """Parse ``"uniform:16,keyframes:8"``; raise ValueError naming the bad part."""
-    policies = []
-    for part in (p.strip() for p in text.split(",")):
-        m = re.fullmatch(r"([a-z]+):(\d+)", part)
-        if not m or m.group(1) not in POLICY_KINDS:
-            raise ValueError(f"--frames: unknown policy {part!r}; expected uniform:N, keyframes:N, stride:S or fps:F")
-        count = int(m.group(2))
-        if count < 1:
-            raise ValueError(f"--frames: {part!r} asks for {count} frames; N must be at least 1")
-        policy = Policy(m.group(1), count)
-        if policy in policies:
-            raise ValueError(f"--frames: policy {part!r} given twice")
-        policies.append(policy)
-    return tuple(policies)
 
 
 def uniform_indices(num_frames: int, count: int) -> np.ndarray:

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 
 import torch
 
-from featcache.ablate import Cell, Sweep, SweepError
-from featcache.annotations import annotate, check_selection
+from featcache.spec.sweep import Cell, Sweep, SweepError
+from featcache.data.annotations import annotate, check_selection
 from featcache.cache.dataset import frame_positions, memory_budget
 from featcache.cache.store import open_cache
-from featcache.config import to_dict
+from featcache.spec.config import to_dict
 from featcache.errors import FeatcacheError
-from featcache.leaderboard import write_leaderboard
-from featcache.registry import create_head, head_source
+from featcache.sweep.leaderboard import write_leaderboard
+from featcache.heads.registry import create_head, head_source
 from featcache.train.evaluate import read_splits
 from featcache.train.fit import backbone_args, check_head_output, train_group
-from featcache.view import Layout, View
+from featcache.spec.view import Layout, View
 
 
 @dataclass
@@ -37,10 +37,12 @@ class Plan:
 
 def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = False,
               memory_bytes: int | None = None, max_fused: int = 32, show_progress: bool = True,
-              echo=print, slurm=None, wait: bool = False, poll_s: float = 10.0) -> list[dict]:
+              echo=print, launch=None) -> list[dict]:
     """Plan and run the cells; returns the leaderboard rows (empty for a dry run, or while
-    cluster tasks are still training). With ``slurm`` (a cluster.SlurmConfig) each fused group
-    is one task of a submitit job array instead of a pass in this process."""
+    cluster tasks are still training). ``launch(sweep, out_dir, groups, fingerprint)``, when
+    given (the CLI passes :func:`featcache.launch.sweep_array.launch_groups` for ``--slurm``), runs
+    the fused groups elsewhere, e.g. one task of a job array each, instead of in this process, and
+    returns True once every cell has finished."""
     cache = open_cache(sweep.cache)
     layouts = _check_views(sweep, cache, cells)
     annotated = _check_manifests(sweep, cache, cells, echo)
@@ -56,10 +58,8 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     os.makedirs(out_dir, exist_ok=True)
     _write_resolved(sweep, out_dir)
     groups = [[p.cell for p in g] for g in groups]
-    if slurm is not None:
-        from featcache.sweep_cluster import launch_groups
-
-        if not launch_groups(sweep, out_dir, groups, cache.fingerprint, slurm, wait, poll_s, echo):
+    if launch is not None:
+        if not launch(sweep, out_dir, groups, cache.fingerprint):
             return []
     else:
         skipped = run_groups(sweep.cache, out_dir, groups, show_progress, echo)
@@ -255,7 +255,7 @@ def finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
     if meta.get("head_source", {"kind": "builtin"}) != head_source(cell.config.head):
         return False  # a head file edited since: redo
     if cell.config.manifest:  # the same manifest path with other contents is another cell
-        from featcache.annotations import file_sha256
+        from featcache.data.annotations import file_sha256
 
         return os.path.isfile(cell.config.manifest) and \
             (meta.get("manifest") or {}).get("sha256") == file_sha256(cell.config.manifest)

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 
 from featcache.errors import FeatcacheError
-from featcache.manifest import SPLITS, read_manifest
+from featcache.data.manifest import SPLITS, read_manifest
 
 SHOWN = 10  # ids named in a summary line before "... and N more"
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from featcache.errors import FeatcacheError
-from featcache.manifest import VideoItem
+from featcache.data.manifest import VideoItem
 from featcache.video.decode import DecodeError, decode_video
-from featcache.video.select import parse_policies, select_frames
+from featcache.spec.policy import parse_policies
+from featcache.video.select import select_frames
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class DecodePool:
         self.ahead = max(ahead, workers)
         if "forkserver" in multiprocessing.get_all_start_methods():
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["featcache.prepare"])  # workers start with this module imported
+            context.set_forkserver_preload(["featcache.video.prepare"])  # workers start with this module imported
         else:
             context = multiprocessing.get_context("spawn")
         self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)

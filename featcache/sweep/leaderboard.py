@@ -54,7 +54,7 @@ def aggregate(rows: list[dict], axes: tuple[str, ...]) -> list[dict]:
 
 
 def _group_name(first: dict, settings: dict) -> str:
-    from featcache.ablate import cell_name
+    from featcache.spec.sweep import cell_name
 
     return cell_name(first["index"], settings)
 
@@ -182,7 +182,7 @@ def _fmt(value) -> str:
 def _plot(path: str, ranked: list[dict], axes: tuple[str, ...], metric: str, goal: str) -> None:
     """The metric the text reports (the test split of the sweep metric) with val beside it, per
     cell and per varied axis (mean over the other axes), error bars when replicates are aggregated."""
-    from featcache.figures import plot_leaderboard
+    from featcache.train.figures import plot_leaderboard
 
     split, name = metric.split("/", 1)
     shown = [m for m in (f"test/{name}", f"val/{name}") if all(m in r["metrics"] for r in ranked)] or [metric]

@@ -22,9 +22,9 @@ import numpy as np
 
 from featcache.cache import packed, schema
 from featcache.cache.store import frame_bytes, to_json
-from featcache.manifest import VideoItem, read_manifest
-from featcache.prepare import decoder_log
-from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, _open_pyav, _expected_frames, check_file
+from featcache.data.manifest import VideoItem, read_manifest
+from featcache.video.prepare import decoder_log
+from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, open_pyav, expected_frames, check_file
 from featcache.video.select import fps_indices, uniform_indices
 
 
@@ -62,10 +62,10 @@ def header_frames(path: str) -> tuple[int, float, str, int, int]:
     """(frame count, fps, container format, width, height) from the container header; no frame
     is decoded."""
     check_file(path)
-    container, stream = _open_pyav(path)
+    container, stream = open_pyav(path)
     try:
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
-        n = int(stream.frames or 0) or (_expected_frames(container, stream) or 0)
+        n = int(stream.frames or 0) or (expected_frames(container, stream) or 0)
         return n, fps, container.format.name, stream.width, stream.height
     finally:
         container.close()
@@ -73,8 +73,8 @@ def header_frames(path: str) -> tuple[int, float, str, int, int]:
 
 def estimate(cfg, measure: bool = True) -> Estimate:
     """Estimate the store ``run_extract(cfg)`` writes (a new store: already cached videos are not subtracted)."""
-    from featcache.extract import root_attrs, validate
-    from featcache.encoder import FrozenEncoder
+    from featcache.extract.pipeline import root_attrs, validate
+    from featcache.extract.encoder import FrozenEncoder
 
     validate(cfg)
     items = read_manifest(cfg.manifest)
@@ -111,7 +111,7 @@ def estimate(cfg, measure: bool = True) -> Estimate:
         est.notes.append("key frames are assumed to fall anywhere in the video: their overlap with the other "
                          "policies' frames is estimated, not known")
     if measure and est.frames:
-        from featcache.batchsize import probe
+        from featcache.extract.batchsize import probe
 
         entry, _ = probe(encoder)
         est.batch_size = int(entry["batch_size"])

@@ -13,9 +13,9 @@ import json
 import os
 import time
 
-from featcache.ablate import Cell, Sweep
-from featcache.ablate_run import finished, run_groups
-from featcache.cluster import SlurmConfig, make_executor, squeue_states, wait_for_tasks
+from featcache.spec.sweep import Cell, Sweep
+from featcache.sweep.run import finished, run_groups
+from featcache.launch.submitit import SlurmConfig, make_executor, squeue_states, wait_for_tasks
 from featcache.errors import FeatcacheError
 
 STATE = "slurm.json"

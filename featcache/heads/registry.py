@@ -43,10 +43,6 @@ def register_head(name: str):
     return wrap
 
 
-def _load_builtin() -> None:
-    import featcache.heads  # noqa: F401  (each head module registers itself on import)
-
-
 def _entry_points() -> dict:
     """Entry points of the ``featcache.heads`` group by name (built-in names excluded)."""
     from importlib.metadata import entry_points
@@ -56,7 +52,6 @@ def _entry_points() -> dict:
 
 def list_heads() -> list[str]:
     """Built-in heads and the heads installed packages register (entry points), sorted."""
-    _load_builtin()
     return sorted({*_HEADS, *_entry_points()})
 
 
@@ -78,7 +73,6 @@ def _options(cls: type) -> dict:
 
 
 def _get(name: str, source: dict | None = None) -> type:
-    _load_builtin()
     if name in _HEADS:
         return _HEADS[name]
     if source and source.get("kind") == "file":  # a checkpoint's head: exactly the file it was trained with
@@ -185,7 +179,6 @@ def head_source(name: str) -> dict:
     absolute path and sha256, or a module (from a ``module:Class`` name or an entry point) and the
     version of the distribution that ships it."""
     cls = _get(name)
-    _load_builtin()
     if name in _HEADS:
         return {"kind": "builtin"}
     target, _, attr = name.rpartition(":")

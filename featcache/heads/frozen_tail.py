@@ -46,7 +46,7 @@ class FrozenTail(nn.Module):
 
 def build_model(spec: dict) -> nn.Module:
     """The timm model of the spec with its recorded weights."""
-    from featcache.encoder import EncoderConfig, _build_model
+    from featcache.extract.encoder import EncoderConfig, build_model
 
     weights = spec["weights"]
     source = weights.get("source")
@@ -54,7 +54,7 @@ def build_model(spec: dict) -> nn.Module:
         path = weights["path"]
         cfg = EncoderConfig(model=spec["model"], weights=path, img_size=spec["img_size"], model_args=spec["args"])
         try:
-            model, info = _build_model(cfg)
+            model, info = build_model(cfg)
         except FeatcacheError as exc:
             raise FeatcacheError(f"the frozen tail needs the cache's weights file: {exc}") from None
         if info["sha256"] != weights["sha256"]:
@@ -66,5 +66,5 @@ def build_model(spec: dict) -> nn.Module:
     cfg = EncoderConfig(model=spec["model"], weights="hub" if source == "hub" else "random",
                         img_size=spec["img_size"], model_args=spec["args"])
     with torch.random.fork_rng():  # random weights reseed torch's global generator
-        model, _ = _build_model(cfg)
+        model, _ = build_model(cfg)
     return model

@@ -2,9 +2,9 @@
 and ``key=value`` overrides. Unknown keys and values of the wrong type are errors naming the key.
 
 The view (``view, layers, tokens, spatial, channels, source``) is parsed here, once, into one frozen
-:class:`featcache.view.View`; configs and checkpoints keep its flat keys.
+:class:`featcache.spec.view.View`; configs and checkpoints keep its flat keys.
 
-Pure: imports only :mod:`featcache.view`.
+Pure: imports only :mod:`featcache.spec.view`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from featcache.view import VIEW_KEYS, View
+from featcache.spec.view import VIEW_KEYS, View
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class TrainConfig:
     # --- model
     head: str = "pool"  # a registered head (featcache heads)
     head_options: dict = field(default_factory=dict)  # set as head.<option>=value
-    # --- view of the cache: keys view (frame policy), layers, tokens, spatial, channels, source (featcache.view)
+    # --- view of the cache: keys view (frame policy), layers, tokens, spatial, channels, source (featcache.spec.view)
     view: View = field(default_factory=View)
     # --- optimisation
     epochs: int = 10

@@ -1,9 +1,12 @@
 """Stage 1: manifest -> decoded, selected frames -> frozen model -> Zarr cache.
 
-Videos are decoded, selected and cropped (featcache.prepare) either in this process between
+Videos are decoded, selected and cropped (featcache.video.prepare) either in this process between
 forwards or in decode worker processes a bounded number of videos ahead; the model runs on
 batches that span videos, and each video is published as soon as all its frames are through.
 On CUDA the forward of one batch is queued while the next is assembled (FrozenEncoder.submit).
+
+Long module: the configuration, its validation and the pipeline loop that overlaps decoding,
+forwards and publishing are one unit; the loop alone is ~180 lines.
 """
 from __future__ import annotations
 
@@ -18,15 +21,15 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from featcache import __version__
+from featcache.version import __version__
 from featcache.cache import quant, schema
 from featcache.cache.store import CacheWriter, PublishError
-from featcache.encoder import EncoderConfig, FrozenEncoder
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder
 from featcache.errors import FeatcacheError
-from featcache.manifest import VideoItem, read_manifest
-from featcache.prepare import DecodePool, DecodeSpec, Prepared, auto_workers, prepare, usable_cores
+from featcache.data.manifest import VideoItem, read_manifest
+from featcache.video.prepare import DecodePool, DecodeSpec, Prepared, auto_workers, prepare, usable_cores
 from featcache.video.decode import DECODERS
-from featcache.video.select import Policy, parse_policies
+from featcache.spec.policy import Policy, parse_policies
 
 SHORT_VIDEO_MODES = ("repeat", "fail")
 
@@ -173,7 +176,7 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
                            "thread(s)" if workers else "decoding between forwards in the model's process")
     entry = None
     if cfg.batch_size == "auto":
-        from featcache.batchsize import probe
+        from featcache.extract.batchsize import probe
 
         entry, how = probe(encoder) if todo else ({"batch_size": 32}, "auto: nothing to extract")
         cfg = dataclasses.replace(cfg, batch_size=int(entry["batch_size"]))
@@ -186,7 +189,7 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
         writer.close()  # seals this run's segment, also on Ctrl-C
     summary.wall_s = time.perf_counter() - start
     if entry is not None and todo:
-        from featcache.batchsize import judge
+        from featcache.extract.batchsize import judge
 
         note = judge(encoder, entry, how.startswith("auto: cached"), *pipe.full_batches)
         summary.batch_size_note += f"; {note}" if note else ""

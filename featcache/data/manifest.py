@@ -4,7 +4,7 @@ of video paths (one per line, as video_features takes; ids from the file names).
 Extraction needs only ``video_id,path``: frozen features do not depend on annotations.
 ``label`` may hold several labels separated by ``;`` (multi-label) and may be empty for
 unlabelled videos; ``split`` may be empty (or absent) at extraction, and training then takes
-labels and splits from a manifest given with ``--manifest`` (:mod:`featcache.annotations`).
+labels and splits from a manifest given with ``--manifest`` (:mod:`featcache.data.annotations`).
 A *training* manifest (``annotations=True``) needs ``video_id,label,split`` (``path`` optional).
 Relative paths resolve against the manifest's folder. Extra columns are kept and stored with
 each video. Lines starting with ``#`` are comments (for hand-written files); converted manifests
@@ -209,7 +209,7 @@ def write_manifest(rows: list[dict], out: str, root: str, notes: list[str], sour
         for r in rows:
             path = os.path.relpath(os.path.join(os.path.abspath(root), r["path"]), base)
             writer.writerow({**r, "path": path})
-    from featcache import __version__
+    from featcache.version import __version__
 
     with open(provenance_path(out), "w", encoding="utf-8") as f:
         json.dump({"manifest": os.path.basename(out), "notes": notes, "dataset_root": os.path.abspath(root),

@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from featcache.config import TrainConfig, build_config, flatten, load_yaml_mapping
+from featcache.spec.config import TrainConfig, build_config, flatten, load_yaml_mapping
 
 SWEEP_KEYS = ("name", "description", "cache", "base", "method", "parameters", "zip", "cells", "metric")
 METHODS = ("grid", "list")

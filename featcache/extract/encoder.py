@@ -5,6 +5,9 @@ tokens first, then the patch grid in row-major order), channels. ViT-family mode
 block's tokens (``forward_intermediates``, final norm applied, as DINOv2's
 ``get_intermediate_layers(norm=True)``); other backbones (CNNs, ...) give their final feature
 map flattened to tokens with no prefix tokens.
+
+Long module: weights resolution (hub, file, offline), preprocessing facts and the batched,
+queued forward belong to one frozen model and are tested together.
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ class FrozenEncoder:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        self.model, self.weights_info = _build_model(cfg)
+        self.model, self.weights_info = build_model(cfg)
         self.model.eval().requires_grad_(False).to(self.device)
         self.preprocess = _preprocess_config(self.model, cfg.img_size)
         mean = torch.tensor(self.preprocess["mean"]).view(1, 3, 1, 1) * 255
@@ -91,8 +94,8 @@ class FrozenEncoder:
         return self.preprocess["resize_short_side"]
 
     def crop(self, frames: np.ndarray, position: int = 1, count: int = 1) -> np.ndarray:
-        """The model's crop of resized uint8 frames (featcache.prepare.crop)."""
-        from featcache.prepare import crop
+        """The model's crop of resized uint8 frames (featcache.video.prepare.crop)."""
+        from featcache.video.prepare import crop
 
         return crop(frames, self.cfg.img_size, position, count)
 
@@ -148,7 +151,7 @@ class FrozenEncoder:
 
     def _resolve_cut(self, cut: int | None) -> int | None:
         """Hook the input of block ``cut`` (before its norm1; prefix tokens first, as timm orders
-        them): the residual stream the frozen tail (featcache.backbone) continues from."""
+        them): the residual stream the frozen tail (featcache.heads.frozen_tail) continues from."""
         if cut is None:
             return None
         if not self.is_vit:
@@ -288,7 +291,7 @@ def _preprocess_config(model, img_size: int) -> dict:
 
 
 # -------------------------------------------------------------------- weights
-def _build_model(cfg: EncoderConfig):
+def build_model(cfg: EncoderConfig):
     """Create the timm model and load its weights; returns (model, weights provenance)."""
     if cfg.weights == "hub":
         _go_offline_if_hub_unreachable()

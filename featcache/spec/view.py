@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from featcache.errors import FeatcacheError
-from featcache.video.select import Policy, parse_policies
+from featcache.spec.policy import Policy, parse_policies
 
 TOKEN_MODES = ("all", "cls", "patch")
 VIEW_KEYS = ("view", "layers", "tokens", "spatial", "channels", "source")  # the config keys that make up a View

@@ -1,0 +1,1 @@
+"""Stage 1: the frozen model over selected frames, written to the cache (pipeline, encoder, batch size, estimate)."""

@@ -1,0 +1,1 @@
+"""Scale-out: Slurm job arrays (submitit) for extraction and sweeps, several local devices, the demo."""

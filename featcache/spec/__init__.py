@@ -1,0 +1,1 @@
+"""Pure vocabulary: frame policies, views, training and sweep configurations (no torch, no zarr)."""

@@ -1,0 +1,50 @@
+"""Frame policies: the one type (``Policy``) a ``--frames`` string is parsed into, once, and that
+travels from the CLI to the store, the views and the estimate. Pure (no numpy): the selection
+maths lives in :mod:`featcache.video.select`, whose docstring states each policy's convention.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+POLICY_KINDS = ("uniform", "keyframes", "stride", "fps")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One frame-selection policy such as ``uniform:16``."""
+
+    kind: str
+    count: int  # frames for uniform/keyframes; the step S for stride; frames per second for fps
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.count}"
+
+    @property
+    def fixed(self) -> bool:
+        """True when every video yields the same number of frames (not a stride pool)."""
+        return self.kind not in ("stride", "fps")
+
+    def length(self, num_frames: int) -> int | None:
+        """How many frames this policy picks from a video of ``num_frames`` frames (None for
+        fps:F, which depends on the timestamps)."""
+        if self.kind == "fps":
+            return None
+        return self.count if self.fixed else -(-num_frames // self.count)
+
+
+def parse_policies(text: str) -> tuple[Policy, ...]:
+    """Parse ``"uniform:16,keyframes:8"``; raise ValueError naming the bad part."""
+    policies = []
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"([a-z]+):(\d+)", part)
+        if not m or m.group(1) not in POLICY_KINDS:
+            raise ValueError(f"--frames: unknown policy {part!r}; expected uniform:N, keyframes:N, stride:S or fps:F")
+        count = int(m.group(2))
+        if count < 1:
+            raise ValueError(f"--frames: {part!r} asks for {count} frames; N must be at least 1")
+        policy = Policy(m.group(1), count)
+        if policy in policies:
+            raise ValueError(f"--frames: policy {part!r} given twice")
+        policies.append(policy)
+    return tuple(policies)

@@ -1,0 +1,1 @@
+"""Sweeps: run a grid of cells from one cache, and the leaderboard."""
