@@ -45,6 +45,7 @@ from featcache.extract.pipeline import ExtractConfig, run_extract
 from featcache.data.manifest import read_manifest
 from featcache.data.synthetic import make_dataset
 from featcache.video.decode import decode_video
+from featcache.spec.policy import parse_policies
 from featcache.video.select import uniform_indices
 
 NEAR_FREE = EncoderConfig(weights="random", img_size=56, precision="fp32",
@@ -105,7 +106,7 @@ def versus_ffmpeg(files: list[str], rounds: int) -> list[dict]:
     rows = []
     for path in files:
         item = VideoItem(video_id="v", path=path, labels=(), split="train")
-        specs = {p: DecodeSpec(p, "repeat", (64, 48) if "keyframes" in p else None, "auto", 256, "bicubic", 224, 1)
+        specs = {p: DecodeSpec(parse_policies(p), "repeat", (64, 48) if "keyframes" in p else None, "auto", 256, "bicubic", 224, 1)
                  for p in POLICIES}
         ratios: dict[str, list[float]] = {p: [] for p in POLICIES}
         base, passes = [], {}

@@ -197,12 +197,13 @@ def test_one_pass_picks_and_frames_equal_two_pass_selection(videos, city_clip, t
     two-pass selection, ties included, and reads no file twice where the header's count is right."""
     import featcache.video.decode as dec
     from featcache.data.manifest import VideoItem
+    from featcache.spec.policy import parse_policies
     from featcache.video.prepare import DecodeSpec, prepare
 
     second = []
     real = dec._pyav_frames_at
     monkeypatch.setattr(dec, "_pyav_frames_at", lambda *a: second.append(a[0]) or real(*a))
-    spec = DecodeSpec(policies, "repeat", (64, 48), "auto", 56, "bicubic", 56, 1)
+    spec = DecodeSpec(parse_policies(policies), "repeat", (64, 48), "auto", 56, "bicubic", 56, 1)
     for path in [*videos.values(), city_clip, tie_clip]:
         out = prepare(VideoItem(video_id="v", path=path, labels=(), split="train"), spec)
         assert not out.reason, out.reason

@@ -22,7 +22,7 @@ import torch
 from featcache.cache.stream import StreamedTokens
 from featcache.errors import FeatcacheError
 from featcache.spec.policy import Policy
-from featcache.video.select import keyframe_indices, uniform_indices
+from featcache.video.select import policy_indices
 from featcache.spec.view import View
 
 if TYPE_CHECKING:  # the store hands a Cache to these functions; importing it would close a circle
@@ -79,10 +79,7 @@ def frame_positions(entry: VideoEntry, policy: Policy) -> list[int]:
     if str(policy) in entry.policies:
         return list(entry.policies[str(policy)])
     n = entry.record["source"]["num_frames"]
-    if policy.kind == "uniform":
-        wanted = uniform_indices(n, policy.count)
-    else:
-        wanted = keyframe_indices(entry.luv_scores, policy.count)
+    wanted = policy_indices(policy, n, entry.luv_scores if policy.kind == "keyframes" else None)
     pool = entry.frame_indices
     pos = np.searchsorted(pool, wanted)
     if np.any(pos >= len(pool)) or np.any(pool[np.minimum(pos, len(pool) - 1)] != wanted):

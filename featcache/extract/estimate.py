@@ -25,7 +25,7 @@ from featcache.cache.store import frame_bytes, to_json
 from featcache.data.manifest import VideoItem, read_manifest
 from featcache.video.prepare import decoder_log
 from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, open_pyav, expected_frames, check_file
-from featcache.video.select import fps_indices, uniform_indices
+from featcache.video.select import policy_indices, uniform_indices
 
 
 @dataclass
@@ -132,14 +132,10 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
     picked, keyframes = {}, {}
     max_count = max([p.count for p in cfg.policies if p.fixed] or [1])
     for policy in cfg.policies:
-        if policy.kind == "uniform":
-            picked[str(policy)] = uniform_indices(n, policy.count)
-        elif policy.kind == "stride":
-            picked[str(policy)] = np.arange(0, n, policy.count)
-        elif policy.kind == "fps":
-            picked[str(policy)] = fps_indices(np.arange(n) / fps, policy.count)
-        else:  # positions depend on the pixels (see _video_record's callers' note)
+        if policy.kind == "keyframes":  # positions depend on the pixels (see _video_record's callers' note)
             keyframes[str(policy)] = np.unique(uniform_indices(n, policy.count))
+        else:
+            picked[str(policy)] = policy_indices(policy, n, stamps=np.arange(n) / fps)
     known = np.unique(np.concatenate(list(picked.values()))) if picked else np.zeros(0, np.int64)
     positions = {k: np.searchsorted(known, v).tolist() for k, v in picked.items()}
     extra = [known]

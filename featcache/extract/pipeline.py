@@ -61,7 +61,7 @@ class ExtractConfig:
         try:
             return parse_policies(self.frames)
         except ValueError as exc:
-            raise FeatcacheError(str(exc)) from None
+            raise FeatcacheError(f"--frames: {exc}") from None
 
 
 @dataclass
@@ -259,7 +259,7 @@ class _Pipeline:
     def _prepared(self, items: list[VideoItem]):
         """Each item decoded, selected and cropped, in order: in this thread or in worker processes."""
         e = self.encoder
-        spec = DecodeSpec(",".join(str(p) for p in self.policies), self.cfg.short_videos,
+        spec = DecodeSpec(self.policies, self.cfg.short_videos,
                           self.cfg.luv_size if self.needs_luv else None, self.cfg.decoder, e.short_side,
                           e.preprocess["interpolation"], e.cfg.img_size, self.cfg.crops)
         if not self.workers:

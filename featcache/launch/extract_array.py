@@ -11,7 +11,6 @@ worker (a requeued Slurm task too) runs with ``overwrite=False``.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import Counter
 
 from featcache.errors import FeatcacheError

@@ -34,17 +34,17 @@ class Policy:
 
 
 def parse_policies(text: str) -> tuple[Policy, ...]:
-    """Parse ``"uniform:16,keyframes:8"``; raise ValueError naming the bad part."""
+    """Parse ``"uniform:16,keyframes:8"``; raise ValueError naming the bad part (the caller names its option)."""
     policies = []
     for part in (p.strip() for p in text.split(",")):
         m = re.fullmatch(r"([a-z]+):(\d+)", part)
         if not m or m.group(1) not in POLICY_KINDS:
-            raise ValueError(f"--frames: unknown policy {part!r}; expected uniform:N, keyframes:N, stride:S or fps:F")
+            raise ValueError(f"unknown policy {part!r}; expected uniform:N, keyframes:N, stride:S or fps:F")
         count = int(m.group(2))
         if count < 1:
-            raise ValueError(f"--frames: {part!r} asks for {count} frames; N must be at least 1")
+            raise ValueError(f"{part!r} asks for {count} frames; N must be at least 1")
         policy = Policy(m.group(1), count)
         if policy in policies:
-            raise ValueError(f"--frames: policy {part!r} given twice")
+            raise ValueError(f"policy {part!r} given twice")
         policies.append(policy)
     return tuple(policies)

@@ -23,10 +23,7 @@ SOURCES = ("tokens", "cut")
 
 def parse_policy(text: str) -> Policy:
     """Exactly one frame policy (``uniform:8``, ``keyframes:4``); ValueError otherwise."""
-    try:
-        policies = parse_policies(text)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("--frames: ", "")) from None
+    policies = parse_policies(text)
     if len(policies) != 1:
         raise ValueError(f"expected one frame policy such as uniform:8, got {text!r}")
     return policies[0]

@@ -9,7 +9,6 @@ selection, tracking) with its small helpers.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import math
 import os

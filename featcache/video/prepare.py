@@ -24,7 +24,7 @@ import numpy as np
 from featcache.errors import FeatcacheError
 from featcache.data.manifest import VideoItem
 from featcache.video.decode import DecodeError, decode_video
-from featcache.spec.policy import parse_policies
+from featcache.spec.policy import Policy
 from featcache.video.select import select_frames
 
 
@@ -32,7 +32,7 @@ from featcache.video.select import select_frames
 class DecodeSpec:
     """Everything the decoding side needs (no model): picklable for worker processes."""
 
-    policies: str
+    policies: tuple[Policy, ...]  # parsed once, from --frames
     short_videos: str
     luv_size: tuple[int, int] | str | None  # (w, h) or "full"; only with key-frame policies
     decoder: str
@@ -74,7 +74,7 @@ def crop(frames: np.ndarray, size: int, position: int = 1, count: int = 1) -> np
 def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepared:
     """Decode and crop the frames of ``item`` its policies pick; with ``old`` (a done video's
     record), only the frames it lacks. Never raises for a bad video: ``reason`` says why."""
-    policies = parse_policies(spec.policies)
+    policies = spec.policies
     max_count = max([p.count for p in policies if p.fixed] or [1])  # stride pools are never short
     record = {"video_id": item.video_id, "path": item.path, "split": item.split,
               "labels": list(item.labels), "extra": item.extra}

@@ -20,7 +20,6 @@ Conventions (documented in docs/decoding.md, relied on by the tests):
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -143,25 +142,31 @@ def fps_indices(stamps: np.ndarray, rate: int) -> np.ndarray:
     return np.where(times - left <= right - times, pos - 1, pos).astype(np.int64)
 
 
+def policy_indices(policy: Policy, num_frames: int, scores: np.ndarray | None = None,
+                   stamps: np.ndarray | None = None) -> np.ndarray:
+    """The source frames one policy picks (the one place that dispatches on a policy's kind):
+    key frames need the LUV ``scores``, ``fps:F`` the frames' timestamps ``stamps`` (seconds)."""
+    if policy.kind == "uniform":
+        return uniform_indices(num_frames, policy.count)
+    if policy.kind == "stride":
+        return np.arange(0, num_frames, policy.count, dtype=np.int64)
+    if policy.kind == "fps":
+        if stamps is None:
+            raise ValueError("fps policy needs the frames' timestamps")
+        return fps_indices(np.asarray(stamps, dtype=np.float64), policy.count)
+    if policy.kind == "keyframes":
+        if scores is None:
+            raise ValueError("keyframes policy needs LUV scores")
+        return keyframe_indices(scores, policy.count)
+    raise ValueError(f"unknown policy kind {policy.kind!r}")
+
+
 def select_frames(
     policies: tuple[Policy, ...], num_frames: int, scores: np.ndarray | None, stamps: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, list[int]]]:
     """Union of all policies' frames (sorted, unique source indices) and, per policy,
     its positions into that pool (length = the policy's count, repeats allowed)."""
-    picked = {}
-    for policy in policies:
-        if policy.kind == "uniform":
-            picked[str(policy)] = uniform_indices(num_frames, policy.count)
-        elif policy.kind == "stride":
-            picked[str(policy)] = np.arange(0, num_frames, policy.count, dtype=np.int64)
-        elif policy.kind == "fps":
-            if stamps is None:
-                raise ValueError("fps policy needs the frames' timestamps")
-            picked[str(policy)] = fps_indices(np.asarray(stamps, dtype=np.float64), policy.count)
-        else:
-            if scores is None:
-                raise ValueError("keyframes policy needs LUV scores")
-            picked[str(policy)] = keyframe_indices(scores, policy.count)
+    picked = {str(policy): policy_indices(policy, num_frames, scores, stamps) for policy in policies}
     pool = np.unique(np.concatenate(list(picked.values())))
     positions = {name: np.searchsorted(pool, idx).tolist() for name, idx in picked.items()}
     return pool, positions
