@@ -30,6 +30,8 @@ PAGES = ["README.md", "CONTRIBUTING.md", "pipelines/README.md", *sorted(os.path.
 NOT_SHELL = {"python", "py", "yaml", "yml", "toml", "json", "ini"}  # fenced blocks whose lines are not commands
 SEPARATORS = {";", "&&", "||", "|", "&"}
 REDIRECTS = {">", ">>", "<", "2>", "2>>"}
+MENTIONS = re.compile(r"(^|[\s;&|/])featcache(\s|$)")  # the command word, not featcache/ or featcache:
+UNPARSEABLE = "<not a shell line>"
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*$")  # CACHE, MANIFEST, N, RUN_DIR, ...
 
 
@@ -104,8 +106,13 @@ def collect(pages=PAGES):
         text = open(path, encoding="utf-8").read()
         for start, lines in shell_blocks(text):
             for number, line in logical_lines(start, lines):
-                for args in featcache_commands(line):
-                    found.append((page, number, args))
+                if not MENTIONS.search(line):  # a tree, an output line: nothing to parse
+                    continue
+                try:
+                    commands = featcache_commands(line)
+                except ValueError as exc:  # shlex: an unclosed quote is a broken command line too
+                    commands = [[UNPARSEABLE, f"{exc}: {line.strip()}"]]
+                found.extend((page, number, args) for args in commands)
     return found
 
 
@@ -146,6 +153,8 @@ def check_command(args: list[str]) -> str | None:
     else the usage error."""
     from featcache.cli import app
 
+    if args and args[0] == UNPARSEABLE:
+        return args[1]
     args = [a.strip("[]") for a in args if a.strip("[]")]  # [--json]: the optional part is checked too
     command = typer.main.get_command(app)
     ctx = command.make_context("featcache", [], resilient_parsing=True)
@@ -207,6 +216,7 @@ def test_every_documented_command_parses(page, line, args):
     ("featcache train --head r3d", "Missing argument"),
     ("featcache estimate m.csv --frames uniform:8 --no-such-extract-flag", "No such option: --no-such-extract-flag"),
     ("featcache probe c.zarr --method knn extra", "unexpected extra argument"),
+    ('featcache train c.zarr --set "head.hidden=1', "No closing quotation"),
 ])
 def test_the_check_fails_on_a_stale_command(tmp_path, line, expected):
     page = tmp_path / "page.md"
