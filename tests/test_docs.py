@@ -1,6 +1,8 @@
 """Every `featcache ...` command in the documentation is checked against the real command line.
 
-- Each command line in a fenced code block of README.md, CONTRIBUTING.md and docs/*.md (line
+- Each command line in a fenced code block of README.md, CONTRIBUTING.md, pipelines/README.md and
+  docs/*.md, and in the header comments of pipelines/*.yaml, and every example of a command's
+  --help (line
   continuations joined, comments dropped, `a; b` / `a && b` split, `[--opt]` optional parts kept)
   is parsed by the real typer/click command with ``make_context``, without running it: a renamed
   or removed command or flag, or a value of the wrong type, fails with the file and line.
@@ -26,7 +28,8 @@ from conftest import TINY_CLI, VIDEO_SIZE
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DOCS = os.path.join(ROOT, "docs")
-PAGES = ["README.md", "CONTRIBUTING.md", "pipelines/README.md", *sorted(os.path.join("docs", f) for f in os.listdir(DOCS) if f.endswith(".md"))]
+PAGES = ["README.md", "CONTRIBUTING.md", "pipelines/README.md", *sorted(os.path.join("docs", f) for f in os.listdir(DOCS) if f.endswith(".md")),
+         *sorted(os.path.join("pipelines", f) for f in os.listdir(os.path.join(ROOT, "pipelines")) if f.endswith(".yaml"))]
 NOT_SHELL = {"python", "py", "yaml", "yml", "toml", "json", "ini"}  # fenced blocks whose lines are not commands
 SEPARATORS = {";", "&&", "||", "|", "&"}
 REDIRECTS = {">", ">>", "<", "2>", "2>>"}
@@ -96,6 +99,19 @@ def featcache_commands(line: str) -> list[list[str]]:
     return out
 
 
+def _comment_lines(text: str) -> list[str]:
+    """The command lines in a YAML file's comments (its header says how to run it: ``#   featcache
+    ...``, indented as a command, and its continuations; prose is ``# text``), other lines blanked
+    so the numbering holds."""
+    out, continued = [], False
+    for line in text.splitlines():
+        comment = line.lstrip()[1:] if line.lstrip().startswith("#") else None
+        keep = comment is not None and (continued or re.match(r"^\s{2,}featcache ", comment) is not None)
+        out.append(comment if keep else "")
+        continued = keep and comment.rstrip().endswith("\\")
+    return out
+
+
 def collect(pages=PAGES):
     """Every featcache command of the docs: [(page, line number, argument list)]."""
     found = []
@@ -104,7 +120,8 @@ def collect(pages=PAGES):
         if not os.path.exists(path):
             continue
         text = open(path, encoding="utf-8").read()
-        for start, lines in shell_blocks(text):
+        blocks = shell_blocks(text) if page.endswith(".md") else [(1, _comment_lines(text))]
+        for start, lines in blocks:
             for number, line in logical_lines(start, lines):
                 if not MENTIONS.search(line):  # a tree, an output line: nothing to parse
                     continue
@@ -194,6 +211,7 @@ def test_the_docs_hold_the_commands_expected():
     assert {"README.md", "docs/training.md", "docs/sweeps.md", "docs/scaling-out.md", "docs/export.md",
             "docs/protocols.md", "docs/library.md", "docs/annotations.md"} <= pages
     assert len(COMMANDS) >= 60
+    assert {"pipelines/stadapter_luv_table1_frames.yaml", "pipelines/charades_video_transformers.yaml"} <= pages
     joined = {(page, " ".join(args)) for page, _, args in COMMANDS}
     # a continued line is one command; a chained line gives the featcache part; comments are dropped
     assert ("docs/scaling-out.md", "extract m.csv --out /shared/caches/k400.zarr --slurm --shards 64 --partition gpu "
@@ -241,6 +259,44 @@ def test_collecting_joins_continuations_splits_chains_and_drops_comments(tmp_pat
 def test_placeholders_take_the_options_type():
     assert check_command(["eval", "RUN", "--temporal-views", "V", "--window", "W", "--stride", "S"]) is None
     assert "No such option" in check_command(["eval", "RUN", "--temporal-view", "V"])
+
+
+def _help_examples():
+    """(command path, example args) of every ``featcache ...`` line in the commands' --help epilogs."""
+    from featcache.cli import app
+
+    out, todo = [], [((), typer.main.get_command(app))]
+    while todo:
+        path, command = todo.pop()
+        for line in (command.epilog or "").splitlines():
+            if line.strip().startswith("featcache "):
+                out.extend((" ".join(path), args) for args in featcache_commands(line))
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            todo.append(((*path, name), sub))
+    return out
+
+
+def test_every_help_example_parses():
+    """The examples each command's --help prints are commands too."""
+    examples = _help_examples()
+    assert len(examples) >= 10
+    for where, args in examples:
+        error = check_command(list(args))
+        assert error is None, f"featcache {where} --help: featcache {' '.join(args)}\n  {error}"
+
+
+def test_the_pipeline_files_the_docs_name_exist():
+    """pipelines/*.yaml named in the docs, the pipelines' own headers and the benchmarks' notes exist."""
+    pages = [*PAGES, *(os.path.join("pipelines", f) for f in os.listdir(os.path.join(ROOT, "pipelines"))),
+             *(os.path.join("benchmarks", f) for f in os.listdir(os.path.join(ROOT, "benchmarks")) if f.endswith(".md"))]
+    named = set()
+    for page in pages:
+        path = os.path.join(ROOT, page)
+        if os.path.isfile(path):
+            named |= {(page, m) for m in re.findall(r"pipelines/[\w.-]+\.yaml", open(path, encoding="utf-8").read())}
+    assert len(named) >= 10
+    missing = sorted((page, name) for page, name in named if not os.path.exists(os.path.join(ROOT, name)))
+    assert not missing, missing
 
 
 # --- links of the pages mkdocs does not build ------------------------------------------------
