@@ -147,7 +147,8 @@ def test_every_pipeline_sweep_is_valid():
 
 @pytest.mark.parametrize("args,message", [
     (["ablate", "{pipelines}/advise_fig3_spatial.yaml", "--cache", "{cache}"], "cell 002_spatial=9_init=none: view=uniform:8: spatial: 9 must be between 0 and the cached grid 4x4"),
-    (["ablate", "{pipelines}/stadapter_luv_table1_frames.yaml", "--cache", "{cache}", "--set", "head.bogus=2"], "head=adapter: head 'adapter' has no option bogus"),
+    (["ablate", "{pipelines}/stadapter_luv_table1_frames.yaml", "--cache", "{cache}", "--set", "head.bogus=2"],
+     "head=adapter: head 'adapter' has no option bogus"),
     (["ablate", "{tmp}/bad.yaml"], "no such sweep file"),
     (["ablate", "{pipelines}/multilabel_charades.yaml", "--cache", "{tmp}/none.zarr"], "not a featcache cache"),
     (["ablate", "{pipelines}/stadapter_luv_table1_frames.yaml", "--cache", "{cache}", "--only", "99"], "no cell matches"),
