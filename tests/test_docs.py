@@ -297,6 +297,22 @@ def test_the_pipeline_files_the_docs_name_exist():
     assert not missing, missing
 
 
+def test_the_tests_the_docs_cite_exist():
+    """``test_x.py::test_name`` in the docs (bad-input.md's table says which test checks each
+    message) names a test that exists."""
+    cited = set()
+    for page in PAGES:
+        path = os.path.join(ROOT, page)
+        if os.path.isfile(path) and page.endswith(".md"):
+            cited |= {(page, f, n) for f, n in re.findall(r"(test_\w+\.py)::(test_\w+)", open(path, encoding="utf-8").read())}
+    assert len(cited) >= 20
+    tests = os.path.dirname(os.path.abspath(__file__))
+    stale = sorted((page, f"{f}::{name}") for page, f, name in cited
+                   if not os.path.isfile(os.path.join(tests, f))
+                   or not re.search(rf"^def {name}\(", open(os.path.join(tests, f), encoding="utf-8").read(), re.M))
+    assert not stale, stale
+
+
 # --- links of the pages mkdocs does not build ------------------------------------------------
 
 def _anchors(markdown: str) -> set[str]:
