@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import pytest
 import typer
-from conftest import TINY_CLI, VIDEO_SIZE
+from conftest import TINY_CLI, VIDEO_SIZE, motion_clip, write_video  # generated clips (featcache's synthetic module)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DOCS = os.path.join(ROOT, "docs")
@@ -356,8 +356,6 @@ def six_commands() -> list[str]:
 
 
 def _write_videos(root):
-    from featcache.synthetic import motion_clip, write_video
-
     os.makedirs(root / "my_videos")
     rng = np.random.default_rng(0)
     rows = ["video_id,label,split"]
