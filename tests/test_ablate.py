@@ -107,7 +107,7 @@ def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
 
 # ------------------------------------------------------------------ the CLI and pipelines/
 def test_pipeline_sweep_end_to_end(cache, tmp_path):
-    sweep = os.path.join(PIPELINES, "seed000_table3_keyframes.yaml")
+    sweep = os.path.join(PIPELINES, "stadapter_luv_table3_keyframes.yaml")
     out = str(tmp_path / "out")
     dry = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "--dry-run", "--set", "epochs=2"])
     assert dry.exit_code == 0, dry.output
@@ -147,10 +147,11 @@ def test_every_pipeline_sweep_is_valid():
 
 @pytest.mark.parametrize("args,message", [
     (["ablate", "{pipelines}/advise_fig3_spatial.yaml", "--cache", "{cache}"], "cell 002_spatial=9_init=none: view=uniform:8: spatial: 9 must be between 0 and the cached grid 4x4"),
-    (["ablate", "{pipelines}/seed000_table1_frames.yaml", "--cache", "{cache}", "--set", "head.bogus=2"], "head=adapter: head 'adapter' has no option bogus"),
+    (["ablate", "{pipelines}/stadapter_luv_table1_frames.yaml", "--cache", "{cache}", "--set", "head.bogus=2"],
+     "head=adapter: head 'adapter' has no option bogus"),
     (["ablate", "{tmp}/bad.yaml"], "no such sweep file"),
     (["ablate", "{pipelines}/multilabel_charades.yaml", "--cache", "{tmp}/none.zarr"], "not a featcache cache"),
-    (["ablate", "{pipelines}/seed000_table1_frames.yaml", "--cache", "{cache}", "--only", "99"], "no cell matches"),
+    (["ablate", "{pipelines}/stadapter_luv_table1_frames.yaml", "--cache", "{cache}", "--only", "99"], "no cell matches"),
 ])
 def test_bad_sweeps_fail_with_one_line(cache, tmp_path, args, message):
     args = [a.format(pipelines=PIPELINES, cache=cache, tmp=tmp_path) for a in args]

@@ -1,4 +1,4 @@
-"""AM Flow (seed 002) as the paper lays it out: AM/2 (temporal adapters and the aligning encoder in
+"""AM Flow as the paper lays it out: AM/2 (temporal adapters and the aligning encoder in
 the first and last blocks, traditional adapters between), the temporal modules' relative sizes,
 and the frozen branch's two readings."""
 import pytest
@@ -32,7 +32,7 @@ def test_am2_is_temporal_adapters_in_the_first_and_last_block_only(flow):
     assert all(kinds[str(i)] == ("PlainAdapter", "PlainAdapter") for i in range(1, 11))
     assert am2.flow_blocks == {0, 11} and set(am2.aligners) == ({"0", "11"} if flow == "aligned" else set())
     assert am2.pre_attn["0"].down.in_features > C and am2.pre_mlp["0"].down.in_features == C  # flow only across MHSA
-    # seed 002 Table 3: "1/6th the number of parameters for temporal and aligning encoders" of AM/12
+    # AM Flow Table 3: "1/6th the number of parameters for temporal and aligning encoders" of AM/12
     assert temporal_params(am2) * 6 == temporal_params(am12)
     assert sum(isinstance(m, TemporalAdapter) for m in am12.modules()) == 24
 
@@ -70,7 +70,7 @@ def test_plain_adapter_is_a_scaled_parallel_adapter():
 
 
 def test_capacity_options_give_the_papers_relative_module_sizes():
-    # seed 002 Tables 1-2 (ViT-B, 24 adapters): TCN 54 M, transformer 103 M, LSTM 360 M
+    # AM Flow Tables 1-2 (ViT-B, 24 adapters): TCN 54 M, transformer 103 M, LSTM 360 M
     units = {tpm: 2 * sum(p.numel() for p in TemporalUnit(tpm, 128, 8, **o).parameters())
              for tpm, o in {"tcn": {"layers": 4}, "transformer": {}, "lstm": {"hidden": 270}}.items()}
     assert units["tcn"] < units["transformer"] < units["lstm"]

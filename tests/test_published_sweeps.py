@@ -83,7 +83,7 @@ def test_table3_sweep_says_its_accuracies_are_figs_5_and_6():
 
 def test_table5_numbers_are_the_papers_and_it_has_the_prp_arm():
     s, text = sweep("advise_table5_tmm_vs_avg.yaml")
-    # seed 003 Table 5 (UCF101 / Diving48)
+    # AdViSe Table 5 (UCF101 / Diving48)
     assert re.search(r"CLIP\s+TMM 91\.9 / 74\.2\s+average pooling 88\.5 / 23\.1", text)
     assert re.search(r"DINOv2\s+TMM 95\.3 / 82\.9\s+average pooling 88\.5 / 22\.9", text)
     assert re.search(r"MAE\s+TMM 86\.8 / 75\.5\s+average pooling 73\.0 / 14\.1", text)
@@ -91,8 +91,8 @@ def test_table5_numbers_are_the_papers_and_it_has_the_prp_arm():
     assert heads == [("pool", ""), ("r3d", ""), ("r3d", "runs/prp_table5")]
 
 
-def test_charades_sweep_is_seed_004s_videomamba_head():
-    s, text = sweep("charades_seed004.yaml")
+def test_charades_sweep_is_the_video_transformers_studys_videomamba_head():
+    s, text = sweep("charades_video_transformers.yaml")
     for cell in s.cells:
         c = cell.config
         assert c.lr == 1e-5 and c.pos_weight == 2.0 and c.optimizer == "adamw"
@@ -124,10 +124,10 @@ def test_ablate_reports_delta_acc_between_a_prp_and_a_scratch_cell(tmp_path):
         assert rows["none"][f"delta {metric}"] == ""
 
 
-def test_seed002_sweeps_say_what_they_reproduce():
+def test_amflow_sweeps_say_what_they_reproduce():
     from featcache.heads.amflow import TemporalUnit
 
-    s, text = sweep("seed002_tpm.yaml")
+    s, text = sweep("amflow_am2_tpm.yaml")
     assert "Table 4 components" not in text and "only the cell tpm=lstm, flow=vanilla" in text
     assert {c.config.head_options["flow_blocks"] for c in s.cells} == {"ends"}
     sizes = {}
@@ -136,11 +136,11 @@ def test_seed002_sweeps_say_what_they_reproduce():
         unit = TemporalUnit(o["tpm"], o["width"], 8, o["tpm_layers"], o["tpm_hidden"])
         sizes[o["tpm"]] = sum(p.numel() for p in unit.parameters())
     assert sizes["tcn"] < sizes["transformer"] < sizes["lstm"]
-    assert sizes["lstm"] / sizes["transformer"] == pytest.approx(360 / 103, rel=0.03)  # seed 002 Tables 1-2
-    t4, text4 = sweep("seed002_table4.yaml")
+    assert sizes["lstm"] / sizes["transformer"] == pytest.approx(360 / 103, rel=0.03)  # AM Flow Tables 1-2
+    t4, text4 = sweep("amflow_table4.yaml")
     assert [c.config.head_options["flow"] for c in t4.cells] == ["none", "vanilla", "aligned"]
     assert {c.config.head_options["flow_blocks"] for c in t4.cells} == {"all"}
-    assert all(n in text4 for n in ("74.3", "72.7", "88.8"))  # seed 002 Table 4
+    assert all(n in text4 for n in ("74.3", "72.7", "88.8"))  # AM Flow Table 4
 
 
 def test_heads_command_lists_the_new_options():

@@ -116,7 +116,7 @@ def load_port_weights(head: nn.Module, port: PortTMM) -> None:
             dst.load_state_dict(src.state_dict())
 
 
-# AdViSe (seed 003) Table 3, trainable parameters (M): 768-channel input (CLIP ViT-B/16), 4 PRP classes
+# AdViSe Table 3, trainable parameters (M): 768-channel input (CLIP ViT-B/16), 4 PRP classes
 TABLE3_BLOCKS = {1: 1.84, 2: 2.95, 4: 5.18, 6: 7.41, 8: 9.63}
 TABLE3_HIDDEN = {64: 0.94, 256: 1.84, 512: 4.07, 1024: 12.06, 2048: 42.21}
 
