@@ -12,7 +12,7 @@ from featcache.errors import FeatcacheError
 ABLATE_EXAMPLES = """
 Examples:
 
-  featcache ablate pipelines/seed000_table1_frames.yaml --cache caches/hmdb51_cut0.zarr --out runs/s000 --dry-run
+  featcache ablate pipelines/stadapter_luv_table1_frames.yaml --cache caches/hmdb51_cut0.zarr --out runs/stadapter_t1 --dry-run
 
   featcache ablate pipelines/advise_table5_tmm_vs_avg.yaml --cache caches/diving48.zarr --out runs/advise
 

@@ -1,4 +1,4 @@
-"""Adapters inside the frozen backbone, trained from a partial cache (seed 000's ST-Adapter setup).
+"""Adapters inside the frozen backbone, trained from a partial cache (the DINOv2 + ST-Adapter study's setup).
 
 The cache holds the residual stream entering block J (``extract --cut-block J``). This head
 rebuilds the frozen blocks J.. and the final norm from the cache's provenance (backbone.py),
@@ -8,21 +8,21 @@ and classifies with an MLP.
 
 Placement as the ST-Adapter release (linziyi96/st-adapter ``models_adapter.py``
 ``ResidualAttentionBlock.forward`` L118-127): ``position=attn`` rewrites the residual stream
-before attention (seed 000 section 4.2: "before Multi-Head Self-Attention for each layer"),
+before attention (the DINOv2 + ST-Adapter study, section 4.2: "before Multi-Head Self-Attention for each layer"),
 ``attn_mlp`` also before the MLP (the release's 24x384 SSv2 model), ``mlp`` before the MLP only
 (its 12x384 K400 model); adapters go in the last ``blocks`` blocks as ``i >= layers -
-adapter_layers`` (L151). Seed 000's head: width 384, kernel 3x1x1, frames averaged or
+adapter_layers`` (L151). That study's head: width 384, kernel 3x1x1, frames averaged or
 concatenated, an MLP with 512 hidden units; ``mlp_layers`` counts extra hidden layers in the
 paper's sense (0 = the 512-unit MLP itself, 1 and 2 add layers).
 
-``kind=amflow`` builds seed 002's temporal processing adapters instead (heads/amflow.py): in each
+``kind=amflow`` builds AM Flow's temporal processing adapters instead (heads/amflow.py): in each
 adapted block a scaled parallel adapter across attention fed with ``LN(X) || AMflow`` (eq. 6; LN is
 the block's own frozen ``norm1``, the input its attention sees), the flow computed online from that
 block's frozen Q and K (``flow=vanilla``, eq. 3, or ``flow=aligned``, eqs. 4-5 with a linear-attention
 aligning encoder), a temporal processing unit (``tpm=tcn|transformer|lstm``, sized by ``tpm_layers``
 and ``tpm_hidden``) inside the adapter and a global one on its token-squeezed embedding with a
 linear classifier; ``position=attn_mlp`` adds a second temporal adapter (no flow) across the MLP.
-The logits of every temporal adapter and of the frozen branch are averaged (seed 002,
+The logits of every temporal adapter and of the frozen branch are averaged (AM Flow,
 "Classification Head": average pooling of the 2 x blocks + 1 outputs). The frozen branch is "the
 frozen image model taking the final frame as input": featcache reads it as the frozen model's final
 layer (readout -> MLP, as for ``st``) over the clip, ``temporal=avg`` averaging the frames' readouts
@@ -147,7 +147,7 @@ class InBackboneAdapter(nn.Module):
         return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x)))), []
 
     def _amflow_block(self, i: int, block: nn.Module, x: torch.Tensor, frames: int) -> tuple[torch.Tensor, list]:
-        """timm ``Block.forward`` with seed 002's parallel adapters beside attention (and the MLP)."""
+        """timm ``Block.forward`` with AM Flow's parallel adapters beside attention (and the MLP)."""
         key, logits = str(i), []
         normed = block.norm1(x)
         update = block.drop_path1(block.ls1(block.attn(normed)))

@@ -1,4 +1,4 @@
-"""AM flow and temporal processing adapters (seed 002, eqs. 1-6), used by the ``adapter`` head
+"""AM flow and temporal processing adapters (AM Flow, eqs. 1-6), used by the ``adapter`` head
 with ``kind=amflow``.
 
 Attention logits come from the frozen block's own Q and K, computed online inside the frozen tail,
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FLOWS = ("vanilla", "aligned", "none")  # none: temporal adapters without flow (seed 002 Table 4, "w/o AM Flow")
+FLOWS = ("vanilla", "aligned", "none")  # none: temporal adapters without flow (AM Flow Table 4, "w/o AM Flow")
 TPMS = ("tcn", "transformer", "lstm")
 
 
@@ -94,7 +94,7 @@ class TemporalUnit(nn.Module):
     default 2), ``transformer`` (``layers`` pre-norm encoder layers, feed-forward width ``hidden``
     (default 2D), a learned temporal position embedding; default 1 layer) or ``lstm`` (``layers``
     layers of ``hidden`` units (default D), projected back to D when ``hidden != D``; default 1).
-    ``layers`` and ``hidden`` are the capacity knobs: the paper (seed 002 Tables 1-2) gives only
+    ``layers`` and ``hidden`` are the capacity knobs: the paper (AM Flow Tables 1-2) gives only
     the modules' totals, TCN < transformer < LSTM (54 / 103 / 360 M in ViT-B), not their shapes."""
 
     def __init__(self, kind: str, dim: int, frames: int, layers: int = 0, hidden: int = 0):

@@ -19,13 +19,13 @@ def mlp(in_dim: int, out_dim: int, hidden: int, layers: int, dropout: float) -> 
 
 class FrameFeature(nn.Module):
     """(B, T, N, C) tokens -> (B, T, D) one vector per frame, layer-normalised unless ``norm`` is
-    False (seed 004's best head has "LayerNorm: False"; heads expose it as ``frame_norm``).
+    False (the Charades video-transformer study's best head has "LayerNorm: False"; heads expose it as ``frame_norm``).
 
     ``cls``: the first prefix token; ``mean``: mean of the patch tokens; ``cls_mean``: both,
     concatenated (D = 2C); ``patches``: all patch tokens concatenated in grid order (D = H*W*C;
     keeps where things are, e.g. with a view pooled to a 2x2 grid); ``weighted``: a learnable
     weighted average over all tokens of the frame, prefix and patches (softmax of one logit per
-    token position, starting uniform: seed 004's "all tokens with a learnable weighted average"
+    token position, starting uniform: the Charades video-transformer study's "all tokens with a learnable weighted average"
     against CLS only); ``auto``: cls when the view has prefix tokens, else mean.
     """
 

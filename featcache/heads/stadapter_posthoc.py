@@ -1,6 +1,6 @@
 """ST-Adapters *after* the frozen model: adapter blocks on its cached output tokens, then pooling +
 MLP. Nothing frozen runs after them, so this is not the placement of the ST-Adapter paper or of
-seed 000 (adapters inside every ViT block, before attention): that is the ``adapter`` head, which
+the DINOv2 + ST-Adapter study (adapters inside every ViT block, before attention): that is the ``adapter`` head, which
 runs the frozen blocks after a cached cut. This head is the cheap post-hoc variant; its blocks are
 the released ST-Adapter (heads/layers.py ``STAdapter``: kt x 1 x 1 depthwise kernel, identity at
 start) stacked on the final tokens.

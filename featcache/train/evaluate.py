@@ -102,7 +102,7 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
 def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = None, window: int = 0,
                      stride: int = 0, aggregate: str = "max", pool: str | None = None,
                      manifest: str | None = None, tag: str = "") -> dict:
-    """Sliding-window evaluation (seed 004's Charades protocol): windows of the head's own length
+    """Sliding-window evaluation (the Charades video-transformer study's Charades protocol): windows of the head's own length
     W over a dense pool (``fps:F``, or ``stride:S``; the cache's first by default), starting every
     ``stride`` pool frames (default W: no overlap); each window scored (softmax/sigmoid), then the
     video's score is their ``max`` or ``mean``. A video shorter than W is one window of repeated
