@@ -28,7 +28,7 @@ describes 3x1x1 kernels. The paper's own Table 3 sides with neither throughout: 
 hidden-256 count (1.84 M) is the released call's (``temporal_kernel=1, mlp_bn=True``: 1,844,228
 parameters), while each block it adds costs what a kt=3 block costs (1.116 M; kt=1 gives 0.854 M).
 featcache keeps the paper's text as the default (``temporal_kernel=3``: 2.24 M for one block);
-``temporal_kernel=1`` reproduces the released call. tests/test_heads.py compares both against a
+``temporal_kernel=1`` reproduces the released call. tests/heads/test_heads.py compares both against a
 port of the released modules (docs/heads.md).
 
 A BatchNorm1d cannot normalise a single sample: a training batch of one (the last, short batch of

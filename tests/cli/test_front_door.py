@@ -13,7 +13,7 @@ from featcache.data.synthetic import make_dataset
 from featcache.video.select import uniform_indices
 
 runner = CliRunner()
-REPO = os.path.join(os.path.dirname(__file__), "..")
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def one_line_error(result, match):

@@ -25,7 +25,7 @@ from featcache.launch.extract_array import published
 from featcache.data.synthetic import make_dataset
 
 runner = CliRunner()
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = os.path.join(os.path.dirname(__file__), "..", "assets")
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "featcache")
 FEATCACHE = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "featcache.cli"]
 TINY_ATTRS = {"featcache_version": "test", "model": {"name": "none"}, "preprocess": {}, "compute": {},
@@ -304,7 +304,7 @@ def test_extracting_into_a_round2_store_says_to_pack_it_first(tmp_path, videos):
 
 
 def test_bench_open_runs_at_a_tiny_size():
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_open.py")
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_open.py")
     p = subprocess.run([sys.executable, script, "--videos", "20,60", "--read-videos", "3", "--rounds", "1"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr

@@ -13,7 +13,7 @@ from featcache.cli import app
 from featcache.sweep.leaderboard import paired_deltas, write_leaderboard
 from featcache.data.synthetic import make_dataset
 
-PIPELINES = os.path.join(os.path.dirname(__file__), "..", "pipelines")
+PIPELINES = os.path.join(os.path.dirname(__file__), "..", "..", "pipelines")
 runner = CliRunner()
 
 

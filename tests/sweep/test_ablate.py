@@ -19,7 +19,7 @@ from featcache.data.synthetic import make_dataset
 from featcache.train import checkpoint
 from featcache.train.fit import run_training, train_group
 
-PIPELINES = os.path.join(os.path.dirname(__file__), "..", "pipelines")
+PIPELINES = os.path.join(os.path.dirname(__file__), "..", "..", "pipelines")
 runner = CliRunner()
 
 

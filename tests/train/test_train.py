@@ -310,7 +310,7 @@ def test_pipeline_configs_run(motion, tmp_path):
 
     from featcache.cli import app
 
-    files = [f for f in glob.glob(os.path.join(os.path.dirname(__file__), "..", "pipelines", "*.yaml"))
+    files = [f for f in glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "pipelines", "*.yaml"))
              if not {"parameters", "cells"} & set(yaml.safe_load(open(f)))]  # sweeps: test_ablate.py
     assert files
     for path in files:

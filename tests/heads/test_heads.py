@@ -91,7 +91,7 @@ def test_r3d_is_the_released_tmm():
     assert v.shape == (2, 48, T, *GRID)
 
 
-# AdViSe Table 3 and the released TMM + MLP head: tests/test_released_ports.py (exact, against a port).
+# AdViSe Table 3 and the released TMM + MLP head: tests/heads/test_released_ports.py (exact, against a port).
 
 
 @pytest.mark.parametrize("temporal,layers,width", [("avg", 0, C), ("avg", 2, C), ("concat", 1, T * C)])
