@@ -31,6 +31,7 @@ def docs_loop() -> str:
     return loops[0]
 
 
+@pytest.mark.slow
 def test_the_docs_plain_pytorch_loop_learns_motion(motion, capsys):
     code = docs_loop()
     assert len(re.search(r"class DiffHead.*?\n\n\n", code, flags=re.S).group(0).splitlines()) <= 20  # a 20-line head

@@ -129,6 +129,7 @@ def test_estimate_matches_the_bytes_extract_writes(clips, tmp_path, extra):
         assert est["bytes_min"] == est["bytes"] == est["bytes_max"] and abs(est["bytes"] / size - 1) <= 1e-4, (est, size)
 
 
+@pytest.mark.slow
 def test_estimate_on_every_container_and_the_real_clip_from_a_subprocess(videos, city_clip, tmp_path):
     rows = [{"video_id": f"v{i}", "path": p, "label": "a", "split": "train"}
             for i, p in enumerate([*videos.values(), city_clip])]
@@ -158,6 +159,7 @@ def test_estimate_refuses_bad_options_in_one_line(clips):
 
 
 # ------------------------------------------------------------------ incremental pools
+@pytest.mark.slow
 def test_adding_a_policy_decodes_and_encodes_only_the_new_frames(clips, tmp_path, monkeypatch):
     import featcache.video.prepare as extract_mod
     from conftest import tiny_encoder_config

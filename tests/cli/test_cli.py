@@ -28,6 +28,7 @@ def dataset(tmp_path_factory):
     return make_dataset(str(tmp_path_factory.mktemp("ds")), "motion", per_class=4, num_frames=20, size=(96, 72))
 
 
+@pytest.mark.slow
 def test_extract_info_verify_subprocess(dataset, tmp_path):
     out = str(tmp_path / "c.zarr")
     p = run("extract", dataset, "--out", out, "--frames", "uniform:4,keyframes:2", *TINY_CLI)
@@ -50,6 +51,7 @@ def test_extract_info_verify_subprocess(dataset, tmp_path):
     assert again.returncode == 0 and "16 already cached" in again.stdout
 
 
+@pytest.mark.slow
 def test_failed_videos_give_exit_1_and_are_listed(tmp_path, dataset):
     rows = [{"video_id": "ok", "path": os.path.join(os.path.dirname(dataset), "videos", "left_000.mp4"),
              "label": "left", "split": "train"},
@@ -60,6 +62,7 @@ def test_failed_videos_give_exit_1_and_are_listed(tmp_path, dataset):
     assert "extracted 1 videos, 1 failed" in p.stdout and "failed: gone: file not found" in p.stdout
 
 
+@pytest.mark.slow
 def test_verify_catches_damage(tmp_path, dataset):
     out = tmp_path / "c.zarr"
     assert run("extract", dataset, "--out", str(out), "--frames", "uniform:2", *TINY_CLI, "-q").returncode == 0
@@ -69,6 +72,7 @@ def test_verify_catches_damage(tmp_path, dataset):
     assert v.returncode == 1 and "problem: left_000: token chunk missing or truncated" in v.stdout
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume(tmp_path, dataset):
     """Kill a real extraction mid-run: the store verifies, and a re-run finishes every video once."""
     out = tmp_path / "c.zarr"
@@ -123,6 +127,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, dataset, args, message, monke
     assert not os.path.exists("x.zarr")
 
 
+@pytest.mark.slow
 def test_hub_weights_fail_fast_and_clearly(tmp_path, dataset):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env["HF_ENDPOINT"] = "https://127.0.0.1:9"  # nothing listens: behaves like a closed network
@@ -139,6 +144,7 @@ def test_help_has_examples():
     assert runner.invoke(app, ["--version"]).output.startswith("featcache ")
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_story_and_ends_with_a_leaderboard(tmp_path):
     import csv
 
@@ -161,6 +167,7 @@ def test_demo_runs_the_whole_story_and_ends_with_a_leaderboard(tmp_path):
     assert "3 finished cell(s) skipped" in again.stdout
 
 
+@pytest.mark.slow
 def test_batch_size_auto_probes_once_then_uses_the_cached_choice(dataset, tmp_path):
     import json as _json
 

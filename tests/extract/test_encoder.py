@@ -29,6 +29,7 @@ def test_vit_tokens_match_forward_features(frames):
     torch.testing.assert_close(out[:, 0], ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_forward_and_submitted_batches_match_eager(frames):
     """--compile: torch.compile of the forward featcache calls gives the eager tokens; submit()
     (the overlapped path on CUDA, the same call on the CPU) gives them too."""
@@ -76,6 +77,7 @@ def test_centre_crop_rounding():
     np.testing.assert_array_equal(enc.crop(x), x[:, 2:58, 12:68])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_real_weights_from_file(tmp_path, lite0_state_dict, suffix):
     """Real ImageNet weights loaded from a file give the outputs of the model holding them."""

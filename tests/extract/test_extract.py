@@ -281,6 +281,7 @@ def test_luv_size_full_is_used_and_recorded(videos, tmp_path):
     assert r.exit_code == 2 and "--luv-size: expected WxH such as 64x48, or full, got 'big'" in r.output
 
 
+@pytest.mark.slow
 def test_batch_size_auto_drops_a_stale_probe_and_says_so(container_manifest, tmp_path, monkeypatch):
     """A cached probe far from what the run measures (here: a made-up 1e6 frames/s) is reported
     and dropped, so the next run probes again (with a warm-up and repeats)."""

@@ -108,6 +108,7 @@ def test_a_sweep_trains_a_file_head_beside_r3d_in_one_pass(motion, tmp_path):
     assert "training 1 cell(s) in one pass" in again
 
 
+@pytest.mark.slow
 def test_a_head_in_an_importable_module(motion, tmp_path, monkeypatch):
     pkg = tmp_path / "mylab"
     pkg.mkdir()

@@ -37,6 +37,7 @@ def ids_of(manifest):
     return [r["video_id"] for r in csv.DictReader(open(manifest))]
 
 
+@pytest.mark.slow
 def test_two_concurrent_shard_processes_share_one_store(dataset, tmp_path):
     out = str(tmp_path / "c.zarr")
     args = ["extract", dataset, "--out", out, "--frames", "uniform:4", *TINY_CLI, "-q", "--threads", "1"]
@@ -54,6 +55,7 @@ def test_two_concurrent_shard_processes_share_one_store(dataset, tmp_path):
     assert status.exit_code == 0 and "total: 24 done, 0 failed, 0 in progress, 0 pending" in status.output
 
 
+@pytest.mark.slow
 def test_slurm_array_through_submitit_local_executor(dataset, tmp_path):
     pytest.importorskip("submitit")
     out, logs = str(tmp_path / "c.zarr"), str(tmp_path / "logs")
@@ -77,6 +79,7 @@ def test_slurm_array_through_submitit_local_executor(dataset, tmp_path):
     assert r.exit_code == 2 and "give --shards N, not --shard" in r.stderr
 
 
+@pytest.mark.slow
 def test_devices_fall_back_to_cpu_and_split_work(dataset, tmp_path):
     import torch
 
@@ -90,6 +93,7 @@ def test_devices_fall_back_to_cpu_and_split_work(dataset, tmp_path):
     assert len(open_cache(out).video_ids()) == 24 and replaced == []
 
 
+@pytest.mark.slow
 def test_overwrite_with_two_workers_never_loses_a_finished_video(dataset, tmp_path):
     out = tmp_path / "c.zarr"
     cfg = ExtractConfig(manifest=dataset, out=str(out), frames="uniform:2", encoder=tiny_encoder_config())
@@ -155,6 +159,7 @@ def test_hdf5_and_npy_export_and_import_round_trip(dataset, tmp_path):
         export_cache(out, "hdf5", str(tmp_path / "c.h5"))
 
 
+@pytest.mark.slow
 def test_foreign_feature_dump_can_be_trained_on(dataset, tmp_path):
     ids = ids_of(dataset)
     rng = np.random.default_rng(0)

@@ -88,6 +88,7 @@ def test_memory_budget_splits_groups():
 
 
 # ------------------------------------------------------------------ fusion is exact
+@pytest.mark.slow
 def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
     values = [{"head": "pool", "head.dropout": 0.3, "lr": 3e-3}, {"head": "transformer", "head.dropout": 0.2},
               {"head": "tcn", "optimizer": "sgd", "lr": 1e-2}, {"head": "r3d", "head.hidden": 32, "weight_decay": 0.0}]
@@ -106,6 +107,7 @@ def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
 
 
 # ------------------------------------------------------------------ the CLI and pipelines/
+@pytest.mark.slow
 def test_pipeline_sweep_end_to_end(cache, tmp_path):
     sweep = os.path.join(PIPELINES, "stadapter_luv_table3_keyframes.yaml")
     out = str(tmp_path / "out")
@@ -195,6 +197,7 @@ def test_a_retrained_cell_starts_a_fresh_log(cache, tmp_path):
 
 
 # ------------------------------------------------------------------ sweeps on a cluster
+@pytest.mark.slow
 def test_a_sweep_on_a_local_array_equals_the_local_run(cache, tmp_path):
     """Each fused group is one task of a submitit array (--cluster local runs the same array here):
     the leaderboard equals a plain run's; without --wait a re-run writes it once the tasks end."""

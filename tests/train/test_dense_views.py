@@ -75,6 +75,7 @@ def trained(tmp_path_factory):
     return manifest, cache, run
 
 
+@pytest.mark.slow
 def test_eval_clip_rate_scores_slowfasts_clips(trained):
     from featcache import open_cache
     from featcache.cache.dataset import fill_view

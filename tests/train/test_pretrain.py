@@ -52,6 +52,7 @@ def test_stride_policy_is_a_dense_pool():
     assert Policy("stride", 3).length(10) == 4 and not Policy("stride", 3).fixed
 
 
+@pytest.mark.slow
 def test_dense_pool_serves_uniform_views_and_is_refused_for_training(dense, tmp_path):
     cache = open_cache(dense)
     assert cache.verify() == []
@@ -78,6 +79,7 @@ def test_clips_round_to_the_nearest_cached_frame(dense):
     assert rounded > 0
 
 
+@pytest.mark.slow
 def test_prp_pretraining_learns_rate_where_frame_averaging_cannot(dense, tmp_path):
     common = ["pretrain", dense, "--task", "prp", "--view", "stride:1", "-q"]
     r = runner.invoke(app, [*common, "--head", "r3d", "--set", "head.hidden=64", "--set", "head.out_dim=128",

@@ -62,6 +62,7 @@ def rewrite_manifest(src, dest, rows):
 
 
 # ------------------------------------------------------------------ evidence that it learns
+@pytest.mark.slow
 def test_temporal_heads_beat_average_pooling_when_only_motion_differs(motion, appearance, tmp_path):
     """AdViSe's finding on a dataset where a frame alone says nothing about the class."""
     pool = train(motion, tmp_path / "pool", head="pool", **PER_FRAME)["test/top1"]  # same features as tcn
@@ -78,6 +79,7 @@ def test_temporal_heads_beat_average_pooling_when_only_motion_differs(motion, ap
     assert pool_app >= 0.8 and r3d_app >= 0.8, (pool_app, r3d_app)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head,floor", [("lstm", 0.6), ("transformer", 0.45)])
 def test_other_temporal_heads_learn_motion(motion, tmp_path, head, floor):
     # measured over 2 data x 2 training seeds: lstm 0.72-0.78, transformer 0.53-0.78; average pooling 0.19-0.31
@@ -85,6 +87,7 @@ def test_other_temporal_heads_learn_motion(motion, tmp_path, head, floor):
     assert top1 >= floor, top1
 
 
+@pytest.mark.slow
 def test_attentive_probe_is_at_least_as_good_as_pooling_on_appearance(appearance, tmp_path):
     # both heads as a user gets them, on the full token view; mean over two training seeds.
     # measured here: attentive 0.875 / 0.625, pool (CLS) 0.25 / 0.25; pool over mean patch
@@ -199,6 +202,7 @@ def test_several_layers_concatenate_on_channels(tmp_path, appearance):
 
 
 # ------------------------------------------------------------------ multi-label
+@pytest.mark.slow
 def test_multi_label_uses_bce_and_reports_map(tmp_path, motion):
     src = os.path.join(os.path.dirname(motion), "manifest.csv")
     rows = list(csv.DictReader(open(src)))
@@ -229,6 +233,7 @@ def test_config_merging_and_validation():
     assert TrainConfig().head == "pool"
 
 
+@pytest.mark.slow
 def test_no_train_split_and_checkpoint_on_another_cache(tmp_path, motion, appearance):
     src = os.path.join(os.path.dirname(appearance), "manifest.csv")
     rows = [r for r in csv.DictReader(open(src)) if r["split"] != "train"]
@@ -289,6 +294,7 @@ def test_cli_train_eval_and_errors(motion, tmp_path, monkeypatch):
     assert "r3d" in listing.output and "temporal_kernel=3" in listing.output
 
 
+@pytest.mark.slow
 def test_train_from_yaml_config_in_a_subprocess_without_decord(motion, tmp_path):
     config = tmp_path / "cfg.yaml"
     config.write_text("head: {name: r3d, hidden: 32}\nview: uniform:8\nepochs: 1\nbatch_size: 32\n")
@@ -302,6 +308,7 @@ def test_train_from_yaml_config_in_a_subprocess_without_decord(motion, tmp_path)
     assert "head: r3d" in saved and "hidden: 32" in saved and "fingerprint:" in saved
 
 
+@pytest.mark.slow
 def test_pipeline_configs_run(motion, tmp_path):
     """Every experiment file in pipelines/ is valid and runs (one epoch) on a real extraction."""
     import glob

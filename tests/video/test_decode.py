@@ -233,6 +233,7 @@ def test_ties_go_to_the_earlier_frame_while_streaming(tie_clip):
     np.testing.assert_array_equal(static.frames, pyav_frames(tie_clip)[static.indices])
 
 
+@pytest.mark.slow
 def test_luv_full_scores_at_the_source_size(city_clip):
     got = {}
 
