@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -12,7 +12,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise FeatcacheError(f"--device: unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+        raise OptionError("device", f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FeatcacheError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device

@@ -10,7 +10,7 @@ import numpy as np
 
 from featcache.cache import schema
 from featcache.cache.store import CacheWriter, open_cache, to_json
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.data.manifest import read_manifest
 from featcache.video.select import uniform_indices
 from featcache.spec.view import parse_policy
@@ -22,7 +22,7 @@ HDF5_FORMAT = "featcache-hdf5-1"
 def export_cache(path: str, fmt: str, out: str) -> int:
     """Write every done video (and the failure records); returns the number of videos."""
     if fmt not in FORMATS:
-        raise FeatcacheError(f"--format: expected hdf5 or npy, got {fmt!r}")
+        raise OptionError("format", f"expected hdf5 or npy, got {fmt!r}")
     cache = open_cache(path)
     if os.path.exists(out):
         raise FeatcacheError(f"{out} exists; choose a new output path")
@@ -119,9 +119,9 @@ def _import_foreign(f, src: str, out: str, manifest: str, model_name: str, frame
     try:
         policy = parse_policy(frames or f"uniform:{lengths.pop()}")
     except ValueError as exc:
-        raise FeatcacheError(f"--frames: {exc}") from None
+        raise OptionError("frames", f"{exc}") from None
     if policy.kind != "uniform":
-        raise FeatcacheError("--frames: imported features can only be resampled uniformly (uniform:K)")
+        raise OptionError("frames", "imported features can only be resampled uniformly (uniform:K)")
     _, layers, tokens, dim = next(iter(shapes.values()))
     with open(src, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()

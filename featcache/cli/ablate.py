@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from featcache.cli.app import SLURM_OPTIONS, app, user_errors
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 
 
 ABLATE_EXAMPLES = """
@@ -74,6 +74,8 @@ def ablate(
                 launch = functools.partial(launch_groups, slurm=cluster_cfg, wait=wait, poll_s=poll, echo=typer.echo)
             rows = run_sweep(sweep, out, cells, dry_run=dry_run, memory_bytes=memory, max_fused=max_fused,
                              show_progress=not quiet, echo=typer.echo, launch=launch)
+        except OptionError:  # printed under its flag by user_errors
+            raise
         except (SweepError, ValueError) as exc:
             raise FeatcacheError(str(exc)) from None
     if rows:

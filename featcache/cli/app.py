@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 
 app = typer.Typer(help="Decode videos once, run a frozen image model once, train many heads from the cache.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -34,7 +34,8 @@ def user_errors(interrupted: str = "interrupted; run the same command again to r
     try:
         yield
     except FeatcacheError as exc:
-        typer.echo(f"featcache: error: {exc}", err=True)
+        message = f"{exc.flag}: {exc.message}" if isinstance(exc, OptionError) else str(exc)
+        typer.echo(f"featcache: error: {message}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo(f"featcache: {interrupted}", err=True)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from featcache.cli.app import app, user_errors
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 
 
 TRAIN_EXAMPLES = """
@@ -106,6 +106,8 @@ def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], vi
         flags = {k: v for k, v in (("head", head), ("view", view), ("init", init), ("manifest", manifest))
                  if v is not None}
         cfg = build_config({**flags, **parse_assignments(pairs)}, base=cfg, where="--set ")
+    except OptionError:  # printed under its flag by user_errors
+        raise
     except ValueError as exc:
         raise FeatcacheError(str(exc)) from None
     from featcache.heads.registry import head_options

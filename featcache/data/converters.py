@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv")
 
@@ -30,7 +30,7 @@ def _unit(seed: int, key: str) -> float:
 def carve_val(rows: list[dict], fraction: float, seed: int, group=lambda r: r["video_id"]) -> None:
     """Move about ``fraction`` of the train rows to val, by group (in place)."""
     if not 0 <= fraction < 1:
-        raise FeatcacheError(f"--val-fraction: must be in [0, 1), got {fraction}")
+        raise OptionError("val_fraction", f"must be in [0, 1), got {fraction}")
     for row in rows:
         if row["split"] == "train" and _unit(seed, group(row)) < fraction:
             row["split"] = "val"
@@ -74,7 +74,7 @@ def index_videos(root: str) -> dict[str, str]:
 
 def _check_split_id(split_id: int) -> None:
     if split_id not in (1, 2, 3):
-        raise FeatcacheError(f"--split-id: expected 1, 2 or 3, got {split_id}")
+        raise OptionError("split_id", f"expected 1, 2 or 3, got {split_id}")
 
 
 # ------------------------------------------------------------------------------------ datasets

@@ -8,6 +8,7 @@ Pure: imports only :mod:`featcache.spec.view`.
 """
 from __future__ import annotations
 
+from featcache.errors import OptionError
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,7 +195,7 @@ def parse_assignments(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set: expected key=value, got {pair!r}")
+            raise OptionError("set", f"expected key=value, got {pair!r}")
         out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
     return out
 

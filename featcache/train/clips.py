@@ -18,6 +18,7 @@ frame; how many were is reported with the metrics.
 """
 from __future__ import annotations
 
+from featcache.errors import OptionError
 import numpy as np
 import torch
 
@@ -32,7 +33,7 @@ def get_start_end_idx(video_size: int, clip_size: float, clip_idx: int, num_clip
 def dense_clip_indices(video_size: int, num_frames: int, rate: int, clip_idx: int, num_clips: int) -> np.ndarray:
     """Source frame indices (num_frames,) of one dense test clip."""
     if rate < 1:
-        raise ValueError(f"--clip-rate: must be at least 1, got {rate}")
+        raise OptionError("clip_rate", f"must be at least 1, got {rate}")
     if not 0 <= clip_idx < num_clips:
         raise ValueError(f"clip {clip_idx} of {num_clips} does not exist")
     clip_size = max(1.0, float(rate * num_frames))

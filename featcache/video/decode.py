@@ -24,6 +24,7 @@ checks must sit beside the decoders they check.
 """
 from __future__ import annotations
 
+from featcache.errors import OptionError
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -114,7 +115,7 @@ def decode_video(
     no decoder can read the file.
     """
     if decoder not in DECODERS:
-        raise ValueError(f"--decoder: unknown decoder {decoder!r}; expected one of {DECODERS}")
+        raise OptionError("decoder", f"unknown decoder {decoder!r}; expected one of {DECODERS}")
     if small_size == "full" and decoder in ("decord", "torchcodec"):
         raise ValueError(f"--luv-size full is scored in the in-order pass; use --decoder auto or pyav, not {decoder}")
     check_file(path)

@@ -146,8 +146,12 @@ def test_truncated_stream_is_flagged(tmp_path, videos):
 
 
 def test_unknown_decoder():
-    with pytest.raises(ValueError, match="--decoder"):
+    """The library names the option and the value; the CLI shows it under its flag."""
+    from featcache.errors import OptionError
+
+    with pytest.raises(OptionError, match="^decoder: unknown decoder 'opencv'") as info:
         decode_video(os.devnull, every, 56, decoder="opencv")
+    assert info.value.flag == "--decoder"
 
 
 # ------------------------------------------------------------------ one in-order pass
