@@ -155,3 +155,82 @@ def test_stride_extraction_cli_and_verify(tmp_path):
     assert entry.frame_indices[entry.policies["stride:3"]].tolist() == [0, 3, 6, 9, 12, 15, 18]
     assert cache.verify() == [] and not entry.record["short"]
     assert os.path.isdir(out)
+
+
+def test_prp_clips_for_a_seed_are_pinned():
+    """The (indices, rate class) a seed draws: label, then jitter, then start (this order, from one
+    numpy Generator), pinned so that a change of the sampling shows here."""
+    from featcache.train.pretrain import sample_clip
+
+    rng = np.random.default_rng(0)
+    drawn = [sample_clip(rng, 96) for _ in range(4)]
+    assert [(i.tolist(), label) for i, label in drawn] == [
+        ([51, 65, 80, 94, 13, 27, 42, 56], 3), ([3, 6, 9, 12, 15, 19, 22, 25], 1),
+        ([65, 67, 69, 71, 74, 76, 78, 81], 0), ([49, 57, 66, 75, 83, 92, 5, 14], 2)]
+    again = np.random.default_rng(0)  # the same draws by hand: rate class, jitter in [0.8, 1.2], start in [0, L - 16]
+    for indices, label in drawn:
+        want = int(again.integers(4))
+        jitter = again.uniform(0.8, 1.2)
+        start = int(again.integers(0, 96 - 16 + 1))
+        assert label == want and indices.tolist() == prp_indices(96, start, (1, 2, 4, 8)[want], jitter).tolist()
+
+
+def _reference_prp(cache, cfg, task=PRP()):
+    """AdViSe PRP trained by a plain loop written here (the loop featcache had before pretraining
+    ran on the training loop of fit): per epoch fresh clips from seed * 100003 + epoch, shuffled by a
+    generator of the same seed, AdamW, warm-up + cosine per step, gradients clipped to norm 1,
+    cross-entropy smoothed 0.05."""
+    import math
+
+    from torch import nn
+
+    from featcache.train.optim import lr_factor, optimizer
+
+    train, val = read_pools(cache, cfg.view, "train"), read_pools(cache, cfg.view, "val")
+    layout = cfg.view.layout(cache.attrs)
+    torch.manual_seed(cfg.seed)
+    head = create_head(cfg.head, in_dim=layout.dim, num_classes=4, num_frames=8, grid=layout.grid,
+                       num_prefix_tokens=layout.num_prefix_tokens, **cfg.head_options)
+    val_x, val_y, _ = make_clips(val, np.random.default_rng(cfg.seed + 1), task)
+    steps = math.ceil(len(train) * task.clips_per_video / cfg.batch_size)
+    opt = optimizer(cfg, head)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_epochs * steps, cfg.epochs * steps))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=task.label_smoothing)
+    log = []
+    for epoch in range(cfg.epochs):
+        x, y, _ = make_clips(train, np.random.default_rng(cfg.seed * 100_003 + epoch), task)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        head.train()
+        total = 0.0
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            loss = loss_fn(head(x[idx].float()).float(), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        head.eval()
+        with torch.no_grad():
+            top1 = float((head(val_x.float()).argmax(1) == val_y).float().mean())
+        log.append({"train/loss": total / len(x), "val/top1": top1, "lr": sched.get_last_lr()[0]})
+    return log
+
+
+def test_pretrain_equals_a_plain_reference_loop(dense, tmp_path):
+    from featcache.train.pretrain import run_pretrain
+
+    cfg = build_config({"head": "r3d", "view": "stride:1", "spatial": 2, "epochs": 3, "batch_size": 16,
+                        "head.hidden": 16, "head.out_dim": 32})
+    results = run_pretrain(dense, cfg, str(tmp_path / "prp"), show_progress=False)
+    log = [json.loads(line) for line in open(tmp_path / "prp" / "log.jsonl")]
+    want = _reference_prp(open_cache(dense), cfg)
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+    for got, ref in zip(log, want):
+        assert got["train/loss"] == pytest.approx(ref["train/loss"], rel=1e-6)
+        assert got["val/top1"] == pytest.approx(ref["val/top1"], abs=1e-9)
+        assert got["lr"] == pytest.approx(ref["lr"], rel=1e-12)
+    assert results["best_epoch"] == max(range(3), key=lambda e: (want[e]["val/top1"], -e))
+    n_train = len(read_pools(open_cache(dense), cfg.view, "train"))
+    assert results["prp/train_clips"] == 3 * n_train * 4 and results["prp/val_clips"] == 32
