@@ -7,7 +7,6 @@ so each view is read once. Finished cells are skipped.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -23,6 +22,7 @@ from featcache.spec.config import to_dict
 from featcache.errors import FeatcacheError
 from featcache.sweep.leaderboard import write_leaderboard
 from featcache.heads.registry import create_head, head_source
+from featcache.train import rundir
 from featcache.train.evaluate import read_splits
 from featcache.train.fit import backbone_args, check_head_output, train_group
 from featcache.spec.view import Layout, View
@@ -243,13 +243,10 @@ def _cell_dir(out_dir: str, cell: Cell) -> str:
 
 
 def finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
-    import yaml
-
     run = _cell_dir(out_dir, cell)
-    if not os.path.exists(os.path.join(run, "metrics.json")):
+    if not rundir.has(run, "metrics"):
         return False
-    with open(os.path.join(run, "config.yaml")) as f:
-        meta = yaml.safe_load(f)
+    meta = rundir.read_config(run)
     if meta.get("config") != to_dict(cell.config) or meta.get("cache", {}).get("fingerprint") != fingerprint:
         return False
     if meta.get("head_source", {"kind": "builtin"}) != head_source(cell.config.head):
@@ -264,14 +261,9 @@ def finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
 
 def _row(out_dir: str, cell: Cell) -> dict:
     run = _cell_dir(out_dir, cell)
-    with open(os.path.join(run, "metrics.json")) as f:
-        metrics = json.load(f)
-    with open(os.path.join(run, "log.jsonl")) as f:
-        seconds = sum(json.loads(line)["seconds"] for line in f)
-    import yaml
-
-    with open(os.path.join(run, "config.yaml")) as f:
-        classes = len(yaml.safe_load(f).get("classes") or [])
+    metrics = rundir.read_metrics(run)
+    seconds = sum(record["seconds"] for record in rundir.read_log(run))
+    classes = len(rundir.read_config(run).get("classes") or [])
     return {"cell": cell.name, "index": cell.index, "settings": cell.settings, "metrics": metrics,
             "params": metrics.get("params"), "train_s": round(seconds, 2), "classes": classes}
 
