@@ -105,6 +105,43 @@ def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
             torch.testing.assert_close(a[name], f[name], rtol=1e-5, atol=1e-6)
 
 
+def test_each_cell_head_is_built_once_and_trains_as_if_built_fresh(cache, tmp_path, monkeypatch):
+    """A 3-cell sweep constructs 3 heads (the probe's, handed to training and evaluation), and
+    the probe's forward + backward leaves no trace: each cell equals its run alone (r3d's batch
+    norm and dropout, the pool head's dropout)."""
+    import functools
+
+    from featcache.heads.pool import PoolHead
+    from featcache.heads.r3d import R3DHead
+    from featcache.spec.sweep import load_sweep
+    from featcache.sweep.run import run_sweep
+
+    built = []
+    for cls in (R3DHead, PoolHead):
+        real = cls.__init__
+
+        @functools.wraps(real)  # keeps the signature the registry reads the options from
+        def counting(self, *args, _real=real, _name=cls.__name__, **kwargs):
+            built.append(_name)
+            _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counting)
+    path = write(tmp_path, f"cache: {cache}\nbase: {{view: uniform:8, epochs: 2, batch_size: 8}}\n"
+                           "method: list\ncells: [{head: r3d, head.hidden: 16}, {head: r3d, head.hidden: 32}, "
+                           "{head: pool, head.dropout: 0.3}]\n")
+    sweep = load_sweep(path)
+    rows = run_sweep(sweep, str(tmp_path / "sw"), sweep.cells, show_progress=False, echo=lambda line: None)
+    assert sorted(built) == ["PoolHead", "R3DHead", "R3DHead"]
+    assert len(rows) == 3
+    for row, cell in zip(sorted(rows, key=lambda r: r["index"]), sweep.cells):
+        alone = run_training(cache, cell.config, str(tmp_path / f"alone{cell.index}"), show_progress=False)
+        assert alone == row["metrics"], cell.name
+        mine = checkpoint.load(str(tmp_path / "sw" / "cells" / cell.name / "best.pt"))["state_dict"]
+        theirs = checkpoint.load(str(tmp_path / f"alone{cell.index}" / "best.pt"))["state_dict"]
+        for name in theirs:  # batch-norm running statistics included
+            assert torch.equal(mine[name], theirs[name]), (cell.name, name)
+
+
 # ------------------------------------------------------------------ the CLI and pipelines/
 def test_pipeline_sweep_end_to_end(cache, tmp_path):
     sweep = os.path.join(PIPELINES, "seed000_table3_keyframes.yaml")

@@ -86,9 +86,10 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
         write_config(out_dir, meta)
         members.append(Member(cfg, b, source, device, out_dir, meta))
 
-    def evaluate(m: Member) -> dict:
-        return evaluate_checkpoint(checkpoint_path(m.out_dir, "best"), cache, splits=("val", "test"),
-                                   out_dir=m.out_dir, data=data)
+    def evaluate(m: Member) -> dict:  # best.pt as featcache eval reads it, scored by the head already built
+        path = checkpoint_path(m.out_dir, "best")
+        checkpoint.load_trainable(m.head, checkpoint.load(path)["state_dict"])
+        return evaluate_checkpoint(path, cache, splits=("val", "test"), out_dir=m.out_dir, data=data, head=m.head.eval())
 
     return run_group(members, source, device, evaluate, resume=resume, show_progress=show_progress,
                      on_epoch=on_epoch)
@@ -162,10 +163,9 @@ def head_args(cfg: TrainConfig, in_dim: int, num_classes: int, num_frames: int, 
     return args
 
 
-def build_head(cfg: TrainConfig, args: dict, sample: torch.Tensor, device: torch.device | None = None) -> Built:
-    """``cfg.head`` built once from ``args`` (:func:`head_args`) and its options, seeded with
-    ``cfg.seed``, started from ``cfg.init``; a user's head is first tried on ``sample``
-    (two videos of the view). Errors are one line naming the head."""
+def new_head(cfg: TrainConfig, args: dict) -> nn.Module:
+    """``cfg.head`` constructed from ``args`` (:func:`head_args`) and its options after seeding
+    with ``cfg.seed``; errors are one line naming the head."""
     torch.manual_seed(cfg.seed)
     user = False
     try:
@@ -177,12 +177,21 @@ def build_head(cfg: TrainConfig, args: dict, sample: torch.Tensor, device: torch
         what = f"{type(exc).__name__}: {exc}" if user and not isinstance(exc, ValueError) else str(exc)
         message = what if what.startswith("head ") else f"head {cfg.head}: {what}"
         raise FeatcacheError(message) from None
-    if user:  # the built-in heads are tested to keep the interface
+    head.featcache_args = {**args, **cfg.head_options}
+    return head
+
+
+def build_head(cfg: TrainConfig, args: dict, sample: torch.Tensor, device: torch.device | None = None) -> Built:
+    """The head a run trains, built once: :func:`new_head`, its RNG streams taken right after
+    (its dropout continues from them), a user's head tried on ``sample`` (two videos of the
+    view), then started from ``cfg.init``."""
+    head = new_head(cfg, args)
+    built = Built.now(head, device)
+    if head_source(cfg.head)["kind"] != "builtin":  # the built-in heads are tested to keep the interface
         check_head_output(cfg.head, head, sample, args["num_classes"])
     if cfg.init:
         checkpoint.init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
-    head.featcache_args = {**args, **cfg.head_options}
-    return Built.now(head, device)
+    return built
 
 
 def check_head_output(name: str, head: nn.Module, x: torch.Tensor, num_classes: int) -> None:
