@@ -234,3 +234,52 @@ def test_pretrain_equals_a_plain_reference_loop(dense, tmp_path):
     assert results["best_epoch"] == max(range(3), key=lambda e: (want[e]["val/top1"], -e))
     n_train = len(read_pools(open_cache(dense), cfg.view, "train"))
     assert results["prp/train_clips"] == 3 * n_train * 4 and results["prp/val_clips"] == 32
+
+
+def test_pretrain_resumes_and_fuses_on_the_training_loop(dense, tmp_path):
+    """On fit's loop pretrain gains --resume (interrupted after epoch 1, continued: equal to the
+    run never interrupted) and fused groups (two heads on the same clips: each equals its run alone)."""
+    from conftest import ctrl_c_after_epoch
+    from featcache.train.pretrain import pretrain_group, run_pretrain
+
+    sets = {"view": "stride:1", "spatial": 2, "epochs": 3, "batch_size": 16, "keep_last": True}
+    cfg = build_config({"head": "r3d", "head.hidden": 16, "head.out_dim": 32, **sets})
+    full = run_pretrain(dense, cfg, str(tmp_path / "full"), show_progress=False)
+    with ctrl_c_after_epoch(1), pytest.raises(KeyboardInterrupt):
+        run_pretrain(dense, cfg, str(tmp_path / "part"), show_progress=False)
+    assert len(open(tmp_path / "part" / "log.jsonl").read().splitlines()) == 2
+    r = runner.invoke(app, ["pretrain", dense, "--view", "stride:1", "--head", "r3d", "-q", "--resume",
+                            "--out", str(tmp_path / "part"), *[f for k, v in sets.items() if k != "view"
+                                                               for f in ("--set", f"{k}={v}")],
+                            "--set", "head.hidden=16", "--set", "head.out_dim=32"])
+    assert r.exit_code == 0, r.output
+    assert json.load(open(tmp_path / "part" / "metrics.json")) == full
+    logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(tmp_path / d / "log.jsonl")]
+            for d in ("full", "part")]
+    assert logs[0] == logs[1]
+
+    other = build_config({"head": "pool", "head.dropout": 0.3, **sets})
+    fused = pretrain_group(dense, [cfg, other], [str(tmp_path / "f0"), str(tmp_path / "f1")], show_progress=False)
+    alone = run_pretrain(dense, other, str(tmp_path / "alone"), show_progress=False)
+    assert fused[0] == full and fused[1] == alone
+
+
+def test_clip_source_keeps_its_rounding_count_across_a_resume(dense):
+    from featcache.train.pretrain import ClipBatches
+
+    cache = open_cache(dense)
+    view = View("stride:1", spatial=2)
+    pools = read_pools(cache, view, "train")
+    half = [type(p)(p.tokens[::2], p.frame_indices[::2], p.num_frames) for p in pools]  # as if stride:2
+    cfg = build_config({"head": "r3d", "view": "stride:1", "spatial": 2, "batch_size": 16})
+    layout = view.layout(cache.attrs)
+    whole = ClipBatches(cfg, half, [], layout, PRP(), "prp")
+    for epoch in (0, 1):
+        list(whole.epoch(epoch))
+    first = ClipBatches(cfg, half, [], layout, PRP(), "prp")
+    list(first.epoch(0))
+    again = ClipBatches(cfg, half, [], layout, PRP(), "prp")
+    again.load_state_dict(first.state_dict())
+    batches = list(again.epoch(1))
+    assert again.rounded == whole.rounded > first.rounded > 0
+    assert sum(len(y) for _, y in batches) == len(again) == 4 * len(half) and again.val(8) is None
