@@ -260,8 +260,17 @@ def test_pretrain_resumes_and_fuses_on_the_training_loop(dense, tmp_path):
 
     other = build_config({"head": "pool", "head.dropout": 0.3, **sets})
     fused = pretrain_group(dense, [cfg, other], [str(tmp_path / "f0"), str(tmp_path / "f1")], show_progress=False)
-    alone = run_pretrain(dense, other, str(tmp_path / "alone"), show_progress=False)
+    tracked = build_config({"head": "pool", "head.dropout": 0.3, "log": "tensorboard", **sets})
+    alone = run_pretrain(dense, tracked, str(tmp_path / "alone"), show_progress=False)
     assert fused[0] == full and fused[1] == alone
+
+    # tracking as train's: one tensorboard point per epoch, equal to the log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "alone"))
+    events.Reload()
+    log = [json.loads(line) for line in open(tmp_path / "alone" / "log.jsonl")]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("val/top1")] == [(r["epoch"], r["val/top1"]) for r in log]
 
 
 def test_clip_source_keeps_its_rounding_count_across_a_resume(dense):
