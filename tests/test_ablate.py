@@ -87,6 +87,18 @@ def test_memory_budget_splits_groups():
     assert [len(g) for g in plan_groups([Plan(cells[0], 5000, 0.0)] * 2, budget=1000, max_fused=8)] == [1, 1]
 
 
+def test_heads_kept_for_training_stay_within_the_memory_budget():
+    from featcache.sweep.run import kept_heads
+    from featcache.train.loop import Built
+
+    cells = [type("C", (), {"name": n})() for n in "abc"]
+    sizes = [torch.nn.Linear(10, 10), torch.nn.Linear(100, 10), torch.nn.Linear(10, 10)]  # 440, 4040, 440 bytes
+    plans = [Plan(c, 0, 0.0, Built(h, torch.get_rng_state())) for c, h in zip(cells, sizes)]
+    assert list(kept_heads(plans, 10_000)) == ["a", "b", "c"]
+    assert list(kept_heads(plans, 1000)) == ["a", "c"]  # b would pass the budget: built again when trained
+    assert kept_heads(plans, 100) == {}
+
+
 # ------------------------------------------------------------------ fusion is exact
 def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
     values = [{"head": "pool", "head.dropout": 0.3, "lr": 3e-3}, {"head": "transformer", "head.dropout": 0.2},

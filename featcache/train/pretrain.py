@@ -14,6 +14,10 @@ every rate, start and jitter. Conventions of the released code (JingwWu/advise-v
 A source frame the pool does not hold (a ``stride:S`` pool with S > 1) is rounded to the nearest
 cached frame; how many clips needed rounding is recorded in ``metrics.json``. Per-clip colour
 jitter and random-resized crops cannot be replayed from tokens (see docs/training.md).
+
+Training runs on the loop of ``featcache train`` (:mod:`featcache.train.loop`) with
+:class:`ClipBatches` as its batches source: what differs is only which clips an epoch holds, the
+fixed val clips and the rate classes; resume, tracking, early stop and fused groups are the loop's.
 """
 from __future__ import annotations
 
