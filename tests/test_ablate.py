@@ -117,6 +117,7 @@ def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
             torch.testing.assert_close(a[name], f[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # whole trainings
 def test_each_cell_head_is_built_once_and_trains_as_if_built_fresh(cache, tmp_path, monkeypatch):
     """A 3-cell sweep constructs 3 heads (the probe's, handed to training and evaluation), and
     the probe's forward + backward leaves no trace: each cell equals its run alone (r3d's batch

@@ -218,6 +218,7 @@ def _reference_prp(cache, cfg, task=PRP()):
     return log
 
 
+@pytest.mark.slow  # whole trainings
 def test_pretrain_equals_a_plain_reference_loop(dense, tmp_path):
     from featcache.train.pretrain import run_pretrain
 
@@ -236,6 +237,7 @@ def test_pretrain_equals_a_plain_reference_loop(dense, tmp_path):
     assert results["prp/train_clips"] == 3 * n_train * 4 and results["prp/val_clips"] == 32
 
 
+@pytest.mark.slow  # whole trainings
 def test_pretrain_resumes_and_fuses_on_the_training_loop(dense, tmp_path):
     """On fit's loop pretrain gains --resume (interrupted after epoch 1, continued: equal to the
     run never interrupted) and fused groups (two heads on the same clips: each equals its run alone)."""
