@@ -247,13 +247,17 @@ def test_pretrain_resumes_and_fuses_on_the_training_loop(dense, tmp_path):
     sets = {"view": "stride:1", "spatial": 2, "epochs": 3, "batch_size": 16, "keep_last": True}
     cfg = build_config({"head": "r3d", "head.hidden": 16, "head.out_dim": 32, **sets})
     full = run_pretrain(dense, cfg, str(tmp_path / "full"), show_progress=False)
-    with ctrl_c_after_epoch(1), pytest.raises(KeyboardInterrupt):
-        run_pretrain(dense, cfg, str(tmp_path / "part"), show_progress=False)
-    assert len(open(tmp_path / "part" / "log.jsonl").read().splitlines()) == 2
-    r = runner.invoke(app, ["pretrain", dense, "--view", "stride:1", "--head", "r3d", "-q", "--resume",
-                            "--out", str(tmp_path / "part"), *[f for k, v in sets.items() if k != "view"
-                                                               for f in ("--set", f"{k}={v}")],
-                            "--set", "head.hidden=16", "--set", "head.out_dim=32"])
+    args = ["pretrain", dense, "--view", "stride:1", "--head", "r3d", "-q", "--out", str(tmp_path / "part"),
+            *[f for k, v in sets.items() if k != "view" for f in ("--set", f"{k}={v}")],
+            "--set", "head.hidden=16", "--set", "head.out_dim=32"]
+    with ctrl_c_after_epoch(1):
+        r = runner.invoke(app, args)
+    assert r.exit_code == 130 and len(open(tmp_path / "part" / "log.jsonl").read().splitlines()) == 2
+    hint = r.output.strip().splitlines()[-1]
+    assert hint.startswith("featcache: interrupted; resume with: featcache pretrain ") and hint.endswith("--resume")
+    import shlex
+
+    r = runner.invoke(app, shlex.split(hint.split("resume with: ", 1)[1])[1:])  # the command it says, as given
     assert r.exit_code == 0, r.output
     assert json.load(open(tmp_path / "part" / "metrics.json")) == full
     logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(tmp_path / d / "log.jsonl")]

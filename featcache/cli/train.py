@@ -70,12 +70,13 @@ def train(
     typer.echo(f"run directory: {out} (metrics.json, log.jsonl, best.pt, config.yaml)")
 
 
-def _resume_command(cache, head, view, config, pairs, init, manifest, out) -> str:
-    """The `featcache train` command that continues this run (the same options and --resume)."""
+def _resume_command(cache, head, view, config, pairs, init, manifest, out, command: str = "train",
+                    task: Optional[str] = None) -> str:
+    """The `featcache train` (or `pretrain`) command that continues this run (the same options and --resume)."""
     import shlex
 
-    words = ["featcache", "train", cache]
-    for flag, value in (("--head", head), ("--view", view), ("--config", config), ("--init", init),
+    words = ["featcache", command, cache]
+    for flag, value in (("--task", task), ("--head", head), ("--view", view), ("--config", config), ("--init", init),
                         ("--manifest", manifest)):
         words += [flag, value] if value is not None else []
     for pair in pairs:
@@ -154,7 +155,8 @@ def pretrain(
     from featcache.train.pretrain import run_pretrain
     from featcache.spec.view import View
 
-    with user_errors(interrupted="interrupted; continue with the same command and --resume"):
+    again = _resume_command(cache, head, view, config, set_, None, manifest, out, command="pretrain", task=task)
+    with user_errors(interrupted=f"interrupted; resume with: {again}"):
         if resume and overwrite:
             raise FeatcacheError("--resume continues the run in --out and --overwrite replaces it; give one of them")
         if resume:
