@@ -130,9 +130,9 @@ def cli(*args, code=0):
 def ctrl_c_after_epoch(epoch: int = 1):
     """Inside the block, training raises KeyboardInterrupt (as Ctrl-C would) once ``epoch`` has
     finished and been recorded."""
-    from featcache.train import fit
+    from featcache.train import loop
 
-    real = fit._GroupTrainer._finish_epoch
+    real = loop.GroupTrainer._finish_epoch
 
     def finish_then_interrupt(self, m, e, *rest):
         record = real(self, m, e, *rest)
@@ -140,8 +140,8 @@ def ctrl_c_after_epoch(epoch: int = 1):
             raise KeyboardInterrupt
         return record
 
-    fit._GroupTrainer._finish_epoch = finish_then_interrupt
+    loop.GroupTrainer._finish_epoch = finish_then_interrupt
     try:
         yield
     finally:
-        fit._GroupTrainer._finish_epoch = real
+        loop.GroupTrainer._finish_epoch = real

@@ -70,12 +70,13 @@ def train(
     typer.echo(f"run directory: {out} (metrics.json, log.jsonl, best.pt, config.yaml)")
 
 
-def _resume_command(cache, head, view, config, pairs, init, manifest, out) -> str:
-    """The `featcache train` command that continues this run (the same options and --resume)."""
+def _resume_command(cache, head, view, config, pairs, init, manifest, out, command: str = "train",
+                    task: Optional[str] = None) -> str:
+    """The `featcache train` (or `pretrain`) command that continues this run (the same options and --resume)."""
     import shlex
 
-    words = ["featcache", "train", cache]
-    for flag, value in (("--head", head), ("--view", view), ("--config", config), ("--init", init),
+    words = ["featcache", command, cache]
+    for flag, value in (("--task", task), ("--head", head), ("--view", view), ("--config", config), ("--init", init),
                         ("--manifest", manifest)):
         words += [flag, value] if value is not None else []
     for pair in pairs:
@@ -88,8 +89,10 @@ def _check_resumable(out: str) -> None:
     if not os.path.isdir(out):
         raise FeatcacheError(f"--resume: {out} does not exist, so there is no run to continue; "
                              "drop --resume to start a new run there")
-    has = {name for name in ("last.pt", "metrics.json", "config.yaml") if os.path.exists(os.path.join(out, name))}
-    if "metrics.json" in has and "last.pt" not in has:
+    from featcache.train import rundir
+
+    has = {name for name in ("last", "metrics", "config") if rundir.has(out, name)}
+    if "metrics" in has and "last" not in has:
         raise FeatcacheError(f"--resume: the run in {out} has finished; nothing to continue "
                              "(eval it with featcache eval, or give --overwrite to train it anew)")
     if not has:  # a run interrupted before its first epoch ended holds config.yaml: it starts at epoch 0
@@ -143,6 +146,7 @@ def pretrain(
     config: Optional[str] = _CONFIG,
     set_: list[str] = _SET,
     out: str = typer.Option("runs/pretrain", "--out", "-o", help="Run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt (same options)."),
     overwrite: bool = _OVERWRITE,
     manifest: Optional[str] = _MANIFEST,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
@@ -153,11 +157,16 @@ def pretrain(
     from featcache.train.pretrain import run_pretrain
     from featcache.spec.view import View
 
-    with user_errors():
+    again = _resume_command(cache, head, view, config, set_, None, manifest, out, command="pretrain", task=task)
+    with user_errors(interrupted=f"interrupted; resume with: {again}"):
+        if resume and overwrite:
+            raise FeatcacheError("--resume continues the run in --out and --overwrite replaces it; give one of them")
+        if resume:
+            _check_resumable(out)
         base = TrainConfig(head="r3d", view=View("stride:1"), epochs=15)
         cfg = _train_config(config, set_, head, view, base=base, manifest=manifest)
         results = run_pretrain(cache, cfg, out, task_name=task, overwrite=overwrite, show_progress=not quiet,
-                               echo=typer.echo)
+                               echo=typer.echo, resume=resume)
     rate = results.get("val/top1")
     typer.echo(f"pre-trained {cfg.head} on {task}; best epoch {results['best_epoch']}; "
                + (f"val rate accuracy {rate:.4f} (chance {1 / 4:.2f})" if rate is not None else "no val split"))
@@ -241,6 +250,7 @@ def eval_(
     """Re-evaluate a trained head on a split (writes predictions_<split>.csv); refuses caches from
     another model or preprocessing."""
     from featcache.cache.store import open_cache
+    from featcache.train import rundir
     from featcache.train.evaluate import SPLITS, evaluate_checkpoint, evaluate_windows
 
     with user_errors():
@@ -248,8 +258,8 @@ def eval_(
             raise FeatcacheError(f"--split: unknown {split!r}; expected train, val or test")
         if checkpoint not in ("best", "last"):
             raise FeatcacheError(f"--checkpoint: expected best or last, got {checkpoint!r}")
-        path, other = os.path.join(run_dir, f"{checkpoint}.pt"), open_cache(cache) if cache else None
-        if checkpoint == "last" and not os.path.exists(path) and os.path.exists(os.path.join(run_dir, "best.pt")):
+        path, other = rundir.checkpoint_path(run_dir, checkpoint), open_cache(cache) if cache else None
+        if checkpoint == "last" and not rundir.has(run_dir, "last") and rundir.has(run_dir, "best"):
             raise FeatcacheError(f"--checkpoint last: {run_dir} has no last.pt (a finished run keeps it only when "
                                  "trained with --set keep_last=true); evaluate best, or train with keep_last")
         tag = "@last" if checkpoint == "last" else ""  # its outputs never overwrite the best checkpoint's
@@ -267,8 +277,7 @@ def eval_(
             raise FeatcacheError(f"the cache has no videos in the {split} split")
     protocol = next(iter(results)).split("@", 1)[1] if "@" in next(iter(results)) else ""
     protocol = f"@{protocol}" if protocol else ""
-    with open(os.path.join(run_dir, f"eval_{split}{protocol}.json"), "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
+    rundir.write_eval(run_dir, f"{split}{protocol}", results)
     typer.echo(json.dumps(results, indent=2, sort_keys=True))
 
 

@@ -3,11 +3,14 @@
 Cells that agree on everything that decides the batches (``TrainConfig.fusion_key``: the view,
 batch size, epochs, seed, task, device) are trained in one pass (``train_group``); a group whose
 heads would not fit the memory budget is split. Groups that share a view run one after the other,
-so each view is read once. Finished cells are skipped.
+so each view is read once. Finished cells are skipped. Each cell's head is built once: by its
+probe, which measures it, then handed to the training of its group.
+
+Long module: planning (probe, measure, pack into groups, print) and running (groups, finished
+cells, leaderboard rows) share the plans, the heads they built and the cell folders.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -22,9 +25,11 @@ from featcache.cache.store import open_cache
 from featcache.spec.config import to_dict
 from featcache.errors import FeatcacheError
 from featcache.sweep.leaderboard import write_leaderboard
-from featcache.heads.registry import create_head, head_source
+from featcache.heads.registry import head_source
+from featcache.train import rundir
 from featcache.train.evaluate import read_splits
-from featcache.train.fit import backbone_args, check_head_output, train_group
+from featcache.train.fit import check_head_output, head_args, new_head, train_group
+from featcache.train.loop import Built
 from featcache.spec.view import Layout, View
 
 
@@ -33,6 +38,7 @@ class Plan:
     cell: Cell
     bytes: int  # estimated training memory of the head (parameters, optimiser state, activations)
     step_s: float  # measured seconds of one forward + backward on one batch
+    built: Built | None = None  # the cell's head, built once and trained by run_groups
 
 
 def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = False,
@@ -46,9 +52,8 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     cache = open_cache(sweep.cache)
     layouts = _check_views(sweep, cache, cells)
     annotated = _check_manifests(sweep, cache, cells, echo)
-    classes = max(2, *(len(a.annotations.classes()) for a in annotated.values()))
     _check_metric(sweep, annotated)
-    plans = [_probe(sweep, cell, layouts[cell.config.view], classes, cache.attrs) for cell in cells]
+    plans = [_probe(sweep, cell, layouts[cell.config.view], _classes(annotated, cell), cache.attrs) for cell in cells]
     budget = memory_bytes or _available_bytes(cells[0].config.device)
     groups = plan_groups(plans, budget, max_fused)
     first = cells[0].config
@@ -57,12 +62,14 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
         return []
     os.makedirs(out_dir, exist_ok=True)
     _write_resolved(sweep, out_dir)
+    heads = {} if launch is not None else kept_heads(plans, memory_budget())  # a cluster task builds its own
+    plans = None
     groups = [[p.cell for p in g] for g in groups]
     if launch is not None:
         if not launch(sweep, out_dir, groups, cache.fingerprint):
             return []
     else:
-        skipped = run_groups(sweep.cache, out_dir, groups, show_progress, echo)
+        skipped = run_groups(sweep.cache, out_dir, groups, show_progress, echo, heads)
         if skipped:
             echo(f"{skipped} finished cell(s) skipped (delete their folders under {out_dir}/cells to redo them)")
     rows = [_row(out_dir, c) for c in cells]
@@ -70,13 +77,32 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     return rows
 
 
+def _classes(annotated: dict, cell: Cell) -> int:
+    """The number of classes the cell's run will have (its manifest's labels; 2 at least)."""
+    return max(2, len(annotated[cell.config.manifest, cell.config.val_fraction].annotations.classes()))
+
+
+def kept_heads(plans: list[Plan], budget: int) -> dict[str, Built]:
+    """Cell name -> the head its probe built, for training; heads beyond ``budget`` bytes in all
+    (parameters and buffers, frozen parts included) are let go and built again when trained."""
+    kept, total = {}, 0
+    for plan in plans:
+        size = sum(t.numel() * t.element_size() for t in (*plan.built.head.parameters(), *plan.built.head.buffers()))
+        if total + size <= budget:
+            kept[plan.cell.name], total = plan.built, total + size
+    return kept
+
+
 def run_groups(cache_path: str, out_dir: str, groups: list[list[Cell]], show_progress: bool = False,
-               echo=print) -> int:
+               echo=print, heads: dict[str, Built] | None = None) -> int:
     """Train each group's unfinished cells in one pass, reading each view once for adjacent
-    groups; returns the number of finished cells skipped."""
+    groups; returns the number of finished cells skipped. ``heads`` (cell name -> its head as
+    planned, :func:`kept_heads`) are trained instead of built again, each let go once trained."""
     cache = open_cache(cache_path)
     data, data_key, skipped = None, None, 0
+    heads = heads if heads is not None else {}
     for group in groups:
+        built = {c.name: heads.pop(c.name, None) for c in group}
         todo = [c for c in group if not finished(c, out_dir, cache.fingerprint)]
         skipped += len(group) - len(todo)
         if not todo:
@@ -89,7 +115,7 @@ def run_groups(cache_path: str, out_dir: str, groups: list[list[Cell]], show_pro
             data_key = (cfg.view, cfg.manifest, cfg.val_fraction)
         echo(f"training {len(todo)} cell(s) in one pass: {', '.join(c.name for c in todo)}")
         train_group(cache_path, [c.config for c in todo], [_cell_dir(out_dir, c) for c in todo],
-                    overwrite=True, show_progress=show_progress, data=data)
+                    overwrite=True, show_progress=show_progress, data=data, heads=[built[c.name] for c in todo])
     return skipped
 
 
@@ -154,29 +180,37 @@ def _check_metric(sweep: Sweep, annotated: dict) -> None:
 
 
 def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) -> Plan:
-    """Build the head on the view's shape, run one forward + backward: validates the options and
-    measures activation memory (saved tensors) and step time."""
-    try:
-        head = create_head(cell.config.head, in_dim=layout.dim, num_classes=classes, num_frames=layout.frames,
-                           grid=layout.grid, num_prefix_tokens=layout.num_prefix_tokens,
-                           **backbone_args(cell.config.head, attrs), **cell.config.head_options)
+    """Build the cell's head on the view's shape (once: :func:`run_groups` trains this head), run
+    one forward + backward: validates the options and measures activation memory (saved tensors)
+    and step time, leaving the head as built (no gradients, buffers restored, RNG untouched)."""
+    cfg = cell.config
+    args = head_args(cfg, layout.dim, classes, layout.frames, layout.grid, layout.num_prefix_tokens, attrs)
+    try:  # the steps of fit.build_head, each error named by what the cell set
+        head = new_head(cfg, args)
     except Exception as exc:  # a user's head may raise anything: one line naming the cell
-        if not isinstance(exc, (ValueError, TypeError, FeatcacheError)) and head_source(cell.config.head)["kind"] == "builtin":
+        if not isinstance(exc, (ValueError, TypeError, FeatcacheError)) and head_source(cfg.head)["kind"] == "builtin":
             raise
-        raise SweepError(f"{sweep.path}: cell {cell.name}: head={cell.config.head}: {exc}") from None
-    if head_source(cell.config.head)["kind"] != "builtin":
+        raise SweepError(f"{sweep.path}: cell {cell.name}: head={cfg.head}: {exc}") from None
+    built = Built.now(head)
+    if head_source(cfg.head)["kind"] != "builtin":
         try:
-            check_head_output(cell.config.head, head, torch.zeros(2, *layout.shape), classes)
+            check_head_output(cfg.head, head, torch.zeros(2, *layout.shape), classes)
         except FeatcacheError as exc:
             raise SweepError(f"{sweep.path}: cell {cell.name}: {exc}") from None
-    if cell.config.init:
+    if cfg.init:
         from featcache.train.checkpoint import init_from
 
         try:
-            init_from(head, cell.config.head, cell.config.view.as_dict(), cell.config.init)
+            init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
         except FeatcacheError as exc:
-            raise SweepError(f"{sweep.path}: cell {cell.name}: init={cell.config.init}: {exc}") from None
-    x = torch.zeros(cell.config.batch_size, *layout.shape)
+            raise SweepError(f"{sweep.path}: cell {cell.name}: init={cfg.init}: {exc}") from None
+    bytes_, step_s = _measure(head, torch.zeros(cfg.batch_size, *layout.shape))
+    return Plan(cell, bytes_, step_s, built)
+
+
+def _measure(head: torch.nn.Module, x: torch.Tensor) -> tuple[int, float]:
+    """(training bytes, seconds) of one forward + backward; the head is left as it was."""
+    buffers = {name: b.detach().clone() for name, b in head.named_buffers()}  # e.g. batch-norm running stats
     saved = [0]
 
     def pack(tensor):
@@ -184,11 +218,16 @@ def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) 
         return tensor
 
     start = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         head(x).float().sum().backward()
     step_s = time.perf_counter() - start
+    with torch.no_grad():
+        for name, b in head.named_buffers():
+            b.copy_(buffers[name])
+    for p in head.parameters():
+        p.grad = None
     params = sum(p.numel() * p.element_size() for p in head.parameters() if p.requires_grad)
-    return Plan(cell, saved[0] + 4 * params, step_s)  # params, grads, two Adam moments
+    return saved[0] + 4 * params, step_s  # params, grads, two Adam moments
 
 
 def _available_bytes(device: str) -> int:
@@ -243,13 +282,10 @@ def _cell_dir(out_dir: str, cell: Cell) -> str:
 
 
 def finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
-    import yaml
-
     run = _cell_dir(out_dir, cell)
-    if not os.path.exists(os.path.join(run, "metrics.json")):
+    if not rundir.has(run, "metrics"):
         return False
-    with open(os.path.join(run, "config.yaml")) as f:
-        meta = yaml.safe_load(f)
+    meta = rundir.read_config(run)
     if meta.get("config") != to_dict(cell.config) or meta.get("cache", {}).get("fingerprint") != fingerprint:
         return False
     if meta.get("head_source", {"kind": "builtin"}) != head_source(cell.config.head):
@@ -264,14 +300,9 @@ def finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
 
 def _row(out_dir: str, cell: Cell) -> dict:
     run = _cell_dir(out_dir, cell)
-    with open(os.path.join(run, "metrics.json")) as f:
-        metrics = json.load(f)
-    with open(os.path.join(run, "log.jsonl")) as f:
-        seconds = sum(json.loads(line)["seconds"] for line in f)
-    import yaml
-
-    with open(os.path.join(run, "config.yaml")) as f:
-        classes = len(yaml.safe_load(f).get("classes") or [])
+    metrics = rundir.read_metrics(run)
+    seconds = sum(record["seconds"] for record in rundir.read_log(run))
+    classes = len(rundir.read_config(run).get("classes") or [])
     return {"cell": cell.name, "index": cell.index, "settings": cell.settings, "metrics": metrics,
             "params": metrics.get("params"), "train_s": round(seconds, 2), "classes": classes}
 

@@ -13,6 +13,7 @@ import torch
 
 from featcache.errors import FeatcacheError
 from featcache.heads.registry import create_head
+from featcache.train.rundir import checkpoint_path
 
 
 def save(path: str, **payload) -> None:
@@ -61,7 +62,7 @@ def init_from(head: torch.nn.Module, head_name: str, view_dict: dict, path: str)
     classifier stays new). The token layout of the two views (layers, tokens, spatial, channels)
     must match. Returns the checkpoint file used."""
     if os.path.isdir(path):
-        path = os.path.join(path, "best.pt")
+        path = checkpoint_path(path, "best")
     ckpt = load(path)
     if ckpt.get("head") != head_name:
         raise FeatcacheError(f"--init {path}: pre-trained head is {ckpt.get('head')!r}, this run trains {head_name!r}")

@@ -58,12 +58,13 @@ COMBINE = ("mean", "sum", "max")
 def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None,
                         data: dict | None = None, temporal_views: int = 1, combine: str = "mean",
                         spatial_views: int = 1, manifest: str | None = None, tag: str = "", clip_rate: int = 0,
-                        pool: str | None = None) -> dict:
+                        pool: str | None = None, head: nn.Module | None = None) -> dict:
     """Metrics of a saved head on the given splits of ``cache`` (a Cache, or None for the
     checkpoint's own), labels and splits from ``manifest`` (default: the run's; see
     :func:`_load_run`); writes ``predictions_<split>.csv``, per-class files and confusion matrices
     into ``out_dir``. ``data`` (split -> ViewData of the checkpoint's view, already read) avoids
-    reading again.
+    reading again; ``head`` (the checkpoint's head, its weights loaded: training's own
+    evaluation) avoids building it again.
 
     ``temporal_views`` V > 1 is multi-view testing from the cache: the checkpoint's ``uniform:N``
     view becomes V interleaved views of a ``uniform:N*V`` pool (view v = pool[v::V]), each scored,
@@ -81,7 +82,7 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
         raise FeatcacheError(f"--combine: unknown {combine!r}; expected one of {', '.join(COMBINE)}")
     if spatial_views not in (1, 3):
         raise FeatcacheError(f"--spatial-views: expected 1 or 3, got {spatial_views}")
-    run = _load_run(path, cache, manifest)
+    run = _load_run(path, cache, manifest, head)
     crops = (1,) if spatial_views == 1 else (0, 1, 2)
     if clip_rate or pool:
         return _evaluate_dense_clips(run, splits, out_dir, temporal_views, crops, combine, clip_rate, pool, tag)
@@ -218,7 +219,7 @@ class _Run:
     device: torch.device
 
 
-def _load_run(path: str, cache: Cache | None, manifest: str | None = None) -> _Run:
+def _load_run(path: str, cache: Cache | None, manifest: str | None = None, head: nn.Module | None = None) -> _Run:
     """A trained head from its checkpoint, checked against the cache it will read. Labels and
     splits: ``cache``'s when it is already annotated (training's own evaluation), else those of
     ``manifest``, else the manifest the run was trained with (refused if it changed since), else
@@ -236,7 +237,8 @@ def _load_run(path: str, cache: Cache | None, manifest: str | None = None) -> _R
         cache = _annotated(cache, ckpt, manifest)
     cfg = from_dict(ckpt["config"])
     device = resolve_device(cfg.device)
-    return _Run(cfg, cache, checkpoint.build_head(ckpt).to(device), Task(ckpt["classes"], ckpt["multi_label"]), device)
+    head = checkpoint.build_head(ckpt) if head is None else head
+    return _Run(cfg, cache, head.to(device), Task(ckpt["classes"], ckpt["multi_label"]), device)
 
 
 def _annotated(cache: Cache, ckpt: dict, manifest: str | None) -> AnnotatedCache:

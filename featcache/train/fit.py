@@ -1,18 +1,13 @@
-"""Training from a cache: one head, or a fused group of heads sharing every batch. Evaluation
-and the files it writes live in :mod:`featcache.train.evaluate`. Never imports decord or PyAV.
+"""Training heads from a cache: one head, or a fused group of heads sharing every batch, on the
+labelled videos of a view (:class:`ViewBatches`, the batches source of the training loop in
+:mod:`featcache.train.loop`). Evaluation and the files it writes live in
+:mod:`featcache.train.evaluate`. Never imports decord or PyAV.
 
 The run directory it writes is described in :mod:`featcache.train.rundir`.
-
-Long module: the one training loop (fused groups of heads sharing every batch, resume,
-selection, tracking) with its small helpers.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import os
-import time
 from typing import Callable
 
 import torch
@@ -26,13 +21,10 @@ from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.heads.registry import create_head, head_source
-from featcache.train import checkpoint, metrics, tracking
-from featcache.train.augment import augment_tokens
-from featcache.train.evaluate import evaluate_checkpoint, flat, read_splits
-from featcache.train.optim import lr_factor, optimizer
-from featcache.train.rundir import previous_run, write_config
-from featcache.train.tracking import Tracker
-
+from featcache.train import checkpoint, tracking
+from featcache.train.evaluate import evaluate_checkpoint, read_splits
+from featcache.train.loop import Built, Member, run_group
+from featcache.train.rundir import checkpoint_path, previous_run, write_config
 
 
 def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False,
@@ -46,12 +38,14 @@ def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool =
 
 def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], resume: bool = False,
                 overwrite: bool = False, show_progress: bool = True, data: dict | None = None,
-                on_epoch: Callable[[dict], None] | None = None, echo: Callable[[str], None] | None = None) -> list[dict]:
+                on_epoch: Callable[[dict], None] | None = None, echo: Callable[[str], None] | None = None,
+                heads: list[Built | None] | None = None) -> list[dict]:
     """Train several heads in one pass over the data (DINOv2-linear-eval style): every head sees
     the same batches, has its own optimiser, schedule, RNG stream and checkpoints, and the summed
     loss is back-propagated once. Each head's results equal training it alone with the same seed.
-    ``data`` (split -> ViewData of the view, already read) avoids reading again; ``on_epoch``
-    is called with each finished epoch's log record (of the first head)."""
+    ``data`` (split -> ViewData of the view, already read) avoids reading again; ``heads`` (per
+    config, from :func:`build_head` with this view's shape, or None) avoids building again;
+    ``on_epoch`` is called with each finished epoch's log record (of the first head)."""
     if len({c.fusion_key for c in cfgs}) != 1:
         raise ValueError(f"cells of one group must agree on {', '.join(FUSION_KEYS)}")
     for cfg in cfgs:  # a missing logger package stops the run before anything is written
@@ -72,56 +66,78 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     data = data or read_splits(cache, view, max_bytes=cfgs[0].view_budget)
     task = _task(cfgs[0], data)
     device = resolve_device(cfgs[0].device)
-    heads = []
-    for cfg in cfgs:  # each head's RNG stream continues from its own initialisation (see _Member)
-        head = _build(cfg, data["train"], task, cache.attrs)
-        heads.append((head, torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
+    train = data["train"]
+    built = []
+    for cfg, given in zip(cfgs, heads or [None] * len(cfgs)):  # each head's RNG stream continues from its own initialisation
+        args = head_args(cfg, train.x.shape[-1], len(task.classes), train.x.shape[1], train.grid,
+                         train.num_prefix_tokens, cache.attrs)
+        fits = given is not None and given.head.featcache_args == {**args, **cfg.head_options}
+        built.append(given if fits else build_head(cfg, args, train.x[:2], device))
     for path in stale:  # only now that the data, the task and every head are known to be good
         os.remove(path)
+    source = ViewBatches(cfgs[0], data, task)
     members = []
-    for cfg, out_dir, (head, rng, cuda_rng) in zip(cfgs, out_dirs, heads):
+    for cfg, out_dir, b in zip(cfgs, out_dirs, built):
         os.makedirs(out_dir, exist_ok=True)
         meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
                 "multi_label": task.multi, "config": to_dict(cfg), "head_source": head_source(cfg.head),
                 "manifest": cache.annotations.meta(),
                 "streamed": [s for s, d in data.items() if isinstance(d.x, StreamedTokens)]}
         write_config(out_dir, meta)
-        members.append(_Member(cfg, head, task, data, device, out_dir, meta, rng, cuda_rng))
-    trainer = _GroupTrainer(members, data, task, device)
-    if resume:
-        trainer.restore()
-    try:
-        for m in members:
-            m.tracker = Tracker(parse_log(m.cfg.log), m.out_dir, m.meta["config"], trainer.start_epoch)
-        trainer.fit(show_progress, on_epoch)
-        results = []
-        for m in members:
-            r = evaluate_checkpoint(os.path.join(m.out_dir, "best.pt"), cache, splits=("val", "test"),
-                                    out_dir=m.out_dir, data=data)
-            r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters() if p.requires_grad))
-            with open(os.path.join(m.out_dir, "metrics.json"), "w") as f:
-                json.dump(r, f, indent=2, sort_keys=True)
-            if not m.cfg.keep_last:  # finished: the resumable state is not needed (a sweep cell's would stay)
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(m.out_dir, "last.pt"))
-            plot_run_curves(m.out_dir, task)
-            m.tracker.finish(r)
-            results.append(r)
-    finally:
-        for m in members:
-            if m.tracker is not None:
-                m.tracker.close()
-    return results
+        members.append(Member(cfg, b, source, device, out_dir, meta))
+
+    def evaluate(m: Member) -> dict:  # best.pt as featcache eval reads it, scored by the head already built
+        path = checkpoint_path(m.out_dir, "best")
+        checkpoint.load_trainable(m.head, checkpoint.load(path)["state_dict"])
+        return evaluate_checkpoint(path, cache, splits=("val", "test"), out_dir=m.out_dir, data=data, head=m.head.eval())
+
+    return run_group(members, source, device, evaluate, resume=resume, show_progress=show_progress,
+                     on_epoch=on_epoch)
 
 
-def plot_run_curves(out_dir: str, task: Task) -> None:
-    """RUN_DIR/curves.png from RUN_DIR/log.jsonl (all epochs, resumed ones included)."""
-    from featcache.train.figures import plot_curves
+class ViewBatches:
+    """The labelled videos of a cached view (:class:`featcache.train.loop.Batches`): an epoch is
+    the train split in ``epoch_order`` (in memory or streamed), val the val split."""
 
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        log = [json.loads(line) for line in f if line.strip()]
-    chance = None if task.multi else 1 / len(task.classes)
-    plot_curves(os.path.join(out_dir, "curves.png"), log, task.metric, chance, title=os.path.basename(os.path.abspath(out_dir)))
+    title = ""
+
+    def __init__(self, cfg: TrainConfig, data: dict[str, ViewData], task: Task):
+        self.cfg, self.data, self.task = cfg, data, task
+        self.classes, self.multi = task.classes, task.multi
+        self.num_prefix_tokens, self.grid = data["train"].num_prefix_tokens, data["train"].grid
+        self.y = task.targets(data["train"].labels)
+
+    def __len__(self) -> int:
+        return len(self.data["train"].x)
+
+    def epoch(self, epoch: int):
+        x = self.data["train"].x
+        order = epoch_order(len(x), self.cfg.seed, epoch, self.cfg.shuffle_window)  # in memory or streamed
+        for idx, batch in batches(x, order, self.cfg.batch_size, self.cfg.view_budget or memory_budget()):
+            yield batch, self.y[idx]
+
+    def val(self, batch_size: int):
+        val = self.data["val"]
+        if not len(val.video_ids):
+            return None
+        return (val.x[i:i + batch_size] for i in range(0, len(val.x), batch_size)), self.task.targets(val.labels)
+
+    def loss(self, cfg: TrainConfig) -> nn.Module:
+        if not self.task.multi:
+            return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        pos_weight = None
+        if cfg.pos_weight == "auto":
+            pos = self.y.sum(0)
+            pos_weight = (len(self.y) - pos) / pos.clamp(min=1)
+        elif cfg.pos_weight is not None:
+            pos_weight = torch.full((len(self.task.classes),), float(cfg.pos_weight))
+        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    def state_dict(self) -> dict:
+        return {}  # an epoch's batches follow from the seed and the epoch alone
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def _task(cfg: TrainConfig, data: dict[str, ViewData]) -> Task:
@@ -137,11 +153,20 @@ def _task(cfg: TrainConfig, data: dict[str, ViewData]) -> Task:
     return Task(classes, multi)
 
 
-def _build(cfg: TrainConfig, train: ViewData, task: Task, attrs: dict | None = None) -> nn.Module:
-    torch.manual_seed(cfg.seed)
-    args = {"in_dim": train.x.shape[-1], "num_classes": len(task.classes), "num_frames": train.x.shape[1],
-            "grid": tuple(train.grid), "num_prefix_tokens": train.num_prefix_tokens}
+def head_args(cfg: TrainConfig, in_dim: int, num_classes: int, num_frames: int, grid, num_prefix_tokens: int,
+              attrs: dict | None = None) -> dict:
+    """The constructor arguments every head takes for a view of this shape (without the head's
+    own options), with the frozen tail's spec for heads that run blocks of the cached model."""
+    args = {"in_dim": int(in_dim), "num_classes": int(num_classes), "num_frames": int(num_frames),
+            "grid": tuple(grid), "num_prefix_tokens": int(num_prefix_tokens)}
     args.update(backbone_args(cfg.head, attrs))
+    return args
+
+
+def new_head(cfg: TrainConfig, args: dict) -> nn.Module:
+    """``cfg.head`` constructed from ``args`` (:func:`head_args`) and its options after seeding
+    with ``cfg.seed``; errors are one line naming the head."""
+    torch.manual_seed(cfg.seed)
     user = False
     try:
         user = head_source(cfg.head)["kind"] != "builtin"
@@ -152,12 +177,21 @@ def _build(cfg: TrainConfig, train: ViewData, task: Task, attrs: dict | None = N
         what = f"{type(exc).__name__}: {exc}" if user and not isinstance(exc, ValueError) else str(exc)
         message = what if what.startswith("head ") else f"head {cfg.head}: {what}"
         raise FeatcacheError(message) from None
-    if user:  # the built-in heads are tested to keep the interface
-        check_head_output(cfg.head, head, train.x[:2], len(task.classes))
-    if cfg.init:
-        checkpoint.init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
     head.featcache_args = {**args, **cfg.head_options}
     return head
+
+
+def build_head(cfg: TrainConfig, args: dict, sample: torch.Tensor, device: torch.device | None = None) -> Built:
+    """The head a run trains, built once: :func:`new_head`, its RNG streams taken right after
+    (its dropout continues from them), a user's head tried on ``sample`` (two videos of the
+    view), then started from ``cfg.init``."""
+    head = new_head(cfg, args)
+    built = Built.now(head, device)
+    if head_source(cfg.head)["kind"] != "builtin":  # the built-in heads are tested to keep the interface
+        check_head_output(cfg.head, head, sample, args["num_classes"])
+    if cfg.init:
+        checkpoint.init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
+    return built
 
 
 def check_head_output(name: str, head: nn.Module, x: torch.Tensor, num_classes: int) -> None:
@@ -190,203 +224,3 @@ def backbone_args(head: str, attrs: dict | None) -> dict:
     from featcache.heads.frozen_tail import backbone_spec
 
     return {"backbone": backbone_spec(attrs)}
-
-
-def trainable(head: nn.Module) -> dict:
-    """The head's state without frozen parts (``frozen_prefixes``: rebuilt, never saved)."""
-    frozen = getattr(head, "frozen_prefixes", ())
-    return {k: v.detach().cpu() for k, v in head.state_dict().items() if not k.startswith(frozen)}
-
-
-class _Member:
-    """One head of a group with everything that is its own."""
-
-    def __init__(self, cfg, head, task, data, device, out_dir, meta, rng, cuda_rng):
-        self.cfg, self.head, self.out_dir, self.meta = cfg, head.to(device), out_dir, meta
-        # the RNG streams this head's dropout draws from: continue from its own initialisation
-        self.rng, self.cuda_rng = rng, cuda_rng
-        steps = math.ceil(len(data["train"].x) / cfg.batch_size)
-        total, warm = cfg.epochs * steps, cfg.warmup_epochs * steps
-        self.opt = optimizer(cfg, head)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, warm, total))
-        self.loss_fn = _loss(cfg, task, task.targets(data["train"].labels)).to(device)
-        self.amp = device.type == "cuda" and cfg.amp
-        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler(enabled=self.amp and self.amp_dtype == torch.float16)
-        self.best, self.best_epoch, self.stale, self.active = -math.inf, -1, 0, True
-        self.tracker = None  # set by train_group once the first epoch is known
-
-    def forward(self, x, y):
-        torch.set_rng_state(self.rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, x.device)
-        with torch.autocast(x.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            logits = self.head(x)
-            loss = self.loss_fn(logits.float(), y)
-        self.rng = torch.get_rng_state()
-        if self.cuda_rng is not None:
-            self.cuda_rng = torch.cuda.get_rng_state(x.device)
-        return loss, logits.detach()
-
-    def step(self) -> None:
-        if self.cfg.grad_clip:
-            self.scaler.unscale_(self.opt)
-            nn.utils.clip_grad_norm_(self.head.parameters(), self.cfg.grad_clip)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.sched.step()
-
-    def state(self, epoch: int) -> dict:
-        return {"head": self.cfg.head, "head_args": self.head.featcache_args,
-                "state_dict": trainable(self.head), "epoch": epoch, **self.meta}
-
-    def save(self, epoch: int, improved: bool) -> None:
-        state = self.state(epoch)
-        if improved:
-            checkpoint.save(os.path.join(self.out_dir, "best.pt"), **state)
-        checkpoint.save(os.path.join(self.out_dir, "last.pt"), **state, optimizer=self.opt.state_dict(),
-                        scheduler=self.sched.state_dict(), best=self.best, best_epoch=self.best_epoch,
-                        stale=self.stale, rng=self.rng, cuda_rng=self.cuda_rng, active=self.active)
-
-    def restore(self) -> int:
-        """Load last.pt; returns the next epoch (0 when there is nothing to resume)."""
-        path = os.path.join(self.out_dir, "last.pt")
-        if not os.path.exists(path):
-            return 0
-        ckpt = checkpoint.load(path)
-        if ckpt["config"] != self.meta["config"] or ckpt["cache"]["fingerprint"] != self.meta["cache"]["fingerprint"]:
-            raise FeatcacheError(f"--resume: {path} was made with another config or cache; use a new --out")
-        if ckpt.get("head_source", self.meta["head_source"]) != self.meta["head_source"]:
-            raise FeatcacheError(f"--resume: the head's code changed since {path} was saved "
-                                 f"({self.meta['head_source'].get('path', self.meta['head_source'].get('module'))}); "
-                                 "restore it or use a new --out")
-        if (ckpt.get("manifest") or {}).get("sha256") != self.meta["manifest"]["sha256"]:
-            raise FeatcacheError(f"--resume: {path} was trained with other labels and splits (another --manifest, "
-                                 "or the manifest changed); use a new --out")
-        checkpoint.load_trainable(self.head, ckpt["state_dict"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        self.best, self.best_epoch, self.stale = ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
-        self.rng, self.active = ckpt["rng"], ckpt["active"]
-        if self.cuda_rng is not None and ckpt.get("cuda_rng") is not None:  # resumed on a GPU again
-            self.cuda_rng = ckpt["cuda_rng"]
-        return ckpt["epoch"] + 1
-
-
-class _GroupTrainer:
-    def __init__(self, members: list[_Member], data: dict, task: Task, device: torch.device):
-        self.members, self.data, self.task, self.device = members, data, task, device
-        self.cfg = members[0].cfg  # the fused settings are equal across members
-        self.x, self.y = data["train"].x, task.targets(data["train"].labels)
-        self.start_epoch = 0
-
-    def restore(self) -> None:
-        starts = {m.restore() for m in self.members}
-        if len(starts) > 1:
-            raise FeatcacheError("--resume: the runs of this group stopped at different epochs; start them anew")
-        self.start_epoch = starts.pop()
-
-    def fit(self, show_progress: bool, on_epoch: Callable[[dict], None] | None = None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        heads = ",".join(sorted({m.cfg.head for m in self.members}))
-        label = heads if len(self.members) == 1 else f"{len(self.members)} heads ({heads})"
-        columns = (TextColumn(f"train {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-                   TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-        with Progress(*columns, disable=not show_progress) as bar:
-            job = bar.add_task("train", total=self.cfg.epochs, completed=self.start_epoch, status="")
-            for epoch in range(self.start_epoch, self.cfg.epochs):
-                if not any(m.active for m in self.members):
-                    break
-                records = self._epoch(epoch)
-                first = records[0]
-                if on_epoch is not None:
-                    on_epoch(first)
-                bar.update(job, advance=1, status=" ".join(
-                    f"{k} {v:.3f}" for k, v in first.items() if k in ("train/loss", f"val/{self.task.metric}")))
-
-    def _epoch(self, epoch: int) -> list[dict]:
-        order = epoch_order(len(self.x), self.cfg.seed, epoch, self.cfg.shuffle_window)  # in memory or streamed
-        active = [m for m in self.members if m.active]
-        stats = {id(m): [0.0, 0, time.perf_counter()] for m in active}  # loss sum, correct, start
-        for m in active:
-            m.head.train()
-        budget = self.cfg.view_budget or memory_budget()
-        for step, (idx, x) in enumerate(batches(self.x, order, self.cfg.batch_size, budget)):
-            i = step * self.cfg.batch_size
-            x = x.to(self.device, non_blocking=True).float()
-            if self.cfg.augment != "none":  # one draw per batch, shared by every head of the group
-                g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch * 10_007 + i)
-                x = augment_tokens(x.cpu(), self.data["train"].num_prefix_tokens, self.data["train"].grid,
-                                   self.cfg.augment, g).to(self.device)
-            y = self.y[idx].to(self.device, non_blocking=True)
-            for m in active:
-                m.opt.zero_grad(set_to_none=True)
-            total = 0.0
-            for m in active:
-                loss, logits = m.forward(x, y)
-                total = total + m.scaler.scale(loss)
-                stats[id(m)][0] += float(loss.detach()) * len(idx)
-                if not self.task.multi:
-                    stats[id(m)][1] += int((logits.argmax(1) == y).sum())
-            total.backward()  # one backward: the heads share no parameters
-            for m in active:
-                m.step()
-        val = self._validate(active)
-        return [self._finish_epoch(m, epoch, *stats[id(m)], val[id(m)]) for m in active]
-
-    def _validate(self, active: list[_Member]) -> dict[int, dict]:
-        """Selection metrics of every active head on val; each val batch is moved once for all."""
-        val = self.data["val"]
-        if not len(val.video_ids):
-            return {id(m): {} for m in active}
-        logits = {id(m): [] for m in active}
-        for m in active:
-            m.head.eval()
-        with torch.inference_mode():
-            for i in range(0, len(val.x), self.cfg.batch_size):
-                x = val.x[i:i + self.cfg.batch_size].to(self.device, non_blocking=True).float()
-                for m in active:
-                    logits[id(m)].append(m.head(x).float().cpu())
-        y = self.task.targets(val.labels)
-        out = {}
-        for m in active:  # the selection metrics and the loss the head is trained on (train vs val curves)
-            scores = torch.cat(logits[id(m)])
-            out[id(m)] = flat(metrics.selection(scores.numpy(), y.numpy(), self.task.multi), "val")
-            out[id(m)]["val/loss"] = float(m.loss_fn(scores.to(self.device), y.to(self.device)))
-        return out
-
-    def _finish_epoch(self, m: _Member, epoch: int, loss_sum: float, correct: int, start: float, val: dict) -> dict:
-        record = {"epoch": epoch, "train/loss": loss_sum / len(self.x), "lr": m.sched.get_last_lr()[0]}
-        if not self.task.multi:
-            record["train/top1"] = correct / len(self.x)
-        record.update(val)
-        value = epoch if m.cfg.select == "last" else record.get(f"val/{self.task.metric}", epoch)
-        improved = value > m.best
-        if improved:
-            m.best, m.best_epoch, m.stale = value, epoch, 0
-        else:
-            m.stale += 1
-        if m.cfg.early_stop and m.stale >= m.cfg.early_stop:
-            m.active = False
-        record["seconds"] = time.perf_counter() - start  # in a group: the shared pass's wall time
-        m.save(epoch, improved)
-        with open(os.path.join(m.out_dir, "log.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if m.tracker is not None:
-            m.tracker.epoch(record)
-        return record
-
-
-def _loss(cfg: TrainConfig, task: Task, y: torch.Tensor) -> nn.Module:
-    if not task.multi:
-        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    pos_weight = None
-    if cfg.pos_weight == "auto":
-        pos = y.sum(0)
-        pos_weight = (len(y) - pos) / pos.clamp(min=1)
-    elif cfg.pos_weight is not None:
-        pos_weight = torch.full((len(task.classes),), float(cfg.pos_weight))
-    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-
-

@@ -14,13 +14,14 @@ every rate, start and jitter. Conventions of the released code (JingwWu/advise-v
 A source frame the pool does not hold (a ``stride:S`` pool with S > 1) is rounded to the nearest
 cached frame; how many clips needed rounding is recorded in ``metrics.json``. Per-clip colour
 jitter and random-resized crops cannot be replayed from tokens (see docs/training.md).
+
+Training runs on the loop of ``featcache train`` (:mod:`featcache.train.loop`) with
+:class:`ClipBatches` as its batches source: what differs is only which clips an epoch holds, the
+fixed val clips and the rate classes; resume, tracking, early stop and fused groups are the loop's.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,15 +31,15 @@ from torch import nn
 from featcache.data.annotations import annotate
 from featcache.cache.dataset import fill_view
 from featcache.cache.store import Cache, open_cache
-from featcache.spec.config import TrainConfig, to_dict
+from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
-from featcache.heads.registry import create_head
-from featcache.train import checkpoint, metrics
-from featcache.train.augment import augment_tokens
+from featcache.heads.registry import head_source
+from featcache.train import checkpoint, metrics, tracking
 from featcache.train.evaluate import predict
-from featcache.train.optim import lr_factor, optimizer
-from featcache.train.rundir import previous_run, write_config
+from featcache.train.fit import build_head, head_args
+from featcache.train.loop import Member, run_group
+from featcache.train.rundir import checkpoint_path, previous_run, write_config
 from featcache.spec.view import View
 
 TASKS = ("prp",)
@@ -114,12 +115,69 @@ def make_clips(pools: list[DensePool], rng: np.random.Generator, task: PRP) -> t
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.long), rounded
 
 
+class ClipBatches:
+    """The pretext task as a batches source of the training loop
+    (:class:`featcache.train.loop.Batches`): every epoch fresh clips of the train pools
+    (``clips_per_video`` each, from ``seed * 100003 + epoch``), shuffled by a generator of the same
+    seed; val a fixed set of clips (from ``seed + 1``); the rate classes as targets."""
+
+    multi = False
+
+    def __init__(self, cfg: TrainConfig, train: list[DensePool], val: list[DensePool], layout, task: PRP, name: str):
+        self.cfg, self.pools, self.task = cfg, train, task
+        self.classes, self.title = task.classes, f": {name} pre-training"
+        self.num_prefix_tokens, self.grid = layout.num_prefix_tokens, layout.grid
+        self.val_x, self.val_y, self.val_rounded = make_clips(val, np.random.default_rng(cfg.seed + 1), task) \
+            if val else (None, None, 0)
+        self.rounded = 0  # train clips so far with a frame rounded to the nearest cached one
+
+    def __len__(self) -> int:
+        return len(self.pools) * self.task.clips_per_video
+
+    def epoch(self, epoch: int):
+        seed = self.cfg.seed * 100_003 + epoch
+        x, y, rounded = make_clips(self.pools, np.random.default_rng(seed), self.task)
+        self.rounded += rounded
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        for i in range(0, len(order), self.cfg.batch_size):
+            idx = order[i:i + self.cfg.batch_size]
+            yield x[idx], y[idx]
+
+    def val(self, batch_size: int):
+        if self.val_x is None:
+            return None
+        return (self.val_x[i:i + batch_size] for i in range(0, len(self.val_x), batch_size)), self.val_y
+
+    def loss(self, cfg: TrainConfig) -> nn.Module:
+        return nn.CrossEntropyLoss(label_smoothing=self.task.label_smoothing)  # the released recipe's, not cfg's
+
+    def state_dict(self) -> dict:
+        return {"rounded": self.rounded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rounded = int(state.get("rounded", 0))
+
+
 def run_pretrain(cache_path: str, cfg: TrainConfig, out_dir: str, task_name: str = "prp", overwrite: bool = False,
-                 show_progress: bool = True, task: PRP = PRP(), echo=None) -> dict:
+                 show_progress: bool = True, task: PRP = PRP(), echo=None, resume: bool = False) -> dict:
     """Pre-train ``cfg.head`` on the pretext task over the train split's dense pools; select on
     the val split's rate accuracy (fixed clips); write a run directory like ``train``'s."""
+    return pretrain_group(cache_path, [cfg], [out_dir], task_name, overwrite=overwrite, show_progress=show_progress,
+                          task=task, echo=echo, resume=resume)[0]
+
+
+def pretrain_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], task_name: str = "prp",
+                   overwrite: bool = False, show_progress: bool = True, task: PRP = PRP(), echo=None,
+                   resume: bool = False) -> list[dict]:
+    """Pre-train several heads on the same clips in one pass (the training loop's fused group:
+    each equals its run alone); the configs must agree on ``TrainConfig.fusion_key``."""
     if task_name not in TASKS:
         raise FeatcacheError(f"--task: unknown {task_name!r}; expected one of {', '.join(TASKS)}")
+    if len({c.fusion_key for c in cfgs}) != 1:
+        raise ValueError(f"pre-trainings of one group must agree on {', '.join(FUSION_KEYS)}")
+    cfg = cfgs[0]
+    for c in cfgs:  # a missing logger package stops the run before anything is written
+        tracking.require(parse_log(c.log))
     cache = annotate(open_cache(cache_path), cfg.manifest, cfg.val_fraction)  # labels and splits: the manifest's, or the store's
     for line in cache.annotations.summary() if echo else ():
         echo(line)
@@ -127,90 +185,40 @@ def run_pretrain(cache_path: str, cfg: TrainConfig, out_dir: str, task_name: str
     if cfg.view.frames.fixed:
         raise FeatcacheError(f"view {cfg.view.frames}: PRP samples clips at several rates from a dense pool; "
                              "give --view stride:1 (extract with --frames stride:1)")
-    stale = previous_run(out_dir, resume=False, overwrite=overwrite)
+    stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
     train, val = read_pools(cache, cfg.view, "train"), read_pools(cache, cfg.view, "val")
     if not train:
         raise FeatcacheError(f"{cache_path}: no videos in the train split")
+    layout = cfg.view.layout(cache.attrs)
+    device = resolve_device(cfg.device)
+    sample = torch.zeros(2, task.frames, layout.num_tokens, layout.dim)  # a user's head is tried on clips of this shape
+    built = [build_head(c, head_args(c, layout.dim, len(task.rates), task.frames, layout.grid, layout.num_prefix_tokens,
+                                     cache.attrs), sample, device) for c in cfgs]
     for path in stale:
         os.remove(path)
-    os.makedirs(out_dir, exist_ok=True)
-    layout = cfg.view.layout(cache.attrs)
-    torch.manual_seed(cfg.seed)
-    args = {"in_dim": layout.dim, "num_classes": len(task.rates), "num_frames": task.frames, "grid": layout.grid,
-            "num_prefix_tokens": layout.num_prefix_tokens}
-    try:
-        head = create_head(cfg.head, **args, **cfg.head_options)
-    except (ValueError, TypeError) as exc:
-        raise FeatcacheError(f"head {cfg.head}: {exc}") from None
-    meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
-            "multi_label": False, "config": to_dict(cfg), "manifest": cache.annotations.meta(), "pretext": {"task": task_name, **asdict(task)}}
-    write_config(out_dir, meta)
-    device = resolve_device(cfg.device)
-    head.to(device)
-    val_x, val_y, val_rounded = make_clips(val, np.random.default_rng(cfg.seed + 1), task) if val else (None, None, 0)
-    best, best_epoch, rounded = -math.inf, -1, 0
-    steps = math.ceil(len(train) * task.clips_per_video / cfg.batch_size)
-    opt = optimizer(cfg, head)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.warmup_epochs * steps, cfg.epochs * steps))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=task.label_smoothing)
-    for epoch in range(cfg.epochs):
-        start = time.perf_counter()
-        x, y, r = make_clips(train, np.random.default_rng(cfg.seed * 100_003 + epoch), task)
-        rounded += r
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        head.train()
-        total, correct = 0.0, 0
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            xb, yb = x[idx].float(), y[idx].to(device)
-            if cfg.augment != "none":
-                g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 10_007 + i)
-                xb = augment_tokens(xb, layout.num_prefix_tokens, layout.grid, cfg.augment, g)
-            xb = xb.to(device)
-            logits = head(xb)
-            loss = loss_fn(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-        record = {"epoch": epoch, "train/loss": total / len(x), "train/top1": correct / len(x),
-                  "lr": sched.get_last_lr()[0]}
-        if val_x is not None:
-            record.update({f"val/{k}": v for k, v in _scores(head, val_x, val_y, cfg.batch_size, device).items()})
-        value = record.get("val/top1", epoch)
-        state = {"head": cfg.head, "head_args": {**args, **cfg.head_options}, "epoch": epoch,
-                 "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}, **meta}
-        if value > best:
-            best, best_epoch = value, epoch
-            checkpoint.save(os.path.join(out_dir, "best.pt"), **state)
-        record["seconds"] = time.perf_counter() - start
-        with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if show_progress:
-            print(f"pretrain {cfg.head} epoch {epoch + 1}/{cfg.epochs}: loss {record['train/loss']:.3f}"
-                  + (f", val rate accuracy {record['val/top1']:.3f}" if "val/top1" in record else ""), flush=True)
-    results = {"best_epoch": best_epoch, "params": sum(p.numel() for p in head.parameters()),
-               "prp/train_clips": len(train) * task.clips_per_video * cfg.epochs,
-               "prp/train_clips_rounded": rounded, "prp/val_clips": 0 if val_x is None else len(val_x),
-               "prp/val_clips_rounded": val_rounded}
-    if val_x is not None:
-        head.load_state_dict(checkpoint.load(os.path.join(out_dir, "best.pt"))["state_dict"])
-        results.update({f"val/{k}": v for k, v in _scores(head, val_x, val_y, cfg.batch_size, device).items()})
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    from featcache.train.figures import plot_curves
+    source = ClipBatches(cfg, train, val, layout, task, task_name)
+    members = []
+    for c, out_dir, b in zip(cfgs, out_dirs, built):
+        os.makedirs(out_dir, exist_ok=True)
+        meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
+                "multi_label": False, "config": to_dict(c), "head_source": head_source(c.head),
+                "manifest": cache.annotations.meta(), "pretext": {"task": task_name, **asdict(task)}}
+        write_config(out_dir, meta)
+        members.append(Member(c, b, source, device, out_dir, meta))
 
-    with open(os.path.join(out_dir, "log.jsonl")) as f:  # curves.png: loss and rate accuracy per epoch
-        plot_curves(os.path.join(out_dir, "curves.png"), [json.loads(line) for line in f], "top1", 1 / len(task.rates),
-                    title=f"{os.path.basename(os.path.abspath(out_dir))}: {task_name} pre-training")
-    return results
+    def evaluate(m: Member) -> dict:
+        results = {"prp/train_clips": len(source) * m.cfg.epochs, "prp/train_clips_rounded": source.rounded,
+                   "prp/val_clips": 0 if source.val_x is None else len(source.val_x),
+                   "prp/val_clips_rounded": source.val_rounded}
+        if source.val_x is not None:  # the rate accuracy of the selected epoch
+            checkpoint.load_trainable(m.head, checkpoint.load(checkpoint_path(m.out_dir, "best"))["state_dict"])
+            scores = predict(m.head, source.val_x, m.cfg.batch_size, device)
+            results.update({f"val/{k}": v for k, v in metrics.selection(scores, source.val_y.numpy(), multi=False).items()})
+        return results
 
+    def progress(record: dict) -> None:  # one line per epoch (the group's first head)
+        print(f"pretrain {cfg.head} epoch {record['epoch'] + 1}/{cfg.epochs}: loss {record['train/loss']:.3f}"
+              + (f", val rate accuracy {record['val/top1']:.3f}" if "val/top1" in record else ""), flush=True)
 
-def _scores(head: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> dict:
-    """Rate accuracy (top-1, top-5) of the head on fixed clips."""
-    return metrics.selection(predict(head, x, batch_size, device), y.numpy(), multi=False)
+    return run_group(members, source, device, evaluate, resume=resume, show_progress=False,
+                     on_epoch=progress if show_progress else None)

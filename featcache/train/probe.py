@@ -15,7 +15,6 @@ Same outputs as ``featcache train``: config.yaml, metrics.json (val/..., test/..
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -27,7 +26,7 @@ from featcache.cache.store import open_cache
 from featcache.spec.config import TrainConfig, to_dict
 from featcache.errors import FeatcacheError
 from featcache.train.evaluate import report_split, read_splits
-from featcache.train.rundir import previous_run, write_config
+from featcache.train.rundir import previous_run, write_config, write_metrics
 
 METHODS = ("knn", "logreg")
 FEATURES = ("cls", "mean", "cls_mean")
@@ -102,8 +101,7 @@ def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feat
         scores = predict(feats[split])
         logits = np.log(np.clip(scores, 1e-12, 1.0))  # monotone: the metrics read the ranking
         results.update(report_split(task, split, "", data[split].video_ids, data[split].labels, logits, scores, out_dir))
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
+    write_metrics(out_dir, results)
     return results
 
 

@@ -10,20 +10,44 @@ RUN_DIR:
     metrics.json       final flat metrics: val/..., test/..., best_epoch
     confusion_<split>.csv, per_class_<split>.csv   (+ confusion_<split>.png with matplotlib)
 
+Only this module knows the file names: the others read and write a run directory through it.
+
 A new run never mixes with an old one: without ``resume`` a folder that already holds a run is
 refused unless ``overwrite`` is given, and then the old run's files are removed first.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
 import os
 
 from featcache.errors import FeatcacheError
 from featcache.train.tracking import TB_FILES
 
+CONFIG, LOG, METRICS, CURVES = "config.yaml", "log.jsonl", "metrics.json", "curves.png"
+CHECKPOINTS = ("best", "last")  # best.pt, last.pt
+
 # what a run writes; a new run into a folder removes these first
-RUN_FILES = ("log.jsonl", "best.pt", "last.pt", "metrics.json", "config.yaml", "confusion_*.csv", "confusion_*.png",
-             "per_class_*.csv", "predictions_*.csv", "eval_*.json", "curves.png", TB_FILES, "wandb_id")
+RUN_FILES = (LOG, "best.pt", "last.pt", METRICS, CONFIG, "confusion_*.csv", "confusion_*.png",
+             "per_class_*.csv", "predictions_*.csv", "eval_*.json", CURVES, TB_FILES, "wandb_id")
+
+
+def checkpoint_path(run_dir: str, which: str = "best") -> str:
+    """RUN_DIR/best.pt or RUN_DIR/last.pt."""
+    if which not in CHECKPOINTS:
+        raise ValueError(f"checkpoint: expected best or last, got {which!r}")
+    return os.path.join(run_dir, f"{which}.pt")
+
+
+def curves_path(run_dir: str) -> str:
+    return os.path.join(run_dir, CURVES)
+
+
+def has(run_dir: str, name: str) -> bool:
+    """Whether the run holds ``name``: config, log, metrics, best or last."""
+    files = {"config": CONFIG, "log": LOG, "metrics": METRICS, "best": "best.pt", "last": "last.pt"}
+    return os.path.exists(os.path.join(run_dir, files[name]))
 
 
 def previous_run(out_dir: str, resume: bool, overwrite: bool) -> list[str]:
@@ -34,7 +58,7 @@ def previous_run(out_dir: str, resume: bool, overwrite: bool) -> list[str]:
     if resume or not old:
         return []
     if not overwrite:
-        state = "a finished run" if os.path.exists(os.path.join(out_dir, "metrics.json")) else "an unfinished run"
+        state = "a finished run" if has(out_dir, "metrics") else "an unfinished run"
         raise FeatcacheError(f"--out {out_dir}: holds {state}; use another --out, --resume to continue it, "
                              "or --overwrite to replace it")
     return old
@@ -44,5 +68,48 @@ def write_config(out_dir: str, meta: dict) -> None:
     """Write ``config.yaml``: the resolved config, cache path and fingerprint, classes, task."""
     import yaml
 
-    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+    with open(os.path.join(out_dir, CONFIG), "w") as f:
         yaml.safe_dump(meta, f, sort_keys=False)
+
+
+def read_config(run_dir: str) -> dict:
+    """``config.yaml`` as written by :func:`write_config`."""
+    import yaml
+
+    with open(os.path.join(run_dir, CONFIG)) as f:
+        return yaml.safe_load(f) or {}
+
+
+def write_metrics(run_dir: str, results: dict) -> None:
+    """``metrics.json``: the final flat metrics (the file a finished run is recognised by)."""
+    with open(os.path.join(run_dir, METRICS), "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+
+
+def read_metrics(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, METRICS)) as f:
+        return json.load(f)
+
+
+def append_log(run_dir: str, record: dict) -> None:
+    """One epoch's record, one line of ``log.jsonl``."""
+    with open(os.path.join(run_dir, LOG), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_log(run_dir: str) -> list[dict]:
+    """Every epoch's record in ``log.jsonl`` (resumed epochs included), in order."""
+    with open(os.path.join(run_dir, LOG)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def remove_last(run_dir: str) -> None:
+    """Drop ``last.pt`` (the resumable state) of a finished run."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(checkpoint_path(run_dir, "last"))
+
+
+def write_eval(run_dir: str, name: str, results: dict) -> None:
+    """``eval_<name>.json`` (``featcache eval``: ``name`` is the split and protocol, e.g. ``test@views2``)."""
+    with open(os.path.join(run_dir, f"eval_{name}.json"), "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)

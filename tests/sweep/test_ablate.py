@@ -87,6 +87,18 @@ def test_memory_budget_splits_groups():
     assert [len(g) for g in plan_groups([Plan(cells[0], 5000, 0.0)] * 2, budget=1000, max_fused=8)] == [1, 1]
 
 
+def test_heads_kept_for_training_stay_within_the_memory_budget():
+    from featcache.sweep.run import kept_heads
+    from featcache.train.loop import Built
+
+    cells = [type("C", (), {"name": n})() for n in "abc"]
+    sizes = [torch.nn.Linear(10, 10), torch.nn.Linear(100, 10), torch.nn.Linear(10, 10)]  # 440, 4040, 440 bytes
+    plans = [Plan(c, 0, 0.0, Built(h, torch.get_rng_state())) for c, h in zip(cells, sizes)]
+    assert list(kept_heads(plans, 10_000)) == ["a", "b", "c"]
+    assert list(kept_heads(plans, 1000)) == ["a", "c"]  # b would pass the budget: built again when trained
+    assert kept_heads(plans, 100) == {}
+
+
 # ------------------------------------------------------------------ fusion is exact
 @pytest.mark.slow
 def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
@@ -104,6 +116,44 @@ def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
         f = checkpoint.load(str(tmp_path / f"fused{i}" / "last.pt"))["state_dict"]
         for name in a:
             torch.testing.assert_close(a[name], f[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # whole trainings
+def test_each_cell_head_is_built_once_and_trains_as_if_built_fresh(cache, tmp_path, monkeypatch):
+    """A 3-cell sweep constructs 3 heads (the probe's, handed to training and evaluation), and
+    the probe's forward + backward leaves no trace: each cell equals its run alone (r3d's batch
+    norm and dropout, the pool head's dropout)."""
+    import functools
+
+    from featcache.heads.pool import PoolHead
+    from featcache.heads.r3d import R3DHead
+    from featcache.spec.sweep import load_sweep
+    from featcache.sweep.run import run_sweep
+
+    built = []
+    for cls in (R3DHead, PoolHead):
+        real = cls.__init__
+
+        @functools.wraps(real)  # keeps the signature the registry reads the options from
+        def counting(self, *args, _real=real, _name=cls.__name__, **kwargs):
+            built.append(_name)
+            _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counting)
+    path = write(tmp_path, f"cache: {cache}\nbase: {{view: uniform:8, epochs: 2, batch_size: 8}}\n"
+                           "method: list\ncells: [{head: r3d, head.hidden: 16}, {head: r3d, head.hidden: 32}, "
+                           "{head: pool, head.dropout: 0.3}]\n")
+    sweep = load_sweep(path)
+    rows = run_sweep(sweep, str(tmp_path / "sw"), sweep.cells, show_progress=False, echo=lambda line: None)
+    assert sorted(built) == ["PoolHead", "R3DHead", "R3DHead"]
+    assert len(rows) == 3
+    for row, cell in zip(sorted(rows, key=lambda r: r["index"]), sweep.cells):
+        alone = run_training(cache, cell.config, str(tmp_path / f"alone{cell.index}"), show_progress=False)
+        assert alone == row["metrics"], cell.name
+        mine = checkpoint.load(str(tmp_path / "sw" / "cells" / cell.name / "best.pt"))["state_dict"]
+        theirs = checkpoint.load(str(tmp_path / f"alone{cell.index}" / "best.pt"))["state_dict"]
+        for name in theirs:  # batch-norm running statistics included
+            assert torch.equal(mine[name], theirs[name]), (cell.name, name)
 
 
 # ------------------------------------------------------------------ the CLI and pipelines/

@@ -157,3 +157,146 @@ def test_stride_extraction_cli_and_verify(tmp_path):
     assert entry.frame_indices[entry.policies["stride:3"]].tolist() == [0, 3, 6, 9, 12, 15, 18]
     assert cache.verify() == [] and not entry.record["short"]
     assert os.path.isdir(out)
+
+
+def test_prp_clips_for_a_seed_are_pinned():
+    """The (indices, rate class) a seed draws: label, then jitter, then start (this order, from one
+    numpy Generator), pinned so that a change of the sampling shows here."""
+    from featcache.train.pretrain import sample_clip
+
+    rng = np.random.default_rng(0)
+    drawn = [sample_clip(rng, 96) for _ in range(4)]
+    assert [(i.tolist(), label) for i, label in drawn] == [
+        ([51, 65, 80, 94, 13, 27, 42, 56], 3), ([3, 6, 9, 12, 15, 19, 22, 25], 1),
+        ([65, 67, 69, 71, 74, 76, 78, 81], 0), ([49, 57, 66, 75, 83, 92, 5, 14], 2)]
+    again = np.random.default_rng(0)  # the same draws by hand: rate class, jitter in [0.8, 1.2], start in [0, L - 16]
+    for indices, label in drawn:
+        want = int(again.integers(4))
+        jitter = again.uniform(0.8, 1.2)
+        start = int(again.integers(0, 96 - 16 + 1))
+        assert label == want and indices.tolist() == prp_indices(96, start, (1, 2, 4, 8)[want], jitter).tolist()
+
+
+def _reference_prp(cache, cfg, task=PRP()):
+    """AdViSe PRP trained by a plain loop written here (the loop featcache had before pretraining
+    ran on the training loop of fit): per epoch fresh clips from seed * 100003 + epoch, shuffled by a
+    generator of the same seed, AdamW, warm-up + cosine per step, gradients clipped to norm 1,
+    cross-entropy smoothed 0.05."""
+    import math
+
+    from torch import nn
+
+    from featcache.train.optim import lr_factor, optimizer
+
+    train, val = read_pools(cache, cfg.view, "train"), read_pools(cache, cfg.view, "val")
+    layout = cfg.view.layout(cache.attrs)
+    torch.manual_seed(cfg.seed)
+    head = create_head(cfg.head, in_dim=layout.dim, num_classes=4, num_frames=8, grid=layout.grid,
+                       num_prefix_tokens=layout.num_prefix_tokens, **cfg.head_options)
+    val_x, val_y, _ = make_clips(val, np.random.default_rng(cfg.seed + 1), task)
+    steps = math.ceil(len(train) * task.clips_per_video / cfg.batch_size)
+    opt = optimizer(cfg, head)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_epochs * steps, cfg.epochs * steps))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=task.label_smoothing)
+    log = []
+    for epoch in range(cfg.epochs):
+        x, y, _ = make_clips(train, np.random.default_rng(cfg.seed * 100_003 + epoch), task)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        head.train()
+        total = 0.0
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            loss = loss_fn(head(x[idx].float()).float(), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        head.eval()
+        with torch.no_grad():
+            top1 = float((head(val_x.float()).argmax(1) == val_y).float().mean())
+        log.append({"train/loss": total / len(x), "val/top1": top1, "lr": sched.get_last_lr()[0]})
+    return log
+
+
+@pytest.mark.slow  # whole trainings
+def test_pretrain_equals_a_plain_reference_loop(dense, tmp_path):
+    from featcache.train.pretrain import run_pretrain
+
+    cfg = build_config({"head": "r3d", "view": "stride:1", "spatial": 2, "epochs": 3, "batch_size": 16,
+                        "head.hidden": 16, "head.out_dim": 32})
+    results = run_pretrain(dense, cfg, str(tmp_path / "prp"), show_progress=False)
+    log = [json.loads(line) for line in open(tmp_path / "prp" / "log.jsonl")]
+    want = _reference_prp(open_cache(dense), cfg)
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+    for got, ref in zip(log, want):
+        assert got["train/loss"] == pytest.approx(ref["train/loss"], rel=1e-6)
+        assert got["val/top1"] == pytest.approx(ref["val/top1"], abs=1e-9)
+        assert got["lr"] == pytest.approx(ref["lr"], rel=1e-12)
+    assert results["best_epoch"] == max(range(3), key=lambda e: (want[e]["val/top1"], -e))
+    n_train = len(read_pools(open_cache(dense), cfg.view, "train"))
+    assert results["prp/train_clips"] == 3 * n_train * 4 and results["prp/val_clips"] == 32
+
+
+@pytest.mark.slow  # whole trainings
+def test_pretrain_resumes_and_fuses_on_the_training_loop(dense, tmp_path):
+    """On fit's loop pretrain gains --resume (interrupted after epoch 1, continued: equal to the
+    run never interrupted) and fused groups (two heads on the same clips: each equals its run alone)."""
+    from conftest import ctrl_c_after_epoch
+    from featcache.train.pretrain import pretrain_group, run_pretrain
+
+    sets = {"view": "stride:1", "spatial": 2, "epochs": 3, "batch_size": 16, "keep_last": True}
+    cfg = build_config({"head": "r3d", "head.hidden": 16, "head.out_dim": 32, **sets})
+    full = run_pretrain(dense, cfg, str(tmp_path / "full"), show_progress=False)
+    args = ["pretrain", dense, "--view", "stride:1", "--head", "r3d", "-q", "--out", str(tmp_path / "part"),
+            *[f for k, v in sets.items() if k != "view" for f in ("--set", f"{k}={v}")],
+            "--set", "head.hidden=16", "--set", "head.out_dim=32"]
+    with ctrl_c_after_epoch(1):
+        r = runner.invoke(app, args)
+    assert r.exit_code == 130 and len(open(tmp_path / "part" / "log.jsonl").read().splitlines()) == 2
+    hint = r.output.strip().splitlines()[-1]
+    assert hint.startswith("featcache: interrupted; resume with: featcache pretrain ") and hint.endswith("--resume")
+    import shlex
+
+    r = runner.invoke(app, shlex.split(hint.split("resume with: ", 1)[1])[1:])  # the command it says, as given
+    assert r.exit_code == 0, r.output
+    assert json.load(open(tmp_path / "part" / "metrics.json")) == full
+    logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(tmp_path / d / "log.jsonl")]
+            for d in ("full", "part")]
+    assert logs[0] == logs[1]
+
+    other = build_config({"head": "pool", "head.dropout": 0.3, **sets})
+    fused = pretrain_group(dense, [cfg, other], [str(tmp_path / "f0"), str(tmp_path / "f1")], show_progress=False)
+    tracked = build_config({"head": "pool", "head.dropout": 0.3, "log": "tensorboard", **sets})
+    alone = run_pretrain(dense, tracked, str(tmp_path / "alone"), show_progress=False)
+    assert fused[0] == full and fused[1] == alone
+
+    # tracking as train's: one tensorboard point per epoch, equal to the log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "alone"))
+    events.Reload()
+    log = [json.loads(line) for line in open(tmp_path / "alone" / "log.jsonl")]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("val/top1")] == [(r["epoch"], r["val/top1"]) for r in log]
+
+
+def test_clip_source_keeps_its_rounding_count_across_a_resume(dense):
+    from featcache.train.pretrain import ClipBatches
+
+    cache = open_cache(dense)
+    view = View("stride:1", spatial=2)
+    pools = read_pools(cache, view, "train")
+    half = [type(p)(p.tokens[::2], p.frame_indices[::2], p.num_frames) for p in pools]  # as if stride:2
+    cfg = build_config({"head": "r3d", "view": "stride:1", "spatial": 2, "batch_size": 16})
+    layout = view.layout(cache.attrs)
+    whole = ClipBatches(cfg, half, [], layout, PRP(), "prp")
+    for epoch in (0, 1):
+        list(whole.epoch(epoch))
+    first = ClipBatches(cfg, half, [], layout, PRP(), "prp")
+    list(first.epoch(0))
+    again = ClipBatches(cfg, half, [], layout, PRP(), "prp")
+    again.load_state_dict(first.state_dict())
+    batches = list(again.epoch(1))
+    assert again.rounded == whole.rounded > first.rounded > 0
+    assert sum(len(y) for _, y in batches) == len(again) == 4 * len(half) and again.val(8) is None
