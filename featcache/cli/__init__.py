@@ -1,6 +1,6 @@
 """The `featcache` command line: parse options, build a config, call one function.
 
-One module per command group (extract, cache, train, ablate, manifest, demo); cli/app.py holds the app, the
+One module per command group (extract, cache, train, evaluate, ablate, manifest, demo); cli/app.py holds the app, the
 error convention and the option parsers they share.
 
 Exit status: 0 success, 1 some videos failed / the cache has problems, 2 a usage error
@@ -9,7 +9,7 @@ Exit status: 0 success, 1 some videos failed / the cache has problems, 2 a usage
 from featcache.cli.app import app, cache_app  # noqa: F401  (tests and entry points import featcache.cli.app)
 
 # the command modules register themselves on the apps
-from featcache.cli import extract, cache, train, ablate, manifest, demo  # noqa: E402,F401,I001
+from featcache.cli import extract, cache, train, evaluate, ablate, manifest, demo  # noqa: E402,F401,I001
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`featcache train`, `pretrain`, `probe`, `eval` and `heads` (`ablate` is in cli/ablate.py)."""
+"""`featcache train`, `pretrain`, `probe` and `heads` (`eval` is in cli/evaluate.py, `ablate` in cli/ablate.py)."""
 from __future__ import annotations
 
 import json
@@ -222,63 +222,6 @@ def probe(
     shown = {k: v for k, v in results.items() if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "k", "C")}
     typer.echo(f"{method} on {feature} features; " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
     typer.echo(f"run directory: {out} (metrics.json, predictions_<split>.csv, config.yaml)")
-
-
-@app.command("eval", epilog="Examples:\n\n  featcache eval runs/r3d --split test\n\n"
-                             "  featcache eval runs/r3d --temporal-views 2   # two uniform:8 views of a uniform:16 pool\n\n"
-                             "  featcache eval runs/r3d --temporal-views 10 --spatial-views 3 --clip-rate 2 --combine sum"
-                             "   # SlowFast's 30 views: 10 dense clips x 3 crops (docs/protocols.md)")
-def eval_(
-    run_dir: str = typer.Argument(..., help="A featcache train run directory."),
-    split: str = typer.Option("test", help="train, val or test."),
-    cache: Optional[str] = typer.Option(None, help="Evaluate on this cache instead of the one trained on."),
-    checkpoint: str = typer.Option("best", help="best or last (a run trained with keep_last; outputs named @last)."),
-    temporal_views: int = typer.Option(1, help="Multi-view testing: V interleaved uniform:N views from a uniform:N*V pool "
-                                              "(VideoMAE-like), or with --clip-rate V dense clips (SlowFast)."),
-    spatial_views: int = typer.Option(1, help="Multi-view testing: 3 crops along the long side (a cache from extract --crops 3)."),
-    combine: str = typer.Option("mean", help="How view scores combine (softmax/sigmoid first): mean, sum or max."),
-    window: int = typer.Option(0, help="Sliding windows of this many pool frames (the head's clip length) over a dense pool."),
-    stride: int = typer.Option(0, help="--window: start a window every STRIDE pool frames (default: the window, no overlap)."),
-    aggregate: str = typer.Option("max", help="--window: a video's score is the max or mean over its windows."),
-    pool: Optional[str] = typer.Option(None, help="--window / --clip-rate: the dense pool (fps:F or stride:S for windows, "
-                                                  "stride:S for clips; default the cache's first)."),
-    clip_rate: int = typer.Option(0, help="Dense-clip views: each of the --temporal-views is N frames every R source "
-                                          "frames, starts evenly spaced (SlowFast get_start_end_idx), from a stride:S pool."),
-    manifest: Optional[str] = typer.Option(None, "--manifest", "-m", help="Labels and splits from this manifest "
-                                           "(default: the one the run was trained with; its class list must be the run's)."),
-):
-    """Re-evaluate a trained head on a split (writes predictions_<split>.csv); refuses caches from
-    another model or preprocessing."""
-    from featcache.cache.store import open_cache
-    from featcache.train import rundir
-    from featcache.train.evaluate import SPLITS, evaluate_checkpoint, evaluate_windows
-
-    with user_errors():
-        if split not in SPLITS:
-            raise FeatcacheError(f"--split: unknown {split!r}; expected train, val or test")
-        if checkpoint not in ("best", "last"):
-            raise FeatcacheError(f"--checkpoint: expected best or last, got {checkpoint!r}")
-        path, other = rundir.checkpoint_path(run_dir, checkpoint), open_cache(cache) if cache else None
-        if checkpoint == "last" and not rundir.has(run_dir, "last") and rundir.has(run_dir, "best"):
-            raise FeatcacheError(f"--checkpoint last: {run_dir} has no last.pt (a finished run keeps it only when "
-                                 "trained with --set keep_last=true); evaluate best, or train with keep_last")
-        tag = "@last" if checkpoint == "last" else ""  # its outputs never overwrite the best checkpoint's
-        if window or stride:
-            if temporal_views != 1 or spatial_views != 1 or clip_rate:
-                raise FeatcacheError("--window and --temporal-views/--spatial-views/--clip-rate are two protocols; "
-                                     "give one of them")
-            results = evaluate_windows(path, other, splits=(split,), out_dir=run_dir, window=window, stride=stride,
-                                       aggregate=aggregate, pool=pool, manifest=manifest, tag=tag)
-        else:
-            results = evaluate_checkpoint(path, other, splits=(split,), out_dir=run_dir, temporal_views=temporal_views,
-                                          combine=combine, spatial_views=spatial_views, manifest=manifest, tag=tag,
-                                          clip_rate=clip_rate, pool=pool)
-        if not results:
-            raise FeatcacheError(f"the cache has no videos in the {split} split")
-    protocol = next(iter(results)).split("@", 1)[1] if "@" in next(iter(results)) else ""
-    protocol = f"@{protocol}" if protocol else ""
-    rundir.write_eval(run_dir, f"{split}{protocol}", results)
-    typer.echo(json.dumps(results, indent=2, sort_keys=True))
 
 
 @app.command(epilog="Examples:\n\n  featcache heads\n\n  featcache heads --head my_heads.py:TinyHead")
