@@ -69,7 +69,10 @@ class DecodedVideo:
 
 
 def resize_to_short_side(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(width, height) with the shorter side at ``short_side`` (torchvision Resize(int))."""
+    """(width, height) with the shorter side at ``short_side`` (torchvision Resize(int)); 0: the
+    source size (video encoders resize as their torchvision preset, featcache.clip_prepare)."""
+    if short_side <= 0:
+        return width, height
     if width <= height:
         return short_side, int(short_side * height / width)
     return int(short_side * width / height), short_side

@@ -65,9 +65,15 @@ class Policy:
 
 
 def parse_policies(text: str) -> tuple[Policy, ...]:
-    """Parse ``"uniform:16,keyframes:8"``; raise ValueError naming the bad part."""
+    """Parse ``"uniform:16,keyframes:8"``; raise ValueError naming the bad part. Clip policies
+    of video encoders (``clips:N``, ``fps:F,windows:W/S``) parse to ClipPolicy (video/clips.py)."""
+    from featcache.video.clips import parse_clip_parts
+
+    clip_policies, parts = parse_clip_parts([p.strip() for p in text.split(",")])
+    if clip_policies:
+        return tuple(clip_policies)
     policies = []
-    for part in (p.strip() for p in text.split(",")):
+    for part in parts:
         m = re.fullmatch(r"([a-z]+):(\d+)", part)
         if not m or m.group(1) not in POLICY_KINDS:
             raise ValueError(f"--frames: unknown policy {part!r}; expected uniform:N, keyframes:N, stride:S or fps:F")

@@ -1,0 +1,94 @@
+"""The decoding side of stage 1 for video encoders: decode, cut clips, resize and crop.
+
+``prepare_clips`` is what ``featcache.prepare.prepare`` runs when the spec carries a clip spec
+(``DecodeSpec.clip``, from ``VideoEncoder.clip_spec``): the frames of every clip the policy picks
+(featcache/video/clips.py) are decoded once at their source size, resized and centre-cropped
+exactly as the weights' torchvision preset does (``torchvision.transforms.functional.resize`` on
+uint8 frames, ``antialias=False``; transforms/_presets.py L115-116), and stacked into clips
+``(K, T, S, S, 3)``: one row of the cache per distinct clip.
+
+The record is a frame record whose rows are clips: ``frame_indices`` / ``timestamps`` give each
+clip's first frame, ``clips.frame_indices`` / ``clips.timestamps`` every frame of every clip
+``(K, T)``, and ``policies`` the policy's clips as positions into the rows (repeats for a short
+video's identical clips).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from featcache.manifest import VideoItem
+from featcache.video.clips import policy_clips, unique_clips
+from featcache.video.decode import DecodeError, decode_video
+from featcache.video.select import parse_policies
+
+
+def crop_resized(frames: np.ndarray, resize_size: list[int], crop_size: list[int], interpolation: str) -> np.ndarray:
+    """uint8 (K, H, W, 3) frames at source size -> (K, h, w, 3): torchvision's resize (uint8 in,
+    uint8 out, ``antialias=False``) then its centre crop, as the VideoClassification preset."""
+    import torch
+    import torchvision.transforms.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (K, 3, H, W)
+    x = F.resize(x, list(resize_size), interpolation=InterpolationMode(interpolation), antialias=False)
+    x = F.center_crop(x, list(crop_size))
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())  # (K, h, w, 3)
+
+
+def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
+    """``Prepared`` (``prepared_cls``) with clips (K, T, S, S, 3) uint8 and the clip record; never
+    raises for a bad video (``reason`` says why). ``log``: featcache.prepare's stderr capture and
+    record helpers ``(captured_stderr, with_log, decoder_log)``."""
+    captured_stderr, with_log, decoder_log = log
+    (policy,) = parse_policies(spec.policies)
+    clip = spec.clip
+    record = {"video_id": item.video_id, "path": item.path, "split": item.split,
+              "labels": list(item.labels), "extra": item.extra}
+    chosen = {}
+
+    def pick(n: int, scores, stamps: np.ndarray) -> np.ndarray:
+        fps = (n - 1) / max(float(stamps[-1] - stamps[0]), 1e-9) if n > 1 else 1.0
+        fps = chosen.get("fps") or fps
+        clips, short = policy_clips(policy, n, fps, stamps, clip["frames"], clip["rate"])
+        if short and spec.short_videos == "fail":
+            raise DecodeError(f"video is shorter than one {clip['frames']}-frame clip of {policy}")
+        chosen["clips"], chosen["short"] = clips, short
+        return np.unique(clips)
+
+    messages: list[str] = []
+    try:
+        chosen["fps"] = _header_fps(item.path)
+        with captured_stderr(messages):
+            video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear")
+        frames = crop_resized(video.frames, clip["resize_size"], clip["crop_size"], clip["interpolation"])
+    except DecodeError as exc:
+        return prepared_cls(item, with_log(record, messages), reason=str(exc))
+    except Exception as exc:  # one bad file must not end the run
+        return prepared_cls(item, with_log(record, messages), reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
+    rows, positions = unique_clips(chosen["clips"])  # (K, T) source indices, sorted
+    at = np.searchsorted(video.indices, rows)  # (K, T) positions into the decoded frames
+    stamps = video.timestamps[at]  # (K, T) seconds
+    record.update(
+        source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width, "height": video.height,
+                "decoder": video.decoder, "decoder_note": video.note, "expected_frames": video.expected_frames,
+                "truncated": video.looks_truncated, **decoder_log(messages)},
+        frame_indices=rows[:, 0], timestamps=stamps[:, 0], policies={str(policy): positions},
+        clips={"frame_indices": rows.tolist(), "timestamps": stamps.tolist(), "frames": int(rows.shape[1]),
+               "rate": clip["rate"] if policy.kind == "clips" else policy.fps},
+        num_cached_frames=len(rows), num_clips=len(rows), short=bool(chosen["short"]),
+    )
+    return prepared_cls(item, record, frames[at], None)  # (K, T, S, S, 3)
+
+
+def _header_fps(path: str) -> float | None:
+    """The stream's average frame rate from the container header (torchvision resamples with
+    the video's fps); None when the header has none (then it is measured from the timestamps)."""
+    from featcache.video.decode import _open_pyav, check_file
+
+    check_file(path)
+    container, stream = _open_pyav(path)
+    try:
+        rate = stream.average_rate or stream.guessed_rate
+        return float(rate) if rate else None
+    finally:
+        container.close()
