@@ -24,7 +24,7 @@ from featcache.errors import FeatcacheError
 from featcache.leaderboard import write_leaderboard
 from featcache.registry import create_head, head_source
 from featcache.train.evaluate import read_splits
-from featcache.train.fit import backbone_args, check_head_output, train_group
+from featcache.train.fit import backbone_args, check_clip_head, check_head_output, train_group
 from featcache.view import Layout, View
 
 
@@ -157,6 +157,7 @@ def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) 
     """Build the head on the view's shape, run one forward + backward: validates the options and
     measures activation memory (saved tensors) and step time."""
     try:
+        check_clip_head(cell.config.head, attrs)
         head = create_head(cell.config.head, in_dim=layout.dim, num_classes=classes, num_frames=layout.frames,
                            grid=layout.grid, num_prefix_tokens=layout.num_prefix_tokens,
                            **backbone_args(cell.config.head, attrs), **cell.config.head_options)

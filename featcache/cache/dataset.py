@@ -73,6 +73,9 @@ def frame_positions(entry: VideoEntry, policy: Policy) -> list[int]:
     """Positions into the video's cached frames that ``policy`` picks."""
     if str(policy) in entry.policies:
         return list(entry.policies[str(policy)])
+    if policy.kind == "clips" and "clips" in entry.record:  # K of the cached clips, evenly (uniform:K over them)
+        cached = next(iter(entry.policies.values()))
+        return [cached[i] for i in uniform_indices(len(cached), policy.count)]
     n = entry.record["source"]["num_frames"]
     if policy.kind == "uniform":
         wanted = uniform_indices(n, policy.count)
