@@ -244,7 +244,12 @@ def _load_file(model, path: str) -> dict:
     if not os.path.isfile(path):
         raise FeatcacheError(f"--weights: no such file {path!r}; expected hub, random or a .pth/.safetensors file")
     state = _read_state_dict(path)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes of another architecture
+        first = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln][:1]
+        raise FeatcacheError(f"--weights {path}: the file does not fit {type(model).__name__} "
+                             f"({first[0][:160] if first else 'size mismatch'}); is it a checkpoint of this --model?") from None
     bad = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")] or result.unexpected_keys
     if bad:
         what = "misses" if result.missing_keys else "has unexpected"

@@ -102,8 +102,9 @@ def parse_clip_parts(parts: list[str]) -> tuple[list[ClipPolicy], list[str]]:
 
 # ------------------------------------------------------------------ torchvision's index maths
 def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
-    """torch.linspace(start, end, steps) in float32 (the CPU kernel: the first half counts up
-    from start, the second half down from end)."""
+    """torch.linspace(start, end, steps) in float32 as its CPU kernel computes it (the first half
+    counts up from start, the second half down from end; the step in float32). Its floors, which
+    UniformClipSampler takes, match torch's (tests/test_clips.py); the floats may differ by 1 ulp."""
     if steps == 1:
         return np.array([start], dtype=np.float32)
     step = np.float32((end - start) / (steps - 1))
