@@ -72,12 +72,18 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
         source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width, "height": video.height,
                 "decoder": video.decoder, "decoder_note": video.note, "expected_frames": video.expected_frames,
                 "truncated": video.looks_truncated, **decoder_log(messages)},
-        frame_indices=rows[:, 0], timestamps=stamps[:, 0], policies={str(policy): positions},
-        clips={"frame_indices": rows.tolist(), "timestamps": stamps.tolist(), "frames": int(rows.shape[1]),
-               "rate": clip["rate"] if policy.kind == "clips" else policy.fps},
-        num_cached_frames=len(rows), num_clips=len(rows), short=bool(chosen["short"]),
-    )
+        **clip_fields(policy, clip, rows, stamps, positions, chosen["short"]))
     return prepared_cls(item, record, frames[at], None)  # (K, T, S, S, 3)
+
+
+def clip_fields(policy, clip: dict, rows: np.ndarray, stamps: np.ndarray, positions: list[int], short: bool) -> dict:
+    """The clip part of a video's record (extract writes it, estimate replays it): rows (K, T)
+    source indices, stamps (K, T) seconds, the policy's positions into the rows."""
+    return {"frame_indices": rows[:, 0].tolist(), "timestamps": stamps[:, 0].tolist(),
+            "policies": {str(policy): positions},
+            "clips": {"frame_indices": rows.tolist(), "timestamps": stamps.tolist(), "frames": int(rows.shape[1]),
+                      "rate": clip["rate"] if policy.kind == "clips" else policy.fps},
+            "num_cached_frames": len(rows), "num_clips": len(rows), "short": bool(short)}
 
 
 def _header_fps(path: str) -> float | None:
