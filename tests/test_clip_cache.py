@@ -126,8 +126,9 @@ def test_info_verify_and_int8(charades, windows_cache, tmp_path):
 def test_shards_and_resume(charades, windows_cache, tmp_path):
     out = str(tmp_path / "s.zarr")
     cli("extract", charades, "--out", out, *TV, "--frames", "fps:8,windows:4/4", "--init-only")
-    for shard in ("0/2", "1/2"):
-        cli("extract", charades, "--out", out, *TV, "--frames", "fps:8,windows:4/4", "--shard", shard, "-q")
+    for shard, workers in (("0/2", "0"), ("1/2", "1")):  # the second decodes in a worker process
+        cli("extract", charades, "--out", out, *TV, "--frames", "fps:8,windows:4/4", "--shard", shard, "-q",
+            "--decode-workers", workers)
     again = cli("extract", charades, "--out", out, *TV, "--frames", "fps:8,windows:4/4", "-q").output
     assert "extracted 0 videos, 0 failed, 16 already cached" in again
     one, two = open_cache(windows_cache), open_cache(out)
@@ -203,3 +204,28 @@ def test_probe_and_windows_on_a_clips_cache(tmp_path):
     cli("train", out, "--head", "pool", "--view", "clips:1", "--out", tmp_path / "r", "--set", "epochs=2")
     ev = cli("eval", tmp_path / "r", "--window", "1", "--stride", "1", "--aggregate", "mean").output
     assert "test/top1@w1s1mean" in ev
+
+
+def test_published_clip_sweep_parses_and_runs_at_tiny_size(windows_cache, tmp_path):
+    """pipelines/charades_seed004_clips.yaml: seed 004's head, CLS vs all tokens, on a clip cache;
+    run by `featcache ablate` (1 epoch, a small MLP) and each cell evaluated with windows."""
+    from featcache.ablate import load_sweep
+
+    path = os.path.join(os.path.dirname(__file__), "..", "pipelines", "charades_seed004_clips.yaml")
+    s = load_sweep(path, cache="any")
+    assert [c.config.head_options["frame_feature"] for c in s.cells] == ["cls", "weighted"]
+    for cell in s.cells:
+        c = cell.config
+        assert (str(c.view.frames), c.lr, c.pos_weight, c.optimizer) == ("clips:1", 1e-5, 2.0, "adamw")
+        o = c.head_options
+        assert (o["mlp_layers"], o["mlp_hidden"], o["dropout"], o["frame_norm"]) == (2, 1024, 0.7, False)
+    text = open(path).read()
+    assert "29.38" in text and "24.57" in text and "What still differs" in text and "windows:16/2" in text
+    out = tmp_path / "sweep"
+    cli("ablate", path, "--cache", windows_cache, "--out", out, "--set", "epochs=1", "--set", "head.mlp_hidden=16", "-q")
+    with open(out / "leaderboard.csv") as f:
+        board = list(csv.DictReader(f))
+    assert sorted(r["head.frame_feature"] for r in board) == ["cls", "weighted"]
+    cells = sorted(os.listdir(out / "cells"))
+    ev = cli("eval", out / "cells" / cells[0], "--window", "1", "--stride", "2", "--aggregate", "max").output
+    assert "test/mAP@w1s2max" in ev
