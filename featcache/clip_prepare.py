@@ -55,11 +55,16 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
         chosen["clips"], chosen["short"] = clips, short
         return np.unique(clips)
 
+    def guess(n: int, stamps: np.ndarray) -> np.ndarray:
+        """The frames ``pick`` will choose if the header's frame count is right: kept while the
+        in-order decode streams by (a wrong guess costs a second pass, never correctness)."""
+        return np.unique(policy_clips(policy, n, chosen.get("fps") or 25.0, stamps, clip["frames"], clip["rate"])[0])
+
     messages: list[str] = []
     try:
         chosen["fps"] = _header_fps(item.path)
         with captured_stderr(messages):
-            video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear")
+            video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear", guess=guess)
         frames = crop_resized(video.frames, clip["resize_size"], clip["crop_size"], clip["interpolation"])
     except DecodeError as exc:
         return prepared_cls(item, with_log(record, messages), reason=str(exc))

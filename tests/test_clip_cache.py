@@ -158,6 +158,7 @@ def test_heads_train_on_clip_tokens(windows_cache, tmp_path, head, sets):
     (["--head", "pool", "--view", "uniform:4"], "the cache holds clips of a video encoder"),
     (["--head", "pool", "--set", "spatial=1"], "spatial: clip tokens are a flattened"),
     (["--head", "pool", "--view", "windows:4/4@fps:8"], "a dense pool has a different number"),
+    (["--head", "pool", "--set", "augment=flip"], "augment=flip: flips and crops of a frame's patch grid"),
 ])
 def test_frame_only_options_say_so_on_a_clip_cache(windows_cache, tmp_path, args, message):
     full = ["--view", "clips:2", *args] if "--view" not in args else args

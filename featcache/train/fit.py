@@ -88,6 +88,9 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     view.check(cache.attrs)
     for cfg in cfgs:
         check_clip_head(cfg.head, cache.attrs)
+        if cache.attrs["tokens"].get("unit") == "clip" and cfg.augment != "none":
+            raise FeatcacheError(f"augment={cfg.augment}: flips and crops of a frame's patch grid are for frame caches; "
+                                 "a clip cache holds a flattened T'xH'xW' sequence (use augment=none)")
     stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
     if not cache.done_records("train"):  # before anything is read
         where = f"--manifest {cfgs[0].manifest}" if cfgs[0].manifest else "the store's annotations"
