@@ -18,7 +18,7 @@ import numpy as np
 
 from featcache.manifest import VideoItem
 from featcache.video.clips import policy_clips, unique_clips
-from featcache.video.decode import DecodeError, decode_video
+from featcache.video.decode import DecodeError, decode_video, header_rate
 from featcache.video.select import parse_policies
 
 
@@ -62,13 +62,13 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
 
     messages: list[str] = []
     try:
-        chosen["fps"] = _header_fps(item.path)
+        chosen["fps"] = header_rate(item.path)
         with captured_stderr(messages):
             video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear", guess=guess)
         frames = crop_resized(video.frames, clip["resize_size"], clip["crop_size"], clip["interpolation"])
     except DecodeError as exc:
         return prepared_cls(item, with_log(record, messages), reason=str(exc))
-    except Exception as exc:  # one bad file must not end the run
+    except Exception as exc:  # noqa: BLE001 -- one bad file must not end the run; the reason names the error
         return prepared_cls(item, with_log(record, messages), reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
     rows, positions = unique_clips(chosen["clips"])  # (K, T) source indices, sorted
     at = np.searchsorted(video.indices, rows)  # (K, T) positions into the decoded frames
@@ -89,17 +89,3 @@ def clip_fields(policy, clip: dict, rows: np.ndarray, stamps: np.ndarray, positi
             "clips": {"frame_indices": rows.tolist(), "timestamps": stamps.tolist(), "frames": int(rows.shape[1]),
                       "rate": clip["rate"] if policy.kind == "clips" else policy.fps},
             "num_cached_frames": len(rows), "num_clips": len(rows), "short": bool(short)}
-
-
-def _header_fps(path: str) -> float | None:
-    """The stream's average frame rate from the container header (torchvision resamples with
-    the video's fps); None when the header has none (then it is measured from the timestamps)."""
-    from featcache.video.decode import _open_pyav, check_file
-
-    check_file(path)
-    container, stream = _open_pyav(path)
-    try:
-        rate = stream.average_rate or stream.guessed_rate
-        return float(rate) if rate else None
-    finally:
-        container.close()

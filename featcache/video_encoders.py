@@ -26,11 +26,10 @@ import hashlib
 import os
 import re
 
-import numpy as np
 import torch
 
-from featcache.encoder import EncoderConfig, FrozenEncoder, Pending, resolve_precision
 from featcache.device import resolve_device
+from featcache.encoder import EncoderConfig, FrozenEncoder, Pending, resolve_precision
 from featcache.errors import FeatcacheError
 
 VIDEO_PREFIXES = ("tv:", "hf:")
@@ -161,10 +160,7 @@ class VideoEncoder:
     def _forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """(B, 3, T, H, W) normalised -> (B, 1 + T'H'W', C) tokens (pooled first) and (T', H', W')."""
         m = self.model
-        if self.family == "mvit":  # MViT.forward up to its norm (torchvision mvit.py L546-560)
-            from torchvision.models.video.mvit import _unsqueeze
-
-            x = _unsqueeze(x, 5, 2)[0]
+        if self.family == "mvit":  # MViT.forward up to its norm (torchvision mvit.py L546-560; x is 5-D already)
             x = m.conv_proj(x).flatten(2).transpose(1, 2)  # (B, T'H'W', C0)
             x = m.pos_encoding(x)  # class token prepended
             thw = (m.pos_encoding.temporal_size,) + tuple(m.pos_encoding.spatial_size)
@@ -238,12 +234,30 @@ def _build(name: str, cfg: EncoderConfig):
     return model, _load_file(model, cfg.weights)
 
 
-def _load_file(model, path: str) -> dict:
-    from featcache.encoder import _read_state_dict
+def _read_weights(path: str) -> dict:
+    """A state dict from a .pth (``weights_only``: no pickled code) or .safetensors file; the usual
+    wrappers (``state_dict``, ``model``, ``module``) and ``module.`` prefixes removed."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file is one line naming the error
+        raise FeatcacheError(f"--weights {path}: cannot read weights: {type(exc).__name__}: {exc}"[:300]) from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise FeatcacheError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_file(model, path: str) -> dict:
     if not os.path.isfile(path):
         raise FeatcacheError(f"--weights: no such file {path!r}; expected hub, random or a .pth/.safetensors file")
-    state = _read_state_dict(path)
+    state = _read_weights(path)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes of another architecture

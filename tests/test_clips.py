@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.video.clips import (ClipPolicy, _linspace_f32, clips_indices, resample_indices, unique_clips,
-                                   windows_indices)
+from featcache.video.clips import (
+    ClipPolicy,
+    _linspace_f32,
+    clips_indices,
+    resample_indices,
+    unique_clips,
+    windows_indices,
+)
 from featcache.video.select import fps_indices, parse_policies
 
 

@@ -4,14 +4,11 @@ PyAV, clip indices from torchvision's own VideoClips / UniformClipSampler code, 
 VideoClassification preset applied to the frames, and the model's own forward with hooks."""
 from __future__ import annotations
 
-import csv
-import os
-
 import numpy as np
 import pytest
 import torch
-
 from conftest import cli, pyav_frames, write_manifest
+
 from featcache.cache.store import open_cache
 from featcache.encoder import EncoderConfig
 from featcache.errors import FeatcacheError

@@ -94,6 +94,21 @@ def check_file(path: str) -> None:
         raise DecodeError("empty file (0 bytes)")
 
 
+def header_rate(path: str) -> float | None:
+    """The video stream's average frame rate from the container header (None when it gives
+    none): the ``fps`` torchvision resamples clips with (featcache.clip_prepare)."""
+    import av
+
+    check_file(path)
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+    except Exception as exc:
+        raise DecodeError(f"cannot open: {_one_line(exc)}") from exc
+    return float(rate) if rate else None
+
+
 def decode_video(
     path: str,
     pick: Picker,

@@ -66,8 +66,8 @@ class Policy:
 
 def parse_policies(text: str) -> tuple[Policy, ...]:
     """Parse ``"uniform:16,keyframes:8"``; raise ValueError naming the bad part. Clip policies
-    of video encoders (``clips:N``, ``fps:F,windows:W/S``) parse to ClipPolicy (video/clips.py)."""
-    from featcache.video.clips import parse_clip_parts
+    of video encoders (``clips:N``, ``fps:F,windows:W/S``) parse to ClipPolicy (clip_policy.py)."""
+    from featcache.clip_policy import parse_clip_parts
 
     clip_policies, parts = parse_clip_parts([p.strip() for p in text.split(",")])
     if clip_policies:
