@@ -40,8 +40,8 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
     raises for a bad video (``reason`` says why). ``log``: featcache.prepare's stderr capture and
     record helpers ``(captured_stderr, with_log, decoder_log)``."""
     captured_stderr, with_log, decoder_log = log
-    (policy,) = parse_policies(spec.policies)
     clip = spec.clip
+    (policy,) = parse_policies(clip["policy"])
     record = {"video_id": item.video_id, "path": item.path, "split": item.split,
               "labels": list(item.labels), "extra": item.extra}
     chosen = {}

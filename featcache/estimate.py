@@ -179,8 +179,9 @@ def _clip_record(item: VideoItem, cfg, clip: dict, n: int, fps: float, size: tup
     timestamps at the header rate), and its row (clip) count."""
     from featcache.clip_prepare import clip_fields
     from featcache.video.clips import policy_clips, unique_clips
+    from featcache.video.select import parse_policies
 
-    (policy,) = cfg.policies
+    (policy,) = parse_policies(clip["policy"])
     stamps = np.arange(n) / fps
     clips, short = policy_clips(policy, n, fps, stamps, clip["frames"], clip["rate"])
     rows, positions = unique_clips(clips)

@@ -100,9 +100,11 @@ class VideoEncoder:
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.facts = weights_facts(self.name, cfg.model_args)
-        windows = [p for p in policies if getattr(p, "kind", "") == "windows"]
-        self.frames = windows[0].count if windows else int(self.facts["clip_len"])
-        self.rate = float(windows[0].fps if windows else self.facts["frame_rate"])
+        clips = [p for p in policies if getattr(p, "kind", "") in ("clips", "windows")]
+        self.policy = clips[0] if clips else None  # what clip_prepare cuts (None: a bare encoder, e.g. estimate's)
+        windows = clips and self.policy.kind == "windows"
+        self.frames = self.policy.count if windows else int(self.facts["clip_len"])
+        self.rate = float(self.policy.fps if windows else self.facts["frame_rate"])
         self.model, self.weights_info = _build(self.name, cfg)
         self.model.eval().requires_grad_(False).to(self.device)
         self.preprocess = self._preprocess()
@@ -126,7 +128,8 @@ class VideoEncoder:
     @property
     def clip_spec(self) -> dict:
         """What featcache.clip_prepare needs to cut, resize and crop clips (picklable)."""
-        return {"frames": self.frames, "rate": self.rate, "resize_size": list(self.facts["resize_size"]),
+        return {"policy": str(self.policy) if self.policy else None, "frames": self.frames, "rate": self.rate,
+                "resize_size": list(self.facts["resize_size"]),
                 "crop_size": list(self.facts["crop_size"]), "interpolation": self.facts["interpolation"]}
 
     def _preprocess(self) -> dict:
