@@ -74,8 +74,9 @@ def frame_positions(entry: VideoEntry, policy: Policy) -> list[int]:
     if str(policy) in entry.policies:
         return list(entry.policies[str(policy)])
     if policy.kind == "clips" and "clips" in entry.record:  # K of the cached clips, evenly (uniform:K over them)
-        cached = next(iter(entry.policies.values()))
-        return [cached[i] for i in uniform_indices(len(cached), policy.count)]
+        from featcache.video.clips import spread
+
+        return spread(next(iter(entry.policies.values())), policy.count)
     n = entry.record["source"]["num_frames"]
     if policy.kind == "uniform":
         wanted = uniform_indices(n, policy.count)

@@ -103,3 +103,11 @@ def unique_clips(clips: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """The distinct clips of (K, T) indices, sorted, and each input clip's position among them."""
     rows, positions = np.unique(clips, axis=0, return_inverse=True)
     return rows, np.asarray(positions).reshape(-1).tolist()
+
+
+def spread(positions: list[int], count: int) -> list[int]:
+    """``count`` of a video's cached clip positions, evenly (``uniform:count`` over them): the
+    clips a ``clips:K`` view takes from a clip cache."""
+    from featcache.video.select import uniform_indices
+
+    return [positions[i] for i in uniform_indices(len(positions), count)]
