@@ -226,3 +226,27 @@ def test_weights_file_of_another_model_is_refused(tmp_path):
     path = _weights_file(tmp_path, "mc3_18")
     with pytest.raises(FeatcacheError, match="is it a checkpoint of this --model"):
         make_encoder(EncoderConfig(model="tv:r2plus1d_18", weights=path, model_args=dict(SMALL)))
+
+
+def test_clips_on_the_real_clip_are_torchvisions(city_clip, tmp_path):
+    """clips:3 of r3d_18's own sampling (16 frames at 15 fps) on the real 25 fps MPEG-2 clip:
+    torchvision's VideoClips + UniformClipSampler over its 190 frames, and PyAV's frame times."""
+    import av
+    from torchvision.datasets.video_utils import VideoClips
+
+    with av.open(city_clip) as c:
+        stream = c.streams.video[0]
+        fps = float(stream.average_rate)
+        times = np.array([f.time for f in c.decode(video=0)])
+    manifest = write_manifest(tmp_path / "m.csv", [{"video_id": "city", "path": city_clip, "label": "a", "split": "test"}])
+    args = {k: v for k, v in SMALL.items() if k != "clip_len"}  # the weights' own 16 frames at 15 fps
+    enc = EncoderConfig(model="tv:r3d_18", weights="random", precision="fp32", model_args=args)
+    s = run_extract(ExtractConfig(manifest=manifest, out=str(tmp_path / "c.zarr"), encoder=enc, frames="clips:3"),
+                    show_progress=False)
+    assert s.done == 1, s.failed
+    entry = open_cache(str(tmp_path / "c.zarr")).video("city")
+    clips, _ = VideoClips.compute_clips_for_video(torch.arange(len(times)), 16, 1, fps, 15.0)
+    chosen = clips[torch.linspace(0, len(clips) - 1, steps=3).floor().long()].numpy()
+    assert fps == 25.0 and len(times) == 190 and entry.record["clips"]["frame_indices"] == chosen.tolist()
+    np.testing.assert_allclose(entry.record["clips"]["timestamps"], (times - times[0])[chosen], atol=1e-6)
+    assert entry.record["clips"]["rate"] == 15.0 and entry.tokens.shape[:2] == (3, 1)
