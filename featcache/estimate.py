@@ -41,6 +41,7 @@ class Estimate:
     forward_frames_per_s: float = 0.0  # the model alone, measured here at its best batch size
     batch_size: int = 0
     notes: list[str] = field(default_factory=list)
+    unit: str = "frame"  # what a cached row is: a frame, or a clip of a video encoder
 
     @property
     def bytes_per_video(self) -> float:
@@ -55,7 +56,8 @@ class Estimate:
                 "bytes_min": self.bytes_min, "bytes_max": self.bytes_max,
                 "bytes_per_video": round(self.bytes_per_video, 1), "token_bytes_per_frame": self.token_bytes_per_frame,
                 "unreadable": self.unreadable, "forward_frames_per_s": round(self.forward_frames_per_s, 2),
-                "batch_size": self.batch_size, "model_seconds": round(self.model_seconds, 1), "notes": self.notes}
+                "batch_size": self.batch_size, "model_seconds": round(self.model_seconds, 1), "notes": self.notes,
+                "unit": self.unit}
 
 
 def header_frames(path: str) -> tuple[int, float, str, int, int]:
@@ -83,7 +85,7 @@ def estimate(cfg, measure: bool = True) -> Estimate:
     attrs = to_json(root_attrs(cfg, encoder))
     attrs = dict(attrs, fingerprint=schema.fingerprint(attrs), schema_version=schema.SCHEMA_VERSION,
                  created_at="2026-01-01T00:00:00+00:00")  # the length of a real timestamp
-    est = Estimate(token_bytes_per_frame=frame_bytes(attrs))
+    est = Estimate(token_bytes_per_frame=frame_bytes(attrs), unit="frame" if clip is None else "clip")
     needs_luv = any(p.kind == "keyframes" for p in cfg.policies)
     stores = {overlap: _StoreBytes(attrs) for overlap in ("expected", "min", "max")}
     for item in items:

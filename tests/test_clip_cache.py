@@ -102,7 +102,9 @@ def test_estimate_matches_what_extract_writes(charades, tmp_path, extra):
     assert est["videos"] == 16 and est["frames"] == sum(len(r["frame_indices"]) for r in cache.records().values())
     assert est["files"] == sum(len(f) for _, _, f in os.walk(out))
     assert abs(est["bytes"] / cache.size_on_disk() - 1) <= 1e-4, (est["bytes"], cache.size_on_disk())
-    assert "model time is not measured for video encoders" in " ".join(est["notes"])
+    assert "model time is not measured for video encoders" in " ".join(est["notes"]) and est["unit"] == "clip"
+    text = cli("estimate", charades, *TV, *extra).output
+    assert f"16 videos, {est['frames']} cached clips" in text and "of arrays per clip" in text
 
 
 def test_info_verify_and_int8(charades, windows_cache, tmp_path):

@@ -158,8 +158,8 @@ def estimate(
     if as_json:
         typer.echo(json.dumps(est.as_dict(), indent=1))
         return
-    typer.echo(f"{est.videos} videos, {est.frames} cached frames; {human(est.token_bytes_per_frame)} of arrays "
-               f"per frame, {human(est.bytes_per_video)} per video")
+    typer.echo(f"{est.videos} videos, {est.frames} cached {est.unit}s; {human(est.token_bytes_per_frame)} of arrays "
+               f"per {est.unit}, {human(est.bytes_per_video)} per video")
     typer.echo(f"total {human(est.bytes)} ({est.bytes} bytes) in {est.files} files, metadata included")
     if est.bytes_min != est.bytes_max:
         typer.echo(f"range {human(est.bytes_min)} to {human(est.bytes_max)}: how many key frames coincide with the "
