@@ -14,6 +14,8 @@ video's identical clips).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from featcache.manifest import VideoItem
@@ -33,6 +35,22 @@ def crop_resized(frames: np.ndarray, resize_size: list[int], crop_size: list[int
     x = F.resize(x, list(resize_size), interpolation=InterpolationMode(interpolation), antialias=False)
     x = F.center_crop(x, list(crop_size))
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())  # (K, h, w, 3)
+
+
+@functools.lru_cache(maxsize=2)
+def _video_processor(source: str):
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    return transformers.AutoVideoProcessor.from_pretrained(source)
+
+
+def processed(frames: np.ndarray, source: str) -> np.ndarray:
+    """uint8 (K, H, W, 3) -> (K, h, w, 3): the resize and centre crop of a transformers model's
+    own video processor (rescaling and normalisation off: they run with the model)."""
+    out = _video_processor(source)([frames], return_tensors="pt", do_rescale=False, do_normalize=False)
+    x = out["pixel_values"] if "pixel_values" in out else out["pixel_values_videos"]  # (1, K, 3, h, w) uint8
+    return np.ascontiguousarray(x[0].permute(0, 2, 3, 1).numpy())
 
 
 def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
@@ -65,7 +83,8 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
         chosen["fps"] = header_rate(item.path)
         with captured_stderr(messages):
             video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear", guess=guess)
-        frames = crop_resized(video.frames, clip["resize_size"], clip["crop_size"], clip["interpolation"])
+        frames = (processed(video.frames, clip["source"]) if clip.get("resizer") == "hf" else
+                  crop_resized(video.frames, clip["resize_size"], clip["crop_size"], clip["interpolation"]))
     except DecodeError as exc:
         return prepared_cls(item, with_log(record, messages), reason=str(exc))
     except Exception as exc:  # noqa: BLE001 -- one bad file must not end the run; the reason names the error

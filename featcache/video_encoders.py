@@ -48,8 +48,9 @@ def is_video_model(name: str) -> bool:
 def make_encoder(cfg: EncoderConfig, policies: tuple = ()):
     """The frozen encoder for ``cfg.model``: a VideoEncoder for ``tv:``, FrozenEncoder otherwise."""
     if cfg.model.startswith("hf:"):
-        raise FeatcacheError(f"--model {cfg.model}: Hugging Face video encoders (hf:) are not supported yet; "
-                             "use a torchvision one: " + ", ".join(f"tv:{m}" for m in TV_MODELS))
+        from featcache.hf_video import HFVideoEncoder
+
+        return HFVideoEncoder(cfg, policies)
     if cfg.model.startswith("tv:"):
         return VideoEncoder(cfg, policies)
     return FrozenEncoder(cfg)
@@ -92,20 +93,18 @@ class VideoEncoder:
     def __init__(self, cfg: EncoderConfig, policies: tuple = ()):
         self.cfg = cfg
         self.name = cfg.model[3:]
-        if self.name not in TV_MODELS:
-            raise FeatcacheError(f"--model {cfg.model}: unknown torchvision video model {self.name!r}; expected one of "
-                                 + ", ".join(f"tv:{m}" for m in TV_MODELS))
         _check_options(cfg)
-        self.family = TV_MODELS[self.name]
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        self.facts = weights_facts(self.name, cfg.model_args)
         clips = [p for p in policies if getattr(p, "kind", "") in ("clips", "windows")]
         self.policy = clips[0] if clips else None  # what clip_prepare cuts (None: a bare encoder, e.g. estimate's)
+        self._load(cfg)  # family, facts (preprocessing, sampling), model, weights_info
         windows = clips and self.policy.kind == "windows"
+        if not windows and self.facts["frame_rate"] is None:
+            raise FeatcacheError(f"--model {cfg.model}: its files give no sampling rate for clips:N; give "
+                                 "--model-arg frame_rate=R (frames per second)")
         self.frames = self.policy.count if windows else int(self.facts["clip_len"])
         self.rate = float(self.policy.fps if windows else self.facts["frame_rate"])
-        self.model, self.weights_info = _build(self.name, cfg)
         self.model.eval().requires_grad_(False).to(self.device)
         self.preprocess = self._preprocess()
         self._mean = torch.tensor(self.facts["mean"]).view(1, 3, 1, 1, 1).to(self.device)
@@ -120,6 +119,14 @@ class VideoEncoder:
         _, self.num_tokens, self.dim = tokens.shape
         self.grid = (1, self.num_tokens - 1)  # the flattened T'H'W' sequence (clip_grid keeps its shape)
 
+    def _load(self, cfg: EncoderConfig) -> None:
+        if self.name not in TV_MODELS:
+            raise FeatcacheError(f"--model {cfg.model}: unknown torchvision video model {self.name!r}; expected one of "
+                                 + ", ".join(f"tv:{m}" for m in TV_MODELS))
+        self.family = TV_MODELS[self.name]
+        self.facts = weights_facts(self.name, cfg.model_args)
+        self.model, self.weights_info = _build(self.name, cfg)
+
     # ---------------------------------------------------------------- what the decoding side needs
     @property
     def short_side(self) -> int:
@@ -130,18 +137,20 @@ class VideoEncoder:
         """What featcache.clip_prepare needs to cut, resize and crop clips (picklable)."""
         return {"policy": str(self.policy) if self.policy else None, "frames": self.frames, "rate": self.rate,
                 "resize_size": list(self.facts["resize_size"]),
-                "crop_size": list(self.facts["crop_size"]), "interpolation": self.facts["interpolation"]}
+                "crop_size": list(self.facts["crop_size"]), "interpolation": self.facts["interpolation"],
+                "resizer": self.facts.get("resizer", "torchvision"), "source": self.facts.get("source")}
 
     def _preprocess(self) -> dict:
         f = self.facts
         return {"input_size": [3, self.frames, *f["crop_size"]], "clip_len": self.frames, "frame_rate": self.rate,
-                "model_clip_len": int(f["clip_len"]), "model_frame_rate": float(f["frame_rate"]),
+                "model_clip_len": int(f["clip_len"]), "model_frame_rate": None if f["frame_rate"] is None else float(f["frame_rate"]),
                 "resize_size": f["resize_size"],
                 "resize": "short side" if len(f["resize_size"]) == 1 else "fixed (height, width)",
                 "crop": "center", "crop_size": f["crop_size"], "interpolation": f["interpolation"],
-                "antialias": False, "mean": f["mean"], "std": f["std"], "scale": "1/255",
-                "preset": f"torchvision {f['weights']}.transforms (VideoClassification)",
-                "resize_backend": "torchvision.transforms.functional.resize on uint8 frames decoded at source size"}
+                "antialias": f.get("antialias", False), "mean": f["mean"], "std": f["std"], "scale": "1/255",
+                "preset": f.get("preset") or f"torchvision {f['weights']}.transforms (VideoClassification)",
+                "resize_backend": f.get("resize_backend")
+                or "torchvision.transforms.functional.resize on uint8 frames decoded at source size"}
 
     # ---------------------------------------------------------------- forward
     def _normalise(self, clips: torch.Tensor) -> torch.Tensor:
@@ -196,7 +205,7 @@ class VideoEncoder:
             "layers_requested": [-1],
             "tokens": {"num_prefix_tokens": 1, "grid": list(self.grid), "num_tokens": self.num_tokens,
                        "dim": self.dim, "unit": "clip", "clip_grid": list(self.clip_grid),
-                       "prefix": "the pooled output (what the model's classifier reads)",
+                       "prefix": self.facts.get("prefix", "the pooled output (what the model's classifier reads)"),
                        "order": "pooled output, then the last feature map's T'xH'xW' positions row-major (t slowest)"},
             "compute": {"precision": self.precision, "device_type": self.device.type},
             "cut": None,
@@ -234,7 +243,7 @@ def _build(name: str, cfg: EncoderConfig):
         model = tvm.get_model(name, weights=None, **args)
     except TypeError as exc:
         raise FeatcacheError(f"--model-arg: tv:{name} does not accept these options: {exc}") from None
-    return model, _load_file(model, cfg.weights)
+    return model, load_weights_file(model, cfg.weights)
 
 
 def _read_weights(path: str) -> dict:
@@ -257,7 +266,7 @@ def _read_weights(path: str) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _load_file(model, path: str) -> dict:
+def load_weights_file(model, path: str) -> dict:
     if not os.path.isfile(path):
         raise FeatcacheError(f"--weights: no such file {path!r}; expected hub, random or a .pth/.safetensors file")
     state = _read_weights(path)

@@ -199,7 +199,7 @@ def test_short_video_is_one_repeated_clip(videos, tmp_path):
     (["--model", "tv:r3d_18", "--frames", "uniform:8"], "is a video encoder; it takes a clip policy"),
     (["--frames", "clips:4"], "clip policies are for video encoders"),
     (["--model", "tv:resnet50", "--frames", "clips:4"], "unknown torchvision video model 'resnet50'"),
-    (["--model", "hf:MCG-NJU/videomae-base", "--frames", "clips:4"], "Hugging Face video encoders (hf:) are not supported"),
+    (["--model", "hf:MCG-NJU/videomae-base", "--frames", "clips:4"], "hf:MCG-NJU/videomae-base: "),
     (["--model", "tv:r3d_18", "--frames", "fps:4,windows:8/4", "--layers", "-2"], "last feature map only"),
     (["--model", "tv:r3d_18", "--frames", "clips:2", "--crops", "3"], "centre crop only"),
     (["--model", "tv:r3d_18", "--frames", "windows:8/4"], "needs one fps:F pool"),

@@ -91,7 +91,8 @@ def format_clip_facts(f: dict) -> str:
     m, t, p, v, fr = f["model"], f["tokens"], f["preprocess"], f["videos"], f["frames"]
     weights = m["weights"]
     wtext = {"file": f"file {weights.get('path')} (sha256 {str(weights.get('sha256'))[:12]}...)",
-             "hub": f"hub {weights.get('enum')} ({weights.get('url')})",
+             "hub": f"hub {weights.get('enum')} ({weights.get('url')})" if weights.get("url")
+             else f"hub {weights.get('hf_hub_id')}",
              "random": f"RANDOM (seed {weights.get('seed')}) -- not a pretrained network"}.get(weights["source"])
     g = t["clip_grid"]
     lines = [
