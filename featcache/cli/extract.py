@@ -29,7 +29,7 @@ def extract(
     manifest: str = typer.Argument(..., help="CSV or JSONL manifest with video_id,path (label,split optional: "
                                    "training can take them from train --manifest), or a text file of video paths, one per line."),
     out: str = typer.Option(..., "--out", "-o", help="The Zarr store to create or resume."),
-    model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name, or tv:NAME for a torchvision video encoder (r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t) with --frames clips:N or fps:F,windows:W/S."),
+    model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name, or tv:NAME for a torchvision video encoder (r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t), hf:NAME for a transformers one (VideoMAE, V-JEPA 2; hub id or folder), with --frames clips:N or fps:F,windows:W/S."),
     weights: str = typer.Option("hub", help="hub (timm pretrained), random, or a .pth/.safetensors file."),
     model_arg: list[str] = typer.Option([], "--model-arg", help="Extra timm create_model option KEY=VALUE (repeatable)."),
     img_size: int = typer.Option(224, help="Square input size of the model."),
