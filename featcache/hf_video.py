@@ -24,12 +24,12 @@ patch tokens (no class token), after the final norm; the prefix token is their m
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
 from featcache.encoder import EncoderConfig
 from featcache.errors import FeatcacheError
-from featcache.video_encoders import PREPROCESS_ARGS, VideoEncoder
 
 HF_TYPES = {"videomae": "pixel_values", "vjepa2": "pixel_values_videos"}  # model_type -> the forward's input name
 
@@ -60,37 +60,46 @@ def _transformers(model: str):
     return transformers
 
 
-class HFVideoEncoder(VideoEncoder):
-    """A frozen transformers video model (VideoMAE, V-JEPA 2) behind VideoEncoder's interface."""
+@dataclass(frozen=True)
+class HFModel:
+    """What the forward needs besides the model: its input name and its config."""
 
-    def _load(self, cfg: EncoderConfig) -> None:
-        tf = _transformers(cfg.model)
-        source = cfg.model[3:]
-        try:
-            config = tf.AutoConfig.from_pretrained(source)
-            processor = tf.AutoVideoProcessor.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            raise FeatcacheError(f"--model {cfg.model}: cannot read its config and video processor "
-                                 f"({type(exc).__name__}); give a local folder with them, or a hub id cached here") from None
-        if config.model_type not in HF_TYPES:
-            raise FeatcacheError(f"--model {cfg.model}: a {config.model_type} model; hf: takes "
-                                 + ", ".join(HF_TYPES))
-        for key, value in cfg.model_args.items():
-            if key not in PREPROCESS_ARGS:
-                setattr(config, key, value)
-        self.family, self.input_name, self.config = config.model_type, HF_TYPES[config.model_type], config
-        self.model, self.weights_info = _build(tf, config, source, cfg)
-        self.facts = _facts(config, processor, source, cfg.model_args)
+    family: str  # the config's model_type
+    input_name: str
+    config: object
 
-    def _forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """(B, 3, T, H, W) normalised -> (B, 1 + T'H'W', C): the patch tokens' mean, then the tokens."""
-        out = self.model(**{self.input_name: x.transpose(1, 2)}, **({"skip_predictor": True} if self.family == "vjepa2"
-                                                                      else {}))  # the model takes (B, T, 3, H, W)
-        tokens = out.last_hidden_state  # (B, T'H'W', C)
-        c = self.config
-        patch = c.patch_size if isinstance(c.patch_size, int) else c.patch_size[0]
-        grid = (x.shape[2] // c.tubelet_size, x.shape[3] // patch, x.shape[4] // patch)
-        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1), grid
+
+def load_hf(cfg: EncoderConfig, reserved: tuple[str, ...], load_file) -> tuple:
+    """(HFModel, model, weights provenance, facts) of ``hf:NAME``; ``reserved``: the --model-arg
+    keys featcache reads itself (the rest set config fields); ``load_file(model, path)`` loads a
+    weights file (featcache.video_encoders.load_weights_file)."""
+    tf = _transformers(cfg.model)
+    source = cfg.model[3:]
+    try:
+        config = tf.AutoConfig.from_pretrained(source)
+        processor = tf.AutoVideoProcessor.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise FeatcacheError(f"--model {cfg.model}: cannot read its config and video processor "
+                             f"({type(exc).__name__}); give a local folder with them, or a hub id cached here") from None
+    if config.model_type not in HF_TYPES:
+        raise FeatcacheError(f"--model {cfg.model}: a {config.model_type} model; hf: takes " + ", ".join(HF_TYPES))
+    for key, value in cfg.model_args.items():
+        if key not in reserved:
+            setattr(config, key, value)
+    model, info = _build(tf, config, source, cfg, load_file)
+    return HFModel(config.model_type, HF_TYPES[config.model_type], config), model, info, \
+        _facts(config, processor, source, cfg.model_args)
+
+
+def hf_tokens(hf: HFModel, model, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """(B, 3, T, H, W) normalised -> (B, 1 + T'H'W', C): the patch tokens' mean, then the tokens."""
+    extra = {"skip_predictor": True} if hf.family == "vjepa2" else {}
+    out = model(**{hf.input_name: x.transpose(1, 2)}, **extra)  # the model takes (B, T, 3, H, W)
+    tokens = out.last_hidden_state  # (B, T'H'W', C)
+    c = hf.config
+    patch = c.patch_size if isinstance(c.patch_size, int) else c.patch_size[0]
+    grid = (x.shape[2] // c.tubelet_size, x.shape[3] // patch, x.shape[4] // patch)
+    return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1), grid
 
 
 def _facts(config, processor, source: str, model_args: dict) -> dict:
@@ -115,7 +124,7 @@ def _facts(config, processor, source: str, model_args: dict) -> dict:
     return facts
 
 
-def _build(tf, config, source: str, cfg: EncoderConfig):
+def _build(tf, config, source: str, cfg: EncoderConfig, load_file):
     """The model with its weights: (model, weights provenance)."""
     if cfg.weights == "random":
         torch.manual_seed(0)
@@ -129,8 +138,6 @@ def _build(tf, config, source: str, cfg: EncoderConfig):
         return model, {"source": "hub", "hf_hub_id": source}
     if not os.path.isfile(cfg.weights):
         raise FeatcacheError(f"--weights: no such file {cfg.weights!r}; expected hub, random or a .pth/.safetensors file")
-    from featcache.video_encoders import load_weights_file
-
     model = tf.AutoModel.from_config(config)
-    return model, load_weights_file(model, cfg.weights)
+    return model, load_file(model, cfg.weights)
 

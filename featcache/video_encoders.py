@@ -2,8 +2,7 @@
 
 The one place that dispatches on the model name: :func:`make_encoder` returns the timm
 :class:`featcache.encoder.FrozenEncoder` for image models and a :class:`VideoEncoder` for
-``tv:`` (torchvision) models; ``hf:`` (transformers VideoMAE / V-JEPA 2) is not built yet and
-fails with one line saying so.
+``tv:`` (torchvision) and ``hf:`` (transformers VideoMAE / V-JEPA 2, featcache/hf_video.py) models.
 
 Preprocessing is the weights' own (``<Model>_Weights.KINETICS400_V1.transforms``, torchvision's
 ``VideoClassification`` preset, torchvision/transforms/_presets.py L86-125): resize of every
@@ -46,12 +45,8 @@ def is_video_model(name: str) -> bool:
 
 
 def make_encoder(cfg: EncoderConfig, policies: tuple = ()):
-    """The frozen encoder for ``cfg.model``: a VideoEncoder for ``tv:``, FrozenEncoder otherwise."""
-    if cfg.model.startswith("hf:"):
-        from featcache.hf_video import HFVideoEncoder
-
-        return HFVideoEncoder(cfg, policies)
-    if cfg.model.startswith("tv:"):
+    """The frozen encoder for ``cfg.model``: a VideoEncoder for ``tv:`` / ``hf:``, FrozenEncoder otherwise."""
+    if cfg.model.startswith(VIDEO_PREFIXES):
         return VideoEncoder(cfg, policies)
     return FrozenEncoder(cfg)
 
@@ -83,7 +78,7 @@ def weights_facts(name: str, model_args: dict) -> dict:
 
 
 class VideoEncoder:
-    """A frozen torchvision video model with its weights' preprocessing; call it on uint8 clips
+    """A frozen video model (torchvision, or transformers for ``hf:``) with its own preprocessing; call it on uint8 clips
     (B, T, S, S, 3) (already resized and cropped); returns (B, 1, 1 + T'H'W', C) float32 tokens."""
 
     cut_block = None
@@ -120,6 +115,13 @@ class VideoEncoder:
         self.grid = (1, self.num_tokens - 1)  # the flattened T'H'W' sequence (clip_grid keeps its shape)
 
     def _load(self, cfg: EncoderConfig) -> None:
+        self.hf = None
+        if cfg.model.startswith("hf:"):  # transformers VideoMAE / V-JEPA 2 (featcache/hf_video.py)
+            from featcache.hf_video import load_hf
+
+            self.hf, self.model, self.weights_info, self.facts = load_hf(cfg, PREPROCESS_ARGS, load_weights_file)
+            self.family = self.hf.family
+            return
         if self.name not in TV_MODELS:
             raise FeatcacheError(f"--model {cfg.model}: unknown torchvision video model {self.name!r}; expected one of "
                                  + ", ".join(f"tv:{m}" for m in TV_MODELS))
@@ -172,6 +174,10 @@ class VideoEncoder:
     def _forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """(B, 3, T, H, W) normalised -> (B, 1 + T'H'W', C) tokens (pooled first) and (T', H', W')."""
         m = self.model
+        if self.hf is not None:
+            from featcache.hf_video import hf_tokens
+
+            return hf_tokens(self.hf, m, x)
         if self.family == "mvit":  # MViT.forward up to its norm (torchvision mvit.py L546-560; x is 5-D already)
             x = m.conv_proj(x).flatten(2).transpose(1, 2)  # (B, T'H'W', C0)
             x = m.pos_encoding(x)  # class token prepended
