@@ -57,7 +57,7 @@ def _run(*args, timeout=600):
 @pytest.mark.slow
 def test_charades_windows_from_a_clip_cache(charades, tmp_path):
     """extract (windows of 4 frames every 4 of an 8 fps pool) -> train an MLP on one clip's pooled
-    token -> eval with sliding windows, max over the windows (seed 004): the scores and mAP are
+    token -> eval with sliding windows, max over the windows (the Charades video transformers study): the scores and mAP are
     recomputed here from the checkpoint and the cached tokens."""
     from sklearn.metrics import average_precision_score
 
@@ -210,11 +210,11 @@ def test_probe_and_windows_on_a_clips_cache(tmp_path):
 
 
 def test_published_clip_sweep_parses_and_runs_at_tiny_size(windows_cache, tmp_path):
-    """pipelines/charades_seed004_clips.yaml: seed 004's head, CLS vs all tokens, on a clip cache;
+    """pipelines/charades_video_transformers_clips.yaml: the Charades video transformers study's head, CLS vs all tokens, on a clip cache;
     run by `featcache ablate` (1 epoch, a small MLP) and each cell evaluated with windows."""
     from featcache.ablate import load_sweep
 
-    path = os.path.join(os.path.dirname(__file__), "..", "pipelines", "charades_seed004_clips.yaml")
+    path = os.path.join(os.path.dirname(__file__), "..", "pipelines", "charades_video_transformers_clips.yaml")
     s = load_sweep(path, cache="any")
     assert [c.config.head_options["frame_feature"] for c in s.cells] == ["cls", "weighted"]
     for cell in s.cells:

@@ -16,7 +16,7 @@ A video encoder (``--model tv:NAME``) sees clips, not frames; the cache holds on
 - ``windows:W/S`` over an ``fps:F`` pool (written ``fps:F,windows:W/S`` on the command line,
   ``windows:W/S@fps:F`` in the store): the frames nearest to ``0, 1/F, 2/F, ...`` seconds
   (``select.fps_indices``), then windows of W consecutive pool frames starting every S pool
-  frames while a whole window fits (seed 004's Charades sliding windows, counted in pool frames
+  frames while a whole window fits (the Charades video transformers study's sliding windows, counted in pool frames
   as ``featcache eval --window`` does); a pool shorter than W is one window of ``uniform:W``
   over it (repeated frames).
 
