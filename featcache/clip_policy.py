@@ -42,7 +42,7 @@ def is_clip_policy_text(part: str) -> bool:
 def parse_clip_parts(parts: list[str]) -> tuple[list[ClipPolicy], list[str]]:
     """The clip policies among ``--frames`` parts and the parts left (frame policies). An
     ``fps:F`` part next to a ``windows:W/S`` part is the windows' pool and is consumed; raises
-    ValueError naming the bad part."""
+    ValueError naming the bad part (not the option: the caller names it)."""
     clip_parts = [p for p in parts if is_clip_policy_text(p)]
     if not clip_parts:
         return [], parts
@@ -51,11 +51,11 @@ def parse_clip_parts(parts: list[str]) -> tuple[list[ClipPolicy], list[str]]:
     for part in clip_parts:
         m = re.fullmatch(r"clips:(\d+)", part) or re.fullmatch(r"windows:(\d+)/(\d+)(?:@fps:(\d+))?", part)
         if not m:
-            raise ValueError(f"--frames: unknown clip policy {part!r}; expected clips:N or windows:W/S "
+            raise ValueError(f"unknown clip policy {part!r}; expected clips:N or windows:W/S "
                              "(with an fps:F pool, e.g. fps:4,windows:8/8)")
         values = [int(v) for v in m.groups() if v is not None]
         if min(values) < 1:
-            raise ValueError(f"--frames: {part!r}: every number must be at least 1")
+            raise ValueError(f"{part!r}: every number must be at least 1")
         if part.startswith("clips"):
             out.append(ClipPolicy("clips", values[0]))
             continue
@@ -63,14 +63,14 @@ def parse_clip_parts(parts: list[str]) -> tuple[list[ClipPolicy], list[str]]:
         if fps is None:
             pools = [p for p in rest if re.fullmatch(r"fps:\d+", p)]
             if len(pools) != 1:
-                raise ValueError(f"--frames: {part!r} needs one fps:F pool to cut its windows from, "
+                raise ValueError(f"{part!r} needs one fps:F pool to cut its windows from, "
                                  "e.g. --frames fps:4,windows:8/8")
             rest.remove(pools[0])
             fps = int(pools[0].split(":")[1])
             if fps < 1:
-                raise ValueError(f"--frames: {pools[0]!r}: F must be at least 1")
+                raise ValueError(f"{pools[0]!r}: F must be at least 1")
         out.append(ClipPolicy("windows", values[0], values[1], fps))
     if len(out) > 1 or rest:
-        raise ValueError(f"--frames: a video encoder caches one clip policy (clips:N, or fps:F,windows:W/S), "
+        raise ValueError(f"a video encoder caches one clip policy (clips:N, or fps:F,windows:W/S), "
                          f"got {','.join(parts)}")
     return out, rest

@@ -69,7 +69,10 @@ def parse_policies(text: str) -> tuple[Policy, ...]:
     of video encoders (``clips:N``, ``fps:F,windows:W/S``) parse to ClipPolicy (clip_policy.py)."""
     from featcache.clip_policy import parse_clip_parts
 
-    clip_policies, parts = parse_clip_parts([p.strip() for p in text.split(",")])
+    try:
+        clip_policies, parts = parse_clip_parts([p.strip() for p in text.split(",")])
+    except ValueError as exc:
+        raise ValueError(f"--frames: {exc}") from None
     if clip_policies:
         return tuple(clip_policies)
     policies = []
