@@ -205,7 +205,8 @@ def test_short_video_is_one_repeated_clip(videos, tmp_path):
     (["--model", "tv:r3d_18", "--frames", "windows:8/4"], "needs one fps:F pool"),
     (["--model", "tv:mvit_v2_s", "--frames", "fps:4,windows:8/8"], "cannot run a 8-frame 224x224 clip"),
 ])
-def test_bad_options_are_one_line(args, message, tmp_path, videos):
+def test_bad_options_are_one_line(args, message, tmp_path, videos, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # hf: on a closed network, without the reachability probe
     manifest = write_manifest(tmp_path / "m.csv", [{"video_id": "v", "path": videos[".mp4"], "label": "a", "split": "train"}])
     result = cli("extract", manifest, "--out", tmp_path / "c.zarr", "--weights", "random", *args, code=2)
     assert message in result.output and "Traceback" not in result.output
