@@ -40,13 +40,19 @@ def _offline_if_hub_unreachable(timeout: float = 3.0) -> None:
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE"):
-        return
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        os.environ["HF_HUB_OFFLINE"] = "1"
+    if not os.environ.get("HF_HUB_OFFLINE"):
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+        except OSError:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+    if os.environ.get("HF_HUB_OFFLINE"):  # huggingface_hub read the variable when it was imported (timm imports it)
+        try:
+            import huggingface_hub.constants as hf_constants
+
+            hf_constants.HF_HUB_OFFLINE = True
+        except ImportError:
+            pass
 
 
 def _transformers(model: str):

@@ -93,6 +93,7 @@ def test_charades_windows_from_a_clip_cache(charades, tmp_path):
     assert metrics["test/mAP@w1s1max"] > 0.5  # chance is 0.5 (two of four labels); colours are easy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [["--frames", "clips:3"], ["--frames", "fps:8,windows:4/2", "--dtype", "int8"]])
 def test_estimate_matches_what_extract_writes(charades, tmp_path, extra):
     est = json.loads(cli("estimate", charades, *TV, *extra, "--json").output)
@@ -107,6 +108,7 @@ def test_estimate_matches_what_extract_writes(charades, tmp_path, extra):
     assert f"16 videos, {est['frames']} cached clips" in text and "of arrays per clip" in text
 
 
+@pytest.mark.slow
 def test_info_verify_and_int8(charades, windows_cache, tmp_path):
     text = cli("cache", "info", windows_cache).output
     assert "tv:r3d_18" in text and "clips of 4 frames at 8 fps" in text and "1 pooled + 1x2x2 (T'xH'xW') tokens" in text
@@ -125,6 +127,7 @@ def test_info_verify_and_int8(charades, windows_cache, tmp_path):
         assert cos.min() > 0.999 and b.video(vid).record["clips"] == a.video(vid).record["clips"]
 
 
+@pytest.mark.slow
 def test_shards_and_resume(charades, windows_cache, tmp_path):
     out = str(tmp_path / "s.zarr")
     cli("extract", charades, "--out", out, *TV, "--frames", "fps:8,windows:4/4", "--init-only")

@@ -144,6 +144,7 @@ def test_cached_tokens_equal_a_direct_forward(name, long_video, tmp_path):
         assert _cosines(out, logits) >= 0.999
 
 
+@pytest.mark.slow
 def test_windows_on_the_real_clip(city_clip, tmp_path):
     """fps:4,windows:4/2 on real footage (720x405, 25 fps MPEG-2): the windows of every video's
     record are computed here from PyAV's own frame times, and a window's tokens equal a direct
