@@ -78,6 +78,10 @@ def frame_positions(entry: VideoEntry, policy: Policy) -> list[int]:
     """Positions into the video's cached frames that ``policy`` picks."""
     if str(policy) in entry.policies:
         return list(entry.policies[str(policy)])
+    if policy.kind == "clips" and "clips" in entry.record:  # K of the cached clips, evenly (uniform:K over them)
+        from featcache.video.clips import spread
+
+        return spread(next(iter(entry.policies.values())), policy.count)
     n = entry.record["source"]["num_frames"]
     wanted = policy_indices(policy, n, entry.luv_scores if policy.kind == "keyframes" else None)
     pool = entry.frame_indices

@@ -51,6 +51,8 @@ def _mb(n: int) -> str:
 def format_facts(f: dict) -> str:
     m, t, p, v = f["model"], f["tokens"], f["preprocess"], f["videos"]
     weights = m["weights"]
+    if t.get("unit") == "clip":  # a video encoder's cache: rows are clips (featcache/video_encoders.py)
+        return format_clip_facts(f)
     wtext = {"file": f"file {weights.get('path')} (sha256 {str(weights.get('sha256'))[:12]}...)",
              "hub": f"hub {weights.get('hf_hub_id') or weights.get('url')}",
              "random": f"RANDOM (seed {weights.get('seed')}) -- not a pretrained network"}.get(weights["source"])
@@ -79,6 +81,38 @@ def format_facts(f: dict) -> str:
         "layout       " + (f"packed: {f['segments']} segment(s), {f['files']} files and folders" if f["layout"] == "packed"
                             else f"schema 1, a folder per video ({f['files']} files and folders); convert it with "
                                  f"featcache cache pack {f['path']} --out NEW.zarr"),
+    ]
+    lines += [f"failed       {vid}: {reason}" for vid, reason in f["failures"].items()]
+    return "\n".join(lines)
+
+
+def format_clip_facts(f: dict) -> str:
+    """`cache info` of a video encoder's cache: one row per clip."""
+    m, t, p, v, fr = f["model"], f["tokens"], f["preprocess"], f["videos"], f["frames"]
+    weights = m["weights"]
+    wtext = {"file": f"file {weights.get('path')} (sha256 {str(weights.get('sha256'))[:12]}...)",
+             "hub": f"hub {weights.get('enum')} ({weights.get('url')})" if weights.get("url")
+             else f"hub {weights.get('hf_hub_id')}",
+             "random": f"RANDOM (seed {weights.get('seed')}) -- not a pretrained network"}.get(weights["source"])
+    g = t["clip_grid"]
+    lines = [
+        f"cache        {f['path']}",
+        f"written by   featcache {f['featcache_version']} (schema {f['schema_version']}) at {f['created_at']}",
+        f"fingerprint  {f['fingerprint']}",
+        f"model        {m['name']} {m['args'] or ''} ({m['num_params'] / 1e6:.1f} M params, video encoder)",
+        f"weights      {wtext}",
+        f"preprocess   clips of {p['clip_len']} frames at {p['frame_rate']:g} fps; resize {p['resize_size']} "
+        f"({p['resize']}, {p['interpolation']}, no antialias), {p['crop_size'][0]}x{p['crop_size'][1]} centre crop, "
+        f"mean {p['mean']}, std {p['std']} ({p['preset']})",
+        f"tokens       per clip: 1 pooled + {g[0]}x{g[1]}x{g[2]} (T'xH'xW') tokens, dim {t['dim']}, stored as "
+        f"{f['storage']['dtype']}, computed in {f['compute']['precision']}"
+        + ("; int8 with per-channel then per-token scales, read back as float16"
+           if f['storage']['dtype'] == "int8" else ""),
+        f"clips        {fr['clip_policy']} (one row per distinct clip)",
+        f"videos       {v['done']} done, {v['failed']} failed, {v['interrupted']} interrupted; "
+        f"splits {v['per_split']}; {v['labels']} labels; decoders {v['decoders']}",
+        f"size         {f['cached_frames']} clips x {_mb(f['bytes_per_frame'])}/clip; {_mb(f['size_on_disk'])} on disk",
+        f"layout       packed: {f['segments']} segment(s), {f['files']} files and folders",
     ]
     lines += [f"failed       {vid}: {reason}" for vid, reason in f["failures"].items()]
     return "\n".join(lines)

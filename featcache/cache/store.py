@@ -357,8 +357,9 @@ class Cache:
         if out:
             return out
         idx = np.asarray(record["frame_indices"])
-        if t == 0 or np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= n:
-            out.append(f"frame_indices not strictly increasing within [0, {n})")
+        clip_rows = self.attrs["tokens"].get("unit") == "clip"  # rows are clips: their first frames may repeat
+        if t == 0 or np.any(np.diff(idx) < (0 if clip_rows else 1)) or idx[0] < 0 or idx[-1] >= n:
+            out.append(f"frame_indices not {'sorted' if clip_rows else 'strictly increasing'} within [0, {n})")
         if len(record["timestamps"]) != t or np.any(np.diff(record["timestamps"]) < 0):
             out.append("timestamps do not match the frames")
         for policy in self.attrs["frames"]["policies"]:

@@ -19,6 +19,8 @@ Examples:
   featcache extract manifest.csv --out c.zarr --model tf_efficientnet_lite0 --weights lite0.pth
 
   ls videos/*.mp4 > videos.txt; featcache extract videos.txt --out c.zarr   # a plain list: ids from file names
+
+  featcache extract charades.csv --out clips.zarr --model tv:mvit_v2_s --frames fps:2,windows:16/2   # video encoder
 """
 
 
@@ -27,7 +29,7 @@ def extract(
     manifest: str = typer.Argument(..., help="CSV or JSONL manifest with video_id,path (label,split optional: "
                                    "training can take them from train --manifest), or a text file of video paths, one per line."),
     out: str = typer.Option(..., "--out", "-o", help="The Zarr store to create or resume."),
-    model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name."),
+    model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name, or tv:NAME for a torchvision video encoder (r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t), hf:NAME for a transformers one (VideoMAE, V-JEPA 2; hub id or folder), with --frames clips:N or fps:F,windows:W/S."),
     weights: str = typer.Option("hub", help="hub (timm pretrained), random, or a .pth/.safetensors file."),
     model_arg: list[str] = typer.Option([], "--model-arg", help="Extra timm create_model option KEY=VALUE (repeatable)."),
     img_size: int = typer.Option(224, help="Square input size of the model."),
@@ -156,8 +158,8 @@ def estimate(
     if as_json:
         typer.echo(json.dumps(est.as_dict(), indent=1))
         return
-    typer.echo(f"{est.videos} videos, {est.frames} cached frames; {human(est.token_bytes_per_frame)} of arrays "
-               f"per frame, {human(est.bytes_per_video)} per video")
+    typer.echo(f"{est.videos} videos, {est.frames} cached {est.unit}s; {human(est.token_bytes_per_frame)} of arrays "
+               f"per {est.unit}, {human(est.bytes_per_video)} per video")
     typer.echo(f"total {human(est.bytes)} ({est.bytes} bytes) in {est.files} files, metadata included")
     if est.bytes_min != est.bytes_max:
         typer.echo(f"range {human(est.bytes_min)} to {human(est.bytes_max)}: how many key frames coincide with the "

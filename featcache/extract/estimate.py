@@ -41,6 +41,7 @@ class Estimate:
     forward_frames_per_s: float = 0.0  # the model alone, measured here at its best batch size
     batch_size: int = 0
     notes: list[str] = field(default_factory=list)
+    unit: str = "frame"  # what a cached row is: a frame, or a clip of a video encoder
 
     @property
     def bytes_per_video(self) -> float:
@@ -55,7 +56,8 @@ class Estimate:
                 "bytes_min": self.bytes_min, "bytes_max": self.bytes_max,
                 "bytes_per_video": round(self.bytes_per_video, 1), "token_bytes_per_frame": self.token_bytes_per_frame,
                 "unreadable": self.unreadable, "forward_frames_per_s": round(self.forward_frames_per_s, 2),
-                "batch_size": self.batch_size, "model_seconds": round(self.model_seconds, 1), "notes": self.notes}
+                "batch_size": self.batch_size, "model_seconds": round(self.model_seconds, 1), "notes": self.notes,
+                "unit": self.unit}
 
 
 def header_frames(path: str) -> tuple[int, float, str, int, int]:
@@ -74,15 +76,16 @@ def header_frames(path: str) -> tuple[int, float, str, int, int]:
 def estimate(cfg, measure: bool = True) -> Estimate:
     """Estimate the store ``run_extract(cfg)`` writes (a new store: already cached videos are not subtracted)."""
     from featcache.extract.pipeline import root_attrs, validate
-    from featcache.extract.encoder import FrozenEncoder
+    from featcache.extract.video_encoders import make_encoder
 
     validate(cfg)
     items = read_manifest(cfg.manifest)
-    encoder = FrozenEncoder(cfg.encoder)
+    encoder = make_encoder(cfg.encoder, cfg.policies)
+    clip = getattr(encoder, "clip_spec", None)  # a video encoder: rows are clips
     attrs = to_json(root_attrs(cfg, encoder))
     attrs = dict(attrs, fingerprint=schema.fingerprint(attrs), schema_version=schema.SCHEMA_VERSION,
                  created_at="2026-01-01T00:00:00+00:00")  # the length of a real timestamp
-    est = Estimate(token_bytes_per_frame=frame_bytes(attrs))
+    est = Estimate(token_bytes_per_frame=frame_bytes(attrs), unit="frame" if clip is None else "clip")
     needs_luv = any(p.kind == "keyframes" for p in cfg.policies)
     stores = {overlap: _StoreBytes(attrs) for overlap in ("expected", "min", "max")}
     for item in items:
@@ -96,7 +99,8 @@ def estimate(cfg, measure: bool = True) -> Estimate:
                 store.add(_record(item, status="failed", reason=str(exc)), {})
             continue
         for overlap, store in stores.items():
-            record, t = _video_record(item, cfg, n, fps, fmt, needs_luv, (width, height), overlap)
+            record, t = (_video_record(item, cfg, n, fps, fmt, needs_luv, (width, height), overlap) if clip is None
+                         else _clip_record(item, cfg, clip, n, fps, (width, height)))
             rows = {schema.TOKENS: t, schema.LUV_SCORES: n if needs_luv else 0, schema.TOKEN_SCALES: t,
                     schema.CHANNEL_SCALES: 1, schema.CUT: t, schema.SIDE_CROPS: t}
             store.add(record, rows)
@@ -110,7 +114,9 @@ def estimate(cfg, measure: bool = True) -> Estimate:
     if any(p.kind == "keyframes" for p in cfg.policies) and len(cfg.policies) > 1:
         est.notes.append("key frames are assumed to fall anywhere in the video: their overlap with the other "
                          "policies' frames is estimated, not known")
-    if measure and est.frames:
+    if clip is not None and measure and est.frames:
+        est.notes.append("model time is not measured for video encoders (rows are clips)")
+    elif measure and est.frames:
         from featcache.extract.batchsize import probe
 
         entry, _ = probe(encoder)
@@ -164,6 +170,24 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
                      policies=positions, num_cached_frames=pool_size, short=n < max_count, status="done",
                      has_luv_scores=needs_luv)
     return record, pool_size
+
+
+def _clip_record(item: VideoItem, cfg, clip: dict, n: int, fps: float, size: tuple[int, int]) -> tuple[dict, int]:
+    """The record extract writes for a video encoder's clips of a video of ``n`` frames (PyAV
+    timestamps at the header rate), and its row (clip) count."""
+    from featcache.video.clip_prepare import clip_fields
+    from featcache.video.clips import policy_clips, unique_clips
+    from featcache.video.select import parse_policies
+
+    (policy,) = parse_policies(clip["policy"])
+    stamps = np.arange(n) / fps
+    clips, short = policy_clips(policy, n, fps, stamps, clip["frames"], clip["rate"])
+    rows, positions = unique_clips(clips)
+    source = {"num_frames": n, "fps": fps, "width": size[0], "height": size[1], "decoder": "pyav", "decoder_note": "",
+              "expected_frames": n, "truncated": False, **decoder_log([])}
+    record = _record(item, source=source, **clip_fields(policy, clip, rows, stamps[rows], positions, short),
+                     status="done", has_luv_scores=False)
+    return record, len(rows)
 
 
 class _StoreBytes:

@@ -30,8 +30,10 @@ from featcache.data.manifest import VideoItem, read_manifest
 from featcache.video.prepare import DecodePool, DecodeSpec, Prepared, auto_workers, prepare, usable_cores
 from featcache.video.decode import DECODERS
 from featcache.spec.policy import Policy, parse_policies
+from featcache.extract.video_encoders import is_video_model, make_encoder
 
 SHORT_VIDEO_MODES = ("repeat", "fail")
+VIDEO_BATCH = 4  # clips per forward of a video encoder under --batch-size auto
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,15 @@ class _Job:
 def validate(cfg: ExtractConfig) -> None:
     """Fail fast on bad options, before any model is built."""
     cfg.policies  # noqa: B018  (parses --frames)
+    clips = [str(p) for p in cfg.policies if p.kind in ("clips", "windows")]
+    if is_video_model(cfg.encoder.model) and not clips:
+        raise FeatcacheError(f"--frames {cfg.frames}: {cfg.encoder.model} is a video encoder; it takes a clip policy "
+                             "(clips:N, or fps:F,windows:W/S)")
+    if clips and not is_video_model(cfg.encoder.model):
+        raise FeatcacheError(f"--frames {clips[0]}: clip policies are for video encoders (--model tv:NAME); "
+                             f"{cfg.encoder.model} is an image model: use uniform:N, keyframes:N, stride:S or fps:F")
+    if clips and cfg.crops != 1:
+        raise FeatcacheError("--crops 3: video encoders cache the centre crop only")
     if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
         raise FeatcacheError(f"--batch-size: expected auto or an integer >= 1, got {cfg.batch_size!r}")
     if cfg.dtype not in schema.STORAGE_DTYPES:
@@ -148,7 +159,7 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
         items = [it for it in items if shard_of(it.video_id, count) == index]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    encoder = FrozenEncoder(cfg.encoder)
+    encoder = make_encoder(cfg.encoder, cfg.policies)
     writer = CacheWriter.open(cfg.out, root_attrs(cfg, encoder), replace=cfg.overwrite)
     cfg = dataclasses.replace(cfg, frames=",".join(writer.attrs["frames"]["policies"]))  # with policies added earlier
     records = writer.records()
@@ -175,6 +186,9 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     summary.decode_note = (f"decoding in {workers} worker process(es), the model on {torch.get_num_threads()} "
                            "thread(s)" if workers else "decoding between forwards in the model's process")
     entry = None
+    if cfg.batch_size == "auto" and is_video_model(cfg.encoder.model):  # not probed: clips are costly and few
+        cfg = dataclasses.replace(cfg, batch_size=VIDEO_BATCH)
+        summary.batch_size_note = f"batch size {VIDEO_BATCH} clips (auto is not probed for video encoders)"
     if cfg.batch_size == "auto":
         from featcache.extract.batchsize import probe
 
@@ -215,12 +229,23 @@ def prepare_store(cfg: ExtractConfig, device: str | None = None) -> list[str]:
     validate(cfg)
     read_manifest(cfg.manifest)  # a bad manifest fails here, not in every worker
     enc = cfg.encoder if device is None else dataclasses.replace(cfg.encoder, device=device)
-    encoder = FrozenEncoder(enc)
+    encoder = make_encoder(enc, cfg.policies)
     return CacheWriter.open(cfg.out, root_attrs(cfg, encoder), replace=cfg.overwrite).replaced
 
 
 def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
     """The store's provenance: everything needed to interpret its tokens."""
+    if is_video_model(cfg.encoder.model):  # rows are clips; the clip policy enters the fingerprint
+        attrs = _frame_root_attrs(cfg, encoder)
+        attrs["frames"]["clip_policy"] = str(cfg.policies[0])
+        attrs["frames"]["clip"] = encoder.clip_spec
+        attrs["storage"].update(tokens_dims=["clip", "layer", "token", "channel"],
+                                token_order="the pooled output first, then the clip's T'xH'xW' positions row-major")
+        return attrs
+    return _frame_root_attrs(cfg, encoder)
+
+
+def _frame_root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
     return {
         "featcache_version": __version__,
         **encoder.provenance(),
@@ -261,7 +286,8 @@ class _Pipeline:
         e = self.encoder
         spec = DecodeSpec(self.policies, self.cfg.short_videos,
                           self.cfg.luv_size if self.needs_luv else None, self.cfg.decoder, e.short_side,
-                          e.preprocess["interpolation"], e.cfg.img_size, self.cfg.crops)
+                          e.preprocess["interpolation"], e.cfg.img_size, self.cfg.crops,
+                          getattr(e, "clip_spec", None))
         if not self.workers:
             yield from (prepare(item, spec, self.grow.get(item.video_id)) for item in items)
             return
@@ -320,7 +346,10 @@ class _Pipeline:
                 return
             self.summary.warnings.append(f"{decoded.item.video_id}: {what}; the file may be truncated "
                                          "(source.truncated in its record; --truncated fail refuses such files)")
-        if decoded.record["short"]:
+        if decoded.record["short"] and "clips" in decoded.record:
+            self.summary.warnings.append(f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, "
+                                         "shorter than one clip; its last frame repeated")
+        elif decoded.record["short"]:
             self.summary.warnings.append(
                 f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, fewer than "
                 f"{self.max_count} requested; frames repeated")
@@ -391,7 +420,8 @@ class _Pipeline:
         else:
             self.summary.bytes_written += written
             self.summary.done += job.decoded.grown is None  # grown videos are counted in summary.extended
-            self.summary.frames += len(job.tokens)  # every crop went through the model
+            # every crop went through the model; a clip row is its T frames
+            self.summary.frames += len(job.tokens) * (job.decoded.frames.shape[1] if job.decoded.frames.ndim == 5 else 1)
         self._advance()
 
     def _publish_grown(self, decoded: Prepared, tokens, cut, side) -> int | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from featcache.spec.clip_policy import parse_clip_parts
+
 POLICY_KINDS = ("uniform", "keyframes", "stride", "fps")
 
 
@@ -33,10 +35,15 @@ class Policy:
         return self.count if self.fixed else -(-num_frames // self.count)
 
 
-def parse_policies(text: str) -> tuple[Policy, ...]:
-    """Parse ``"uniform:16,keyframes:8"``; raise ValueError naming the bad part (the caller names its option)."""
+def parse_policies(text: str) -> tuple:
+    """Parse ``"uniform:16,keyframes:8"``; raise ValueError naming the bad part (the caller names its
+    option). Clip policies of video encoders (``clips:N``, ``fps:F,windows:W/S``) parse to
+    ClipPolicy (:mod:`featcache.spec.clip_policy`)."""
+    clip_policies, parts = parse_clip_parts([p.strip() for p in text.split(",")])
+    if clip_policies:
+        return tuple(clip_policies)
     policies = []
-    for part in (p.strip() for p in text.split(",")):
+    for part in parts:
         m = re.fullmatch(r"([a-z]+):(\d+)", part)
         if not m or m.group(1) not in POLICY_KINDS:
             raise ValueError(f"unknown policy {part!r}; expected uniform:N, keyframes:N, stride:S or fps:F")

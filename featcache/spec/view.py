@@ -116,6 +116,16 @@ class View:
         A ``stride:S`` view has as many frames as each video: only ``dense`` readers (featcache
         pretrain) take one."""
         cached = attrs["frames"]["policies"]
+        clip_rows = attrs["tokens"].get("unit") == "clip"
+        if clip_rows != (self.frames.kind in ("clips", "windows")):
+            raise FeatcacheError(
+                f"view {self.frames}: the cache holds clips of a video encoder ({', '.join(cached)}); train on "
+                "clips:K (K of its clips per video)" if clip_rows else
+                f"view {self.frames}: clip views are for caches of video encoders (--model tv:NAME); "
+                f"this cache holds frames ({', '.join(cached)})")
+        if clip_rows and self.spatial:
+            raise FeatcacheError("spatial: clip tokens are a flattened T'xH'xW' sequence; spatial pooling is for "
+                                 "frame caches (use spatial: 0)")
         if self.crop != 1 and not attrs.get("crops"):
             raise FeatcacheError("spatial views: the cache holds the centre crop only; re-extract with --crops 3")
         if self.source == "cut" and not attrs.get("cut"):

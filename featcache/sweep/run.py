@@ -28,7 +28,7 @@ from featcache.sweep.leaderboard import write_leaderboard
 from featcache.heads.registry import head_source
 from featcache.train import rundir
 from featcache.train.evaluate import read_splits
-from featcache.train.fit import check_head_output, head_args, new_head, train_group
+from featcache.train.fit import check_clip_head, check_head_output, head_args, new_head, train_group
 from featcache.train.loop import Built
 from featcache.spec.view import Layout, View
 
@@ -186,6 +186,7 @@ def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) 
     cfg = cell.config
     args = head_args(cfg, layout.dim, classes, layout.frames, layout.grid, layout.num_prefix_tokens, attrs)
     try:  # the steps of fit.build_head, each error named by what the cell set
+        check_clip_head(cfg.head, attrs)
         head = new_head(cfg, args)
     except Exception as exc:  # a user's head may raise anything: one line naming the cell
         if not isinstance(exc, (ValueError, TypeError, FeatcacheError)) and head_source(cfg.head)["kind"] == "builtin":

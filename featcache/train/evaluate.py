@@ -118,7 +118,8 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
     stride = stride or width
     if stride < 1:
         raise FeatcacheError(f"--stride: must be at least 1, got {stride}")
-    dense = [p for p in run.cache.attrs["frames"]["policies"] if not parse_policy(p).fixed]
+    # a clip cache's clips (clips:N, windows:W/S@fps:F) are windows too: one clip per window step
+    dense = [p for p in run.cache.attrs["frames"]["policies"] if not parse_policy(p).fixed or p.startswith("clips:")]
     pool = pool or (dense[0] if dense else "")
     if not pool or pool not in dense:
         raise FeatcacheError(f"--pool {pool or '(none)'}: sliding windows run over a dense pool of the cache "

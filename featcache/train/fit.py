@@ -56,6 +56,11 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
         echo(line)
     view = cfgs[0].view
     view.check(cache.attrs)
+    for cfg in cfgs:
+        check_clip_head(cfg.head, cache.attrs)
+        if cache.attrs["tokens"].get("unit") == "clip" and cfg.augment != "none":
+            raise FeatcacheError(f"augment={cfg.augment}: flips and crops of a frame's patch grid are for frame caches; "
+                                 "a clip cache holds a flattened T'xH'xW' sequence (use augment=none)")
     stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
     if not cache.done_records("train"):  # before anything is read
         where = f"--manifest {cfgs[0].manifest}" if cfgs[0].manifest else "the store's annotations"
@@ -212,6 +217,19 @@ def check_head_output(name: str, head: nn.Module, x: torch.Tensor, num_classes: 
     if shape != (len(x), num_classes):
         raise FeatcacheError(f"head {name}: forward must return (B, num_classes) = {(len(x), num_classes)} logits "
                              f"for a {tuple(x.shape)} (B, T, N, C) batch; it returned {shape}")
+
+
+# heads that need per-frame tokens of an image model: refused on a clip cache (tokens.unit == clip)
+FRAME_AXIS_HEADS = {"r3d": "its Conv3d runs over the frames' patch grid",
+                    "stadapter_posthoc": "its adapters convolve over the frames' patch grid",
+                    "adapter": "its adapters sit inside the frozen image model (adapter and amflow modes)"}
+
+
+def check_clip_head(head: str, attrs: dict) -> None:
+    """One line when ``head`` needs a frame axis and the cache holds clips of a video encoder."""
+    if attrs["tokens"].get("unit") == "clip" and head in FRAME_AXIS_HEADS:
+        raise FeatcacheError(f"head {head}: needs frame tokens ({FRAME_AXIS_HEADS[head]}), but the cache holds "
+                             "clip tokens of a video encoder; use pool, linear, attentive, transformer, lstm or tcn")
 
 
 def backbone_args(head: str, attrs: dict | None) -> dict:

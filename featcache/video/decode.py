@@ -73,7 +73,10 @@ class DecodedVideo:
 
 
 def resize_to_short_side(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(width, height) with the shorter side at ``short_side`` (torchvision Resize(int))."""
+    """(width, height) with the shorter side at ``short_side`` (torchvision Resize(int)); 0: the
+    source size (video encoders resize as their torchvision preset, featcache.video.clip_prepare)."""
+    if short_side <= 0:
+        return width, height
     if width <= height:
         return short_side, int(short_side * height / width)
     return int(short_side * width / height), short_side
@@ -93,6 +96,21 @@ def check_file(path: str) -> None:
         raise DecodeError(f"not a file: {path}")
     if os.path.getsize(path) == 0:
         raise DecodeError("empty file (0 bytes)")
+
+
+def header_rate(path: str) -> float | None:
+    """The video stream's average frame rate from the container header (None when it gives
+    none): the ``fps`` torchvision resamples clips with (featcache.video.clip_prepare)."""
+    import av
+
+    check_file(path)
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+    except Exception as exc:
+        raise DecodeError(f"cannot open: {_one_line(exc)}") from exc
+    return float(rate) if rate else None
 
 
 def decode_video(

@@ -40,6 +40,7 @@ class DecodeSpec:
     interpolation: str
     img_size: int
     crops: int
+    clip: dict | None = None  # video encoders: VideoEncoder.clip_spec (clips are cut, resized and cropped)
 
 
 @dataclass
@@ -74,6 +75,10 @@ def crop(frames: np.ndarray, size: int, position: int = 1, count: int = 1) -> np
 def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepared:
     """Decode and crop the frames of ``item`` its policies pick; with ``old`` (a done video's
     record), only the frames it lacks. Never raises for a bad video: ``reason`` says why."""
+    if spec.clip is not None:  # a video encoder: clips, not frames
+        from featcache.video.clip_prepare import prepare_clips
+
+        return prepare_clips(item, spec, Prepared, (captured_stderr, _with_log, decoder_log))
     policies = spec.policies
     max_count = max([p.count for p in policies if p.fixed] or [1])  # stride pools are never short
     record = {"video_id": item.video_id, "path": item.path, "split": item.split,
