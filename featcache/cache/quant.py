@@ -40,11 +40,11 @@ def quantize(x: np.ndarray, scheme: str = "channel_token") -> tuple[np.ndarray, 
     return q, s, ch.astype(np.float32)
 
 
-# Elements per step: the float32 intermediate (64 KiB) stays in cache, and every torch op stays
-# below torch's parallel grain (32768 elements), so it runs on the calling thread: no thread-pool
-# barriers (on a loaded machine those stalled a parallel version by 10-100x), no oversubscription
-# in data-loader workers.
-_CHUNK = 1 << 14
+# Elements per step: torch runs an op on its thread pool only above its grain (32768 elements), so
+# every op here runs on the calling thread (a parallel version stalled by 10-100x on a loaded
+# machine, and sometimes ~1000x with two threads on small videos), and the float32 scratch (128 KiB)
+# stays in L2. Larger steps would amortise torch's per-op cost (a few us) but cross the grain.
+_CHUNK = 1 << 15
 
 
 def dequantize(q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarray,
@@ -53,10 +53,13 @@ def dequantize(q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarr
 
     ``x = float32(q) * float32(token_scale) * channel_scale`` (in that order, in float32), then
     cast to ``dtype``: bit-identical to the three whole-array numpy steps it replaces, in one
-    pass over the data (chunks small enough for the float32 intermediate to stay in cache,
-    torch's vectorised int8->float32 and float32->float16 conversions, single-threaded). ``out`` (shape of ``q``,
+    pass over the data: rows of tokens in steps of ``_CHUNK`` values, two torch ops a step
+    (int8 -> float32 scratch times the token scales; times the channel scales straight into
+    ``out``, torch rounding to ``dtype`` on the store), single-threaded. ``out`` (shape of ``q``,
     any strides, e.g. a slice of a batch) is filled in place and returned; else a new array.
     """
+    import warnings
+
     import torch
 
     q = np.asarray(q)
@@ -66,8 +69,6 @@ def dequantize(q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarr
     ch = np.asarray(channel_scales, dtype=np.float32)
     ts = ts.reshape((1,) * (q.ndim - ts.ndim) + ts.shape)
     ch = ch.reshape((1,) * (q.ndim - ch.ndim) + ch.shape)
-    import warnings
-
     with torch.inference_mode(), warnings.catch_warnings():
         # inputs are often read-only memory maps of the store: torch only reads them here
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -76,18 +77,31 @@ def dequantize(q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarr
 
 
 def _dequantize_into(torch, out, q, ts, ch) -> None:
-    per = int(np.prod(q.shape[1:], dtype=np.int64))
-    if per > 4 * _CHUNK and q.ndim > 2:  # one leading slice is already large: go one axis down
-        for i in range(q.shape[0]):
-            _dequantize_into(torch, out[i], q[i], ts[min(i, len(ts) - 1)], ch[min(i, len(ch) - 1)])
+    """Down the leading axes until the channel scales are one row and ``q`` / ``out`` flatten to
+    rows of tokens, then :func:`_dequantize_rows`."""
+    if q.ndim <= 2 or (ch.size == ch.shape[-1] and ts.shape[:-1] == q.shape[:-1]
+                       and q.flags.c_contiguous and out.flags.c_contiguous):
+        c = q.shape[-1]
+        _dequantize_rows(torch, out.reshape(-1, c), q.reshape(-1, c),
+                         np.broadcast_to(ts, (*q.shape[:-1], 1)).reshape(-1, 1), ch.reshape(-1, c)[-1])
         return
-    step = max(1, _CHUNK // max(per, 1))
-    for a in range(0, q.shape[0], step):
-        b = min(a + step, q.shape[0])
+    for i in range(q.shape[0]):  # a leading axis of 1 broadcasts
+        _dequantize_into(torch, out[i], q[i], ts[min(i, len(ts) - 1)], ch[min(i, len(ch) - 1)])
 
-        def part(x):  # a leading axis of 1 broadcasts
-            return torch.from_numpy(np.ascontiguousarray(x if len(x) == 1 else x[a:b]))
 
-        tmp = torch.from_numpy(q[a:b]).to(torch.float32)
-        tmp.mul_(part(ts).to(torch.float32)).mul_(part(ch))
-        torch.from_numpy(out[a:b]).copy_(tmp)
+def _dequantize_rows(torch, out, q, ts, ch) -> None:
+    """(R, C) int8 rows, (R, 1) token scales, (C,) channel scales -> ``out`` (R, C), in place."""
+    rows, c = q.shape
+    if not rows or not c:
+        return
+    step = max(1, _CHUNK // c)
+    o, x = torch.from_numpy(out), torch.from_numpy(q)
+    s = torch.from_numpy(np.ascontiguousarray(ts)).to(torch.float32)  # (R, 1): float16 -> float32, exact
+    chan = torch.from_numpy(np.ascontiguousarray(ch))
+    tmp = torch.empty((min(step, rows), c), dtype=torch.float32)
+    for a in range(0, rows, step):
+        b = min(a + step, rows)
+        t = tmp[:b - a]
+        t.copy_(x[a:b])  # int8 -> float32, exact
+        t.mul_(s[a:b])  # rounded to float32, as numpy's q * s
+        torch.mul(t, chan, out=o[a:b])  # rounded to float32, then to out's dtype on the store
