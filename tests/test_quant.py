@@ -44,3 +44,108 @@ def test_dequantize_fills_a_strided_out_in_place(stored):
     assert dequantize(q[:, 0], s[:, 0], ch[0], out=out) is out
     np.testing.assert_array_equal(batch[:, 1], dequantize_before(q[:, 0], s[:, 0], ch[0]))
     assert not batch[:, [0, 2, 3]].any()
+
+
+# ------------------------------------------------------------------ int8 views kept as stored
+@pytest.fixture(scope="module")
+def int8_store(tmp_path_factory):
+    from conftest import TINY_CLI, cli
+    from featcache.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("int8view")
+    manifest = make_dataset(str(root), "motion", per_class=3, num_frames=16)
+    out = str(root / "q.zarr")
+    cli("extract", manifest, "--out", out, *TINY_CLI, "-q", "--frames", "uniform:12,keyframes:4",
+        "--layers", "-2,-1", "--dtype", "int8")
+    return out
+
+
+def reference_view(cache, view, split):
+    """The float16 view from the stored arrays, with the verbatim numpy dequantisation."""
+    from featcache.cache.dataset import frame_positions
+
+    rows = []
+    for r in cache.done_records(split):
+        entry = cache.video(r["video_id"])
+        pos = np.asarray(frame_positions(entry, view.frames))
+        layer = view.layers[0] % 2
+        q, s, ch = (entry.stored(n) for n in ("tokens", "token_scales", "channel_scales"))
+        rows.append(dequantize_before(q[pos, layer], s[pos, layer], ch[layer]))
+    return np.stack(rows)  # (V, T, N, C)
+
+
+def bits(x):
+    return np.asarray(x).view(np.uint16)
+
+
+@pytest.mark.parametrize("spec,layers", [("uniform:12", (-1,)), ("keyframes:4", (-2,)), ("uniform:4", (-1,))])
+def test_an_int8_view_stays_int8_and_indexes_to_todays_values(int8_store, spec, layers):
+    import torch
+
+    from featcache import open_cache
+    from featcache.cache.dataset import materialise
+    from featcache.view import View
+
+    cache, view = open_cache(int8_store), View(spec, layers)
+    want = reference_view(cache, view, "train")
+    data = materialise(cache, view, "train")
+    x = data.x
+    assert isinstance(x, quant.QuantTokens) and x.shape == want.shape and len(x) == len(want)
+    assert x.q.dtype == np.int8 and x.nbytes < want.nbytes * 0.6  # half the bytes, plus the scales
+    np.testing.assert_array_equal(bits(x[:]), bits(want))
+    np.testing.assert_array_equal(bits(x[1]), bits(want[1]))
+    idx = torch.tensor([3, 0, 2])
+    np.testing.assert_array_equal(bits(x[idx]), bits(want[[3, 0, 2]]))
+    batch = x.take(idx)  # what the training loop gets: still int8
+    assert batch.q.dtype == torch.int8 and len(batch) == 3
+    head = quant.to_head(batch, torch.device("cpu"))
+    assert head.dtype == torch.float32
+    np.testing.assert_array_equal(head.numpy(), want[[3, 0, 2]].astype(np.float32))
+    # the device formula (plain torch ops) gives the same bits, here run on the CPU
+    on_device = quant.dequantize_tensors(batch.q, batch.token_scales, batch.channel_scales)
+    np.testing.assert_array_equal(bits(on_device.numpy()), bits(want[[3, 0, 2]]))
+    # the streamed path (fill_view -> read_frames_into, the eager pass) reads the same values
+    streamed = materialise(cache, view, "train", max_bytes=1).x
+    np.testing.assert_array_equal(bits(streamed[:]), bits(want))
+
+
+def test_the_dequantised_batch_matches_the_float16_batch_the_loop_used_to_move(int8_store):
+    """fit's batch step: an int8 batch through quant.to_head equals today's float16 batch
+    (dequantised on the host, then .to(device).float()), for every batch of an epoch."""
+    import torch
+
+    from featcache import open_cache
+    from featcache.cache.dataset import materialise
+    from featcache.cache.stream import batches, epoch_order
+    from featcache.view import View
+
+    cache = open_cache(int8_store)
+    x = materialise(cache, View("uniform:12"), "train").x
+    whole = torch.from_numpy(dequantize_before(x.q, x.token_scales, x.channel_scales[:, None, None, :]))
+    seen = 0
+    for idx, batch in batches(x, epoch_order(len(x), 0, 0), 4):
+        assert isinstance(batch, quant.QuantBatch)
+        torch.testing.assert_close(quant.to_head(batch, torch.device("cpu")), whole[idx].float(), rtol=0, atol=0)
+        seen += len(idx)
+    assert seen == len(x)
+
+
+def test_training_from_an_int8_store_in_memory_equals_streamed(int8_store, tmp_path):
+    """The same run from the int8 view kept quantised (dequantised batch by batch) and streamed
+    (dequantised per video on the way in): same values, so the same losses, epoch by epoch."""
+    import json
+
+    import yaml
+
+    from conftest import cli
+
+    logs = {}
+    for name, extra in (("memory", []), ("streamed", ["--set", "max_view_memory_gb=0.000001"])):
+        out = tmp_path / name
+        cli("train", int8_store, "--head", "pool", "--view", "uniform:4", "--set", "epochs=3", "--out", str(out),
+            "-q", *extra)
+        logs[name] = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        assert ("train" in yaml.safe_load((out / "config.yaml").read_text())["streamed"]) == (name == "streamed")
+    assert len(logs["memory"]) == 3
+    for a, b in zip(logs["memory"], logs["streamed"]):
+        assert (a["train/loss"], a["val/loss"], a["val/top1"]) == (b["train/loss"], b["val/loss"], b["val/top1"])

@@ -105,3 +105,111 @@ def _dequantize_rows(torch, out, q, ts, ch) -> None:
         t.copy_(x[a:b])  # int8 -> float32, exact
         t.mul_(s[a:b])  # rounded to float32, as numpy's q * s
         torch.mul(t, chan, out=o[a:b])  # rounded to float32, then to out's dtype on the store
+
+
+class QuantTokens:
+    """A materialised view of an int8 store, kept as stored: int8 ``q`` (V, T, N, C), float16
+    token scales (V, T, N) and float32 channel scales (V, C), half the bytes of the float16 view.
+
+    It stands where the float16 ``(V, T, N, C)`` tensor would (``len``, ``shape``, indexing by an
+    int, a slice or an index tensor give that tensor's values, dequantised on the spot), so
+    evaluation and probes work unchanged; :meth:`take` hands a batch over still quantised
+    (:class:`QuantBatch`), for the training loop to dequantise on the head's device.
+    """
+
+    def __init__(self, q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarray):
+        import torch
+
+        self.q, self.token_scales, self.channel_scales = q, token_scales, channel_scales
+        self.shape = torch.Size(q.shape)
+        self.dtype = torch.float16  # what indexing gives
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes + self.token_scales.nbytes + self.channel_scales.nbytes
+
+    def _rows(self, index):
+        import torch
+
+        if isinstance(index, (int, np.integer)):
+            return int(index)
+        if isinstance(index, slice):
+            return index
+        return torch.as_tensor(index).reshape(-1).numpy()
+
+    def __getitem__(self, index):
+        import torch
+
+        rows = self._rows(index)
+        ch = self.channel_scales[rows]  # (C,) or (B, C)
+        ch = ch[..., None, None, :] if ch.ndim == 2 else ch
+        return torch.from_numpy(dequantize(self.q[rows], self.token_scales[rows], ch))
+
+    def take(self, index) -> "QuantBatch":
+        """The videos at ``index`` (an index tensor or a slice), still int8."""
+        import torch
+
+        rows = self._rows(index)
+        if isinstance(rows, int):
+            rows = [rows]
+        return QuantBatch(torch.from_numpy(self.q[rows]), torch.from_numpy(self.token_scales[rows]),
+                          torch.from_numpy(self.channel_scales[rows]))
+
+
+class QuantBatch:
+    """A batch of int8 views: ``q`` (B, T, N, C) int8, ``token_scales`` (B, T, N) float16,
+    ``channel_scales`` (B, C) float32, as torch tensors on one device."""
+
+    def __init__(self, q, token_scales, channel_scales):
+        self.q, self.token_scales, self.channel_scales = q, token_scales, channel_scales
+
+    def __len__(self) -> int:
+        return len(self.q)
+
+    @property
+    def device(self):
+        return self.q.device
+
+    def to(self, device, non_blocking: bool = False) -> "QuantBatch":
+        return QuantBatch(*(t.to(device, non_blocking=non_blocking)
+                            for t in (self.q, self.token_scales, self.channel_scales)))
+
+    def dequantize(self, dtype=None):
+        """(B, T, N, C) on the batch's device: exactly the float16 view's values (``float32(q) *
+        float32(token_scale) * channel_scale`` in float32, rounded to float16, as
+        :func:`dequantize`), then cast to ``dtype`` (default float32, what heads consume)."""
+        import torch
+
+        dtype = dtype or torch.float32
+        if self.q.device.type == "cpu":  # the chunked single-threaded pass, into float16
+            ch = self.channel_scales.numpy()[:, None, None, :]  # (B, 1, 1, C)
+            x = torch.from_numpy(dequantize(self.q.numpy(), self.token_scales.numpy(), ch))
+        else:
+            x = dequantize_tensors(self.q, self.token_scales, self.channel_scales)
+        return x.to(dtype)
+
+
+def dequantize_tensors(q, token_scales, channel_scales):
+    """:func:`dequantize` of a batch in plain torch ops, on the tensors' device (a GPU: a few
+    elementwise kernels over data already there): (B, T, N, C) int8, (B, T, N), (B, C) -> float16.
+    Separate multiplies in the same order, IEEE float32 rounding, round-to-nearest-even to
+    float16: the same bits as the CPU pass (tested on the CPU)."""
+    import torch
+
+    x = q.to(torch.float32).mul_(token_scales.to(torch.float32)[..., None])  # (B, T, N, C)
+    return x.mul_(channel_scales[:, None, None, :]).to(torch.float16)
+
+
+def to_head(x, device, dtype=None):
+    """A batch as the head consumes it: on ``device``, float32 (or ``dtype``). A float16 batch is
+    moved, then cast; an int8 :class:`QuantBatch` is moved as int8 + scales (half the bytes) and
+    dequantised there, to the same values."""
+    import torch
+
+    dtype = dtype or torch.float32
+    if isinstance(x, QuantBatch):
+        return x.to(device, non_blocking=True).dequantize(dtype)
+    return x.to(device, non_blocking=True).to(dtype)

@@ -59,8 +59,15 @@ class StreamedTokens:
 
 def batches(x, order: torch.Tensor, batch_size: int, budget_bytes: int = 0, threads: int = 2):
     """Yield ``(index, x[index])`` for consecutive batches of ``order``; a streamed ``x`` is read
-    ahead on ``threads`` threads, at most as many batches as fit ``budget_bytes`` (>= 1)."""
+    ahead on ``threads`` threads, at most as many batches as fit ``budget_bytes`` (>= 1); an int8
+    ``x`` (QuantTokens) yields its batches still quantised (``quant.to_head`` makes them floats)."""
+    from featcache.cache.quant import QuantTokens
+
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if isinstance(x, QuantTokens):  # int8 + scales, for quant.to_head to dequantise on the head's device
+        for idx in chunks:
+            yield idx, x.take(idx)
+        return
     if not isinstance(x, StreamedTokens):
         for idx in chunks:
             yield idx, x[idx]

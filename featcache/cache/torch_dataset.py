@@ -98,7 +98,9 @@ class CacheDataset(torch.utils.data.Dataset):
     @property
     def streamed(self) -> bool:
         """True when items are read from the chunk files on demand instead of from memory."""
-        return not isinstance(self.data.x, torch.Tensor)
+        from featcache.cache.stream import StreamedTokens
+
+        return isinstance(self.data.x, StreamedTokens)
 
     def head_args(self) -> dict:
         """The common constructor arguments of a head for this view: ``create_head(name, **ds.head_args())``."""
