@@ -37,6 +37,17 @@ def test_fused_dequantize_is_bit_identical(stored, dtype, chunk, monkeypatch):
         np.testing.assert_array_equal(got.view(np.uint8), ref.view(np.uint8))  # bits, not just values
 
 
+@pytest.mark.parametrize("chunk", [1 << 15, 100])
+def test_dequantize_to_float32_via_float16_is_the_float16_view_cast(stored, chunk, monkeypatch):
+    """What a head gets from a float16 view (float16 values, cast to float32), in one pass."""
+    monkeypatch.setattr(quant, "_CHUNK", chunk)
+    q, s, ch = stored
+    got = dequantize(q[:, 1], s[:, 1], ch[1], np.float32, via=np.float16)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, dequantize_before(q[:, 1], s[:, 1], ch[1]).astype(np.float32))
+    assert not np.array_equal(got, dequantize_before(q[:, 1], s[:, 1], ch[1], np.float32))  # it did round
+
+
 def test_dequantize_fills_a_strided_out_in_place(stored):
     q, s, ch = stored
     batch = np.zeros((9, 4, 37, 48), np.float16)

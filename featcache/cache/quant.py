@@ -48,7 +48,7 @@ _CHUNK = 1 << 15
 
 
 def dequantize(q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarray,
-               dtype=np.float16, out: np.ndarray | None = None) -> np.ndarray:
+               dtype=np.float16, out: np.ndarray | None = None, via=None) -> np.ndarray:
     """int8 (..., N, C) with token scales (..., N) and channel scales (C,) or (L, C) broadcastable.
 
     ``x = float32(q) * float32(token_scale) * channel_scale`` (in that order, in float32), then
@@ -57,6 +57,8 @@ def dequantize(q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarr
     (int8 -> float32 scratch times the token scales; times the channel scales straight into
     ``out``, torch rounding to ``dtype`` on the store), single-threaded. ``out`` (shape of ``q``,
     any strides, e.g. a slice of a batch) is filled in place and returned; else a new array.
+    ``via=np.float16`` with a float32 ``dtype`` rounds to float16 first (in the same step): the
+    float32 of the float16 values, what a head gets from a float16 view, in one pass.
     """
     import warnings
 
@@ -72,25 +74,26 @@ def dequantize(q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarr
     with torch.inference_mode(), warnings.catch_warnings():
         # inputs are often read-only memory maps of the store: torch only reads them here
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        _dequantize_into(torch, out, q, ts, ch)
+        _dequantize_into(torch, out, q, ts, ch, None if via is None else getattr(torch, np.dtype(via).name))
     return out
 
 
-def _dequantize_into(torch, out, q, ts, ch) -> None:
+def _dequantize_into(torch, out, q, ts, ch, via) -> None:
     """Down the leading axes until the channel scales are one row and ``q`` / ``out`` flatten to
     rows of tokens, then :func:`_dequantize_rows`."""
     if q.ndim <= 2 or (ch.size == ch.shape[-1] and ts.shape[:-1] == q.shape[:-1]
                        and q.flags.c_contiguous and out.flags.c_contiguous):
         c = q.shape[-1]
         _dequantize_rows(torch, out.reshape(-1, c), q.reshape(-1, c),
-                         np.broadcast_to(ts, (*q.shape[:-1], 1)).reshape(-1, 1), ch.reshape(-1, c)[-1])
+                         np.broadcast_to(ts, (*q.shape[:-1], 1)).reshape(-1, 1), ch.reshape(-1, c)[-1], via)
         return
     for i in range(q.shape[0]):  # a leading axis of 1 broadcasts
-        _dequantize_into(torch, out[i], q[i], ts[min(i, len(ts) - 1)], ch[min(i, len(ch) - 1)])
+        _dequantize_into(torch, out[i], q[i], ts[min(i, len(ts) - 1)], ch[min(i, len(ch) - 1)], via)
 
 
-def _dequantize_rows(torch, out, q, ts, ch) -> None:
-    """(R, C) int8 rows, (R, 1) token scales, (C,) channel scales -> ``out`` (R, C), in place."""
+def _dequantize_rows(torch, out, q, ts, ch, via=None) -> None:
+    """(R, C) int8 rows, (R, 1) token scales, (C,) channel scales -> ``out`` (R, C), in place
+    (through ``via``, a torch dtype, when given)."""
     rows, c = q.shape
     if not rows or not c:
         return
@@ -99,12 +102,16 @@ def _dequantize_rows(torch, out, q, ts, ch) -> None:
     s = torch.from_numpy(np.ascontiguousarray(ts)).to(torch.float32)  # (R, 1): float16 -> float32, exact
     chan = torch.from_numpy(np.ascontiguousarray(ch))
     tmp = torch.empty((min(step, rows), c), dtype=torch.float32)
+    mid = None if via is None else torch.empty((min(step, rows), c), dtype=via)
     for a in range(0, rows, step):
         b = min(a + step, rows)
         t = tmp[:b - a]
         t.copy_(x[a:b])  # int8 -> float32, exact
         t.mul_(s[a:b])  # rounded to float32, as numpy's q * s
-        torch.mul(t, chan, out=o[a:b])  # rounded to float32, then to out's dtype on the store
+        if mid is None:
+            torch.mul(t, chan, out=o[a:b])  # rounded to float32, then to out's dtype on the store
+        else:
+            o[a:b].copy_(torch.mul(t, chan, out=mid[:b - a]))
 
 
 class QuantTokens:
@@ -184,9 +191,11 @@ class QuantBatch:
         import torch
 
         dtype = dtype or torch.float32
-        if self.q.device.type == "cpu":  # the chunked single-threaded pass, into float16
+        if self.q.device.type == "cpu":  # the chunked single-threaded pass, straight into dtype
             ch = self.channel_scales.numpy()[:, None, None, :]  # (B, 1, 1, C)
-            x = torch.from_numpy(dequantize(self.q.numpy(), self.token_scales.numpy(), ch))
+            kind = torch.empty((), dtype=dtype).numpy().dtype
+            return torch.from_numpy(dequantize(self.q.numpy(), self.token_scales.numpy(), ch, kind,
+                                               via=None if kind == np.float16 else np.float16))
         else:
             x = dequantize_tensors(self.q, self.token_scales, self.channel_scales)
         return x.to(dtype)
