@@ -160,3 +160,25 @@ def test_training_from_an_int8_store_in_memory_equals_streamed(int8_store, tmp_p
     assert len(logs["memory"]) == 3
     for a, b in zip(logs["memory"], logs["streamed"]):
         assert (a["train/loss"], a["val/loss"], a["val/top1"]) == (b["train/loss"], b["val/loss"], b["val/top1"])
+
+
+@pytest.mark.slow
+def test_bench_formats_runs_at_a_tiny_size(tmp_path):
+    """benchmarks/bench_formats.py end to end (reads only), as a user runs it: every kernel
+    candidate's bits are checked inside, and both read measures are reported per format."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_formats.py")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, script, "--videos", "8", "--rounds", "1", "--reads-only"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    summaries = [x for x in lines if "summary" in x]
+    assert "dequantize -> float16 (this round)" in summaries[0]
+    for measure in summaries[1:3]:
+        assert set(measure) >= {"float16", "int8", "int8 eager", "pool2", "mean"}
+        assert measure["float16"]["ratio"] == 1.0 and measure["int8"]["frames_per_s"] > 0
