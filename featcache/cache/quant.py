@@ -79,39 +79,53 @@ def dequantize(q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarr
 
 
 def _dequantize_into(torch, out, q, ts, ch, via) -> None:
-    """Down the leading axes until the channel scales are one row and ``q`` / ``out`` flatten to
-    rows of tokens, then :func:`_dequantize_rows`."""
-    if q.ndim <= 2 or (ch.size == ch.shape[-1] and ts.shape[:-1] == q.shape[:-1]
-                       and q.flags.c_contiguous and out.flags.c_contiguous):
-        c = q.shape[-1]
-        _dequantize_rows(torch, out.reshape(-1, c), q.reshape(-1, c),
-                         np.broadcast_to(ts, (*q.shape[:-1], 1)).reshape(-1, 1), ch.reshape(-1, c)[-1], via)
+    """Down the leading axes until ``q`` / ``out`` flatten to groups of token rows (G, R, C) with
+    one row of channel scales per group (a frame, a video, a batch of videos), then
+    :func:`_dequantize_groups`."""
+    c = q.shape[-1]
+    if not q.size:
+        return
+    if q.ndim <= 2:
+        _dequantize_groups(torch, out.reshape(1, -1, c), q.reshape(1, -1, c),
+                           np.broadcast_to(ts, (*q.shape[:-1], 1)).reshape(1, -1, 1), ch.reshape(1, -1, c)[:, -1:], via)
+        return
+    if (ts.shape[:-1] == q.shape[:-1] and ch.size == ch.shape[0] * c and ch.shape[0] in (1, q.shape[0])
+            and q.flags.c_contiguous and out.flags.c_contiguous):
+        g = q.shape[0]
+        _dequantize_groups(torch, out.reshape(g, -1, c), q.reshape(g, -1, c), ts.reshape(g, -1, 1),
+                           np.broadcast_to(ch.reshape(-1, 1, c), (g, 1, c)), via)
         return
     for i in range(q.shape[0]):  # a leading axis of 1 broadcasts
         _dequantize_into(torch, out[i], q[i], ts[min(i, len(ts) - 1)], ch[min(i, len(ch) - 1)], via)
 
 
-def _dequantize_rows(torch, out, q, ts, ch, via=None) -> None:
-    """(R, C) int8 rows, (R, 1) token scales, (C,) channel scales -> ``out`` (R, C), in place
-    (through ``via``, a torch dtype, when given)."""
-    rows, c = q.shape
-    if not rows or not c:
+def _dequantize_groups(torch, out, q, ts, ch, via=None) -> None:
+    """(G, R, C) int8 rows, (G, R, 1) token scales, (G, 1, C) channel scales -> ``out`` (G, R, C),
+    in place (through ``via``, a torch dtype, when given); steps of at most ``_CHUNK`` values:
+    whole groups when a group is smaller, else rows of one group."""
+    groups, rows, c = q.shape
+    if not groups or not rows or not c:
         return
-    step = max(1, _CHUNK // c)
+    per = max(1, _CHUNK // c)  # rows a step
+    g_step, r_step = (max(1, per // rows), rows) if rows <= per else (1, per)
     o, x = torch.from_numpy(out), torch.from_numpy(q)
-    s = torch.from_numpy(np.ascontiguousarray(ts)).to(torch.float32)  # (R, 1): float16 -> float32, exact
+    s = torch.from_numpy(np.ascontiguousarray(ts)).to(torch.float32)  # float16 -> float32, exact
     chan = torch.from_numpy(np.ascontiguousarray(ch))
-    tmp = torch.empty((min(step, rows), c), dtype=torch.float32)
-    mid = None if via is None else torch.empty((min(step, rows), c), dtype=via)
-    for a in range(0, rows, step):
-        b = min(a + step, rows)
-        t = tmp[:b - a]
-        t.copy_(x[a:b])  # int8 -> float32, exact
-        t.mul_(s[a:b])  # rounded to float32, as numpy's q * s
-        if mid is None:
-            torch.mul(t, chan, out=o[a:b])  # rounded to float32, then to out's dtype on the store
-        else:
-            o[a:b].copy_(torch.mul(t, chan, out=mid[:b - a]))
+    size = min(g_step, groups) * min(r_step, rows) * c
+    tmp = torch.empty(size, dtype=torch.float32)
+    mid = None if via is None else torch.empty(size, dtype=via)
+    for a in range(0, groups, g_step):
+        b = min(a + g_step, groups)
+        for r in range(0, rows, r_step):
+            e = min(r + r_step, rows)
+            shape = (b - a, e - r, c)
+            t = tmp[:(b - a) * (e - r) * c].view(shape)
+            t.copy_(x[a:b, r:e])  # int8 -> float32, exact
+            t.mul_(s[a:b, r:e])  # rounded to float32, as numpy's q * s
+            if mid is None:
+                torch.mul(t, chan[a:b], out=o[a:b, r:e])  # rounded to float32, then to out's dtype on the store
+            else:
+                o[a:b, r:e].copy_(torch.mul(t, chan[a:b], out=mid[:t.numel()].view(shape)))
 
 
 class QuantTokens:
