@@ -1,6 +1,7 @@
 """Compact token formats side by side in one run: bytes per frame, view read speed, accuracy.
 
     .venv/bin/python benchmarks/bench_formats.py [--videos 160] [--rounds 3] [--epochs 30] [--reads-only] [--compiled]
+                                                 [--threads N]
 
 - bytes per frame of DINOv2 ViT-S/14 at 224 (257 tokens x 384, one layer) in each format, from
   the writer's own array plan (what `featcache estimate` counts);
@@ -187,8 +188,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--reads-only", action="store_true", help="skip the accuracy runs")
     ap.add_argument("--compiled", action="store_true", help="add a torch.compile fused kernel to the candidates")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
-    print(json.dumps({"load_average": os.getloadavg()}), flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(json.dumps({"load_average": os.getloadavg(), "torch_threads": torch.get_num_threads()}), flush=True)
     dequantize_alone(args.rounds, args.compiled)
     work = tempfile.mkdtemp(prefix="featcache-bench-")
     stores = {}
