@@ -182,3 +182,28 @@ def test_bench_formats_runs_at_a_tiny_size(tmp_path):
     for measure in summaries[1:3]:
         assert set(measure) >= {"float16", "int8", "int8 eager", "pool2", "mean"}
         assert measure["float16"]["ratio"] == 1.0 and measure["int8"]["frames_per_s"] > 0
+
+
+def test_a_dataloader_hands_int8_over_and_to_head_gives_the_float32_items(int8_store):
+    import torch
+
+    from featcache import open_cache
+    from featcache.errors import FeatcacheError
+
+    cache = open_cache(int8_store)
+    plain = cache.dataset(view="uniform:12", split="train")
+    packed = cache.dataset(view="uniform:12", split="train", quantized=True)
+    tokens, target = packed[2]
+    assert tokens["q"].dtype == torch.int8 and tokens["q"].shape == plain[2][0].shape
+    loader = torch.utils.data.DataLoader(packed, batch_size=3, num_workers=1)
+    seen = 0
+    for tokens, target in loader:
+        x = quant.to_head(tokens, "cpu")
+        want = torch.stack([plain[seen + j][0] for j in range(len(x))])  # float32 items of the float16 view
+        assert x.dtype == torch.float32 and torch.equal(x, want)
+        assert torch.equal(target, plain.targets[seen:seen + len(x)])
+        seen += len(x)
+    assert seen == len(plain)
+    for kw in ({"stream": True}, {"tokens": "cls"}):
+        with pytest.raises(FeatcacheError, match="quantized=True needs an int8 store"):
+            cache.dataset(view="uniform:12", split="train", quantized=True, **kw)

@@ -228,11 +228,14 @@ def dequantize_tensors(q, token_scales, channel_scales):
 
 def to_head(x, device, dtype=None):
     """A batch as the head consumes it: on ``device``, float32 (or ``dtype``). A float16 batch is
-    moved, then cast; an int8 :class:`QuantBatch` is moved as int8 + scales (half the bytes) and
-    dequantised there, to the same values."""
+    moved, then cast; an int8 :class:`QuantBatch` (or the dict of ``q``, ``token_scales``,
+    ``channel_scales`` a DataLoader collates from ``CacheDataset(quantized=True)``) is moved as
+    int8 + scales (half the bytes) and dequantised there, to the same values."""
     import torch
 
     dtype = dtype or torch.float32
+    if isinstance(x, dict):  # a DataLoader's collated CacheDataset(quantized=True) items
+        x = QuantBatch(x["q"], x["token_scales"], x["channel_scales"])
     if isinstance(x, QuantBatch):
         return x.to(device, non_blocking=True).dequantize(dtype)
     return x.to(device, non_blocking=True).to(dtype)
