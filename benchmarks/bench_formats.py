@@ -61,13 +61,19 @@ def before(q, s, ch):  # featcache's dequantisation before the fused pass (the r
     return out.astype(np.float16, copy=False)
 
 
-def previous_pass(q, s, ch, out, chunk=1 << 14):  # the last round's pass: 4 torch ops per frame-sized step
+def previous_pass(q, s, ch, out, chunk=1 << 14):
+    """The last round's pass, ported for (T, N, C) with (T, N) and (C,): a frame above 4 chunks
+    goes one axis down; 4 torch ops per step of ``chunk`` values."""
+    if q[0].size > 4 * chunk and q.ndim > 2:
+        for i in range(len(q)):
+            previous_pass(q[i], s[i], ch, out[i], chunk)
+        return
+    step = max(1, chunk // max(q[0].size, 1))
     with torch.inference_mode():
-        for a in range(0, len(q), max(1, chunk // q[0].size)):
-            b = a + max(1, chunk // q[0].size)
-            tmp = torch.from_numpy(q[a:b]).to(torch.float32)
-            tmp.mul_(torch.from_numpy(s[a:b, :, None]).to(torch.float32)).mul_(torch.from_numpy(ch))
-            torch.from_numpy(out[a:b]).copy_(tmp)
+        for a in range(0, len(q), step):
+            tmp = torch.from_numpy(q[a:a + step]).to(torch.float32)
+            tmp.mul_(torch.from_numpy(np.ascontiguousarray(s[a:a + step, ..., None])).to(torch.float32))
+            torch.from_numpy(out[a:a + step]).copy_(tmp.mul_(torch.from_numpy(ch)))
 
 
 def candidates(q, s, ch, compiled: bool) -> dict:
@@ -98,7 +104,7 @@ def candidates(q, s, ch, compiled: bool) -> dict:
                lambda: dequantize(q, s, ch, np.float32, out=d32.numpy(), via=np.float16), lambda: d32.half().numpy(), ref),
            "QuantBatch.dequantize (alloc + the same)": (lambda: held.__setitem__(0, batch.dequantize()[0]),
                                                        lambda: held[0].half().numpy(), ref),
-           "previous pass (4 ops / 16384 values)": (lambda: previous_pass(q, s, ch, dest), lambda: dest, ref),
+           "previous pass (4 ops / 16384 values, ported)": (lambda: previous_pass(q, s, ch, dest), lambda: dest, ref),
            "numpy, three whole-array steps": (lambda: np.copyto(dest, before(q, s, ch)), lambda: dest, ref),
            "torch, two whole-array ops": (whole_ops, lambda: dest, ref),
            "table per token (token scheme)": (table, lambda: dest, before(qt2, st2, np.ones_like(ch)))}

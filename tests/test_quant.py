@@ -23,9 +23,14 @@ def stored():
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-@pytest.mark.parametrize("chunk", [1 << 14, 1 << 20, 100, 7])  # one step, steps of whole tokens, the slice recursion
-def test_fused_dequantize_is_bit_identical(stored, dtype, chunk, monkeypatch):
+@pytest.mark.parametrize("chunk", [1 << 14, 1 << 20, 100, 7])  # groups a step, one step, rows of a group, one row
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_dequantize_is_bit_identical(stored, dtype, chunk, threads, monkeypatch):
+    import torch
+
     monkeypatch.setattr(quant, "_CHUNK", chunk)
+    monkeypatch.setattr(quant, "_CHUNK_SERIAL", chunk)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # which step size applies
     q, s, ch = stored
     cases = [(q, s, ch[:, None]),  # the store's (T, L, N, C) with (L, 1, C)
              (q[:, 1], s[:, 1], ch[1]),  # one layer: (T, N, C) with (C,)
@@ -41,6 +46,7 @@ def test_fused_dequantize_is_bit_identical(stored, dtype, chunk, monkeypatch):
 def test_dequantize_to_float32_via_float16_is_the_float16_view_cast(stored, chunk, monkeypatch):
     """What a head gets from a float16 view (float16 values, cast to float32), in one pass."""
     monkeypatch.setattr(quant, "_CHUNK", chunk)
+    monkeypatch.setattr(quant, "_CHUNK_SERIAL", chunk)
     q, s, ch = stored
     got = dequantize(q[:, 1], s[:, 1], ch[1], np.float32, via=np.float16)
     assert got.dtype == np.float32
