@@ -154,8 +154,9 @@ def read_view(name: str, path: str, view: View):
     return materialise(cache, view, "train").x
 
 
-def ready(x, batch_size: int = 16) -> int:
-    """One epoch of batches as the head consumes them (float32, on the CPU); returns the frames."""
+def ready(x, batch_size: int = 32) -> int:
+    """One epoch of batches as the head consumes them (float32, on the CPU; batch 32, the training
+    default); returns the frames."""
     device = torch.device("cpu")
     frames = 0
     for _, b in batches(x, epoch_order(len(x), 0, 0), batch_size):
