@@ -10,8 +10,9 @@
   ``read``: ``materialise`` alone (what a run holds in memory after reading: float16, or for
   int8 the int8 tokens + scales as stored); ``ready`` (the headline): ``materialise`` and then one
   epoch of batches as the head consumes them, float32 on the head's device (here the CPU), through
-  the training loop's own ``stream.batches`` + ``quant.to_head`` (the fp16 path's cast to float32
-  counts too; int8 batches are dequantised there). ``int8 eager`` is the int8 store read the way
+  the training loop's own ``stream.batches`` + ``quant.to_head`` (= its ``.to(device).float()``;
+  the fp16 path's cast to float32 counts too; int8 batches are dequantised there). ``int8 eager``
+  is the int8 store read the way
   it was before this round: dequantised to float16 per video on the way in (the streamed path);
 - accuracy: r3d on generated motion clips (classes differ only by motion) and pool (average of
   per-frame features) on generated appearance clips (classes differ by colour), each trained from

@@ -127,8 +127,9 @@ def test_an_int8_view_stays_int8_and_indexes_to_todays_values(int8_store, spec, 
 
 
 def test_the_dequantised_batch_matches_the_float16_batch_the_loop_used_to_move(int8_store):
-    """fit's batch step: an int8 batch through quant.to_head equals today's float16 batch
-    (dequantised on the host, then .to(device).float()), for every batch of an epoch."""
+    """The training loop's batch step: an int8 batch through ``.to(device).float()`` (and
+    quant.to_head) equals today's float16 batch (dequantised on the host, then
+    ``.to(device).float()``), for every batch of an epoch."""
     import torch
 
     from featcache import open_cache
@@ -142,7 +143,10 @@ def test_the_dequantised_batch_matches_the_float16_batch_the_loop_used_to_move(i
     seen = 0
     for idx, batch in batches(x, epoch_order(len(x), 0, 0), 4):
         assert isinstance(batch, quant.QuantBatch)
-        torch.testing.assert_close(quant.to_head(batch, torch.device("cpu")), whole[idx].float(), rtol=0, atol=0)
+        want = whole[idx].float()
+        torch.testing.assert_close(quant.to_head(batch, torch.device("cpu")), want, rtol=0, atol=0)
+        moved = batch.to(torch.device("cpu"), non_blocking=True).float()  # the training loop's own line
+        assert moved.dtype == torch.float32 and torch.equal(moved, want)
         seen += len(idx)
     assert seen == len(x)
 

@@ -189,7 +189,8 @@ class QuantTokens:
 
 class QuantBatch:
     """A batch of int8 views: ``q`` (B, T, N, C) int8, ``token_scales`` (B, T, N) float16,
-    ``channel_scales`` (B, C) float32, as torch tensors on one device."""
+    ``channel_scales`` (B, C) float32, as torch tensors on one device. Like a float16 batch it
+    has ``to(device, non_blocking=)`` and ``float()`` (the float32 values of the float16 view)."""
 
     def __init__(self, q, token_scales, channel_scales):
         self.q, self.token_scales, self.channel_scales = q, token_scales, channel_scales
@@ -204,6 +205,11 @@ class QuantBatch:
     def to(self, device, non_blocking: bool = False) -> "QuantBatch":
         return QuantBatch(*(t.to(device, non_blocking=non_blocking)
                             for t in (self.q, self.token_scales, self.channel_scales)))
+
+    def float(self):
+        """``dequantize()``: so the training loop's ``x.to(device, non_blocking=True).float()``
+        moves an int8 batch as int8 + scales and dequantises it on the device, unchanged."""
+        return self.dequantize()
 
     def dequantize(self, dtype=None):
         """(B, T, N, C) on the batch's device: exactly the float16 view's values (``float32(q) *

@@ -29,7 +29,6 @@ from torch import nn
 
 from featcache.annotations import annotate, check_selection
 from featcache.cache.dataset import Task, ViewData, memory_budget
-from featcache.cache.quant import to_head
 from featcache.cache.stream import StreamedTokens, batches, epoch_order
 from featcache.cache.store import open_cache
 from featcache.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
@@ -346,7 +345,7 @@ class _GroupTrainer:
         budget = self.cfg.view_budget or memory_budget()
         for step, (idx, x) in enumerate(batches(self.x, order, self.cfg.batch_size, budget)):
             i = step * self.cfg.batch_size
-            x = to_head(x, self.device)  # float32; an int8 batch is dequantised on the device
+            x = x.to(self.device, non_blocking=True).float()
             if self.cfg.augment != "none":  # one draw per batch, shared by every head of the group
                 g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch * 10_007 + i)
                 x = augment_tokens(x.cpu(), self.data["train"].num_prefix_tokens, self.data["train"].grid,
