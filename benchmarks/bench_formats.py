@@ -12,8 +12,8 @@
   epoch of batches as the head consumes them, float32 on the head's device (here the CPU), through
   the training loop's own ``stream.batches`` + ``quant.to_head`` (= its ``.to(device).float()``;
   the fp16 path's cast to float32 counts too; int8 batches are dequantised there). ``int8 eager``
-  is the int8 store read the way
-  it was before this round: dequantised to float16 per video on the way in (the streamed path);
+  is the int8 store read the way it was before this round: dequantised to float16 per video on
+  the way in (the streamed path);
 - accuracy: r3d on generated motion clips (classes differ only by motion) and pool (average of
   per-frame features) on generated appearance clips (classes differ by colour), each trained from
   the fp16 and the int8 store with the same seeds; mean test top-1 over the seeds.
