@@ -217,3 +217,15 @@ def test_a_dataloader_hands_int8_over_and_to_head_gives_the_float32_items(int8_s
     for kw in ({"stream": True}, {"tokens": "cls"}):
         with pytest.raises(FeatcacheError, match="quantized=True needs an int8 store"):
             cache.dataset(view="uniform:12", split="train", quantized=True, **kw)
+
+
+def test_a_quantised_batch_dequantises_to_any_float_dtype(stored):
+    import torch
+
+    q, s, ch = stored  # read as 9 videos x 2 frames x 37 tokens x 48 channels, one channel-scale row
+    batch = quant.QuantBatch(torch.from_numpy(q), torch.from_numpy(s), torch.from_numpy(np.repeat(ch[:1], len(q), 0)))
+    want = torch.from_numpy(dequantize_before(q, s, ch[0]))  # float16
+    for dtype in (torch.float16, torch.float32, torch.bfloat16):
+        got = batch.dequantize(dtype)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want.to(dtype), rtol=0, atol=0)

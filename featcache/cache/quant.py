@@ -42,7 +42,7 @@ def quantize(x: np.ndarray, scheme: str = "channel_token") -> tuple[np.ndarray, 
 
 # Elements per step: torch runs an op on its thread pool only above its grain (32768 elements), so
 # every op here runs on the calling thread (a parallel version stalled by 10-100x on a loaded
-# machine, and sometimes ~1000x with two threads on small videos), and the float32 scratch (128 KiB)
+# machine, and ~400x once with two threads on small videos), and the float32 scratch (128 KiB)
 # stays in L2. Larger steps would amortise torch's per-op cost (a few us) but cross the grain.
 _CHUNK = 1 << 15
 # With one intra-op thread (DataLoader workers, --threads 1) nothing runs on a pool: larger steps
@@ -58,8 +58,8 @@ def dequantize(q: np.ndarray, token_scales: np.ndarray, channel_scales: np.ndarr
     cast to ``dtype``: bit-identical to the three whole-array numpy steps it replaces, in one
     pass over the data: rows of tokens in steps of ``_CHUNK`` values, four torch ops a step on
     a float32 scratch (int8 -> float32, times the token scales, times the channel scales, cast
-    into ``out``), single-threaded. ``out`` (shape of ``q``,
-    any strides, e.g. a slice of a batch) is filled in place and returned; else a new array.
+    into ``out``), single-threaded. ``out`` (shape of ``q``, any strides, e.g. a slice of a
+    batch) is filled in place and returned; else a new array.
     ``via=np.float16`` with a float32 ``dtype`` rounds to float16 first (in the same step): the
     float32 of the float16 values, what a head gets from a float16 view, in one pass.
     """
@@ -105,8 +105,8 @@ def _dequantize_into(torch, out, q, ts, ch, via) -> None:
 def _dequantize_groups(torch, out, q, ts, ch, via=None) -> None:
     """(G, R, C) int8 rows, (G, R, 1) token scales, (G, 1, C) channel scales -> ``out`` (G, R, C),
     in place (through ``via``, a torch dtype, when given); steps of at most ``_CHUNK`` values
-    (``_CHUNK_SERIAL`` with one torch thread):
-    whole groups when a group is smaller, else rows of one group."""
+    (``_CHUNK_SERIAL`` with one torch thread): whole groups when a group is smaller, else rows
+    of one group."""
     groups, rows, c = q.shape
     if not groups or not rows or not c:
         return
@@ -218,14 +218,13 @@ class QuantBatch:
         import torch
 
         dtype = dtype or torch.float32
-        if self.q.device.type == "cpu":  # the chunked single-threaded pass, straight into dtype
-            ch = self.channel_scales.numpy()[:, None, None, :]  # (B, 1, 1, C)
-            kind = torch.empty((), dtype=dtype).numpy().dtype
-            return torch.from_numpy(dequantize(self.q.numpy(), self.token_scales.numpy(), ch, kind,
-                                               via=None if kind == np.float16 else np.float16))
-        else:
-            x = dequantize_tensors(self.q, self.token_scales, self.channel_scales)
-        return x.to(dtype)
+        if self.q.device.type != "cpu":
+            return dequantize_tensors(self.q, self.token_scales, self.channel_scales).to(dtype)
+        half = dtype == torch.float16  # else float32 through float16, in the same chunked pass
+        ch = self.channel_scales.numpy()[:, None, None, :]  # (B, 1, 1, C)
+        x = torch.from_numpy(dequantize(self.q.numpy(), self.token_scales.numpy(), ch,
+                                        np.float16 if half else np.float32, via=None if half else np.float16))
+        return x if dtype in (torch.float16, torch.float32) else x.to(dtype)
 
 
 def dequantize_tensors(q, token_scales, channel_scales):
