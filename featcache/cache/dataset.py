@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from featcache.cache.quant import QuantTokens
 from featcache.cache.stream import StreamedTokens
 from featcache.errors import FeatcacheError
 from featcache.spec.policy import Policy
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # the store hands a Cache to these functions; importing it wo
 class ViewData:
     """One split of a view, materialised."""
 
-    x: torch.Tensor  # (V, T, N, C) float16, or a StreamedTokens that reads the same values on demand
+    x: torch.Tensor  # (V, T, N, C) float16, or a StreamedTokens / QuantTokens that index to the same values
     labels: list[list[str]]
     video_ids: list[str]
     num_prefix_tokens: int
@@ -122,8 +123,9 @@ def fill_view(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: V
 
 
 def materialise(cache: Cache, view: View, split: str, max_bytes: int | None = None) -> ViewData:
-    """Every done video of ``split`` read once into one (V, T, N, C) float16 array, or, when that
-    array would exceed ``max_bytes`` (default: half the available memory), a StreamedTokens."""
+    """Every done video of ``split`` read once into one (V, T, N, C) float16 array (a plain view
+    of an int8 store: a QuantTokens, int8 + scales as stored, that indexes as that array), or,
+    when it would exceed ``max_bytes`` (default: half the available memory), a StreamedTokens."""
     view.check(cache.attrs)
     records = cache.done_records(split)
     layout = view.layout(cache.attrs)
@@ -134,13 +136,28 @@ def materialise(cache: Cache, view: View, split: str, max_bytes: int | None = No
         pos = frame_positions(entry, view.frames)
         positions.append(pos[view.subset[0]::view.subset[1]] if view.subset else pos)  # interleaved views
     labels, ids = [r["labels"] for r in records], [r["video_id"] for r in records]
-    if int(np.prod(shape)) * 2 > (max_bytes if max_bytes else memory_budget()):
+    int8 = cache.attrs["storage"]["dtype"] == "int8" and view.reads_plain
+    size = int(np.prod(shape)) * 2 if not int8 else int(np.prod(shape)) + int(np.prod(shape[:-1])) * 2
+    if size > (max_bytes if max_bytes else memory_budget()):
         return ViewData(StreamedTokens(cache, view, entries, positions, shape, fill_view), labels, ids,
+                        layout.num_prefix_tokens, layout.grid)
+    if int8:  # kept as stored; dequantised batch by batch, on the head's device (quant.QuantTokens)
+        return ViewData(read_quantized(entries, positions, view, shape), labels, ids,
                         layout.num_prefix_tokens, layout.grid)
     out = np.empty(shape, dtype=np.float16)
     for i, entry in enumerate(entries):
         fill_view(out[i], entry, positions[i], view, cache.attrs)
     return ViewData(torch.from_numpy(out), labels, ids, layout.num_prefix_tokens, layout.grid)
+
+
+def read_quantized(entries: list[VideoEntry], positions: list[list[int]], view: View, shape: tuple) -> QuantTokens:
+    """The plain view of an int8 store as stored: int8 tokens and their scales, half the bytes."""
+    q = np.empty(shape, np.int8)  # (V, T, N, C)
+    token_scales = np.empty(shape[:-1], np.float16)  # (V, T, N)
+    channel_scales = np.empty((shape[0], shape[-1]), np.float32)  # (V, C)
+    for i, entry in enumerate(entries):
+        channel_scales[i] = entry.read_quantized_into(q[i], token_scales[i], positions[i], view.layers[0])
+    return QuantTokens(q, token_scales, channel_scales)
 
 
 def memory_budget() -> int:

@@ -81,17 +81,36 @@ class VideoEntry:
 
     def read_frames_into(self, out: np.ndarray, positions: list[int], layer: int) -> None:
         """``out[t] = tokens[positions[t], layer]`` for a (T, N, C) ``out``, copied straight from
-        the mapped file (runs of consecutive frames in one copy); int8 is dequantized on the way."""
+        the mapped file (runs of consecutive frames in one copy); int8 is dequantized on the way
+        (one run: straight from the mapped file, else from one gathered copy)."""
         stored = self.stored(schema.TOKENS)
         layer = layer % stored.shape[1]
         if stored.dtype == np.int8:
-            pos = np.asarray(positions)
-            q = stored[pos, layer]
-            scales = self.stored(schema.TOKEN_SCALES)[pos, layer]
-            quant.dequantize(q, scales, self.stored(schema.CHANNEL_SCALES)[layer], out.dtype, out=out)
+            rows = self._rows_of(positions, stored.shape[1])
+            quant.dequantize(stored[rows, layer], self.stored(schema.TOKEN_SCALES)[rows, layer],
+                             self.stored(schema.CHANNEL_SCALES)[layer], out.dtype, out=out)
             return
         for t, run in _runs(positions, stored.shape[1]):
             out[t:t + run] = stored[positions[t]:positions[t] + run, layer]
+
+    @staticmethod
+    def _rows_of(positions: list[int], layers: int):
+        """``positions`` as a slice when they are one run (a view of the mapped file, no gather)."""
+        runs = list(_runs(positions, layers))
+        if len(runs) == 1:
+            return slice(positions[0], positions[0] + runs[0][1])
+        return np.asarray(positions, dtype=np.int64)
+
+    def read_quantized_into(self, q: np.ndarray, token_scales: np.ndarray, positions: list[int],
+                            layer: int) -> np.ndarray:
+        """An int8 store's frames as stored: ``q[t] = tokens[positions[t], layer]`` (T, N, C) and
+        ``token_scales[t]`` (T, N), copied from the mapped file; returns the channel scales (C,)."""
+        stored = self.stored(schema.TOKENS)
+        layer = layer % stored.shape[1]
+        rows = self._rows_of(positions, stored.shape[1])
+        q[...] = stored[rows, layer]
+        token_scales[...] = self.stored(schema.TOKEN_SCALES)[rows, layer]
+        return self.stored(schema.CHANNEL_SCALES)[layer]
 
     @property
     def frame_indices(self) -> np.ndarray:

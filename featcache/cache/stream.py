@@ -58,8 +58,15 @@ class StreamedTokens:
 
 def batches(x, order: torch.Tensor, batch_size: int, budget_bytes: int = 0, threads: int = 2):
     """Yield ``(index, x[index])`` for consecutive batches of ``order``; a streamed ``x`` is read
-    ahead on ``threads`` threads, at most as many batches as fit ``budget_bytes`` (>= 1)."""
+    ahead on ``threads`` threads, at most as many batches as fit ``budget_bytes`` (>= 1); an int8
+    ``x`` (QuantTokens) yields its batches still quantised (QuantBatch: ``.to(device).float()``)."""
+    from featcache.cache.quant import QuantTokens
+
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if isinstance(x, QuantTokens):  # int8 + scales: the loop's .to(device).float() dequantises on the device
+        for idx in chunks:
+            yield idx, x.take(idx)
+        return
     if not isinstance(x, StreamedTokens):
         for idx in chunks:
             yield idx, x[idx]

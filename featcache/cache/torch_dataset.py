@@ -18,12 +18,21 @@ the first ``num_prefix_tokens`` tokens of each frame are CLS/register tokens, th
 ``grid[0] * grid[1]`` patches in row-major order, the head convention of :mod:`featcache.heads`),
 and the target as ``featcache train`` builds it: a class index (single-label) or a multi-hot
 float vector over ``classes`` (multi-label: a video with several labels, or ``multi_label=True``).
+
+An int8 store with ``quantized=True`` hands its tokens over as stored, half the bytes through the
+DataLoader: items are ``({"q": (T, N, C) int8, "token_scales": (T, N) float16, "channel_scales":
+(C,) float32}, target)``, and the batch becomes float32 on the training device in one step::
+
+    from featcache.cache.quant import to_head
+    for tokens, target in loader:
+        x = to_head(tokens, "cuda")   # (B, T, N, C) float32: the values of the float16 view
 """
 from __future__ import annotations
 
 import torch
 
 from featcache.cache.dataset import Task, materialise
+from featcache.cache.quant import QuantTokens
 from featcache.errors import FeatcacheError
 from featcache.spec.view import View
 
@@ -59,7 +68,8 @@ class CacheDataset(torch.utils.data.Dataset):
     def __init__(self, cache, view: str | View = "uniform:8", split: str = "train", manifest: str | None = None, *,
                  layers=(-1,), tokens: str = "all", spatial: int = 0, channels: int = 0,
                  classes: list[str] | None = None, multi_label: bool | None = None,
-                 max_bytes: int | None = None, stream: bool | None = None, dtype: torch.dtype = torch.float32):
+                 max_bytes: int | None = None, stream: bool | None = None, dtype: torch.dtype = torch.float32,
+                 quantized: bool = False):
         if split not in SPLITS:
             raise FeatcacheError(f"dataset: unknown split {split!r}; expected train, val or test")
         source = annotated(cache, manifest)
@@ -68,6 +78,10 @@ class CacheDataset(torch.utils.data.Dataset):
         self.layout = self.view.layout(source.attrs)
         budget = 1 if stream else (1 << 62) if stream is False else max_bytes
         self.data = materialise(source, self.view, split, max_bytes=budget)
+        self.quantized = quantized
+        if quantized and not isinstance(self.data.x, QuantTokens):
+            raise FeatcacheError("dataset: quantized=True needs an int8 store (--dtype int8), a view of one layer "
+                                 "with all tokens and no pooling, held in memory (not streamed)")
         everyone = [r["labels"] for s in SPLITS for r in source.done_records(s)]
         self.classes = list(classes) if classes is not None else sorted({c for ls in everyone for c in ls})
         unknown = sorted({c for ls in self.data.labels for c in ls} - set(self.classes))
@@ -98,7 +112,9 @@ class CacheDataset(torch.utils.data.Dataset):
     @property
     def streamed(self) -> bool:
         """True when items are read from the chunk files on demand instead of from memory."""
-        return not isinstance(self.data.x, torch.Tensor)
+        from featcache.cache.stream import StreamedTokens
+
+        return isinstance(self.data.x, StreamedTokens)
 
     def head_args(self) -> dict:
         """The common constructor arguments of a head for this view: ``create_head(name, **ds.head_args())``."""
@@ -111,6 +127,10 @@ class CacheDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} is out of range for {len(self)} videos")
+        if self.quantized:  # as stored: quant.to_head dequantises the collated batch
+            x = self.data.x
+            return {"q": torch.from_numpy(x.q[i]), "token_scales": torch.from_numpy(x.token_scales[i]),
+                    "channel_scales": torch.from_numpy(x.channel_scales[i])}, self.targets[i]
         x = self.data.x[i] if not self.streamed else self.data.x[[i % len(self)]][0]  # (T, N, C)
         return x.to(self.dtype), self.targets[i]
 
