@@ -17,9 +17,9 @@ import sys
 import tempfile
 import time
 
+from featcache.data.synthetic import make_dataset
 from featcache.extract.encoder import EncoderConfig
 from featcache.extract.pipeline import ExtractConfig, run_extract
-from featcache.data.synthetic import make_dataset
 
 CELLS = [{"head.temporal": t, "head.mlp_layers": m, "head.frame_feature": f}
          for t in ("avg", "concat") for m in (0, 1) for f in ("cls", "mean")]

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from featcache import open_cache
-from featcache.heads.frozen_tail import backbone_spec
-from featcache.spec.config import build_config
+from featcache.data.manifest import read_manifest
+from featcache.data.synthetic import make_dataset
 from featcache.extract.encoder import EncoderConfig, FrozenEncoder
 from featcache.extract.pipeline import ExtractConfig, ExtractSummary, _Pipeline, run_extract
-from featcache.data.manifest import read_manifest
+from featcache.heads.frozen_tail import backbone_spec
 from featcache.heads.registry import create_head
-from featcache.data.synthetic import make_dataset
+from featcache.spec.config import build_config
 from featcache.train.optim import optimizer
 
 MODEL = "vit_small_patch14_dinov2.lvd142m"

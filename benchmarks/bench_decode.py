@@ -40,12 +40,12 @@ import os
 import statistics
 import tempfile
 
-from featcache.extract.encoder import EncoderConfig
-from featcache.extract.pipeline import ExtractConfig, run_extract
 from featcache.data.manifest import read_manifest
 from featcache.data.synthetic import make_dataset
-from featcache.video.decode import decode_video
+from featcache.extract.encoder import EncoderConfig
+from featcache.extract.pipeline import ExtractConfig, run_extract
 from featcache.spec.policy import parse_policies
+from featcache.video.decode import decode_video
 from featcache.video.select import uniform_indices
 
 NEAR_FREE = EncoderConfig(weights="random", img_size=56, precision="fp32",

@@ -29,10 +29,10 @@ import time
 import numpy as np
 import torch
 
-from featcache.extract.encoder import EncoderConfig, FrozenEncoder
-from featcache.extract.pipeline import ExtractConfig, _Pipeline, ExtractSummary, run_extract
 from featcache.data.manifest import read_manifest
 from featcache.data.synthetic import make_dataset
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder
+from featcache.extract.pipeline import ExtractConfig, ExtractSummary, _Pipeline, run_extract
 
 
 def bare_forward(model, pixels: torch.Tensor, batch_size: int, bf16: bool) -> float:

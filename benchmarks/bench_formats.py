@@ -40,12 +40,12 @@ from featcache.cache.dataset import materialise
 from featcache.cache.quant import QuantBatch, dequantize, quantize, to_head
 from featcache.cache.store import frame_bytes
 from featcache.cache.stream import batches, epoch_order
-from featcache.spec.config import build_config
+from featcache.data.synthetic import make_dataset
 from featcache.extract.encoder import EncoderConfig
 from featcache.extract.pipeline import ExtractConfig, run_extract
-from featcache.data.synthetic import make_dataset
-from featcache.train.fit import run_training
+from featcache.spec.config import build_config
 from featcache.spec.view import View
+from featcache.train.fit import run_training
 
 FORMATS = {"float16": {}, "int8": {"dtype": "int8"}, "pool2": {"pool": 2}, "mean": {"pool": "mean"}}
 READERS = {"float16": "float16", "int8": "int8", "int8 eager": "int8", "pool2": "pool2", "mean": "mean"}

@@ -36,9 +36,9 @@ def sync():
 def extract(out: str, tiny: bool) -> None:
     from bench_extract import decoded_frames
 
+    from featcache.data.synthetic import make_dataset
     from featcache.extract.encoder import EncoderConfig, FrozenEncoder
     from featcache.extract.pipeline import ExtractConfig, run_extract
-    from featcache.data.synthetic import make_dataset
 
     work = tempfile.mkdtemp(prefix="featcache-gpu-")
     manifest = make_dataset(work, "motion", per_class=2 if tiny else 16, num_frames=24 if tiny else 96, size=(320, 240))
@@ -54,7 +54,7 @@ def extract(out: str, tiny: bool) -> None:
         pixels = (frames.permute(0, 3, 1, 2).float() / 255 - torch.tensor(encoder.preprocess["mean"], device=dev).view(1, 3, 1, 1)) \
             / torch.tensor(encoder.preprocess["std"], device=dev).view(1, 3, 1, 1)
 
-        def bare(bs: int) -> float:
+        def bare(bs: int, pixels=pixels) -> float:
             sync()
             t = time.perf_counter()
             with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):

@@ -140,7 +140,7 @@ def main() -> None:
                 t = time.perf_counter()
                 write_old(os.path.join(root, f"old{n}.zarr"), n)
                 row["old_write_s"] = round(time.perf_counter() - t, 2)
-            for r in range(args.rounds):  # alternate the layouts round by round
+            for _ in range(args.rounds):  # alternate the layouts round by round
                 for layout in ("old", "new"):
                     path = os.path.join(root, f"{layout}{n}.zarr")
                     if os.path.exists(path):

@@ -53,9 +53,9 @@ def main() -> None:
         child(args.child[0], args.child[1], args.child[2], args.budget_gb, args.epochs)
         return
     from featcache import open_cache
+    from featcache.data.synthetic import make_dataset
     from featcache.extract.encoder import EncoderConfig
     from featcache.extract.pipeline import ExtractConfig, run_extract
-    from featcache.data.synthetic import make_dataset
 
     work = tempfile.mkdtemp(prefix="featcache-bench-")
     manifest = make_dataset(work, "motion", per_class=args.videos // 4, num_frames=24, size=(256, 224))

@@ -25,14 +25,14 @@ import torch
 
 from featcache import open_cache
 from featcache.cache.dataset import Task, materialise
-from featcache.spec.config import build_config
-from featcache.extract.encoder import EncoderConfig, FrozenEncoder
-from featcache.extract.pipeline import ExtractConfig, ExtractSummary, _Pipeline, run_extract
 from featcache.data.manifest import read_manifest
 from featcache.data.synthetic import make_dataset
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder
+from featcache.extract.pipeline import ExtractConfig, ExtractSummary, _Pipeline, run_extract
+from featcache.spec.config import build_config
+from featcache.spec.view import View
 from featcache.train.fit import _build, _loss
 from featcache.train.optim import optimizer
-from featcache.spec.view import View
 
 
 def _dataset(videos: int, encoder: EncoderConfig, frames: str) -> tuple[str, str]:

@@ -104,8 +104,8 @@ def _private_user_cache(tmp_path_factory):
 def extract_motion(tmp_path_factory, per_class: int, frames: str) -> str:
     """A cache of generated motion clips (60/20/20 train/val/test per class; the 4 classes differ
     only by direction of motion) from the tiny model; returns its path."""
-    from featcache.extract.pipeline import ExtractConfig, run_extract
     from featcache.data.synthetic import make_dataset
+    from featcache.extract.pipeline import ExtractConfig, run_extract
 
     root = tmp_path_factory.mktemp("motion")
     s = run_extract(ExtractConfig(manifest=make_dataset(str(root), "motion", per_class=per_class, num_frames=16),

@@ -6,13 +6,13 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import extract_motion
+
 from featcache import open_cache
 from featcache.cache.dataset import materialise
 from featcache.errors import FeatcacheError
-from featcache.video.select import uniform_indices
 from featcache.spec.view import View
+from featcache.video.select import uniform_indices
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "library.md")
 

@@ -23,8 +23,8 @@ from featcache.cache.quant import QuantTokens
 from featcache.cache.stream import StreamedTokens
 from featcache.errors import FeatcacheError
 from featcache.spec.policy import Policy
-from featcache.video.select import policy_indices
 from featcache.spec.view import View
+from featcache.video.select import policy_indices
 
 if TYPE_CHECKING:  # the store hands a Cache to these functions; importing it would close a circle
     from featcache.cache.store import Cache, VideoEntry

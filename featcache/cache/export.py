@@ -10,10 +10,10 @@ import numpy as np
 
 from featcache.cache import schema
 from featcache.cache.store import CacheWriter, open_cache, to_json
-from featcache.errors import FeatcacheError, OptionError
 from featcache.data.manifest import read_manifest
-from featcache.video.select import uniform_indices
+from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.view import parse_policy
+from featcache.video.select import uniform_indices
 
 FORMATS = ("hdf5", "npy")
 HDF5_FORMAT = "featcache-hdf5-1"

@@ -6,10 +6,9 @@ error convention and the option parsers they share.
 Exit status: 0 success, 1 some videos failed / the cache has problems, 2 a usage error
 (one line on stderr, nothing written), 130 interrupted (re-run the same command to resume).
 """
-from featcache.cli.app import app, cache_app  # noqa: F401  (tests and entry points import featcache.cli.app)
-
 # the command modules register themselves on the apps
-from featcache.cli import extract, cache, train, evaluate, ablate, manifest, demo  # noqa: E402,F401,I001
+from featcache.cli import ablate, cache, demo, evaluate, extract, manifest, train  # noqa: E402,F401,I001
+from featcache.cli.app import app, cache_app  # noqa: F401  (tests and entry points import featcache.cli.app)
 
 
 def main() -> None:

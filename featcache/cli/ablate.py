@@ -8,7 +8,6 @@ import typer
 from featcache.cli.app import SLURM_OPTIONS, app, user_errors
 from featcache.errors import FeatcacheError, OptionError
 
-
 ABLATE_EXAMPLES = """
 Examples:
 
@@ -49,9 +48,9 @@ def ablate(
     poll: float = SLURM_OPTIONS["poll"],
 ):
     """Run a grid of trainings from one cache, fusing cells that read the same data into one pass."""
+    from featcache.spec.config import parse_assignments
     from featcache.spec.sweep import SweepError, load_sweep, select
     from featcache.sweep.run import run_sweep
-    from featcache.spec.config import parse_assignments
 
     with user_errors():
         try:

@@ -71,8 +71,8 @@ def cache_status(
 ):
     """Progress across shards: done / failed / in progress / pending videos."""
     from featcache.cache.store import open_cache
-    from featcache.launch.extract_array import shard_status
     from featcache.data.manifest import read_manifest
+    from featcache.launch.extract_array import shard_status
 
     with user_errors():
         cache = open_cache(path)

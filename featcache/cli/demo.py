@@ -7,7 +7,7 @@ import time
 
 import typer
 
-from featcache.cli.app import parse_kv, app, user_errors
+from featcache.cli.app import app, parse_kv, user_errors
 
 
 @app.command(epilog="Example:\n\n  featcache demo --out demo")
@@ -24,9 +24,9 @@ def demo(
 ):
     """The whole two-stage story: motion clips -> one extraction -> a sweep of three heads from the
     cache -> OUT/leaderboard.{csv,md,png}, where a temporal head beats average pooling."""
-    from featcache.launch.demo import report, run_demo
-    from featcache.extract.encoder import EncoderConfig
     from featcache.errors import FeatcacheError
+    from featcache.extract.encoder import EncoderConfig
+    from featcache.launch.demo import report, run_demo
 
     start = time.perf_counter()
     with user_errors():

@@ -5,9 +5,8 @@ from typing import Optional
 
 import typer
 
-from featcache.cli.app import SLURM_OPTIONS, parse_ints, parse_kv, parse_shard, parse_size, app, user_errors
+from featcache.cli.app import SLURM_OPTIONS, app, parse_ints, parse_kv, parse_shard, parse_size, user_errors
 from featcache.errors import FeatcacheError
-
 
 EXTRACT_EXAMPLES = """
 Examples:
@@ -143,7 +142,8 @@ def estimate(
     --token-pool, --cut-block, --model); frame counts come from the container headers."""
     import json
 
-    from featcache.extract.estimate import estimate as run_estimate, human
+    from featcache.extract.estimate import estimate as run_estimate
+    from featcache.extract.estimate import human
 
     with user_errors():
         command = typer.main.get_command(app).get_command(ctx, "extract")
@@ -176,9 +176,9 @@ def estimate(
 def _launch(cfg, shards, partition, gpus, cpus, mem_gb, time_min, logs, cluster, wait, poll) -> None:
     import os
 
+    from featcache.data.manifest import read_manifest
     from featcache.launch.extract_array import launch_slurm, published
     from featcache.launch.submitit import SlurmConfig, wait_for_tasks
-    from featcache.data.manifest import read_manifest
 
     jobs, replaced = launch_slurm(cfg, SlurmConfig(shards, partition, gpus, cpus, mem_gb, time_min, logs=logs,
                                                    cluster=cluster))

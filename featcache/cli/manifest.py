@@ -9,7 +9,6 @@ import typer
 
 from featcache.cli.app import app, user_errors
 
-
 manifest_app = typer.Typer(help="Build manifests from standard dataset layouts, and check them.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 _OUT = typer.Option(..., "--out", "-o", help="The manifest CSV to write.")

@@ -10,7 +10,6 @@ import typer
 from featcache.cli.app import app, user_errors
 from featcache.errors import FeatcacheError, OptionError
 
-
 TRAIN_EXAMPLES = """
 Examples:
 
@@ -154,8 +153,8 @@ def pretrain(
     """Self-supervised pre-training of a head from a dense frame pool (video labels unused); then
     fine-tune with `featcache train --init RUN_DIR`."""
     from featcache.spec.config import TrainConfig
-    from featcache.train.pretrain import run_pretrain
     from featcache.spec.view import View
+    from featcache.train.pretrain import run_pretrain
 
     again = _resume_command(cache, head, view, config, set_, None, manifest, out, command="pretrain", task=task)
     with user_errors(interrupted=f"interrupted; resume with: {again}"):

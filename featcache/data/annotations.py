@@ -22,8 +22,8 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from featcache.errors import FeatcacheError
 from featcache.data.manifest import SPLITS, read_manifest
+from featcache.errors import FeatcacheError
 
 SHOWN = 10  # ids named in a summary line before "... and N more"
 

@@ -266,10 +266,10 @@ def pool_patches(tokens: torch.Tensor, prefix: int, grid: tuple[int, int], out: 
     """(B, L, P + H*W, C) -> (B, L, P + h*w, C): average non-overlapping windows of the row-major
     patch grid; prefix tokens untouched. With equal windows the mean of the pooled patches is the
     mean of the patches, so CLS and mean-patch readouts see the same input."""
-    b, l, _, c = tokens.shape
-    patches = tokens[:, :, prefix:].reshape(b * l, *grid, c).permute(0, 3, 1, 2)  # (B*L, C, H, W)
+    b, layers, _, c = tokens.shape
+    patches = tokens[:, :, prefix:].reshape(b * layers, *grid, c).permute(0, 3, 1, 2)  # (B*L, C, H, W)
     pooled = torch.nn.functional.avg_pool2d(patches, (grid[0] // out[0], grid[1] // out[1]))
-    pooled = pooled.permute(0, 2, 3, 1).reshape(b, l, out[0] * out[1], c)
+    pooled = pooled.permute(0, 2, 3, 1).reshape(b, layers, out[0] * out[1], c)
     return torch.cat([tokens[:, :, :prefix], pooled], dim=2)
 
 

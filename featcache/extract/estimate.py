@@ -23,8 +23,8 @@ import numpy as np
 from featcache.cache import packed, schema
 from featcache.cache.store import frame_bytes, to_json
 from featcache.data.manifest import VideoItem, read_manifest
+from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, check_file, expected_frames, open_pyav
 from featcache.video.prepare import decoder_log
-from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, open_pyav, expected_frames, check_file
 from featcache.video.select import policy_indices, uniform_indices
 
 

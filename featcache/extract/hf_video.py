@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from featcache.extract.encoder import EncoderConfig
 from featcache.errors import FeatcacheError
+from featcache.extract.encoder import EncoderConfig
 
 HF_TYPES = {"videomae": "pixel_values", "vjepa2": "pixel_values_videos"}  # model_type -> the forward's input name
 

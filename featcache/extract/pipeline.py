@@ -21,16 +21,16 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from featcache.version import __version__
 from featcache.cache import quant, schema
 from featcache.cache.store import CacheWriter, PublishError
-from featcache.extract.encoder import EncoderConfig, FrozenEncoder
-from featcache.errors import FeatcacheError
 from featcache.data.manifest import VideoItem, read_manifest
-from featcache.video.prepare import DecodePool, DecodeSpec, Prepared, auto_workers, prepare, usable_cores
-from featcache.video.decode import DECODERS
-from featcache.spec.policy import Policy, parse_policies
+from featcache.errors import FeatcacheError
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder
 from featcache.extract.video_encoders import is_video_model, make_encoder
+from featcache.spec.policy import Policy, parse_policies
+from featcache.version import __version__
+from featcache.video.decode import DECODERS
+from featcache.video.prepare import DecodePool, DecodeSpec, Prepared, auto_workers, prepare, usable_cores
 
 SHORT_VIDEO_MODES = ("repeat", "fail")
 VIDEO_BATCH = 4  # clips per forward of a video encoder under --batch-size auto

@@ -28,8 +28,8 @@ import re
 import torch
 
 from featcache.device import resolve_device
-from featcache.extract.encoder import EncoderConfig, FrozenEncoder, Pending, resolve_precision
 from featcache.errors import FeatcacheError
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder, Pending, resolve_precision
 
 VIDEO_PREFIXES = ("tv:", "hf:")
 # torchvision video models featcache runs, by family (how their tokens are read)

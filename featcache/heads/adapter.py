@@ -40,9 +40,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from featcache.heads.amflow import FLOWS, AligningEncoder, PlainAdapter, TemporalAdapter, attention_logits, column_mass, vanilla_flow
 from featcache.heads.frozen_tail import FrozenTail
-from featcache.heads.amflow import FLOWS, AligningEncoder, PlainAdapter, TemporalAdapter, attention_logits, \
-    column_mass, vanilla_flow
 from featcache.heads.layers import STAdapter, mlp
 from featcache.heads.registry import register_head
 

@@ -35,10 +35,10 @@ metric: {{name: val/top1, goal: maximize}}
 def run_demo(out: str, per_class: int, encoder, epochs: int, echo: Callable[[str], None] = print,
              show_progress: bool = True) -> list[dict]:
     """Generate, extract, sweep; returns the leaderboard's rows (one per head, in sweep order)."""
+    from featcache.data.synthetic import make_dataset
+    from featcache.extract.pipeline import ExtractConfig, run_extract
     from featcache.spec.sweep import load_sweep
     from featcache.sweep.run import run_sweep
-    from featcache.extract.pipeline import ExtractConfig, run_extract
-    from featcache.data.synthetic import make_dataset
 
     echo(f"1/3 writing {4 * per_class} clips (4 classes: the direction a square moves) to {out}/videos")
     manifest = make_dataset(out, "motion", per_class=per_class, num_frames=16)

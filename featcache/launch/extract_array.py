@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
+from featcache.data.manifest import read_manifest
 from featcache.errors import FeatcacheError
 from featcache.extract.pipeline import ExtractConfig, ExtractSummary, prepare_store, run_extract, shard_of, validate
-from featcache.data.manifest import read_manifest
 from featcache.launch.submitit import SlurmConfig, check_scheduler, make_executor
 
 

@@ -13,10 +13,10 @@ import json
 import os
 import time
 
+from featcache.errors import FeatcacheError
+from featcache.launch.submitit import SlurmConfig, make_executor, squeue_states, wait_for_tasks
 from featcache.spec.sweep import Cell, Sweep
 from featcache.sweep.run import finished, run_groups
-from featcache.launch.submitit import SlurmConfig, make_executor, squeue_states, wait_for_tasks
-from featcache.errors import FeatcacheError
 
 STATE = "slurm.json"
 

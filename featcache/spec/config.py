@@ -8,11 +8,11 @@ Pure: imports only :mod:`featcache.spec.view`.
 """
 from __future__ import annotations
 
-from featcache.errors import OptionError
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from featcache.errors import OptionError
 from featcache.spec.view import VIEW_KEYS, View
 
 

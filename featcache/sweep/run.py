@@ -18,19 +18,19 @@ from dataclasses import dataclass
 
 import torch
 
-from featcache.spec.sweep import Cell, Sweep, SweepError
-from featcache.data.annotations import annotate, check_selection
 from featcache.cache.dataset import frame_positions, memory_budget
 from featcache.cache.store import open_cache
-from featcache.spec.config import to_dict
+from featcache.data.annotations import annotate, check_selection
 from featcache.errors import FeatcacheError
-from featcache.sweep.leaderboard import write_leaderboard
 from featcache.heads.registry import head_source
+from featcache.spec.config import to_dict
+from featcache.spec.sweep import Cell, Sweep, SweepError
+from featcache.spec.view import Layout, View
+from featcache.sweep.leaderboard import write_leaderboard
 from featcache.train import rundir
 from featcache.train.evaluate import read_splits
 from featcache.train.fit import check_clip_head, check_head_output, head_args, new_head, train_group
 from featcache.train.loop import Built
-from featcache.spec.view import Layout, View
 
 
 @dataclass

@@ -18,9 +18,10 @@ frame; how many were is reported with the metrics.
 """
 from __future__ import annotations
 
-from featcache.errors import OptionError
 import numpy as np
 import torch
+
+from featcache.errors import OptionError
 
 
 def get_start_end_idx(video_size: int, clip_size: float, clip_idx: int, num_clips: int) -> tuple[float, float]:

@@ -15,16 +15,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from featcache.data.annotations import AnnotatedCache, annotate, check_same_manifest
 from featcache.cache.dataset import Task, ViewData, fill_view, frame_positions, materialise
 from featcache.cache.store import Cache, open_cache
-from featcache.spec.config import from_dict
+from featcache.data.annotations import AnnotatedCache, annotate, check_same_manifest
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
-from featcache.train import checkpoint, metrics
+from featcache.spec.config import from_dict
 from featcache.spec.policy import Policy
-from featcache.video.select import uniform_indices
 from featcache.spec.view import View, parse_policy
+from featcache.train import checkpoint, metrics
+from featcache.video.select import uniform_indices
 
 SPLITS = ("train", "val", "test")
 

@@ -13,14 +13,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from featcache.data.annotations import annotate, check_selection
 from featcache.cache.dataset import Task, ViewData, memory_budget
-from featcache.cache.stream import StreamedTokens, batches, epoch_order
 from featcache.cache.store import open_cache
-from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
+from featcache.cache.stream import StreamedTokens, batches, epoch_order
+from featcache.data.annotations import annotate, check_selection
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.heads.registry import create_head, head_source
+from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
 from featcache.train import checkpoint, tracking
 from featcache.train.evaluate import evaluate_checkpoint, read_splits
 from featcache.train.loop import Built, Member, run_group

@@ -28,19 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from featcache.data.annotations import annotate
 from featcache.cache.dataset import fill_view
 from featcache.cache.store import Cache, open_cache
-from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
+from featcache.data.annotations import annotate
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.heads.registry import head_source
+from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
+from featcache.spec.view import View
 from featcache.train import checkpoint, metrics, tracking
 from featcache.train.evaluate import predict
 from featcache.train.fit import build_head, head_args
 from featcache.train.loop import Member, run_group
 from featcache.train.rundir import checkpoint_path, previous_run, write_config
-from featcache.spec.view import View
 
 TASKS = ("prp",)
 

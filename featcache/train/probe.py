@@ -20,12 +20,12 @@ import os
 import numpy as np
 import torch
 
-from featcache.data.annotations import annotate
 from featcache.cache.dataset import Task
 from featcache.cache.store import open_cache
-from featcache.spec.config import TrainConfig, to_dict
+from featcache.data.annotations import annotate
 from featcache.errors import FeatcacheError
-from featcache.train.evaluate import report_split, read_splits
+from featcache.spec.config import TrainConfig, to_dict
+from featcache.train.evaluate import read_splits, report_split
 from featcache.train.rundir import previous_run, write_config, write_metrics
 
 METHODS = ("knn", "logreg")

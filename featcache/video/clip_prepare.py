@@ -19,9 +19,9 @@ import functools
 import numpy as np
 
 from featcache.data.manifest import VideoItem
+from featcache.spec.policy import parse_policies
 from featcache.video.clips import policy_clips, unique_clips
 from featcache.video.decode import DecodeError, decode_video, header_rate
-from featcache.spec.policy import parse_policies
 
 
 def crop_resized(frames: np.ndarray, resize_size: list[int], crop_size: list[int], interpolation: str) -> np.ndarray:

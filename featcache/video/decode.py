@@ -24,13 +24,13 @@ checks must sit beside the decoders they check.
 """
 from __future__ import annotations
 
-from featcache.errors import OptionError
 import os
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from featcache.errors import OptionError
 from featcache.video.select import BestFrames, LuvScorer, luv_scores
 
 DECODERS = ("auto", "decord", "pyav", "torchcodec")

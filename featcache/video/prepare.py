@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featcache.errors import FeatcacheError
 from featcache.data.manifest import VideoItem
-from featcache.video.decode import DecodeError, decode_video
+from featcache.errors import FeatcacheError
 from featcache.spec.policy import Policy
+from featcache.video.decode import DecodeError, decode_video
 from featcache.video.select import select_frames
 
 

@@ -25,7 +25,6 @@ import numpy as np
 
 from featcache.spec.policy import POLICY_KINDS, Policy, parse_policies  # noqa: F401  (re-exported)
 
-
 # sRGB (D65) -> CIE XYZ, IEC 61966-2-1.
 _RGB_TO_XYZ = np.array(
     [

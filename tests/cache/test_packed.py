@@ -14,15 +14,15 @@ import time
 import numpy as np
 import pytest
 import zarr
+from conftest import TINY_CLI
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI
 from featcache import open_cache
 from featcache.cache import packed
 from featcache.cache.store import CacheWriter
 from featcache.cli import app
-from featcache.launch.extract_array import published
 from featcache.data.synthetic import make_dataset
+from featcache.launch.extract_array import published
 
 runner = CliRunner()
 DATA = os.path.join(os.path.dirname(__file__), "..", "assets")

@@ -67,6 +67,7 @@ def test_dequantize_fills_a_strided_out_in_place(stored):
 @pytest.fixture(scope="module")
 def int8_store(tmp_path_factory):
     from conftest import TINY_CLI, cli
+
     from featcache.data.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("int8view")
@@ -157,7 +158,6 @@ def test_training_from_an_int8_store_in_memory_equals_streamed(int8_store, tmp_p
     import json
 
     import yaml
-
     from conftest import cli
 
     logs = {}

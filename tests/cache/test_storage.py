@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TINY_CLI, write_manifest
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI, write_manifest
 from featcache import open_cache
 from featcache.cache.quant import dequantize, quantize
 from featcache.cli import app
@@ -161,8 +161,9 @@ def test_estimate_refuses_bad_options_in_one_line(clips):
 # ------------------------------------------------------------------ incremental pools
 @pytest.mark.slow
 def test_adding_a_policy_decodes_and_encodes_only_the_new_frames(clips, tmp_path, monkeypatch):
-    import featcache.video.prepare as extract_mod
     from conftest import tiny_encoder_config
+
+    import featcache.video.prepare as extract_mod
     from featcache.extract.pipeline import ExtractConfig, run_extract
 
     manifest, _ = clips
@@ -215,8 +216,8 @@ def test_adding_a_policy_keeps_the_other_refusals(clips, tmp_path):
 
 # ------------------------------------------------------------------ decode workers
 def test_decode_workers_write_the_same_store_and_leave_no_shared_memory(clips, tmp_path):
-    import glob as globmod
     import csv
+    import glob as globmod
 
     manifest, _ = clips
     rows = list(csv.DictReader(open(manifest)))

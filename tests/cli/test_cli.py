@@ -7,13 +7,13 @@ import sys
 import time
 
 import pytest
+from conftest import TINY_CLI, write_manifest
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI, write_manifest
 from featcache import open_cache
-from featcache.launch.extract_array import published
 from featcache.cli import app
 from featcache.data.synthetic import make_dataset
+from featcache.launch.extract_array import published
 
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "featcache")  # the installed console script
 FEATCACHE = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "featcache.cli"]

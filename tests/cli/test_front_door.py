@@ -5,9 +5,9 @@ import shlex
 
 import numpy as np
 import pytest
+from conftest import TINY_CLI, VIDEO_SIZE, ctrl_c_after_epoch
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI, VIDEO_SIZE, ctrl_c_after_epoch
 from featcache.cli import app
 from featcache.data.synthetic import make_dataset
 from featcache.video.select import uniform_indices

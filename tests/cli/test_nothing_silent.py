@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_CLI, VIDEO_SIZE
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI, VIDEO_SIZE
 from featcache.cli import app
 from featcache.data.synthetic import make_dataset, motion_clip, write_video
 

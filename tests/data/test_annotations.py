@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_CLI, VIDEO_SIZE
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI, VIDEO_SIZE
 from featcache import open_cache
-from featcache.data.annotations import annotate, file_sha256
 from featcache.cli import app
+from featcache.data.annotations import annotate, file_sha256
 from featcache.data.synthetic import motion_clip, write_video
 
 runner = CliRunner()

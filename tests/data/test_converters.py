@@ -6,10 +6,10 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from featcache.data import converters
 from featcache.cli import app
-from featcache.errors import FeatcacheError
+from featcache.data import converters
 from featcache.data.manifest import check_manifest, read_manifest, write_manifest
+from featcache.errors import FeatcacheError
 
 runner = CliRunner()
 

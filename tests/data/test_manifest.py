@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from featcache.errors import FeatcacheError
 from featcache.data.manifest import read_manifest
+from featcache.errors import FeatcacheError
 
 
 def write(path, text):

@@ -183,8 +183,8 @@ def test_clip_view_on_a_frame_cache_is_refused(tmp_path):
 
 def test_views_pick_cached_clips(windows_cache):
     from featcache.cache.dataset import frame_positions
-    from featcache.video.select import uniform_indices
     from featcache.spec.view import parse_policy
+    from featcache.video.select import uniform_indices
 
     entry = open_cache(windows_cache).video("v03")
     cached = entry.policies["windows:4/4@fps:8"]

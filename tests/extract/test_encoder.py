@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_ARGS, TINY_SIZE, tiny_encoder_config
-from featcache.extract.encoder import EncoderConfig, FrozenEncoder
+
 from featcache.errors import FeatcacheError
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder
 
 
 @pytest.fixture(scope="module")

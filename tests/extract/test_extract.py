@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import timm
 import torch
-
 from conftest import CONTAINERS, TINY_ARGS, TINY_SIZE, VIDEO_SIZE, pyav_frames, tiny_encoder_config, write_manifest
+
 from featcache import open_cache
+from featcache.data.synthetic import motion_clip, write_video
 from featcache.errors import FeatcacheError
 from featcache.extract.pipeline import ExtractConfig, run_extract, shard_of
-from featcache.data.synthetic import motion_clip, write_video
 from featcache.video.select import keyframe_indices, uniform_indices
 
 
@@ -155,9 +155,9 @@ def test_a_video_that_cannot_be_published_fails_instead_of_counting_as_done(cont
     the others are published in a fresh segment, and a re-run redoes it."""
     import errno
 
+    from conftest import TINY_CLI
     from typer.testing import CliRunner
 
-    from conftest import TINY_CLI
     from featcache.cache import packed
     from featcache.cli import app
 
@@ -255,9 +255,9 @@ def test_direct_chunk_reads_equal_zarr_reads(container_cache, positions):
 def test_luv_size_full_is_used_and_recorded(videos, tmp_path):
     """`--luv-size full` scores at the source size (the scores of full-size frames, in order) and
     the store says so; the default records 64x48."""
+    from conftest import TINY_CLI
     from typer.testing import CliRunner
 
-    from conftest import TINY_CLI
     from featcache.cli import app
     from featcache.video.select import luv_scores
 

@@ -9,10 +9,10 @@ import torch
 from conftest import cli, pyav_frames, write_manifest
 
 from featcache.cache.store import open_cache
-from featcache.extract.encoder import EncoderConfig
-from featcache.errors import FeatcacheError
-from featcache.extract.pipeline import ExtractConfig, run_extract
 from featcache.data.synthetic import motion_clip, write_video
+from featcache.errors import FeatcacheError
+from featcache.extract.encoder import EncoderConfig
+from featcache.extract.pipeline import ExtractConfig, run_extract
 
 transformers = pytest.importorskip("transformers")
 
@@ -73,8 +73,8 @@ def test_cached_tokens_equal_the_models_own_processor_and_forward(kind, tmp_path
 
 def test_hf_needs_a_rate_for_clips_and_a_readable_source(tmp_path):
     folder = _tiny_model(tmp_path, "videomae")
-    from featcache.video.select import parse_policies
     from featcache.extract.video_encoders import make_encoder
+    from featcache.video.select import parse_policies
 
     with pytest.raises(FeatcacheError, match="give --model-arg frame_rate=R"):
         make_encoder(EncoderConfig(model=f"hf:{folder}", weights="random"), parse_policies("clips:2"))

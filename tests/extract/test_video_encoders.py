@@ -10,10 +10,10 @@ import torch
 from conftest import cli, pyav_frames, write_manifest
 
 from featcache.cache.store import open_cache
-from featcache.extract.encoder import EncoderConfig
-from featcache.errors import FeatcacheError
-from featcache.extract.pipeline import ExtractConfig, run_extract
 from featcache.data.synthetic import motion_clip, write_video
+from featcache.errors import FeatcacheError
+from featcache.extract.encoder import EncoderConfig
+from featcache.extract.pipeline import ExtractConfig, run_extract
 
 # model -> (builder kwargs, featcache --model-arg overrides of the preset, frames per clip at its rate)
 # The ResNets and Swin3D take any size: small crops keep them fast. S3D needs >= 14 frames at 224

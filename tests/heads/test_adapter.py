@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import TINY_ARGS, TINY_CLI, TINY_SIZE
 from typer.testing import CliRunner
 
-from conftest import TINY_ARGS, TINY_CLI, TINY_SIZE
 from featcache import open_cache
-from featcache.heads.frozen_tail import FrozenTail, backbone_spec
 from featcache.cli import app
-from featcache.spec.config import build_config
-from featcache.heads.registry import create_head
 from featcache.data.synthetic import make_dataset
+from featcache.heads.frozen_tail import backbone_spec
+from featcache.heads.registry import create_head
+from featcache.spec.config import build_config
 from featcache.train.fit import run_training
 from featcache.train.optim import optimizer
 
@@ -68,7 +68,7 @@ def test_cut_through_the_tail_equals_the_full_forward():
     x = torch.randn(3, 3, TINY_SIZE, TINY_SIZE)
     for cut in (0, 1):
         seen = []
-        hook = model.blocks[cut].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        hook = model.blocks[cut].register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0]))
         with torch.no_grad():
             full = model.forward_features(x)
             hook.remove()

@@ -9,7 +9,6 @@ import textwrap
 import pytest
 import torch
 import yaml
-
 from conftest import cli, ctrl_c_after_epoch, extract_motion
 
 HEAD = textwrap.dedent('''

@@ -8,18 +8,18 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import TINY_CLI, tiny_encoder_config
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI, tiny_encoder_config
 from featcache import open_cache
 from featcache.cache.export import export_cache, import_hdf5
 from featcache.cli import app
-from featcache.launch.extract_array import parse_devices, run_on_devices, shard_configs
+from featcache.data.synthetic import make_dataset
 from featcache.errors import FeatcacheError
 from featcache.extract.pipeline import ExtractConfig, run_extract, shard_of
-from featcache.data.synthetic import make_dataset
-from featcache.train.fit import run_training
+from featcache.launch.extract_array import parse_devices, run_on_devices, shard_configs
 from featcache.spec.config import build_config
+from featcache.train.fit import run_training
 
 runner = CliRunner()
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "featcache")

@@ -1,10 +1,10 @@
 """The one View type and the training config it is parsed into (pure: no cache, no model)."""
 import pytest
 
-from featcache.spec.config import TrainConfig, build_config, from_dict, parse_assignments, to_dict
 from featcache.errors import FeatcacheError
-from featcache.video.select import Policy
+from featcache.spec.config import TrainConfig, build_config, from_dict, parse_assignments, to_dict
 from featcache.spec.view import Layout, View
+from featcache.video.select import Policy
 
 ATTRS = {"frames": {"policies": ["uniform:16", "keyframes:8"]}, "layers": [10, 11],
          "tokens": {"num_prefix_tokens": 1, "grid": [16, 16], "dim": 384}}

@@ -7,15 +7,15 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_encoder_config
 from typer.testing import CliRunner
 
-from conftest import tiny_encoder_config
+from featcache.cli import app
+from featcache.data.synthetic import make_dataset
+from featcache.extract.pipeline import ExtractConfig, run_extract
+from featcache.spec.config import build_config
 from featcache.spec.sweep import SweepError, _expand, cell_name, load_sweep, select
 from featcache.sweep.run import Plan, plan_groups
-from featcache.cli import app
-from featcache.spec.config import build_config
-from featcache.extract.pipeline import ExtractConfig, run_extract
-from featcache.data.synthetic import make_dataset
 from featcache.train import checkpoint
 from featcache.train.fit import run_training, train_group
 
@@ -198,7 +198,8 @@ def test_every_pipeline_sweep_is_valid():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["ablate", "{pipelines}/advise_fig3_spatial.yaml", "--cache", "{cache}"], "cell 002_spatial=9_init=none: view=uniform:8: spatial: 9 must be between 0 and the cached grid 4x4"),
+    (["ablate", "{pipelines}/advise_fig3_spatial.yaml", "--cache", "{cache}"],
+     "cell 002_spatial=9_init=none: view=uniform:8: spatial: 9 must be between 0 and the cached grid 4x4"),
     (["ablate", "{pipelines}/stadapter_luv_table1_frames.yaml", "--cache", "{cache}", "--set", "head.bogus=2"],
      "head=adapter: head 'adapter' has no option bogus"),
     (["ablate", "{tmp}/bad.yaml"], "no such sweep file"),

@@ -5,13 +5,13 @@ import os
 import re
 
 import pytest
+from conftest import TINY_CLI
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI
-from featcache.spec.sweep import load_sweep
 from featcache.cli import app
-from featcache.sweep.leaderboard import paired_deltas, write_leaderboard
 from featcache.data.synthetic import make_dataset
+from featcache.spec.sweep import load_sweep
+from featcache.sweep.leaderboard import paired_deltas, write_leaderboard
 
 PIPELINES = os.path.join(os.path.dirname(__file__), "..", "..", "pipelines")
 runner = CliRunner()

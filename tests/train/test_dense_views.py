@@ -8,13 +8,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_encoder_config
 from typer.testing import CliRunner
 
-from conftest import tiny_encoder_config
 from featcache.cli import app
-from featcache.spec.config import build_config
-from featcache.extract.pipeline import ExtractConfig, run_extract
 from featcache.data.synthetic import make_dataset
+from featcache.extract.pipeline import ExtractConfig, run_extract
+from featcache.spec.config import build_config
 from featcache.train.clips import dense_clip_indices, nearest_positions
 from featcache.train.fit import run_training
 
@@ -79,8 +79,8 @@ def trained(tmp_path_factory):
 def test_eval_clip_rate_scores_slowfasts_clips(trained):
     from featcache import open_cache
     from featcache.cache.dataset import fill_view
-    from featcache.train import checkpoint as ck
     from featcache.spec.view import View
+    from featcache.train import checkpoint as ck
 
     manifest, cache, run = trained
     r = runner.invoke(app, ["eval", run, "--temporal-views", "3", "--clip-rate", "2", "--combine", "sum"])

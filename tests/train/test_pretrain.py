@@ -5,19 +5,19 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CLI
 from typer.testing import CliRunner
 
-from conftest import TINY_CLI
 from featcache import open_cache
 from featcache.cli import app
-from featcache.spec.config import build_config
+from featcache.data.synthetic import make_dataset
 from featcache.errors import FeatcacheError
 from featcache.heads.registry import create_head
-from featcache.data.synthetic import make_dataset
+from featcache.spec.config import build_config
+from featcache.spec.view import View
 from featcache.train import checkpoint
 from featcache.train.pretrain import PRP, make_clips, prp_indices, read_pools
 from featcache.video.select import Policy, parse_policies, select_frames
-from featcache.spec.view import View
 
 runner = CliRunner()
 # a 2-block ViT at 112x112 (8x8 patch grid): the grid must be fine enough to see a 2 px/frame scroll
@@ -244,6 +244,7 @@ def test_pretrain_resumes_and_fuses_on_the_training_loop(dense, tmp_path):
     """On fit's loop pretrain gains --resume (interrupted after epoch 1, continued: equal to the
     run never interrupted) and fused groups (two heads on the same clips: each equals its run alone)."""
     from conftest import ctrl_c_after_epoch
+
     from featcache.train.pretrain import pretrain_group, run_pretrain
 
     sets = {"view": "stride:1", "spatial": 2, "epochs": 3, "batch_size": 16, "keep_last": True}

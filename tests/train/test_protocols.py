@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_encoder_config
 from typer.testing import CliRunner
 
-from conftest import tiny_encoder_config
 from featcache.cli import app
-from featcache.spec.config import build_config
-from featcache.extract.pipeline import ExtractConfig, run_extract
 from featcache.data.synthetic import make_dataset
+from featcache.extract.pipeline import ExtractConfig, run_extract
+from featcache.spec.config import build_config
 from featcache.train.fit import run_training
 
 runner = CliRunner()
@@ -138,8 +138,8 @@ def test_sliding_windows_over_an_fps_pool(tmp_path):
     import torch
 
     from featcache.cache.dataset import fill_view
-    from featcache.train import checkpoint as ck
     from featcache.spec.view import View
+    from featcache.train import checkpoint as ck
 
     head = ck.build_head(ck.load(os.path.join(run, "best.pt")))
     test_id = sorted(r["video_id"] for r in csv.DictReader(open(manifest)) if r["split"] == "test")[0]

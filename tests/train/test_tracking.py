@@ -7,8 +7,8 @@ import types
 import numpy as np
 import pytest
 import yaml
-
 from conftest import cli, ctrl_c_after_epoch, extract_motion
+
 from featcache.sweep.leaderboard import aggregate, metric_columns
 
 FAST = ["--set", "batch_size=8", "-q"]

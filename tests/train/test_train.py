@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY_ARGS, tiny_encoder_config
 from typer.testing import CliRunner
 
-from conftest import TINY_ARGS, tiny_encoder_config
 from featcache import open_cache
 from featcache.cache.dataset import materialise
-from featcache.spec.config import TrainConfig, build_config, parse_assignments
+from featcache.data.synthetic import make_dataset
 from featcache.errors import FeatcacheError
 from featcache.extract.pipeline import ExtractConfig, run_extract
-from featcache.data.synthetic import make_dataset
+from featcache.spec.config import TrainConfig, build_config, parse_assignments
+from featcache.spec.view import View
 from featcache.train.evaluate import evaluate_checkpoint
 from featcache.train.fit import run_training
-from featcache.spec.view import View
 
 
 def extract(manifest, out, frames="uniform:8,keyframes:4", **enc):

@@ -2,8 +2,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import CONTAINERS, VIDEO_SIZE, pyav_frames
+
 from featcache.video.decode import DecodeError, decode_video, resize_to_short_side
 from featcache.video.select import keyframe_indices, luv_scores, uniform_indices
 

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from featcache.video.select import (Policy, keyframe_indices, luv_scores, parse_policies, rgb_to_luv,
-                                    select_frames, uniform_indices)
+from featcache.video.select import Policy, keyframe_indices, luv_scores, parse_policies, rgb_to_luv, select_frames, uniform_indices
 
 
 def test_parse_policies():
