@@ -29,11 +29,12 @@ from featcache import open_cache
 from featcache.data.manifest import read_manifest
 from featcache.data.synthetic import make_dataset
 from featcache.extract.encoder import EncoderConfig, FrozenEncoder
-from featcache.extract.pipeline import ExtractConfig, ExtractSummary, _Pipeline, run_extract
+from featcache.extract.pipeline import ExtractConfig, decode_spec, run_extract
 from featcache.heads.frozen_tail import backbone_spec
 from featcache.heads.registry import create_head
 from featcache.spec.config import build_config
 from featcache.train.optim import optimizer
+from featcache.video.prepare import prepare
 
 MODEL = "vit_small_patch14_dinov2.lvd142m"
 
@@ -74,9 +75,8 @@ def main() -> None:
         run_extract(ExtractConfig(manifest=manifest, out=caches[cut], encoder=enc, frames=policy), show_progress=False)
     items = read_manifest(manifest)[:args.clips]
     encoder = FrozenEncoder(EncoderConfig(model=MODEL, weights="random", precision="fp32"))
-    pipe = _Pipeline(ExtractConfig(manifest=manifest, out="", encoder=encoder.cfg, frames=policy), encoder,
-                     writer=None, summary=ExtractSummary())
-    frames = torch.from_numpy(np.concatenate([pipe._decode(it).frames for it in items]))  # (B*T, S, S, 3)
+    spec = decode_spec(ExtractConfig(manifest=manifest, out="", encoder=encoder.cfg, frames=policy), encoder)
+    frames = torch.from_numpy(np.concatenate([prepare(it, spec).frames for it in items]))  # (B*T, S, S, 3)
     pixels = ((frames.permute(0, 3, 1, 2).float() - encoder._mean) / encoder._std)
 
     def inference(amp: bool) -> None:
@@ -110,7 +110,7 @@ def main() -> None:
     head12, opt12, cache0 = adapter(0, 12)
 
     def raw_x() -> torch.Tensor:  # decode, crop, embed and run the frozen blocks 0-9 for every step
-        fr = torch.from_numpy(np.concatenate([pipe._decode(it).frames for it in items]))
+        fr = torch.from_numpy(np.concatenate([prepare(it, spec).frames for it in items]))
         x = (fr.permute(0, 3, 1, 2).float() - encoder._mean) / encoder._std
         seen = []
         hook = encoder.model.blocks[10].register_forward_pre_hook(lambda m, a: seen.append(a[0]))

@@ -32,7 +32,8 @@ import torch
 from featcache.data.manifest import read_manifest
 from featcache.data.synthetic import make_dataset
 from featcache.extract.encoder import EncoderConfig, FrozenEncoder
-from featcache.extract.pipeline import ExtractConfig, ExtractSummary, _Pipeline, run_extract
+from featcache.extract.pipeline import ExtractConfig, _Pipeline, decode_spec, run_extract
+from featcache.video.prepare import prepare
 
 
 def bare_forward(model, pixels: torch.Tensor, batch_size: int, bf16: bool) -> float:
@@ -46,8 +47,8 @@ def bare_forward(model, pixels: torch.Tensor, batch_size: int, bf16: bool) -> fl
 
 def decoded_frames(cfg: ExtractConfig, encoder: FrozenEncoder) -> np.ndarray:
     """The exact frames the pipeline feeds the model, decoded once, untimed."""
-    pipe = _Pipeline(cfg, encoder, writer=None, summary=ExtractSummary())
-    return np.concatenate([p.frames for p in pipe._prepared(read_manifest(cfg.manifest))])
+    spec = decode_spec(cfg, encoder)
+    return np.concatenate([prepare(item, spec).frames for item in read_manifest(cfg.manifest)])
 
 
 BUDGET = (  # (label, file suffix, function): cumulative time of each

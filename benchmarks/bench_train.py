@@ -28,11 +28,12 @@ from featcache.cache.dataset import Task, materialise
 from featcache.data.manifest import read_manifest
 from featcache.data.synthetic import make_dataset
 from featcache.extract.encoder import EncoderConfig, FrozenEncoder
-from featcache.extract.pipeline import ExtractConfig, ExtractSummary, _Pipeline, run_extract
+from featcache.extract.pipeline import ExtractConfig, decode_spec, run_extract
 from featcache.spec.config import build_config
 from featcache.spec.view import View
-from featcache.train.fit import _build, _loss
+from featcache.train.fit import ViewBatches, head_args, new_head
 from featcache.train.optim import optimizer
+from featcache.video.prepare import prepare
 
 
 def _dataset(videos: int, encoder: EncoderConfig, frames: str) -> tuple[str, str]:
@@ -51,12 +52,12 @@ def bench_epoch(args) -> None:
     data = materialise(cache, View("uniform:8"), "train")
     task = Task(sorted({ls[0] for ls in data.labels}), multi=False)
     y = task.targets(data.labels)
-    head = _build(cfg, data, task)
-    opt, loss_fn = optimizer(cfg, head), _loss(cfg, task, y)
+    v, frames, tokens, dim = data.x.shape
+    head = new_head(cfg, head_args(cfg, dim, len(task.classes), frames, data.grid, data.num_prefix_tokens, cache.attrs))
+    opt, loss_fn = optimizer(cfg, head), ViewBatches(cfg, {"train": data}, task).loss(cfg)
     items = {it.video_id: it for it in read_manifest(manifest)}
     encoder = FrozenEncoder(enc_cfg)
-    pipe = _Pipeline(ExtractConfig(manifest=manifest, out=out, encoder=enc_cfg, frames="uniform:8"),
-                     encoder, writer=None, summary=ExtractSummary())
+    spec = decode_spec(ExtractConfig(manifest=manifest, out=out, encoder=enc_cfg, frames="uniform:8"), encoder)
 
     def step(x, target):
         loss = loss_fn(head(x.float()), target)
@@ -72,7 +73,7 @@ def bench_epoch(args) -> None:
         for i in range(0, len(y), cfg.batch_size):
             clips = []
             for vid in data.video_ids[i:i + cfg.batch_size]:
-                decoded = pipe._decode(items[vid])
+                decoded = prepare(items[vid], spec)
                 clips.append(encoder(torch.from_numpy(decoded.frames))[:, 0])  # (T, N, C)
             step(torch.stack(clips), y[i:i + cfg.batch_size])
 

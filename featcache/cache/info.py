@@ -51,7 +51,7 @@ def _mb(n: int) -> str:
 def format_facts(f: dict) -> str:
     m, t, p, v = f["model"], f["tokens"], f["preprocess"], f["videos"]
     weights = m["weights"]
-    if t.get("unit") == "clip":  # a video encoder's cache: rows are clips (featcache/video_encoders.py)
+    if t.get("unit") == "clip":  # a video encoder's cache: rows are clips (featcache/extract/video_encoders.py)
         return format_clip_facts(f)
     wtext = {"file": f"file {weights.get('path')} (sha256 {str(weights.get('sha256'))[:12]}...)",
              "hub": f"hub {weights.get('hf_hub_id') or weights.get('url')}",

@@ -9,7 +9,7 @@ is loaded as a state dict. Needs the ``hf`` extra (``pip install featcache[hf]``
 
 Preprocessing is the model's own video processor (``AutoVideoProcessor``: shortest-edge resize,
 centre crop, ``rescale_factor``, mean/std): the decoding side runs the processor itself with
-rescaling and normalisation off (uint8 in, uint8 out; featcache/clip_prepare.py), the model's
+rescaling and normalisation off (uint8 in, uint8 out; featcache/video/clip_prepare.py), the model's
 process rescales and normalises. The clip length is the config's (VideoMAE ``num_frames``,
 V-JEPA 2 ``frames_per_clip``); the files give no sampling rate, so ``clips:N`` needs
 ``--model-arg frame_rate=R`` (VideoMAE's Kinetics recipe samples every 4th frame of 30 fps

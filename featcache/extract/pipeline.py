@@ -266,6 +266,15 @@ def _frame_root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
     }
 
 
+def decode_spec(cfg: ExtractConfig, encoder) -> DecodeSpec:
+    """What the decoding side needs for this extraction and model: the pipeline's own spec, for
+    tools that decode as extraction does (``video.prepare.prepare(item, decode_spec(cfg, enc))``)."""
+    needs_luv = any(p.kind == "keyframes" for p in cfg.policies)
+    return DecodeSpec(cfg.policies, cfg.short_videos, cfg.luv_size if needs_luv else None, cfg.decoder,
+                      encoder.short_side, encoder.preprocess["interpolation"], encoder.cfg.img_size, cfg.crops,
+                      getattr(encoder, "clip_spec", None))
+
+
 class _Pipeline:
     def __init__(self, cfg: ExtractConfig, encoder: FrozenEncoder, writer: CacheWriter, summary: ExtractSummary,
                  grow: dict[str, dict] | None = None):
@@ -283,11 +292,7 @@ class _Pipeline:
     # ---------------------------------------------------------------- decoding side
     def _prepared(self, items: list[VideoItem]):
         """Each item decoded, selected and cropped, in order: in this thread or in worker processes."""
-        e = self.encoder
-        spec = DecodeSpec(self.policies, self.cfg.short_videos,
-                          self.cfg.luv_size if self.needs_luv else None, self.cfg.decoder, e.short_side,
-                          e.preprocess["interpolation"], e.cfg.img_size, self.cfg.crops,
-                          getattr(e, "clip_spec", None))
+        spec = decode_spec(self.cfg, self.encoder)
         if not self.workers:
             yield from (prepare(item, spec, self.grow.get(item.video_id)) for item in items)
             return

@@ -2,14 +2,14 @@
 
 The one place that dispatches on the model name: :func:`make_encoder` returns the timm
 :class:`featcache.extract.encoder.FrozenEncoder` for image models and a :class:`VideoEncoder` for
-``tv:`` (torchvision) and ``hf:`` (transformers VideoMAE / V-JEPA 2, featcache/hf_video.py) models.
+``tv:`` (torchvision) and ``hf:`` (transformers VideoMAE / V-JEPA 2, featcache/extract/hf_video.py) models.
 
 Preprocessing is the weights' own (``<Model>_Weights.KINETICS400_V1.transforms``, torchvision's
 ``VideoClassification`` preset, torchvision/transforms/_presets.py L86-125): resize of every
 frame (bilinear, ``antialias=False``) to ``resize_size`` (one number: the short side; two: a
 fixed (h, w)), centre crop, ``/ 255``, mean/std. Frames are decoded at their source size and
 resized with that same ``torchvision.transforms.functional.resize`` on uint8 frames
-(featcache/clip_prepare.py), so the model sees what the preset gives it. The clip length and
+(featcache/video/clip_prepare.py), so the model sees what the preset gives it. The clip length and
 sampling rate come from the weights' metadata (``_docs``: ``frame_rate=15 ... clip_len=16`` for
 r3d_18, resnet.py L312-320; mvit_v2_s 16 frames at 7.5 fps, mvit.py L646-652; s3d 128 at 15,
 s3d.py L163-169; swin3d_t 32 at 15, swin_transformer.py L525-527).
@@ -116,7 +116,7 @@ class VideoEncoder:
 
     def _load(self, cfg: EncoderConfig) -> None:
         self.hf = None
-        if cfg.model.startswith("hf:"):  # transformers VideoMAE / V-JEPA 2 (featcache/hf_video.py)
+        if cfg.model.startswith("hf:"):  # transformers VideoMAE / V-JEPA 2 (featcache/extract/hf_video.py)
             from featcache.extract.hf_video import load_hf
 
             self.hf, self.model, self.weights_info, self.facts = load_hf(cfg, PREPROCESS_ARGS, load_weights_file)

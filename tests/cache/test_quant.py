@@ -181,7 +181,7 @@ def test_bench_formats_runs_at_a_tiny_size(tmp_path):
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_formats.py")
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_formats.py")
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     r = subprocess.run([sys.executable, script, "--videos", "8", "--rounds", "1", "--reads-only"],
                        capture_output=True, text=True, env=env, timeout=600)

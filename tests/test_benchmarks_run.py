@@ -1,0 +1,78 @@
+"""Every benchmark runs end to end at a tiny size, as a user runs it (a subprocess), so none can
+rot as the package changes. Only that it runs and prints its JSON rows is checked: speed is
+measured by running the scripts at full size (benchmarks/RESULTS.md), never asserted here.
+
+bench_open.py and bench_formats.py have their own tiny runs (tests/cache/test_packed.py,
+tests/cache/test_quant.py), which also check what they print.
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+
+TINY = {
+    "bench_ablate.py": [["--videos", "16", "--epochs", "1", "--cells", "2"]],
+    "bench_adapter.py": [["--clips", "1", "--frames", "2", "--rounds", "1"]],
+    "bench_compile.py": [["--batch", "2", "--batches", "1", "--rounds", "1"]],
+    "bench_decode.py": [["--versus-ffmpeg-only", "--rounds", "1", "--long-gop-frames", "30"]],
+    "bench_extract.py": [["--videos", "4", "--rounds", "1", "--num-frames", "16", "--sweep-batch-sizes", "8", "--sweep-frames", "16"]],
+    # one session of the GPU script: its parts write JSON lines under --out, report reads them
+    "bench_gpu.py": [["extract", "--tiny", "--out", "{tmp}", "&&", "decode", "--tiny", "--out", "{tmp}", "&&",
+                      "report", "--out", "{tmp}"]],
+    "bench_shards.py": [["--videos", "4", "--rounds", "1"]],
+    "bench_stream.py": [["--videos", "16", "--epochs", "1"]],
+    "bench_train.py": [["epoch", "--videos", "16", "--rounds", "1"], ["read", "--videos", "8", "--rounds", "1"]],
+}
+ELSEWHERE = {"bench_open.py", "bench_formats.py"}
+
+
+def test_every_benchmark_has_a_tiny_run():
+    scripts = {os.path.basename(p) for p in glob.glob(os.path.join(BENCH, "bench_*.py"))}
+    assert scripts == set(TINY) | ELSEWHERE
+
+
+def _run_all(script: str, args: list[str], tmp: str) -> list[tuple[list[str], subprocess.CompletedProcess]]:
+    """The script's runs in order (``&&`` separates them), in one scratch folder."""
+    runs, done = [[]], []
+    for a in (a.replace("{tmp}", tmp) for a in args):
+        runs.append([]) if a == "&&" else runs[-1].append(a)
+    for run in runs:
+        p = subprocess.run([sys.executable, os.path.join(BENCH, script), *run], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "TMPDIR": tmp})
+        done.append((run, p))
+        if script == "bench_gpu.py" and run[0] != "report":  # as gpu.sh does: each part's lines to PART.jsonl
+            with open(os.path.join(tmp, f"{run[0]}.jsonl"), "w") as f:
+                f.write(p.stdout)
+        if p.returncode:
+            break
+    return done
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Every tiny run, three at a time (most of their time is single-threaded decoding and
+    process start-up, so the suite waits for them about half as long)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [(s, tuple(a)) for s, runs in TINY.items() for a in runs]
+    with ThreadPoolExecutor(3) as pool:
+        futures = {case: pool.submit(_run_all, case[0], list(case[1]), str(tmp_path_factory.mktemp(case[0][:-3])))
+                   for case in cases}
+        return {case: f.result() for case, f in futures.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,args", [(s, a) for s, runs in TINY.items() for a in runs],
+                         ids=lambda v: v if isinstance(v, str) else "-".join(x for x in v if x.isalpha())[:20])
+def test_benchmark_runs_at_a_tiny_size(script, args, tiny_runs):
+    for run, p in tiny_runs[script, tuple(args)]:
+        assert p.returncode == 0, f"{script} {' '.join(run)}: {p.stderr[-2000:]}"
+        rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+        assert rows or run[0] == "report", p.stdout[-2000:]
+    if script == "bench_gpu.py":  # report: the parts' lines as a RESULTS section
+        assert p.stdout.startswith("## The GPU path") and '"part": "extract"' in p.stdout, p.stdout[-2000:]
