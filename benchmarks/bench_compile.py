@@ -31,10 +31,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--depth", type=int, default=None, help="ViT blocks (default: the model's 12; 1 for a tiny run)")
     args = ap.parse_args()
-    eager = FrozenEncoder(EncoderConfig(weights="random"))
+    model_args = {} if args.depth is None else {"depth": args.depth}
+    eager = FrozenEncoder(EncoderConfig(weights="random", model_args=model_args))
     start = time.perf_counter()
-    compiled = FrozenEncoder(EncoderConfig(weights="random", compile=True))
+    compiled = FrozenEncoder(EncoderConfig(weights="random", compile=True, model_args=model_args))
     batches = [torch.randint(0, 256, (args.batch, 224, 224, 3), dtype=torch.uint8) for _ in range(args.batches)]
     compiled(batches[0])  # the probe forward compiled batch 1; this one compiles the batch size used
     compile_s = time.perf_counter() - start

@@ -153,9 +153,11 @@ def main() -> None:
     ap.add_argument("--versus-ffmpeg-only", action="store_true")
     ap.add_argument("--luv-agreement-only", action="store_true")
     ap.add_argument("--long-gop-frames", type=int, default=300)
+    ap.add_argument("--no-real-clips", action="store_true", help="only the generated long-GOP clip (a tiny run)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="featcache-bench-")
-    files = [long_gop_clip(os.path.join(work, "long_gop_720p.mp4"), args.long_gop_frames), *real_clips(), *args.clips]
+    files = [long_gop_clip(os.path.join(work, "long_gop_720p.mp4"), args.long_gop_frames),
+             *([] if args.no_real_clips else real_clips()), *args.clips]
     if not args.luv_agreement_only:
         versus_ffmpeg(files, args.rounds)
     luv_agreement(files)

@@ -23,6 +23,15 @@ VIDEO_SIZE = (76, 56)
 CONTAINERS = (".mp4", ".avi", ".mkv", ".mpg")
 
 
+def pytest_collection_finish(session):
+    """Start the benchmarks' tiny runs in the background when the session selected them."""
+    if any(item.nodeid.startswith("tests/test_benchmarks_run.py::test_benchmark_runs_at_a_tiny_size")
+           for item in session.items):
+        import test_benchmarks_run
+
+        test_benchmarks_run.start()
+
+
 def tiny_encoder_config(**kw):
     from featcache.extract.encoder import EncoderConfig
 

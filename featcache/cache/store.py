@@ -26,7 +26,7 @@ from functools import cached_property
 import numpy as np
 
 from featcache.cache import loose, packed, quant, schema
-from featcache.errors import DamagedStore, FeatcacheError
+from featcache.errors import DamagedStore, FeatcacheError, OptionError
 from featcache.spec.view import parse_policy
 
 _MAPS = 64  # segment files kept mapped at once per Cache (each holds a file descriptor)
@@ -461,7 +461,7 @@ class CacheWriter(Cache):
         policies' frames as extraction reaches them. The root's zarr.json is rewritten whole
         (a temporary file renamed over it: plain rename(2), atomic on NFS, Lustre and GPFS)."""
         if self.attrs["storage"]["dtype"] == "int8":
-            raise FeatcacheError(f"--frames: {', '.join(added)} cannot be added to the int8 store {self.path} "
+            raise OptionError("frames", f"{', '.join(added)} cannot be added to the int8 store {self.path} "
                                  "(its per-video scales would change); extract into another --out")
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         frames = dict(self.attrs["frames"])
@@ -500,7 +500,7 @@ class CacheWriter(Cache):
     def _remove_store(path: str) -> None:
         meta = loose.read_json(os.path.join(path, "zarr.json")) if os.path.isdir(path) else None
         if meta is None or "schema_version" not in meta.get("attributes", {}):
-            raise FeatcacheError(f"--overwrite: {path} is not a featcache cache; refusing to delete it")
+            raise OptionError("overwrite", f"{path} is not a featcache cache; refusing to delete it")
         shutil.rmtree(path)
 
     def done_keys(self) -> set[str]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from featcache.device import resolve_device
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 
 DEFAULT_MODEL = "vit_small_patch14_dinov2.lvd142m"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -49,7 +49,7 @@ class EncoderConfig:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     if name not in PRECISIONS:
-        raise FeatcacheError(f"--precision: unknown {name!r}; expected one of {', '.join(PRECISIONS)}")
+        raise OptionError("precision", f"unknown {name!r}; expected one of {', '.join(PRECISIONS)}")
     if name != "auto":
         return name
     if device.type == "cuda":
@@ -155,10 +155,10 @@ class FrozenEncoder:
         if cut is None:
             return None
         if not self.is_vit:
-            raise FeatcacheError(f"--cut-block: {self.cfg.model} is not a ViT; only ViT blocks can be cut")
+            raise OptionError("cut_block", f"{self.cfg.model} is not a ViT; only ViT blocks can be cut")
         depth = len(self.model.blocks)
         if not -depth <= cut < depth:
-            raise FeatcacheError(f"--cut-block: {cut} is out of range for a {depth}-block model "
+            raise OptionError("cut_block", f"{cut} is out of range for a {depth}-block model "
                                  f"(0..{depth - 1}, or negative from the end)")
         self._captured: list[torch.Tensor] = []
         self.model.blocks[cut % depth].register_forward_pre_hook(lambda mod, args: self._captured.append(args[0]))
@@ -189,10 +189,10 @@ class FrozenEncoder:
         out = []
         for layer in layers:
             if not -depth <= layer < depth:
-                raise FeatcacheError(f"--layers: {layer} is out of range for a {depth}-block model")
+                raise OptionError("layers", f"{layer} is out of range for a {depth}-block model")
             out.append(layer % depth)
         if len(set(out)) != len(out):
-            raise FeatcacheError(f"--layers: {','.join(map(str, layers))} names a block twice")
+            raise OptionError("layers", f"{','.join(map(str, layers))} names a block twice")
         return tuple(out)
 
     def _grid(self, num_patches: int) -> tuple[int, int]:
@@ -255,7 +255,7 @@ def pooled_grid(grid: tuple[int, int], pool: int | str) -> tuple[int, int]:
     if pool == "mean":
         return (1, 1)
     if not isinstance(pool, int) or pool < 1:
-        raise FeatcacheError(f"--token-pool: expected mean or an integer >= 1, got {pool!r}")
+        raise OptionError("token_pool", f"expected mean or an integer >= 1, got {pool!r}")
     if grid[0] % pool or grid[1] % pool:
         raise FeatcacheError(f"--token-pool {pool}: the {grid[0]}x{grid[1]} patch grid is not divisible by {pool}; "
                              "choose a divisor, or mean")
@@ -298,7 +298,7 @@ def build_model(cfg: EncoderConfig):
     import timm
 
     if not timm.is_model(cfg.model.split(".")[0]) and not timm.list_models(cfg.model):
-        raise FeatcacheError(f"--model: unknown timm model {cfg.model!r}; see timm.list_models()")
+        raise OptionError("model", f"unknown timm model {cfg.model!r}; see timm.list_models()")
     pretrained = cfg.weights == "hub"
     if cfg.weights == "random":
         torch.manual_seed(RANDOM_SEED)
@@ -334,13 +334,13 @@ def _create(timm, cfg: EncoderConfig, pretrained: bool):
             return timm.create_model(cfg.model, pretrained=pretrained, **kwargs)
         except TypeError as exc:
             if attempt or "img_size" not in str(exc) or "img_size" in cfg.model_args:
-                raise FeatcacheError(f"--model-arg: {cfg.model} does not accept these options: {exc}") from None
+                raise OptionError("model_arg", f"{cfg.model} does not accept these options: {exc}") from None
             kwargs.pop("img_size")
 
 
 def _load_file(model, path: str) -> dict:
     if not os.path.isfile(path):
-        raise FeatcacheError(f"--weights: no such file {path!r}; expected hub, random or a .pth/.safetensors file")
+        raise OptionError("weights", f"no such file {path!r}; expected hub, random or a .pth/.safetensors file")
     state = _read_state_dict(path)
     filter_fn = getattr(inspect.getmodule(type(model)), "checkpoint_filter_fn", None)
     if filter_fn is not None:  # converts original release formats / resizes position embeddings

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.extract.encoder import EncoderConfig
 
 HF_TYPES = {"videomae": "pixel_values", "vjepa2": "pixel_values_videos"}  # model_type -> the forward's input name
@@ -143,7 +143,7 @@ def _build(tf, config, source: str, cfg: EncoderConfig, load_file):
                                  "use a local folder, --weights PATH or --weights random") from None
         return model, {"source": "hub", "hf_hub_id": source}
     if not os.path.isfile(cfg.weights):
-        raise FeatcacheError(f"--weights: no such file {cfg.weights!r}; expected hub, random or a .pth/.safetensors file")
+        raise OptionError("weights", f"no such file {cfg.weights!r}; expected hub, random or a .pth/.safetensors file")
     model = tf.AutoModel.from_config(config)
     return model, load_file(model, cfg.weights)
 

@@ -24,7 +24,7 @@ import torch
 from featcache.cache import quant, schema
 from featcache.cache.store import CacheWriter, PublishError
 from featcache.data.manifest import VideoItem, read_manifest
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.extract.encoder import EncoderConfig, FrozenEncoder
 from featcache.extract.video_encoders import is_video_model, make_encoder
 from featcache.spec.policy import Policy, parse_policies
@@ -63,7 +63,7 @@ class ExtractConfig:
         try:
             return parse_policies(self.frames)
         except ValueError as exc:
-            raise FeatcacheError(f"--frames: {exc}") from None
+            raise OptionError("frames", f"{exc}") from None
 
 
 @dataclass
@@ -110,26 +110,26 @@ def validate(cfg: ExtractConfig) -> None:
     if clips and cfg.crops != 1:
         raise FeatcacheError("--crops 3: video encoders cache the centre crop only")
     if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
-        raise FeatcacheError(f"--batch-size: expected auto or an integer >= 1, got {cfg.batch_size!r}")
+        raise OptionError("batch_size", f"expected auto or an integer >= 1, got {cfg.batch_size!r}")
     if cfg.dtype not in schema.STORAGE_DTYPES:
-        raise FeatcacheError(f"--dtype: unknown {cfg.dtype!r}; expected one of {', '.join(schema.STORAGE_DTYPES)}")
+        raise OptionError("dtype", f"unknown {cfg.dtype!r}; expected one of {', '.join(schema.STORAGE_DTYPES)}")
     if cfg.decoder not in DECODERS:
-        raise FeatcacheError(f"--decoder: unknown {cfg.decoder!r}; expected one of {', '.join(DECODERS)}")
+        raise OptionError("decoder", f"unknown {cfg.decoder!r}; expected one of {', '.join(DECODERS)}")
     if cfg.short_videos not in SHORT_VIDEO_MODES:
-        raise FeatcacheError(f"--short-videos: unknown {cfg.short_videos!r}; expected repeat or fail")
+        raise OptionError("short_videos", f"unknown {cfg.short_videos!r}; expected repeat or fail")
     if cfg.luv_size != "full" and not (isinstance(cfg.luv_size, (tuple, list)) and len(cfg.luv_size) == 2
                                        and all(isinstance(v, int) and v >= 2 for v in cfg.luv_size)):
-        raise FeatcacheError(f"--luv-size: expected WxH such as 64x48, or full, got {cfg.luv_size!r}")
+        raise OptionError("luv_size", f"expected WxH such as 64x48, or full, got {cfg.luv_size!r}")
     if cfg.luv_size == "full" and cfg.decoder in ("decord", "torchcodec") and any(
             p.kind == "keyframes" for p in cfg.policies):
         raise FeatcacheError(f"--luv-size full is scored in the in-order pass; use --decoder auto or pyav, "
                              f"not {cfg.decoder}")
     if cfg.truncated not in ("warn", "fail"):
-        raise FeatcacheError(f"--truncated: unknown {cfg.truncated!r}; expected warn or fail")
+        raise OptionError("truncated", f"unknown {cfg.truncated!r}; expected warn or fail")
     if cfg.decode_workers < -1:
-        raise FeatcacheError(f"--decode-workers: expected auto or an integer >= 0, got {cfg.decode_workers}")
+        raise OptionError("decode_workers", f"expected auto or an integer >= 0, got {cfg.decode_workers}")
     if cfg.crops not in (1, 3):
-        raise FeatcacheError(f"--crops: expected 1 or 3, got {cfg.crops}")
+        raise OptionError("crops", f"expected 1 or 3, got {cfg.crops}")
     if cfg.dtype == "int8" and cfg.crops == 3:
         raise FeatcacheError("--dtype int8 with --crops 3: int8 stores hold the centre crop only; use float16")
     if cfg.encoder.token_pool != 1 and cfg.encoder.cut_block is not None:

@@ -28,7 +28,7 @@ import re
 import torch
 
 from featcache.device import resolve_device
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.extract.encoder import EncoderConfig, FrozenEncoder, Pending, resolve_precision
 
 VIDEO_PREFIXES = ("tv:", "hf:")
@@ -221,11 +221,11 @@ class VideoEncoder:
 def _check_options(cfg: EncoderConfig) -> None:
     """Options of image models a video encoder does not take: one line each."""
     if tuple(cfg.layers) != (-1,):
-        raise FeatcacheError(f"--layers: {cfg.model} caches its last feature map only (--layers -1)")
+        raise OptionError("layers", f"{cfg.model} caches its last feature map only (--layers -1)")
     if cfg.cut_block is not None:
-        raise FeatcacheError(f"--cut-block: {cfg.model} is a video encoder; cuts are for ViT image models")
+        raise OptionError("cut_block", f"{cfg.model} is a video encoder; cuts are for ViT image models")
     if cfg.token_pool != 1:
-        raise FeatcacheError(f"--token-pool: not for video encoders ({cfg.model})")
+        raise OptionError("token_pool", f"not for video encoders ({cfg.model})")
 
 
 def _build(name: str, cfg: EncoderConfig):
@@ -248,7 +248,7 @@ def _build(name: str, cfg: EncoderConfig):
             return tvm.get_model(name, weights=None, **args), {"source": "random", "seed": 0}
         model = tvm.get_model(name, weights=None, **args)
     except TypeError as exc:
-        raise FeatcacheError(f"--model-arg: tv:{name} does not accept these options: {exc}") from None
+        raise OptionError("model_arg", f"tv:{name} does not accept these options: {exc}") from None
     return model, load_weights_file(model, cfg.weights)
 
 
@@ -274,7 +274,7 @@ def _read_weights(path: str) -> dict:
 
 def load_weights_file(model, path: str) -> dict:
     if not os.path.isfile(path):
-        raise FeatcacheError(f"--weights: no such file {path!r}; expected hub, random or a .pth/.safetensors file")
+        raise OptionError("weights", f"no such file {path!r}; expected hub, random or a .pth/.safetensors file")
     state = _read_weights(path)
     try:
         result = model.load_state_dict(state, strict=False)

@@ -136,7 +136,7 @@ def _last_error(text: str) -> str:
     found = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): (.+)$", text, flags=re.MULTILINE)
     if found:
         name, message = found[-1]
-        return (message if name.endswith("FeatcacheError") else f"{name.rsplit('.', 1)[-1]}: {message}")[:300]
+        return (message if name.endswith(("FeatcacheError", "OptionError", "DamagedStore")) else f"{name.rsplit('.', 1)[-1]}: {message}")[:300]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0][:300] if lines else ""
 

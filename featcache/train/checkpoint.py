@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.heads.registry import create_head
 from featcache.train.rundir import checkpoint_path
 
@@ -75,7 +75,7 @@ def init_from(head: torch.nn.Module, head_name: str, view_dict: dict, path: str)
                              f"run's ({show(ours)}); they must match")
     prefixes = getattr(type(head), "transferable", ())
     if not prefixes:
-        raise FeatcacheError(f"--init: head {head_name} has no part to initialise from a pre-training")
+        raise OptionError("init", f"head {head_name} has no part to initialise from a pre-training")
     own = head.state_dict()
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(prefixes)}
     for name, value in state.items():

@@ -19,7 +19,7 @@ from featcache.cache.dataset import Task, ViewData, fill_view, frame_positions, 
 from featcache.cache.store import Cache, open_cache
 from featcache.data.annotations import AnnotatedCache, annotate, check_same_manifest
 from featcache.device import resolve_device
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.config import from_dict
 from featcache.spec.policy import Policy
 from featcache.spec.view import View, parse_policy
@@ -79,9 +79,9 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
     head's N frames at rate R, starts evenly spaced over the video, from a ``stride:S`` pool
     (``pool``, default the cache's first); keys carry the rate: ``test/top1@10x3r2``."""
     if combine not in COMBINE:
-        raise FeatcacheError(f"--combine: unknown {combine!r}; expected one of {', '.join(COMBINE)}")
+        raise OptionError("combine", f"unknown {combine!r}; expected one of {', '.join(COMBINE)}")
     if spatial_views not in (1, 3):
-        raise FeatcacheError(f"--spatial-views: expected 1 or 3, got {spatial_views}")
+        raise OptionError("spatial_views", f"expected 1 or 3, got {spatial_views}")
     run = _load_run(path, cache, manifest, head)
     crops = (1,) if spatial_views == 1 else (0, 1, 2)
     if clip_rate or pool:
@@ -109,7 +109,7 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
     video's score is their ``max`` or ``mean``. A video shorter than W is one window of repeated
     frames (uniform:W of its pool). Keys and files carry the protocol: ``test/mAP@w8s4max``."""
     if aggregate not in ("max", "mean"):
-        raise FeatcacheError(f"--aggregate: expected max or mean, got {aggregate!r}")
+        raise OptionError("aggregate", f"expected max or mean, got {aggregate!r}")
     run = _load_run(path, cache, manifest)
     width = run.cfg.view.frames.count
     if window and window != width:
@@ -117,7 +117,7 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
                              f"windows must have its length (--window {width})")
     stride = stride or width
     if stride < 1:
-        raise FeatcacheError(f"--stride: must be at least 1, got {stride}")
+        raise OptionError("stride", f"must be at least 1, got {stride}")
     # a clip cache's clips (clips:N, windows:W/S@fps:F) are windows too: one clip per window step
     dense = [p for p in run.cache.attrs["frames"]["policies"] if not parse_policy(p).fixed or p.startswith("clips:")]
     pool = pool or (dense[0] if dense else "")
@@ -168,9 +168,9 @@ def _evaluate_dense_clips(run, splits, out_dir, num_clips: int, crops: tuple, co
     from featcache.train.clips import dense_clip_indices, nearest_positions
 
     if rate < 1:
-        raise FeatcacheError(f"--clip-rate: must be at least 1, got {rate} (dense clips need --clip-rate R)")
+        raise OptionError("clip_rate", f"must be at least 1, got {rate} (dense clips need --clip-rate R)")
     if num_clips < 1:
-        raise FeatcacheError(f"--temporal-views: must be at least 1, got {num_clips}")
+        raise OptionError("temporal_views", f"must be at least 1, got {num_clips}")
     policy = _dense_pool(run, pool, "--clip-rate")
     views = [dataclasses.replace(run.cfg.view, crop=c) for c in crops]
     for view in views:
@@ -278,11 +278,11 @@ def report_split(task: Task, split: str, suffix: str, video_ids: list[str], labe
 def _temporal_views(view: View, count: int) -> list[View]:
     """The V views of multi-view testing (see evaluate_checkpoint)."""
     if count < 1:
-        raise FeatcacheError(f"--temporal-views: must be at least 1, got {count}")
+        raise OptionError("temporal_views", f"must be at least 1, got {count}")
     if count == 1:
         return [view]
     if view.frames.kind != "uniform":
-        raise FeatcacheError(f"--temporal-views: the head was trained on {view.frames}; multi-view testing "
+        raise OptionError("temporal_views", f"the head was trained on {view.frames}; multi-view testing "
                              "serves V interleaved uniform:N views from a uniform:N*V pool, so it needs a uniform view")
     pool = Policy("uniform", view.frames.count * count)
     return [dataclasses.replace(view, frames=pool, subset=(v, count)) for v in range(count)]

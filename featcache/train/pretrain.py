@@ -32,7 +32,7 @@ from featcache.cache.dataset import fill_view
 from featcache.cache.store import Cache, open_cache
 from featcache.data.annotations import annotate
 from featcache.device import resolve_device
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.heads.registry import head_source
 from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
 from featcache.spec.view import View
@@ -172,7 +172,7 @@ def pretrain_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str]
     """Pre-train several heads on the same clips in one pass (the training loop's fused group:
     each equals its run alone); the configs must agree on ``TrainConfig.fusion_key``."""
     if task_name not in TASKS:
-        raise FeatcacheError(f"--task: unknown {task_name!r}; expected one of {', '.join(TASKS)}")
+        raise OptionError("task", f"unknown {task_name!r}; expected one of {', '.join(TASKS)}")
     if len({c.fusion_key for c in cfgs}) != 1:
         raise ValueError(f"pre-trainings of one group must agree on {', '.join(FUSION_KEYS)}")
     cfg = cfgs[0]

@@ -23,7 +23,7 @@ import torch
 from featcache.cache.dataset import Task
 from featcache.cache.store import open_cache
 from featcache.data.annotations import annotate
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.config import TrainConfig, to_dict
 from featcache.train.evaluate import read_splits, report_split
 from featcache.train.rundir import previous_run, write_config, write_metrics
@@ -68,9 +68,9 @@ def knn_scores(train: np.ndarray, train_y: np.ndarray, query: np.ndarray, k: int
 def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feature: str = "cls_mean",
               overwrite: bool = False, echo=None) -> dict:
     if method not in METHODS:
-        raise FeatcacheError(f"--method: unknown {method!r}; expected one of {', '.join(METHODS)}")
+        raise OptionError("method", f"unknown {method!r}; expected one of {', '.join(METHODS)}")
     if feature not in FEATURES:
-        raise FeatcacheError(f"--feature: unknown {feature!r}; expected one of {', '.join(FEATURES)}")
+        raise OptionError("feature", f"unknown {feature!r}; expected one of {', '.join(FEATURES)}")
     cache = annotate(open_cache(cache_path), cfg.manifest, cfg.val_fraction)  # labels and splits: the manifest's, or the store's
     for line in cache.annotations.summary() if echo else ():
         echo(line)

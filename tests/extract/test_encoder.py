@@ -118,7 +118,7 @@ def test_weights_of_another_model_are_refused(tmp_path, lite0_state_dict):
     ({"model": "no_such_model_xyz"}, "unknown timm model"),
     ({"layers": (5,)}, "out of range for a 2-block model"),
     ({"layers": (1, -1)}, "names a block twice"),
-    ({"precision": "fp8"}, "--precision: unknown"),
+    ({"precision": "fp8"}, "^precision: unknown"),
     ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "tpu"}, "--device"),
 ])
 def test_bad_options(kw, match):

@@ -224,17 +224,23 @@ def test_shards_partition_the_manifest(container_manifest, tmp_path):
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"frames": "uniform:8,random:2"}, "--frames: unknown policy 'random:2'"),
-    ({"batch_size": 0}, "--batch-size"),
-    ({"dtype": "int4"}, "--dtype"),
-    ({"decoder": "opencv"}, "--decoder"),
-    ({"short_videos": "pad"}, "--short-videos"),
-    ({"luv_size": (64,)}, "--luv-size: expected WxH such as 64x48, or full"),
+    ({"frames": "uniform:8,random:2"}, "^frames: unknown policy 'random:2'"),
+    ({"batch_size": 0}, "^batch_size: expected auto or an integer"),
+    ({"dtype": "int4"}, "^dtype: unknown 'int4'"),
+    ({"decoder": "opencv"}, "^decoder: unknown 'opencv'"),
+    ({"short_videos": "pad"}, "^short_videos: unknown 'pad'"),
+    ({"luv_size": (64,)}, "^luv_size: expected WxH such as 64x48, or full"),
     ({"frames": "keyframes:2", "luv_size": "full", "decoder": "decord"}, "--luv-size full is scored in the in-order"),
 ])
 def test_bad_options_fail_before_work(container_manifest, tmp_path, kw, match):
-    with pytest.raises(FeatcacheError, match=match):
+    """From Python the error names the config key; the CLI prints the same message under its flag
+    (OptionError.flag; tests/cli/test_cli.py runs those through the command line)."""
+    from featcache.errors import OptionError
+
+    with pytest.raises(FeatcacheError, match=match) as info:
         extract(container_manifest, tmp_path / "c.zarr", **kw)
+    if isinstance(info.value, OptionError):
+        assert info.value.flag == "--" + info.value.option.replace("_", "-") and info.value.option in kw
     assert not (tmp_path / "c.zarr").exists()
 
 
