@@ -341,7 +341,7 @@ def _create(timm, cfg: EncoderConfig, pretrained: bool):
 def _load_file(model, path: str) -> dict:
     if not os.path.isfile(path):
         raise OptionError("weights", f"no such file {path!r}; expected hub, random or a .pth/.safetensors file")
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     filter_fn = getattr(inspect.getmodule(type(model)), "checkpoint_filter_fn", None)
     if filter_fn is not None:  # converts original release formats / resizes position embeddings
         try:
@@ -362,7 +362,9 @@ def _load_file(model, path: str) -> dict:
     return {"source": "file", "path": os.path.abspath(path), "sha256": digest}
 
 
-def _read_state_dict(path: str) -> dict:
+def read_state_dict(path: str) -> dict:
+    """A state dict from a .pth (``weights_only``: no pickled code) or .safetensors file; the usual
+    wrappers (``state_dict``, ``model``, ``module``) and ``module.`` prefixes removed."""
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file

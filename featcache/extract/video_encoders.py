@@ -29,7 +29,7 @@ import torch
 
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError, OptionError
-from featcache.extract.encoder import EncoderConfig, FrozenEncoder, Pending, resolve_precision
+from featcache.extract.encoder import EncoderConfig, FrozenEncoder, Pending, read_state_dict, resolve_precision
 
 VIDEO_PREFIXES = ("tv:", "hf:")
 # torchvision video models featcache runs, by family (how their tokens are read)
@@ -252,30 +252,10 @@ def _build(name: str, cfg: EncoderConfig):
     return model, load_weights_file(model, cfg.weights)
 
 
-def _read_weights(path: str) -> dict:
-    """A state dict from a .pth (``weights_only``: no pickled code) or .safetensors file; the usual
-    wrappers (``state_dict``, ``model``, ``module``) and ``module.`` prefixes removed."""
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- any unreadable file is one line naming the error
-        raise FeatcacheError(f"--weights {path}: cannot read weights: {type(exc).__name__}: {exc}"[:300]) from None
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise FeatcacheError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def load_weights_file(model, path: str) -> dict:
     if not os.path.isfile(path):
         raise OptionError("weights", f"no such file {path!r}; expected hub, random or a .pth/.safetensors file")
-    state = _read_weights(path)
+    state = read_state_dict(path)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes of another architecture
