@@ -119,12 +119,8 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
     if stride < 1:
         raise OptionError("stride", f"must be at least 1, got {stride}")
     # a clip cache's clips (clips:N, windows:W/S@fps:F) are windows too: one clip per window step
-    dense = [p for p in run.cache.attrs["frames"]["policies"] if not parse_policy(p).fixed or p.startswith("clips:")]
-    pool = pool or (dense[0] if dense else "")
-    if not pool or pool not in dense:
-        raise FeatcacheError(f"--pool {pool or '(none)'}: sliding windows run over a dense pool of the cache "
-                             f"({', '.join(dense) or 'it holds none'}); extract with --frames fps:F or stride:S")
-    policy = parse_policy(pool)
+    policy = _cached_pool(run, pool, lambda p, text: not p.fixed or text.startswith("clips:"), "--pool {pool}",
+                          "sliding windows run over a dense pool of the cache", "extract with --frames fps:F or stride:S")
     layout = run.cfg.view.layout(run.cache.attrs)
     suffix = f"@w{width}s{stride}{aggregate}{tag}"
     results = {}
@@ -151,13 +147,13 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
     return results
 
 
-def _dense_pool(run, pool: str | None, option: str) -> Policy:
-    """The ``stride:S`` pool dense clips are cut from (the cache's first by default)."""
-    dense = [p for p in run.cache.attrs["frames"]["policies"] if parse_policy(p).kind == "stride"]
-    pool = pool or (dense[0] if dense else "")
-    if not pool or pool not in dense:
-        raise FeatcacheError(f"{option}: dense clips are cut from a stride:S pool of the cache "
-                             f"({', '.join(dense) or 'it holds none'}); extract with --frames stride:1,...")
+def _cached_pool(run, pool: str | None, usable, option: str, what: str, hint: str) -> Policy:
+    """The cached pool ``pool`` (by default the cache's first one ``usable(policy, text)`` accepts),
+    refused in one line naming the usable pools the cache holds; ``option`` may name ``{pool}``."""
+    held = [p for p in run.cache.attrs["frames"]["policies"] if usable(parse_policy(p), p)]
+    pool = pool or (held[0] if held else "")
+    if not pool or pool not in held:
+        raise FeatcacheError(f"{option.format(pool=pool or '(none)')}: {what} ({', '.join(held) or 'it holds none'}); {hint}")
     return parse_policy(pool)
 
 
@@ -171,7 +167,8 @@ def _evaluate_dense_clips(run, splits, out_dir, num_clips: int, crops: tuple, co
         raise OptionError("clip_rate", f"must be at least 1, got {rate} (dense clips need --clip-rate R)")
     if num_clips < 1:
         raise OptionError("temporal_views", f"must be at least 1, got {num_clips}")
-    policy = _dense_pool(run, pool, "--clip-rate")
+    policy = _cached_pool(run, pool, lambda p, text: p.kind == "stride", "--clip-rate",  # dense clips: a stride:S pool
+                          "dense clips are cut from a stride:S pool of the cache", "extract with --frames stride:1,...")
     views = [dataclasses.replace(run.cfg.view, crop=c) for c in crops]
     for view in views:
         view.check(run.cache.attrs)
