@@ -10,11 +10,14 @@ recorded; another one (``uniform:4`` from a ``uniform:12`` pool: ``uniform:N`` f
 with k odd holds for every video length, the segment centres coinciding; ``keyframes:4`` from a
 ``keyframes:8`` pool and its stored LUV scores) is recomputed per video and served when all its
 frames are in the pool, and refused otherwise with the video that lacks them.
+
+The functions take the store's ``Cache`` and ``VideoEntry`` (featcache.cache.store) as they come:
+the store calls back into this module (``Cache.dataset``), so it is not imported here, not even
+for annotations, and the import graph stays free of circles.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,9 +28,6 @@ from featcache.errors import FeatcacheError
 from featcache.spec.policy import Policy
 from featcache.spec.view import View
 from featcache.video.select import policy_indices
-
-if TYPE_CHECKING:  # the store hands a Cache to these functions; importing it would close a circle
-    from featcache.cache.store import Cache, VideoEntry
 
 
 @dataclass
@@ -64,7 +64,7 @@ class TokenDataset(torch.utils.data.Dataset):
     """A torch Dataset of one split of a view: ``(tokens (T, N, C) float16, target)`` pairs,
     materialised once. The training loop slices the same tensors in whole batches instead."""
 
-    def __init__(self, cache: Cache, view: View, split: str, task: Task):
+    def __init__(self, cache, view: View, split: str, task: Task):
         self.data = materialise(cache, view, split)
         self.targets = task.targets(self.data.labels)
 
@@ -75,7 +75,7 @@ class TokenDataset(torch.utils.data.Dataset):
         return self.data.x[i], self.targets[i]
 
 
-def frame_positions(entry: VideoEntry, policy: Policy) -> list[int]:
+def frame_positions(entry, policy: Policy) -> list[int]:
     """Positions into the video's cached frames that ``policy`` picks."""
     if str(policy) in entry.policies:
         return list(entry.policies[str(policy)])
@@ -94,7 +94,7 @@ def frame_positions(entry: VideoEntry, policy: Policy) -> list[int]:
     return pos.tolist()
 
 
-def fill_view(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: View, attrs: dict) -> None:
+def fill_view(dest: np.ndarray, entry, positions: list[int], view: View, attrs: dict) -> None:
     """Write the view of the cached frames at ``positions`` of one video into ``dest`` (T, N', C')."""
     prefix, grid = attrs["tokens"]["num_prefix_tokens"], tuple(attrs["tokens"]["grid"])
     if view.source == "cut":
@@ -122,7 +122,7 @@ def fill_view(dest: np.ndarray, entry: VideoEntry, positions: list[int], view: V
     dest[...] = np.concatenate(parts, axis=1)
 
 
-def materialise(cache: Cache, view: View, split: str, max_bytes: int | None = None) -> ViewData:
+def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> ViewData:
     """Every done video of ``split`` read once into one (V, T, N, C) float16 array (a plain view
     of an int8 store: a QuantTokens, int8 + scales as stored, that indexes as that array), or,
     when it would exceed ``max_bytes`` (default: half the available memory), a StreamedTokens."""
@@ -150,7 +150,7 @@ def materialise(cache: Cache, view: View, split: str, max_bytes: int | None = No
     return ViewData(torch.from_numpy(out), labels, ids, layout.num_prefix_tokens, layout.grid)
 
 
-def read_quantized(entries: list[VideoEntry], positions: list[list[int]], view: View, shape: tuple) -> QuantTokens:
+def read_quantized(entries: list, positions: list[list[int]], view: View, shape: tuple) -> QuantTokens:
     """The plain view of an int8 store as stored: int8 tokens and their scales, half the bytes."""
     q = np.empty(shape, np.int8)  # (V, T, N, C)
     token_scales = np.empty(shape[:-1], np.float16)  # (V, T, N)
