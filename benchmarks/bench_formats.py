@@ -6,7 +6,8 @@
 - bytes per frame of DINOv2 ViT-S/14 at 224 (257 tokens x 384, one layer) in each format, from
   the writer's own array plan (what `featcache estimate` counts);
 - read speed of the train split's ``uniform:8`` view from fp16, int8, ``--token-pool 2`` and
-  ``--token-pool mean`` stores of the same videos, rounds alternating, warm page cache, two ways:
+  ``--token-pool mean`` stores of the same videos, rounds alternating, warm page cache, two ways
+  (then fp16 against int8 again on stores of DINOv2 ViT-S/14's real rows, ``--vit-s-videos``):
   ``read``: ``materialise`` alone (what a run holds in memory after reading: float16, or for
   int8 the int8 tokens + scales as stored); ``ready`` (the headline): ``materialise`` and then one
   epoch of batches as the head consumes them, float32 on the head's device (here the CPU), through
@@ -165,11 +166,11 @@ def ready(x, batch_size: int = 32) -> int:
     return frames
 
 
-def read_speed(stores: dict, rounds: int) -> None:
+def read_speed(stores: dict, rounds: int, readers: dict = READERS, rows: str = "65 tokens x 192") -> None:
     view = View("uniform:8")
-    times = {name: {"read": [], "ready": []} for name in READERS}
+    times = {name: {"read": [], "ready": []} for name in readers}
     for r in range(rounds):
-        for name, store in READERS.items():
+        for name, store in readers.items():
             t = time.perf_counter()
             x = read_view(name, stores[store], view)
             t1 = time.perf_counter()
@@ -177,11 +178,12 @@ def read_speed(stores: dict, rounds: int) -> None:
             t2 = time.perf_counter()
             times[name]["read"].append(t1 - t)
             times[name]["ready"].append(t2 - t)
-        print(json.dumps({"round": r, **{k: {m: round(v[m][-1], 4) for m in v} for k, v in times.items()}}))
+        print(json.dumps({"round": r, "rows": rows, **{k: {m: round(v[m][-1], 4) for m in v} for k, v in times.items()}}))
     for measure, words in (("read", "materialise the train view (what a run holds: float16, int8 + scales for int8)"),
                            ("ready", "materialise + one epoch of float32 batches on the CPU (headline)")):
         base = statistics.median(times["float16"][measure])
         print(json.dumps({"summary": f"{words}: frames/s (median, min-max over rounds; ratio of medians to float16)",
+                          "rows": rows,
                           **{k: {"frames_per_s": round(frames / statistics.median(v[measure])),
                                  "range": [round(frames / max(v[measure])), round(frames / min(v[measure]))],
                                  "ratio": round(base / statistics.median(v[measure]), 2)}
@@ -195,6 +197,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--reads-only", action="store_true", help="skip the accuracy runs")
+    ap.add_argument("--vit-s-videos", type=int, default=80,
+                    help="videos of a second pair of stores with DINOv2 ViT-S/14 rows (257 x 384, random weights); 0: skip")
     ap.add_argument("--compiled", action="store_true", help="add a torch.compile fused kernel to the candidates")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
@@ -220,6 +224,15 @@ def main() -> None:
                                                                                   opt.get("pool")),
                           "store_bytes": open_cache(stores[name]).size_on_disk()}))
     read_speed(stores, args.rounds)
+    if args.vit_s_videos:  # the same read at the real row size: bytes, not per-video look-ups, dominate
+        manifest = make_dataset(os.path.join(work, "vit_s"), "motion", per_class=args.vit_s_videos // 4, num_frames=16)
+        enc = EncoderConfig(weights="random", precision="auto")  # DINOv2 ViT-S/14 at 224: 257 tokens x 384
+        vit_s = {}
+        for name in ("float16", "int8"):
+            vit_s[name] = os.path.join(work, f"vit_s_{name}.zarr")
+            run_extract(ExtractConfig(manifest=manifest, out=vit_s[name], encoder=enc, frames="uniform:8",
+                                      dtype=name, batch_size=16), show_progress=False)
+        read_speed(vit_s, args.rounds, {k: v for k, v in READERS.items() if v in vit_s}, "257 tokens x 384 (ViT-S/14)")
     print(json.dumps({"load_average": os.getloadavg()}), flush=True)
     if args.reads_only:
         return

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from featcache.cache import schema
 from featcache.cache.quant import QuantTokens
 from featcache.cache.stream import StreamedTokens
 from featcache.errors import FeatcacheError
@@ -145,8 +146,10 @@ def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> 
         return ViewData(read_quantized(entries, positions, view, shape), labels, ids,
                         layout.num_prefix_tokens, layout.grid)
     out = np.empty(shape, dtype=np.float16)
-    for i, entry in enumerate(entries):
-        fill_view(out[i], entry, positions[i], view, cache.attrs)
+    plain = view.reads_plain and cache.attrs["storage"]["dtype"] == "float16"  # one gather, no cast
+    if not (plain and cache.gather(schema.TOKENS, entries, positions, view.layers[0], out)):
+        for i, entry in enumerate(entries):
+            fill_view(out[i], entry, positions[i], view, cache.attrs)
     return ViewData(torch.from_numpy(out), labels, ids, layout.num_prefix_tokens, layout.grid)
 
 
@@ -155,6 +158,13 @@ def read_quantized(entries: list, positions: list[list[int]], view: View, shape:
     q = np.empty(shape, np.int8)  # (V, T, N, C)
     token_scales = np.empty(shape[:-1], np.float16)  # (V, T, N)
     channel_scales = np.empty((shape[0], shape[-1]), np.float32)  # (V, C)
+    cache, layer = entries[0].cache if entries else None, view.layers[0]
+    pos = np.asarray(positions, dtype=np.int64).reshape(len(entries), shape[1])
+    if cache is not None and cache.gather(schema.TOKENS, entries, pos, layer, q):
+        cache.gather(schema.TOKEN_SCALES, entries, pos, layer, token_scales)
+        cache.gather(schema.CHANNEL_SCALES, entries, np.zeros((len(entries), 1), np.int64), layer,
+                     channel_scales[:, None])
+        return QuantTokens(q, token_scales, channel_scales)
     for i, entry in enumerate(entries):
         channel_scales[i] = entry.read_quantized_into(q[i], token_scales[i], positions[i], view.layers[0])
     return QuantTokens(q, token_scales, channel_scales)

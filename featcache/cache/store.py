@@ -261,6 +261,43 @@ class Cache:
         return sum(len(dirs) + len(files) for _, dirs, files in os.walk(self.path))
 
     # ------------------------------------------------------------------ reading arrays
+    def gather(self, name: str, entries: list[VideoEntry], positions, layer: int, out: np.ndarray) -> bool:
+        """``out[i, t] = entries[i].stored(name)[positions[i][t], layer]`` for every video at
+        once (``positions``: (V, T) integers): one numpy gather per segment of a packed store
+        instead of a copy per video (for a small view the per-video look-ups cost as much as the
+        bytes). Returns False, having written nothing, where this layout or array reads per video
+        (a loose store; side crops)."""
+        if self.layout == "loose" or name == schema.SIDE_CROPS or not entries:
+            return False
+        pos = np.asarray(positions, dtype=np.int64).reshape(len(entries), -1)
+        where = [self._index[e.key] for e in entries]
+        starts = np.array([w["rows"][name][0] for w in where], np.int64)
+        counts = np.array([w["rows"][name][1] for w in where], np.int64)
+        bad = (pos.min(axis=1) < 0) | (pos.max(axis=1) >= counts) if pos.size else np.zeros(len(entries), bool)
+        if pos.shape[1] != out.shape[1] or bad.any():
+            i = int(np.argmax(bad))
+            raise DamagedStore(f"{self.path}: video {entries[i].video_id!r} has {counts[i]} rows of {name}, asked for "
+                               f"{pos.shape[1]} at positions up to {pos[i].max()}; run featcache cache verify {self.path}")
+        rows = pos + starts[:, None]  # (V, T) rows of the segment arrays
+        flat = out.reshape(len(entries) * pos.shape[1], *out.shape[2:])
+        segments = [w["segment"] for w in where]
+        for segment in dict.fromkeys(segments):
+            mine = np.flatnonzero(np.asarray(segments) == segment) if len(set(segments)) > 1 else None
+            idx = rows.ravel() if mine is None else rows[mine].ravel()
+            stored = self._rows(segment, name, 0, int(idx.max()) + 1)
+            if stored.ndim > 1:
+                stored = stored[:, layer % stored.shape[1]]  # (rows, ...) of one layer: a view
+            if not stored.flags.c_contiguous:  # several layers per row: fancy indexing walks the stride
+                taken = stored[idx]
+            elif mine is None:  # one segment: straight into out (bounds checked above)
+                np.take(stored, idx, axis=0, out=flat, mode="clip")
+                continue
+            else:
+                taken = np.take(stored, idx, axis=0, mode="clip")
+            flat[(rows.shape[1] * (np.arange(len(entries)) if mine is None else mine)[:, None]
+                  + np.arange(rows.shape[1])).ravel()] = taken
+        return True
+
     def _stored(self, entry: VideoEntry, name: str) -> np.ndarray | None:
         if self.layout == "loose":
             return loose.read_array(self.path, entry.key, name)

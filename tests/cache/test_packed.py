@@ -340,3 +340,48 @@ def test_repair_records_broken_videos_as_failed_and_the_next_extract_redoes_them
     for vid, x in before.items():
         np.testing.assert_array_equal(cache.video(vid).tokens, x)
     assert runner.invoke(app, ["cache", "repair", str(out)]).output.startswith("repair: 0 broken")
+
+
+# ------------------------------------------------------------------ reading a whole split at once
+@pytest.mark.parametrize("dtype,layers", [("float16", 1), ("int8", 1), ("float16", 2), ("int8", 3)])
+def test_gather_reads_a_split_as_the_per_video_copies_do(tmp_path, dtype, layers):
+    """Cache.gather (one numpy gather per segment) against each video's own array, over
+    several segments, several layers a row, repeated and unordered positions; and a view
+    materialised through it equals the per-video fill_view path."""
+    from featcache.cache import schema
+    from featcache.cache.dataset import fill_view, materialise
+    from featcache.spec.view import View
+
+    path = str(tmp_path / "c.zarr")
+    attrs = dict(TINY_ATTRS, storage={"dtype": dtype}, layers=list(range(layers)),
+                 tokens={"num_tokens": 5, "dim": 4, "num_prefix_tokens": 1, "grid": [2, 2]})
+    rng = np.random.default_rng(1)
+    for w in range(3):  # three writers, segments of ~4 videos: a split spread over many segments
+        with CacheWriter.open(path, attrs, segment_bytes=4 * 8 * layers * 5 * 4 * 2) as writer:
+            for i in range(w, 30, 3):
+                record = {"video_id": f"v{i:03d}", "path": "x.mp4", "split": "train", "labels": ["a"],
+                          "source": {"num_frames": 8}, "frame_indices": list(range(8)),
+                          "timestamps": [t / 25 for t in range(8)], "policies": {"uniform:8": list(range(8))}}
+                writer.write_video(record, rng.normal(size=(8, layers, 5, 4)).astype(np.float32), None)
+    cache = open_cache(path)
+    assert len(cache.segments()) > 3
+    entries = [cache.video(r["video_id"]) for r in cache.done_records("train")]
+    rng.shuffle(entries)  # slots of one segment are not contiguous
+    positions = rng.integers(0, 8, size=(len(entries), 5))
+    positions[0] = [7, 7, 0, 3, 3]
+    names = [schema.TOKENS] + ([schema.TOKEN_SCALES] if dtype == "int8" else [])
+    for layer in range(layers):
+        for name in names:
+            stored = [e.stored(name) for e in entries]
+            out = np.empty((len(entries), 5, *stored[0].shape[2:]), stored[0].dtype)
+            assert cache.gather(name, entries, positions, layer, out)
+            for i, s in enumerate(stored):
+                np.testing.assert_array_equal(out[i], s[positions[i], layer])
+    view = View("uniform:8", layers=(layers - 1,))
+    data = materialise(cache, view, "train")
+    expected = np.empty(data.x.shape, np.float16)
+    for i, r in enumerate(cache.done_records("train")):
+        fill_view(expected[i], cache.video(r["video_id"]), list(range(8)), view, cache.attrs)
+    np.testing.assert_array_equal(np.asarray(data.x[:]), expected)
+    with pytest.raises(Exception, match="cache verify"):
+        cache.gather(schema.TOKENS, entries[:1], [[8]], 0, np.empty((1, 1, 5, 4), out.dtype))

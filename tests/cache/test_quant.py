@@ -183,7 +183,7 @@ def test_bench_formats_runs_at_a_tiny_size(tmp_path):
 
     script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_formats.py")
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, script, "--videos", "8", "--rounds", "1", "--reads-only"],
+    r = subprocess.run([sys.executable, script, "--videos", "8", "--rounds", "1", "--reads-only", "--vit-s-videos", "4"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
@@ -191,6 +191,9 @@ def test_bench_formats_runs_at_a_tiny_size(tmp_path):
     assert "dequantize -> float16 (this round)" in summaries[0]
     for measure in summaries[1:3]:
         assert set(measure) >= {"float16", "int8", "int8 eager", "pool2", "mean"}
+        assert measure["float16"]["ratio"] == 1.0 and measure["int8"]["frames_per_s"] > 0
+    for measure in summaries[3:5]:  # the same reads on stores of ViT-S/14's real rows
+        assert measure["rows"].startswith("257 tokens x 384") and set(measure) >= {"float16", "int8", "int8 eager"}
         assert measure["float16"]["ratio"] == 1.0 and measure["int8"]["frames_per_s"] > 0
 
 
