@@ -7,11 +7,13 @@ is a 1-D uint8 Zarr array of those bytes)::
 
     {"record": {...the video's record...}, "rows": {"tokens": [start, count], ...}, "generation": 0}
 
-Publishing a video: its rows are written at the end of each array's data file (``pwrite``),
-the data files are ``fdatasync``-ed, then its index line is appended with one ``write`` and the
-index is ``fdatasync``-ed. A video is visible once its line is complete, so a writer killed at any
+Publishing a video: its rows are written at the end of each array's data file (``pwrite``).
+Every ``COMMIT_SECONDS`` (a group commit: two fsyncs a second at most, however many videos a
+second a GPU finishes), and when the segment is sealed, the data files are ``fdatasync``-ed,
+then the index lines of the videos written since are appended with one ``write`` and the index
+is ``fdatasync``-ed. A video is visible once its line is complete, so a writer killed at any
 moment leaves at most rows no line points to, or a last line without its newline: readers ignore
-both, and the next run redoes the video in a segment of its own. Nothing is ever renamed over,
+both, and the next run redoes those videos (at most the last second's) in a segment of its own. Nothing is ever renamed over,
 hard-linked, locked or exchanged: segment folders and files are created with ``O_EXCL`` and only
 appended to by their owner, which is all NFS, Lustre and GPFS need to provide.
 
@@ -35,16 +37,20 @@ import gc
 import json
 import os
 import re
+import time
 import uuid
 
 import numpy as np
 
 from featcache.cache import schema
+from featcache.errors import FeatcacheError
 
 INDEX = "index"  # a uint8 array of JSON lines: its one chunk file is index/0
 INDEX_FILE = os.path.join(INDEX, "0")
 DATA = "0.0.0.0"  # the one chunk (shard) of each array: v2 chunk keys, no nested chunk folders
 SEGMENT_BYTES = 4 << 30  # a writer rolls over to a new segment past this many bytes of data
+COMMIT_SECONDS = 1.0  # a durable writer's videos are published at most this long after their rows are written
+# (FEATCACHE_COMMIT_SECONDS overrides it; 0: every video at once, two fsyncs each)
 _KEY_ENCODING = {"name": "v2", "separator": "."}
 _NAME = re.compile(r"[^A-Za-z0-9.-]+")
 
@@ -264,6 +270,20 @@ def resolve(segments: list[Segment]) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------ writing
+def env_number(name: str, default, kind=int):
+    """A non-negative number from the environment variable ``name`` (``default`` when unset)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise FeatcacheError(f"{name}={text!r}: expected a {'whole ' if kind is int else ''}number >= 0")
+    return value
+
+
 class SegmentWriter:
     """Appends videos to one segment this process alone owns (created on the first append)."""
 
@@ -275,6 +295,10 @@ class SegmentWriter:
         self.cursor: dict[str, int] = {}  # rows written per array
         self.index_fd: int | None = None
         self.bytes = 0
+        self.pending: list[tuple[bytes, str]] = []  # (index line, video id) written, not yet published
+        self.dirty: set[str] = set()  # arrays with rows not yet fdatasync-ed
+        self.oldest = 0.0  # when the first pending video was written
+        self.commit_s = env_number("FEATCACHE_COMMIT_SECONDS", COMMIT_SECONDS, float)
 
     @property
     def path(self) -> str:
@@ -306,7 +330,8 @@ class SegmentWriter:
         return self.fds[name]
 
     def append(self, record: dict, rows: dict[str, np.ndarray], generation: int) -> dict:
-        """Publish one video (its rows per array); returns its index entry."""
+        """Write one video (its rows per array) and publish it now (``durable=False``) or with
+        the next group commit; returns its index entry."""
         if self.name is None:
             self._create()
         placed = {}
@@ -316,23 +341,38 @@ class SegmentWriter:
             start = self.cursor[name]
             _pwrite_all(fd, memoryview(np.ascontiguousarray(block)).cast("B"), start * row_bytes)
             placed[name] = [start, len(block)]
-        if self.durable:
-            for name in rows:
-                os.fdatasync(self.fds[name])
         for name, (start, count) in placed.items():
             self.cursor[name] = start + count
             self.bytes += count * rows[name][0].nbytes if count else 0
         line = index_line(record, placed, generation)
-        _write_all(self.index_fd, line)
-        self.index_bytes += len(line)
+        if not self.pending:
+            self.oldest = time.monotonic()
+        self.pending.append((line, record["video_id"]))
+        self.dirty.update(rows)
+        if not self.durable or time.monotonic() - self.oldest >= self.commit_s:
+            self.commit()
+        return {"record": record, "rows": placed, "generation": generation, "segment": self.name}
+
+    def commit(self) -> None:
+        """Publish the videos written since the last commit: the data files ``fdatasync``-ed,
+        then their index lines appended in one write and the index ``fdatasync``-ed."""
+        if not self.pending:
+            return
+        if self.durable:
+            for name in self.dirty:
+                os.fdatasync(self.fds[name])
+        lines = b"".join(line for line, _ in self.pending)
+        _write_all(self.index_fd, lines)
         if self.durable:
             os.fdatasync(self.index_fd)
-        return {"record": record, "rows": placed, "generation": generation, "segment": self.name}
+        self.index_bytes += len(lines)
+        self.pending, self.dirty = [], set()
 
     def seal(self) -> None:
         """Write each array's shard index and zarr.json; the segment takes no more videos."""
         if self.name is None:
             return
+        self.commit()
         for name, fd in self.fds.items():
             rows, size = self.cursor[name], row_bytes(self.plan[name])
             os.ftruncate(fd, rows * size)  # drops the rows of a publish that raised half-way

@@ -476,7 +476,7 @@ class CacheWriter(Cache):
                 f"--out {path}: the cache was made with different settings ({', '.join(diff)}); "
                 "use another --out, or --overwrite to replace it")
         writer.durable = durable
-        writer.segment_bytes = segment_bytes or int(os.environ.get("FEATCACHE_SEGMENT_BYTES", packed.SEGMENT_BYTES))
+        writer.segment_bytes = segment_bytes or packed.env_number("FEATCACHE_SEGMENT_BYTES", packed.SEGMENT_BYTES)
         writer._segment = packed.SegmentWriter(writer.path, writer.attrs, durable)
         added = [p for p in attrs["frames"]["policies"] if p not in writer.attrs["frames"]["policies"]]
         if added:
@@ -490,8 +490,15 @@ class CacheWriter(Cache):
         self.close()
 
     def close(self) -> None:
-        """Seal this writer's segment (its arrays become plain Zarr arrays); idempotent."""
-        self._segment.seal()
+        """Publish what is pending and seal this writer's segment (its arrays become plain Zarr
+        arrays); idempotent. PublishError names the videos it could not publish."""
+        try:
+            self._segment.seal()
+        except OSError as exc:
+            lost = [v for _, v in self._segment.pending]
+            self._segment = packed.SegmentWriter(self.path, self.attrs, self.durable)
+            raise PublishError(f"could not publish the last {len(lost)} video(s) of this run into the cache: "
+                               f"{exc.strerror or exc}; the next extract redoes them", lost) from None
 
     def _add_policies(self, added: list[str]) -> None:
         """Incremental pools: the store's policy list grows (never shrinks); videos gain the new
@@ -600,11 +607,14 @@ class CacheWriter(Cache):
             entry = self._segment.append(record, rows, generation)
         except OSError as exc:
             where = self._segment.path if self._segment.name else os.path.join(self.path, schema.SEGMENTS)
+            lost = []
             try:  # the segment may hold a torn line now: the next video starts a new one
-                self._segment.seal()
+                self._segment.seal()  # publishes the videos written before this one, if it can
             except OSError:
+                lost = [v for _, v in self._segment.pending if v != record["video_id"]]
                 self._segment = packed.SegmentWriter(self.path, self.attrs, self.durable)
-            raise PublishError(f"could not publish into the cache: {exc.strerror or exc} ({where})") from None
+            raise PublishError(f"could not publish into the cache: {exc.strerror or exc} ({where})",
+                               lost) from None
         key = schema.video_key(record["video_id"])
         self.records()[key] = record
         self._index[key] = entry
@@ -646,7 +656,15 @@ def video_arrays(attrs: dict, frames: int, source_frames: int | None = None) -> 
 
 
 class PublishError(OSError):
-    """A finished video could not be written into the store (it is not there)."""
+    """A finished video could not be written into the store (it is not there). ``lost``: videos
+    written earlier whose group commit failed with it (not there either)."""
+
+    def __init__(self, message: str, lost: list[str] | None = None):
+        super().__init__(message)
+        self.lost = list(lost or [])
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 def _lost_race(exc: OSError) -> bool:

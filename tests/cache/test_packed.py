@@ -385,3 +385,56 @@ def test_gather_reads_a_split_as_the_per_video_copies_do(tmp_path, dtype, layers
     np.testing.assert_array_equal(np.asarray(data.x[:]), expected)
     with pytest.raises(Exception, match="cache verify"):
         cache.gather(schema.TOKENS, entries[:1], [[8]], 0, np.empty((1, 1, 5, 4), out.dtype))
+
+
+# ------------------------------------------------------------------ group commit
+def test_a_writer_publishes_in_groups_two_fsyncs_per_group_and_all_at_close(tmp_path, monkeypatch):
+    """Durable writes: rows are written at once, but index lines and fsyncs come per group
+    (COMMIT_SECONDS), so a fast writer does not pay two fsyncs a video; readers see a video only
+    once its group is published; close publishes the rest."""
+    path = str(tmp_path / "c.zarr")
+    synced = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    monkeypatch.setattr(packed, "COMMIT_SECONDS", 3600.0)
+    with CacheWriter.open(path, TINY_ATTRS) as writer:
+        for i in range(20):
+            record = {"video_id": f"v{i:02d}", "path": "x.mp4", "split": "train", "labels": ["a"],
+                      "source": {"num_frames": 8}, "frame_indices": list(range(8)),
+                      "timestamps": [t / 25 for t in range(8)], "policies": {"uniform:8": list(range(8))}}
+            writer.write_video(record, np.full((8, 1, 5, 4), i, np.float16), None)
+        assert len(writer.video_ids()) == 20  # the writer knows its own videos
+        assert open_cache(path).records() == {} and synced == []  # nothing published yet
+    cache = open_cache(path)
+    assert len(cache.video_ids()) == 20 and cache.verify() == []
+    np.testing.assert_array_equal(cache.video("v07").tokens, np.full((8, 1, 5, 4), 7, np.float16))
+    assert len(synced) == 2  # one group: the tokens file, then the index
+    monkeypatch.setattr(packed, "COMMIT_SECONDS", 0.0)  # a group a video: visible at once
+    with CacheWriter.open(path, TINY_ATTRS) as writer:
+        writer.write_video(dict(record, video_id="w0"), np.zeros((8, 1, 5, 4), np.float16), None)
+        assert "w0" in open_cache(path).video_ids()
+
+
+def test_a_failed_group_commit_names_every_lost_video_and_the_next_run_redoes_them(tmp_path, monkeypatch):
+    from conftest import tiny_encoder_config
+
+    from featcache.extract.pipeline import ExtractConfig, run_extract
+
+    manifest = make_dataset(str(tmp_path / "data"), "motion", per_class=1, num_frames=12, size=(76, 56))
+    cfg = ExtractConfig(manifest=manifest, out=str(tmp_path / "c.zarr"), encoder=tiny_encoder_config(),
+                        frames="uniform:4", batch_size=4)
+    monkeypatch.setattr(packed, "COMMIT_SECONDS", 3600.0)
+    real = os.fdatasync
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdatasync", full_disk)
+    s = run_extract(cfg, show_progress=False)
+    assert s.done == 0 and len(s.failed) == 4, (s.done, s.failed)
+    assert all("written but not published: could not publish the last 4 video(s)" in r and "No space left" in r
+               for r in s.failed.values())
+    assert open_cache(cfg.out).video_ids() == []
+    monkeypatch.setattr(os, "fdatasync", real)
+    s = run_extract(cfg, show_progress=False)
+    assert s.done == 4 and not s.failed and len(open_cache(cfg.out).video_ids()) == 4

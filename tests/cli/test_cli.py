@@ -78,7 +78,9 @@ def test_kill_9_then_resume(tmp_path, dataset):
     out = tmp_path / "c.zarr"
     args = ["extract", dataset, "--out", str(out), "--frames", "uniform:8", "--batch-size", "4", "-q",
             "--weights", "random", "--precision", "fp32", "--img-size", "112", "--model-arg", "depth=3"]
-    proc = subprocess.Popen([*FEATCACHE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # every video published at once (no group commit): killed with some published, some not
+    proc = subprocess.Popen([*FEATCACHE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "FEATCACHE_COMMIT_SECONDS": "0"})
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if published(str(out)) >= 3:
