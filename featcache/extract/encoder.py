@@ -139,8 +139,9 @@ class FrozenEncoder:
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """uint8 (B, S, S, 3) on the device -> float tokens (B, L, N, C) and the cut, on the device:
         normalisation, the forward under autocast, token pooling."""
-        x = x.permute(0, 3, 1, 2).float()  # (B, 3, S, S)
-        x = (x - self._mean) / self._std
+        # (B, 3, S, S): uint8 - float32 mean promotes inside one op (no separate cast pass), then
+        # the division in place; the same float32 values as (x.float() - mean) / std
+        x = torch.sub(x.permute(0, 3, 1, 2), self._mean).div_(self._std)
         amp = self.precision in _AMP_DTYPES
         with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(self.precision), enabled=amp):
             tokens = self._forward(x)

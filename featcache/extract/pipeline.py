@@ -200,7 +200,10 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     try:
         pipe.run(todo, show_progress)
     finally:
-        writer.close()  # seals this run's segment, also on Ctrl-C
+        try:
+            writer.close()  # publishes the last group and seals this run's segment, also on Ctrl-C
+        except PublishError as exc:
+            lose_published(summary, exc, grow)
     summary.wall_s = time.perf_counter() - start
     if entry is not None and todo:
         from featcache.extract.batchsize import judge
@@ -208,6 +211,17 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
         note = judge(encoder, entry, how.startswith("auto: cached"), *pipe.full_batches)
         summary.batch_size_note += f"; {note}" if note else ""
     return summary
+
+
+def lose_published(summary: ExtractSummary, exc: PublishError, grow: dict | None) -> None:
+    """Videos counted done (or extended) whose group commit failed (``exc.lost``): failures in
+    the summary, which the next run redoes (the store holds no line for them)."""
+    for video_id in exc.lost:
+        summary.failed[video_id] = f"written but not published: {exc}"
+        if grow and video_id in grow:
+            summary.extended -= 1
+        else:
+            summary.done -= 1
 
 
 def relabelled_videos(items: list[VideoItem], records: dict) -> list[str]:
@@ -398,7 +412,10 @@ class _Pipeline:
         if size == self.cfg.batch_size:  # the forward's own time (on CUDA: the wait, roughly the device's)
             fb = self.full_batches
             fb[0], fb[1], fb[2] = fb[0] + 1, fb[1] + submit_s + time.perf_counter() - t, fb[2] + size
-        tokens, cut = tokens.numpy(), (cut.numpy() if cut is not None else None)
+        # cast to the stored dtype in torch (vectorised; numpy's float32 -> float16 is ~5x slower),
+        # the same round-to-nearest-even bits
+        kind = torch.from_numpy(parts[0][0].tokens[:0]).dtype
+        tokens, cut = tokens.to(kind).numpy(), (cut.to(torch.float16).numpy() if cut is not None else None)
         offset = 0
         for job, a, b in parts:
             job.tokens[a:b] = tokens[offset:offset + b - a]
@@ -418,6 +435,7 @@ class _Pipeline:
             else:
                 written = self.writer.write_video(job.decoded.record, tokens, job.decoded.scores, cut, side)
         except PublishError as exc:
+            lose_published(self.summary, exc, self.grow)
             self._fail(job.decoded, str(exc))
             return
         if written is None:  # another writer published this video first; theirs is kept
