@@ -8,12 +8,12 @@ is a 1-D uint8 Zarr array of those bytes)::
     {"record": {...the video's record...}, "rows": {"tokens": [start, count], ...}, "generation": 0}
 
 Publishing a video: its rows are written at the end of each array's data file (``pwrite``).
-Every ``COMMIT_SECONDS`` (a group commit: two fsyncs a second at most, however many videos a
-second a GPU finishes), and when the segment is sealed, the data files are ``fdatasync``-ed,
+With the first video written ``COMMIT_SECONDS`` or more after the oldest unpublished one (a group
+commit: two fsyncs a second at most, however many videos a GPU finishes), and when the segment is sealed, the data files are ``fdatasync``-ed,
 then the index lines of the videos written since are appended with one ``write`` and the index
 is ``fdatasync``-ed. A video is visible once its line is complete, so a writer killed at any
 moment leaves at most rows no line points to, or a last line without its newline: readers ignore
-both, and the next run redoes those videos (at most the last second's) in a segment of its own. Nothing is ever renamed over,
+both, and the next run redoes those videos (the ones written since the last commit) in a segment of its own. Nothing is ever renamed over,
 hard-linked, locked or exchanged: segment folders and files are created with ``O_EXCL`` and only
 appended to by their owner, which is all NFS, Lustre and GPFS need to provide.
 

@@ -280,22 +280,19 @@ class Cache:
                                f"{pos.shape[1]} at positions up to {pos[i].max()}; run featcache cache verify {self.path}")
         rows = pos + starts[:, None]  # (V, T) rows of the segment arrays
         flat = out.reshape(len(entries) * pos.shape[1], *out.shape[2:])
-        segments = [w["segment"] for w in where]
-        for segment in dict.fromkeys(segments):
-            mine = np.flatnonzero(np.asarray(segments) == segment) if len(set(segments)) > 1 else None
-            idx = rows.ravel() if mine is None else rows[mine].ravel()
-            stored = self._rows(segment, name, 0, int(idx.max()) + 1)
+        names, which = np.unique([w["segment"] for w in where], return_inverse=True)
+        order = np.argsort(which, kind="stable")  # the videos of each segment, grouped: O(V log V)
+        for segment, mine in zip(names, np.split(order, np.cumsum(np.bincount(which))[:-1])):
+            idx = rows[mine].ravel()
+            stored = self._rows(str(segment), name, 0, int(idx.max()) + 1)
             if stored.ndim > 1:
                 stored = stored[:, layer % stored.shape[1]]  # (rows, ...) of one layer: a view
-            if not stored.flags.c_contiguous:  # several layers per row: fancy indexing walks the stride
-                taken = stored[idx]
-            elif mine is None:  # one segment: straight into out (bounds checked above)
+            if len(names) == 1 and stored.flags.c_contiguous:  # straight into out (bounds checked above)
                 np.take(stored, idx, axis=0, out=flat, mode="clip")
-                continue
-            else:
-                taken = np.take(stored, idx, axis=0, mode="clip")
-            flat[(rows.shape[1] * (np.arange(len(entries)) if mine is None else mine)[:, None]
-                  + np.arange(rows.shape[1])).ravel()] = taken
+                break
+            # several layers per row: a strided layer, which fancy indexing walks
+            taken = np.take(stored, idx, axis=0, mode="clip") if stored.flags.c_contiguous else stored[idx]
+            flat[(pos.shape[1] * mine[:, None] + np.arange(pos.shape[1])).ravel()] = taken
         return True
 
     def _stored(self, entry: VideoEntry, name: str) -> np.ndarray | None:
@@ -495,10 +492,16 @@ class CacheWriter(Cache):
         try:
             self._segment.seal()
         except OSError as exc:
-            lost = [v for _, v in self._segment.pending]
-            self._segment = packed.SegmentWriter(self.path, self.attrs, self.durable)
+            lost = self._abandon_segment()
             raise PublishError(f"could not publish the last {len(lost)} video(s) of this run into the cache: "
                                f"{exc.strerror or exc}; the next extract redoes them", lost) from None
+
+    def _abandon_segment(self) -> list[str]:
+        """After this writer's segment failed to seal: later videos go to a new segment; returns
+        the ids of the videos the old one wrote but never published."""
+        lost = [v for _, v in self._segment.pending]
+        self._segment = packed.SegmentWriter(self.path, self.attrs, self.durable)
+        return lost
 
     def _add_policies(self, added: list[str]) -> None:
         """Incremental pools: the store's policy list grows (never shrinks); videos gain the new
@@ -611,8 +614,7 @@ class CacheWriter(Cache):
             try:  # the segment may hold a torn line now: the next video starts a new one
                 self._segment.seal()  # publishes the videos written before this one, if it can
             except OSError:
-                lost = [v for _, v in self._segment.pending if v != record["video_id"]]
-                self._segment = packed.SegmentWriter(self.path, self.attrs, self.durable)
+                lost = [v for v in self._abandon_segment() if v != record["video_id"]]
             raise PublishError(f"could not publish into the cache: {exc.strerror or exc} ({where})",
                                lost) from None
         key = schema.video_key(record["video_id"])
@@ -662,9 +664,6 @@ class PublishError(OSError):
     def __init__(self, message: str, lost: list[str] | None = None):
         super().__init__(message)
         self.lost = list(lost or [])
-
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 def _lost_race(exc: OSError) -> bool:

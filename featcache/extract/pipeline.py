@@ -302,6 +302,8 @@ class _Pipeline:
         self.inflight = None  # (parts, Pending): the batch submitted last, not yet collected
         self.pin = encoder.device.type == "cuda"
         self.full_batches = [0, 0.0, 0]  # batches of exactly batch_size: count, forward seconds, frames
+        # the dtype tokens are collected in (int8: float32, quantized at publishing)
+        self.kind = np.dtype(np.float32 if cfg.dtype == "int8" else cfg.dtype)
 
     # ---------------------------------------------------------------- decoding side
     def _prepared(self, items: list[VideoItem]):
@@ -375,8 +377,7 @@ class _Pipeline:
         e = self.encoder
         shape = (len(decoded.frames), len(e.layers), e.num_tokens, e.dim)
         cut = np.empty((len(decoded.frames), e.num_tokens, e.dim), np.float16) if e.cut_block is not None else None
-        kind = np.float32 if self.cfg.dtype == "int8" else self.cfg.dtype  # int8: quantized at publishing
-        self.jobs.append(_Job(decoded, np.empty(shape, dtype=kind), cut))
+        self.jobs.append(_Job(decoded, np.empty(shape, dtype=self.kind), cut))
 
     def _buffered(self) -> int:
         return sum(len(j.decoded.frames) - j.sent for j in self.jobs)
@@ -414,8 +415,7 @@ class _Pipeline:
             fb[0], fb[1], fb[2] = fb[0] + 1, fb[1] + submit_s + time.perf_counter() - t, fb[2] + size
         # cast to the stored dtype in torch (vectorised; numpy's float32 -> float16 is ~5x slower),
         # the same round-to-nearest-even bits
-        kind = torch.from_numpy(parts[0][0].tokens[:0]).dtype
-        tokens, cut = tokens.to(kind).numpy(), (cut.to(torch.float16).numpy() if cut is not None else None)
+        tokens, cut = tokens.to(getattr(torch, self.kind.name)).numpy(), (cut.to(torch.float16).numpy() if cut is not None else None)
         offset = 0
         for job, a, b in parts:
             job.tokens[a:b] = tokens[offset:offset + b - a]
