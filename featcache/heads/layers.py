@@ -99,6 +99,7 @@ class STAdapter(nn.Module):
         b, t, n, c = x.shape
         h, w = self.grid
         z = self.fc1(x[:, :, self.prefix:]).reshape(b, t, h, w, -1).permute(0, 4, 1, 2, 3)  # (B, r, T, H, W)
-        z = self.conv(z).permute(0, 2, 3, 4, 1).reshape(b, t, h * w, -1)  # (B, T, HW, r)
+        # contiguous before fc2 as released (L52): a strided input takes another GEMM path, other rounding
+        z = self.conv(z).permute(0, 2, 3, 4, 1).contiguous().view(b, t, h * w, -1)  # (B, T, HW, r)
         patches = x[:, :, self.prefix:] + self.fc2(z)  # (B, T, HW, C)
         return torch.cat([x[:, :, :self.prefix], patches], dim=2).reshape(shape)
