@@ -296,6 +296,7 @@ class SegmentWriter:
         self.index_fd: int | None = None
         self.bytes = 0
         self.pending: list[tuple[bytes, str]] = []  # (index line, video id) written, not yet published
+        self.lost: list[str] = []  # videos of a failed commit: written, never published (the next run redoes them)
         self.dirty: set[str] = set()  # arrays with rows not yet fdatasync-ed
         self.oldest = 0.0  # when the first pending video was written
         self.commit_s = env_number("FEATCACHE_COMMIT_SECONDS", COMMIT_SECONDS, float)
@@ -355,16 +356,25 @@ class SegmentWriter:
 
     def commit(self) -> None:
         """Publish the videos written since the last commit: the data files ``fdatasync``-ed,
-        then their index lines appended in one write and the index ``fdatasync``-ed."""
+        then their index lines appended in one write and the index ``fdatasync``-ed. A commit
+        that fails is never retried: its videos go to ``lost`` and whatever it wrote of their
+        lines is cut off the index (a retry would append them after a torn half: a corrupt line)."""
         if not self.pending:
             return
-        if self.durable:
-            for name in self.dirty:
-                os.fdatasync(self.fds[name])
         lines = b"".join(line for line, _ in self.pending)
-        _write_all(self.index_fd, lines)
-        if self.durable:
-            os.fdatasync(self.index_fd)
+        try:
+            if self.durable:
+                for name in self.dirty:
+                    os.fdatasync(self.fds[name])
+            _write_all(self.index_fd, lines)
+            if self.durable:
+                os.fdatasync(self.index_fd)
+        except OSError:
+            self.lost += [video_id for _, video_id in self.pending]
+            self.pending, self.dirty = [], set()
+            with contextlib.suppress(OSError):  # if even this fails, readers skip a torn last line
+                os.ftruncate(self.index_fd, self.index_bytes)
+            raise
         self.index_bytes += len(lines)
         self.pending, self.dirty = [], set()
 

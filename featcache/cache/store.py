@@ -13,6 +13,7 @@ when a third layout arrives.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import mmap
@@ -269,6 +270,8 @@ class Cache:
         (a loose store; side crops)."""
         if self.layout == "loose" or name == schema.SIDE_CROPS or not entries:
             return False
+        if not out.flags.c_contiguous:  # the reshape below would copy, and the gather land in the copy
+            raise ValueError("Cache.gather writes into a C-contiguous array")
         pos = np.asarray(positions, dtype=np.int64).reshape(len(entries), -1)
         where = [self._index[e.key] for e in entries]
         starts = np.array([w["rows"][name][0] for w in where], np.int64)
@@ -489,19 +492,26 @@ class CacheWriter(Cache):
     def close(self) -> None:
         """Publish what is pending and seal this writer's segment (its arrays become plain Zarr
         arrays); idempotent. PublishError names the videos it could not publish."""
+        segment = self._segment
         try:
-            self._segment.seal()
+            segment.seal()
         except OSError as exc:
-            lost = self._abandon_segment()
-            raise PublishError(f"could not publish the last {len(lost)} video(s) of this run into the cache: "
-                               f"{exc.strerror or exc}; the next extract redoes them", lost) from None
+            self._segment = packed.SegmentWriter(self.path, self.attrs, self.durable)
+            why = exc.strerror or exc
+            if not segment.lost:  # its videos are published: the segment reads as an interrupted run's
+                raise PublishError(f"could not seal this run's segment {segment.path}: {why}; its videos "
+                                   "are in the cache all the same") from None
+            raise PublishError(f"could not publish the last {len(segment.lost)} video(s) of this run into the cache: "
+                               f"{why}; the next extract redoes them", segment.lost) from None
 
     def _abandon_segment(self) -> list[str]:
-        """After this writer's segment failed to seal: later videos go to a new segment; returns
-        the ids of the videos the old one wrote but never published."""
-        lost = [v for _, v in self._segment.pending]
-        self._segment = packed.SegmentWriter(self.path, self.attrs, self.durable)
-        return lost
+        """After a failed publish: seal the segment if it can (publishing the videos written
+        before the failure, unless that failure was their commit's); later videos go to a new
+        segment. Returns the ids of the videos the old one wrote but never published."""
+        segment, self._segment = self._segment, packed.SegmentWriter(self.path, self.attrs, self.durable)
+        with contextlib.suppress(OSError):
+            segment.seal()
+        return segment.lost
 
     def _add_policies(self, added: list[str]) -> None:
         """Incremental pools: the store's policy list grows (never shrinks); videos gain the new
@@ -610,11 +620,7 @@ class CacheWriter(Cache):
             entry = self._segment.append(record, rows, generation)
         except OSError as exc:
             where = self._segment.path if self._segment.name else os.path.join(self.path, schema.SEGMENTS)
-            lost = []
-            try:  # the segment may hold a torn line now: the next video starts a new one
-                self._segment.seal()  # publishes the videos written before this one, if it can
-            except OSError:
-                lost = [v for v in self._abandon_segment() if v != record["video_id"]]
+            lost = [v for v in self._abandon_segment() if v != record["video_id"]]  # this one: the error itself
             raise PublishError(f"could not publish into the cache: {exc.strerror or exc} ({where})",
                                lost) from None
         key = schema.video_key(record["video_id"])

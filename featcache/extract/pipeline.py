@@ -202,8 +202,10 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     finally:
         try:
             writer.close()  # publishes the last group and seals this run's segment, also on Ctrl-C
-        except PublishError as exc:
+        except PublishError as exc:  # the last group lost (failures), or only the seal (a warning)
             lose_published(summary, exc, grow)
+            if not exc.lost:
+                summary.warnings.append(str(exc))
     summary.wall_s = time.perf_counter() - start
     if entry is not None and todo:
         from featcache.extract.batchsize import judge

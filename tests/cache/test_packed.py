@@ -388,6 +388,13 @@ def test_gather_reads_a_split_as_the_per_video_copies_do(tmp_path, dtype, layers
 
 
 # ------------------------------------------------------------------ group commit
+def eight_frames(video_id: str) -> dict:
+    """The record of a video of 8 frames, all of them in the store's one policy."""
+    return {"video_id": video_id, "path": "x.mp4", "split": "train", "labels": ["a"], "source": {"num_frames": 8},
+            "frame_indices": list(range(8)), "timestamps": [t / 25 for t in range(8)],
+            "policies": {"uniform:8": list(range(8))}}
+
+
 def test_a_writer_publishes_in_groups_two_fsyncs_per_group_and_all_at_close(tmp_path, monkeypatch):
     """Durable writes: rows are written at once, but index lines and fsyncs come per group
     (COMMIT_SECONDS), so a fast writer does not pay two fsyncs a video; readers see a video only
@@ -399,9 +406,7 @@ def test_a_writer_publishes_in_groups_two_fsyncs_per_group_and_all_at_close(tmp_
     monkeypatch.setattr(packed, "COMMIT_SECONDS", 3600.0)
     with CacheWriter.open(path, TINY_ATTRS) as writer:
         for i in range(20):
-            record = {"video_id": f"v{i:02d}", "path": "x.mp4", "split": "train", "labels": ["a"],
-                      "source": {"num_frames": 8}, "frame_indices": list(range(8)),
-                      "timestamps": [t / 25 for t in range(8)], "policies": {"uniform:8": list(range(8))}}
+            record = eight_frames(f"v{i:02d}")
             writer.write_video(record, np.full((8, 1, 5, 4), i, np.float16), None)
         assert len(writer.video_ids()) == 20  # the writer knows its own videos
         assert open_cache(path).records() == {} and synced == []  # nothing published yet
@@ -413,6 +418,71 @@ def test_a_writer_publishes_in_groups_two_fsyncs_per_group_and_all_at_close(tmp_
     with CacheWriter.open(path, TINY_ATTRS) as writer:
         writer.write_video(dict(record, video_id="w0"), np.zeros((8, 1, 5, 4), np.float16), None)
         assert "w0" in open_cache(path).video_ids()
+
+
+def test_a_group_commit_torn_by_a_full_disk_is_cut_off_whole_and_never_retried(tmp_path, monkeypatch):
+    """ENOSPC half-way through a group's index lines: the group is given up whole (its videos
+    named lost), its torn bytes cut off the index, so the store verifies clean and holds none of
+    them (a retry would append the lines after the torn half: a corrupt line); a re-run redoes them."""
+    import errno
+
+    from featcache.cache.store import PublishError
+
+    path, real, torn = str(tmp_path / "c.zarr"), packed._write_all, []
+
+    def full_half_way(fd, data):
+        if torn == ["armed"]:
+            torn.append(len(data))
+            real(fd, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data)
+
+    monkeypatch.setattr(packed, "COMMIT_SECONDS", 3600.0)
+    monkeypatch.setattr(packed, "_write_all", full_half_way)
+    tokens = np.zeros((8, 1, 5, 4), np.float16)
+    with CacheWriter.open(path, TINY_ATTRS) as writer:
+        for i in range(3):
+            writer.write_video(eight_frames(f"v{i}"), tokens, None)
+        writer._segment.commit_s = 0.0  # the next video publishes the group of four
+        torn.append("armed")
+        with pytest.raises(PublishError, match="No space left on device") as failed:
+            writer.write_video(eight_frames("v3"), tokens, None)
+    assert len(torn) == 2 and failed.value.lost == ["v0", "v1", "v2"]  # v3: the error itself
+    cache = open_cache(path)
+    assert cache.video_ids() == [] and cache.verify() == [] and not any(s.tail for s in cache.segments())
+    with CacheWriter.open(path, TINY_ATTRS) as writer:
+        for i in range(4):
+            writer.write_video(eight_frames(f"v{i}"), tokens, None)
+    cache = open_cache(path)
+    assert sorted(cache.video_ids()) == ["v0", "v1", "v2", "v3"] and cache.verify() == []
+
+
+def test_a_seal_that_fails_after_the_last_commit_warns_and_loses_nothing(tmp_path, monkeypatch):
+    """The disk fills up as the run's segment is sealed, after its videos were published: a
+    warning (not a silent pass, not failures), and every video is read back and verifies."""
+    from conftest import tiny_encoder_config
+
+    from featcache.extract.pipeline import ExtractConfig, run_extract
+
+    manifest = make_dataset(str(tmp_path / "data"), "motion", per_class=1, num_frames=12, size=(76, 56))
+    cfg = ExtractConfig(manifest=manifest, out=str(tmp_path / "c.zarr"), encoder=tiny_encoder_config(),
+                        frames="uniform:4", batch_size=4)
+    real = packed._write_new
+
+    def full_at_the_seal(path, data):
+        if path.endswith(os.path.join(packed.INDEX, "zarr.json")):
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(packed, "_write_new", full_at_the_seal)
+    s = run_extract(cfg, show_progress=False)
+    assert s.done == 4 and not s.failed, (s.done, s.failed)
+    assert len(s.warnings) == 1 and "could not seal this run's segment" in s.warnings[0]
+    assert "No space left" in s.warnings[0] and "in the cache all the same" in s.warnings[0]
+    monkeypatch.undo()
+    cache = open_cache(cfg.out)
+    assert len(cache.video_ids()) == 4 and cache.verify() == []
+    assert run_extract(cfg, show_progress=False).skipped == 4
 
 
 def test_a_failed_group_commit_names_every_lost_video_and_the_next_run_redoes_them(tmp_path, monkeypatch):
