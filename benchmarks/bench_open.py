@@ -1,19 +1,26 @@
-"""Stores of many videos, old layout (schema 1: a folder per video) vs the packed layout, side by
-side in one run: files on disk, files opened and seconds to open + list the store + read one
-video; then the read rate of a view from segments vs a numpy memmap of the same bytes.
+"""Opening a store of many videos: the columnar index (table, ids, briefs) against the JSON-lines
+index of the same store contents, side by side in one run; then the read rate of a view from
+segments vs a numpy memmap of the same bytes.
 
-    .venv/bin/python benchmarks/bench_open.py [--videos 1000,10000,100000] [--old-max 10000]
-                                              [--read-videos 200] [--rounds 3]
+    .venv/bin/python benchmarks/bench_open.py [--videos 10000,100000,650000] [--read-videos 200]
+                                              [--rounds 3] [--json]
 
-Both layouts are written by their real writers with tiny arrays (8 frames x 5 tokens x 4
-channels, float16): ``CacheWriter`` for the packed layout (fsyncs off for the set-up only) and
-``loose.write_loose``, round 2's writer, for the old one (skipped above ``--old-max`` videos: it
-writes ~4 files per video). Opens are counted with Python's audit events (every ``open`` under
-the store), in a pass apart from the timed ones. Timings are warm (page cache), rounds alternate
-between the layouts and the median is reported. The read rate uses ViT-S/14-sized tokens (8
-frames x 257 tokens x 384 channels) of ``--read-videos`` videos: ``materialise`` of the
-``uniform:8`` view (what every training run does) against copying the same bytes out of one
-numpy memmap into an array of the same shape.
+Each store is written by the real writer (``CacheWriter``, fsyncs off for the set-up only) with
+tiny arrays (8 frames x 5 tokens x 4 channels, float16) and real records (~0.6 KB of JSON each).
+Its JSON-index twin is the same store with the table, ids and brief files removed, so featcache
+reads it as a store written before the columns existed (every JSON line parsed at open). Each
+measurement runs in a fresh process (peak RSS is the process's, less its RSS after the imports):
+
+- ``open_list_s`` / ``open_list_cpu_s``: ``open_cache(p)`` + ``video_ids()``, wall and CPU;
+- ``dataset_cpu_s``: ``cache.dataset("uniform:8", "train")`` after that (the split's briefs,
+  entries and one gather of the tokens);
+- ``read_one_s``: ``open_cache(p).video(id).tokens`` in a fresh process state (index included);
+- ``floor_read_s``: one ``read()`` of the index bytes the open needs (the physical floor).
+
+Timings are warm (page cache); rounds alternate between the two indexes and medians are reported.
+The read rate uses ViT-S/14-sized tokens (8 frames x 257 tokens x 384 channels) of
+``--read-videos`` videos: ``materialise`` of the ``uniform:8`` view (what every training run does)
+against copying the same bytes out of one numpy memmap into an array of the same shape.
 """
 from __future__ import annotations
 
@@ -22,31 +29,30 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-from featcache.cache import loose
 from featcache.cache.dataset import materialise
 from featcache.cache.store import Cache, CacheWriter
 from featcache.spec.view import View
 
 ATTRS = {"featcache_version": "bench", "model": {"name": "none"}, "preprocess": {}, "compute": {},
          "storage": {"dtype": "float16"}, "layers": [-1], "frames": {"policies": ["uniform:8"]}}
-_OPENED: list[str] | None = None
-
-
-def _hook(event, args):
-    if _OPENED is not None and event == "open":
-        _OPENED.append(str(args[0]))
-
-
 def record(i: int) -> dict:
-    return {"video_id": f"v{i:07d}", "path": f"videos/v{i:07d}.mp4", "split": "train", "labels": [f"c{i % 10}"],
-            "source": {"num_frames": 8}, "frame_indices": list(range(8)), "timestamps": [t / 25 for t in range(8)],
-            "policies": {"uniform:8": list(range(8))}, "status": "done", "has_luv_scores": False}
+    """A record as `featcache extract` writes it for a 10 s Kinetics clip at 30 fps, uniform:8."""
+    frames = [int(round((k + 0.5) * 300 / 8)) for k in range(8)]
+    return {"video_id": f"v{i:07d}", "path": f"/datasets/kinetics700/train/class_{i % 700:03d}/v{i:07d}_000010_000020.mp4",
+            "split": "train", "labels": [f"class_{i % 700:03d}"], "extra": {},
+            "source": {"num_frames": 300, "fps": 29.97002997002997, "width": 340, "height": 256, "decoder": "pyav",
+                       "decoder_note": "", "expected_frames": 300, "truncated": False, "decoder_messages": 0,
+                       "decoder_log": []},
+            "frame_indices": frames, "timestamps": [float(np.float32(f / 29.97002997002997)) for f in frames],
+            "policies": {"uniform:8": list(range(8))}, "num_cached_frames": 8, "short": False, "status": "done",
+            "has_luv_scores": False}
 
 
 def write_packed(path: str, videos: int, tokens: tuple[int, int]) -> None:
@@ -59,33 +65,83 @@ def write_packed(path: str, videos: int, tokens: tuple[int, int]) -> None:
             writer.write_video(record(i), x, None)
 
 
-def write_old(path: str, videos: int) -> None:
-    attrs = dict(ATTRS, tokens={"num_tokens": 5, "dim": 4, "num_prefix_tokens": 1, "grid": [1, 4]},
-                 fingerprint="bench")
-    x = np.random.default_rng(0).normal(size=(8, 1, 5, 4)).astype(np.float16)  # zarr skips all-zero chunks
-    loose.write_loose(path, attrs, [(record(i), {"tokens": x}) for i in range(videos)])
+def json_twin(path: str, twin: str) -> None:
+    """A copy of the store without its columns: read as a JSON-indexed (pre-column) store."""
+    shutil.copytree(path, twin)
+    for seg in os.scandir(os.path.join(twin, "segments")):
+        if seg.is_dir():
+            for which in ("table", "ids", "brief"):
+                shutil.rmtree(os.path.join(seg.path, which), ignore_errors=True)
 
 
-def open_list_read(path: str) -> int:
-    cache = Cache(path)
+_CHILD = """
+import json, os, resource, sys, time
+import numpy as np
+from featcache.cache.store import open_cache
+import featcache.cache.dataset, featcache.cache.torch_dataset  # noqa: F401 -- imports before the baseline
+path, what = sys.argv[1], sys.argv[2]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = {}
+if what == "open":
+    w, c = time.perf_counter(), time.process_time()
+    cache = open_cache(path)
     ids = cache.video_ids()
-    cache.video(ids[len(ids) // 2]).tokens  # noqa: B018
-    return len(ids)
+    out["open_list_s"], out["open_list_cpu_s"] = time.perf_counter() - w, time.process_time() - c
+    out["peak_rss_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    c = time.process_time()
+    ds = cache.dataset("uniform:8", "train")
+    out["dataset_cpu_s"] = time.process_time() - c
+    out["videos"] = len(ids)
+    assert len(ds) == len(ids)
+elif what == "one":
+    w = time.perf_counter()
+    open_cache(path).video(sys.argv[3]).tokens
+    out["read_one_s"] = time.perf_counter() - w
+else:  # the floor: one read() of the index bytes an open needs
+    files = [os.path.join(path, "segments", s, sys.argv[3], "0") for s in sorted(os.listdir(os.path.join(path, "segments")))
+             if os.path.isdir(os.path.join(path, "segments", s))]
+    w = time.perf_counter()
+    n = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            n += len(fh.read())
+    out["floor_read_s"], out["index_bytes"] = time.perf_counter() - w, n
+print(json.dumps(out))
+"""
 
 
-def measure_open(path: str, rounds: int) -> dict:
-    global _OPENED
-    _OPENED = []
-    n = open_list_read(path)
-    opened = sum(p.startswith(path) for p in _OPENED)
-    _OPENED = None
-    times = []
+def child(path: str, what: str, *args: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", _CHILD, path, what, *args], capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(p.stderr)
+    return json.loads(p.stdout)
+
+
+def compare(root: str, n: int, rounds: int) -> dict:
+    """Open, list, dataset and read-one of one store, columns vs JSON lines, alternating."""
+    new, old = os.path.join(root, f"new{n}.zarr"), os.path.join(root, f"json{n}.zarr")
+    t = time.perf_counter()
+    write_packed(new, n, (5, 4))
+    write_s = time.perf_counter() - t
+    json_twin(new, old)
+    one = record(n // 2)["video_id"]
+    runs: dict[str, list[dict]] = {"json": [], "columns": []}
     for _ in range(rounds):
-        t = time.perf_counter()
-        open_list_read(path)
-        times.append(time.perf_counter() - t)
-    files = sum(len(d) + len(f) for _, d, f in os.walk(path))
-    return {"videos": n, "files": files, "opened": opened, "open_list_read_s": statistics.median(times)}
+        for name, path, files in (("json", old, "index"), ("columns", new, "table")):
+            m = child(path, "open")
+            m.update(child(path, "one", one))
+            m.update(child(path, "floor", files))
+            if name == "columns":
+                m["index_bytes_ids"] = child(path, "floor", "ids")["index_bytes"]
+            runs[name].append(m)
+    row = {"videos": n, "write_s": round(write_s, 2)}
+    for name, ms in runs.items():
+        row[name] = {k: round(statistics.median(m[k] for m in ms), 4) for k in ms[0]}
+    row["open_list_cpu_speedup"] = round(row["json"]["open_list_cpu_s"] / row["columns"]["open_list_cpu_s"], 1)
+    row["dataset_cpu_speedup"] = round(row["json"]["dataset_cpu_s"] / row["columns"]["dataset_cpu_s"], 1)
+    shutil.rmtree(new, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return row
 
 
 def read_rate(root: str, videos: int, rounds: int) -> dict:
@@ -123,39 +179,23 @@ def read_rate(root: str, videos: int, rounds: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", default="1000,10000,100000", help="Store sizes, comma-separated.")
-    ap.add_argument("--old-max", type=int, default=10000, help="Write the old layout only up to this many videos.")
-    ap.add_argument("--read-videos", type=int, default=200, help="Videos of ViT-S/14 tokens for the read rate.")
+    ap.add_argument("--videos", default="10000,100000", help="Store sizes, comma-separated.")
+    ap.add_argument("--read-videos", type=int, default=200, help="Videos of ViT-S/14 tokens for the read rate (0: skip).")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="Print only the JSON objects (one per store size).")
     args = ap.parse_args()
-    sys.addaudithook(_hook)
     root = tempfile.mkdtemp(prefix="featcache-bench-open-")
     try:
         for n in (int(v) for v in args.videos.split(",")):
-            row = {"videos": n}
-            t = time.perf_counter()
-            write_packed(os.path.join(root, f"new{n}.zarr"), n, (5, 4))
-            row["new_write_s"] = round(time.perf_counter() - t, 2)
-            if n <= args.old_max:
-                t = time.perf_counter()
-                write_old(os.path.join(root, f"old{n}.zarr"), n)
-                row["old_write_s"] = round(time.perf_counter() - t, 2)
-            for _ in range(args.rounds):  # alternate the layouts round by round
-                for layout in ("old", "new"):
-                    path = os.path.join(root, f"{layout}{n}.zarr")
-                    if os.path.exists(path):
-                        m = measure_open(path, 1)
-                        row.setdefault(layout, []).append(m)
-            for layout in ("old", "new"):
-                if layout in row:
-                    ms = row[layout]
-                    row[layout] = {"files": ms[0]["files"], "opened": ms[0]["opened"],
-                                   "open_list_read_s": round(statistics.median(m["open_list_read_s"] for m in ms), 4)}
-            if "old" in row:
-                row["open_speedup"] = round(row["old"]["open_list_read_s"] / row["new"]["open_list_read_s"], 1)
+            row = compare(root, n, args.rounds)
             print(json.dumps(row), flush=True)
-            for layout in ("old", "new"):
-                shutil.rmtree(os.path.join(root, f"{layout}{n}.zarr"), ignore_errors=True)
+            if not args.json:
+                for name in ("json", "columns"):
+                    m = row[name]
+                    print(f"# {n} videos, {name:7s}: index {m['index_bytes'] / 1e6:.1f} MB, open+list "
+                          f"{m['open_list_cpu_s']:.3f} s CPU, peak RSS +{m['peak_rss_mb']:.0f} MB, dataset "
+                          f"{m['dataset_cpu_s']:.3f} s CPU, read one {m['read_one_s']:.3f} s, floor "
+                          f"{m['floor_read_s']:.4f} s", file=sys.stderr)
         if args.read_videos:
             print(json.dumps({"read": read_rate(root, args.read_videos, args.rounds)}), flush=True)
     finally:

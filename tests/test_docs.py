@@ -405,3 +405,41 @@ def _flat_keys(d, prefix=""):
         yield prefix + key
         if isinstance(value, dict):
             yield from _flat_keys(value, prefix + key + ".")
+
+
+# --- the site's nav ----------------------------------------------------------------------------
+
+def _nav_pages(nav) -> set[str]:
+    """Every page a mkdocs ``nav`` (nested lists of {title: page or list}) names."""
+    if isinstance(nav, str):
+        return {nav}
+    if isinstance(nav, dict):
+        return set().union(*(_nav_pages(v) for v in nav.values()))
+    return set().union(set(), *(_nav_pages(v) for v in nav))
+
+
+def _left_out(docs_dir: str, nav) -> list[str]:
+    pages = {os.path.relpath(p, docs_dir) for p in glob.glob(os.path.join(docs_dir, "**", "*.md"), recursive=True)}
+    return sorted(p for p in pages - _nav_pages(nav) if not p.startswith("hooks"))
+
+
+def test_every_docs_page_is_in_the_nav():
+    """mkdocs --strict aborts on a page left out of the nav, but `--quiet` used to hide it in CI
+    (issue 34 item 0): the nav is checked here too, without building the site."""
+    import yaml
+
+    config = yaml.safe_load(open(os.path.join(ROOT, "mkdocs.yml"), encoding="utf-8"))
+    assert not _left_out(os.path.join(ROOT, "docs"), config["nav"]), "add these pages to mkdocs.yml's nav"
+
+
+def test_the_nav_check_finds_a_page_left_out(tmp_path):
+    for name in ("index.md", "kept.md", "forgotten.md"):
+        (tmp_path / name).write_text("# x\n")
+    assert _left_out(str(tmp_path), [{"Home": "index.md"}, {"A": [{"k": "kept.md"}]}]) == ["forgotten.md"]
+
+
+def test_ci_builds_the_docs_without_quiet():
+    """`mkdocs build --strict --quiet` exits 0 on strict-mode warnings (mkdocs 1.6.1)."""
+    run = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+    build = [line for line in run.splitlines() if "mkdocs build" in line and not line.lstrip().startswith("#")]
+    assert build and all("--strict" in line and "--quiet" not in line for line in build)

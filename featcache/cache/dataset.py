@@ -128,15 +128,17 @@ def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> 
     of an int8 store: a QuantTokens, int8 + scales as stored, that indexes as that array), or,
     when it would exceed ``max_bytes`` (default: half the available memory), a StreamedTokens."""
     view.check(cache.attrs)
-    records = cache.done_records(split)
     layout = view.layout(cache.attrs)
-    shape = (len(records), *layout.shape)
-    entries = [cache.video(r["video_id"]) for r in records]
+    fast = columns(cache, view, split)
+    if fast is not None:
+        return fast
+    entries = cache.done_entries(split)  # briefs only: full records stay unread
+    shape = (len(entries), *layout.shape)
     positions = []
     for entry in entries:
         pos = frame_positions(entry, view.frames)
         positions.append(pos[view.subset[0]::view.subset[1]] if view.subset else pos)  # interleaved views
-    labels, ids = [r["labels"] for r in records], [r["video_id"] for r in records]
+    labels, ids = [e.labels for e in entries], [e.video_id for e in entries]
     int8 = cache.attrs["storage"]["dtype"] == "int8" and view.reads_plain
     size = int(np.prod(shape)) * 2 if not int8 else int(np.prod(shape)) + int(np.prod(shape[:-1])) * 2
     if size > (max_bytes if max_bytes else memory_budget()):
@@ -150,6 +152,29 @@ def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> 
     if not (plain and cache.gather(schema.TOKENS, entries, positions, view.layers[0], out)):
         for i, entry in enumerate(entries):
             fill_view(out[i], entry, positions[i], view, cache.attrs)
+    return ViewData(torch.from_numpy(out), labels, ids, layout.num_prefix_tokens, layout.grid)
+
+
+def columns(cache, view: View, split: str) -> ViewData | None:
+    """The common case without a Python object per video: a plain view of a cached policy,
+    held in memory; its frames' positions, labels and tokens read from the index columns and the
+    segments in a few numpy gathers. None where it does not apply (the per-video path serves)."""
+    got = cache.split_columns(split) if view.reads_plain else None
+    if got is None or not len(got[0]) or cache.attrs["storage"]["dtype"] != "float16":
+        return None
+    rows, ids, labels = got
+    pos = cache.policy_positions(rows, str(view.frames))
+    if pos is None:
+        return None
+    if view.subset:  # interleaved views
+        pos = pos[:, view.subset[0]::view.subset[1]]
+    layout = view.layout(cache.attrs)
+    shape = (len(rows), *layout.shape)
+    if pos.shape[1] != shape[1] or int(np.prod(shape)) * 2 > memory_budget():
+        return None
+    out = np.empty(shape, dtype=np.float16)
+    if not cache.gather_rows(schema.TOKENS, rows, pos, view.layers[0], out):
+        return None
     return ViewData(torch.from_numpy(out), labels, ids, layout.num_prefix_tokens, layout.grid)
 
 

@@ -29,7 +29,7 @@ def cache_facts(path: str) -> dict:
         "videos": {
             "done": len(done),
             "failed": len(cache.failures()),
-            "interrupted": len(cache.staged()),
+            "interrupted": sum(len(v) for v in cache.interrupted().values()),
             "per_split": dict(Counter(r["split"] for r in done)),
             "labels": len({label for r in done for label in r["labels"]}),
             "decoders": dict(Counter(r["source"]["decoder"] for r in done)),
@@ -40,12 +40,21 @@ def cache_facts(path: str) -> dict:
         "size_on_disk": cache.size_on_disk(),
         "layout": cache.layout,
         "segments": len(cache.segments()),
+        "superseded_bytes": cache.superseded_bytes(),  # older copies and racing duplicates: cache pack drops them
+        "unindexed_bytes": cache.unindexed_bytes(),  # rows of interrupted commits no index points to
         "files": cache.file_count(),
     }
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
+
+
+def _waste(f: dict) -> str:
+    """Bytes no reader uses: superseded copies (grown videos, duplicate writers) and interrupted rows."""
+    parts = [f"{_mb(f[k])} {what}" for k, what in (("superseded_bytes", "in superseded copies"),
+                                                   ("unindexed_bytes", "of interrupted writes")) if f.get(k)]
+    return f"; {', '.join(parts)} (featcache cache pack leaves them behind)" if parts else ""
 
 
 def format_facts(f: dict) -> str:
@@ -78,7 +87,8 @@ def format_facts(f: dict) -> str:
         f"videos       {v['done']} done, {v['failed']} failed, {v['interrupted']} interrupted; "
         f"splits {v['per_split']}; {v['labels']} labels; decoders {v['decoders']}",
         f"size         {f['cached_frames']} frames x {_mb(f['bytes_per_frame'])}/frame; {_mb(f['size_on_disk'])} on disk",
-        "layout       " + (f"packed: {f['segments']} segment(s), {f['files']} files and folders" if f["layout"] == "packed"
+        "layout       " + (f"packed: {f['segments']} segment(s), {f['files']} files and folders{_waste(f)}"
+                            if f["layout"] == "packed"
                             else f"schema 1, a folder per video ({f['files']} files and folders); convert it with "
                                  f"featcache cache pack {f['path']} --out NEW.zarr"),
     ]
@@ -112,7 +122,7 @@ def format_clip_facts(f: dict) -> str:
         f"videos       {v['done']} done, {v['failed']} failed, {v['interrupted']} interrupted; "
         f"splits {v['per_split']}; {v['labels']} labels; decoders {v['decoders']}",
         f"size         {f['cached_frames']} clips x {_mb(f['bytes_per_frame'])}/clip; {_mb(f['size_on_disk'])} on disk",
-        f"layout       packed: {f['segments']} segment(s), {f['files']} files and folders",
+        f"layout       packed: {f['segments']} segment(s), {f['files']} files and folders{_waste(f)}",
     ]
     lines += [f"failed       {vid}: {reason}" for vid, reason in f["failures"].items()]
     return "\n".join(lines)

@@ -59,24 +59,122 @@ def pack(src: str, out: str, segment_bytes: int | None = None, show_progress: bo
     return summary
 
 
-def repair(path: str, check_values: bool = True) -> dict[str, list[str]]:
-    """Record every broken done video of the packed store at ``path`` as failed, with its
-    problems as the reason; returns video id -> problems."""
+@dataclass
+class RepairSummary:
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # video id -> problems; recorded as failed
+    reindexed: list[str] = field(default_factory=list)  # videos whose index row was lost, published again
+    unrecoverable: dict[str, str] = field(default_factory=dict)  # orphan line -> why its rows cannot serve
+    root_rebuilt: str = ""  # the segment whose copy of the root attributes rebuilt a lost root zarr.json
+
+
+def repair(path: str, check_values: bool = True) -> RepairSummary:
+    """Heal the packed store at ``path`` without deleting anything: a lost or corrupt root
+    ``zarr.json`` is rebuilt from a segment's copy of it; videos whose index rows were lost or
+    damaged (their JSON lines intact, their rows matching their checksums) are published again;
+    every broken done video is recorded as failed (its problems as the reason), so the next
+    extraction redoes it."""
+    out = RepairSummary()
+    out.root_rebuilt = rebuild_root(path)
     cache = open_cache(path)
     if cache.layout != "packed":
         raise FeatcacheError(f"{path}: a schema-1 store, which featcache no longer writes; `featcache cache pack "
                              f"{path} --out NEW.zarr` copies it and records its unreadable videos as failed")
-    broken = {k: p for k, p in cache.broken(check_values).items() if cache.records()[k].get("status") == "done"}
-    if not broken:
-        return {}
     attrs = {k: v for k, v in cache.attrs.items() if k not in ("fingerprint", "schema_version", "layout")}
-    out = {}
+    orphans = _orphans(cache)
     with CacheWriter.open(path, attrs) as writer:
-        for key, problems in broken.items():
-            vid = cache.records()[key]["video_id"]
-            writer.drop(vid, "removed by featcache cache repair: " + "; ".join(problems))
-            out[vid] = problems
+        for record, arrays, why in orphans:
+            if why:
+                out.unrecoverable[record.get("video_id", "?")] = why
+            elif writer.status(record["video_id"]) != "done":
+                writer.republish(record, arrays)
+                out.reindexed.append(record["video_id"])
+    cache = open_cache(path)
+    broken = {v: p for v, p in cache.broken(check_values).items() if cache.status(v) == "done"}
+    from featcache.cache import verify
+
+    lines, damaged, _ = verify.index_problems(cache)
+    for vid in damaged:  # its JSON line (the record) no longer matches what was written
+        if cache.status(vid) == "done":
+            broken.setdefault(vid, []).extend(line.split(": ", 1)[-1] for line in lines if f"({vid})" in line)
+    if broken:
+        with CacheWriter.open(path, attrs) as writer:
+            for vid, problems in broken.items():
+                writer.drop(vid, "removed by featcache cache repair: " + "; ".join(problems))
+                out.dropped[vid] = problems
     return out
+
+
+def _orphans(cache: Cache) -> list[tuple[dict, dict, str]]:
+    """(record, arrays, "" or why not) of each complete JSON line no valid table row points to,
+    with its arrays read from its segment and checked against the line's checksums."""
+    import json
+
+    import numpy as np
+
+    from featcache.cache import index, packed, verify
+
+    out = []
+    for seg in cache.segments():
+        if seg.legacy:
+            continue
+        valid = seg.table[index.row_crcs_ok(seg.table)]
+        try:
+            with open(seg.file("index"), "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        for _, line in verify.orphan_lines(data, valid):
+            try:
+                entry = json.loads(line)
+                record, rows, crcs = entry["record"], entry["rows"], entry.get("crc") or {}
+                record["video_id"]  # noqa: B018
+            except (ValueError, KeyError, TypeError):
+                continue  # not an entry: nothing to recover
+            if record.get("status") != "done":
+                continue  # a failure record: the next extraction redoes it anyway
+            arrays, why = {}, ""
+            for name, (start, count) in rows.items():
+                try:
+                    block = cache._segment_rows(seg.name, name, start, count)
+                except OSError as exc:
+                    why = f"{name} rows unreadable ({exc})"
+                    break
+                if name not in crcs or index.crc32c(np.ascontiguousarray(block).tobytes()) != int(crcs[name], 16):
+                    why = f"{name} rows do not match the line's checksum"
+                    break
+                arrays[name] = packed.from_rows(name, np.array(block))
+            out.append((record, arrays, why))
+    return out
+
+
+def rebuild_root(path: str) -> str:
+    """Write a lost or unreadable root ``zarr.json`` back from the copy of the root attributes
+    that every segment keeps; returns the segment used ("" when the root was fine)."""
+    import json
+    import os
+
+    from featcache.cache import packed, schema
+
+    root = os.path.join(path, "zarr.json")
+    try:
+        with open(root, "rb") as f:
+            if "schema_version" in json.loads(f.read()).get("attributes", {}):
+                return ""
+    except (OSError, ValueError, AttributeError):
+        pass
+    folder = os.path.join(path, schema.SEGMENTS)
+    names = sorted(os.listdir(folder), reverse=True) if os.path.isdir(folder) else []
+    for name in names:  # the newest segment holds the newest policy list
+        try:
+            with open(os.path.join(folder, name, "zarr.json"), "rb") as f:
+                attrs = json.loads(f.read())["attributes"]["featcache_segment"]["store"]
+            attrs["schema_version"]  # noqa: B018
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        packed.write_replacing(root, packed.group_metadata(attrs))
+        return name
+    raise FeatcacheError(f"{path}: its root zarr.json is lost or corrupt and no segment keeps a copy of it "
+                         "(segments written before featcache 0.1's columnar index do not); it cannot be rebuilt")
 
 
 def _copy(cache: Cache, writer: CacheWriter, record: dict, summary: PackSummary) -> None:

@@ -2,38 +2,35 @@
 
 A segment is a Zarr group ``segments/<name>/`` owned by the one process that created it. Its
 arrays hold the frames of many videos concatenated along the first axis (one data file each,
-``<array>/0.0.0.0``), and ``index/0`` holds one JSON line per published video (UTF-8; sealed, it
-is a 1-D uint8 Zarr array of those bytes)::
-
-    {"record": {...the video's record...}, "rows": {"tokens": [start, count], ...}, "generation": 0}
+``<array>/0.0.0.0``), and its index files (``index``, ``ids``, ``brief``, ``table``: see
+``index.py``) say which rows are whose.
 
 Publishing a video: its rows are written at the end of each array's data file (``pwrite``).
 With the first video written ``COMMIT_SECONDS`` or more after the oldest unpublished one (a group
-commit: two fsyncs a second at most, however many videos a GPU finishes), and when the segment is sealed, the data files are ``fdatasync``-ed,
-then the index lines of the videos written since are appended with one ``write`` and the index
-is ``fdatasync``-ed. A video is visible once its line is complete, so a writer killed at any
-moment leaves at most rows no line points to, or a last line without its newline: readers ignore
-both, and the next run redoes those videos (the ones written since the last commit) in a segment of its own. Nothing is ever renamed over,
-hard-linked, locked or exchanged: segment folders and files are created with ``O_EXCL`` and only
-appended to by their owner, which is all NFS, Lustre and GPFS need to provide.
+commit: a handful of fsyncs a second at most, however many videos a GPU finishes), and when the
+segment is sealed, the data files are ``fdatasync``-ed, then the JSON lines, ids and briefs of
+the videos written since are appended and ``fdatasync``-ed, then their table rows. A video is
+visible once its table row is complete, so a writer killed at any moment leaves at most bytes no
+row points to: readers ignore them, and the next run redoes those videos (the ones written since
+the last commit) in a segment of its own. Nothing is ever renamed over, hard-linked, locked or
+exchanged: segment folders and files are created with ``O_EXCL`` and only appended to by their
+owner, which is all NFS, Lustre and GPFS need to provide. A live writer touches its table's
+mtime at least every ``HEARTBEAT_SECONDS / 4`` (its heartbeat), and checks at each commit that
+its segment still exists, so a store replaced under it is noticed and nothing is published.
 
-Long module: the segment format is one contract (row plan, index lines, seal, resolve); its
-writer and reader are kept side by side so that a change to one is seen against the other.
+Long module: the segment format is one contract (row plan, index files, seal); its writer is kept
+beside the row plan it writes.
 
 When a writer finishes (the end of a run, a roll-over at ``segment_bytes``, or Ctrl-C) it seals
 its segment: each data file gets a Zarr v3 shard index after its rows (``sharding_indexed``, one
 inner chunk per frame, index at the end, crc32c) and its ``zarr.json`` (written to a temporary
 name, then renamed to its new name), so ``zarr.open_group(store)`` reads every sealed array
 without featcache. ``featcache cache pack`` seals and merges the segments of killed writers.
-
-Several copies of a video can exist (a grown video is appended again with ``generation + 1``; two
-writers racing on the same video both write it): :func:`resolve` picks one per video.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
-import gc
 import json
 import os
 import re
@@ -42,11 +39,12 @@ import uuid
 
 import numpy as np
 
-from featcache.cache import schema
+from featcache.cache import index, schema
 from featcache.errors import FeatcacheError
 
 INDEX = "index"  # a uint8 array of JSON lines: its one chunk file is index/0
 INDEX_FILE = os.path.join(INDEX, "0")
+HEARTBEAT_SECONDS = 120.0  # an unsealed segment whose table was touched this recently has a live writer
 DATA = "0.0.0.0"  # the one chunk (shard) of each array: v2 chunk keys, no nested chunk folders
 SEGMENT_BYTES = 4 << 30  # a writer rolls over to a new segment past this many bytes of data
 COMMIT_SECONDS = 1.0  # a durable writer's videos are published at most this long after their rows are written
@@ -73,6 +71,39 @@ def row_plan(attrs: dict) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ..
     if attrs.get("crops"):
         plan[schema.SIDE_CROPS] = ((2, *frame), dtype, ("frame", "crop", "layer", "token", "channel"), True)
     return plan
+
+
+def stage_bytes(tokens: np.ndarray, attrs: dict) -> int:
+    """Bytes of a video's arrays other than its LUV scores (what summaries call token data)."""
+    return arrays_bytes(video_arrays(attrs, len(tokens)))
+
+
+def arrays_bytes(plan: list[tuple], skip: tuple[str, ...] = ()) -> int:
+    """Data bytes of a ``video_arrays`` plan, without ``skip``."""
+    return sum(int(np.prod(shape)) * np.dtype(kind).itemsize for name, shape, kind, _ in plan if name not in skip)
+
+
+def frame_bytes(attrs: dict) -> int:
+    """Bytes per cached frame of a store with root attributes ``attrs`` (the per-video channel
+    scales of int8 stores left out)."""
+    return arrays_bytes(video_arrays(attrs, 1), skip=(schema.CHANNEL_SCALES,))
+
+
+def video_arrays(attrs: dict, frames: int, source_frames: int | None = None) -> list[tuple]:
+    """(name, shape, dtype, dimension names) of every array a video of ``frames`` cached frames
+    holds, as readers return them (``source_frames``: LUV scores, when kept)."""
+    out = []
+    for name, (row, kind, dims, _) in row_plan(attrs).items():
+        if name == schema.LUV_SCORES:
+            if source_frames:
+                out.append((name, (source_frames,), kind, dims))
+        elif name == schema.CHANNEL_SCALES:
+            out.append((name, row, kind, dims[1:]))
+        elif name == schema.SIDE_CROPS:
+            out.append((name, (2, frames, *row[1:]), kind, ("crop", "frame", *dims[2:])))
+        else:
+            out.append((name, (frames, *row), kind, dims))
+    return out
 
 
 def row_bytes(plan_entry: tuple) -> int:
@@ -107,10 +138,12 @@ def from_rows(name: str, rows: np.ndarray) -> np.ndarray:
     return rows
 
 
-def index_line(record: dict, rows: dict[str, list[int]], generation: int) -> bytes:
-    """The index line of one published video (the writer's and ``featcache estimate``'s)."""
-    return (json.dumps({"record": record, "rows": rows, "generation": generation},
-                       separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+def index_bytes(record: dict, placed: dict[str, list[int]], policies: list[str], generation: int = 0) -> dict[str, int]:
+    """Bytes one published video adds to each index file of its segment (the writer's and
+    ``featcache estimate``'s): its JSON line, id, brief and table row."""
+    crc = dict.fromkeys(placed, 0)
+    parts = index.encode(record, placed, generation, crc, policies)
+    return {**{which: len(part) for which, part in zip(index.FILES[:-1], parts)}, "table": index.ROW}
 
 
 def array_metadata(name: str, rows: int, attrs: dict) -> bytes:
@@ -130,16 +163,38 @@ def array_metadata(name: str, rows: int, attrs: dict) -> bytes:
     return _store_bytes(store, "zarr.json")
 
 
-def index_metadata(nbytes: int) -> bytes:
-    """The ``zarr.json`` of a sealed index: ``nbytes`` bytes of JSON lines as one uint8 chunk."""
+_INDEX_FORMATS = {
+    "index": "JSON lines, UTF-8: one published video per line (record, rows [start, count] per array, "
+             "generation, crc: crc32c of its rows)",
+    "ids": "UTF-8 video ids, one per line, in the order of the table's rows",
+    "labels": "UTF-8 lines, labels tab-separated, one line per video, in the order of the table's rows",
+    "positions": "int32 blocks, one per video: [k, policy index x k, length x k, positions...] (featcache.cache.index)",
+    "table": "fixed-width little-endian rows, one per published video: numpy dtype featcache.cache.index.TABLE "
+             "(docs/cache-format.md lists its fields)",
+}
+
+
+def index_metadata(nbytes: int, which: str = "index") -> bytes:
+    """The ``zarr.json`` of a sealed index file: its ``nbytes`` bytes as one chunk (uint8; int32
+    values for positions)."""
     import zarr
 
     store = zarr.storage.MemoryStore()
-    zarr.create_array(store, shape=(nbytes,), chunks=(nbytes,), dtype="uint8", compressors=None,
-                      chunk_key_encoding=_KEY_ENCODING, dimension_names=("byte",),
-                      attributes={"format": "JSON lines, UTF-8: one published video per line "
-                                            "(record, rows [start, count] per array, generation)"})
+    kind = "int32" if which == "positions" else "uint8"
+    n = nbytes // np.dtype(kind).itemsize
+    zarr.create_array(store, shape=(n,), chunks=(max(n, 1),), dtype=kind, compressors=None,
+                      chunk_key_encoding=_KEY_ENCODING, dimension_names=("value" if kind == "int32" else "byte",),
+                      attributes={"format": _INDEX_FORMATS[which]})
     return _store_bytes(store, "zarr.json")
+
+
+def segment_attrs(root_attrs: dict, task: str | None = None, pid: int | None = None) -> dict:
+    """What a segment's group records: who writes it (host, pid, task) and a copy of the store's
+    root attributes, from which ``cache repair`` rebuilds a lost root ``zarr.json``."""
+    return {"featcache_segment": {
+        "host": os.uname().nodename, "pid": os.getpid() if pid is None else pid, "task": task,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "store": root_attrs}}
 
 
 def group_metadata(attributes: dict) -> bytes:
@@ -185,90 +240,6 @@ def segment_name() -> str:
     return f"{now}-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-# ------------------------------------------------------------------ reading
-class Segment:
-    """What a reader knows of one segment: its index lines and whether they ended cleanly."""
-
-    def __init__(self, root: str, name: str):
-        self.name, self.path = name, os.path.join(root, schema.SEGMENTS, name)
-        self.entries: list[dict] = []
-        self.tail = False  # a last line without its newline: an interrupted publish
-        self.bad_lines: list[int] = []  # complete lines that do not parse: corruption
-        try:
-            with open(os.path.join(self.path, INDEX_FILE), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return
-        lines = data.split(b"\n")
-        if lines and lines[-1]:
-            self.tail = True
-        try:  # every line whole: one parse of them all (~2x faster than a parse per line)
-            entries = json.loads(b"[" + b",".join(lines[:-1]) + b"]")
-            for entry in entries:
-                entry["record"]["video_id"]  # noqa: B018
-                entry["segment"] = name
-            self.entries = entries
-            return
-        except (ValueError, KeyError, TypeError):
-            pass
-        for number, line in enumerate(lines[:-1], 1):
-            try:
-                entry = json.loads(line)
-                entry["record"]["video_id"]  # noqa: B018 -- a line without it is not an entry
-            except (ValueError, KeyError, TypeError):
-                self.bad_lines.append(number)
-                continue
-            entry["segment"] = name
-            self.entries.append(entry)
-
-    @property
-    def sealed(self) -> bool:
-        return os.path.exists(os.path.join(self.path, schema.TOKENS, "zarr.json"))
-
-
-def read_segments(root: str) -> list[Segment]:
-    """Every segment of the store at ``root``, oldest first: one listing, one read per segment."""
-    folder = os.path.join(root, schema.SEGMENTS)
-    try:
-        names = sorted(e.name for e in os.scandir(folder) if e.is_dir())
-    except FileNotFoundError:
-        return []
-    with no_gc():
-        return [Segment(root, name) for name in names]
-
-
-@contextlib.contextmanager
-def no_gc():
-    """Parsing an index allocates millions of small dicts and lists, none of them cyclic; the
-    cyclic collector would traverse them again and again (4x slower at 50k videos)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def resolve(segments: list[Segment]) -> dict[str, dict]:
-    """key -> the entry readers use: the highest generation wins (a grown video, a retry after a
-    failure, a ``cache repair`` record over a broken copy); at equal generations a done copy beats
-    a failure, the first published done copy wins (a racing duplicate), and the last failure."""
-    best: dict[str, dict] = {}
-    for segment in segments:
-        for entry in segment.entries:
-            key = schema.video_key(entry["record"]["video_id"])
-            cur = best.get(key)
-            if cur is None:
-                best[key] = entry
-                continue
-            gen, cur_gen = entry.get("generation", 0), cur.get("generation", 0)
-            done, cur_done = entry["record"].get("status") == "done", cur["record"].get("status") == "done"
-            if gen > cur_gen or gen == cur_gen and (done and not cur_done or not done and not cur_done):
-                best[key] = entry
-    return best
-
-
 # ------------------------------------------------------------------ writing
 def env_number(name: str, default, kind=int):
     """A non-negative number from the environment variable ``name`` (``default`` when unset)."""
@@ -284,44 +255,73 @@ def env_number(name: str, default, kind=int):
     return value
 
 
+class StoreReplaced(OSError):
+    """The store this writer writes into was deleted or replaced (``--overwrite`` by another run)."""
+
+
 class SegmentWriter:
     """Appends videos to one segment this process alone owns (created on the first append)."""
 
-    def __init__(self, root: str, attrs: dict, durable: bool = True):
-        self.root, self.attrs, self.durable = root, attrs, durable
+    def __init__(self, root: str, attrs: dict, durable: bool = True, task: str | None = None):
+        self.root, self.attrs, self.durable, self.task = root, attrs, durable, task
         self.plan = row_plan(attrs)
         self.name: str | None = None
+        self.last_name = ""  # the segment this writer wrote last (named in errors after its seal)
         self.fds: dict[str, int] = {}
         self.cursor: dict[str, int] = {}  # rows written per array
-        self.index_fd: int | None = None
+        self.index_fds: dict[str, int] = {}  # index, ids, brief, table -> fd
+        self.index_sizes: dict[str, int] = {}  # their published bytes
+        self.rows = 0  # table rows published
         self.bytes = 0
-        self.pending: list[tuple[bytes, str]] = []  # (index line, video id) written, not yet published
+        self.pending: list[tuple] = []  # (line, id, brief, table row, video id) written, not yet published
         self.lost: list[str] = []  # videos of a failed commit: written, never published (the next run redoes them)
         self.dirty: set[str] = set()  # arrays with rows not yet fdatasync-ed
         self.oldest = 0.0  # when the first pending video was written
+        self.beat = 0.0  # when the heartbeat (the table's mtime) was last touched
         self.commit_s = env_number("FEATCACHE_COMMIT_SECONDS", COMMIT_SECONDS, float)
 
     @property
     def path(self) -> str:
-        return os.path.join(self.root, schema.SEGMENTS, self.name)
+        """This segment's folder (after a seal or a failed creation: the last one's)."""
+        return os.path.join(self.root, schema.SEGMENTS, self.name or self.last_name)
+
+    @property
+    def index_fd(self) -> int | None:  # the JSON lines (what older code and tests call the index)
+        return self.index_fds.get("index")
 
     def _create(self) -> None:
+        """A new segment: its folder (``mkdir``, exclusive), group and empty index files. On any
+        error what was made of it is removed again (it is ours alone) and the error raised."""
+        check_same_store(self.root, self.attrs)
         os.makedirs(os.path.join(self.root, schema.SEGMENTS), exist_ok=True)
         while True:
-            self.name = segment_name()
+            self.name = self.last_name = segment_name()
             try:
                 os.mkdir(self.path)  # atomic and exclusive on every POSIX file system, NFS included
                 break
             except FileExistsError:
                 continue
-        _write_new(os.path.join(self.path, "zarr.json"), group_metadata(
-            {"featcache_segment": {"host": os.uname().nodename, "pid": os.getpid(),
-                                   "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                                       timespec="seconds")}}))
-        os.mkdir(os.path.join(self.path, INDEX))
-        self.index_fd = os.open(os.path.join(self.path, INDEX_FILE),
-                                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self.index_bytes = 0
+        try:
+            _write_new(os.path.join(self.path, "zarr.json"), group_metadata(segment_attrs(self.attrs, self.task)))
+            for which in index.FILES:
+                os.mkdir(os.path.join(self.path, which))
+                self.index_fds[which] = os.open(os.path.join(self.path, which, "0"),
+                                                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+                self.index_sizes[which] = 0
+        except OSError:
+            self._discard()
+            raise
+        self.beat = time.monotonic()
+
+    def _discard(self) -> None:
+        """Close and remove a segment that holds no published video (its creation failed)."""
+        import shutil
+
+        for fd in [*self.index_fds.values(), *self.fds.values()]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.name, self.index_fds, self.index_sizes, self.fds, self.cursor = None, {}, {}, {}, {}
 
     def _fd(self, name: str) -> int:
         if name not in self.fds:
@@ -345,57 +345,156 @@ class SegmentWriter:
         for name, (start, count) in placed.items():
             self.cursor[name] = start + count
             self.bytes += count * rows[name][0].nbytes if count else 0
-        line = index_line(record, placed, generation)
+        crc = index.rows_crc(rows)
+        parts = index.encode(record, placed, generation, crc, self.attrs["frames"]["policies"])
         if not self.pending:
             self.oldest = time.monotonic()
-        self.pending.append((line, record["video_id"]))
+        self.pending.append((*parts, record["video_id"]))
         self.dirty.update(rows)
         if not self.durable or time.monotonic() - self.oldest >= self.commit_s:
             self.commit()
-        return {"record": record, "rows": placed, "generation": generation, "segment": self.name}
+        elif time.monotonic() - self.beat >= HEARTBEAT_SECONDS / 4:
+            self._heartbeat()
+        return {"record": record, "rows": placed, "generation": generation, "crc": crc, "segment": self.name}
+
+    def _heartbeat(self) -> None:
+        """Touch the table's mtime: `--overwrite` and duplicate writers see this segment is live."""
+        with contextlib.suppress(OSError):
+            os.utime(self.index_fds["table"])
+        self.beat = time.monotonic()
 
     def commit(self) -> None:
         """Publish the videos written since the last commit: the data files ``fdatasync``-ed,
-        then their index lines appended in one write and the index ``fdatasync``-ed. A commit
-        that fails is never retried: its videos go to ``lost`` and whatever it wrote of their
-        lines is cut off the index (a retry would append them after a torn half: a corrupt line)."""
+        then their JSON lines, ids, labels and positions appended (one write each) and ``fdatasync``-ed,
+        then their table rows. A commit that fails is never retried: its videos go to ``lost``
+        and whatever it wrote is cut off the index files (a retry would append after a torn half).
+        A store deleted or replaced under this writer is noticed here: nothing is published."""
         if not self.pending:
             return
-        lines = b"".join(line for line, _ in self.pending)
+        parts = {which: b"".join(p[i] for p in self.pending) for i, which in enumerate(index.FILES[:-1])}
         try:
+            if not os.path.isdir(self.path):
+                raise StoreReplaced(f"this run's segment {self.path} was deleted (the store replaced or removed "
+                                    "by another run)")
             if self.durable:
                 for name in self.dirty:
                     os.fdatasync(self.fds[name])
-            _write_all(self.index_fd, lines)
+            offsets = {which: self.index_sizes[which] for which in parts}
+            for which, data in parts.items():
+                _write_all(self.index_fds[which], data)
             if self.durable:
-                os.fdatasync(self.index_fd)
+                for which in parts:
+                    os.fdatasync(self.index_fds[which])
+            table = []
+            for pending in self.pending:
+                table.append(index.place(pending[-2], offsets))
+                for i, which in enumerate(index.FILES[:-1]):
+                    offsets[which] += len(pending[i])
+            table = b"".join(table)
+            _write_all(self.index_fds["table"], table)
+            if self.durable:
+                os.fdatasync(self.index_fds["table"])
         except OSError:
-            self.lost += [video_id for _, video_id in self.pending]
+            self.lost += [p[-1] for p in self.pending]
             self.pending, self.dirty = [], set()
-            with contextlib.suppress(OSError):  # if even this fails, readers skip a torn last line
-                os.ftruncate(self.index_fd, self.index_bytes)
+            for which, fd in self.index_fds.items():  # if even this fails, readers skip a torn last row
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self.index_sizes[which])
             raise
-        self.index_bytes += len(lines)
+        for which, data in parts.items():
+            self.index_sizes[which] += len(data)
+        self.index_sizes["table"] += len(table)
+        self.rows += len(self.pending)
         self.pending, self.dirty = [], set()
+        self.beat = time.monotonic()
 
     def seal(self) -> None:
-        """Write each array's shard index and zarr.json; the segment takes no more videos."""
+        """Write each array's shard index and zarr.json; the segment takes no more videos. The
+        file descriptors are closed whatever fails; the first error is raised."""
         if self.name is None:
             return
-        self.commit()
+        try:
+            self.commit()
+            self._seal_files()
+        finally:
+            for fd in [*self.fds.values(), *self.index_fds.values()]:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.fds, self.cursor, self.index_fds, self.name, self.bytes = {}, {}, {}, None, 0
+
+    def _seal_files(self) -> None:
         for name, fd in self.fds.items():
             rows, size = self.cursor[name], row_bytes(self.plan[name])
             os.ftruncate(fd, rows * size)  # drops the rows of a publish that raised half-way
             if self.plan[name][3] and rows:  # sharded
                 _pwrite_all(fd, memoryview(shard_index(rows, size)), rows * size)
             os.fsync(fd)
-            os.close(fd)
             if rows:
                 _write_new(os.path.join(self.path, name, "zarr.json"), array_metadata(name, rows, self.attrs))
-        os.fsync(self.index_fd)
-        os.close(self.index_fd)
-        _write_new(os.path.join(self.path, INDEX, "zarr.json"), index_metadata(self.index_bytes))
-        self.fds, self.cursor, self.index_fd, self.name, self.bytes = {}, {}, None, None, 0
+        for which in index.FILES:  # the table last
+            os.ftruncate(self.index_fds[which], self.index_sizes[which])
+            os.fsync(self.index_fds[which])
+            _write_new(os.path.join(self.path, which, "zarr.json"), index_metadata(self.index_sizes[which], which))
+
+
+def live_writers(root: str, task: str | None = None) -> list[str]:
+    """One line per writer of the store at ``root`` that is alive now (of ``task`` only, when
+    given): an unsealed segment whose writer runs on this host (its pid exists) or, on another
+    host, touched its heartbeat less than ``HEARTBEAT_SECONDS`` ago. Never this process."""
+    folder, out = os.path.join(root, schema.SEGMENTS), []
+    try:
+        names = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    except OSError:
+        return []
+    host = os.uname().nodename
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.exists(os.path.join(path, "table", "zarr.json")) or os.path.exists(
+                os.path.join(path, INDEX, "zarr.json")):
+            continue  # sealed: its writer is done
+        try:
+            with open(os.path.join(path, "zarr.json"), "rb") as f:
+                who = json.loads(f.read())["attributes"]["featcache_segment"]
+            beat = os.path.getmtime(os.path.join(path, "table", "0"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # an older segment (no heartbeat) or one being created
+        if task is not None and who.get("task") != task:
+            continue
+        age = time.time() - beat
+        if who.get("host") == host:
+            alive = who.get("pid") != os.getpid() and _pid_alive(who.get("pid"))
+        else:
+            alive = age < HEARTBEAT_SECONDS
+        if alive:
+            out.append(f"{who.get('host')} pid {who.get('pid')} (segment {name}, heartbeat {age:.0f} s ago)")
+    return out
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError) as exc:
+        return isinstance(exc, PermissionError)  # it exists, run by another user
+    return True
+
+
+def check_same_store(root: str, attrs: dict) -> None:
+    """Raise StoreReplaced when the store at ``root`` is not the one whose attributes are ``attrs``
+    (deleted, or replaced by ``--overwrite`` since this writer opened it)."""
+    try:
+        with open(os.path.join(root, "zarr.json"), "rb") as f:
+            now = json.loads(f.read()).get("attributes", {})
+    except (OSError, ValueError) as exc:
+        raise StoreReplaced(f"{root}: the store this run writes into is gone or unreadable ({exc})") from None
+    if (now.get("store_id"), now.get("created_at")) != (attrs.get("store_id"), attrs.get("created_at")):
+        raise StoreReplaced(f"{root}: the store was replaced by another run (--overwrite) while this run wrote "
+                            "into it; this run's later videos are not in it")
+
+
+def write_replacing(path: str, data: bytes) -> None:
+    """Replace a small metadata file whole: a temporary file, fsync-ed, renamed over it (plain
+    rename(2), atomic on NFS, Lustre and GPFS); the root ``zarr.json`` only."""
+    _write_new(path, data)
 
 
 def _write_new(path: str, data: bytes) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import mmap
 import os
@@ -26,9 +27,9 @@ from functools import cached_property
 
 import numpy as np
 
-from featcache.cache import loose, packed, quant, schema
+from featcache.cache import index, loose, packed, quant, schema
+from featcache.cache.packed import arrays_bytes, frame_bytes, stage_bytes, video_arrays  # noqa: F401 -- re-exported
 from featcache.errors import DamagedStore, FeatcacheError, OptionError
-from featcache.spec.view import parse_policy
 
 _MAPS = 64  # segment files kept mapped at once per Cache (each holds a file descriptor)
 
@@ -50,8 +51,24 @@ class VideoEntry:
     """One cached video. Arrays are read on access; ``stored(name)`` gives an array as stored
     (int8 tokens stay int8), the properties give what heads read."""
 
-    def __init__(self, cache: "Cache", key: str, record: dict):
-        self.cache, self.key, self.record = cache, key, record
+    def __init__(self, cache: "Cache", key: str, record: dict | None = None, where: tuple | None = None,
+                 brief: dict | None = None, row: int = -1):
+        self.cache, self.key, self._record, self._brief, self.row = cache, key, record, brief, row
+        self.where = where  # (segment, {array: (start, count)}) of a packed store's video
+
+    @property
+    def record(self) -> dict:
+        """The video's full record (read from the index by offset on first use)."""
+        if self._record is None:
+            self._record = self.cache._record_at(self.row)
+        return self._record
+
+    @property
+    def brief(self) -> dict:
+        """video_id, split, labels and policies: what a view needs, without the full record."""
+        if self._brief is None:
+            self._brief = dict(index.brief_of(self.record), video_id=self.record["video_id"])
+        return self._brief
 
     @property
     def cache_path(self) -> str:
@@ -59,7 +76,7 @@ class VideoEntry:
 
     @property
     def video_id(self) -> str:
-        return self.record["video_id"]
+        return self.brief["video_id"]
 
     def stored(self, name: str) -> np.ndarray | None:
         """The array ``name`` as stored (a read-only view where the layout allows), or None."""
@@ -76,6 +93,7 @@ class VideoEntry:
         """(T, L, N, C): frames, layers, tokens (prefix/CLS first), channels; int8 stores are
         dequantized to float16."""
         tokens = self.stored(schema.TOKENS)
+        self.cache.check_rows(self, schema.TOKENS, tokens)  # a whole read: its checksum costs little beside it
         if tokens.dtype != np.int8:
             return np.array(tokens)
         return quant.dequantize(tokens, self.stored(schema.TOKEN_SCALES), self.stored(schema.CHANNEL_SCALES)[:, None])
@@ -140,15 +158,15 @@ class VideoEntry:
 
     @property
     def policies(self) -> dict[str, list[int]]:
-        return self.record["policies"]
+        return self.brief["policies"]
 
     @property
     def labels(self) -> list[str]:
-        return self.record["labels"]
+        return self.brief["labels"]
 
     @property
     def split(self) -> str:
-        return self.record["split"]
+        return self.brief["split"]
 
 
 class Cache:
@@ -156,10 +174,14 @@ class Cache:
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
+        rebuild = (f"; `featcache cache repair {path}` rebuilds it from its segments"
+                   if os.path.isdir(os.path.join(self.path, schema.SEGMENTS)) else "")
         try:
             meta = loose.read_json(os.path.join(self.path, "zarr.json"))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise FeatcacheError(f"{path}: the store's zarr.json is corrupt ({exc}); it cannot be read") from None
+            raise FeatcacheError(f"{path}: the store's zarr.json is corrupt ({exc}); it cannot be read{rebuild}") from None
+        if meta is None and rebuild:
+            raise FeatcacheError(f"{path}: the store's root zarr.json is missing{rebuild}")
         if meta is None:
             raise FeatcacheError(f"{path}: not a featcache cache (no zarr.json); create one with featcache extract")
         attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
@@ -171,15 +193,16 @@ class Cache:
                 f"understands ({schema.SCHEMA_VERSION}); upgrade featcache")
         self.attrs: dict = attrs
         self.layout = "packed" if attrs["schema_version"] >= 2 else "loose"
-        self._records: dict[str, dict] | None = None
-        self._index: dict[str, dict] = {}  # packed: key -> the index entry readers use
-        self._segments: list[packed.Segment] = []
+        self._idx: index.Index | None = None  # the columns of every segment, read on first use
+        self._records: dict[str, dict] | None = None  # every full record: only records() reads them all
+        self.fresh: dict[str, dict] = {}  # a writer's own entries (key -> entry), newer than the index read
+        self.notes: list[str] = []  # what the last verify found that loses nothing
         self._maps: OrderedDict = OrderedDict()
         self._lock = threading.Lock()  # streamed views read from several threads
 
-    def __getstate__(self):  # DataLoader workers get a copy without the mapped files
+    def __getstate__(self):  # DataLoader workers get a copy without the mapped files and the index
         state = dict(self.__dict__)
-        state["_maps"] = OrderedDict()
+        state["_maps"], state["_idx"], state["_records"] = OrderedDict(), None, None
         del state["_lock"]
         return state
 
@@ -188,57 +211,267 @@ class Cache:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ listing
-    def records(self) -> dict[str, dict]:
-        """key -> record of every published video (done or failed)."""
-        if self._records is None:
+    @property
+    def index(self) -> index.Index:
+        """The resolved columnar index (read on first use: one table file per segment)."""
+        if self._idx is None:
             if self.layout == "loose":
-                self._records = loose.list_records(self.path)
+                entries = [{"record": r, "rows": {}, "generation": 0} for r in loose.list_records(self.path).values()]
+                self._idx = index.Index([index.SegmentIndex.from_entries(self.path, schema.VIDEOS, entries)])
             else:
-                self._segments = packed.read_segments(self.path)
-                with packed.no_gc():
-                    self._index = packed.resolve(self._segments)
-                    self._records = {k: self._index[k]["record"] for k in sorted(self._index)}
-        return self._records
+                self._idx = index.read_index(self.path)
+        return self._idx
+
+    def _rows(self, status: str | None = "done", split: str | None = None) -> np.ndarray:
+        """Rows of the index readers use (``status``/``split``: None for any), less the keys this
+        writer has published since (``fresh``)."""
+        idx = self.index
+        rows, table = idx.win, idx.table
+        keep = np.ones(len(rows), bool)
+        if status is not None:
+            keep &= table["status"][rows] == (index.DONE if status == "done" else index.FAILED)
+        if split is not None:
+            code = index.split_code(split)
+            keep &= table["split"][rows] == code
+        if self.fresh:
+            fresh = np.fromiter((index.key_hash(k) for k in self.fresh), np.uint64, len(self.fresh))
+            keep &= ~np.isin(table["hash"][rows], fresh)
+        rows = rows[keep]
+        if split is not None and index.split_code(split) == index.OTHER_SPLIT:  # the brief has it
+            rows = rows[[b["split"] == split for b in idx.briefs(rows)]]
+        return rows
+
+    def _fresh(self, status: str | None = "done", split: str | None = None) -> list[dict]:
+        return [e for e in self.fresh.values() if (status is None or e["record"].get("status") == status)
+                and (split is None or e["record"].get("split") == split)]
+
+    def __len__(self) -> int:
+        """The number of extracted (done) videos."""
+        return len(self._rows()) + len(self._fresh())
+
+    def __contains__(self, video_id) -> bool:
+        """Whether ``video_id`` is extracted (done) in the store."""
+        return isinstance(video_id, str) and self.status(video_id) == "done"
+
+    def __iter__(self):
+        return iter(self.video_ids())
+
+    def __repr__(self) -> str:
+        model = (self.attrs.get("model") or {}).get("name", "?")
+        return (f"Cache({self.path!r}: {len(self)} videos done, {len(self.video_ids('failed'))} failed; {model}, "
+                f"frames {','.join(self.attrs.get('frames', {}).get('policies', []))}, "
+                f"{self.attrs.get('storage', {}).get('dtype', '?')}, {len(self.segments())} segment(s))")
+
+    def status(self, video_id: str) -> str | None:
+        """"done", "failed", or None for a video the store does not hold."""
+        return self.statuses([video_id])[0]
+
+    def statuses(self, video_ids: list[str]) -> list[str | None]:
+        """:meth:`status` of many videos at once (hashes looked up in the sorted index)."""
+        keys = [schema.video_key(v) for v in video_ids]
+        rows = self.index.find(keys)
+        table = self.index.table
+        out = [None if r < 0 else "done" if table["status"][r] == index.DONE else "failed" for r in rows.tolist()]
+        for i, key in enumerate(keys):
+            if key in self.fresh:
+                out[i] = self.fresh[key]["record"].get("status")
+        return out
+
+    def lookup(self, video_ids: list[str]) -> dict[str, dict]:
+        """video id -> {"status", "generation", "policies" (how many of the store's policies it
+        holds)} of the given videos that the store holds: a shard's resume reads no records."""
+        keys = [schema.video_key(v) for v in video_ids]
+        rows = self.index.find(keys)
+        t = self.index.table
+        out = {}
+        for vid, key, row in zip(video_ids, keys, rows.tolist()):
+            if key in self.fresh:
+                e = self.fresh[key]
+                out[vid] = {"status": e["record"].get("status"), "generation": e.get("generation", 0),
+                            "policies": len(e["record"].get("policies") or {})}
+            elif row >= 0:
+                out[vid] = {"status": "done" if t["status"][row] == index.DONE else "failed",
+                            "generation": int(t["generation"][row]), "policies": int(t["policies"][row])}
+        return out
+
+    def records(self) -> dict[str, dict]:
+        """key -> full record of every published video (done or failed), sorted by key. Reads
+        every record: listing, splits and views use the index columns instead."""
+        if self._records is None:
+            rows = self._rows(status=None)
+            records = [e["record"] for e in self.index.entries(rows)]
+            self._records = {schema.video_key(r["video_id"]): r for r in records}
+        out = dict(self._records)
+        out.update({k: e["record"] for k, e in self.fresh.items()})
+        return dict(sorted(out.items()))
+
+    def record(self, video_id: str) -> dict | None:
+        """The full record of one video (done or failed), or None."""
+        key = schema.video_key(video_id)
+        if key in self.fresh:
+            return self.fresh[key]["record"]
+        row = int(self.index.find([key])[0])
+        return None if row < 0 else self._record_at(row)
+
+    def _record_at(self, row: int) -> dict:
+        return self.index.entries(np.array([row]))[0]["record"]
 
     def index_entries(self) -> dict[str, dict]:
-        """key -> the index entry readers use (packed stores: segment, rows, generation)."""
-        self.records()
-        return self._index
+        """key -> the index entry readers use (record, rows, generation, segment). Reads every
+        JSON line (``cache pack``, tests); readers use the columns."""
+        rows = self._rows(status=None)
+        out = {}
+        for row, entry in zip(rows.tolist(), self.index.entries(rows)):
+            entry = dict(entry, segment=self.index.segments[int(self.index.seg[row])].name)
+            out[schema.video_key(entry["record"]["video_id"])] = entry
+        out.update(self.fresh)
+        return out
 
-    def segments(self) -> list[packed.Segment]:
-        """The packed store's segments (empty for a loose store)."""
-        self.records()
-        return self._segments
+    def segments(self) -> list[index.SegmentIndex]:
+        """The packed store's segments (a loose store: one pseudo-segment of its records)."""
+        return self.index.segments if self.layout == "packed" else []
 
     def done_records(self, split: str) -> list[dict]:
-        """Records of the split's extracted videos, sorted by video id (the order views use)."""
-        return sorted((r for r in self.records().values() if r.get("status") == "done" and r["split"] == split),
-                      key=lambda r: r["video_id"])
+        """Full records of the split's extracted videos, sorted by video id (the order views use)."""
+        rows = self._rows("done", split)
+        records = [e["record"] for e in self.index.entries(rows)] + [e["record"] for e in self._fresh("done", split)]
+        return sorted(records, key=lambda r: r["video_id"])
+
+    def done_entries(self, split: str) -> list[VideoEntry]:
+        """The split's extracted videos, sorted by video id, each with its brief (video id,
+        split, labels, policies) from the index columns; full records stay unread until asked for."""
+        rows, ids = self.done_rows(split)
+        out = self._entries_at(rows, ids)
+        out += [self._fresh_entry(schema.video_key(e["record"]["video_id"])) for e in self._fresh("done", split)]
+        return sorted(out, key=lambda e: e.video_id) if self.fresh else out
+
+    def done_rows(self, split: str) -> tuple[np.ndarray, list[str]]:
+        """Index rows and ids of the split's extracted videos, sorted by video id (this writer's
+        own unpublished entries aside)."""
+        rows = self._rows("done", split)
+        ids = self.index.ids(rows)
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        return rows[np.asarray(order, np.int64)], [ids[i] for i in order]
+
+    def done_briefs(self, split: str) -> list[dict]:
+        """video_id, split, labels and policies of the split's extracted videos, sorted by video id."""
+        return [e.brief for e in self.done_entries(split)]
+
+    def _found(self, video_ids: list[str], status: str | None = "done") -> tuple[list[str], np.ndarray, list[str]]:
+        """(ids found in the index, their rows, ids held by this writer's fresh entries) of
+        ``status`` (None: any)."""
+        keys = [schema.video_key(v) for v in video_ids]
+        rows = self.index.find(keys)
+        t = self.index.table
+        code = None if status is None else index.DONE if status == "done" else index.FAILED
+        found, where, fresh = [], [], []
+        for vid, key, row in zip(video_ids, keys, rows.tolist()):
+            if key in self.fresh:
+                if status is None or self.fresh[key]["record"].get("status") == status:
+                    fresh.append(vid)
+            elif row >= 0 and (code is None or t["status"][row] == code):
+                found.append(vid)
+                where.append(row)
+        return found, np.asarray(where, np.int64), fresh
+
+    def briefs(self, video_ids: list[str] | None = None, status: str | None = "done",
+               policies: bool = True) -> dict[str, dict]:
+        """video id -> brief (video_id, status, split, labels, and with ``policies`` the positions
+        of each frame policy) of the given videos (None: every published one) that have
+        ``status`` (None: any); from the index columns, no JSON."""
+        if video_ids is None:
+            rows = self._rows(status)
+            ids, fresh = self.index.ids(rows), [e["record"]["video_id"] for e in self._fresh(status)]
+        else:
+            ids, rows, fresh = self._found(video_ids, status)
+        out = dict(zip(ids, self._briefs(rows, ids, policies)))
+        for v in fresh:
+            r = self.fresh[schema.video_key(v)]["record"]
+            out[v] = dict(index.brief_of(r), video_id=v, status=r.get("status"))
+        return out
+
+    def _briefs(self, rows: np.ndarray, ids: list[str], policies: bool = True) -> list[dict]:
+        idx, t = self.index, self.index.table
+        splits = [index.SPLIT_CODES[c] if c != index.OTHER_SPLIT else None for c in t["split"][rows].tolist()]
+        if None in splits:  # another split name: the record has it
+            other = [r for r, sp in zip(rows.tolist(), splits) if sp is None]
+            names = {r: e["record"].get("split", "") for r, e in zip(other, idx.entries(np.array(other)))}
+            splits = [sp if sp is not None else names[r] for r, sp in zip(rows.tolist(), splits)]
+        status = ["done" if c == index.DONE else "failed" for c in t["status"][rows].tolist()]
+        labels = idx.labels(rows)
+        pols = idx.policies(rows, self.attrs["frames"]["policies"]) if policies else [None] * len(rows)
+        return [{"video_id": v, "status": st, "split": sp, "labels": lb, **({"policies": p} if policies else {})}
+                for v, st, sp, lb, p in zip(ids, status, splits, labels, pols)]
+
+    def records_of(self, video_ids: list[str], status: str | None = "done") -> list[dict]:
+        """Full records of the given videos that have ``status`` (None: any), in the order given."""
+        ids, rows, fresh = self._found(video_ids, status)
+        by_id = {r["video_id"]: r for r in (e["record"] for e in self.index.entries(rows))}
+        by_id.update({v: self.fresh[schema.video_key(v)]["record"] for v in fresh})
+        return [by_id[v] for v in video_ids if v in by_id]
+
+    def entries(self, video_ids: list[str]) -> list[VideoEntry]:
+        """The done videos among ``video_ids`` (in that order) with their briefs, records unread."""
+        ids, rows, fresh = self._found(video_ids)
+        by_id = dict(zip(ids, self._entries_at(rows, ids)))
+        by_id.update({v: self._fresh_entry(schema.video_key(v)) for v in fresh})
+        return [by_id[v] for v in video_ids if v in by_id]
+
+    def _entries_at(self, rows: np.ndarray, ids: list[str]) -> list[VideoEntry]:
+        idx = self.index
+        return [VideoEntry(self, schema.video_key(v), None, idx.where(r), b, r)
+                for v, b, r in zip(ids, self._briefs(rows, ids), rows.tolist())]
 
     def video_ids(self, status: str = "done") -> list[str]:
+        """Ids of the videos of ``status`` ("done" or "failed"), sorted."""
         if status not in schema.STATUSES:
             raise ValueError(f"status must be one of {schema.STATUSES}, not {status!r}")
-        return [r["video_id"] for r in self.records().values() if r.get("status") == status]
+        ids = self.index.ids(self._rows(status)) + [e["record"]["video_id"] for e in self._fresh(status)]
+        ids.sort()
+        return ids
 
     def failures(self) -> dict[str, str]:
         """video id -> the reason it could not be extracted."""
-        return {r["video_id"]: r.get("reason", "") for r in self.records().values() if r.get("status") == "failed"}
+        rows = self._rows("failed")
+        records = [e["record"] for e in self.index.entries(rows)] + [e["record"] for e in self._fresh("failed")]
+        return {r["video_id"]: r.get("reason", "") for r in sorted(records, key=lambda r: r["video_id"])}
 
     def video(self, video_id: str) -> VideoEntry:
+        """One done video; its record is read only when asked for (``entry.record``)."""
         key = schema.video_key(video_id)
-        record = self.records().get(key)
-        if record is None:
-            raise KeyError(f"video {video_id!r} is not in {self.path}")
-        if record.get("status") != "done":
-            raise KeyError(f"video {video_id!r} failed extraction: {record.get('reason')}")
-        return VideoEntry(self, key, record)
+        if key in self.fresh:
+            entry = self._fresh_entry(key)
+            done = entry.record.get("status") == "done"
+        else:
+            row = int(self.index.find([key])[0])
+            if row < 0:
+                raise KeyError(f"video {video_id!r} is not in {self.path}")
+            entry = VideoEntry(self, key, None, self.index.where(row), None, row)
+            done = self.index.table["status"][row] == index.DONE
+        if not done:
+            raise KeyError(f"video {video_id!r} failed extraction: {entry.record.get('reason')}")
+        return entry
+
+    def _fresh_entry(self, key: str) -> VideoEntry:
+        e = self.fresh[key]
+        return VideoEntry(self, key, e["record"], (e["segment"], {n: tuple(v) for n, v in e["rows"].items()}))
 
     def staged(self) -> list[str]:
-        """Interrupted writes, which the next extract run redoes: staging folders of a loose
-        store; segments of a packed store whose last publish did not complete."""
-        if self.layout == "loose":
-            return loose.staged(self.path)
-        return [s.name for s in self.segments() if s.tail or self._unindexed_bytes(s)]
+        """Interrupted writes that the next extract run redoes: staging folders of a loose store;
+        segments of a packed store holding videos a commit left unpublished (and not done since)."""
+        return sorted(self.interrupted())
+
+    def superseded_bytes(self) -> int:
+        """Data bytes of copies no reader uses: older generations and racing duplicates."""
+        t = self.index.table[self.index.superseded()]
+        plan = packed.row_plan(self.attrs) if self.layout == "packed" else {}
+        sizes = np.array([packed.row_bytes(plan[n]) if n in plan else 0 for n in index.ARRAYS], np.int64)
+        return int((t["count"].astype(np.int64) * sizes).sum()) if len(t) else 0
+
+    def unindexed_bytes(self) -> int:
+        """Bytes of unsealed segments' data files beyond their indexed rows (interrupted commits;
+        ``cache pack`` leaves them behind)."""
+        return sum(self._unindexed_bytes(s) for s in self.segments())
 
     def in_progress_keys(self) -> set[str]:
         """Keys of videos being written now, where the layout can tell (loose stores only: a
@@ -270,24 +503,37 @@ class Cache:
         (a loose store; side crops)."""
         if self.layout == "loose" or name == schema.SIDE_CROPS or not entries:
             return False
+        where = [e.where for e in entries]
+        segments = [w[0] for w in where]
+        starts = np.array([w[1].get(name, (0, 0))[0] for w in where], np.int64)
+        counts = np.array([w[1].get(name, (0, 0))[1] for w in where], np.int64)
+        return self._gather(name, segments, starts, counts, positions, layer, out, lambda i: entries[i].video_id)
+
+    def gather_rows(self, name: str, rows: np.ndarray, positions, layer: int, out: np.ndarray) -> bool:
+        """:meth:`gather` for index rows (``done_rows``): no Python object per video."""
+        if self.layout == "loose" or name == schema.SIDE_CROPS or not len(rows):
+            return False
+        seg, starts, counts = self.index.columns(rows, name)
+        names = np.array([s.name for s in self.index.segments])[seg]
+        return self._gather(name, names, starts, counts, positions, layer, out,
+                            lambda i: self.index.ids(rows[i:i + 1])[0])
+
+    def _gather(self, name, segments, starts, counts, positions, layer, out, video_id) -> bool:
         if not out.flags.c_contiguous:  # the reshape below would copy, and the gather land in the copy
             raise ValueError("Cache.gather writes into a C-contiguous array")
-        pos = np.asarray(positions, dtype=np.int64).reshape(len(entries), -1)
-        where = [self._index[e.key] for e in entries]
-        starts = np.array([w["rows"][name][0] for w in where], np.int64)
-        counts = np.array([w["rows"][name][1] for w in where], np.int64)
-        bad = (pos.min(axis=1) < 0) | (pos.max(axis=1) >= counts) if pos.size else np.zeros(len(entries), bool)
+        pos = np.asarray(positions, dtype=np.int64).reshape(len(starts), -1)
+        bad = (pos.min(axis=1) < 0) | (pos.max(axis=1) >= counts) if pos.size else np.zeros(len(starts), bool)
         if pos.shape[1] != out.shape[1] or bad.any():
             i = int(np.argmax(bad))
-            raise DamagedStore(f"{self.path}: video {entries[i].video_id!r} has {counts[i]} rows of {name}, asked for "
+            raise DamagedStore(f"{self.path}: video {video_id(i)!r} has {counts[i]} rows of {name}, asked for "
                                f"{pos.shape[1]} at positions up to {pos[i].max()}; run featcache cache verify {self.path}")
         rows = pos + starts[:, None]  # (V, T) rows of the segment arrays
-        flat = out.reshape(len(entries) * pos.shape[1], *out.shape[2:])
-        names, which = np.unique([w["segment"] for w in where], return_inverse=True)
+        flat = out.reshape(len(starts) * pos.shape[1], *out.shape[2:])
+        names, which = np.unique(segments, return_inverse=True)
         order = np.argsort(which, kind="stable")  # the videos of each segment, grouped: O(V log V)
         for segment, mine in zip(names, np.split(order, np.cumsum(np.bincount(which))[:-1])):
             idx = rows[mine].ravel()
-            stored = self._rows(str(segment), name, 0, int(idx.max()) + 1)
+            stored = self._segment_rows(str(segment), name, 0, int(idx.max()) + 1)
             if stored.ndim > 1:
                 stored = stored[:, layer % stored.shape[1]]  # (rows, ...) of one layer: a view
             if len(names) == 1 and stored.flags.c_contiguous:  # straight into out (bounds checked above)
@@ -298,17 +544,44 @@ class Cache:
             flat[(pos.shape[1] * mine[:, None] + np.arange(pos.shape[1])).ravel()] = taken
         return True
 
+    def split_columns(self, split: str) -> tuple[np.ndarray, list[str], list[list[str]]] | None:
+        """(index rows, video ids, labels) of the split's extracted videos, sorted by video id,
+        from the index columns; None where they cannot serve (a loose store, a writer's own
+        unpublished videos)."""
+        if self.layout == "loose" or self.fresh:
+            return None
+        rows, ids = self.done_rows(split)
+        return rows, ids, self.index.labels(rows)
+
+    def done_labels(self, splits) -> list[list[str]]:
+        """Labels of every extracted video of the given splits (a run's classes come from these)."""
+        rows = np.concatenate([self._rows("done", sp) for sp in splits])
+        return self.index.labels(rows) + [list(e["record"].get("labels", [])) for sp in splits
+                                          for e in self._fresh("done", sp)]
+
+    def rows_of(self, video_ids: list[str]) -> np.ndarray | None:
+        """Index rows of done videos (None when one is not in the index as done)."""
+        ids, rows, fresh = self._found(video_ids)
+        return rows if len(ids) == len(video_ids) and not fresh else None
+
+    def policy_positions(self, rows: np.ndarray, policy: str) -> np.ndarray | None:
+        """(V, T) positions of a cached ``policy`` for each row, in one gather; None where the
+        columns cannot say (a policy not cached as such, lengths that differ, legacy segments)."""
+        policies = self.attrs["frames"]["policies"]
+        if policy not in policies or self.layout == "loose":
+            return None
+        return self.index.positions(rows, policies.index(policy))
+
     def _stored(self, entry: VideoEntry, name: str) -> np.ndarray | None:
         if self.layout == "loose":
             return loose.read_array(self.path, entry.key, name)
-        index = self._index[entry.key]
-        where = index["rows"].get(name)
-        if where is None:
+        segment, rows = entry.where
+        if name not in rows:
             return None
-        start, count = where
-        return packed.from_rows(name, self._rows(index["segment"], name, start, count))
+        start, count = rows[name]
+        return packed.from_rows(name, self._segment_rows(segment, name, start, count))
 
-    def _rows(self, segment: str, name: str, start: int, count: int) -> np.ndarray:
+    def _segment_rows(self, segment: str, name: str, start: int, count: int) -> np.ndarray:
         with self._lock:
             rows = self._maps.get((segment, name))
             if rows is None or start + count > len(rows):
@@ -337,95 +610,81 @@ class Cache:
     def _data_path(self, segment: str, name: str) -> str:
         return os.path.join(self.path, schema.SEGMENTS, segment, name, packed.DATA)
 
-    def _unindexed_bytes(self, segment: packed.Segment) -> int:
+    def _unindexed_bytes(self, segment: index.SegmentIndex) -> int:
         """Data bytes of an unsealed segment beyond its indexed rows (an interrupted publish)."""
         if segment.sealed:
             return 0
         extra = 0
-        for name, plan in packed.row_plan(self.attrs).items():
+        t = segment.table
+        for i, name in enumerate(index.ARRAYS):
             path = os.path.join(segment.path, name, packed.DATA)
-            if not os.path.exists(path):
+            if name not in packed.row_plan(self.attrs) or not os.path.exists(path):
                 continue
-            end = max((e["rows"][name][0] + e["rows"][name][1] for e in segment.entries if name in e["rows"]),
-                      default=0)
-            extra += max(0, os.path.getsize(path) - end * packed.row_bytes(plan))
+            end = int((t["start"][:, i].astype(np.int64) + t["count"][:, i]).max()) if len(t) else 0
+            extra += max(0, os.path.getsize(path) - end * packed.row_bytes(packed.row_plan(self.attrs)[name]))
         return extra
 
     # ------------------------------------------------------------------ checks
-    def verify(self, check_values: bool = True) -> list[str]:
-        """Problems with the published videos (empty = consistent), one line each; never raises
-        on a damaged store. Interrupted writes are not problems: the next run redoes them."""
+    def verify(self, check_values: bool = True, deep: bool = True) -> list[str]:
+        """Problems of the store (empty = consistent), one line each; never raises on a damaged
+        store (``cache/verify.py`` says what is checked). ``deep``: the crc32c of every video's
+        rows too. Interrupted writes are not problems: the next run redoes them."""
+        from featcache.cache import verify
+
         problems = [f"root attributes lack {k!r}" for k in schema.ROOT_KEYS if k not in self.attrs]
         if problems:
             return problems
         try:
-            records = self.records()
+            problems, _, self.notes = verify.index_problems(self)
         except OSError as exc:
             return [f"cannot list the store: {exc}"]
-        for s in self._segments:
-            problems += [f"segments/{s.name}/{packed.INDEX_FILE} line {n}: not a valid index entry" for n in s.bad_lines]
-        for key, found in self.broken(check_values).items():
-            vid = records[key].get("video_id") or key
-            problems += [f"{vid}: {p}" for p in found]
+        for key, found in self.broken(check_values, deep).items():
+            problems += [f"{key}: {p}" for p in found]
         return problems
 
-    def broken(self, check_values: bool = True) -> dict[str, list[str]]:
-        """key -> the problems of each published video that has any; never raises."""
-        out = {}
-        for key, record in self.records().items():
-            vid = record.get("video_id")
-            try:
-                if key != schema.video_key(vid or ""):
-                    found = [f"directory name {key!r} does not match video_id {vid!r}"]
-                elif record.get("status") == "done":
-                    found = self._verify_video(key, record, check_values)
-                elif record.get("status") != "failed" or not record.get("reason"):
-                    found = [f"status {record.get('status')!r} without a failure reason"]
-                else:
-                    found = []
-            except Exception as exc:  # noqa: BLE001 -- a damaged video is a problem line, never a traceback
-                found = [f"unreadable ({type(exc).__name__}: {exc})"]
-            if found:
-                out[key] = found
-        return out
+    def broken(self, check_values: bool = True, deep: bool = True) -> dict[str, list[str]]:
+        """video id -> the problems of each published video that has any; never raises."""
+        from featcache.cache import verify
 
-    def _verify_video(self, key: str, record: dict, check_values: bool) -> list[str]:
-        missing = [k for k in schema.VIDEO_KEYS if k not in record]
-        if missing:
-            return [f"record lacks {', '.join(missing)}"]
-        t = len(record["frame_indices"])
-        n = record["source"]["num_frames"]
-        entry = VideoEntry(self, key, record)
-        wants_luv = any(p.startswith("keyframes") for p in self.attrs["frames"]["policies"])
-        out = []
-        for name, shape, _, _ in video_arrays(self.attrs, t, n if wants_luv else None):
-            what = "token chunk" if name == schema.TOKENS else name
-            try:
-                arr = entry.stored(name)
-            except (OSError, ValueError) as exc:
-                out.append(f"{what} missing or truncated ({exc})")
-                continue
-            if arr is None or name == schema.LUV_SCORES and len(arr) != n:
-                out.append(f"luv_scores missing or not one per source frame ({n})" if name == schema.LUV_SCORES
-                           else f"{what} missing")
-            elif tuple(arr.shape) != tuple(shape):
-                out.append(f"{name} shape {list(arr.shape)} != expected {list(shape)}")
-        if out:
-            return out
-        idx = np.asarray(record["frame_indices"])
-        clip_rows = self.attrs["tokens"].get("unit") == "clip"  # rows are clips: their first frames may repeat
-        if t == 0 or np.any(np.diff(idx) < (0 if clip_rows else 1)) or idx[0] < 0 or idx[-1] >= n:
-            out.append(f"frame_indices not {'sorted' if clip_rows else 'strictly increasing'} within [0, {n})")
-        if len(record["timestamps"]) != t or np.any(np.diff(record["timestamps"]) < 0):
-            out.append("timestamps do not match the frames")
-        for policy in self.attrs["frames"]["policies"]:
-            pos = record["policies"].get(policy)
-            length = parse_policy(policy).length(n)
-            if pos is None or not pos or length not in (None, len(pos)) or min(pos) < 0 or max(pos) >= t:
-                out.append(f"policy {policy} positions missing or out of range")
-        if check_values and not out and not np.all(np.isfinite(entry.tokens)):
-            out.append("tokens contain NaN or inf")
-        return out
+        return verify.video_problems(self, check_values, deep)
+
+    def interrupted(self) -> dict[str, list[str]]:
+        """segment -> ids of the videos an interrupted commit left unpublished and that the store
+        does not hold done now (what the next extract run redoes)."""
+        if self.layout == "loose":
+            return {name: [name.split("@")[0]] for name in loose.staged(self.path)}
+        from featcache.cache import verify
+
+        return verify.interrupted(self)
+
+    def entry_at(self, row: int, record: dict | None = None) -> VideoEntry:
+        """The video of one index row (whatever its status)."""
+        vid = record["video_id"] if record else self.index.ids(np.array([row]))[0]
+        return VideoEntry(self, schema.video_key(vid), record, self.index.where(row), None, row)
+
+    def check_rows(self, entry: VideoEntry, name: str, rows: np.ndarray) -> None:
+        """Raise DamagedStore when a whole array of a video read back does not match its crc32c."""
+        if entry.row < 0 or self.layout != "packed" or self.index.segments[int(self.index.seg[entry.row])].legacy:
+            return
+        t = self.index.table[entry.row]
+        i = index.ARRAYS.index(name)
+        if t["count"][i] and index.crc32c(np.ascontiguousarray(rows).tobytes()) != t["crc"][i]:
+            raise DamagedStore(f"{self.path}: video {entry.video_id!r}: its {name} do not match their checksum (changed "
+                               f"since they were written); run featcache cache verify {self.path}")
+
+    def checksum_mismatches(self, entry: VideoEntry) -> list[str]:
+        """The arrays of a video whose rows no longer have the crc32c recorded at writing."""
+        if entry.row < 0 or self.layout != "packed":
+            return []
+        t = self.index.table[entry.row]
+        bad = []
+        for i, name in enumerate(index.ARRAYS):
+            if t["count"][i]:
+                start, count = int(t["start"][i]), int(t["count"][i])
+                rows = self._segment_rows(entry.where[0], name, start, count)
+                if index.crc32c(np.ascontiguousarray(rows).tobytes()) != t["crc"][i]:
+                    bad.append(name)
+        return bad
 
     def dataset(self, view="uniform:8", split="train", manifest=None, **kw):
         """One split of a view as a torch Dataset of ``(tokens (T, N, C), target)`` for your own
@@ -444,11 +703,18 @@ class CacheWriter(Cache):
 
     @classmethod
     def open(cls, path: str, attrs: dict, replace: bool = False, durable: bool = True,
-             segment_bytes: int | None = None) -> "CacheWriter":
+             segment_bytes: int | None = None, task: str | None = None) -> "CacheWriter":
         """Create or resume the store at ``path``. A store made with other settings is refused,
-        or with ``replace`` deleted and created anew; a store whose settings match is never
-        deleted. Only a launcher (one process, before any worker starts) passes ``replace``.
-        ``durable=False`` skips the fsyncs (benchmarks' set-up only)."""
+        or with ``replace`` deleted and created anew, unless another writer is alive in it; a
+        store whose settings match is never deleted. Only a launcher (one process, before any
+        worker starts) passes ``replace``. ``task`` names what this writer extracts (a manifest and
+        shard): a live writer of the same task is refused. ``durable=False`` skips the fsyncs
+        (benchmarks' set-up only)."""
+        if task is not None and os.path.isdir(path):
+            live = packed.live_writers(path, task)
+            if live:
+                raise FeatcacheError(f"--out {path}: {task} is being extracted already, by {live[0]}; a second run "
+                                     "would redo its videos: wait for it to finish, or stop it first")
         attrs = dict(to_json(attrs), fingerprint=schema.fingerprint(attrs), schema_version=schema.SCHEMA_VERSION)
         replaced = []
         if os.path.isdir(path) and os.listdir(path) and replace:
@@ -475,9 +741,9 @@ class CacheWriter(Cache):
             raise FeatcacheError(
                 f"--out {path}: the cache was made with different settings ({', '.join(diff)}); "
                 "use another --out, or --overwrite to replace it")
-        writer.durable = durable
+        writer.durable, writer.task, writer.warnings = durable, task, []
         writer.segment_bytes = segment_bytes or packed.env_number("FEATCACHE_SEGMENT_BYTES", packed.SEGMENT_BYTES)
-        writer._segment = packed.SegmentWriter(writer.path, writer.attrs, durable)
+        writer._segment = packed.SegmentWriter(writer.path, writer.attrs, durable, task)
         added = [p for p in attrs["frames"]["policies"] if p not in writer.attrs["frames"]["policies"]]
         if added:
             writer._add_policies(added)
@@ -496,7 +762,7 @@ class CacheWriter(Cache):
         try:
             segment.seal()
         except OSError as exc:
-            self._segment = packed.SegmentWriter(self.path, self.attrs, self.durable)
+            self._segment = packed.SegmentWriter(self.path, self.attrs, self.durable, self.task)
             why = exc.strerror or exc
             if not segment.lost:  # its videos are published: the segment reads as an interrupted run's
                 raise PublishError(f"could not seal this run's segment {segment.path}: {why}; its videos "
@@ -508,7 +774,7 @@ class CacheWriter(Cache):
         """After a failed publish: seal the segment if it can (publishing the videos written
         before the failure, unless that failure was their commit's); later videos go to a new
         segment. Returns the ids of the videos the old one wrote but never published."""
-        segment, self._segment = self._segment, packed.SegmentWriter(self.path, self.attrs, self.durable)
+        segment, self._segment = self._segment, packed.SegmentWriter(self.path, self.attrs, self.durable, self.task)
         with contextlib.suppress(OSError):
             segment.seal()
         return segment.lost
@@ -527,28 +793,24 @@ class CacheWriter(Cache):
         frames["added"] = {**first, **{p: now for p in added}}
         meta = loose.read_json(os.path.join(self.path, "zarr.json"))
         meta["attributes"] = dict(meta["attributes"], frames=frames)
-        tmp = os.path.join(self.path, f"zarr.json.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self.path, "zarr.json"))
+        packed.write_replacing(os.path.join(self.path, "zarr.json"), json.dumps(meta, indent=2).encode("utf-8"))
         self.attrs = meta["attributes"]
         self._segment.attrs = self.attrs
 
     @staticmethod
     def _create(path: str, attrs: dict) -> None:
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        attrs = dict(attrs, created_at=attrs.get("created_at") or now, layout=schema.PACKED_LAYOUT)
+        attrs = dict(attrs, created_at=attrs.get("created_at") or now, layout=schema.PACKED_LAYOUT,
+                     store_id=uuid.uuid4().hex)  # a writer notices a store replaced under it by this id
         tmp = f"{path.rstrip(os.sep)}.tmp-{uuid.uuid4().hex[:8]}"
-        os.makedirs(os.path.join(tmp, schema.SEGMENTS))
-        packed._write_new(os.path.join(tmp, "zarr.json"), packed.group_metadata(attrs))
-        packed._write_new(os.path.join(tmp, schema.SEGMENTS, "zarr.json"), packed.group_metadata({}))
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            os.makedirs(os.path.join(tmp, schema.SEGMENTS))
+            packed._write_new(os.path.join(tmp, "zarr.json"), packed.group_metadata(attrs))
+            packed._write_new(os.path.join(tmp, schema.SEGMENTS, "zarr.json"), packed.group_metadata({}))
             os.rename(tmp, path)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-created is left behind
             if not _lost_race(exc):
                 raise FeatcacheError(f"--out {path}: cannot create the cache ({exc.strerror or exc})") from None
             # another worker created it first: theirs is used
@@ -558,10 +820,16 @@ class CacheWriter(Cache):
         meta = loose.read_json(os.path.join(path, "zarr.json")) if os.path.isdir(path) else None
         if meta is None or "schema_version" not in meta.get("attributes", {}):
             raise OptionError("overwrite", f"{path} is not a featcache cache; refusing to delete it")
+        live = packed.live_writers(path)
+        if live and os.environ.get("FEATCACHE_OVERWRITE_LIVE") != "1":
+            raise OptionError("overwrite", f"{path} is being written by {live[0]}{' and others' if len(live) > 1 else ''}"
+                              "; refusing to delete it under a live writer. Stop that run first (a crashed writer "
+                              f"on another host goes stale {packed.HEARTBEAT_SECONDS:.0f} s after its last "
+                              "heartbeat), or set FEATCACHE_OVERWRITE_LIVE=1 to delete it all the same")
         shutil.rmtree(path)
 
     def done_keys(self) -> set[str]:
-        return {k for k, r in self.records().items() if r.get("status") == "done"}
+        return {schema.video_key(v) for v in self.video_ids()}
 
     # ------------------------------------------------------------------ writing
     def write_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None,
@@ -569,22 +837,23 @@ class CacheWriter(Cache):
         """Publish one complete video; returns the bytes of token data written, or None when
         the store already holds it done (its copy is kept, ours dropped). Any other failure to
         publish raises PublishError: the video is not in the store."""
-        if self.records().get(schema.video_key(record["video_id"]), {}).get("status") == "done":
+        if self.status(record["video_id"]) == "done":
             return None
         return self._publish_done(record, tokens, luv_scores, cut, side_crops)
 
     def _next_generation(self, key: str) -> int:
         """0 for a new video; one above the entry it replaces (a failure, a repaired copy)."""
-        entry = self._index.get(key)
-        return 0 if entry is None else entry.get("generation", 0) + 1
+        if key in self.fresh:
+            return self.fresh[key].get("generation", 0) + 1
+        row = int(self.index.find([key])[0])
+        return 0 if row < 0 else int(self.index.table["generation"][row]) + 1
 
     def replace_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None,
                       cut: np.ndarray | None = None, side_crops: np.ndarray | None = None) -> int | None:
         """Publish a grown version of a done video (incremental pools): appended again with a
         higher generation, which readers take over the old copy. Returns the bytes of token
         data, or None when the published copy already has every policy of ``record``."""
-        key = schema.video_key(record["video_id"])
-        theirs = self.records().get(key, {})
+        theirs = self.record(record["video_id"]) or {}
         if set(record["policies"]) <= set(theirs.get("policies", {})):
             return None
         return self._publish_done(record, tokens, luv_scores, cut, side_crops)
@@ -600,82 +869,67 @@ class CacheWriter(Cache):
 
     def write_failure(self, record: dict, reason: str) -> None:
         key = schema.video_key(record["video_id"])
-        if self.records().get(key, {}).get("status") == "done":
+        if self.status(record["video_id"]) == "done":
             return  # a video done earlier (or by a concurrent writer) stays done
         self._append(dict(record, status="failed", reason=reason), {}, self._next_generation(key))
 
     def drop(self, video_id: str, reason: str) -> None:
         """Replace a (broken) done video by a failure record, so the next extraction redoes it."""
         key = schema.video_key(video_id)
-        record = {k: v for k, v in self.records()[key].items() if k not in ("has_luv_scores", "reason")}
+        record = {k: v for k, v in self.record(video_id).items() if k not in ("has_luv_scores", "reason")}
         self._append(dict(record, status="failed", reason=reason), {}, self._next_generation(key))
 
     def write_raw(self, record: dict, arrays: dict[str, np.ndarray]) -> None:
         """Publish a video's arrays exactly as another store holds them (``cache pack``)."""
         self._append(record, packed.video_rows(self.attrs, arrays), generation=0)
 
+    def republish(self, record: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Publish a video's arrays as they are, above any copy the index holds (``cache repair``
+        re-indexing a video whose table row was lost)."""
+        key = schema.video_key(record["video_id"])
+        self._append(record, packed.video_rows(self.attrs, arrays), self._next_generation(key))
+
     def _append(self, record: dict, rows: dict[str, np.ndarray], generation: int) -> None:
         record = to_json(record)
         try:
             entry = self._segment.append(record, rows, generation)
+        except ValueError as exc:  # a video id the index cannot hold
+            raise PublishError(f"could not publish into the cache: {exc}") from None
         except OSError as exc:
             where = self._segment.path if self._segment.name else os.path.join(self.path, schema.SEGMENTS)
             lost = [v for v in self._abandon_segment() if v != record["video_id"]]  # this one: the error itself
             raise PublishError(f"could not publish into the cache: {exc.strerror or exc} ({where})",
-                               lost) from None
-        key = schema.video_key(record["video_id"])
-        self.records()[key] = record
-        self._index[key] = entry
-        if self._segment.bytes >= self.segment_bytes:
-            self._segment.seal()
-
-
-def stage_bytes(tokens: np.ndarray, attrs: dict) -> int:
-    """Bytes of a video's arrays other than its LUV scores (what summaries call token data)."""
-    return arrays_bytes(video_arrays(attrs, len(tokens)))
-
-
-def arrays_bytes(plan: list[tuple], skip: tuple[str, ...] = ()) -> int:
-    """Data bytes of a ``video_arrays`` plan, without ``skip``."""
-    return sum(int(np.prod(shape)) * np.dtype(kind).itemsize for name, shape, kind, _ in plan if name not in skip)
-
-
-def frame_bytes(attrs: dict) -> int:
-    """Bytes per cached frame of a store with root attributes ``attrs`` (the per-video channel
-    scales of int8 stores left out)."""
-    return arrays_bytes(video_arrays(attrs, 1), skip=(schema.CHANNEL_SCALES,))
-
-
-def video_arrays(attrs: dict, frames: int, source_frames: int | None = None) -> list[tuple]:
-    """(name, shape, dtype, dimension names) of every array a video of ``frames`` cached frames
-    holds, as readers return them (``source_frames``: LUV scores, when kept)."""
-    out = []
-    for name, (row, kind, dims, _) in packed.row_plan(attrs).items():
-        if name == schema.LUV_SCORES:
-            if source_frames:
-                out.append((name, (source_frames,), kind, dims))
-        elif name == schema.CHANNEL_SCALES:
-            out.append((name, row, kind, dims[1:]))
-        elif name == schema.SIDE_CROPS:
-            out.append((name, (2, frames, *row[1:]), kind, ("crop", "frame", *dims[2:])))
-        else:
-            out.append((name, (frames, *row), kind, dims))
-    return out
+                               lost, exc) from None
+        self.fresh[schema.video_key(record["video_id"])] = entry
+        if self._segment.bytes >= self.segment_bytes:  # roll over: the next video opens a new segment
+            segment, self._segment = self._segment, packed.SegmentWriter(self.path, self.attrs, self.durable, self.task)
+            try:
+                segment.seal()
+            except OSError as exc:
+                if segment.lost:
+                    raise PublishError(f"could not publish the last {len(segment.lost)} video(s) into the cache: "
+                                       f"{exc.strerror or exc} ({segment.path})", segment.lost, exc) from None
+                self.warnings.append(f"could not seal the full segment {segment.path}: {exc.strerror or exc}; its "
+                                     "videos are in the cache all the same (featcache cache pack seals it)")
 
 
 class PublishError(OSError):
     """A finished video could not be written into the store (it is not there). ``lost``: videos
-    written earlier whose group commit failed with it (not there either)."""
+    written earlier whose group commit failed with it (not there either). ``fatal``: later videos
+    cannot be written either (a full disk or quota, a read-only or forbidden store, the store
+    replaced under this run): an extraction stops."""
 
-    def __init__(self, message: str, lost: list[str] | None = None):
+    _FATAL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+    def __init__(self, message: str, lost: list[str] | None = None, cause: OSError | None = None):
         super().__init__(message)
         self.lost = list(lost or [])
+        self.replaced = isinstance(cause, packed.StoreReplaced)  # stop at once: nothing here is ours any more
+        self.fatal = self.replaced or getattr(cause, "errno", None) in self._FATAL
 
 
 def _lost_race(exc: OSError) -> bool:
     """The rename failed only because the destination now exists: another writer was first."""
-    import errno
-
     return exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
 
 

@@ -82,7 +82,7 @@ class CacheDataset(torch.utils.data.Dataset):
         if quantized and not isinstance(self.data.x, QuantTokens):
             raise FeatcacheError("dataset: quantized=True needs an int8 store (--dtype int8), a view of one layer "
                                  "with all tokens and no pooling, held in memory (not streamed)")
-        everyone = [r["labels"] for s in SPLITS for r in source.done_records(s)]
+        everyone = source.done_labels(SPLITS)
         self.classes = list(classes) if classes is not None else sorted({c for ls in everyone for c in ls})
         unknown = sorted({c for ls in self.data.labels for c in ls} - set(self.classes))
         if unknown:

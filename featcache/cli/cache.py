@@ -26,18 +26,24 @@ def cache_info(
 @cache_app.command("verify", epilog="Example:\n\n  featcache cache verify caches/ucf101.zarr")
 def cache_verify(
     path: str = typer.Argument(..., help="A featcache Zarr store."),
-    quick: bool = typer.Option(False, "--quick", help="Check structure only; skip reading token values."),
+    quick: bool = typer.Option(False, "--quick", help="Check structure only: skip reading token values and "
+                               "their checksums (the default, --deep, reads every row once)."),
 ):
-    """Check every video entry is complete and consistent; exit 1 when not."""
+    """Check the index and every video entry are complete and consistent, and every video's rows
+    match their checksums; exit 1 when not."""
     from featcache.cache.store import open_cache
 
     with user_errors():
         cache = open_cache(path)
-        problems = cache.verify(check_values=not quick)
-    done, failed, staged = len(cache.video_ids("done")), len(cache.failures()), len(cache.staged())
+        problems = cache.verify(check_values=not quick, deep=not quick)
+    done, failed = len(cache.video_ids("done")), len(cache.failures())
+    redo = [v for ids in cache.interrupted().values() for v in ids]
     for p in problems:
-        typer.echo(f"problem: {p}")
-    note = f"; {staged} interrupted write(s) will be redone by the next extract run" if staged else ""
+        typer.echo(f"problem: {p.replace(f'; run featcache cache verify {cache.path}', '')}")
+    for n in cache.notes:
+        typer.echo(f"note: {n}")
+    note = (f"; {len(redo)} interrupted write(s) will be redone by the next extract run "
+            f"({', '.join(redo[:5])}{', ...' if len(redo) > 5 else ''})") if redo else ""
     hint = f"; `featcache cache repair {path}` records the broken videos as failed, the next extract redoes them"
     verdict = "FAILED" if problems else "ok"
     typer.echo(f"verify {verdict}: {done} videos done, {failed} failed, {len(problems)} problem(s){note}"
@@ -56,11 +62,18 @@ def cache_repair(
     from featcache.cache.pack import repair
 
     with user_errors():
-        dropped = repair(path, check_values=not quick)
-    for vid, problems in dropped.items():
-        typer.echo(f"removed: {vid}: {'; '.join(problems)}")
-    typer.echo(f"repair: {len(dropped)} broken video(s) recorded as failed"
-               + ("; re-run the extract command to redo them" if dropped else ""))
+        done = repair(path, check_values=not quick)
+    if done.root_rebuilt:
+        typer.echo(f"rebuilt: the root zarr.json, from segment {done.root_rebuilt}")
+    for vid in done.reindexed:
+        typer.echo(f"re-indexed: {vid} (its index row was lost; its rows match their checksums)")
+    for vid, why in done.unrecoverable.items():
+        typer.echo(f"not re-indexed: {vid}: {why}; the next extract redoes it")
+    for vid, problems in done.dropped.items():
+        typer.echo(f"marked failed: {vid}: {'; '.join(problems)}")
+    redo = len(done.dropped) + len(done.unrecoverable)
+    typer.echo(f"repair: {len(done.dropped)} broken video(s) recorded as failed, {len(done.reindexed)} re-indexed"
+               + (f"; re-run the extract command to redo {redo}" if redo else ""))
 
 
 @cache_app.command("status", epilog="Example:\n\n  featcache cache status caches/k400.zarr --shards 64")

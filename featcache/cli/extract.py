@@ -244,3 +244,7 @@ def _print_summary(s, out: str) -> None:
                    "kept in each video's record (source.decoder_log), not printed over the progress bar")
     for video_id, reason in s.failed.items():
         typer.echo(f"failed: {video_id}: {reason}")
+    if s.stopped:  # last, where a log's tail shows it
+        typer.echo(f"featcache: error: extraction stopped: {s.stopped}; {s.not_attempted} video(s) not attempted; "
+                   "every video above is either in the cache or named failed: run the same command again once "
+                   "the cause is fixed to continue", err=True)

@@ -34,7 +34,7 @@ class Annotations:
 
     path: str | None  # absolute path of the manifest; None: the store's own annotations
     sha256: str | None  # of the manifest file's bytes
-    records: dict[str, dict]  # cache key -> record with the effective labels and split
+    records: dict[str, dict]  # video id -> brief (video_id, status, split, labels, policies), effective labels and split
     missing: list[str] = field(default_factory=list)  # manifest ids without a done video in the cache
     unlisted: list[str] = field(default_factory=list)  # done cache ids the manifest does not list
     failed: list[str] = field(default_factory=list)  # ids (of the manifest, or of the store) that failed extraction
@@ -112,7 +112,7 @@ def load_annotations(cache, manifest: str | None = None, val_fraction: float = 0
 
 
 def _load(cache, manifest: str | None) -> Annotations:
-    records = cache.records()
+    records = cache.briefs(status=None)
     if not manifest:
         failed = sorted(r["video_id"] for r in records.values() if r.get("status") == "failed")
         return Annotations(None, None, dict(records), failed=failed)
@@ -142,10 +142,32 @@ class AnnotatedCache:
         return getattr(self.cache, name)
 
     def records(self) -> dict[str, dict]:
+        """video id -> brief (video_id, status, split, labels, policies) under the manifest."""
         return self.annotations.records
 
     def done_records(self, split: str) -> list[dict]:
-        return self.annotations.done(split)
+        """Full records of the split's done videos, with the manifest's labels and split."""
+        done = self.annotations.done(split)
+        full = self.cache.records_of([r["video_id"] for r in done])
+        return [dict(f, labels=r["labels"], split=r["split"]) for f, r in zip(full, done)]
+
+    def done_labels(self, splits) -> list[list[str]]:
+        return [list(r["labels"]) for sp in splits for r in self.annotations.done(sp)]
+
+    def split_columns(self, split: str):
+        """(index rows, video ids, labels) of the split's done videos under the manifest, or None."""
+        done = self.annotations.done(split)
+        ids = [r["video_id"] for r in done]
+        rows = self.cache.rows_of(ids) if self.cache.layout == "packed" and not self.cache.fresh else None
+        return None if rows is None else (rows, ids, [list(r["labels"]) for r in done])
+
+    def done_entries(self, split: str) -> list:
+        """The split's done videos (the cache's VideoEntry) with the manifest's labels and split."""
+        done = self.annotations.done(split)
+        entries = self.cache.entries([r["video_id"] for r in done])
+        for entry, r in zip(entries, done):
+            entry._brief = dict(entry.brief, labels=r["labels"], split=r["split"])
+        return entries
 
 
 def annotate(cache, manifest: str | None = None, val_fraction: float = 0.0) -> AnnotatedCache:

@@ -1,7 +1,7 @@
 """`featcache estimate`: what an extraction will write, before it runs.
 
 The estimate replays the packed writer's accounting (``cache/packed.py``): the same array plan
-(``packed.row_plan``), the same index lines (``packed.index_line``, with the rows each video
+(``packed.row_plan``), the same index files (``packed.index_bytes``, with the rows each video
 gets), the same seal (shard indexes and each array's ``zarr.json``, rendered by zarr itself) and
 the same roll-over into new segments, so it counts what ``Cache.size_on_disk`` later counts:
 every file of the store. Each video's frame count is read from its container header (PyAV, no
@@ -15,12 +15,11 @@ user (``extract`` warns about such files).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from featcache.cache import packed, schema
+from featcache.cache import index, packed, schema
 from featcache.cache.store import frame_bytes, to_json
 from featcache.data.manifest import VideoItem, read_manifest
 from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, check_file, expected_frames, open_pyav
@@ -75,7 +74,7 @@ def header_frames(path: str) -> tuple[int, float, str, int, int]:
 
 def estimate(cfg, measure: bool = True) -> Estimate:
     """Estimate the store ``run_extract(cfg)`` writes (a new store: already cached videos are not subtracted)."""
-    from featcache.extract.pipeline import root_attrs, validate
+    from featcache.extract.pipeline import root_attrs, task_name, validate
     from featcache.extract.video_encoders import make_encoder
 
     validate(cfg)
@@ -87,7 +86,8 @@ def estimate(cfg, measure: bool = True) -> Estimate:
                  created_at="2026-01-01T00:00:00+00:00")  # the length of a real timestamp
     est = Estimate(token_bytes_per_frame=frame_bytes(attrs), unit="frame" if clip is None else "clip")
     needs_luv = any(p.kind == "keyframes" for p in cfg.policies)
-    stores = {overlap: _StoreBytes(attrs) for overlap in ("expected", "min", "max")}
+    task = task_name(cfg.manifest, cfg.shard)
+    stores = {overlap: _StoreBytes(attrs, task) for overlap in ("expected", "min", "max")}
     for item in items:
         try:
             n, fps, fmt, width, height = header_frames(item.path)
@@ -193,9 +193,10 @@ def _clip_record(item: VideoItem, cfg, clip: dict, n: int, fps: float, size: tup
 class _StoreBytes:
     """The bytes and files a single writer's packed store of these videos takes, replayed."""
 
-    def __init__(self, attrs: dict):
-        self.attrs, self.plan = attrs, packed.row_plan(attrs)
-        root = dict(attrs, layout=schema.PACKED_LAYOUT)
+    def __init__(self, attrs: dict, task: str | None = None):
+        self.attrs, self.plan, self.task = attrs, packed.row_plan(attrs), task
+        root = dict(attrs, layout=schema.PACKED_LAYOUT, store_id="0" * 32)
+        self.root = root
         self.bytes = len(packed.group_metadata(root)) + len(packed.group_metadata({}))  # root, segments/
         self.files = 2
         self.segment: dict[str, int] | None = None  # rows per array of the open segment
@@ -204,9 +205,9 @@ class _StoreBytes:
     def add(self, record: dict, rows: dict[str, int]) -> None:
         if self.segment is None:
             self.segment, self.segment_bytes = {}, 0
-            self.bytes += len(packed.group_metadata(_SEGMENT_ATTRS))
-            self.files += 2  # zarr.json, index/0
-            self.index_bytes = 0
+            self.bytes += len(packed.group_metadata(packed.segment_attrs(self.root, self.task, pid=1000000)))
+            self.files += 1 + len(index.FILES)  # zarr.json, index/0, ids/0, labels/0, positions/0, table/0
+            self.index_bytes = dict.fromkeys(index.FILES, 0)
         placed = {}
         for name, count in rows.items():
             if name not in self.plan or not count:
@@ -222,9 +223,9 @@ class _StoreBytes:
         status = record.get("status", "done")
         if status == "done":
             record = dict(record, status="done", has_luv_scores=bool(rows.get(schema.LUV_SCORES)))
-        line = len(packed.index_line(to_json(record), placed, 0))
-        self.bytes += line
-        self.index_bytes += line
+        for which, nbytes in packed.index_bytes(to_json(record), placed, self.attrs["frames"]["policies"]).items():
+            self.bytes += nbytes
+            self.index_bytes[which] += nbytes
         if self.segment_bytes >= packed.SEGMENT_BYTES:
             self.seal()
 
@@ -234,14 +235,10 @@ class _StoreBytes:
         for name, count in self.segment.items():
             self.bytes += packed.sealed_bytes(name, count, self.attrs)
             self.files += 1  # its zarr.json
-        self.bytes += len(packed.index_metadata(self.index_bytes))
-        self.files += 1
+        for which, nbytes in self.index_bytes.items():
+            self.bytes += len(packed.index_metadata(nbytes, which))
+            self.files += 1
         self.segment = None
-
-
-# what a writer's segment group records (the length of a real one: a pid of 7 digits)
-_SEGMENT_ATTRS = {"featcache_segment": {"host": os.uname().nodename, "pid": 1000000,
-                                        "created_at": "2026-01-01T00:00:00+00:00"}}
 
 
 def human(n: float) -> str:

@@ -82,6 +82,8 @@ class ExtractSummary:
     new_frames: int = 0  # frames those videos gained (the only ones decoded at full size and encoded)
     bytes_written: int = 0
     wall_s: float = 0.0
+    stopped: str = ""  # why the run stopped before its last video (a full disk, the store replaced, ...)
+    not_attempted: int = 0  # videos of the manifest the stopped run never reached
 
     @property
     def frames_per_s(self) -> float:
@@ -160,20 +162,12 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     encoder = make_encoder(cfg.encoder, cfg.policies)
-    writer = CacheWriter.open(cfg.out, root_attrs(cfg, encoder), replace=cfg.overwrite)
+    writer = CacheWriter.open(cfg.out, root_attrs(cfg, encoder), replace=cfg.overwrite,
+                              task=task_name(cfg.manifest, cfg.shard))
     cfg = dataclasses.replace(cfg, frames=",".join(writer.attrs["frames"]["policies"]))  # with policies added earlier
-    records = writer.records()
-    grow = {}  # done videos that lack a policy of the store: they gain its frames
-    todo = []
-    for it in items:
-        record = records.get(schema.video_key(it.video_id), {})
-        if record.get("status") != "done":
-            todo.append(it)
-        elif set(writer.attrs["frames"]["policies"]) - set(record["policies"]):
-            grow[it.video_id] = record
-            todo.append(it)
+    todo, grow = to_extract(writer, items)
     summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo), replaced=writer.replaced)
-    relabelled = relabelled_videos(items, records)
+    relabelled = relabelled_videos(items, writer)
     if relabelled:
         summary.warnings.append(
             f"{len(relabelled)} cached video(s) have other labels or splits in {cfg.manifest} than at their "
@@ -206,6 +200,7 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
             lose_published(summary, exc, grow)
             if not exc.lost:
                 summary.warnings.append(str(exc))
+        summary.warnings += writer.warnings
     summary.wall_s = time.perf_counter() - start
     if entry is not None and todo:
         from featcache.extract.batchsize import judge
@@ -226,15 +221,35 @@ def lose_published(summary: ExtractSummary, exc: PublishError, grow: dict | None
             summary.done -= 1
 
 
-def relabelled_videos(items: list[VideoItem], records: dict) -> list[str]:
-    """Ids of done videos whose manifest row gives labels or a split other than their record's."""
-    out = []
+def task_name(manifest: str, shard: tuple[int, int] | None) -> str:
+    """What one extraction writes, as its segments record it: two live writers of one task are refused."""
+    return f"{os.path.abspath(manifest)}" + (f" shard {shard[0]}/{shard[1]}" if shard is not None else "")
+
+
+def to_extract(writer: CacheWriter, items: list[VideoItem]) -> tuple[list[VideoItem], dict[str, dict]]:
+    """The items to extract (not done, or done without every policy of the store) and the
+    records of the done ones that grow; from the index columns of these items only."""
+    found = writer.lookup([it.video_id for it in items])
+    wanted = set(writer.attrs["frames"]["policies"])
+    todo, grow = [], {}
     for it in items:
-        record = records.get(schema.video_key(it.video_id), {})
-        if record.get("status") == "done" and (it.labels or it.split) and \
-                (list(it.labels), it.split) != (list(record.get("labels", [])), record.get("split", "")):
-            out.append(it.video_id)
-    return out
+        have = found.get(it.video_id)
+        if have is None or have["status"] != "done":
+            todo.append(it)
+        elif have["policies"] < len(wanted):
+            record = writer.record(it.video_id)
+            if wanted - set(record["policies"]):  # done videos that lack a policy of the store gain its frames
+                grow[it.video_id] = record
+                todo.append(it)
+    return todo, grow
+
+
+def relabelled_videos(items: list[VideoItem], cache) -> list[str]:
+    """Ids of done videos whose manifest row gives labels or a split other than their record's."""
+    labelled = [it for it in items if it.labels or it.split]
+    briefs = cache.briefs([it.video_id for it in labelled])
+    return [it.video_id for it in labelled if it.video_id in briefs and
+            (list(it.labels), it.split) != (list(briefs[it.video_id]["labels"]), briefs[it.video_id]["split"])]
 
 
 def prepare_store(cfg: ExtractConfig, device: str | None = None) -> list[str]:
@@ -291,6 +306,24 @@ def decode_spec(cfg: ExtractConfig, encoder) -> DecodeSpec:
                       getattr(encoder, "clip_spec", None))
 
 
+FATAL_STREAK = 2  # a full disk, quota or read-only store refusing this many videos in a row stops the run
+
+
+class _Stop(Exception):
+    """Raised inside the pipeline when no later video can be written (PublishError.fatal)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def nonfinite(tokens: np.ndarray) -> str:
+    """Why tokens cannot be cached ("" when every value is finite)."""
+    bad = tokens.size - int(np.count_nonzero(np.isfinite(tokens)))
+    return (f"the model produced {bad} NaN or infinite token value(s) (of {tokens.size}; in the stored dtype "
+            f"{tokens.dtype}); not cached") if bad else ""
+
+
 class _Pipeline:
     def __init__(self, cfg: ExtractConfig, encoder: FrozenEncoder, writer: CacheWriter, summary: ExtractSummary,
                  grow: dict[str, dict] | None = None):
@@ -303,6 +336,7 @@ class _Pipeline:
         self.jobs: deque[_Job] = deque()
         self.inflight = None  # (parts, Pending): the batch submitted last, not yet collected
         self.pin = encoder.device.type == "cuda"
+        self.fatal_streak = 0  # videos in a row the store refused for want of space or permission
         self.full_batches = [0, 0.0, 0]  # batches of exactly batch_size: count, forward seconds, frames
         # the dtype tokens are collected in (int8: float32, quantized at publishing)
         self.kind = np.dtype(np.float32 if cfg.dtype == "int8" else cfg.dtype)
@@ -343,6 +377,10 @@ class _Pipeline:
                         self._forward()
                 while self.jobs or self.inflight:
                     self._forward()
+            except _Stop as stop:  # nothing more can be written: the summary says why and what is left
+                reached = len(self.summary.failed) + self.summary.done + self.summary.extended + self.summary.skipped
+                self.summary.stopped = str(stop.error)
+                self.summary.not_attempted = max(0, self.summary.total - reached)
             finally:
                 source.close()  # stops the workers
 
@@ -428,6 +466,10 @@ class _Pipeline:
 
     def _publish(self, job: _Job) -> None:
         tokens, side, cut = job.tokens, None, job.cut
+        why = nonfinite(tokens)
+        if why:  # refused here, named in the summary; never a store that trains to NaN
+            self._fail(job.decoded, why)
+            return
         if self.cfg.crops == 3:  # (3T, ...) in crop order -> centre crop + (first, last)
             parts = np.split(job.tokens, 3)
             tokens, side = parts[1], np.stack([parts[0], parts[2]])
@@ -439,7 +481,15 @@ class _Pipeline:
         except PublishError as exc:
             lose_published(self.summary, exc, self.grow)
             self._fail(job.decoded, str(exc))
+            self.fatal_streak = self.fatal_streak + 1 if exc.fatal else 0
+            if self.fatal_streak >= FATAL_STREAK or exc.replaced:
+                for left in self.jobs:  # decoded, not published: the next run redoes them
+                    self.summary.failed[left.decoded.item.video_id] = f"not written: {exc}"
+                self.jobs.clear()
+                self.inflight = None
+                raise _Stop(exc) from None
             return
+        self.fatal_streak = 0
         if written is None:  # another writer published this video first; theirs is kept
             self.summary.skipped += 1
         else:

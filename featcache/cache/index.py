@@ -1,0 +1,460 @@
+"""The columnar index of a packed store: what every open needs, as fixed-width binary rows.
+
+Each segment holds, beside its data files, five append-only index files (``<file>/0``; sealed,
+each is a 1-D Zarr array of its bytes or values):
+
+``index/0``      one JSON line per published video (``record``, ``rows``, ``generation``, ``crc``):
+                 the full record, read only for the videos asked for, by offset.
+``ids/0``        the video ids, UTF-8, one per line: listing a store reads these bytes and no JSON.
+``labels/0``     each video's labels, UTF-8, tab-separated, one line per video.
+``positions/0``  int32: per video ``[k, policy index x k, length x k, positions...]``, the
+                 positions into its cached frames of each frame policy it holds (the index of
+                 the policy in the store's ``frames.policies``): a view's frames for a whole split
+                 in one numpy gather, no JSON.
+``table/0``      one :data:`TABLE` row (little-endian, fixed width) per published video: its key's
+                 hash, status, split, generation, frame count, row start, count and crc32c per
+                 array, where its line, id, labels and positions lie, and a crc32c of the row itself.
+
+A video is published when its table row is complete: the data files, then ``index``, ``ids``,
+``labels`` and ``positions`` are ``fdatasync``-ed before the rows that point into them are
+appended, so a writer killed at any moment leaves at most bytes no complete row points to.
+``numpy.fromfile(path, dtype=TABLE)`` reads a table without featcache; docs/cache-format.md lists
+the fields.
+
+Segments written before the table existed (JSON lines only) are read as before and given the
+same rows in memory (``legacy``); ``featcache cache pack`` rewrites them with tables.
+
+Long module: the row layout, its writer-side encoding and the reader's resolution are one
+contract, kept side by side.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from featcache.cache import schema
+
+ARRAYS = (schema.TOKENS, schema.LUV_SCORES, schema.TOKEN_SCALES, schema.CHANNEL_SCALES, schema.CUT,
+          schema.SIDE_CROPS)  # the order of the start/count columns
+SPLIT_CODES = ("", "train", "val", "test")  # 255: another split (the brief has it)
+OTHER_SPLIT = 255
+DONE, FAILED = 1, 0
+FILES = ("index", "ids", "labels", "positions", "table")  # the table last: written last, sealed last
+_OFFSET = {"index": "line", "ids": "ids", "labels": "labels"}
+_LENGTH = {"index": "line_len", "ids": "id_len", "labels": "labels_len"}
+TABLE = np.dtype([
+    ("hash", "<u8"),         # the first 8 bytes of blake2b(video key), little-endian
+    ("line", "<u8"),         # byte offset of the video's JSON line in index/0
+    ("ids", "<u8"),          # byte offset of its id in ids/0
+    ("labels", "<u8"),       # byte offset of its labels in labels/0
+    ("positions", "<u8"),    # offset (in int32 values) of its block in positions/0
+    ("line_len", "<u4"),     # bytes of the JSON line, newline included
+    ("id_len", "<u4"),       # bytes of the id, newline included
+    ("labels_len", "<u4"),   # bytes of the labels, newline included
+    ("positions_len", "<u4"),  # int32 values of its positions block
+    ("generation", "<u4"),
+    ("frames", "<u4"),       # cached frames (rows of tokens)
+    ("policies", "<u2"),     # how many of the store's frame policies the video holds
+    ("status", "u1"),        # 1 done, 0 failed
+    ("split", "u1"),         # index into SPLIT_CODES; 255 another
+    ("start", "<u4", (len(ARRAYS),)),   # first row of each array (ARRAYS order)
+    ("count", "<u4", (len(ARRAYS),)),   # rows of each array (0: absent)
+    ("crc", "<u4", (len(ARRAYS),)),     # crc32c of each array's rows of the video
+    ("line_crc", "<u4"),     # crc32c of its JSON line
+    ("pad", "<u4"),          # zero
+    ("row_check", "<u8"),    # sum of this row's other 32-bit words times CHECK_WEIGHTS, mod 2**64
+])
+ROW = TABLE.itemsize  # 160 bytes
+WORDS = (ROW - 8) // 4  # the 32-bit words the row check covers
+# odd weights: an edit of any one word always changes the sum; vectorised over a whole table at open
+CHECK_WEIGHTS = ((np.arange(1, WORDS + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1))
+
+
+def crc32c(data, value: int = 0) -> int:
+    import google_crc32c
+
+    return google_crc32c.extend(value, data if isinstance(data, bytes) else bytes(data))
+
+
+def key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def split_code(split) -> int:
+    return SPLIT_CODES.index(split) if split in SPLIT_CODES else OTHER_SPLIT
+
+
+def rows_crc(rows: dict[str, np.ndarray]) -> dict[str, int]:
+    """crc32c of each array's rows of a video (``packed.video_rows``)."""
+    return {name: crc32c(np.ascontiguousarray(block).tobytes()) for name, block in rows.items()}
+
+
+def brief_of(record: dict) -> dict:
+    return {"split": record.get("split", ""), "labels": record.get("labels", []),
+            "policies": record.get("policies", {})}
+
+
+def positions_block(record: dict, policies: list[str]) -> np.ndarray:
+    """``[k, policy index x k, length x k, positions...]`` of the record's policies (int32)."""
+    held = [(i, record["policies"][p]) for i, p in enumerate(policies) if p in (record.get("policies") or {})]
+    return np.array([len(held), *(i for i, _ in held), *(len(v) for _, v in held), *(x for _, v in held for x in v)],
+                    np.int32)
+
+
+def encode(record: dict, placed: dict[str, list[int]], generation: int, crc: dict[str, int],
+           policies: list[str]) -> tuple[bytes, bytes, bytes, bytes, np.ndarray]:
+    """A video's JSON line, id line, labels line, positions block and table row (offsets and row
+    crc left to :func:`place`); ``policies``: the store's frame policies."""
+    video_id = record["video_id"]
+    labels = [str(x) for x in record.get("labels", [])]
+    if any(c in video_id for c in "\n\r") or any(c in x for x in labels for c in "\t\n\r"):
+        raise ValueError(f"video {video_id!r}: a line break in its id or a tab or line break in a label "
+                         f"({labels}); give it another")
+    hexes = {name: f"{value:08x}" for name, value in crc.items()}  # fixed width: estimate counts these bytes exactly
+    line = (json.dumps({"record": record, "rows": placed, "generation": generation, "crc": hexes},
+                       separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+    ident = (video_id + "\n").encode("utf-8")
+    label_line = ("\t".join(labels) + "\n").encode("utf-8")
+    block = positions_block(record, policies).tobytes()
+    row = np.zeros(1, TABLE)
+    row["hash"] = key_hash(schema.video_key(video_id))
+    row["line_len"], row["id_len"], row["labels_len"] = len(line), len(ident), len(label_line)
+    row["positions_len"] = len(block) // 4
+    row["generation"] = generation
+    row["frames"] = placed.get(schema.TOKENS, [0, 0])[1]
+    row["policies"] = len(record.get("policies") or {})
+    row["status"] = DONE if record.get("status") == "done" else FAILED
+    row["split"] = split_code(record.get("split", ""))
+    for i, name in enumerate(ARRAYS):
+        if name in placed:
+            row["start"][0, i], row["count"][0, i] = placed[name]
+            row["crc"][0, i] = crc.get(name, 0)
+    row["line_crc"] = crc32c(line)
+    return line, ident, label_line, block, row
+
+
+def place(row: np.ndarray, offsets: dict[str, int]) -> bytes:
+    """Set a row's offsets (``positions`` in int32 values) and its check; its bytes."""
+    for which in ("index", "ids", "labels"):
+        row[_OFFSET[which]] = offsets[which]
+    row["positions"] = offsets["positions"] // 4
+    row["row_check"] = row_checks(row)
+    return row.tobytes()
+
+
+def row_checks(table: np.ndarray) -> np.ndarray:
+    """Each row's check: its 32-bit words (all but the check) times CHECK_WEIGHTS, summed mod 2**64."""
+    words = np.ascontiguousarray(table).view("<u4").reshape(len(table), ROW // 4)[:, :WORDS].astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return (words * CHECK_WEIGHTS).sum(axis=1, dtype=np.uint64)
+
+
+def row_crcs_ok(table: np.ndarray) -> np.ndarray:
+    """Per row: does its check match its words (an edited or garbage row does not)?"""
+    return row_checks(table) == table["row_check"] if len(table) else np.zeros(0, bool)
+
+
+def read_table(path: str) -> tuple[np.ndarray, int]:
+    """The complete rows of a table file and the bytes of a torn last row (0: none)."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return np.zeros(0, TABLE), 0
+    n = size // ROW
+    table = np.fromfile(path, dtype=TABLE, count=n) if n else np.zeros(0, TABLE)
+    return table, size - n * ROW
+
+
+# ------------------------------------------------------------------ one segment
+class SegmentIndex:
+    """One segment's published videos as table rows; ids, labels, positions and JSON lines read by offset.
+    A segment without a table (written before it existed) is parsed whole and given the same
+    rows in memory (``legacy``)."""
+
+    def __init__(self, root: str, name: str):
+        self.name, self.path = name, os.path.join(root, schema.SEGMENTS, name)
+        self.bad_lines: list[int] = []  # legacy: complete lines that do not parse
+        self.torn = 0  # bytes of an unfinished last table row (legacy: of a last line without newline)
+        self._entries: list[dict] | None = None  # legacy: the parsed entries, one per row
+        self.table, self.torn = read_table(self.file("table"))
+        self.legacy = not len(self.table) and not self.torn and not os.path.exists(self.file("table"))
+        self.damaged = np.zeros(0, np.int64)  # rows whose check fails: no reader uses them
+        if self.legacy:
+            self._read_legacy()
+        elif len(self.table):
+            self.damaged = np.flatnonzero(~row_crcs_ok(self.table))
+
+    @classmethod
+    def from_entries(cls, path: str, name: str, entries: list[dict]) -> "SegmentIndex":
+        """A segment made of parsed entries (a schema-1 store's records, as one segment)."""
+        self = cls.__new__(cls)
+        self.name, self.path, self.bad_lines, self.torn, self.legacy = name, path, [], 0, True
+        self._entries, self.table, self.damaged = entries, legacy_table(entries), np.zeros(0, np.int64)
+        return self
+
+    def file(self, which: str) -> str:
+        return os.path.join(self.path, which, "0")
+
+    @property
+    def tail(self) -> bool:
+        return bool(self.torn)
+
+    @property
+    def sealed(self) -> bool:
+        """Whether its writer sealed it (the last file a seal writes: the table's, or a legacy
+        segment's index's, zarr.json)."""
+        return os.path.exists(os.path.join(self.path, "index" if self.legacy else "table", "zarr.json"))
+
+    def _read_legacy(self) -> None:
+        try:
+            with open(self.file("index"), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return
+        lines = data.split(b"\n")
+        self.torn = len(lines[-1])
+        entries = []
+        try:  # every line whole: one parse of them all
+            entries = json.loads(b"[" + b",".join(lines[:-1]) + b"]")
+            for entry in entries:
+                entry["record"]["video_id"]  # noqa: B018
+        except (ValueError, KeyError, TypeError):
+            entries = []
+            for number, line in enumerate(lines[:-1], 1):
+                try:
+                    entry = json.loads(line)
+                    entry["record"]["video_id"]  # noqa: B018 -- a line without it is not an entry
+                except (ValueError, KeyError, TypeError):
+                    self.bad_lines.append(number)
+                    continue
+                entries.append(entry)
+        self._entries = entries
+        self.table = legacy_table(entries)
+
+    # reading by row
+    def _slices(self, which: str, rows: np.ndarray) -> list[bytes]:
+        """The ``which`` bytes (newline dropped) of the given rows: one read of the span they cover."""
+        t = self.table[rows]
+        offsets, lengths = t[_OFFSET[which]], t[_LENGTH[which]]
+        if not len(t):
+            return []
+        lo, hi = int(offsets.min()), int((offsets + lengths).max())
+        with open(self.file(which), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if hi > size:
+                raise OSError(f"{self.file(which)}: {hi - size} bytes shorter than its table says (run featcache "
+                              "cache verify)")
+            f.seek(lo)
+            data = f.read(hi - lo)
+        return lines_of(data, offsets - lo, lengths)
+
+    def ids(self, rows: np.ndarray) -> list[str]:
+        if self._entries is not None:
+            return [self._entries[r]["record"]["video_id"] for r in rows.tolist()]
+        slices = self._slices("ids", rows)
+        return b"\n".join(slices).decode("utf-8").split("\n") if slices else []
+
+    def labels(self, rows: np.ndarray) -> list[list[str]]:
+        if self._entries is not None:
+            return [list(self._entries[r]["record"].get("labels", [])) for r in rows.tolist()]
+        slices = self._slices("labels", rows)
+        if not slices:
+            return []
+        memo: dict[str, list[str]] = {}  # few distinct label sets: each split once
+        lines = b"\n".join(slices).decode("utf-8").split("\n")
+        return [list(memo[t]) if t in memo else list(memo.setdefault(t, t.split("\t") if t else [])) for t in lines]
+
+    def _values(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The int32 values of positions/0 spanning the rows' blocks, and each block's offset in them."""
+        t = self.table[rows]
+        off, n = t["positions"].astype(np.int64), t["positions_len"].astype(np.int64)
+        lo, hi = int(off.min()), int((off + n).max())
+        with open(self.file("positions"), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if hi * 4 > size:
+                raise OSError(f"{self.file('positions')}: {hi * 4 - size} bytes shorter than its table says (run "
+                              "featcache cache verify)")
+            f.seek(lo * 4)
+            data = f.read((hi - lo) * 4)
+        return np.frombuffer(data, "<i4"), off - lo
+
+    def policies(self, rows: np.ndarray, names: list[str]) -> list[dict[str, list[int]]]:
+        """Each row's policy -> positions (``names``: the store's frame policies)."""
+        if self._entries is not None:
+            return [self._entries[r]["record"].get("policies", {}) for r in rows.tolist()]
+        if not len(rows):
+            return []
+        values, offsets = self._values(rows)
+        out = []
+        for o in offsets.tolist():
+            k = int(values[o])
+            which, lengths = values[o + 1:o + 1 + k].tolist(), values[o + 1 + k:o + 1 + 2 * k].tolist()
+            at, policies = o + 1 + 2 * k, {}
+            for i, n in zip(which, lengths):
+                policies[names[i]] = values[at:at + n].tolist()
+                at += n
+            out.append(policies)
+        return out
+
+    def positions(self, rows: np.ndarray, j: int) -> np.ndarray | None:
+        """(rows, T) positions of the store's ``j``-th policy for every row, in one gather; None
+        where a row lacks it or the rows hold different numbers of them (a legacy segment too)."""
+        if self._entries is not None:
+            return None
+        if not len(rows):
+            return np.zeros((0, 0), np.int32)
+        values, o = self._values(rows)
+        k = values[o]
+        if not np.all(k > j) or not np.all(values[o + 1 + j] == j):
+            return None
+        lengths = values[o + 1 + k + j]
+        if np.any(lengths != lengths[0]):
+            return None
+        start = o + 1 + 2 * k + sum((values[o + 1 + k + i].astype(np.int64) for i in range(j)), np.zeros(len(o), np.int64))
+        return values[start[:, None] + np.arange(int(lengths[0]))]
+
+    def entries(self, rows: np.ndarray | None = None) -> list[dict]:
+        """The JSON entries (``record``, ``rows``, ``generation``, ``crc``) of the given rows (all: None)."""
+        rows = np.arange(len(self.table)) if rows is None else rows
+        if self._entries is not None:
+            return [self._entries[r] for r in rows.tolist()]
+        slices = self._slices("index", rows)
+        return json.loads(b"[" + b",".join(slices) + b"]") if slices else []
+
+
+def lines_of(data: bytes, offsets: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+    """The slices ``data[o:o + n - 1]`` (newline dropped), one per offset."""
+    return [data[o:o + n - 1] for o, n in zip(offsets.tolist(), lengths.tolist())]
+
+
+def legacy_table(entries: list[dict]) -> np.ndarray:
+    """Table rows (no offsets, no crcs) for parsed JSON entries of a segment without a table."""
+    table = np.zeros(len(entries), TABLE)
+    for i, entry in enumerate(entries):
+        record = entry["record"]
+        row = table[i:i + 1]
+        row["hash"] = key_hash(schema.video_key(record["video_id"]))
+        row["generation"] = entry.get("generation", 0)
+        row["frames"] = entry.get("rows", {}).get(schema.TOKENS, [0, 0])[1]
+        row["policies"] = len(record.get("policies") or {})
+        row["status"] = DONE if record.get("status") == "done" else FAILED
+        row["split"] = split_code(record.get("split", ""))
+        for j, name in enumerate(ARRAYS):
+            if name in entry.get("rows", {}):
+                row["start"][0, j], row["count"][0, j] = entry["rows"][name]
+    return table
+
+
+# ------------------------------------------------------------------ the store's resolved index
+class Index:
+    """Every segment's rows, and which row readers use for each video: the highest generation
+    wins (a grown video, a retry after a failure, a ``cache repair`` record over a broken copy);
+    at equal generations a done copy beats a failure, the first published done copy wins (a
+    racing duplicate), and the last failure. All of it vectorised: no Python object per video."""
+
+    def __init__(self, segments: list[SegmentIndex]):
+        self.segments = segments
+        tables = [s.table for s in segments]
+        self.table = np.concatenate(tables) if tables else np.zeros(0, TABLE)
+        sizes = [len(t) for t in tables]
+        self.seg = np.repeat(np.arange(len(segments), dtype=np.int32), sizes)
+        self.row = np.arange(len(self.table), dtype=np.int64) - np.repeat(np.cumsum([0, *sizes[:-1]]), sizes).astype(
+            np.int64) if sizes else np.zeros(0, np.int64)
+        ordinal = np.arange(len(self.table), dtype=np.int64)
+        done = self.table["status"] == DONE
+        tie = np.where(done, -ordinal, ordinal)
+        order = np.lexsort((tie, done, self.table["generation"], self.table["hash"]))
+        starts = np.cumsum([0, *sizes[:-1]]) if sizes else []
+        damaged = np.concatenate([s.damaged + o for s, o in zip(segments, starts)] or [np.zeros(0, np.int64)])
+        order = order[~np.isin(order, damaged)]  # a damaged row serves no reader: verify names it, repair re-indexes
+        h = self.table["hash"][order]
+        last = np.ones(len(order), bool)
+        last[:-1] = h[1:] != h[:-1]
+        self.win = order[last]  # the rows readers use, sorted by key hash
+        self.hashes = h[last]
+
+    def __len__(self) -> int:
+        return len(self.win)
+
+    def find(self, keys: list[str]) -> np.ndarray:
+        """Rows (of ``table``) readers use for each key; -1 where the store has no such video."""
+        if not len(self.hashes) or not keys:
+            return np.full(len(keys), -1, np.int64)
+        h = np.fromiter((key_hash(k) for k in keys), np.uint64, len(keys))
+        pos = np.minimum(np.searchsorted(self.hashes, h), len(self.hashes) - 1)
+        return np.where(self.hashes[pos] == h, self.win[pos], -1)
+
+    def used(self, segment: int) -> np.ndarray:
+        """Per row of one segment: do readers use it (the winning copy of its video)?"""
+        mine = np.flatnonzero(self.seg == segment)
+        return np.isin(mine, self.win)
+
+    def superseded(self) -> np.ndarray:
+        """Rows no reader uses (older generations, racing duplicates, replaced failures)."""
+        used = np.zeros(len(self.table), bool)
+        used[self.win] = True
+        return np.flatnonzero(~used)
+
+    def _by_segment(self, rows: np.ndarray, read) -> list:
+        out: list = [None] * len(rows)
+        if not len(rows):
+            return out
+        seg = self.seg[rows]
+        order = np.argsort(seg, kind="stable")
+        bounds = np.flatnonzero(np.diff(seg[order])) + 1
+        for group in np.split(order, bounds):
+            values = read(self.segments[int(seg[group[0]])], self.row[rows[group]])
+            for i, v in zip(group.tolist(), values):
+                out[i] = v
+        return out
+
+    def ids(self, rows: np.ndarray) -> list[str]:
+        return self._by_segment(rows, SegmentIndex.ids)
+
+    def labels(self, rows: np.ndarray) -> list[list[str]]:
+        return self._by_segment(rows, SegmentIndex.labels)
+
+    def policies(self, rows: np.ndarray, names: list[str]) -> list[dict[str, list[int]]]:
+        return self._by_segment(rows, lambda seg, r: seg.policies(r, names))
+
+    def positions(self, rows: np.ndarray, j: int) -> np.ndarray | None:
+        """(len(rows), T) positions of the store's ``j``-th frame policy (see SegmentIndex.positions)."""
+        out = None
+        seg = self.seg[rows]
+        order = np.argsort(seg, kind="stable")
+        for mine in np.split(order, np.flatnonzero(np.diff(seg[order])) + 1) if len(rows) else []:
+            got = self.segments[int(seg[mine[0]])].positions(self.row[rows[mine]], j)
+            if got is None or out is not None and got.shape[1] != out.shape[1]:
+                return None
+            if out is None:
+                out = np.empty((len(rows), got.shape[1]), np.int64)
+            out[mine] = got
+        return out if out is not None else np.zeros((0, 0), np.int64)
+
+    def columns(self, rows: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(segment numbers, first rows, row counts) of array ``name`` for each row."""
+        i = ARRAYS.index(name)
+        t = self.table[rows]
+        return self.seg[rows], t["start"][:, i].astype(np.int64), t["count"][:, i].astype(np.int64)
+
+    def entries(self, rows: np.ndarray) -> list[dict]:
+        return self._by_segment(rows, SegmentIndex.entries)
+
+    def where(self, row: int) -> tuple[str, dict[str, tuple[int, int]]]:
+        """(segment name, {array: (start, count)}) of one row."""
+        t = self.table[row]
+        rows = {name: (int(t["start"][i]), int(t["count"][i])) for i, name in enumerate(ARRAYS) if t["count"][i]}
+        return self.segments[int(self.seg[row])].name, rows
+
+
+def read_index(root: str) -> Index:
+    """The resolved index of the packed store at ``root``: one listing, the tables of its segments."""
+    folder = os.path.join(root, schema.SEGMENTS)
+    try:
+        names = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    except FileNotFoundError:
+        names = []
+    return Index([SegmentIndex(root, name) for name in names])
