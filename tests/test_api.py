@@ -124,3 +124,20 @@ def test_labels_and_splits_from_a_training_manifest(motion, tmp_path):
     assert ds.video_ids == wanted
     labels = {r["video_id"]: r["label"] for r in rows}
     assert [ds.classes[int(t)] for t in ds.targets] == [labels[v] for v in ds.video_ids]
+
+
+def test_the_library_face_of_the_docs_runs(motion, capsys):
+    """docs/library.md's library-face block, as written (its store path swapped for the test's)."""
+    import featcache
+
+    blocks = re.findall(r"```python\n(.*?)```", open(DOCS).read(), flags=re.S)
+    (code,) = [b for b in blocks if 'STORE = "' in b]
+    code = re.sub(r'STORE = ".*?"', f"STORE = {motion!r}", code)
+    scope = {"__name__": "docs_face"}
+    exec(compile(code, DOCS, "exec"), scope)
+    out = capsys.readouterr().out
+    cache = scope["cache"]
+    assert isinstance(cache, featcache.Cache) and isinstance(scope["train"], featcache.CacheDataset)
+    assert f"{len(cache)} videos; True" in out and "'pool'" in out and "Cache(" in out
+    assert scope["logits"].shape == (1, len(scope["train"].classes))
+    assert featcache.View is View and callable(featcache.create_head) and "r3d" in featcache.list_heads()

@@ -129,7 +129,7 @@ def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> 
     when it would exceed ``max_bytes`` (default: half the available memory), a StreamedTokens."""
     view.check(cache.attrs)
     layout = view.layout(cache.attrs)
-    fast = columns(cache, view, split)
+    fast = columns(cache, view, split, max_bytes if max_bytes else memory_budget())
     if fast is not None:
         return fast
     entries = cache.done_entries(split)  # briefs only: full records stay unread
@@ -155,7 +155,7 @@ def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> 
     return ViewData(torch.from_numpy(out), labels, ids, layout.num_prefix_tokens, layout.grid)
 
 
-def columns(cache, view: View, split: str) -> ViewData | None:
+def columns(cache, view: View, split: str, max_bytes: int) -> ViewData | None:
     """The common case without a Python object per video: a plain view of a cached policy,
     held in memory; its frames' positions, labels and tokens read from the index columns and the
     segments in a few numpy gathers. None where it does not apply (the per-video path serves)."""
@@ -170,7 +170,7 @@ def columns(cache, view: View, split: str) -> ViewData | None:
         pos = pos[:, view.subset[0]::view.subset[1]]
     layout = view.layout(cache.attrs)
     shape = (len(rows), *layout.shape)
-    if pos.shape[1] != shape[1] or int(np.prod(shape)) * 2 > memory_budget():
+    if pos.shape[1] != shape[1] or int(np.prod(shape)) * 2 > max_bytes:
         return None
     out = np.empty(shape, dtype=np.float16)
     if not cache.gather_rows(schema.TOKENS, rows, pos, view.layers[0], out):

@@ -236,7 +236,7 @@ class Cache:
         if self.fresh:
             fresh = np.fromiter((index.key_hash(k) for k in self.fresh), np.uint64, len(self.fresh))
             keep &= ~np.isin(table["hash"][rows], fresh)
-        rows = rows[keep]
+        rows = np.sort(rows[keep])  # in file order: the index files are read in runs
         if split is not None and index.split_code(split) == index.OTHER_SPLIT:  # the brief has it
             rows = rows[[b["split"] == split for b in idx.briefs(rows)]]
         return rows
@@ -686,13 +686,20 @@ class Cache:
                     bad.append(name)
         return bad
 
-    def dataset(self, view="uniform:8", split="train", manifest=None, **kw):
+    def dataset(self, view=None, split: str = "train", manifest: str | None = None, *, frames: str | None = None,
+                layers=(-1,), tokens: str = "all", spatial: int = 0, channels: int = 0, transform=None,
+                target_transform=None, **options):
         """One split of a view as a torch Dataset of ``(tokens (T, N, C), target)`` for your own
-        loop; ``manifest``: labels and splits from a training manifest (None: the store's own).
-        See featcache.cache.torch_dataset.CacheDataset for the options and attributes."""
+        loop: ``frames`` (or ``view``: a View, or its frames; default ``uniform:8``), ``layers``,
+        ``tokens``, ``spatial``, ``channels`` as ``featcache train --view``; ``manifest``: labels
+        and splits from a training manifest (None: the store's own); ``transform`` /
+        ``target_transform`` applied to each item (torchvision's convention). ``options``: the
+        rest of featcache.cache.torch_dataset.CacheDataset's (classes, multi_label, max_bytes,
+        stream, dtype, quantized)."""
         from featcache.cache.torch_dataset import cache_dataset
 
-        return cache_dataset(self, view, split, manifest, **kw)
+        return cache_dataset(self, view, split, manifest, frames=frames, layers=layers, tokens=tokens, spatial=spatial,
+                             channels=channels, transform=transform, target_transform=target_transform, **options)
 
 
 class CacheWriter(Cache):
@@ -777,6 +784,8 @@ class CacheWriter(Cache):
         segment, self._segment = self._segment, packed.SegmentWriter(self.path, self.attrs, self.durable, self.task)
         with contextlib.suppress(OSError):
             segment.seal()
+        if not segment.rows and segment.last_name:  # ours, and it publishes nothing: no reader needs it
+            shutil.rmtree(segment.path, ignore_errors=True)
         return segment.lost
 
     def _add_policies(self, added: list[str]) -> None:

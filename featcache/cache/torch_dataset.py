@@ -65,15 +65,19 @@ class CacheDataset(torch.utils.data.Dataset):
     them), ``video_ids`` and ``labels`` (item order: sorted by video id), ``view``, ``layout``
     (frames, num_tokens, dim, num_prefix_tokens, grid), ``multi_label``, ``streamed``."""
 
-    def __init__(self, cache, view: str | View = "uniform:8", split: str = "train", manifest: str | None = None, *,
-                 layers=(-1,), tokens: str = "all", spatial: int = 0, channels: int = 0,
+    def __init__(self, cache, view: str | View | None = None, split: str = "train", manifest: str | None = None, *,
+                 frames: str | None = None, layers=(-1,), tokens: str = "all", spatial: int = 0, channels: int = 0,
                  classes: list[str] | None = None, multi_label: bool | None = None,
                  max_bytes: int | None = None, stream: bool | None = None, dtype: torch.dtype = torch.float32,
-                 quantized: bool = False):
+                 quantized: bool = False, transform=None, target_transform=None):
         if split not in SPLITS:
             raise FeatcacheError(f"dataset: unknown split {split!r}; expected train, val or test")
+        if view is not None and frames is not None:
+            raise FeatcacheError("dataset: give the frames once: view= (a View or its frames) or frames=")
         source = annotated(cache, manifest)
+        view = view if view is not None else frames if frames is not None else "uniform:8"
         self.view, self.split, self.dtype = _view(view, layers, tokens, spatial, channels), split, dtype
+        self.transform, self.target_transform = transform, target_transform  # torchvision's convention
         self.view.check(source.attrs)
         self.layout = self.view.layout(source.attrs)
         budget = 1 if stream else (1 << 62) if stream is False else max_bytes
@@ -127,12 +131,14 @@ class CacheDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} is out of range for {len(self)} videos")
+        target = self.targets[i] if self.target_transform is None else self.target_transform(self.targets[i])
         if self.quantized:  # as stored: quant.to_head dequantises the collated batch
             x = self.data.x
             return {"q": torch.from_numpy(x.q[i]), "token_scales": torch.from_numpy(x.token_scales[i]),
-                    "channel_scales": torch.from_numpy(x.channel_scales[i])}, self.targets[i]
+                    "channel_scales": torch.from_numpy(x.channel_scales[i])}, target
         x = self.data.x[i] if not self.streamed else self.data.x[[i % len(self)]][0]  # (T, N, C)
-        return x.to(self.dtype), self.targets[i]
+        x = x.to(self.dtype)
+        return (x if self.transform is None else self.transform(x)), target
 
     def __repr__(self) -> str:
         lay = self.layout
@@ -140,7 +146,7 @@ class CacheDataset(torch.utils.data.Dataset):
                 f"C={lay.dim}), {len(self.classes)} classes{', streamed' if self.streamed else ''})")
 
 
-def cache_dataset(cache, view: str | View = "uniform:8", split: str = "train", manifest: str | None = None,
+def cache_dataset(cache, view: str | View | None = None, split: str = "train", manifest: str | None = None,
                   **kw) -> CacheDataset:
     """``Cache.dataset``: see :class:`CacheDataset`."""
     return CacheDataset(cache, view, split, manifest, **kw)
