@@ -38,7 +38,8 @@ import time
 import numpy as np
 
 from featcache.cache.dataset import materialise
-from featcache.cache.store import Cache, CacheWriter
+from featcache.cache.store import Cache
+from featcache.cache.writer import CacheWriter
 from featcache.spec.view import View
 
 ATTRS = {"featcache_version": "bench", "model": {"name": "none"}, "preprocess": {}, "compute": {},

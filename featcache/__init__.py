@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _LAZY = {
     "Cache": "featcache.cache.store",
     "VideoEntry": "featcache.cache.store",
-    "CacheWriter": "featcache.cache.store",
+    "CacheWriter": "featcache.cache.writer",
     "CacheDataset": "featcache.cache.torch_dataset",
     "View": "featcache.spec.view",
     "create_head": "featcache.heads.registry",

@@ -9,7 +9,8 @@ import os
 import numpy as np
 
 from featcache.cache import schema
-from featcache.cache.store import CacheWriter, open_cache, to_json
+from featcache.cache.store import open_cache, to_json
+from featcache.cache.writer import CacheWriter
 from featcache.data.manifest import read_manifest
 from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.view import parse_policy

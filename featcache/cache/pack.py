@@ -14,7 +14,8 @@ import datetime
 import os
 from dataclasses import dataclass, field
 
-from featcache.cache.store import Cache, CacheWriter, open_cache
+from featcache.cache.store import Cache, open_cache
+from featcache.cache.writer import CacheWriter
 from featcache.errors import FeatcacheError
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from featcache.cache import quant, schema
-from featcache.cache.store import CacheWriter, PublishError
+from featcache.cache.writer import CacheWriter, PublishError
 from featcache.data.manifest import VideoItem, read_manifest
 from featcache.errors import FeatcacheError, OptionError
 from featcache.extract.encoder import EncoderConfig, FrozenEncoder

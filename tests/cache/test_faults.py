@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from featcache import open_cache
 from featcache.cache import index, packed
-from featcache.cache.store import CacheWriter, PublishError
+from featcache.cache.writer import CacheWriter, PublishError
 from featcache.cli import app
 from featcache.errors import FeatcacheError
 
@@ -263,7 +263,7 @@ _WRITER = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     from test_faults import ATTRS, record, tokens_of
-    from featcache.cache.store import CacheWriter, PublishError
+    from featcache.cache.writer import CacheWriter, PublishError
     from featcache.cache import packed
     packed.COMMIT_SECONDS = 0.0
     writer = CacheWriter.open({path!r}, ATTRS, task={task!r})

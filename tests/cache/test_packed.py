@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from featcache import open_cache
 from featcache.cache import packed
-from featcache.cache.store import CacheWriter
+from featcache.cache.writer import CacheWriter
 from featcache.cli import app
 from featcache.data.synthetic import make_dataset
 from featcache.launch.extract_array import published
@@ -448,7 +448,7 @@ def test_a_group_commit_torn_by_a_full_disk_is_cut_off_whole_and_never_retried(t
     them (a retry would append the lines after the torn half: a corrupt line); a re-run redoes them."""
     import errno
 
-    from featcache.cache.store import PublishError
+    from featcache.cache.writer import PublishError
 
     path, real, torn = str(tmp_path / "c.zarr"), packed._write_all, []
 
