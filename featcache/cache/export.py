@@ -28,7 +28,7 @@ def export_cache(path: str, fmt: str, out: str) -> int:
     if os.path.exists(out):
         raise FeatcacheError(f"{out} exists; choose a new output path")
     entries = [cache.video(vid) for vid in cache.video_ids()]
-    failed = {k: r for k, r in cache.records().items() if r.get("status") == "failed"}
+    failed = {schema.video_key(r["video_id"]): r for r in cache.records_of(cache.video_ids("failed"), "failed")}
     (_export_hdf5 if fmt == "hdf5" else _export_npy)(cache, entries, failed, out)
     return len(entries)
 

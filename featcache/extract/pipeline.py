@@ -247,7 +247,7 @@ def to_extract(writer: CacheWriter, items: list[VideoItem]) -> tuple[list[VideoI
 def relabelled_videos(items: list[VideoItem], cache) -> list[str]:
     """Ids of done videos whose manifest row gives labels or a split other than their record's."""
     labelled = [it for it in items if it.labels or it.split]
-    briefs = cache.briefs([it.video_id for it in labelled])
+    briefs = cache.briefs([it.video_id for it in labelled], policies=False)
     return [it.video_id for it in labelled if it.video_id in briefs and
             (list(it.labels), it.split) != (list(briefs[it.video_id]["labels"]), briefs[it.video_id]["split"])]
 

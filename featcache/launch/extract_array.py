@@ -90,7 +90,7 @@ def published(out: str) -> int:
     from featcache.cache.store import open_cache
 
     try:
-        return len(open_cache(out).records())
+        return len(open_cache(out).index)
     except FeatcacheError:  # not created yet
         return 0
 
@@ -140,12 +140,11 @@ def shard_status(cache, video_ids: list[str], shards: int) -> list[dict]:
     """Per shard: done / failed / in progress (being written) / pending videos."""
     from featcache.cache import schema
 
-    records = cache.records()
+    statuses = cache.statuses(video_ids)  # the index columns: no record is read
     staged = cache.in_progress_keys()
     rows = [Counter() for _ in range(shards)]
-    for vid in video_ids:
-        key = schema.video_key(vid)
-        status = records.get(key, {}).get("status") or ("in_progress" if key in staged else "pending")
+    for vid, status in zip(video_ids, statuses):
+        status = status or ("in_progress" if schema.video_key(vid) in staged else "pending")
         rows[shard_of(vid, shards)][status] += 1
     return [{"shard": i, **{s: c[s] for s in ("done", "failed", "in_progress", "pending")}}
             for i, c in enumerate(rows)]

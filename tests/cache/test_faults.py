@@ -441,3 +441,20 @@ def test_nan_tokens_are_refused_at_extraction_with_the_video_named(tmp_path, mon
     cache = open_cache(cfg.out)
     assert cache.status(bad[0]) == "failed" and cache.verify() == []
     time.sleep(0)
+
+
+def test_a_shard_resume_reads_no_record_of_its_done_videos(tmp_path, monkeypatch):
+    """What `extract` does before its first video: the done ones are skipped from the index
+    columns; only videos that grow (a policy added) have their records read."""
+    from featcache.data.manifest import VideoItem
+    from featcache.extract.pipeline import relabelled_videos, to_extract
+
+    path = tmp_path / "c.zarr"
+    write(path, range(20))
+    monkeypatch.setattr(index.SegmentIndex, "entries", lambda *a, **k: pytest.fail("a JSON line was parsed"))
+    items = [VideoItem(f"v{i:03d}", f"v{i:03d}.mp4", ("ab"[i % 2],), "train") for i in range(25)]
+    with CacheWriter.open(str(path), ATTRS, task="m.csv shard 0/1") as writer:
+        todo, grow = to_extract(writer, items)
+        assert [it.video_id for it in todo] == [f"v{i:03d}" for i in range(20, 25)] and grow == {}
+        items[3] = VideoItem("v003", "v003.mp4", ("z",), "test")
+        assert relabelled_videos(items, writer) == ["v003"]
