@@ -175,6 +175,7 @@ def columns(cache, view: View, split: str, max_bytes: int) -> ViewData | None:
     out = np.empty(shape, dtype=np.float16)
     if not cache.gather_rows(schema.TOKENS, rows, pos, view.layers[0], out):
         return None
+    cache.spot_check(rows)  # a few whole videos against their checksums: damage named before training
     return ViewData(torch.from_numpy(out), labels, ids, layout.num_prefix_tokens, layout.grid)
 
 

@@ -667,6 +667,17 @@ class Cache:
             raise DamagedStore(f"{self.path}: video {entry.video_id!r}: its {name} do not match their checksum (changed "
                                f"since they were written); run featcache cache verify {self.path}")
 
+    def spot_check(self, rows: np.ndarray, count: int = 8) -> None:
+        """Check the token checksums of ``count`` videos spread evenly over ``rows`` (a view's
+        split): a whole read of each, so a damaged store is named before a run trains on it."""
+        if self.layout != "packed" or not len(rows):
+            return
+        for row in rows[np.unique(np.linspace(0, len(rows) - 1, min(count, len(rows))).astype(np.int64))].tolist():
+            entry = self.entry_at(row)
+            segment, where = entry.where
+            if schema.TOKENS in where:
+                self.check_rows(entry, schema.TOKENS, self._segment_rows(segment, schema.TOKENS, *where[schema.TOKENS]))
+
     def checksum_mismatches(self, entry: VideoEntry) -> list[str]:
         """The arrays of a video whose rows no longer have the crc32c recorded at writing."""
         if entry.row < 0 or self.layout != "packed":

@@ -458,3 +458,14 @@ def test_a_shard_resume_reads_no_record_of_its_done_videos(tmp_path, monkeypatch
         assert [it.video_id for it in todo] == [f"v{i:03d}" for i in range(20, 25)] and grow == {}
         items[3] = VideoItem("v003", "v003.mp4", ("z",), "test")
         assert relabelled_videos(items, writer) == ["v003"]
+
+
+def test_a_view_spot_checks_checksums_before_a_run_trains(tmp_path):
+    path = tmp_path / "c.zarr"
+    write(path, range(8))
+    data = os.path.join(segment(path), "tokens", "0.0.0.0")
+    raw = bytearray(open(data, "rb").read())
+    raw[7 * 8 * 5 * 4 * 2 + 3] ^= 0x10  # the last video: one of those a view checks
+    open(data, "wb").write(bytes(raw))
+    with pytest.raises(FeatcacheError, match="v007.*do not match their checksum"):
+        open_cache(str(path)).dataset("uniform:8", "train")
