@@ -498,15 +498,21 @@ def write_replacing(path: str, data: bytes) -> None:
 
 
 def _write_new(path: str, data: bytes) -> None:
-    """Write a complete file under a temporary name, then rename it to its (new) name."""
+    """Write a complete file under a temporary name, then rename it to its (new) name; on any
+    error the temporary file is removed again (a full disk leaves no ``*.tmp-*`` behind)."""
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:

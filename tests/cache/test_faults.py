@@ -400,7 +400,8 @@ def test_a_full_tmpfs_is_one_line_and_a_summary_and_the_next_run_completes(tmp_p
         out = mnt / "c.zarr"
         cmd = [sys.executable, "-m", "featcache.cli", "extract", str(manifest), "--out", str(out), "--frames",
                "uniform:4", *TINY_CLI, "--dtype", "float32", "-q"]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        env = dict(os.environ, FEATCACHE_COMMIT_SECONDS="0")  # each video published at once: the disk fills mid-run
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
         assert "extraction stopped" in p.stderr and "No space left on device" in p.stderr, p.stderr
         assert "failed: v" in p.stdout and "not attempted" in p.stderr
