@@ -149,9 +149,12 @@ def place(row: np.ndarray, offsets: dict[str, int]) -> bytes:
 
 def row_checks(table: np.ndarray) -> np.ndarray:
     """Each row's check: its 32-bit words (all but the check) times CHECK_WEIGHTS, summed mod 2**64."""
-    words = np.ascontiguousarray(table).view("<u4").reshape(len(table), ROW // 4)[:, :WORDS].astype(np.uint64)
+    words = np.ascontiguousarray(table).view("<u4").reshape(len(table), ROW // 4)[:, :WORDS]
+    out = np.empty(len(table), np.uint64)
     with np.errstate(over="ignore"):
-        return (words * CHECK_WEIGHTS).sum(axis=1, dtype=np.uint64)
+        for lo in range(0, len(table), 1 << 16):  # in chunks: a few MB of temporaries, whatever the store's size
+            out[lo:lo + (1 << 16)] = (words[lo:lo + (1 << 16)].astype(np.uint64) * CHECK_WEIGHTS).sum(axis=1, dtype=np.uint64)
+    return out
 
 
 def row_crcs_ok(table: np.ndarray) -> np.ndarray:

@@ -215,7 +215,7 @@ def test_two_shard_workers_one_killed_then_both_rerun_give_every_video_once(tmp_
     cache = open_cache(str(out))
     ids = cache.video_ids()
     assert len(ids) == len(set(ids)) == 16 and cache.verify() == [] and cache.failures() == {}
-    assert sum(len(s.entries) for s in cache.segments()) == 16  # nothing was written twice
+    assert sum(len(s.table) for s in cache.segments()) == 16  # nothing was written twice
     single = tmp_path / "one.zarr"
     p = subprocess.run([*FEATCACHE, "extract", manifest, "--out", str(single), *slow], capture_output=True, text=True,
                        timeout=300)

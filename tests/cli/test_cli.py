@@ -101,7 +101,7 @@ def test_kill_9_then_resume(tmp_path, dataset):
     assert len(ids) == len(set(ids)) == 16
     assert f"{len(partial.video_ids())} already cached" in p.stdout
     killed, rerun = cache.segments()  # the killed writer's segment is read as it was left, never touched
-    assert not killed.sealed and rerun.sealed and len(killed.entries) == len(partial.video_ids())
+    assert not killed.sealed and rerun.sealed and len(killed.table) == len(partial.video_ids())
     assert run("cache", "verify", str(out)).returncode == 0
 
 
