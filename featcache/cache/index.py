@@ -452,8 +452,8 @@ class Index:
     def columns(self, rows: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(segment numbers, first rows, row counts) of array ``name`` for each row."""
         i = ARRAYS.index(name)
-        t = self.table[rows]
-        return self.seg[rows], t["start"][:, i].astype(np.int64), t["count"][:, i].astype(np.int64)
+        return (self.seg[rows], self.table["start"][rows, i].astype(np.int64),
+                self.table["count"][rows, i].astype(np.int64))
 
     def entries(self, rows: np.ndarray) -> list[dict]:
         return self._by_segment(rows, SegmentIndex.entries)

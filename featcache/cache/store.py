@@ -499,21 +499,23 @@ class Cache:
         if self.layout == "loose" or name == schema.SIDE_CROPS or not entries:
             return False
         where = [e.where for e in entries]
-        segments = [w[0] for w in where]
+        names, segments = np.unique([w[0] for w in where], return_inverse=True)
         starts = np.array([w[1].get(name, (0, 0))[0] for w in where], np.int64)
         counts = np.array([w[1].get(name, (0, 0))[1] for w in where], np.int64)
-        return self._gather(name, segments, starts, counts, positions, layer, out, lambda i: entries[i].video_id)
+        return self._gather(name, names.tolist(), segments, starts, counts, positions, layer, out,
+                            lambda i: entries[i].video_id)
 
     def gather_rows(self, name: str, rows: np.ndarray, positions, layer: int, out: np.ndarray) -> bool:
         """:meth:`gather` for index rows (``done_rows``): no Python object per video."""
         if self.layout == "loose" or name == schema.SIDE_CROPS or not len(rows):
             return False
         seg, starts, counts = self.index.columns(rows, name)
-        names = np.array([s.name for s in self.index.segments])[seg]
-        return self._gather(name, names, starts, counts, positions, layer, out,
+        return self._gather(name, [s.name for s in self.index.segments], seg, starts, counts, positions, layer, out,
                             lambda i: self.index.ids(rows[i:i + 1])[0])
 
-    def _gather(self, name, segments, starts, counts, positions, layer, out, video_id) -> bool:
+    def _gather(self, name, names: list[str], segments: np.ndarray, starts, counts, positions, layer, out,
+                video_id) -> bool:
+        """The gather itself: video i's rows lie in segment ``names[segments[i]]`` from ``starts[i]``."""
         if not out.flags.c_contiguous:  # the reshape below would copy, and the gather land in the copy
             raise ValueError("Cache.gather writes into a C-contiguous array")
         pos = np.asarray(positions, dtype=np.int64).reshape(len(starts), -1)
@@ -524,18 +526,23 @@ class Cache:
                                f"{pos.shape[1]} at positions up to {pos[i].max()}; run featcache cache verify {self.path}")
         rows = pos + starts[:, None]  # (V, T) rows of the segment arrays
         flat = out.reshape(len(starts) * pos.shape[1], *out.shape[2:])
-        names, which = np.unique(segments, return_inverse=True)
-        order = np.argsort(which, kind="stable")  # the videos of each segment, grouped: O(V log V)
-        for segment, mine in zip(names, np.split(order, np.cumsum(np.bincount(which))[:-1])):
+        used = np.unique(segments)
+        if len(used) == 1:  # one segment (a packed store): no grouping
+            groups = [(int(used[0]), slice(None))]
+        else:
+            order = np.argsort(segments, kind="stable")  # the videos of each segment, grouped: O(V log V)
+            groups = [(int(segments[g[0]]), g) for g in np.split(order, np.flatnonzero(np.diff(segments[order])) + 1)]
+        for number, mine in groups:
             idx = rows[mine].ravel()
-            stored = self._segment_rows(str(segment), name, 0, int(idx.max()) + 1)
+            stored = self._segment_rows(names[number], name, 0, int(idx.max()) + 1)
             if stored.ndim > 1:
                 stored = stored[:, layer % stored.shape[1]]  # (rows, ...) of one layer: a view
-            if len(names) == 1 and stored.flags.c_contiguous:  # straight into out (bounds checked above)
+            if len(groups) == 1 and stored.flags.c_contiguous:  # straight into out (bounds checked above)
                 np.take(stored, idx, axis=0, out=flat, mode="clip")
                 break
             # several layers per row: a strided layer, which fancy indexing walks
             taken = np.take(stored, idx, axis=0, mode="clip") if stored.flags.c_contiguous else stored[idx]
+            mine = np.arange(len(starts)) if isinstance(mine, slice) else mine
             flat[(pos.shape[1] * mine[:, None] + np.arange(pos.shape[1])).ravel()] = taken
         return True
 

@@ -88,7 +88,7 @@ class CacheDataset(torch.utils.data.Dataset):
                                  "with all tokens and no pooling, held in memory (not streamed)")
         everyone = source.done_labels(SPLITS)
         self.classes = list(classes) if classes is not None else sorted({c for ls in everyone for c in ls})
-        unknown = sorted({c for ls in self.data.labels for c in ls} - set(self.classes))
+        unknown = sorted({c for ls in self.data.labels for c in ls} - set(self.classes)) if classes is not None else []
         if unknown:
             raise FeatcacheError(f"dataset: split {split} has labels {unknown} that are not in classes")
         self.multi_label = any(len(ls) > 1 for ls in everyone) if multi_label is None else multi_label
