@@ -167,6 +167,7 @@ def read_rate(root: str, videos: int, rounds: int) -> dict:
         ref[i] = cache.video(vid).tokens[:, 0]
     ref.flush()
     del ref
+    os.sync()  # the store's and the reference's dirty pages written back before any timing
     ours, theirs = [], []
     for r in range(rounds + 1):  # round 0 warms the page cache for both
         t = time.perf_counter()
