@@ -6,7 +6,8 @@ Packed layout (schema 2, the default; see packed.py and docs/cache-format.md):
       zarr.json                       root group; attributes = provenance
       segments/zarr.json              group
       segments/<segment>/zarr.json    one group per writer process (or roll-over)
-      segments/<segment>/index.jsonl  one line per published video: record + rows per array
+      segments/<segment>/table/       one fixed-width row per published video (index.py), with
+                                      ids/, labels/, positions/ and index/ (JSON lines: records)
       segments/<segment>/<array>/     tokens, luv_scores, token_scales, channel_scales, cut,
                                       side_crops: rows of many videos in one data file
                                       ("0.0.0.0"); zarr.json written when the segment is sealed
@@ -22,8 +23,9 @@ import re
 SCHEMA_VERSION = 2  # 1: loose (one folder per video), 2: packed segments
 VIDEOS = "videos"  # schema 1
 SEGMENTS = "segments"  # schema 2
-PACKED_LAYOUT = ("packed: segments/<segment>/index.jsonl lists the videos of each segment (record, and rows "
-                 "[start, count] per array); segments/<segment>/<array> holds their rows concatenated")
+PACKED_LAYOUT = ("packed: segments/<segment>/table/0 lists the videos of each segment (fixed-width rows: "
+                 "featcache.cache.index.TABLE) and index/0 their records (JSON lines, with rows [start, count] "
+                 "per array); segments/<segment>/<array> holds their rows concatenated")
 STAGING = ".staging"
 TOKENS = "tokens"
 LUV_SCORES = "luv_scores"
