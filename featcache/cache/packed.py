@@ -14,9 +14,10 @@ visible once its table row is complete, so a writer killed at any moment leaves 
 row points to: readers ignore them, and the next run redoes those videos (the ones written since
 the last commit) in a segment of its own. Nothing is ever renamed over, hard-linked, locked or
 exchanged: segment folders and files are created with ``O_EXCL`` and only appended to by their
-owner, which is all NFS, Lustre and GPFS need to provide. A live writer touches its table's
-mtime at least every ``HEARTBEAT_SECONDS / 4`` (its heartbeat), and checks at each commit that
-its segment still exists, so a store replaced under it is noticed and nothing is published.
+owner, which is all NFS, Lustre and GPFS need to provide. A live writer's thread touches its
+table's mtime every ``HEARTBEAT_SECONDS / 4`` (its heartbeat), and the writer checks at each
+commit that its segment still exists, so a store replaced under it is noticed and nothing is
+published.
 
 Long module: the segment format is one contract (row plan, index files, seal); its writer is kept
 beside the row plan it writes.
@@ -34,6 +35,7 @@ import datetime
 import json
 import os
 import re
+import threading
 import time
 import uuid
 
@@ -277,7 +279,7 @@ class SegmentWriter:
         self.lost: list[str] = []  # videos of a failed commit: written, never published (the next run redoes them)
         self.dirty: set[str] = set()  # arrays with rows not yet fdatasync-ed
         self.oldest = 0.0  # when the first pending video was written
-        self.beat = 0.0  # when the heartbeat (the table's mtime) was last touched
+        self.beating: threading.Event | None = None  # set to stop this segment's heartbeat thread
         self.commit_s = env_number("FEATCACHE_COMMIT_SECONDS", COMMIT_SECONDS, float)
 
     @property
@@ -311,12 +313,16 @@ class SegmentWriter:
         except OSError:
             self._discard()
             raise
-        self.beat = time.monotonic()
+        self.beating = threading.Event()
+        self.beat_thread = threading.Thread(target=_heartbeat, args=(self.index_fds["table"], self.beating),
+                                            daemon=True, name=f"featcache-heartbeat-{self.name}")
+        self.beat_thread.start()
 
     def _discard(self) -> None:
         """Close and remove a segment that holds no published video (its creation failed)."""
         import shutil
 
+        self._stop_heartbeat()
         for fd in [*self.index_fds.values(), *self.fds.values()]:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -353,15 +359,7 @@ class SegmentWriter:
         self.dirty.update(rows)
         if not self.durable or time.monotonic() - self.oldest >= self.commit_s:
             self.commit()
-        elif time.monotonic() - self.beat >= HEARTBEAT_SECONDS / 4:
-            self._heartbeat()
         return {"record": record, "rows": placed, "generation": generation, "crc": crc, "segment": self.name}
-
-    def _heartbeat(self) -> None:
-        """Touch the table's mtime: `--overwrite` and duplicate writers see this segment is live."""
-        with contextlib.suppress(OSError):
-            os.utime(self.index_fds["table"])
-        self.beat = time.monotonic()
 
     def commit(self) -> None:
         """Publish the videos written since the last commit: the data files ``fdatasync``-ed,
@@ -406,7 +404,6 @@ class SegmentWriter:
         self.index_sizes["table"] += len(table)
         self.rows += len(self.pending)
         self.pending, self.dirty = [], set()
-        self.beat = time.monotonic()
 
     def seal(self) -> None:
         """Write each array's shard index and zarr.json; the segment takes no more videos. The
@@ -417,10 +414,18 @@ class SegmentWriter:
             self.commit()
             self._seal_files()
         finally:
+            self._stop_heartbeat()
             for fd in [*self.fds.values(), *self.index_fds.values()]:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self.fds, self.cursor, self.index_fds, self.name, self.bytes = {}, {}, {}, None, 0
+
+    def _stop_heartbeat(self) -> None:
+        """Stop the heartbeat thread before the table's descriptor is closed (and reused)."""
+        if self.beating is not None:
+            self.beating.set()
+            self.beat_thread.join(timeout=5)
+            self.beating = None
 
     def _seal_files(self) -> None:
         for name, fd in self.fds.items():
@@ -437,10 +442,20 @@ class SegmentWriter:
             _write_new(os.path.join(self.path, which, "zarr.json"), index_metadata(self.index_sizes[which], which))
 
 
+def _heartbeat(fd: int, stop: threading.Event) -> None:
+    """Touch the table's mtime every ``HEARTBEAT_SECONDS / 4`` until ``stop``: however long one
+    video takes, ``--overwrite`` and a duplicate writer on another host see the segment is live."""
+    while not stop.wait(HEARTBEAT_SECONDS / 4):
+        try:
+            os.utime(fd)
+        except OSError:
+            return  # the file is gone (the store replaced) or closed: the next commit says so
+
+
 def live_writers(root: str, task: str | None = None) -> list[str]:
     """One line per writer of the store at ``root`` that is alive now (of ``task`` only, when
-    given): an unsealed segment whose writer runs on this host (its pid exists) or, on another
-    host, touched its heartbeat less than ``HEARTBEAT_SECONDS`` ago. Never this process."""
+    given): an unsealed segment whose heartbeat is less than ``HEARTBEAT_SECONDS`` old and, on
+    this host, whose process exists. Never this process."""
     folder, out = os.path.join(root, schema.SEGMENTS), []
     try:
         names = sorted(e.name for e in os.scandir(folder) if e.is_dir())
@@ -461,10 +476,9 @@ def live_writers(root: str, task: str | None = None) -> list[str]:
         if task is not None and who.get("task") != task:
             continue
         age = time.time() - beat
-        if who.get("host") == host:
-            alive = who.get("pid") != os.getpid() and _pid_alive(who.get("pid"))
-        else:
-            alive = age < HEARTBEAT_SECONDS
+        # a fresh heartbeat; on this host its process must exist too (a kill -9 ends it at once)
+        alive = age < HEARTBEAT_SECONDS and (who.get("host") != host or who.get("pid") != os.getpid()
+                                            and _pid_alive(who.get("pid")))
         if alive:
             out.append(f"{who.get('host')} pid {who.get('pid')} (segment {name}, heartbeat {age:.0f} s ago)")
     return out

@@ -441,7 +441,7 @@ def test_nan_tokens_are_refused_at_extraction_with_the_video_named(tmp_path, mon
     assert list(s.failed) == bad and "NaN or infinite" in s.failed[bad[0]] and s.done == 3, s
     cache = open_cache(cfg.out)
     assert cache.status(bad[0]) == "failed" and cache.verify() == []
-    time.sleep(0)
+
 
 
 def test_a_shard_resume_reads_no_record_of_its_done_videos(tmp_path, monkeypatch):
@@ -470,3 +470,20 @@ def test_a_view_spot_checks_checksums_before_a_run_trains(tmp_path):
     open(data, "wb").write(bytes(raw))
     with pytest.raises(FeatcacheError, match="v007.*do not match their checksum"):
         open_cache(str(path)).dataset("uniform:8", "train")
+
+
+def test_a_writer_busy_with_one_long_video_keeps_its_heartbeat(tmp_path, monkeypatch):
+    """The heartbeat is a thread: a writer that appends nothing for a while (one long video
+    through a video encoder) still looks live to --overwrite on another host; its seal stops it."""
+    monkeypatch.setattr(packed, "HEARTBEAT_SECONDS", 0.4)
+    path = tmp_path / "c.zarr"
+    writer = CacheWriter.open(str(path), ATTRS)
+    writer.write_video(record(0), tokens_of(0), None)
+    table = os.path.join(writer._segment.path, "table", "0")
+    os.utime(table, (0, 0))  # as if its last heartbeat were long ago
+    time.sleep(0.5)
+    assert time.time() - os.path.getmtime(table) < 0.45
+    writer.close()
+    os.utime(table, (0, 0))
+    time.sleep(0.3)
+    assert os.path.getmtime(table) == 0  # sealed: no more heartbeats
