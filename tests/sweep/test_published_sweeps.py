@@ -81,6 +81,48 @@ def test_table3_sweep_says_its_accuracies_are_figs_5_and_6():
     assert "Fig. 5" in first and "Fig. 6" in first and "not accuracy" in text
 
 
+# AdViSe Table 3, trainable parameters (M) of the TMM + head (768-channel CLIP ViT-B/16 tokens, 4 PRP classes)
+TABLE3_BLOCKS = {1: 1.84, 2: 2.95, 4: 5.18, 6: 7.41, 8: 9.63}  # hidden 256
+TABLE3_HIDDEN = {64: 0.94, 256: 1.84, 512: 4.07, 1024: 12.06, 2048: 42.21}  # 1 block
+
+
+@pytest.mark.parametrize("variant", ["", "_paper"])
+def test_table3_sweeps_build_the_released_kernel_and_its_parameter_counts(variant):
+    """Every cell's head as the sweep file configures it, counted against the paper's Table 3 and
+    the text's "4.5 M tunable parameters (4 R3D blocks)" (section 4, UCF101 fine-tuning: 101 classes)."""
+    from featcache.heads.registry import create_head
+
+    s, text = sweep(f"advise_table3_depth_width{variant}.yaml")
+    assert "head.temporal_kernel=1" in text and "kernel 1 is the kernel that reproduces Table 3" in text
+
+    def build(options, classes=4):
+        head = create_head(s.cells[0].config.head, in_dim=768, num_classes=classes, num_frames=8, grid=(14, 14),
+                           num_prefix_tokens=1, **options)
+        return sum(p.numel() for p in head.parameters())
+
+    counts = {}
+    for cell in s.cells:
+        o = cell.config.head_options
+        assert (o["temporal_kernel"], o["out_dim"]) == (1, 512), o
+        counts[(o["blocks"], o["hidden"])] = build(o)
+    # exact counts (the released module's, tests/heads/test_released_ports.py) for every cell
+    assert counts == {(1, 256): 1_844_228, (2, 256): 2_698_244, (4, 256): 4_406_276, (6, 256): 6_114_308,
+                      (8, 256): 7_822_340, (1, 64): 1_044_740, (1, 512): 3_942_404, (1, 1024): 11_677_700,
+                      (1, 2048): 41_304_068}
+    # the paper's numbers kernel 1 reproduces: Table 3's default cell and "4.5 M for 4 blocks"
+    assert round(counts[(1, 256)] / 1e6, 2) == TABLE3_BLOCKS[1] == TABLE3_HIDDEN[256]
+    four = dict(s.cells[0].config.head_options, blocks=4, hidden=256)
+    assert round(build(four, classes=101) / 1e6, 1) == 4.5
+    # the width row within 12% (+11% at 64); the depth row below the paper's (each paper block costs a kernel-3 block)
+    width = {h: counts[(1, h)] / 1e6 / m - 1 for h, m in TABLE3_HIDDEN.items()}
+    assert all(abs(d) < 0.12 for d in width.values()), width
+    depth = {b: counts[(b, 256)] / 1e6 / m - 1 for b, m in TABLE3_BLOCKS.items()}
+    assert depth[1] == pytest.approx(0, abs=0.003) and all(-0.19 < depth[b] < -0.08 for b in (2, 4, 6, 8)), depth
+    # the paper's 3x1x1 text (featcache's default kernel) fits neither published total
+    kt3 = dict(s.cells[0].config.head_options, temporal_kernel=3)
+    assert round(build(kt3) / 1e6, 2) == 2.24 and round(build(dict(kt3, blocks=4), classes=101) / 1e6, 1) == 5.7
+
+
 def test_table5_numbers_are_the_papers_and_it_has_the_prp_arm():
     s, text = sweep("advise_table5_tmm_vs_avg.yaml")
     # AdViSe Table 5 (UCF101 / Diving48)
