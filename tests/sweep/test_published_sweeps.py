@@ -178,11 +178,32 @@ def test_amflow_sweeps_say_what_they_reproduce():
         unit = TemporalUnit(o["tpm"], o["width"], 8, o["tpm_layers"], o["tpm_hidden"])
         sizes[o["tpm"]] = sum(p.numel() for p in unit.parameters())
     assert sizes["tcn"] < sizes["transformer"] < sizes["lstm"]
-    assert sizes["lstm"] / sizes["transformer"] == pytest.approx(360 / 103, rel=0.03)  # AM Flow Tables 1-2
+    # AM Flow Tables 1-2 (ViT-B): TCN 54 M, transformer 103 M, LSTM 360 M (temporal processing modules)
+    assert sizes["lstm"] / sizes["transformer"] == pytest.approx(360 / 103, rel=0.03)
+    assert sizes["tcn"] / sizes["transformer"] == pytest.approx(54 / 103, rel=0.03)
+    assert "the only documented way" in text
     t4, text4 = sweep("amflow_table4.yaml")
     assert [c.config.head_options["flow"] for c in t4.cells] == ["none", "vanilla", "aligned"]
     assert {c.config.head_options["flow_blocks"] for c in t4.cells} == {"all"}
     assert all(n in text4 for n in ("74.3", "72.7", "88.8"))  # AM Flow Table 4
+    o = t4.cells[0].config.head_options  # its LSTM against a default transformer at the same width
+    lstm = TemporalUnit(o["tpm"], o["width"], 8, o.get("tpm_layers", 0), o["tpm_hidden"])
+    transformer = TemporalUnit("transformer", o["width"], 8)
+    ratio = sum(p.numel() for p in lstm.parameters()) / sum(p.numel() for p in transformer.parameters())
+    assert o["tpm"] == "lstm" and ratio == pytest.approx(360 / 103, rel=0.03) and "the only documented way" in text4
+
+
+def test_amflow_defaults_are_not_the_papers_sizes_as_the_sweeps_say():
+    """The head's defaults (tpm_layers=0, tpm_hidden=0) give an LSTM about the transformer's size
+    and a TCN a quarter of it, not the paper's 3.5 and 0.52: the sweep files are where the paper's
+    relative capacities are set, and the docs say so."""
+    from featcache.heads.amflow import TemporalUnit
+
+    size = lambda kind: sum(p.numel() for p in TemporalUnit(kind, 128, 8).parameters())  # noqa: E731
+    assert size("lstm") / size("transformer") == pytest.approx(0.99, abs=0.01)
+    assert size("tcn") / size("transformer") == pytest.approx(0.255, abs=0.005)
+    docs = open(os.path.join(PIPELINES, "..", "docs", "heads.md")).read()
+    assert "tpm_hidden=270" in docs and "tpm_layers=4" in docs
 
 
 def test_heads_command_lists_the_new_options():
