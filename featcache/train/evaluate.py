@@ -119,10 +119,11 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
     if stride < 1:
         raise OptionError("stride", f"must be at least 1, got {stride}")
     # a clip cache's clips (clips:N, windows:W/S@fps:F) are windows too: one clip per window step
-    policy = _cached_pool(run, pool, lambda p, text: not p.fixed or text.startswith("clips:"), "--pool {pool}",
-                          "sliding windows run over a dense pool of the cache", "extract with --frames fps:F or stride:S")
+    policy, pool_name, pool_key = _cached_pool(run, pool, lambda p, text: not p.fixed or text.startswith("clips:"),
+                                               "--pool {pool}", "sliding windows run over a dense pool of the cache",
+                                               "extract with --frames fps:F or stride:S")
     layout = run.cfg.view.layout(run.cache.attrs)
-    suffix = f"@w{width}s{stride}{aggregate}{tag}"
+    suffix = f"@w{width}s{stride}{aggregate}{pool_key}{tag}"
     results = {}
     for split in splits:
         records = run.cache.done_records(split)
@@ -144,17 +145,24 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
         scores = np.stack(video_scores)
         results.update(report_split(run.task, split, suffix, [r["video_id"] for r in records], [r["labels"] for r in records],
                                _as_logits(scores, run.task.multi, "mean", 1), scores, out_dir))
+        results[f"{split}/pool{suffix}"] = pool_name
     return results
 
 
-def _cached_pool(run, pool: str | None, usable, option: str, what: str, hint: str) -> Policy:
+def _cached_pool(run, pool: str | None, usable, option: str, what: str, hint: str) -> tuple[Policy, str, str]:
     """The cached pool ``pool`` (by default the cache's first one ``usable(policy, text)`` accepts),
-    refused in one line naming the usable pools the cache holds; ``option`` may name ``{pool}``."""
+    its name and its part of the result keys and file names: empty for the default pool (earlier
+    names stay), else ``-`` and the pool's name without punctuation (``-stride2``, ``-fps4``), so two
+    pools evaluated into one run never share a key or a file. Refused in one line naming the usable
+    pools the cache holds; ``option`` may name ``{pool}``."""
+    import re
+
     held = [p for p in run.cache.attrs["frames"]["policies"] if usable(parse_policy(p), p)]
-    pool = pool or (held[0] if held else "")
+    default = held[0] if held else ""
+    pool = pool or default
     if not pool or pool not in held:
         raise FeatcacheError(f"{option.format(pool=pool or '(none)')}: {what} ({', '.join(held) or 'it holds none'}); {hint}")
-    return parse_policy(pool)
+    return parse_policy(pool), pool, "" if pool == default else "-" + re.sub(r"[^A-Za-z0-9.]+", "", pool)
 
 
 def _evaluate_dense_clips(run, splits, out_dir, num_clips: int, crops: tuple, combine: str, rate: int,
@@ -167,14 +175,15 @@ def _evaluate_dense_clips(run, splits, out_dir, num_clips: int, crops: tuple, co
         raise OptionError("clip_rate", f"must be at least 1, got {rate} (dense clips need --clip-rate R)")
     if num_clips < 1:
         raise OptionError("temporal_views", f"must be at least 1, got {num_clips}")
-    policy = _cached_pool(run, pool, lambda p, text: p.kind == "stride", "--clip-rate",  # dense clips: a stride:S pool
-                          "dense clips are cut from a stride:S pool of the cache", "extract with --frames stride:1,...")
+    policy, pool_name, pool_key = _cached_pool(run, pool, lambda p, text: p.kind == "stride",  # a stride:S pool
+                                     "--clip-rate", "dense clips are cut from a stride:S pool of the cache",
+                                     "extract with --frames stride:1,...")
     views = [dataclasses.replace(run.cfg.view, crop=c) for c in crops]
     for view in views:
         view.check(run.cache.attrs)
     layout = run.cfg.view.layout(run.cache.attrs)
     frames = layout.frames
-    suffix = f"@{num_clips}x{len(crops)}r{rate}{tag}"
+    suffix = f"@{num_clips}x{len(crops)}r{rate}{pool_key}{tag}"
     results = {}
     for split in splits:
         records = run.cache.done_records(split)
@@ -205,6 +214,7 @@ def _evaluate_dense_clips(run, splits, out_dir, num_clips: int, crops: tuple, co
                                     [r["labels"] for r in records],
                                     _as_logits(scores, run.task.multi, combine, len(probs)), scores, out_dir))
         results[f"{split}/clip_frames_rounded{suffix}"] = rounded / (len(entries) * num_clips * frames)
+        results[f"{split}/pool{suffix}"] = pool_name
     return results
 
 
@@ -228,15 +238,33 @@ def _load_run(path: str, cache: Cache | None, manifest: str | None = None, head:
                              "metrics.json; fine-tune it with featcache train --set init=RUN_DIR")
     cache = cache or open_cache(ckpt["cache"]["path"])
     if cache.fingerprint != ckpt["cache"]["fingerprint"]:
-        raise FeatcacheError(
-            f"{cache.path} (fingerprint {cache.fingerprint}) is not the cache this head was trained on "
-            f"(fingerprint {ckpt['cache']['fingerprint']}: other model, preprocessing, layers or frames)")
+        raise FeatcacheError(f"{cache.path} (fingerprint {cache.fingerprint}) is not the cache this head was trained on "
+                             f"(fingerprint {ckpt['cache']['fingerprint']}): {_what_differs(cache, ckpt['cache'])}")
     if manifest is not None or not isinstance(cache, AnnotatedCache):
         cache = _annotated(cache, ckpt, manifest)
     cfg = from_dict(ckpt["config"])
     device = resolve_device(cfg.device)
     head = checkpoint.build_head(ckpt) if head is None else head
     return _Run(cfg, cache, head.to(device), Task(ckpt["classes"], ckpt["multi_label"]), device)
+
+
+def _what_differs(cache: Cache, trained: dict) -> str:
+    """The fingerprint facts (cache/schema.py ``differing_facts``, as ``extract`` names them) in
+    which ``cache`` differs from the cache a run was trained on, read from that cache's path when it
+    is still there with the recorded fingerprint; else why they cannot be named."""
+    from featcache.cache.schema import differing_facts
+
+    path = trained["path"]
+    try:
+        original = open_cache(path)
+    except Exception:  # noqa: BLE001 -- moved, deleted or unreadable: say so rather than fail here
+        return (f"the cache it was trained on ({path}) is not there to compare, so the facts that differ "
+                "cannot be named (other model, preprocessing, layers or frames)")
+    if original.fingerprint != trained["fingerprint"]:
+        return (f"{path} now holds another cache (fingerprint {original.fingerprint}), so the facts that differ "
+                "cannot be named (other model, preprocessing, layers or frames)")
+    diff = differing_facts(original.attrs, cache.attrs)
+    return f"these facts differ from {path}'s: {', '.join(diff) or 'none named (fingerprint scheme changed)'}"
 
 
 def _annotated(cache: Cache, ckpt: dict, manifest: str | None) -> AnnotatedCache:

@@ -236,3 +236,48 @@ def test_three_crops_through_the_model_and_spatial_views(tmp_path):
     run_training(no_crops, build_config({"head": "pool", "view": "uniform:4", "epochs": 1}), run2, show_progress=False)
     r = runner.invoke(app, ["eval", run2, "--spatial-views", "3"])
     assert r.exit_code == 2 and "re-extract with --crops 3" in r.stderr
+
+
+def test_two_pools_evaluated_into_one_run_keep_their_own_files_and_a_refused_cache_names_its_facts(tmp_path):
+    """Issue 34 items 2 and 14: `eval --window 4 --stride 2 --pool fps:10` then `--pool stride:2`
+    used to write the same eval/predictions/per-class files; `eval --cache` of another cache said
+    only "other model, preprocessing, layers or frames"."""
+    manifest = make_dataset(str(tmp_path / "ds"), "motion", per_class=5, num_frames=24)
+    cache = str(tmp_path / "c.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=cache, frames="fps:10,stride:2,uniform:4",
+                              encoder=tiny_encoder_config()), show_progress=False)
+    run = str(tmp_path / "run")
+    run_training(cache, build_config({"head": "pool", "view": "uniform:4", "epochs": 1, "batch_size": 8}), run,
+                 show_progress=False)
+    out = {}
+    for pool in ("fps:10", "stride:2"):
+        r = runner.invoke(app, ["eval", run, "--window", "4", "--stride", "2", "--pool", pool])
+        assert r.exit_code == 0, r.output
+        out[pool] = json.loads(r.output)
+    # the cache's first pool (the default) keeps the earlier name; another pool's name joins the key
+    assert out["fps:10"]["test/pool@w4s2max"] == "fps:10"
+    assert out["stride:2"]["test/pool@w4s2max-stride2"] == "stride:2"
+    assert "test/top1@w4s2max-stride2" in out["stride:2"] and "test/top1@w4s2max" in out["fps:10"]
+    for key, pool in (("@w4s2max", "fps:10"), ("@w4s2max-stride2", "stride:2")):
+        saved = json.load(open(os.path.join(run, f"eval_test{key}.json")))
+        assert saved == out[pool] and saved[f"test/pool{key}"] == pool
+        assert os.path.exists(os.path.join(run, f"predictions_test{key}.csv"))
+    # the same pool named or defaulted writes the same file; the two pools' predictions differ
+    a = read_predictions(os.path.join(run, "predictions_test@w4s2max.csv"))[2]
+    b = read_predictions(os.path.join(run, "predictions_test@w4s2max-stride2.csv"))[2]
+    assert a.shape == b.shape and np.abs(a - b).max() > 0, np.abs(a - b).max()
+    default = runner.invoke(app, ["eval", run, "--window", "4", "--stride", "2"])
+    assert json.loads(default.output) == out["fps:10"]
+    # another cache: the refusal names the facts that differ, as extract does
+    other = str(tmp_path / "o.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=other, frames="fps:10,stride:2,uniform:4",
+                              encoder=tiny_encoder_config(precision="fp16")), show_progress=False)
+    r = runner.invoke(app, ["eval", run, "--cache", other])
+    assert r.exit_code == 2 and "is not the cache this head was trained on" in r.stderr
+    assert r.stderr.strip().endswith(f"these facts differ from {cache}'s: compute.precision"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    import shutil
+
+    shutil.rmtree(cache)  # the trained-on cache gone: said so, nothing named
+    r = runner.invoke(app, ["eval", run, "--cache", other])
+    assert r.exit_code == 2 and f"the cache it was trained on ({cache}) is not there to compare" in r.stderr
