@@ -24,6 +24,7 @@ from featcache.spec.config import from_dict
 from featcache.spec.policy import Policy
 from featcache.spec.view import View, parse_policy
 from featcache.train import checkpoint, metrics
+from featcache.train.clips import coverage, window_starts
 from featcache.video.select import uniform_indices
 
 SPLITS = ("train", "val", "test")
@@ -105,7 +106,9 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
                      manifest: str | None = None, tag: str = "") -> dict:
     """Sliding-window evaluation (the Charades video-transformer study's Charades protocol): windows of the head's own length
     W over a dense pool (``fps:F``, or ``stride:S``; the cache's first by default), starting every
-    ``stride`` pool frames (default W: no overlap); each window scored (softmax/sigmoid), then the
+    ``stride`` pool frames (default W: no overlap), plus one aligned to the end when the stride
+    leaves a tail (train/clips.py ``window_starts``; per video in ``windows_<split>@...csv``, the
+    mean coverage in ``<split>/window_coverage``); each window scored (softmax/sigmoid), then the
     video's score is their ``max`` or ``mean``. A video shorter than W is one window of repeated
     frames (uniform:W of its pool). Keys and files carry the protocol: ``test/mAP@w8s4max``."""
     if aggregate not in ("max", "mean"):
@@ -129,14 +132,17 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
         records = run.cache.done_records(split)
         if not records:
             continue
-        video_scores = []
+        video_scores, placed = [], []
         for record in records:
             entry = run.cache.video(record["video_id"])
             positions = np.asarray(frame_positions(entry, policy))
             if len(positions) < width:
-                windows = [positions[uniform_indices(len(positions), width)]]
-            else:
-                windows = [positions[s:s + width] for s in range(0, len(positions) - width + 1, stride)]
+                windows, starts, tail = [positions[uniform_indices(len(positions), width)]], [0], None
+            else:  # every stride, and one more aligned to the end when the stride leaves a tail
+                starts, tail = window_starts(len(positions), width, stride)
+                windows = [positions[s:s + width] for s in starts]
+            placed.append((record["video_id"], len(positions), starts, tail,
+                           coverage(len(positions), width, starts) if len(positions) >= width else 1.0))
             x = np.empty((len(windows), *layout.shape), dtype=np.float16)
             for i, window in enumerate(windows):
                 fill_view(x[i], entry, window.tolist(), run.cfg.view, run.cache.attrs)
@@ -146,7 +152,21 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
         results.update(report_split(run.task, split, suffix, [r["video_id"] for r in records], [r["labels"] for r in records],
                                _as_logits(scores, run.task.multi, "mean", 1), scores, out_dir))
         results[f"{split}/pool{suffix}"] = pool_name
+        results[f"{split}/window_coverage{suffix}"] = float(np.mean([p[4] for p in placed]))
+        if out_dir:
+            _write_windows(os.path.join(out_dir, f"windows_{split}{suffix}.csv"), pool_name, width, placed)
     return results
+
+
+def _write_windows(path: str, pool: str, width: int, placed: list) -> None:
+    """Per video: the pool, its length in frames, the window starts (pool positions), the start of
+    the window added at the end (empty when the stride leaves no tail) and the coverage."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id", "pool", "pool_frames", "window", "starts", "tail_start", "coverage"])
+        for video_id, length, starts, tail, cov in placed:
+            w.writerow([video_id, pool, length, width, " ".join(map(str, starts)), "" if tail is None else tail,
+                        f"{cov:.6f}"])
 
 
 def _cached_pool(run, pool: str | None, usable, option: str, what: str, hint: str) -> tuple[Policy, str, str]:
