@@ -77,3 +77,52 @@ def coverage(length: int, width: int, starts: list[int]) -> float:
     for s in starts:
         covered[s:s + width] = True
     return float(covered.mean())
+
+
+# ------------------------------------------------------------------ named test-time protocols
+PROTOCOLS = ("featcache", "slowfast", "stadapter")
+
+
+def slowfast_clip_indices(video_size: int, fps: float, num_frames: int, rate: int, clip_idx: int, num_clips: int,
+                          target_fps: float = 30.0) -> np.ndarray:
+    """SlowFast's test clip with its defaults (``DATA.TARGET_FPS`` 30, ``config/defaults.py``): the
+    clip spans ``rate * num_frames / target_fps * fps`` source frames (``decoder.py`` ``decode``
+    L552-555: on 25 fps data 26.7 frames, not 32), placed by ``get_start_end_idx`` (L37-76, no
+    offset) and sampled by ``temporal_sampling`` (L17-34) over the decoded whole video."""
+    if rate < 1:
+        raise OptionError("clip_rate", f"must be at least 1, got {rate}")
+    clip_size = max(1.0, rate * num_frames / target_fps * fps)
+    start, end = get_start_end_idx(video_size, clip_size, clip_idx, num_clips)
+    index = torch.linspace(start, end, num_frames)
+    return torch.clamp(index, 0, video_size - 1).long().numpy()
+
+
+def stadapter_clip_indices(video_size: int, num_frames: int, rate: int, clip_idx: int, num_clips: int) -> np.ndarray:
+    """ST-Adapter's test clip (linziyi96/st-adapter ``video_dataset/dataset.py``
+    ``_generate_temporal_crops``, L189-199): ``seg_len = (N - 1) * R + 1`` frames, a video shorter
+    than that padded with its last frame, ``slide = len - seg_len``, start ``slide // 2`` for one
+    view, else ``round(slide / (V - 1) * i)`` (Python's round, half to even), then every R-th."""
+    if rate < 1:
+        raise OptionError("clip_rate", f"must be at least 1, got {rate} (ST-Adapter's dense views)")
+    seg_len = (num_frames - 1) * rate + 1
+    slide = max(video_size, seg_len) - seg_len
+    start = slide // 2 if num_clips == 1 else round(slide / (num_clips - 1) * clip_idx)
+    return np.minimum(start + rate * np.arange(num_frames), video_size - 1)
+
+
+def protocol_clip_indices(protocol: str, video_size: int, fps: float, num_frames: int, rate: int, clip_idx: int,
+                          num_clips: int) -> np.ndarray:
+    """Source frame indices of test view ``clip_idx`` of ``num_clips`` under a named protocol:
+    ``featcache`` (SlowFast's formula with the rate in the video's own frames), ``slowfast`` (its
+    TARGET_FPS 30 resampling) or ``stadapter`` (its release's placement)."""
+    if not 0 <= clip_idx < num_clips:
+        raise ValueError(f"clip {clip_idx} of {num_clips} does not exist")
+    if protocol == "featcache":
+        return dense_clip_indices(video_size, num_frames, rate, clip_idx, num_clips)
+    if protocol == "slowfast":
+        if not fps:
+            raise OptionError("protocol", "slowfast resamples to 30 fps, and the cache does not record this video's rate")
+        return slowfast_clip_indices(video_size, fps, num_frames, rate, clip_idx, num_clips)
+    if protocol == "stadapter":
+        return stadapter_clip_indices(video_size, num_frames, rate, clip_idx, num_clips)
+    raise OptionError("protocol", f"unknown {protocol!r}; expected one of {', '.join(PROTOCOLS)}")

@@ -119,3 +119,58 @@ def test_clip_rate_refusals_are_one_line(trained):
     assert r.exit_code == 2 and "two protocols" in r.stderr
     r = runner.invoke(app, ["eval", run, "--clip-rate", "-1"])
     assert r.exit_code == 2 and "--clip-rate: must be at least 1" in r.stderr
+
+
+# ----------------------------------------------------------- named protocols against the releases
+def slowfast_port(video_size, fps, num_frames, sampling_rate, clip_idx, num_clips, target_fps=30):
+    """Re-typed from facebookresearch/SlowFast slowfast/datasets/decoder.py: decode() L552-555
+    (clip_sz = sampling_rate * num_frames / target_fps * fps), get_start_end_idx L37-76 (use_offset
+    False, the default TEST path), temporal_sampling L17-34; frames indexed as the decoded video."""
+    clip_size = sampling_rate * num_frames / target_fps * fps
+    delta = max(video_size - clip_size, 0)
+    start_idx = delta * clip_idx / num_clips
+    end_idx = start_idx + clip_size - 1
+    frames = torch.arange(video_size)  # the decoded whole video, one entry per frame
+    index = torch.linspace(start_idx, end_idx, num_frames)
+    index = torch.clamp(index, 0, frames.shape[0] - 1).long()
+    return torch.index_select(frames, 0, index).numpy()
+
+
+def stadapter_port(video_size, num_frames, sampling_rate, clip_idx, num_temporal_views):
+    """Re-typed from linziyi96/st-adapter video_dataset/dataset.py _generate_temporal_crops
+    (L189-199), on a (1, T) tensor of frame numbers in place of the frames."""
+    frames = torch.arange(video_size)[None]
+    seg_len = (num_frames - 1) * sampling_rate + 1
+    if frames.size(1) < seg_len:
+        frames = torch.cat([frames, frames[:, -1:].repeat(1, seg_len - frames.size(1))], dim=1)
+    slide_len = frames.size(1) - seg_len
+    crops = []
+    for i in range(num_temporal_views):
+        if num_temporal_views == 1:
+            st = slide_len // 2
+        else:
+            st = round(slide_len / (num_temporal_views - 1) * i)
+        crops.append(frames[:, st: st + num_frames * sampling_rate: sampling_rate])
+    return crops[clip_idx][0].numpy()
+
+
+def test_named_protocols_equal_the_releases_on_5000_draws():
+    from featcache.train.clips import protocol_clip_indices
+
+    rng = np.random.default_rng(32)
+    differ = {"featcache_vs_slowfast_25fps": 0}
+    clips = 0
+    for _ in range(5000):
+        length, fps = int(rng.integers(1, 1200)), float(rng.choice([25.0, 29.97, 30.0]))
+        n, rate, views = int(rng.choice([8, 16, 32])), int(rng.choice([1, 2, 4, 8])), int(rng.choice([1, 2, 3, 5, 10]))
+        for v in range(views):
+            clips += 1
+            got = protocol_clip_indices("slowfast", length, fps, n, rate, v, views)
+            np.testing.assert_array_equal(got, slowfast_port(length, fps, n, rate, v, views))
+            got = protocol_clip_indices("stadapter", length, fps, n, rate, v, views)
+            np.testing.assert_array_equal(got, stadapter_port(length, n, rate, v, views))
+            if fps == 25.0 and length > 40 * rate:
+                ours = protocol_clip_indices("featcache", length, fps, n, rate, v, views)
+                differ["featcache_vs_slowfast_25fps"] += not np.array_equal(ours, slowfast_port(length, fps, n, rate, v, views))
+    assert clips > 15000
+    assert differ["featcache_vs_slowfast_25fps"] > 0  # the resampling is what the slowfast protocol adds
