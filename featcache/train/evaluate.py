@@ -59,7 +59,7 @@ COMBINE = ("mean", "sum", "max")
 def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None = None,
                         data: dict | None = None, temporal_views: int = 1, combine: str = "mean",
                         spatial_views: int = 1, manifest: str | None = None, tag: str = "", clip_rate: int = 0,
-                        pool: str | None = None, head: nn.Module | None = None) -> dict:
+                        pool: str | None = None, head: nn.Module | None = None, protocol: str = "featcache") -> dict:
     """Metrics of a saved head on the given splits of ``cache`` (a Cache, or None for the
     checkpoint's own), labels and splits from ``manifest`` (default: the run's; see
     :func:`_load_run`); writes ``predictions_<split>.csv``, per-class files and confusion matrices
@@ -78,7 +78,9 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
 
     ``clip_rate`` R > 0 serves SlowFast's dense clips instead (train/clips.py): V clips of the
     head's N frames at rate R, starts evenly spaced over the video, from a ``stride:S`` pool
-    (``pool``, default the cache's first); keys carry the rate: ``test/top1@10x3r2``."""
+    (``pool``, default the cache's first); keys carry the rate: ``test/top1@10x3r2``. ``protocol``
+    ``slowfast`` / ``stadapter`` places them as that release does (docs/protocols.md):
+    ``test/top1@slowfast10x3r8``, with the views it scored in ``views_test@slowfast10x3r8.csv``."""
     if combine not in COMBINE:
         raise OptionError("combine", f"unknown {combine!r}; expected one of {', '.join(COMBINE)}")
     if spatial_views not in (1, 3):
@@ -86,7 +88,9 @@ def evaluate_checkpoint(path: str, cache, splits=("test",), out_dir: str | None 
     run = _load_run(path, cache, manifest, head)
     crops = (1,) if spatial_views == 1 else (0, 1, 2)
     if clip_rate or pool:
-        return _evaluate_dense_clips(run, splits, out_dir, temporal_views, crops, combine, clip_rate, pool, tag)
+        return _evaluate_dense_clips(run, splits, out_dir, temporal_views, crops, combine, clip_rate, pool, tag, protocol)
+    if protocol != "featcache":
+        raise OptionError("protocol", f"{protocol} places dense clips: give --clip-rate R (its sampling rate)")
     views = [dataclasses.replace(v, crop=c) for v in _temporal_views(run.cfg.view, temporal_views) for c in crops]
     suffix = ("" if temporal_views == spatial_views == 1 else f"@{temporal_views}x{spatial_views}") + tag
     results = {}
@@ -169,6 +173,47 @@ def _write_windows(path: str, pool: str, width: int, placed: list) -> None:
                         f"{cov:.6f}"])
 
 
+def _check_release_geometry(attrs: dict, protocol: str) -> None:
+    """SlowFast's test crops (datasets/transform.py ``random_short_side_scale_jitter`` with
+    min = max = TEST_CROP_SIZE, then ``uniform_crop``) and ST-Adapter's (dataset.py L203-222) are
+    crops of a frame whose short side was resized to the crop size; a cache whose frames were
+    resized to a larger short side (timm's crop_pct) holds other pixels: refused."""
+    pre = attrs.get("preprocess", {})
+    short, size = pre.get("resize_short_side"), (pre.get("input_size") or [0])[-1]
+    if short != size:
+        raise FeatcacheError(
+            f"--protocol {protocol}: the release crops {size} px from frames whose short side is resized to {size}; "
+            f"this cache resized the short side to {short} (crop_pct {pre.get('crop_pct')}), so its crops hold other "
+            f"pixels; it needs an extraction with the short side resized to the crop size (crop_pct 1.0, which "
+            "featcache extract does not offer for this model), or use --protocol featcache")
+
+
+def _write_views(path: str, protocol: str, placed: list, size: int, num_crops: int) -> None:
+    """Per scored view: the source frames the protocol asks for, those the cache served, and the
+    crop box the release takes in its resized frame (x0 y0 x1 y1; short side = ``size``): SlowFast's
+    ``uniform_crop`` offsets 0 / ceil(margin / 2) / margin (transform.py L226-227), ST-Adapter's
+    margin // 2 (dataset.py L203-222)."""
+    import math
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id", "protocol", "view", "crop", "source_frames", "served_frames", "crop_box"])
+        for record, v, c, wanted, served in placed:
+            width, height = record["source"].get("width"), record["source"].get("height")
+            box = ""
+            if width and height:
+                long_side = int(math.floor(max(width, height) / min(width, height) * size))
+                if protocol == "stadapter":
+                    long_side = max(width, height) * size // min(width, height)
+                margin = long_side - size
+                centre = math.ceil(margin / 2) if protocol == "slowfast" else margin // 2
+                offset = (0, centre, margin)[c] if num_crops == 3 else centre
+                x0, y0 = (offset, 0) if width >= height else (0, offset)
+                box = f"{x0} {y0} {x0 + size} {y0 + size}"
+            w.writerow([record["video_id"], protocol, v, c, " ".join(map(str, wanted)),
+                        " ".join(map(str, served)), box])
+
+
 def _cached_pool(run, pool: str | None, usable, option: str, what: str, hint: str) -> tuple[Policy, str, str]:
     """The cached pool ``pool`` (by default the cache's first one ``usable(policy, text)`` accepts),
     its name and its part of the result keys and file names: empty for the default pool (earlier
@@ -186,10 +231,16 @@ def _cached_pool(run, pool: str | None, usable, option: str, what: str, hint: st
 
 
 def _evaluate_dense_clips(run, splits, out_dir, num_clips: int, crops: tuple, combine: str, rate: int,
-                          pool: str | None, tag: str = "") -> dict:
+                          pool: str | None, tag: str = "", protocol: str = "featcache") -> dict:
     """SlowFast's multi-view testing (see evaluate_checkpoint): every clip at every crop, scored,
-    softmax/sigmoid per view, then combined."""
-    from featcache.train.clips import dense_clip_indices, nearest_positions
+    softmax/sigmoid per view, then combined. ``protocol`` places the clips (train/clips.py
+    ``protocol_clip_indices``); a named release's protocol also writes ``views_<split>@...csv``."""
+    from featcache.train.clips import PROTOCOLS, nearest_positions, protocol_clip_indices
+
+    if protocol not in PROTOCOLS:
+        raise OptionError("protocol", f"unknown {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if protocol != "featcache":
+        _check_release_geometry(run.cache.attrs, protocol)
 
     if rate < 1:
         raise OptionError("clip_rate", f"must be at least 1, got {rate} (dense clips need --clip-rate R)")
@@ -203,24 +254,30 @@ def _evaluate_dense_clips(run, splits, out_dir, num_clips: int, crops: tuple, co
         view.check(run.cache.attrs)
     layout = run.cfg.view.layout(run.cache.attrs)
     frames = layout.frames
-    suffix = f"@{num_clips}x{len(crops)}r{rate}{pool_key}{tag}"
+    named = "" if protocol == "featcache" else protocol
+    suffix = f"@{named}{num_clips}x{len(crops)}r{rate}{pool_key}{tag}"
     results = {}
     for split in splits:
         records = run.cache.done_records(split)
         if not records:
             continue
         entries = [run.cache.video(r["video_id"]) for r in records]
-        clips, rounded = [], 0
+        clips, rounded, placed = [], 0, []
         for entry, record in zip(entries, records):
             pos = np.asarray(frame_positions(entry, policy))  # the pool's positions among the cached frames
             source = entry.frame_indices[pos]
             per_video = []
             for v in range(num_clips):
-                wanted = dense_clip_indices(record["source"]["num_frames"], frames, rate, v, num_clips)
+                wanted = protocol_clip_indices(protocol, record["source"]["num_frames"], record["source"].get("fps"),
+                                               frames, rate, v, num_clips)
                 near, missed = nearest_positions(source, wanted)
                 per_video.append(pos[near].tolist())
                 rounded += missed
+                placed += [(record, v, c, wanted, source[near]) for c in crops]
             clips.append(per_video)
+        if out_dir and protocol != "featcache":
+            _write_views(os.path.join(out_dir, f"views_{split}{suffix}.csv"), protocol, placed,
+                         run.cache.attrs["preprocess"]["input_size"][-1], len(crops))
         probs = []
         for v in range(num_clips):
             for view in views:

@@ -174,3 +174,42 @@ def test_named_protocols_equal_the_releases_on_5000_draws():
                 differ["featcache_vs_slowfast_25fps"] += not np.array_equal(ours, slowfast_port(length, fps, n, rate, v, views))
     assert clips > 15000
     assert differ["featcache_vs_slowfast_25fps"] > 0  # the resampling is what the slowfast protocol adds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["slowfast", "stadapter"])
+def test_eval_protocol_writes_the_views_it_scored_as_the_release_places_them(trained, protocol):
+    from featcache import open_cache
+
+    manifest, cache, run = trained
+    r = runner.invoke(app, ["eval", run, "--temporal-views", "3", "--clip-rate", "2", "--protocol", protocol])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    key = f"@{protocol}3x1r2"
+    assert f"test/top1{key}" in res and res[f"test/clip_frames_rounded{key}"] == 0.0
+    with open(os.path.join(run, f"views_test{key}.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    c = open_cache(cache)
+    assert len(rows) == 3 * len(c.done_records("test"))
+    for row in rows:
+        src = c.video(row["video_id"]).record["source"]
+        n, fps, v = src["num_frames"], src["fps"], int(row["view"])
+        port = (slowfast_port(n, fps, 4, 2, v, 3) if protocol == "slowfast" else stadapter_port(n, 4, 2, v, 3))
+        assert row["source_frames"] == row["served_frames"] == " ".join(map(str, port))
+        w, h = src["width"], src["height"]  # the centre crop of a short side resized to 56 (the tiny model's crop)
+        long_side = math.floor(max(w, h) / min(w, h) * 56)
+        off = math.ceil((long_side - 56) / 2) if protocol == "slowfast" else (long_side - 56) // 2
+        assert row["crop_box"] == (f"{off} 0 {off + 56} 56" if w >= h else f"0 {off} 56 {off + 56}")
+    bad = runner.invoke(app, ["eval", run, "--protocol", "slowfast"])
+    assert bad.exit_code == 2 and "give --clip-rate R" in bad.stderr
+
+
+def test_a_release_protocol_refuses_a_cache_of_other_pixels():
+    from featcache.errors import FeatcacheError
+    from featcache.train.evaluate import _check_release_geometry
+
+    clip_b16 = {"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 248, "crop_pct": 0.9}}
+    with pytest.raises(FeatcacheError, match=r"--protocol slowfast: the release crops 224 px from frames whose short "
+                                             r"side is resized to 224; this cache resized the short side to 248"):
+        _check_release_geometry(clip_b16, "slowfast")
+    _check_release_geometry({"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 224}}, "stadapter")
