@@ -175,7 +175,7 @@ def _write_windows(path: str, pool: str, width: int, placed: list) -> None:
 
 def _check_release_geometry(attrs: dict, protocol: str) -> None:
     """SlowFast's test crops (datasets/transform.py ``random_short_side_scale_jitter`` with
-    min = max = TEST_CROP_SIZE, then ``uniform_crop``) and ST-Adapter's (dataset.py L203-222) are
+    min = max = TEST_CROP_SIZE, then ``uniform_crop``) and ST-Adapter's (dataset.py _generate_spatial_crops, L218) are
     crops of a frame whose short side was resized to the crop size; a cache whose frames were
     resized to a larger short side (timm's crop_pct) holds other pixels: refused."""
     pre = attrs.get("preprocess", {})
@@ -192,7 +192,7 @@ def _write_views(path: str, protocol: str, placed: list, size: int, num_crops: i
     """Per scored view: the source frames the protocol asks for, those the cache served, and the
     crop box the release takes in its resized frame (x0 y0 x1 y1; short side = ``size``): SlowFast's
     ``uniform_crop`` offsets 0 / ceil(margin / 2) / margin (transform.py L226-227), ST-Adapter's
-    margin // 2 (dataset.py L203-222)."""
+    margin // 2 (dataset.py _generate_spatial_crops, L218)."""
     import math
 
     with open(path, "w", newline="") as f:
