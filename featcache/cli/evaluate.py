@@ -30,6 +30,8 @@ def eval_(
                                                   "stride:S for clips; default the cache's first)."),
     clip_rate: int = typer.Option(0, help="Dense-clip views: each of the --temporal-views is N frames every R source "
                                           "frames, starts evenly spaced (SlowFast get_start_end_idx), from a stride:S pool."),
+    protocol: str = typer.Option("featcache", help="--clip-rate: whose clip placement and crops: featcache, slowfast "
+                                                   "(TARGET_FPS 30) or stadapter (docs/protocols.md)."),
     manifest: Optional[str] = typer.Option(None, "--manifest", "-m", help="Labels and splits from this manifest "
                                            "(default: the one the run was trained with; its class list must be the run's)."),
 ):
@@ -50,15 +52,15 @@ def eval_(
                                  "trained with --set keep_last=true); evaluate best, or train with keep_last")
         tag = "@last" if checkpoint == "last" else ""  # its outputs never overwrite the best checkpoint's
         if window or stride:
-            if temporal_views != 1 or spatial_views != 1 or clip_rate:
-                raise FeatcacheError("--window and --temporal-views/--spatial-views/--clip-rate are two protocols; "
+            if temporal_views != 1 or spatial_views != 1 or clip_rate or protocol != "featcache":
+                raise FeatcacheError("--window and --temporal-views/--spatial-views/--clip-rate/--protocol are two protocols; "
                                      "give one of them")
             results = evaluate_windows(path, other, splits=(split,), out_dir=run_dir, window=window, stride=stride,
                                        aggregate=aggregate, pool=pool, manifest=manifest, tag=tag)
         else:
             results = evaluate_checkpoint(path, other, splits=(split,), out_dir=run_dir, temporal_views=temporal_views,
                                           combine=combine, spatial_views=spatial_views, manifest=manifest, tag=tag,
-                                          clip_rate=clip_rate, pool=pool)
+                                          clip_rate=clip_rate, pool=pool, protocol=protocol)
         if not results:
             raise FeatcacheError(f"the cache has no videos in the {split} split")
     protocol = next(iter(results)).split("@", 1)[1] if "@" in next(iter(results)) else ""

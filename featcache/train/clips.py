@@ -15,6 +15,11 @@ kept); V clips per video with starts evenly spaced over it. As
 
 A source frame the pool does not hold (``stride:S`` with S > 1) is served by the nearest cached
 frame; how many were is reported with the metrics.
+
+Sliding windows (``featcache eval --window W --stride S``) start every S pool frames while a whole
+window fits, and when that leaves a tail one more window is aligned to the end of the pool
+(:func:`window_starts`): every pool frame is in some window. Without it, Charades' no-overlap
+stride 8 over a 30.1 s video at ``fps:1`` (31 pool frames) scores frames 0-23 only, 77%.
 """
 from __future__ import annotations
 
@@ -53,3 +58,71 @@ def nearest_positions(pool_frames: np.ndarray, wanted: np.ndarray) -> tuple[np.n
         left, right = pool_frames[pos - 1], pool_frames[pos]
         pos = np.where(np.abs(wanted - left) <= np.abs(right - wanted), pos - 1, pos)
     return pos, int((pool_frames[pos] != wanted).sum())
+
+
+def window_starts(length: int, width: int, stride: int) -> tuple[list[int], int | None]:
+    """Starts of the windows of ``width`` pool frames over ``length`` (>= width) pool frames, every
+    ``stride`` while a whole window fits, and the start of the window aligned to the end that is
+    added when the stride leaves a tail (None when it does not): the windows cover every frame."""
+    if width < 1 or stride < 1 or length < width:
+        raise ValueError(f"windows of {width} every {stride} over {length} frames")
+    starts = list(range(0, length - width + 1, stride))
+    tail = length - width if starts[-1] + width < length else None
+    return starts + ([tail] if tail is not None else []), tail
+
+
+def coverage(length: int, width: int, starts: list[int]) -> float:
+    """The fraction of ``length`` pool frames inside at least one window."""
+    covered = np.zeros(length, dtype=bool)
+    for s in starts:
+        covered[s:s + width] = True
+    return float(covered.mean())
+
+
+# ------------------------------------------------------------------ named test-time protocols
+PROTOCOLS = ("featcache", "slowfast", "stadapter")
+
+
+def slowfast_clip_indices(video_size: int, fps: float, num_frames: int, rate: int, clip_idx: int, num_clips: int,
+                          target_fps: float = 30.0) -> np.ndarray:
+    """SlowFast's test clip with its defaults (``DATA.TARGET_FPS`` 30, ``config/defaults.py``): the
+    clip spans ``rate * num_frames / target_fps * fps`` source frames (``decoder.py`` ``decode``
+    L552-555: on 25 fps data 26.7 frames, not 32), placed by ``get_start_end_idx`` (L37-76, no
+    offset) and sampled by ``temporal_sampling`` (L17-34) over the decoded whole video."""
+    if rate < 1:
+        raise OptionError("clip_rate", f"must be at least 1, got {rate}")
+    clip_size = max(1.0, rate * num_frames / target_fps * fps)
+    start, end = get_start_end_idx(video_size, clip_size, clip_idx, num_clips)
+    index = torch.linspace(start, end, num_frames)
+    return torch.clamp(index, 0, video_size - 1).long().numpy()
+
+
+def stadapter_clip_indices(video_size: int, num_frames: int, rate: int, clip_idx: int, num_clips: int) -> np.ndarray:
+    """ST-Adapter's test clip (linziyi96/st-adapter ``video_dataset/dataset.py``
+    ``_generate_temporal_crops``, L189-199): ``seg_len = (N - 1) * R + 1`` frames, a video shorter
+    than that padded with its last frame, ``slide = len - seg_len``, start ``slide // 2`` for one
+    view, else ``round(slide / (V - 1) * i)`` (Python's round, half to even), then every R-th."""
+    if rate < 1:
+        raise OptionError("clip_rate", f"must be at least 1, got {rate} (ST-Adapter's dense views)")
+    seg_len = (num_frames - 1) * rate + 1
+    slide = max(video_size, seg_len) - seg_len
+    start = slide // 2 if num_clips == 1 else round(slide / (num_clips - 1) * clip_idx)
+    return np.minimum(start + rate * np.arange(num_frames), video_size - 1)
+
+
+def protocol_clip_indices(protocol: str, video_size: int, fps: float, num_frames: int, rate: int, clip_idx: int,
+                          num_clips: int) -> np.ndarray:
+    """Source frame indices of test view ``clip_idx`` of ``num_clips`` under a named protocol:
+    ``featcache`` (SlowFast's formula with the rate in the video's own frames), ``slowfast`` (its
+    TARGET_FPS 30 resampling) or ``stadapter`` (its release's placement)."""
+    if not 0 <= clip_idx < num_clips:
+        raise ValueError(f"clip {clip_idx} of {num_clips} does not exist")
+    if protocol == "featcache":
+        return dense_clip_indices(video_size, num_frames, rate, clip_idx, num_clips)
+    if protocol == "slowfast":
+        if not fps:
+            raise OptionError("protocol", "slowfast resamples to 30 fps, and the cache does not record this video's rate")
+        return slowfast_clip_indices(video_size, fps, num_frames, rate, clip_idx, num_clips)
+    if protocol == "stadapter":
+        return stadapter_clip_indices(video_size, num_frames, rate, clip_idx, num_clips)
+    raise OptionError("protocol", f"unknown {protocol!r}; expected one of {', '.join(PROTOCOLS)}")

@@ -30,7 +30,7 @@ CHECKPOINTS = ("best", "last")  # best.pt, last.pt
 
 # what a run writes; a new run into a folder removes these first
 RUN_FILES = (LOG, "best.pt", "last.pt", METRICS, CONFIG, "confusion_*.csv", "confusion_*.png",
-             "per_class_*.csv", "predictions_*.csv", "eval_*.json", CURVES, TB_FILES, "wandb_id")
+             "per_class_*.csv", "predictions_*.csv", "eval_*.json", "windows_*.csv", "views_*.csv", CURVES, TB_FILES, "wandb_id")
 
 
 def checkpoint_path(run_dir: str, which: str = "best") -> str:

@@ -81,6 +81,48 @@ def test_table3_sweep_says_its_accuracies_are_figs_5_and_6():
     assert "Fig. 5" in first and "Fig. 6" in first and "not accuracy" in text
 
 
+# AdViSe Table 3, trainable parameters (M) of the TMM + head (768-channel CLIP ViT-B/16 tokens, 4 PRP classes)
+TABLE3_BLOCKS = {1: 1.84, 2: 2.95, 4: 5.18, 6: 7.41, 8: 9.63}  # hidden 256
+TABLE3_HIDDEN = {64: 0.94, 256: 1.84, 512: 4.07, 1024: 12.06, 2048: 42.21}  # 1 block
+
+
+@pytest.mark.parametrize("variant", ["", "_paper"])
+def test_table3_sweeps_build_the_released_kernel_and_its_parameter_counts(variant):
+    """Every cell's head as the sweep file configures it, counted against the paper's Table 3 and
+    the text's "4.5 M tunable parameters (4 R3D blocks)" (section 4, UCF101 fine-tuning: 101 classes)."""
+    from featcache.heads.registry import create_head
+
+    s, text = sweep(f"advise_table3_depth_width{variant}.yaml")
+    assert "head.temporal_kernel=1" in text and "kernel 1 is the kernel that reproduces Table 3" in text
+
+    def build(options, classes=4):
+        head = create_head(s.cells[0].config.head, in_dim=768, num_classes=classes, num_frames=8, grid=(14, 14),
+                           num_prefix_tokens=1, **options)
+        return sum(p.numel() for p in head.parameters())
+
+    counts = {}
+    for cell in s.cells:
+        o = cell.config.head_options
+        assert (o["temporal_kernel"], o["out_dim"]) == (1, 512), o
+        counts[(o["blocks"], o["hidden"])] = build(o)
+    # exact counts (the released module's, tests/heads/test_released_ports.py) for every cell
+    assert counts == {(1, 256): 1_844_228, (2, 256): 2_698_244, (4, 256): 4_406_276, (6, 256): 6_114_308,
+                      (8, 256): 7_822_340, (1, 64): 1_044_740, (1, 512): 3_942_404, (1, 1024): 11_677_700,
+                      (1, 2048): 41_304_068}
+    # the paper's numbers kernel 1 reproduces: Table 3's default cell and "4.5 M for 4 blocks"
+    assert round(counts[(1, 256)] / 1e6, 2) == TABLE3_BLOCKS[1] == TABLE3_HIDDEN[256]
+    four = dict(s.cells[0].config.head_options, blocks=4, hidden=256)
+    assert round(build(four, classes=101) / 1e6, 1) == 4.5
+    # the width row within 12% (+11% at 64); the depth row below the paper's (each paper block costs a kernel-3 block)
+    width = {h: counts[(1, h)] / 1e6 / m - 1 for h, m in TABLE3_HIDDEN.items()}
+    assert all(abs(d) < 0.12 for d in width.values()), width
+    depth = {b: counts[(b, 256)] / 1e6 / m - 1 for b, m in TABLE3_BLOCKS.items()}
+    assert depth[1] == pytest.approx(0, abs=0.003) and all(-0.19 < depth[b] < -0.08 for b in (2, 4, 6, 8)), depth
+    # the paper's 3x1x1 text (featcache's default kernel) fits neither published total
+    kt3 = dict(s.cells[0].config.head_options, temporal_kernel=3)
+    assert round(build(kt3) / 1e6, 2) == 2.24 and round(build(dict(kt3, blocks=4), classes=101) / 1e6, 1) == 5.7
+
+
 def test_table5_numbers_are_the_papers_and_it_has_the_prp_arm():
     s, text = sweep("advise_table5_tmm_vs_avg.yaml")
     # AdViSe Table 5 (UCF101 / Diving48)
@@ -136,11 +178,32 @@ def test_amflow_sweeps_say_what_they_reproduce():
         unit = TemporalUnit(o["tpm"], o["width"], 8, o["tpm_layers"], o["tpm_hidden"])
         sizes[o["tpm"]] = sum(p.numel() for p in unit.parameters())
     assert sizes["tcn"] < sizes["transformer"] < sizes["lstm"]
-    assert sizes["lstm"] / sizes["transformer"] == pytest.approx(360 / 103, rel=0.03)  # AM Flow Tables 1-2
+    # AM Flow Tables 1-2 (ViT-B): TCN 54 M, transformer 103 M, LSTM 360 M (temporal processing modules)
+    assert sizes["lstm"] / sizes["transformer"] == pytest.approx(360 / 103, rel=0.03)
+    assert sizes["tcn"] / sizes["transformer"] == pytest.approx(54 / 103, rel=0.03)
+    assert "the only documented way" in text
     t4, text4 = sweep("amflow_table4.yaml")
     assert [c.config.head_options["flow"] for c in t4.cells] == ["none", "vanilla", "aligned"]
     assert {c.config.head_options["flow_blocks"] for c in t4.cells} == {"all"}
     assert all(n in text4 for n in ("74.3", "72.7", "88.8"))  # AM Flow Table 4
+    o = t4.cells[0].config.head_options  # its LSTM against a default transformer at the same width
+    lstm = TemporalUnit(o["tpm"], o["width"], 8, o.get("tpm_layers", 0), o["tpm_hidden"])
+    transformer = TemporalUnit("transformer", o["width"], 8)
+    ratio = sum(p.numel() for p in lstm.parameters()) / sum(p.numel() for p in transformer.parameters())
+    assert o["tpm"] == "lstm" and ratio == pytest.approx(360 / 103, rel=0.03) and "the only documented way" in text4
+
+
+def test_amflow_defaults_are_not_the_papers_sizes_as_the_sweeps_say():
+    """The head's defaults (tpm_layers=0, tpm_hidden=0) give an LSTM about the transformer's size
+    and a TCN a quarter of it, not the paper's 3.5 and 0.52: the sweep files are where the paper's
+    relative capacities are set, and the docs say so."""
+    from featcache.heads.amflow import TemporalUnit
+
+    size = lambda kind: sum(p.numel() for p in TemporalUnit(kind, 128, 8).parameters())  # noqa: E731
+    assert size("lstm") / size("transformer") == pytest.approx(0.99, abs=0.01)
+    assert size("tcn") / size("transformer") == pytest.approx(0.255, abs=0.005)
+    docs = open(os.path.join(PIPELINES, "..", "docs", "heads.md")).read()
+    assert "tpm_hidden=270" in docs and "tpm_layers=4" in docs
 
 
 def test_heads_command_lists_the_new_options():

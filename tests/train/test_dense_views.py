@@ -119,3 +119,97 @@ def test_clip_rate_refusals_are_one_line(trained):
     assert r.exit_code == 2 and "two protocols" in r.stderr
     r = runner.invoke(app, ["eval", run, "--clip-rate", "-1"])
     assert r.exit_code == 2 and "--clip-rate: must be at least 1" in r.stderr
+
+
+# ----------------------------------------------------------- named protocols against the releases
+def slowfast_port(video_size, fps, num_frames, sampling_rate, clip_idx, num_clips, target_fps=30):
+    """Re-typed from facebookresearch/SlowFast slowfast/datasets/decoder.py: decode() L552-555
+    (clip_sz = sampling_rate * num_frames / target_fps * fps), get_start_end_idx L37-76 (use_offset
+    False, the default TEST path), temporal_sampling L17-34; frames indexed as the decoded video."""
+    clip_size = sampling_rate * num_frames / target_fps * fps
+    delta = max(video_size - clip_size, 0)
+    start_idx = delta * clip_idx / num_clips
+    end_idx = start_idx + clip_size - 1
+    frames = torch.arange(video_size)  # the decoded whole video, one entry per frame
+    index = torch.linspace(start_idx, end_idx, num_frames)
+    index = torch.clamp(index, 0, frames.shape[0] - 1).long()
+    return torch.index_select(frames, 0, index).numpy()
+
+
+def stadapter_port(video_size, num_frames, sampling_rate, clip_idx, num_temporal_views):
+    """Re-typed from linziyi96/st-adapter video_dataset/dataset.py _generate_temporal_crops
+    (L189-199), on a (1, T) tensor of frame numbers in place of the frames."""
+    frames = torch.arange(video_size)[None]
+    seg_len = (num_frames - 1) * sampling_rate + 1
+    if frames.size(1) < seg_len:
+        frames = torch.cat([frames, frames[:, -1:].repeat(1, seg_len - frames.size(1))], dim=1)
+    slide_len = frames.size(1) - seg_len
+    crops = []
+    for i in range(num_temporal_views):
+        if num_temporal_views == 1:
+            st = slide_len // 2
+        else:
+            st = round(slide_len / (num_temporal_views - 1) * i)
+        crops.append(frames[:, st: st + num_frames * sampling_rate: sampling_rate])
+    return crops[clip_idx][0].numpy()
+
+
+def test_named_protocols_equal_the_releases_on_5000_draws():
+    from featcache.train.clips import protocol_clip_indices
+
+    rng = np.random.default_rng(32)
+    differ = {"featcache_vs_slowfast_25fps": 0}
+    clips = 0
+    for _ in range(5000):
+        length, fps = int(rng.integers(1, 1200)), float(rng.choice([25.0, 29.97, 30.0]))
+        n, rate, views = int(rng.choice([8, 16, 32])), int(rng.choice([1, 2, 4, 8])), int(rng.choice([1, 2, 3, 5, 10]))
+        for v in range(views):
+            clips += 1
+            got = protocol_clip_indices("slowfast", length, fps, n, rate, v, views)
+            np.testing.assert_array_equal(got, slowfast_port(length, fps, n, rate, v, views))
+            got = protocol_clip_indices("stadapter", length, fps, n, rate, v, views)
+            np.testing.assert_array_equal(got, stadapter_port(length, n, rate, v, views))
+            if fps == 25.0 and length > 40 * rate:
+                ours = protocol_clip_indices("featcache", length, fps, n, rate, v, views)
+                differ["featcache_vs_slowfast_25fps"] += not np.array_equal(ours, slowfast_port(length, fps, n, rate, v, views))
+    assert clips > 15000
+    assert differ["featcache_vs_slowfast_25fps"] > 0  # the resampling is what the slowfast protocol adds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["slowfast", "stadapter"])
+def test_eval_protocol_writes_the_views_it_scored_as_the_release_places_them(trained, protocol):
+    from featcache import open_cache
+
+    manifest, cache, run = trained
+    r = runner.invoke(app, ["eval", run, "--temporal-views", "3", "--clip-rate", "2", "--protocol", protocol])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    key = f"@{protocol}3x1r2"
+    assert f"test/top1{key}" in res and res[f"test/clip_frames_rounded{key}"] == 0.0
+    with open(os.path.join(run, f"views_test{key}.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    c = open_cache(cache)
+    assert len(rows) == 3 * len(c.done_records("test"))
+    for row in rows:
+        src = c.video(row["video_id"]).record["source"]
+        n, fps, v = src["num_frames"], src["fps"], int(row["view"])
+        port = (slowfast_port(n, fps, 4, 2, v, 3) if protocol == "slowfast" else stadapter_port(n, 4, 2, v, 3))
+        assert row["source_frames"] == row["served_frames"] == " ".join(map(str, port))
+        w, h = src["width"], src["height"]  # the centre crop of a short side resized to 56 (the tiny model's crop)
+        long_side = math.floor(max(w, h) / min(w, h) * 56)
+        off = math.ceil((long_side - 56) / 2) if protocol == "slowfast" else (long_side - 56) // 2
+        assert row["crop_box"] == (f"{off} 0 {off + 56} 56" if w >= h else f"0 {off} 56 {off + 56}")
+    bad = runner.invoke(app, ["eval", run, "--protocol", "slowfast"])
+    assert bad.exit_code == 2 and "give --clip-rate R" in bad.stderr
+
+
+def test_a_release_protocol_refuses_a_cache_of_other_pixels():
+    from featcache.errors import FeatcacheError
+    from featcache.train.evaluate import _check_release_geometry
+
+    clip_b16 = {"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 248, "crop_pct": 0.9}}
+    with pytest.raises(FeatcacheError, match=r"--protocol slowfast: the release crops 224 px from frames whose short "
+                                             r"side is resized to 224; this cache resized the short side to 248"):
+        _check_release_geometry(clip_b16, "slowfast")
+    _check_release_geometry({"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 224}}, "stadapter")

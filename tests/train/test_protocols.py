@@ -145,7 +145,7 @@ def test_sliding_windows_over_an_fps_pool(tmp_path):
     test_id = sorted(r["video_id"] for r in csv.DictReader(open(manifest)) if r["split"] == "test")[0]
     entry = open_cache(cache).video(test_id)
     pos = entry.policies["fps:10"]
-    wins = [pos[s:s + 4] for s in range(0, len(pos) - 3, 2)]
+    wins = [pos[s:s + 4] for s in range(0, len(pos) - 3, 2)] + [pos[15:19]]  # + the tail: aligned to the end
     x = np.zeros((len(wins), 4, 17, 64), np.float16)
     for i, w in enumerate(wins):
         fill_view(x[i], entry, w, View("uniform:4"), open_cache(cache).attrs)
@@ -154,6 +154,10 @@ def test_sliding_windows_over_an_fps_pool(tmp_path):
     rows, classes, scores, _ = read_predictions(os.path.join(run, "predictions_test@w4s2mean.csv"))
     got = scores[[r["video_id"] for r in rows].index(test_id)]
     np.testing.assert_allclose(got, expected, atol=1e-6)
+    placed = {r["video_id"]: r for r in csv.DictReader(open(os.path.join(run, "windows_test@w4s2mean.csv")))}
+    assert placed[test_id] == {"video_id": test_id, "pool": "fps:10", "pool_frames": "19", "window": "4",
+                               "starts": "0 2 4 6 8 10 12 14 15", "tail_start": "15", "coverage": "1.000000"}
+    assert res["test/window_coverage@w4s2mean"] == 1.0
     bad = runner.invoke(app, ["eval", run, "--window", "8"])
     assert bad.exit_code == 2 and "windows must have its length (--window 4)" in bad.stderr
 
@@ -236,3 +240,74 @@ def test_three_crops_through_the_model_and_spatial_views(tmp_path):
     run_training(no_crops, build_config({"head": "pool", "view": "uniform:4", "epochs": 1}), run2, show_progress=False)
     r = runner.invoke(app, ["eval", run2, "--spatial-views", "3"])
     assert r.exit_code == 2 and "re-extract with --crops 3" in r.stderr
+
+
+def test_two_pools_evaluated_into_one_run_keep_their_own_files_and_a_refused_cache_names_its_facts(tmp_path):
+    """Issue 34 items 2 and 14: `eval --window 4 --stride 2 --pool fps:10` then `--pool stride:2`
+    used to write the same eval/predictions/per-class files; `eval --cache` of another cache said
+    only "other model, preprocessing, layers or frames"."""
+    manifest = make_dataset(str(tmp_path / "ds"), "motion", per_class=5, num_frames=24)
+    cache = str(tmp_path / "c.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=cache, frames="fps:10,stride:2,uniform:4",
+                              encoder=tiny_encoder_config()), show_progress=False)
+    run = str(tmp_path / "run")
+    run_training(cache, build_config({"head": "pool", "view": "uniform:4", "epochs": 1, "batch_size": 8}), run,
+                 show_progress=False)
+    out = {}
+    for pool in ("fps:10", "stride:2"):
+        r = runner.invoke(app, ["eval", run, "--window", "4", "--stride", "2", "--pool", pool])
+        assert r.exit_code == 0, r.output
+        out[pool] = json.loads(r.output)
+    # the cache's first pool (the default) keeps the earlier name; another pool's name joins the key
+    assert out["fps:10"]["test/pool@w4s2max"] == "fps:10"
+    assert out["stride:2"]["test/pool@w4s2max-stride2"] == "stride:2"
+    assert "test/top1@w4s2max-stride2" in out["stride:2"] and "test/top1@w4s2max" in out["fps:10"]
+    for key, pool in (("@w4s2max", "fps:10"), ("@w4s2max-stride2", "stride:2")):
+        saved = json.load(open(os.path.join(run, f"eval_test{key}.json")))
+        assert saved == out[pool] and saved[f"test/pool{key}"] == pool
+        assert os.path.exists(os.path.join(run, f"predictions_test{key}.csv"))
+    # the same pool named or defaulted writes the same file; the two pools' predictions differ
+    a = read_predictions(os.path.join(run, "predictions_test@w4s2max.csv"))[2]
+    b = read_predictions(os.path.join(run, "predictions_test@w4s2max-stride2.csv"))[2]
+    assert a.shape == b.shape and np.abs(a - b).max() > 0, np.abs(a - b).max()
+    default = runner.invoke(app, ["eval", run, "--window", "4", "--stride", "2"])
+    assert json.loads(default.output) == out["fps:10"]
+    # another cache: the refusal names the facts that differ, as extract does
+    other = str(tmp_path / "o.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=other, frames="fps:10,stride:2,uniform:4",
+                              encoder=tiny_encoder_config(precision="fp16")), show_progress=False)
+    r = runner.invoke(app, ["eval", run, "--cache", other])
+    assert r.exit_code == 2 and "is not the cache this head was trained on" in r.stderr
+    assert r.stderr.strip().endswith(f"these facts differ from {cache}'s: compute.precision"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    import shutil
+
+    shutil.rmtree(cache)  # the trained-on cache gone: said so, nothing named
+    r = runner.invoke(app, ["eval", run, "--cache", other])
+    assert r.exit_code == 2 and f"the cache it was trained on ({cache}) is not there to compare" in r.stderr
+
+
+def test_windows_cover_a_30_1_s_video_to_its_end():
+    """Issue 32 item 2: Charades' no-overlap stride 8 with 16-frame windows over a 30.1 s video
+    (30 fps, 903 frames) at fps:1 scored frames 0-23 of the 31-frame pool (77%); the window
+    aligned to the end covers it all. Independent count: the seconds each window spans."""
+    from featcache.train.clips import coverage, window_starts
+    from featcache.video.select import fps_indices
+
+    stamps = np.arange(903) / 30.0  # 0 .. 30.0667 s
+    pool = fps_indices(stamps, 1)
+    assert len(pool) == 31 and pool[-1] == 900
+    starts, tail = window_starts(len(pool), 16, 8)
+    assert starts == [0, 8, 15] and tail == 15
+    assert coverage(len(pool), 16, starts) == 1.0
+    assert coverage(len(pool), 16, [0, 8]) == pytest.approx(24 / 31)  # the former rule: 77%
+    seconds = set()  # independently: every pool second 0..30 falls in some window
+    for s in starts:
+        seconds |= set(range(s, s + 16))
+    assert seconds == set(range(31))
+    for width, stride in [(8, 8), (16, 3), (16, 16), (4, 1), (31, 5)]:  # a tail is added only when left
+        starts, tail = window_starts(31, width, stride)
+        assert coverage(31, width, starts) == 1.0 and starts[-1] == 31 - width
+        assert (tail is None) == ((31 - width) % stride == 0)
+    with pytest.raises(ValueError):
+        window_starts(3, 4, 1)
