@@ -80,9 +80,9 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
 
     messages: list[str] = []
     try:
-        chosen["fps"] = header_rate(item.path)
+        chosen["fps"] = header_rate(item.path, spec.stream)
         with captured_stderr(messages):
-            video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear", guess=guess)
+            video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear", guess=guess, stream=spec.stream)
         frames = (processed(video.frames, clip["source"]) if clip.get("resizer") == "hf" else
                   crop_resized(video.frames, clip["resize_size"], clip["crop_size"], clip["interpolation"]))
     except DecodeError as exc:
@@ -95,8 +95,10 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
     record.update(
         source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width, "height": video.height,
                 "decoder": video.decoder, "decoder_note": video.note, "expected_frames": video.expected_frames,
-                "truncated": video.looks_truncated, **decoder_log(messages)},
+                "truncated": video.looks_truncated, **video.source_fields(), **decoder_log(messages)},
         **clip_fields(policy, clip, rows, stamps, positions, chosen["short"]))
+    record["clips"]["pts_seconds"] = (stamps + video.start).tolist()
+    record["pts_seconds"] = (stamps[:, 0] + video.start).tolist()
     return prepared_cls(item, record, frames[at], None)  # (K, T, S, S, 3)
 
 
