@@ -370,6 +370,9 @@ class _Pipeline:
                 return
             self.summary.warnings.append(f"{decoded.item.video_id}: {what}; the file may be truncated "
                                          "(source.truncated in its record; --truncated fail refuses such files)")
+        if decoded.record["source"].get("damaged_packets"):
+            self.summary.warnings.append(f"{decoded.item.video_id}: {decoded.record['source']['decoder_note']} "
+                                         "(source.damaged_packets in its record)")
         if decoded.record["short"] and "clips" in decoded.record:
             self.summary.warnings.append(f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, "
                                          "shorter than one clip; its last frame repeated")

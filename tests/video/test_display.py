@@ -195,3 +195,42 @@ def test_ten_bit_conversion_difference_is_bounded(name):
     v = decode_video(str(path), lambda n, s, t: np.arange(3), 64, interpolation="bicubic")
     ref = _ffmpeg_rgb(path, 3, "scale=64:64:flags=bicubic,format=rgb24").reshape(v.frames.shape)
     assert np.abs(v.frames.astype(int) - ref).mean() < 1.0
+
+
+# ---------------------------------------------------------------- cut and damaged files (issue 34 item 4)
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    """An 8 s MPEG-4 AVI cut to half its bytes, and an H.264 MP4 with 20 KB zeroed in the middle."""
+    if FFMPEG is None:
+        pytest.skip("the ffmpeg command line is not installed")
+    root = tmp_path_factory.mktemp("damaged")
+    src = "testsrc2=size=320x240:rate=25:duration=8"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", src, "-c:v", "mpeg4", "-q:v", "5",
+                    str(root / "full.avi")], check=True)
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", src, "-c:v", "libx264", "-g", "25", "-pix_fmt",
+                    "yuv420p", str(root / "full.mp4")], check=True)
+    data = (root / "full.avi").read_bytes()
+    (root / "half.avi").write_bytes(data[: len(data) // 2])
+    data = bytearray((root / "full.mp4").read_bytes())
+    data[len(data) // 2: len(data) // 2 + 20000] = bytes(20000)
+    (root / "zeroed.mp4").write_bytes(bytes(data))
+    return root
+
+
+def test_half_an_avi_is_noticed(damaged):
+    """The AVI header promises 200 frames; half the bytes decode to about 100: truncated."""
+    v = decode_video(str(damaged / "half.avi"), lambda n, s, t: np.arange(0, n, 10), 56)
+    assert v.expected_frames == 200 and v.num_frames < 120 and v.looks_truncated
+    whole = decode_video(str(damaged / "full.avi"), lambda n, s, t: np.arange(0, n, 10), 56)
+    assert (whole.num_frames, whole.expected_frames, whole.looks_truncated) == (200, 200, False)
+
+
+def test_zeroed_bytes_are_decoded_past_as_ffmpeg_does(damaged):
+    """ffprobe -count_frames counts the frames FFmpeg decodes past the damage; so does featcache."""
+    path = str(damaged / "zeroed.mp4")
+    out = subprocess.run([shutil.which("ffprobe") or "ffprobe", "-v", "quiet", "-count_frames", "-select_streams",
+                          "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", path],
+                         capture_output=True, text=True, check=True).stdout
+    v = decode_video(path, lambda n, s, t: np.arange(0, n, 10), 56)
+    assert v.num_frames == int(out.strip().rstrip(",")) < 200
+    assert v.damaged > 0 and "damaged packet" in v.note and v.source_fields()["damaged_packets"] == v.damaged
