@@ -46,6 +46,10 @@ SEQUENTIAL_FORMATS = {"mpeg", "mpegts", "mpegvideo", "h264", "hevc", "m4v", "mjp
 Picker = Callable[[int, "np.ndarray | None", np.ndarray], np.ndarray]  # (num_frames, LUV scores, seconds)
 # (header frame count, seconds at the header rate) -> the frames the picker will likely choose besides key frames
 Guess = Callable[[int, np.ndarray], np.ndarray]
+# uint8 (K, H, W, 3) frames as shown -> what is kept of them (video encoders: resized and cropped),
+# applied as frames are decoded so that a long video's frames never exist at source size all at once
+Post = Callable[[np.ndarray], np.ndarray]
+CHUNK = 16  # frames a random-access decoder returns (and ``post`` transforms) at a time
 
 
 class DecodeError(Exception):
@@ -79,16 +83,21 @@ class DecodedVideo:
 
     def source_fields(self) -> dict:
         """The record's facts about the stream: coded and displayed size, rotation, stream, start."""
-        o = self.orientation or Orientation()
-        dw, dh = o.displayed(self.width, self.height)
-        return {"stream": self.stream, "start_seconds": self.start, "rotation": o.rotation,
-                "transform": o.transform, "display_width": dw, "display_height": dh,
-                "damaged_packets": self.damaged}
+        return display_fields(self.width, self.height, self.stream, self.start, self.orientation, self.damaged)
 
     @property
     def looks_truncated(self) -> bool:
         """Far fewer frames decoded than the container's duration promises."""
         return bool(self.expected_frames) and self.num_frames < 0.9 * self.expected_frames - 1
+
+
+def display_fields(width: int, height: int, stream: int = 0, start: float = 0.0,
+                   orientation: "Orientation | None" = None, damaged: int = 0) -> dict:
+    """The ``source`` record keys of what FFmpeg shows (``estimate`` replays them from a header)."""
+    o = orientation or Orientation()
+    dw, dh = o.displayed(width, height)
+    return {"stream": stream, "start_seconds": start, "rotation": o.rotation, "transform": o.transform,
+            "display_width": dw, "display_height": dh, "damaged_packets": damaged}
 
 
 def resize_to_short_side(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -144,6 +153,7 @@ def decode_video(
     keep_best: int = 0,
     guess: Guess | None = None,
     stream: int | None = None,
+    post: Post | None = None,
 ) -> DecodedVideo:
     """Decode the frames ``pick(num_frames, scores, timestamps)`` chooses.
 
@@ -153,7 +163,8 @@ def decode_video(
     and ``guess`` tell the in-order decoder which frames to keep while streaming; a wrong guess
     costs time (a second pass), never correctness. ``stream``: the container's video stream index
     (None: the one ``ffmpeg`` shows by default). Frames come out as FFmpeg displays them (display
-    matrix applied) at the short side of the displayed size. Raises DecodeError with a one-line reason when
+    matrix applied) at the short side of the displayed size, passed through ``post`` frame by
+    frame (random-access decoders: CHUNK frames at a time) when given. Raises DecodeError with a one-line reason when
     no decoder can read the file.
     """
     if decoder not in DECODERS:
@@ -162,11 +173,11 @@ def decode_video(
         raise ValueError(f"--luv-size full is scored in the in-order pass; use --decoder auto or pyav, not {decoder}")
     check_file(path)
     if decoder in ("auto", "pyav"):
-        return _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best, guess, stream)
+        return _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best, guess, stream, post)
     try:
         if decoder == "torchcodec":
-            return _decode_torchcodec(path, pick, short_side, small_size, interpolation, stream)
-        return _decode_decord(path, pick, short_side, small_size, interpolation, stream)
+            return _decode_torchcodec(path, pick, short_side, small_size, interpolation, stream, post)
+        return _decode_decord(path, pick, short_side, small_size, interpolation, stream, post)
     except DecodeError:
         raise
     except _ProbeMismatch as exc:
@@ -175,7 +186,7 @@ def decode_video(
         if decoder == "decord":
             raise DecodeError(f"decord cannot decode: {_one_line(exc)}") from exc
         note = f"{decoder} failed ({_one_line(exc)}); decoded with PyAV"
-    video = _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best, guess, stream)
+    video = _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best, guess, stream, post)
     video.note = "; ".join(x for x in (note, video.note) if x)
     return video
 
@@ -211,7 +222,7 @@ class _ProbeMismatch(Exception):
     pass
 
 
-def _decode_decord(path, pick, short_side, small_size, interpolation, stream=None) -> DecodedVideo:
+def _decode_decord(path, pick, short_side, small_size, interpolation, stream=None, post=None) -> DecodedVideo:
     """decord 0.6 applies the display rotation itself and takes the displayed size; a matrix it
     does not apply (flips, 180) shows as frame 0 differing from PyAV's, which hands the video to
     PyAV."""
@@ -236,14 +247,17 @@ def _decode_decord(path, pick, short_side, small_size, interpolation, stream=Non
     if small is not None:  # random access must land where sequential decoding did
         _check_same(sr.get_batch(indices.tolist()).asnumpy(), small[indices],
                     "decord's seeks disagree with its sequential decode")
-    frames = vr.get_batch(indices.tolist()).asnumpy()
-    _check_picked(path, probe, indices, frames, interpolation, "decord")
+    def fetch(pos) -> np.ndarray:
+        return vr.get_batch([int(indices[i]) for i in pos]).asnumpy()
+
+    _check_picked(path, probe, indices, fetch, interpolation, "decord")
+    frames = np.concatenate([(post or _same)(fetch(pos)) for pos in _chunks(len(indices))])
     return DecodedVideo(frames, indices, stamps[indices], n, fps, probe.width, probe.height, "decord",
                         expected_frames=probe.expected, stream=probe.stream, start=probe.start,
                         orientation=probe.orientation)
 
 
-def _decode_torchcodec(path, pick, short_side, small_size, interpolation, stream=None) -> DecodedVideo:
+def _decode_torchcodec(path, pick, short_side, small_size, interpolation, stream=None, post=None) -> DecodedVideo:
     """torchcodec (FFmpeg's libraries, exact seek mode) behind the same checks as decord: PyAV's
     first frame must match, containers without a seek index go to PyAV (on the real MPEG-2 clip
     torchcodec's exact seeks land 2-12 frames late and sequential reading stops early), and with
@@ -294,8 +308,10 @@ def _decode_torchcodec(path, pick, short_side, small_size, interpolation, stream
     if small is not None:  # random access must land where sequential decoding did
         _check_same(o.apply(sdec.get_frames_at(indices.tolist()).data.numpy()), small[indices],
                     "torchcodec's seeks disagree with its sequential decode")
-    frames, pts = at(indices)
-    _check_picked(path, probe, indices, frames, interpolation, "torchcodec")
+    _check_picked(path, probe, indices, lambda pos: at(indices[pos])[0], interpolation, "torchcodec")
+    got = [at(indices[pos]) for pos in _chunks(len(indices))]
+    frames = np.concatenate([(post or _same)(rgb) for rgb, _ in got])
+    pts = np.concatenate([p for _, p in got])
     return DecodedVideo(frames, indices, np.maximum(pts - probe.start, 0.0), n, fps, probe.width, probe.height,
                         "torchcodec", expected_frames=probe.expected, stream=probe.stream, start=probe.start,
                         orientation=probe.orientation)
@@ -353,7 +369,15 @@ def _check_count(n: int, probe: _Probe, name: str) -> None:
         raise _ProbeMismatch(f"{name} counts {n} frames where FFmpeg presents {len(probe.pts)}; decoded with PyAV")
 
 
-def _check_picked(path, probe: _Probe, indices: np.ndarray, frames: np.ndarray, interpolation: str, name: str) -> None:
+def _same(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _chunks(n: int) -> list[np.ndarray]:
+    return [np.arange(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+
+
+def _check_picked(path, probe: _Probe, indices: np.ndarray, fetch, interpolation: str, name: str) -> None:
     """Up to PICKED_CHECKS of the picked frames, spread over the picks, must equal PyAV's frames
     with the same pts (PyAV seeks to the key frame before each and decodes forward)."""
     if not len(probe.pts) or not len(indices):
@@ -361,6 +385,7 @@ def _check_picked(path, probe: _Probe, indices: np.ndarray, frames: np.ndarray, 
     at = np.unique(np.linspace(0, len(indices) - 1, min(PICKED_CHECKS, len(indices))).round().astype(int))
     want = {int(probe.pts[indices[i]]): i for i in at}
     got = _pyav_frames_by_pts(path, probe, sorted(want), interpolation)
+    frames = dict(zip(at.tolist(), fetch(at)))
     for p, i in want.items():
         if p not in got:
             raise _ProbeMismatch(f"PyAV found no frame at pts {p} to check {name}'s frame {indices[i]}; decoded with PyAV")
@@ -455,7 +480,7 @@ def _shown(reformatter, frame, size, interpolation, o) -> np.ndarray:
 
 
 def _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best=0, guess=None,
-                 stream=None) -> DecodedVideo:
+                 stream=None, post=None) -> DecodedVideo:
     """One in-order pass: score every frame (when scoring), keep the ``keep_best`` best-scoring
     frames (decoded, unscaled) and scale the guessed picks as they go by; then ``pick`` and scale
     the kept key frames. Frames the pick wants that were not kept come from a second pass."""
@@ -463,6 +488,7 @@ def _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best=0,
     index = vs.index  # read before closing: a closed container's streams are gone
     to_small, to_out = FFmpegScaler(), FFmpegScaler()  # one scaler context each, reused per frame
     times, scores, size, out_size, o, damaged = [], [], None, None, Orientation(), []
+    keep = (lambda rgb: post(rgb[None])[0]) if post else _same  # noqa: E731
     scorer, best, done = (LuvScorer() if small_size is not None else None), BestFrames(keep_best), {}
     try:
         expected = expected_frames(container, vs)
@@ -476,7 +502,7 @@ def _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best=0,
                 out_size = resize_to_short_side(*o.displayed(*size), short_side)
             times.append(frame.time)
             if i in wanted:
-                done[i] = _shown(to_out, frame, out_size, interpolation, o)
+                done[i] = keep(_shown(to_out, frame, out_size, interpolation, o))
             if scorer is not None:
                 if small_size == "full":  # LUV scores are means over pixels: orientation cannot change them
                     rgb = to_small.swscale.reformat(frame, format="rgb24").to_ndarray()
@@ -501,10 +527,10 @@ def _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best=0,
     kept = best.kept()
     need = set(indices.tolist())
     for i in need & kept.keys():
-        done[i] = _shown(to_out, kept[i], out_size, interpolation, o)
+        done[i] = keep(_shown(to_out, kept[i], out_size, interpolation, o))
     missing = np.array(sorted(need - done.keys()), dtype=np.int64)
     if len(missing):
-        done.update(zip(missing.tolist(), _pyav_frames_at(path, missing, out_size, interpolation, index, o)))
+        done.update(zip(missing.tolist(), _pyav_frames_at(path, missing, out_size, interpolation, index, o, keep)))
     frames = np.stack([done[i] for i in indices.tolist()])
     note = f"decoded past {len(damaged)} damaged packet(s) the decoder refused" if damaged else ""
     return DecodedVideo(frames, indices, stamps[indices], n, fps, size[0], size[1], "pyav", note=note,
@@ -568,7 +594,7 @@ class FFmpegScaler:
         return graph
 
 
-def _pyav_frames_at(path, indices, out_size, interpolation, stream, o) -> np.ndarray:
+def _pyav_frames_at(path, indices, out_size, interpolation, stream, o, keep=_same) -> np.ndarray:
     """The frames at sorted ``indices``, decoding in order up to the last one."""
     wanted = set(indices.tolist())
     last = int(indices.max())
@@ -577,7 +603,7 @@ def _pyav_frames_at(path, indices, out_size, interpolation, stream, o) -> np.nda
     try:
         for i, frame in enumerate(decoded_frames(container, vs, [])):
             if i in wanted:
-                out[i] = _shown(scaler, frame, out_size, interpolation, o)
+                out[i] = keep(_shown(scaler, frame, out_size, interpolation, o))
             if i >= last:
                 break
     except Exception as exc:
