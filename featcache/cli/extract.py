@@ -97,6 +97,8 @@ def extract_config(p: dict):
     from featcache.extract.encoder import EncoderConfig
     from featcache.extract.pipeline import ExtractConfig
 
+    if p.get("stream") is not None and p["stream"] < 0:
+        raise FeatcacheError(f"--stream {p['stream']}: a stream index is 0 or more (ffprobe lists them)")
     enc = EncoderConfig(model=p["model"], weights=p["weights"], img_size=p["img_size"],
                         layers=parse_ints(p["layers"], "--layers"), precision=p["precision"], device=p["device"],
                         cut_block=p["cut_block"], token_pool=_word_or_int(p["token_pool"], "--token-pool", "mean"), compile=p["compile_"],

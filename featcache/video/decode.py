@@ -19,8 +19,15 @@ Frames are decoded straight at the model's resize size (shorter side = ``short_s
 kept, torchvision's rounding), so full-resolution RGB frames never exist in memory; the centre
 crop and normalisation belong to the encoder.
 
-Long module: three decoders behind one interface and the cross-checks between them; the
-checks must sit beside the decoders they check.
+Every decoder shows what ``ffmpeg`` shows (docs/decoding.md lists the cases and their tests): the
+video stream the command line picks (``best_video_stream``, or ``--stream N``), the display matrix
+applied before the resize (``Orientation``, a port of FFmpeg's autorotation), 10-bit and
+coded-size frames converted through FFmpeg's ``scale`` filter (``FFmpegScaler``), each frame's pts
+(``DecodedVideo.start`` + ``timestamps``). The random-access decoders must also report the frame
+count FFmpeg presents and return PyAV's frames at a few of the picks, or PyAV decodes the video.
+
+Long module: three decoders behind one interface, the cross-checks between them and FFmpeg's
+display rules they all follow; the checks must sit beside the decoders they check.
 """
 from __future__ import annotations
 

@@ -234,3 +234,23 @@ def test_zeroed_bytes_are_decoded_past_as_ffmpeg_does(damaged):
     v = decode_video(path, lambda n, s, t: np.arange(0, n, 10), 56)
     assert v.num_frames == int(out.strip().rstrip(",")) < 200
     assert v.damaged > 0 and "damaged packet" in v.note and v.source_fields()["damaged_packets"] == v.damaged
+
+
+def test_stream_flag_reaches_the_record(tmp_path):
+    """``extract --stream 0`` caches stream 0 of the two-stream file and names it in the record;
+    a negative index is one line, exit status 2."""
+    from conftest import TINY_CLI, cli
+
+    from featcache.cache.store import Cache
+
+    path = _shared("nasa_13013.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"video_id,path\nnasa,{path}\n")
+    bad = cli("extract", manifest, "--out", tmp_path / "bad.zarr", *TINY_CLI, "--stream", "-1", code=2)
+    assert "--stream -1" in bad.output
+    for stream, size in ((None, (480, 270)), (0, (320, 180))):
+        out = tmp_path / f"s{stream}.zarr"
+        cli("extract", manifest, "--out", out, *TINY_CLI, "--frames", "uniform:2", "-q",
+            *(() if stream is None else ("--stream", stream)))
+        source = Cache(str(out)).video("nasa").record["source"]
+        assert (source["stream"], source["width"], source["height"]) == ((3 if stream is None else 0), *size)
