@@ -236,6 +236,7 @@ def test_zeroed_bytes_are_decoded_past_as_ffmpeg_does(damaged):
     assert v.damaged > 0 and "damaged packet" in v.note and v.source_fields()["damaged_packets"] == v.damaged
 
 
+@pytest.mark.slow
 def test_stream_flag_reaches_the_record(tmp_path):
     """``extract --stream 0`` caches stream 0 of the two-stream file and names it in the record;
     a negative index is one line, exit status 2."""
