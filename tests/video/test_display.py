@@ -255,3 +255,24 @@ def test_stream_flag_reaches_the_record(tmp_path):
             *(() if stream is None else ("--stream", stream)))
         source = Cache(str(out)).video("nasa").record["source"]
         assert (source["stream"], source["width"], source["height"]) == ((3 if stream is None else 0), *size)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_generated_two_streams_with_an_offset(tmp_path, decoder):
+    """Two video streams, only the first marked default, both starting at 2.5 s: the ffmpeg
+    command line shows stream 0 (the default disposition outweighs the larger picture), as
+    featcache does; ``--stream 1`` reads the other; pts on the player's clock."""
+    if FFMPEG is None:
+        pytest.skip("the ffmpeg command line is not installed")
+    path = tmp_path / "two.mp4"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=2", "-f",
+                    "lavfi", "-i", "testsrc=size=96x64:rate=15:duration=2", "-map", "0", "-map", "1", "-c:v",
+                    "libx264", "-pix_fmt", "yuv420p", "-output_ts_offset", "2.5", str(path)], check=True)
+    v = decode_video(str(path), every, 0, decoder=decoder)
+    assert (v.stream, v.num_frames) == (0, 20)
+    np.testing.assert_array_equal(v.frames.reshape(20, -1, 3), _ffmpeg_rgb(path, 20))
+    np.testing.assert_allclose(v.pts, 2.5 + np.arange(20) / 10, atol=1e-6)
+    other = decode_video(str(path), every, 0, decoder=decoder, stream=1)
+    assert (other.stream, other.num_frames, other.frames.shape[1:3]) == (1, 30, (64, 96))
+    np.testing.assert_allclose(other.pts, 2.5 + np.arange(30) / 15, atol=1e-6)
+
