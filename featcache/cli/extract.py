@@ -43,6 +43,7 @@ def extract(
     dtype: str = typer.Option("float16", help="Storage dtype of the tokens: float16, float32 or int8 (per-channel then per-token scales; read back as float16)."),
     token_pool: str = typer.Option("1", help="Average-pool the patch grid before storing: K (K x K windows, e.g. 2 = 4x fewer patch tokens) or mean (prefix tokens + the mean patch token: a linear-probe layout)."),
     decoder: str = typer.Option("auto", help="auto (= pyav: one in-order pass per video), decord or torchcodec (random access, checked against PyAV; torchcodec needs its extra)."),
+    stream: Optional[int] = typer.Option(None, help="The container's video stream to decode (its index, as ffmpeg -map 0:N counts); default: the one ffmpeg shows (highest resolution). Recorded per video (source.stream)."),
     luv_size: str = typer.Option("64x48", help="Resolution of key-frame LUV scoring: WxH (every frame scaled to it, bilinear) or full (the source size; slower). Recorded in the store."),
     short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
     truncated: str = typer.Option("warn", help="Videos with fewer frames than their container promises (a file cut short): warn (a summary line and source.truncated in the record) or fail."),
@@ -96,6 +97,8 @@ def extract_config(p: dict):
     from featcache.extract.encoder import EncoderConfig
     from featcache.extract.pipeline import ExtractConfig
 
+    if p.get("stream") is not None and p["stream"] < 0:
+        raise FeatcacheError(f"--stream {p['stream']}: a stream index is 0 or more (ffprobe lists them)")
     enc = EncoderConfig(model=p["model"], weights=p["weights"], img_size=p["img_size"],
                         layers=parse_ints(p["layers"], "--layers"), precision=p["precision"], device=p["device"],
                         cut_block=p["cut_block"], token_pool=_word_or_int(p["token_pool"], "--token-pool", "mean"), compile=p["compile_"],
@@ -104,7 +107,7 @@ def extract_config(p: dict):
                          batch_size=_word_or_int(p["batch_size"], "--batch-size", "auto"), dtype=p["dtype"], decoder=p["decoder"],
                          luv_size=parse_size(p["luv_size"]), short_videos=p["short_videos"], truncated=p["truncated"],
                          overwrite=p["overwrite"], shard=parse_shard(p["shard"]), crops=p["crops"],
-                         threads=p["threads"], decode_workers=_auto_workers(p["decode_workers"]))
+                         threads=p["threads"], decode_workers=_auto_workers(p["decode_workers"]), stream=p.get("stream"))
 
 
 def _auto_workers(text: str) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 from featcache.cache import index, packed, schema
 from featcache.cache.store import frame_bytes, to_json
 from featcache.data.manifest import VideoItem, read_manifest
-from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, check_file, expected_frames, open_pyav
+from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, check_file, display_fields, expected_frames, open_pyav
 from featcache.video.prepare import decoder_log
 from featcache.video.select import policy_indices, uniform_indices
 
@@ -165,8 +165,9 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
     source = {"num_frames": n, "fps": fps, "width": size[0], "height": size[1],
               "decoder": decoder,
               "decoder_note": "", "expected_frames": n, "truncated": False,
-              **decoder_log([])}  # a clean decode: no messages
+              **display_fields(*size), **decoder_log([])}  # a clean decode: no messages; upright, stream 0, start 0
     record = _record(item, source=source, frame_indices=indices.tolist(), timestamps=stamps.tolist(),
+                     pts_seconds=stamps.tolist(),
                      policies=positions, num_cached_frames=pool_size, short=n < max_count, status="done",
                      has_luv_scores=needs_luv)
     return record, pool_size
@@ -184,7 +185,7 @@ def _clip_record(item: VideoItem, cfg, clip: dict, n: int, fps: float, size: tup
     clips, short = policy_clips(policy, n, fps, stamps, clip["frames"], clip["rate"])
     rows, positions = unique_clips(clips)
     source = {"num_frames": n, "fps": fps, "width": size[0], "height": size[1], "decoder": "pyav", "decoder_note": "",
-              "expected_frames": n, "truncated": False, **decoder_log([])}
+              "expected_frames": n, "truncated": False, **display_fields(*size), **decoder_log([])}
     record = _record(item, source=source, **clip_fields(policy, clip, rows, stamps[rows], positions, short),
                      status="done", has_luv_scores=False)
     return record, len(rows)

@@ -56,6 +56,7 @@ class ExtractConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     crops: int = 1  # 1: the centre crop; 3: also the first and last crop along the long side (spatial views)
     decode_workers: int = 0  # decode processes (0: decode in this process between forwards; -1: auto from the free cores)
+    stream: int | None = None  # the container's video stream index; None: the one ffmpeg shows by default
 
     @cached_property
     def policies(self) -> tuple[Policy, ...]:
@@ -303,7 +304,7 @@ def decode_spec(cfg: ExtractConfig, encoder) -> DecodeSpec:
     needs_luv = any(p.kind == "keyframes" for p in cfg.policies)
     return DecodeSpec(cfg.policies, cfg.short_videos, cfg.luv_size if needs_luv else None, cfg.decoder,
                       encoder.short_side, encoder.preprocess["interpolation"], encoder.cfg.img_size, cfg.crops,
-                      getattr(encoder, "clip_spec", None))
+                      getattr(encoder, "clip_spec", None), cfg.stream)
 
 
 FATAL_STREAK = 2  # a full disk, quota or read-only store refusing this many videos in a row stops the run
@@ -407,6 +408,9 @@ class _Pipeline:
                 return
             self.summary.warnings.append(f"{decoded.item.video_id}: {what}; the file may be truncated "
                                          "(source.truncated in its record; --truncated fail refuses such files)")
+        if decoded.record["source"].get("damaged_packets"):
+            self.summary.warnings.append(f"{decoded.item.video_id}: {decoded.record['source']['decoder_note']} "
+                                         "(source.damaged_packets in its record)")
         if decoded.record["short"] and "clips" in decoded.record:
             self.summary.warnings.append(f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, "
                                          "shorter than one clip; its last frame repeated")

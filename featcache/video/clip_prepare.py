@@ -5,7 +5,11 @@
 (featcache/video/clips.py) are decoded once at their source size, resized and centre-cropped
 exactly as the weights' torchvision preset does (``torchvision.transforms.functional.resize`` on
 uint8 frames, ``antialias=False``; transforms/_presets.py L115-116), and stacked into clips
-``(K, T, S, S, 3)``: one row of the cache per distinct clip.
+``(K, T, S, S, 3)``: one row of the cache per distinct clip. Each frame is resized and cropped as
+soon as it is decoded (``decode_video(post=...)``; random-access decoders 16 frames at a time), so
+memory holds one source-size frame and the cropped frames, never the whole video at source size
+nor a float32 copy of it (a 30 s 720p clip with ``windows:16/16`` asked for 9.9 GB in one call).
+transformers' own video processors (``hf:``) still process the whole video's frames in one call.
 
 The record is a frame record whose rows are clips: ``frame_indices`` / ``timestamps`` give each
 clip's first frame, ``clips.frame_indices`` / ``clips.timestamps`` every frame of every clip
@@ -80,11 +84,14 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
 
     messages: list[str] = []
     try:
-        chosen["fps"] = header_rate(item.path)
+        chosen["fps"] = header_rate(item.path, spec.stream)
+        hf = clip.get("resizer") == "hf"
+        post = None if hf else functools.partial(crop_resized, resize_size=clip["resize_size"],
+                                                 crop_size=clip["crop_size"], interpolation=clip["interpolation"])
         with captured_stderr(messages):
-            video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear", guess=guess)
-        frames = (processed(video.frames, clip["source"]) if clip.get("resizer") == "hf" else
-                  crop_resized(video.frames, clip["resize_size"], clip["crop_size"], clip["interpolation"]))
+            video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear", guess=guess, stream=spec.stream,
+                                 post=post)
+        frames = processed(video.frames, clip["source"]) if hf else video.frames
     except DecodeError as exc:
         return prepared_cls(item, with_log(record, messages), reason=str(exc))
     except Exception as exc:  # noqa: BLE001 -- one bad file must not end the run; the reason names the error
@@ -95,16 +102,21 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
     record.update(
         source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width, "height": video.height,
                 "decoder": video.decoder, "decoder_note": video.note, "expected_frames": video.expected_frames,
-                "truncated": video.looks_truncated, **decoder_log(messages)},
-        **clip_fields(policy, clip, rows, stamps, positions, chosen["short"]))
+                "truncated": video.looks_truncated, **video.source_fields(), **decoder_log(messages)},
+        **clip_fields(policy, clip, rows, stamps, positions, chosen["short"], video.start))
+
     return prepared_cls(item, record, frames[at], None)  # (K, T, S, S, 3)
 
 
-def clip_fields(policy, clip: dict, rows: np.ndarray, stamps: np.ndarray, positions: list[int], short: bool) -> dict:
+def clip_fields(policy, clip: dict, rows: np.ndarray, stamps: np.ndarray, positions: list[int], short: bool,
+                start: float = 0.0) -> dict:
     """The clip part of a video's record (extract writes it, estimate replays it): rows (K, T)
-    source indices, stamps (K, T) seconds, the policy's positions into the rows."""
+    source indices, stamps (K, T) seconds from the first frame, the policy's positions into the
+    rows; ``start`` (the first frame's pts) makes the player's clock, ``pts_seconds``."""
     return {"frame_indices": rows[:, 0].tolist(), "timestamps": stamps[:, 0].tolist(),
+            "pts_seconds": (stamps[:, 0] + start).tolist(),
             "policies": {str(policy): positions},
             "clips": {"frame_indices": rows.tolist(), "timestamps": stamps.tolist(), "frames": int(rows.shape[1]),
+                      "pts_seconds": (stamps + start).tolist(),
                       "rate": clip["rate"] if policy.kind == "clips" else policy.fps},
             "num_cached_frames": len(rows), "num_clips": len(rows), "short": bool(short)}

@@ -41,6 +41,7 @@ class DecodeSpec:
     img_size: int
     crops: int
     clip: dict | None = None  # video encoders: VideoEncoder.clip_spec (clips are cut, resized and cropped)
+    stream: int | None = None  # --stream N: the container's video stream; None: the one ffmpeg shows
 
 
 @dataclass
@@ -110,7 +111,7 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
     try:
         with captured_stderr(messages):
             video = decode_video(item.path, pick, spec.short_side, spec.luv_size, spec.decoder, spec.interpolation,
-                                 keep_best, guess)
+                                 keep_best, guess, spec.stream)
         # with 3 crops: [first crop's frames, centre crop's, last crop's], split again at publishing
         frames = np.concatenate([crop(video.frames, spec.img_size, p, spec.crops) for p in order])
     except DecodeError as exc:
@@ -123,8 +124,8 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
         source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width,
                 "height": video.height, "decoder": video.decoder, "decoder_note": video.note,
                 "expected_frames": video.expected_frames, "truncated": video.looks_truncated,
-                **decoder_log(messages)},
-        frame_indices=video.indices, timestamps=video.timestamps,
+                **video.source_fields(), **decoder_log(messages)},
+        frame_indices=video.indices, timestamps=video.timestamps, pts_seconds=video.pts.tolist(),
         policies=chosen["positions"], num_cached_frames=len(video.indices),
         short=video.num_frames < max_count,
     )
@@ -186,8 +187,10 @@ def _grown(item: VideoItem, old: dict, video, frames: np.ndarray, chosen: dict, 
     stamps = np.empty(len(merged))
     stamps[np.searchsorted(merged, old_idx)] = old["timestamps"]
     stamps[np.searchsorted(merged, new_idx)] = video.timestamps[keep]
+    start = old.get("source", {}).get("start_seconds", video.start)
     record = {k: v for k, v in old.items() if k not in ("status", "has_luv_scores")}
-    record.update(frame_indices=merged, timestamps=stamps, policies=policies, num_cached_frames=len(merged))
+    record.update(frame_indices=merged, timestamps=stamps, pts_seconds=(stamps + start).tolist(), policies=policies,
+                  num_cached_frames=len(merged))
     frames = frames.reshape(crops, -1, *frames.shape[1:])[:, keep].reshape(-1, *frames.shape[1:])
     grown = {"old_at": np.searchsorted(merged, old_idx), "new_at": np.searchsorted(merged, new_idx)}
     return Prepared(item, record, frames, chosen["scores"], grown=grown)
