@@ -286,6 +286,9 @@ def _frame_root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
             "luv_size": cfg.luv_size if cfg.luv_size == "full" else list(cfg.luv_size),
             "luv_score": "mean |CIE L*u*v* (D65, sRGB) - previous frame's|; frame 0 scores 0",
             "short_videos": cfg.short_videos,
+            # --stream N decides which pictures the tokens are of: a fact of the store (absent, as in
+            # older stores, when each file's default stream is taken)
+            **({"stream": cfg.stream} if cfg.stream is not None else {}),
         },
         "manifest": {"path": os.path.abspath(cfg.manifest)},  # where `cache status` finds the videos
         "storage": {"dtype": cfg.dtype, "tokens_dims": ["frame", "layer", "token", "channel"],

@@ -255,6 +255,11 @@ def test_stream_flag_reaches_the_record(tmp_path):
             *(() if stream is None else ("--stream", stream)))
         source = Cache(str(out)).video("nasa").record["source"]
         assert (source["stream"], source["width"], source["height"]) == ((3 if stream is None else 0), *size)
+        assert Cache(str(out)).attrs["frames"].get("stream") == stream  # a fact of the store when given
+    # resuming the default-stream store with --stream 0 would mix pictures of two streams: refused
+    mixed = cli("extract", manifest, "--out", tmp_path / "sNone.zarr", *TINY_CLI, "--frames", "uniform:2", "-q",
+                "--stream", "0", code=2)
+    assert "frames.stream" in mixed.output
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
