@@ -63,10 +63,28 @@ def train(
         cfg = _train_config(config, set_, head, view, init=init, manifest=manifest)
         results = run_training(cache, cfg, out, resume=resume, overwrite=overwrite, show_progress=not quiet,
                                echo=typer.echo)
+    for line in summary_lines(cfg, results, out):
+        typer.echo(line)
+
+
+def summary_lines(cfg, results: dict, out: str) -> list[str]:
+    """What a finished `train` prints: the kept epoch and the val/test metrics, or, where a split
+    is empty, that it was not evaluated (never a bare "best epoch 0;")."""
     shown = {k: v for k, v in results.items() if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "macro_f1", "mAP")}
-    typer.echo(f"trained {cfg.head} on {cfg.view}; best epoch {results['best_epoch']}; "
-               + ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())))
-    typer.echo(f"run directory: {out} (metrics.json, log.jsonl, best.pt, config.yaml)")
+    kept = f"best epoch {results['best_epoch']} on val" if cfg.select == "val" else \
+        f"kept the last epoch ({results['best_epoch']}, select: last)"
+    missing = [s for s in ("val", "test") if not any(k.startswith(f"{s}/") for k in shown)]
+    lines = [f"trained {cfg.head} on {cfg.view}; {kept}"
+             + "".join(f"; {k} {v:.4f}" for k, v in sorted(shown.items()))]
+    if missing == ["val", "test"]:
+        lines.append("warning: no val or test videos in the splits, so the head was not evaluated on val or test: "
+                     "nothing measures how well it does; give a manifest with val and test splits (--manifest M.csv), "
+                     f"or evaluate later with featcache eval {out} --manifest M.csv")
+    elif missing == ["test"]:
+        lines.append("warning: no test videos in the splits, so there are no test metrics; evaluate later with "
+                     f"featcache eval {out} --manifest M.csv")
+    lines.append(f"run directory: {out} (metrics.json, log.jsonl, best.pt, config.yaml)")
+    return lines
 
 
 def _resume_command(cache, head, view, config, pairs, init, manifest, out, command: str = "train",

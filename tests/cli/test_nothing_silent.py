@@ -77,7 +77,27 @@ def test_val_fraction_carves_a_stable_val_split_that_eval_reuses(noval, tmp_path
 
 def test_select_last_trains_without_val(noval, tmp_path):
     r = runner.invoke(app, ["train", noval["cache"], *TRAIN, "--set", "select=last", "--out", str(tmp_path / "r")])
-    assert r.exit_code == 0 and "best epoch 1" in r.output, r.output
+    assert r.exit_code == 0 and "kept the last epoch (1, select: last); test/macro_f1" in r.output, r.output
+
+
+def test_empty_val_and_test_splits_say_nothing_was_evaluated(noval, tmp_path):
+    """Issue 34 item 10: a run whose val and test splits are empty printed "best epoch 0;" and
+    exited 0 as if all were well."""
+    rows = [{"video_id": x["video_id"], "label": x["label"], "split": "train"} for x in noval["rows"]
+            if x["video_id"] != "ghost"]
+    manifest = tmp_path / "alltrain.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = str(tmp_path / "r")
+    r = runner.invoke(app, ["train", noval["cache"], *TRAIN, "--set", "select=last", "--manifest", str(manifest),
+                            "--out", out])
+    assert r.exit_code == 0, r.output
+    assert "best epoch 0;" not in r.output and "kept the last epoch (1, select: last)\n" in r.output
+    assert (f"warning: no val or test videos in the splits, so the head was not evaluated on val or test: "
+            f"nothing measures how well it does; give a manifest with val and test splits (--manifest M.csv), "
+            f"or evaluate later with featcache eval {out} --manifest M.csv") in r.output
 
 
 @pytest.mark.parametrize("pair,message", [

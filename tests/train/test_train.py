@@ -375,3 +375,31 @@ def test_a_split_larger_than_the_budget_streams_and_trains_to_the_same_metrics(m
     logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(tmp_path / n / "log.jsonl")]
             for n in results]
     assert logs[0] == logs[1]
+
+
+# ------------------------------------------------------------------ issue 34: selection and empty splits
+def test_select_val_breaks_ties_on_val_loss(appearance, tmp_path, monkeypatch):
+    """Issue 34 item 9: with every epoch tying on val top-1, select: val took the earliest (epoch 0);
+    now the tied epoch with the lowest val loss is best."""
+    from featcache.train import loop, rundir
+
+    monkeypatch.setattr(loop.metrics, "selection", lambda logits, targets, multi: {"top1": 0.5, "top5": 1.0})
+    result = train(appearance, tmp_path / "r", head="pool", epochs=5, lr=1e-2)
+    log = rundir.read_log(str(tmp_path / "r"))
+    losses = [r["val/loss"] for r in log]
+    assert all(r["val/top1"] == 0.5 for r in log)
+    assert result["best_epoch"] == int(np.argmin(losses)) != 0, losses
+
+
+def test_selection_key_orders_metric_then_loss_then_nothing():
+    from featcache.train.loop import _selection_key
+
+    seen = [{"val/top1": 0.52, "val/loss": 1.1}, {"val/top1": 0.8, "val/loss": 0.9},
+            {"val/top1": 0.8, "val/loss": 0.5}, {"val/top1": 0.8, "val/loss": 0.6}]
+    best, best_epoch = (-float("inf"), -float("inf")), -1
+    for epoch, record in enumerate(seen):  # the loop's rule: strictly greater replaces
+        if _selection_key(record, epoch, "val", "top1") > best:
+            best, best_epoch = _selection_key(record, epoch, "val", "top1"), epoch
+    assert best_epoch == 2
+    assert _selection_key({"val/top1": 0.1}, 7, "last", "top1") == (7.0, 0.0)
+    assert _selection_key({}, 3, "val", "top1") == (3.0, 0.0)
