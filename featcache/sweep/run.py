@@ -29,7 +29,7 @@ from featcache.spec.view import Layout, View
 from featcache.sweep.leaderboard import write_leaderboard
 from featcache.train import rundir
 from featcache.train.evaluate import read_splits
-from featcache.train.fit import check_clip_head, check_head_output, head_args, new_head, train_group
+from featcache.train.fit import check_clip_head, check_head_output, check_train_split, head_args, new_head, train_group
 from featcache.train.loop import Built
 
 
@@ -156,9 +156,10 @@ def _check_manifests(sweep: Sweep, cache, cells: list[Cell], echo) -> dict:
             check_selection(out[key].annotations, cfg.select, sweep.metric)
         except FeatcacheError as exc:
             raise SweepError(f"{sweep.path}: cell {cell.name}: {exc}") from None
-        if not out[key].done_records("train"):
-            raise SweepError(f"{sweep.path}: cell {cell.name}: no videos in the train split"
-                             + (f" of {cfg.manifest}" if cfg.manifest else " (the store's annotations; give manifest:)"))
+        try:
+            check_train_split(out[key], sweep.cache)
+        except FeatcacheError as exc:
+            raise SweepError(f"{sweep.path}: cell {cell.name}: {exc}") from None
     return out
 
 

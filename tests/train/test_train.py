@@ -403,3 +403,22 @@ def test_selection_key_orders_metric_then_loss_then_nothing():
     assert best_epoch == 2
     assert _selection_key({"val/top1": 0.1}, 7, "last", "top1") == (7.0, 0.0)
     assert _selection_key({}, 3, "val", "top1") == (3.0, 0.0)
+
+
+def test_manifest_ids_that_do_not_match_the_cache_are_named(appearance, tmp_path):
+    """Issue 34 item 11: labels keyed `ok1.mp4` against a cache keyed `ok1` got "check the manifest's
+    split column"; now the ids are said not to match, with a few of each."""
+    src = os.path.join(os.path.dirname(appearance), "manifest.csv")
+    rows = list(csv.DictReader(open(src)))
+    manifest = tmp_path / "labels.csv"
+    with open(manifest, "w", newline="") as f:
+        f.write("video_id,label,split\n" + "".join(f"{r['video_id']}.mp4,{r['label']},{r['split']}\n" for r in rows))
+    ids = sorted(r["video_id"] for r in rows)
+    with pytest.raises(FeatcacheError) as exc:
+        train(appearance, tmp_path / "r", head="pool", manifest=str(manifest))
+    assert str(exc.value) == (
+        f"{appearance}: the video ids of --manifest {manifest} do not match the cache's: none of its {len(rows)} ids "
+        f"is a cached video (manifest: {ids[0]}.mp4, {ids[1]}.mp4, {ids[2]}.mp4, ...; cache: {ids[0]}, {ids[1]}, "
+        f"{ids[2]}, ...) (the manifest's ids are the cache's plus a file extension: drop it); use the ids the "
+        "cache was extracted with (featcache cache info lists them)")
+    assert not (tmp_path / "r").exists()
