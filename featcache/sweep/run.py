@@ -26,7 +26,7 @@ from featcache.heads.registry import head_source
 from featcache.spec.config import to_dict
 from featcache.spec.sweep import Cell, Sweep, SweepError
 from featcache.spec.view import Layout, View
-from featcache.sweep.leaderboard import write_leaderboard
+from featcache.sweep.leaderboard import TEST_SELECTION, test_intervals, write_leaderboard
 from featcache.train import rundir
 from featcache.train.evaluate import read_splits
 from featcache.train.fit import check_clip_head, check_head_output, check_train_split, head_args, new_head, train_group
@@ -55,6 +55,8 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     layouts = _check_views(sweep, cache, cells)
     annotated = _check_manifests(sweep, cache, cells, echo)
     _check_metric(sweep, annotated)
+    if sweep.metric.startswith("test/"):
+        echo(f"warning: metric {sweep.metric}: {TEST_SELECTION}")
     timings: dict | None = {} if time_cells else None
     plans = [_probe(sweep, cell, layouts[cell.config.view], _classes(annotated, cell), cache.attrs, timings)
              for cell in cells]
@@ -360,7 +362,8 @@ def _row(out_dir: str, cell: Cell) -> dict:
     seconds = sum(record["seconds"] for record in rundir.read_log(run))
     classes = len(rundir.read_config(run).get("classes") or [])
     return {"cell": cell.name, "index": cell.index, "settings": cell.settings, "metrics": metrics,
-            "params": metrics.get("params"), "train_s": round(seconds, 2), "classes": classes}
+            "params": metrics.get("params"), "train_s": round(seconds, 2), "classes": classes,
+            "ci": test_intervals(run, metrics)}
 
 
 def _write_resolved(sweep: Sweep, out_dir: str) -> None:

@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_encoder_config
@@ -374,3 +375,55 @@ def test_a_sweep_over_split_files_counts_one_read_per_file(cache, tmp_path):
     r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q"])
     assert r.exit_code == 0, r.output
     assert r.output.count("reading view") == 3
+
+
+# ------------------------------------------------------------------ issue 34 item 8: test metrics
+def test_bootstrap_interval_is_the_percentile_bootstrap():
+    """Our seeded percentile bootstrap against scipy.stats.bootstrap(method='percentile') on the
+    same 20 per-video outcomes (its own resampling: agreement within Monte-Carlo error)."""
+    from scipy.stats import bootstrap
+
+    from featcache.sweep.leaderboard import bootstrap_ci
+
+    correct = np.array([1] * 13 + [0] * 7, dtype=float)
+    lo, hi = bootstrap_ci(correct, resamples=20000)
+    ref = bootstrap((correct,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
+                    random_state=np.random.default_rng(1)).confidence_interval
+    assert lo == pytest.approx(ref.low, abs=0.026) and hi == pytest.approx(ref.high, abs=0.026)
+    assert bootstrap_ci(correct) == bootstrap_ci(correct)  # seeded: the same leaderboard every time
+    assert lo < 0.65 < hi
+
+
+def test_a_sweep_ranked_on_test_is_warned_and_test_scores_carry_intervals(cache, tmp_path):
+    from featcache.sweep.leaderboard import bootstrap_ci
+
+    sweep = write(tmp_path, "base: {head: pool, view: uniform:8, epochs: 1, batch_size: 8}\n"
+                            "parameters: {lr: {values: [1.0e-3, 1.0e-2]}}\nmetric: {name: test/top1, goal: maximize}\n")
+    out = str(tmp_path / "out")
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q"])
+    assert r.exit_code == 0, r.output
+    assert "warning: metric test/top1: selected on a test metric: choosing the best cell by its test score is " \
+           "not a valid protocol" in r.output and "ranked on test: not a valid protocol" in r.output
+    md = open(os.path.join(out, "leaderboard.md")).read()
+    assert "**Warning**: selected on a test metric" in md and "95% percentile bootstrap over the test videos" in md
+    for row in csv.DictReader(open(os.path.join(out, "leaderboard.csv"))):
+        preds = list(csv.DictReader(open(os.path.join(out, "cells", row["cell"], "predictions_test.csv"))))
+        classes = [k for k in preds[0] if k not in ("video_id", "labels")]
+        correct = np.array([max(classes, key=lambda c: float(p[c])) == p["labels"] for p in preds], dtype=float)
+        assert float(row["test/top1"]) == pytest.approx(correct.mean())
+        assert row["test/top1 95% CI"] == "{:.4f}-{:.4f}".format(*bootstrap_ci(correct))
+
+
+def test_one_varied_axis_draws_no_repeated_panel(monkeypatch, tmp_path):
+    from featcache.sweep import leaderboard
+
+    drawn = {}
+    monkeypatch.setattr("featcache.train.figures.plot_leaderboard",
+                        lambda path, cells, panels, *a, **k: drawn.update(cells=cells, panels=panels))
+    rows = [{"cell": f"c{i}", "index": i, "settings": {"lr": lr, "head": "pool"}, "metrics": {"val/top1": v, "test/top1": v},
+             "params": 1, "train_s": 1.0, "classes": 2} for i, (lr, v) in enumerate([(1e-3, 0.5), (1e-2, 0.6)])]
+    leaderboard.write_leaderboard(str(tmp_path), rows, ("lr", "head"), "val/top1", "maximize")
+    assert len(drawn["cells"]) == 2 and drawn["panels"] == []  # lr's panel would be the cells again
+    rows += [{**rows[0], "cell": "c2", "index": 2, "settings": {"lr": 1e-3, "head": "r3d"}}]
+    leaderboard.write_leaderboard(str(tmp_path), rows, ("lr", "head"), "val/top1", "maximize")
+    assert [name for name, _ in drawn["panels"]] == ["lr", "head"]
