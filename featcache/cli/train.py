@@ -37,7 +37,9 @@ _MANIFEST = typer.Option(None, "--manifest", "-m", help="Labels and splits from 
 def train(
     cache: str = typer.Argument(..., help="A cache written by featcache extract."),
     head: Optional[str] = typer.Option(None, help="Head name (featcache heads lists them), or your own: FILE.py:Class or module:Class."),
-    view: Optional[str] = typer.Option(None, help="Frames to use, e.g. uniform:8 or keyframes:8."),
+    view: Optional[str] = typer.Option(None, help="Frames to use, e.g. uniform:8 or keyframes:8. Default: from the "
+                                       "cache, its first cached uniform:N (clips:N for a video encoder's cache), "
+                                       "else uniform:8 (clips:8)."),
     config: Optional[str] = _CONFIG,
     set_: list[str] = _SET,
     out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory."),
@@ -60,7 +62,7 @@ def train(
             raise FeatcacheError("--resume continues the run in --out and --overwrite replaces it; give one of them")
         if resume:
             _check_resumable(out)
-        cfg = _train_config(config, set_, head, view, init=init, manifest=manifest)
+        cfg = _train_config(config, set_, head, view, init=init, manifest=manifest, cache_path=cache)
         results = run_training(cache, cfg, out, resume=resume, overwrite=overwrite, show_progress=not quiet,
                                echo=typer.echo)
     for line in summary_lines(cfg, results, out):
@@ -116,16 +118,27 @@ def _check_resumable(out: str) -> None:
         raise FeatcacheError(f"--resume: {out} holds no featcache run to continue; drop --resume to start one there")
 
 
+def default_view(attrs: dict) -> str:
+    """The view a cache serves as it is when none is given: its first cached ``uniform:N`` (or
+    ``clips:N`` for a video encoder's cache), else ``uniform:8`` (``clips:8``) served from its pool."""
+    cached = attrs["frames"]["policies"]
+    kind = "clips" if attrs["tokens"].get("unit") == "clip" else "uniform"
+    return next((p for p in cached if p.startswith(f"{kind}:") and "@" not in p), f"{kind}:8")
+
+
 def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], view: Optional[str],
-                  init: Optional[str] = None, base=None, manifest: Optional[str] = None):
+                  init: Optional[str] = None, base=None, manifest: Optional[str] = None, cache_path: Optional[str] = None):
     from featcache.spec.config import build_config, load_yaml_mapping, parse_assignments
 
     try:
         values = load_yaml_mapping(path, missing="--config: no such file") if path else {}
         cfg = build_config(values, base=base, where=f"{path}: " if path else "")
+        assigned = parse_assignments(pairs)
+        if cache_path and view is None and "view" not in values and "view" not in assigned:
+            view = _cache_view(cache_path)
         flags = {k: v for k, v in (("head", head), ("view", view), ("init", init), ("manifest", manifest))
                  if v is not None}
-        cfg = build_config({**flags, **parse_assignments(pairs)}, base=cfg, where="--set ")
+        cfg = build_config({**flags, **assigned}, base=cfg, where="--set ")
     except OptionError:  # printed under its flag by user_errors
         raise
     except ValueError as exc:
@@ -141,6 +154,18 @@ def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], vi
         raise FeatcacheError(f"head {cfg.head} has no option {', '.join(unknown)}; "
                              f"options: {', '.join(options) or 'none'}")
     return cfg
+
+
+def _cache_view(cache_path: str) -> Optional[str]:
+    """:func:`default_view` of the store at ``cache_path`` (None where it cannot be opened: the
+    training then says why in one line)."""
+    from featcache.cache.store import open_cache
+
+    try:
+        attrs = open_cache(cache_path).attrs
+    except FeatcacheError:
+        return None
+    return default_view(attrs)
 
 
 PRETRAIN_EXAMPLES = """

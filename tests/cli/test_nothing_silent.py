@@ -173,3 +173,20 @@ def test_truncated_files_warn_or_fail(tmp_path):
     assert open_cache(str(tmp_path / "fail.zarr")).failures()["cut"].startswith("truncated: decoded")
     assert "--truncated: unknown 'maybe'" in error_line(runner.invoke(app, [*base, "--out", str(tmp_path / "x.zarr"),
                                                                              "--truncated", "maybe"]))
+
+
+def test_the_default_view_comes_from_the_cache(noval, tmp_path):
+    """Issue 34 item 12: `train clips.zarr --head pool` defaulted to uniform:8, which a cache of
+    uniform:4 (or of clips) cannot serve; the default now comes from the cache, and --help says so."""
+    from featcache.cli.train import default_view
+
+    args = [a for a in TRAIN if a not in ("--view", "uniform:4")]
+    r = runner.invoke(app, ["train", noval["cache"], *args, "--set", "select=last", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0 and "trained linear on uniform:4;" in r.output, r.output
+    clip = {"frames": {"policies": ["windows:4/4@fps:8"]}, "tokens": {"unit": "clip"}}
+    assert default_view(clip) == "clips:8"
+    assert default_view({"frames": {"policies": ["clips:3"]}, "tokens": {"unit": "clip"}}) == "clips:3"
+    assert default_view({"frames": {"policies": ["keyframes:8", "uniform:16", "uniform:8"]}, "tokens": {}}) == "uniform:16"
+    assert default_view({"frames": {"policies": ["stride:1"]}, "tokens": {}}) == "uniform:8"
+    help_text = runner.invoke(app, ["train", "--help"], terminal_width=300).output
+    assert "Default: from the cache" in help_text
