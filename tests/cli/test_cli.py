@@ -187,3 +187,24 @@ def test_batch_size_auto_probes_once_then_uses_the_cached_choice(dataset, tmp_pa
     assert f"batch size {size} (auto: cached probe" in again.stdout
     bad = runner.invoke(app, ["extract", dataset, "--out", str(tmp_path / "c.zarr"), "--batch-size", "many"])
     assert bad.exit_code == 2 and "--batch-size: expected auto or an integer >= 1, got 'many'" in bad.stderr
+
+
+def test_estimate_no_time_needs_no_weights(dataset, tmp_path, monkeypatch):
+    """Issue 34 item 13: `estimate --no-time` loaded (or downloaded) the weights although the bytes
+    depend only on the architecture; model_seconds was 0.0 where the model was not timed."""
+    import json
+
+    from featcache.extract import encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(encoder, "_load_file", lambda *a: pytest.fail("--no-time read the weights file"))
+    random = [a for a in TINY_CLI]
+    base = json.loads(runner.invoke(app, ["estimate", dataset, *random, "--json", "--no-time"]).output)
+    assert base["model_seconds"] is None and base["forward_frames_per_s"] == 0
+    for weights in (str(tmp_path / "never_downloaded.pth"), "hub"):
+        args = [weights if a == "random" else a for a in random]
+        r = runner.invoke(app, ["estimate", dataset, *args, "--json", "--no-time"])
+        assert r.exit_code == 0, r.output
+        est = json.loads(r.output)
+        assert est["model_seconds"] is None and est["frames"] == base["frames"] and est["files"] == base["files"]
+        assert abs(est["bytes"] - base["bytes"]) < 2000  # only the weights' provenance line differs
