@@ -66,6 +66,7 @@ class FrozenEncoder:
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.model, self.weights_info = build_model(cfg)
+        check_patch_multiple(self.model, cfg)
         self.model.eval().requires_grad_(False).to(self.device)
         self.preprocess = _preprocess_config(self.model, cfg.img_size)
         mean = torch.tensor(self.preprocess["mean"]).view(1, 3, 1, 1) * 255
@@ -292,6 +293,20 @@ def _preprocess_config(model, img_size: int) -> dict:
 
 
 # -------------------------------------------------------------------- weights
+def check_patch_multiple(model, cfg: EncoderConfig) -> None:
+    """Refuse an ``img_size`` that is not a multiple of a ViT's patch: its patch embedding (a
+    stride-P convolution) silently drops the last ``img_size % P`` rows and columns."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is None or getattr(model.patch_embed, "dynamic_img_pad", False):
+        return
+    p = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+    if cfg.img_size % p:
+        lo, hi = cfg.img_size - cfg.img_size % p, cfg.img_size - cfg.img_size % p + p
+        raise OptionError("img_size", f"{cfg.img_size} is not a multiple of {cfg.model}'s patch size {p}: its patch "
+                          f"embedding would drop the last {cfg.img_size % p} pixel rows and columns of every frame; "
+                          f"give {lo} or {hi}")
+
+
 def build_model(cfg: EncoderConfig):
     """Create the timm model and load its weights; returns (model, weights provenance)."""
     if cfg.weights == "hub":

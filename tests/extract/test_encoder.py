@@ -127,6 +127,22 @@ def test_bad_options(kw, match):
         FrozenEncoder(EncoderConfig(**{**base, **kw}))
 
 
+def test_an_img_size_off_the_patch_grid_is_refused():
+    """Issue 34 item 15: --img-size 100 on a patch-14 ViT dropped 2 pixel rows and columns of every
+    frame silently (the stride-14 patch embedding covers 7 x 14 = 98 of 100)."""
+    import timm
+
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=100, **TINY_ARGS)
+    assert model.patch_embed.grid_size == (7, 7)  # what timm would do: 98 of the 100 pixels seen
+    with pytest.raises(FeatcacheError) as exc:
+        FrozenEncoder(EncoderConfig(model="vit_small_patch14_dinov2", weights="random", img_size=100,
+                                    model_args=dict(TINY_ARGS)))
+    assert exc.value.flag == "--img-size" and exc.value.message == (
+        "100 is not a multiple of vit_small_patch14_dinov2's patch size 14: its patch embedding would drop the "
+        "last 2 pixel rows and columns of every frame; give 98 or 112")
+    FrozenEncoder(EncoderConfig(model="tf_efficientnet_lite0", weights="random", img_size=100))  # a CNN: any size
+
+
 def test_garbage_weights_file(tmp_path):
     path = tmp_path / "w.pth"
     path.write_bytes(b"definitely not a checkpoint")
