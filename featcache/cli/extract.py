@@ -218,19 +218,25 @@ def _on_devices(cfg, devices: str) -> None:
         raise typer.Exit(1)
 
 
+def summary_line(s, out: str) -> str:
+    """The first line of an extraction's summary (see :func:`_print_summary`)."""
+    mb = s.bytes_written / 1e6
+    grew = (f"grew {s.extended} cached videos by {s.new_frames} frames for the policies added to the store "
+            "(only those frames decoded at full size and encoded), " if s.extended else "")
+    tail = f"{s.frames} frames in {s.wall_s:.1f} s = {s.frames_per_s:.1f} frames/s; {mb:.1f} MB written to {out}"
+    return (f"{grew}extracted {s.done} {'new ' if s.extended else ''}videos, {len(s.failed)} failed, "
+            f"{s.skipped} already {'complete' if s.extended else 'cached'} (of {s.total}); {tail}")
+
+
 def _print_replaced(replaced: list[str], out: str) -> None:
     if replaced:
         typer.echo(f"--overwrite: replaced the cache at {out} (it was made with other settings: {', '.join(replaced)})")
 
 
 def _print_summary(s, out: str) -> None:
-    mb = s.bytes_written / 1e6
-    typer.echo(f"extracted {s.done} videos, {len(s.failed)} failed, {s.skipped} already cached "
-               f"(of {s.total}); {s.frames} frames in {s.wall_s:.1f} s = {s.frames_per_s:.1f} frames/s; "
-               f"{mb:.1f} MB written to {out}")
-    if s.extended:
-        typer.echo(f"grew {s.extended} cached videos by {s.new_frames} new frames for the policies added to the store "
-                   "(only those frames were decoded at full size and encoded)")
+    """One summary line: videos extracted, failed, already cached, and (after policies were added
+    to the store) the cached videos that grew, counted among the total, never as a second tally."""
+    typer.echo(summary_line(s, out))
     if s.batch_size_note:
         typer.echo(s.batch_size_note)
     if s.decode_note and s.total - s.skipped:

@@ -208,3 +208,17 @@ def test_estimate_no_time_needs_no_weights(dataset, tmp_path, monkeypatch):
         est = json.loads(r.output)
         assert est["model_seconds"] is None and est["frames"] == base["frames"] and est["files"] == base["files"]
         assert abs(est["bytes"] - base["bytes"]) < 2000  # only the weights' provenance line differs
+
+
+def test_adding_a_policy_prints_one_summary(dataset, tmp_path):
+    """Issue 34 item 16: adding a policy printed "extracted 0 videos, ... (of 16)" and then "grew 16
+    cached videos": two tallies of one run. Now one line counts both."""
+    out = str(tmp_path / "c.zarr")
+    first = runner.invoke(app, ["extract", dataset, "--out", out, "--frames", "uniform:4", *TINY_CLI, "-q"])
+    assert first.exit_code == 0, first.output
+    r = runner.invoke(app, ["extract", dataset, "--out", out, "--frames", "uniform:4,keyframes:2", *TINY_CLI, "-q"])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if "extracted" in ln or "grew" in ln]
+    assert len(lines) == 1, r.output
+    assert lines[0].startswith("grew 16 cached videos by ") and ", extracted 0 new videos, 0 failed, " in lines[0]
+    assert "0 already complete (of 16)" in lines[0]
