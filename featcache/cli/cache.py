@@ -10,6 +10,14 @@ from featcache.cli.app import cache_app, user_errors
 from featcache.errors import FeatcacheError
 
 
+def without_verify_hint(problem: str) -> str:
+    """A problem line without the "run featcache cache verify PATH" advice the store's readers
+    append (meant for `train` and others, not for verify or repair themselves)."""
+    import re
+
+    return re.sub(r"[;,]? ?run featcache cache verify [^\s)]+", "", problem)
+
+
 @cache_app.command("info", epilog="Example:\n\n  featcache cache info caches/ucf101.zarr --json")
 def cache_info(
     path: str = typer.Argument(..., help="A featcache Zarr store."),
@@ -36,7 +44,7 @@ def cache_verify(
         problems = cache.verify(check_values=not quick)
     done, failed, staged = len(cache.video_ids("done")), len(cache.failures()), len(cache.staged())
     for p in problems:
-        typer.echo(f"problem: {p}")
+        typer.echo(f"problem: {without_verify_hint(p)}")
     note = f"; {staged} interrupted write(s) will be redone by the next extract run" if staged else ""
     hint = f"; `featcache cache repair {path}` records the broken videos as failed, the next extract redoes them"
     verdict = "FAILED" if problems else "ok"
@@ -57,8 +65,8 @@ def cache_repair(
 
     with user_errors():
         dropped = repair(path, check_values=not quick)
-    for vid, problems in dropped.items():
-        typer.echo(f"removed: {vid}: {'; '.join(problems)}")
+    for vid, problems in dropped.items():  # nothing is deleted: the video is recorded as failed
+        typer.echo(f"marked failed: {vid}: {'; '.join(without_verify_hint(p) for p in problems)}")
     typer.echo(f"repair: {len(dropped)} broken video(s) recorded as failed"
                + ("; re-run the extract command to redo them" if dropped else ""))
 

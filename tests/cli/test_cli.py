@@ -222,3 +222,21 @@ def test_adding_a_policy_prints_one_summary(dataset, tmp_path):
     assert len(lines) == 1, r.output
     assert lines[0].startswith("grew 16 cached videos by ") and ", extracted 0 new videos, 0 failed, " in lines[0]
     assert "0 already complete (of 16)" in lines[0]
+
+
+def test_verify_and_repair_say_what_they_do(tmp_path, dataset):
+    """Issue 34 item 17: verify's problem lines ended "run featcache cache verify ..." while running
+    it, and repair printed "removed:" for videos it records as failed (nothing is removed)."""
+    out = tmp_path / "c.zarr"
+    r = runner.invoke(app, ["extract", dataset, "--out", str(out), "--frames", "uniform:2", *TINY_CLI, "-q"])
+    assert r.exit_code == 0, r.output
+    chunk, = out.glob("segments/*/tokens/0.0.0.0")
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    v = runner.invoke(app, ["cache", "verify", str(out)])
+    problems = [ln for ln in v.output.splitlines() if ln.startswith("problem: ")]
+    assert v.exit_code == 1 and problems and not any("run featcache cache verify" in ln for ln in problems), v.output
+    assert all(ln.count("(") == ln.count(")") for ln in problems)
+    fixed = runner.invoke(app, ["cache", "repair", str(out)])
+    assert fixed.exit_code == 0 and "removed:" not in fixed.output, fixed.output
+    marked = [ln for ln in fixed.output.splitlines() if ln.startswith("marked failed: ")]
+    assert len(marked) == len(problems) and not any("run featcache cache verify" in ln for ln in marked)
