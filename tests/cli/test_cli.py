@@ -240,3 +240,14 @@ def test_verify_and_repair_say_what_they_do(tmp_path, dataset):
     assert fixed.exit_code == 0 and "removed:" not in fixed.output, fixed.output
     marked = [ln for ln in fixed.output.splitlines() if ln.startswith("marked failed: ")]
     assert len(marked) == len(problems) and not any("run featcache cache verify" in ln for ln in marked)
+
+
+def test_ci_install_waits_for_the_apt_lock():
+    """Issue 34 item 18: .ci/install failed at once when another apt/dpkg held the lock; every
+    apt-get it runs now waits for it (apt's DPkg::Lock::Timeout, apt >= 1.9.11)."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    text = open(os.path.join(root, ".ci", "install")).read()
+    calls = [ln for ln in text.splitlines() if "apt-get" in ln and not ln.strip().startswith("#")
+             and "command -v" not in ln and not ln.strip().startswith("echo")]
+    assert calls and all("DPkg::Lock::Timeout=600" in ln or '"${APT[@]}"' in ln for ln in calls), calls
+    assert "APT=(apt-get -o DPkg::Lock::Timeout=600)" in text
