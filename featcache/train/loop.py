@@ -215,13 +215,16 @@ class GroupTrainer:
             self.source.load_state_dict(restored[0][1])
 
     def fit(self, show_progress: bool, on_epoch: Callable[[dict], None] | None = None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        from featcache.progress import progress
 
         heads = ",".join(sorted({m.cfg.head for m in self.members}))
         label = heads if len(self.members) == 1 else f"{len(self.members)} heads ({heads})"
         columns = (TextColumn(f"train {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-        with Progress(*columns, disable=not show_progress) as bar:
+        # where stdout is no terminal (a Slurm log, CI, a pipe): one plain line per epoch, never a bar cut at 80 columns
+        with progress(f"train {label}", "epochs", columns, disable=not show_progress, every_s=0) as bar:
             job = bar.add_task("train", total=self.cfg.epochs, completed=self.start_epoch, status="")
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 if not any(m.active for m in self.members):

@@ -422,3 +422,19 @@ def test_manifest_ids_that_do_not_match_the_cache_are_named(appearance, tmp_path
         f"{ids[2]}, ...) (the manifest's ids are the cache's plus a file extension: drop it); use the ids the "
         "cache was extracted with (featcache cache info lists them)")
     assert not (tmp_path / "r").exists()
+
+
+def test_without_a_terminal_training_prints_one_line_per_epoch(appearance, tmp_path, capsys):
+    """Issue 34 item 19: with stdout not a terminal, a long training printed nothing per epoch and
+    then a bar cut at 80 columns; now one plain line per epoch, whole."""
+    from featcache.train import rundir
+
+    run_training(appearance, build_config({**FAST, "head": "pool", "epochs": 3}), str(tmp_path / "r"),
+                 show_progress=True)
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("train pool: ")]
+    log = rundir.read_log(str(tmp_path / "r"))
+    assert [ln.split(",")[0] for ln in lines] == [f"train pool: {e}/3 epochs ({100 * e / 3:.0f}%)" for e in (1, 2, 3)]
+    for line, record in zip(lines, log):
+        assert f"train/loss {record['train/loss']:.3f} val/top1 {record['val/top1']:.3f}" in line
+    assert "━" not in out  # no rich bar
