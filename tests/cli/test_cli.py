@@ -251,3 +251,24 @@ def test_ci_install_waits_for_the_apt_lock():
              and "command -v" not in ln and not ln.strip().startswith("echo")]
     assert calls and all("DPkg::Lock::Timeout=600" in ln or '"${APT[@]}"' in ln for ln in calls), calls
     assert "APT=(apt-get -o DPkg::Lock::Timeout=600)" in text
+
+
+def test_model_arg_values_are_yaml(dataset, tmp_path):
+    """Issue 34 item 24: a YAML-style dict (timm's pretrained_cfg_overlay) gave "dictionary update
+    sequence element #0 has length 1"; values are now YAML (JSON included)."""
+    import json
+
+    from featcache.cli.extract import parse_model_args
+
+    assert parse_model_args(["depth=2", "drop=1e-5", "name=abc", "flag=true", "overlay={mean: [0.5, 0.5, 0.5]}",
+                             'j={"a": [1, 2]}']) == {"depth": 2, "drop": 1e-5, "name": "abc", "flag": True,
+                                                     "overlay": {"mean": [0.5, 0.5, 0.5]}, "j": {"a": [1, 2]}}
+    out = tmp_path / "c.zarr"
+    r = runner.invoke(app, ["extract", dataset, "--out", str(out), "--frames", "uniform:2", *TINY_CLI, "-q",
+                            "--model-arg", "pretrained_cfg_overlay={mean: [0.25, 0.25, 0.25]}"])
+    assert r.exit_code == 0, r.output
+    attrs = json.loads((out / "zarr.json").read_text())["attributes"]
+    assert attrs["preprocess"]["mean"] == [0.25, 0.25, 0.25]
+    bad = runner.invoke(app, ["extract", dataset, "--out", str(tmp_path / "x.zarr"), *TINY_CLI,
+                              "--model-arg", "o={mean: [0.5"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "--model-arg o: '{mean: [0.5' is not a YAML value" in bad.output
