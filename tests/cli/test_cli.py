@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import TINY_CLI, write_manifest
 from typer.testing import CliRunner
@@ -272,3 +273,45 @@ def test_model_arg_values_are_yaml(dataset, tmp_path):
     bad = runner.invoke(app, ["extract", dataset, "--out", str(tmp_path / "x.zarr"), *TINY_CLI,
                               "--model-arg", "o={mean: [0.5"])
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "--model-arg o: '{mean: [0.5' is not a YAML value" in bad.output
+
+
+def test_manifest_check_finds_broken_videos_labels_files_and_duplicates(tmp_path):
+    """Issue 34 minor 5: `manifest check` passed random bytes, 0-byte and truncated files, refused
+    the labels.csv the README has you write (no path column), and exited 2 on duplicate ids where
+    the docs say 1. Each video is now opened with PyAV (first frame; packets against the header)."""
+    from featcache.data.synthetic import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("ok.avi", "cut.avi"):
+        write_video(str(videos / name), np.random.default_rng(0).integers(0, 256, (60, 48, 64, 3), dtype=np.uint8))
+    data = (videos / "cut.avi").read_bytes()
+    (videos / "cut.avi").write_bytes(data[: len(data) // 2])  # the header still says 60 frames
+    (videos / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (videos / "empty.mp4").write_bytes(b"")
+    m = tmp_path / "m.csv"
+    m.write_text("video_id,path,label,split\n" + "".join(f"{v},videos/{v}.{e},a,train\n" for v, e in
+                 (("ok", "avi"), ("cut", "avi"), ("noise", "mp4"), ("empty", "mp4"))))
+    r = runner.invoke(app, ["manifest", "check", str(m)])
+    assert r.exit_code == 1, r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error: ")]
+    assert errors[0].startswith("error: unreadable video: cut: truncated: the header promises ~60 frames, the file holds ")
+    assert errors[1].startswith("error: unreadable video: noise: cannot be opened or decoded (")
+    assert errors[2] == "error: unreadable video: empty: empty file (0 bytes)" and len(errors) == 3
+    assert "check FAILED: 3 error(s), 0 missing file(s), 3 unreadable, 0 duplicate id(s)" in r.output
+
+    dup = tmp_path / "dup.csv"
+    dup.write_text("video_id,path,label,split\nok,videos/ok.avi,a,train\nok,videos/ok.avi,a,test\n")
+    r = runner.invoke(app, ["manifest", "check", str(dup)])
+    assert r.exit_code == 1 and f"error: {dup}:3: duplicate video_id 'ok' (first on line 2)" in r.output, r.output
+
+    labels = tmp_path / "labels.csv"  # what the README has you write: no path column
+    labels.write_text("video_id,label,split\nok,a,train\nstranger,a,test\n")
+    r = runner.invoke(app, ["manifest", "check", str(labels)])
+    assert r.exit_code == 0 and "no paths: a training manifest" in r.output, r.output
+    cache = str(tmp_path / "c.zarr")
+    one = tmp_path / "one.csv"
+    one.write_text("video_id,path\nok,videos/ok.avi\n")
+    assert runner.invoke(app, ["extract", str(one), "--out", cache, "--frames", "uniform:2", *TINY_CLI, "-q"]).exit_code == 0
+    r = runner.invoke(app, ["manifest", "check", str(labels), "--cache", cache])
+    assert r.exit_code == 1 and f"error: 1 id(s) not cached (done) in {cache}: stranger" in r.output, r.output
