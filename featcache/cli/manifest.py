@@ -126,14 +126,28 @@ def manifest_charades(root: str = typer.Argument(..., help="Folder with <id>.mp4
     _convert(out, root, converters.charades, train_csv, test_csv, classes, val_fraction, seed)
 
 
-@manifest_app.command("folder", epilog="Example:\n\n  featcache manifest folder my_videos --out mine.csv --val-fraction 0.1 --test-fraction 0.2")
+@manifest_app.command("folder", epilog="Examples:\n\n  featcache manifest folder my_videos --out mine.csv --val-fraction 0.1 --test-fraction 0.2\n\n"
+                      "  featcache manifest folder UCF-101 --out ucf_groups.csv --group '_g(\\d+)_'   # a performer group in one split")
 def manifest_folder(root: str = typer.Argument(..., help="Folder with <class>/<video> files."),
                     out: str = _OUT, val_fraction: float = _VAL,
-                    test_fraction: float = typer.Option(0.2, help="Fraction for test."), seed: int = _SEED):
-    """A generic root/<class>/<video> layout with a deterministic, seeded train/val/test split."""
+                    test_fraction: float = typer.Option(0.2, help="Fraction for test."), seed: int = _SEED,
+                    group: Optional[str] = typer.Option(None, "--group", help="A regular expression on file names whose "
+                                                        "match (its first group, if any) names a group of clips of one "
+                                                        "source, kept in one split (UCF101: '_g(\\d+)_').")):
+    """A generic root/<class>/<video> layout with a deterministic, seeded train/val/test split
+    (per video, or per group of clips with --group)."""
     from featcache.data import converters
 
-    _convert(out, root, converters.folder, val_fraction, test_fraction, seed)
+    def grouped(*args):
+        rows, notes = converters.folder(*args)
+        if group is not None:
+            from featcache.data.manifest import split_by_group
+
+            notes = [notes[0].split(";")[0] + "; " + split_by_group(rows, group, val_fraction, test_fraction, seed)]
+        return rows, notes
+
+    grouped.__name__ = "folder"
+    _convert(out, root, grouped, val_fraction, test_fraction, seed)
 
 
 @manifest_app.command("check", epilog="Examples:\n\n  featcache manifest check ucf101_s1.csv\n\n"

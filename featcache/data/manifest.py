@@ -221,6 +221,34 @@ def write_manifest(rows: list[dict], out: str, root: str, notes: list[str], sour
         f.write("\n")
 
 
+def split_by_group(rows: list[dict], pattern: str, val_fraction: float, test_fraction: float,
+                   seed: int = 0) -> str:
+    r"""Re-split ``rows`` (``path`` relative, ``split`` set) so that the videos whose file names
+    share the match of ``pattern`` (its first group when it has one, e.g. ``_g(\d+)_`` for UCF101's
+    performer groups) share a split: sha256(seed, group) as a fraction of 2**64 against the same
+    thresholds as per-video splits (test below test_fraction, then val). Returns a note for the
+    provenance; a file name without a match is a FeatcacheError naming it."""
+    import hashlib
+    import re
+
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise FeatcacheError(f"--group: {pattern!r} is not a regular expression ({exc})") from None
+    for row in rows:
+        name = os.path.basename(row["path"])
+        match = regex.search(name)
+        if match is None:
+            raise FeatcacheError(f"--group: {name} (of {row['path']}) does not match {pattern!r}; every video needs a group")
+        key = match.group(1) if regex.groups else match.group(0)
+        u = int.from_bytes(hashlib.sha256(f"{seed}:group:{key}".encode()).digest()[:8], "big") / 2**64
+        row["split"] = "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
+        row["group"] = key
+    groups = len({r["group"] for r in rows})
+    return (f"split by group: {groups} groups from the file names' match of {pattern!r}, each wholly in one split by "
+            f"sha256(seed={seed}, 'group:' + group): test < {test_fraction}, val < {test_fraction + val_fraction}")
+
+
 def has_paths(path: str) -> bool:
     """Whether a manifest names video files: a list of paths, or a CSV/JSONL with a ``path``
     column (a training manifest, ``video_id,label,split``, has none)."""

@@ -315,3 +315,37 @@ def test_manifest_check_finds_broken_videos_labels_files_and_duplicates(tmp_path
     assert runner.invoke(app, ["extract", str(one), "--out", cache, "--frames", "uniform:2", *TINY_CLI, "-q"]).exit_code == 0
     r = runner.invoke(app, ["manifest", "check", str(labels), "--cache", cache])
     assert r.exit_code == 1 and f"error: 1 id(s) not cached (done) in {cache}: stranger" in r.output, r.output
+
+
+def test_manifest_folder_group_keeps_clips_of_one_source_in_one_split(tmp_path):
+    """Issue 34 item 23: `manifest folder` split by hashing paths, so clips of one UCF101 performer
+    group (`_gNN_`) landed in several splits; --group keeps each group in one split."""
+    import csv
+
+    root = tmp_path / "UCF-101"
+    for cls in ("Archery", "Bowling"):
+        (root / cls).mkdir(parents=True)
+        for g in range(1, 13):
+            for c in range(1, 5):
+                (root / cls / f"v_{cls}_g{g:02d}_c{c:02d}.avi").write_bytes(b"")
+
+    def splits_per_group(out):
+        rows = list(csv.DictReader(open(out)))
+        assert len(rows) == 96
+        groups = {}
+        for r in rows:
+            groups.setdefault(r["path"].split("_g")[1][:2], set()).add(r["split"])
+        return groups
+
+    plain = str(tmp_path / "plain.csv")
+    assert runner.invoke(app, ["manifest", "folder", str(root), "--out", plain]).exit_code == 0
+    assert any(len(s) > 1 for s in splits_per_group(plain).values())  # what was seen: groups straddle splits
+    grouped = str(tmp_path / "grouped.csv")
+    r = runner.invoke(app, ["manifest", "folder", str(root), "--out", grouped, "--group", r"_g(\d+)_"])
+    assert r.exit_code == 0, r.output
+    groups = splits_per_group(grouped)
+    assert len(groups) == 12 and all(len(s) == 1 for s in groups.values())
+    assert {next(iter(s)) for s in groups.values()} >= {"train", "test"}
+    assert "split by group: 12 groups" in json.load(open(grouped + ".json"))["notes"][0]
+    bad = runner.invoke(app, ["manifest", "folder", str(root), "--out", str(tmp_path / "x.csv"), "--group", "_h(\\d+)_"])
+    assert bad.exit_code == 2 and "does not match '_h(\\\\d+)_'; every video needs a group" in bad.output, bad.output
