@@ -57,9 +57,9 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     _check_metric(sweep, annotated)
     if sweep.metric.startswith("test/"):
         echo(f"warning: metric {sweep.metric}: {TEST_SELECTION}")
-    timings: dict | None = {} if time_cells else None
-    plans = [_probe(sweep, cell, layouts[cell.config.view], _classes(annotated, cell), cache.attrs, timings)
-             for cell in cells]
+    measured: dict = {}  # one measurement per distinct head and batch, shared by the cells
+    plans = [_probe(sweep, cell, layouts[cell.config.view], _classes(annotated, cell), cache.attrs, measured,
+                    time_cells) for cell in cells]
     budget = memory_bytes or _available_bytes(cells[0].config.device)
     groups = plan_groups(plans, budget, max_fused)
     first = cells[0].config
@@ -186,11 +186,13 @@ def _check_metric(sweep: Sweep, annotated: dict) -> None:
                          f"expected one of {', '.join(sorted(known))}")
 
 
-def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict, timings: dict | None = None) -> Plan:
+def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict, measured: dict | None = None,
+           time_it: bool = False) -> Plan:
     """Build the cell's head on the view's shape (once: :func:`run_groups` trains this head) and
-    measure its training memory on meta tensors (no arithmetic); with ``timings`` (a dict shared
-    by the cells) also time one real forward + backward per distinct head and batch, leaving the
-    head as built (no gradients, buffers restored, RNG untouched)."""
+    measure its training memory on meta tensors (no arithmetic); with ``time_it`` time one real
+    forward + backward instead, leaving the head as built (no gradients, buffers restored, RNG
+    untouched). ``measured`` (shared by the cells) keeps one measurement per distinct head and
+    batch: cells that differ only in lr, weight decay, ... share it."""
     cfg = cell.config
     args = head_args(cfg, layout.dim, classes, layout.frames, layout.grid, layout.num_prefix_tokens, attrs)
     try:  # the steps of fit.build_head, each error named by what the cell set
@@ -214,14 +216,11 @@ def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict, 
         except FeatcacheError as exc:
             raise SweepError(f"{sweep.path}: cell {cell.name}: init={cfg.init}: {exc}") from None
     shape = (cfg.batch_size, *layout.shape)
-    step_s = None
-    if timings is not None:  # cells that differ only in lr, weight decay, ... run the same step
-        key = (cfg.head, repr(args), shape, cfg.amp, cfg.device, cfg.init)
-        if key not in timings:
-            timings[key] = _measure(head, torch.zeros(shape))
-        bytes_, step_s = timings[key]
-    else:
-        bytes_ = _meta_bytes(head, shape)
+    measured = {} if measured is None else measured
+    key = (cfg.head, repr(args), repr(sorted(cfg.head_options.items())), shape, cfg.amp, cfg.device, cfg.init, time_it)
+    if key not in measured:
+        measured[key] = _measure(head, torch.zeros(shape)) if time_it else (_meta_bytes(head, shape), None)
+    bytes_, step_s = measured[key]
     return Plan(cell, bytes_, step_s, built)
 
 
