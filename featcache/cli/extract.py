@@ -238,7 +238,7 @@ def parse_model_args(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise FeatcacheError(f"--model-arg: expected KEY=VALUE, got {pair!r}")
+            raise FeatcacheError(f"--model-arg: expected key=value, got {pair!r}")
         try:
             out[key] = json.loads(value)  # numbers such as 1e-5 (a string to YAML 1.1)
         except json.JSONDecodeError:
