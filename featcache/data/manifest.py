@@ -10,6 +10,9 @@ Relative paths resolve against the manifest's folder. Extra columns are kept and
 each video. Lines starting with ``#`` are comments (for hand-written files); converted manifests
 are plain CSV with their provenance beside them in ``NAME.csv.json``. Files are read as UTF-8
 (a byte-order mark, as Excel's "CSV UTF-8" writes, and CRLF line ends are fine).
+
+Long module: reading, writing, checking and group-splitting manifests share the row format and
+its line-numbered errors.
 """
 from __future__ import annotations
 
