@@ -32,7 +32,8 @@ def ablate(
     manifest: Optional[str] = typer.Option(None, "--manifest", "-m", help="Labels and splits of every cell from this training manifest (a sweep may vary manifest: instead)."),
     only: Optional[str] = typer.Option(None, help="Run only these cells: comma-separated indices or names."),
     filter_: list[str] = typer.Option([], "--filter", help="Run only cells with KEY=VALUE (repeatable)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, fused passes and estimated cost."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, fused passes, memory and view reads (in seconds: nothing trains)."),
+    time_cells: bool = typer.Option(False, "--time-cells", help="Also time one real forward + backward per distinct head, for the plan's training-time estimate."),
     memory_gb: Optional[float] = typer.Option(None, help="Memory budget of one fused pass (default: half the free RAM, or 80% of free GPU memory)."),
     max_fused: int = typer.Option(32, help="Most heads trained in one pass."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -52,7 +53,9 @@ def ablate(
     from featcache.spec.sweep import SweepError, load_sweep, select
     from featcache.sweep.run import run_sweep
 
-    with user_errors():
+    interrupted = ("interrupted; a dry run writes nothing, so there is nothing to resume" if dry_run
+                   else "interrupted; run the same command again to resume (finished cells are skipped)")
+    with user_errors(interrupted=interrupted):
         try:
             overrides = {**parse_assignments(set_), **({"manifest": manifest} if manifest else {})}
             sweep = load_sweep(sweep_file, cache=cache, overrides=overrides)
@@ -72,7 +75,7 @@ def ablate(
                                           cluster=cluster)
                 launch = functools.partial(launch_groups, slurm=cluster_cfg, wait=wait, poll_s=poll, echo=typer.echo)
             rows = run_sweep(sweep, out, cells, dry_run=dry_run, memory_bytes=memory, max_fused=max_fused,
-                             show_progress=not quiet, echo=typer.echo, launch=launch)
+                             show_progress=not quiet, echo=typer.echo, launch=launch, time_cells=time_cells)
         except OptionError:  # printed under its flag by user_errors
             raise
         except (SweepError, ValueError) as exc:
@@ -81,5 +84,9 @@ def ablate(
         from featcache.sweep.leaderboard import best_cell
 
         best = best_cell(rows, sweep.axes, sweep.metric, sweep.goal)  # the leaderboard's first row (seeds averaged)
-        typer.echo(f"best: {best['cell']} {sweep.metric} {best['metrics'][sweep.metric]:.4f}; "
+        ci = best.get("ci", {}).get(sweep.metric)
+        typer.echo(f"best: {best['cell']} {sweep.metric} {best['metrics'][sweep.metric]:.4f}"
+                   + (f" (95% bootstrap interval {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
+                   + (" (ranked on test: not a valid protocol, see the warning above)" if sweep.metric.startswith("test/") else "")
+                   + "; "
                    f"leaderboard: {out}/leaderboard.md, {out}/leaderboard.csv")

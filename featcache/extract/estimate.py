@@ -15,6 +15,7 @@ user (``extract`` warns about such files).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,16 +48,38 @@ class Estimate:
         return self.bytes / self.videos if self.videos else 0.0
 
     @property
-    def model_seconds(self) -> float:
-        return self.frames / self.forward_frames_per_s if self.forward_frames_per_s else 0.0
+    def model_seconds(self) -> float | None:
+        """Seconds of the model alone; None when it was not timed (``--no-time``, video encoders)."""
+        return self.frames / self.forward_frames_per_s if self.forward_frames_per_s else None
 
     def as_dict(self) -> dict:
         return {"videos": self.videos, "frames": self.frames, "files": self.files, "bytes": self.bytes,
                 "bytes_min": self.bytes_min, "bytes_max": self.bytes_max,
                 "bytes_per_video": round(self.bytes_per_video, 1), "token_bytes_per_frame": self.token_bytes_per_frame,
                 "unreadable": self.unreadable, "forward_frames_per_s": round(self.forward_frames_per_s, 2),
-                "batch_size": self.batch_size, "model_seconds": round(self.model_seconds, 1), "notes": self.notes,
+                "batch_size": self.batch_size, "model_seconds": None if self.model_seconds is None else round(self.model_seconds, 1), "notes": self.notes,
                 "unit": self.unit}
+
+
+def _architecture_only(enc, policies):
+    """The encoder without its weights (``--no-time``): bytes depend only on the architecture, so
+    a timm model is built with random weights and its provenance given the weights facts of the
+    same length the real ones have (the store's metadata bytes), without reading or downloading
+    them. Video encoders are built as they are."""
+    import dataclasses
+
+    from featcache.extract.video_encoders import VIDEO_PREFIXES, make_encoder
+
+    if enc.model.startswith(VIDEO_PREFIXES) or enc.weights == "random":
+        return make_encoder(enc, policies)
+    encoder = make_encoder(dataclasses.replace(enc, weights="random"), policies)
+    if enc.weights == "hub":
+        pc = encoder.model.pretrained_cfg
+        encoder.weights_info = {"source": "hub", "tag": pc.get("tag"), "hf_hub_id": pc.get("hf_hub_id"),
+                                "url": pc.get("url")}
+    else:  # the file's sha256 is 64 hex digits, whatever the file
+        encoder.weights_info = {"source": "file", "path": os.path.abspath(enc.weights), "sha256": "0" * 64}
+    return encoder
 
 
 def header_frames(path: str) -> tuple[int, float, str, int, int]:
@@ -79,7 +102,7 @@ def estimate(cfg, measure: bool = True) -> Estimate:
 
     validate(cfg)
     items = read_manifest(cfg.manifest)
-    encoder = make_encoder(cfg.encoder, cfg.policies)
+    encoder = make_encoder(cfg.encoder, cfg.policies) if measure else _architecture_only(cfg.encoder, cfg.policies)
     clip = getattr(encoder, "clip_spec", None)  # a video encoder: rows are clips
     attrs = to_json(root_attrs(cfg, encoder))
     attrs = dict(attrs, fingerprint=schema.fingerprint(attrs), schema_version=schema.SCHEMA_VERSION,

@@ -7,7 +7,12 @@ Replicates as papers report them: a sweep axis over ``seed`` (or ``manifest``: o
 aggregated, so each remaining cell is one row with every metric's mean, its standard deviation
 over the replicates (sample std, ddof=1, as pandas ``.std()``) and their number ``n``, ranked by
 the mean; the per-run rows are kept in OUT/leaderboard_runs.csv (always written). ``top5`` is left
-out when there are 5 or fewer classes (it is 1 by construction)."""
+out when there are 5 or fewer classes (it is 1 by construction).
+
+Test scores of single runs carry a 95% percentile-bootstrap interval over the test videos
+(:func:`bootstrap_ci`, seeded), since test splits of 14-32 videos move by several points from one
+draw to the next. A sweep ranked on a ``test/`` metric is marked as such: choosing a cell by its
+test score is not a valid protocol (select on ``val/``, report ``test/``)."""
 from __future__ import annotations
 
 import csv
@@ -17,6 +22,10 @@ from collections import defaultdict
 import numpy as np
 
 _SKIP = {"best_epoch", "params"}
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+TEST_SELECTION = ("selected on a test metric: choosing the best cell by its test score is not a valid protocol "
+                  "(the test split then selects as well as measures); rank on val/... and report test/...")
 REPLICATE_AXES = ("seed", "manifest")  # axes whose values are replicates of one setting
 
 
@@ -26,6 +35,47 @@ def metric_columns(rows: list[dict]) -> list[str]:
             and not (classes <= 5 and k.split("/")[-1].startswith("top5"))}
     order = {"train": 0, "val": 1, "test": 2}
     return sorted(keys, key=lambda k: (order.get(k.split("/")[0], 3), k))
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval (Efron and Tibshirani 1993, ch. 13) of the mean of per-video
+    values (1 = correct): ``resamples`` draws of the test videos with replacement, from a seeded
+    generator so the leaderboard is the same on every run."""
+    values = np.asarray(values, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))  # (B, n)
+    means = values[idx].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def per_video_correct(path: str, metric: str) -> np.ndarray | None:
+    """Per test video: 1 where ``top1`` / ``top5`` counts it correct (a true label among the k
+    best scores, as :func:`featcache.train.metrics.selection`), read from a predictions file;
+    None for a metric that is not a mean over videos or a missing file."""
+    k = {"top1": 1, "top5": 5}.get(metric)
+    if k is None or not os.path.isfile(path):
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    classes, body = rows[0][2:], rows[1:]
+    if not body:
+        return None
+    scores = np.array([[float(v) for v in r[2:]] for r in body])  # (videos, classes)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :min(k, len(classes))]
+    return np.array([any(classes[j] in r[1].split(";") for j in t) for r, t in zip(body, top)], dtype=float)
+
+
+def test_intervals(run_dir: str, metrics: dict) -> dict[str, tuple[float, float]]:
+    """``test/top1`` / ``test/top5`` -> 95% bootstrap interval from the run's predictions_test.csv."""
+    out = {}
+    for key in metrics:
+        split, _, name = key.partition("/")
+        if split == "test":
+            correct = per_video_correct(os.path.join(run_dir, "predictions_test.csv"), name)
+            if correct is not None:
+                out[key] = bootstrap_ci(correct)
+    return out
 
 
 def aggregate(rows: list[dict], axes: tuple[str, ...]) -> list[dict]:
@@ -49,6 +99,7 @@ def aggregate(rows: list[dict], axes: tuple[str, ...]) -> list[dict]:
                     "settings": settings, "n": len(members), "runs": [m["cell"] for m in members],
                     "metrics": {k: float(v.mean()) for k, v in values.items()},
                     "std": {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()},
+                    "ci": members[0].get("ci", {}) if len(members) == 1 else {},
                     "train_s": round(sum(m["train_s"] for m in members), 2)})
     return out
 
@@ -120,7 +171,9 @@ def _table(ranked: list[dict], axes, metrics: list[str], replicates: bool, joine
         stats = list(metrics)
     else:
         stats = [f"{m} (mean ± std)" for m in metrics] if joined else [c for m in metrics for c in (m, f"{m}_std")]
-    header = ["rank", "best", "cell", *axes, *(["n"] if replicates else []), *stats, *deltas, "params", "train_s"]
+    intervals = [m for m in metrics if any(m in r.get("ci", {}) for r in ranked)]
+    header = ["rank", "best", "cell", *axes, *(["n"] if replicates else []), *stats,
+              *[f"{m} 95% CI" for m in intervals], *deltas, "params", "train_s"]
     table = []
     for i, r in enumerate(ranked, 1):
         values = []
@@ -128,7 +181,8 @@ def _table(ranked: list[dict], axes, metrics: list[str], replicates: bool, joine
             mean, std = _fmt(r["metrics"].get(m)), _fmt(r["std"].get(m)) if replicates else ""
             values += [f"{mean} ± {std}"] if replicates and joined else [mean, std] if replicates else [mean]
         table.append([i, "*" if i == 1 else "", r["cell"], *[r["settings"].get(a, "") for a in axes],
-                      *([r["n"]] if replicates else []), *values, *[_fmt(d.get(r["cell"])) for d in deltas.values()],
+                      *([r["n"]] if replicates else []), *values, *[_ci(r.get("ci", {}).get(m)) for m in intervals],
+                      *[_fmt(d.get(r["cell"])) for d in deltas.values()],
                       r["params"], r["train_s"]])
     return header, table
 
@@ -157,7 +211,11 @@ def write_leaderboard(out_dir: str, rows: list[dict], axes: tuple[str, ...], met
         f.write(f"# Leaderboard ({metric}, {goal})\n\n")
         best = ranked[0]
         spread = f" ± {_fmt(best['std'][metric])} (mean ± std over n={best['n']})" if replicates else ""
-        f.write(f"Best: **{best['cell']}** with {metric} = {_fmt(best['metrics'][metric])}{spread}\n\n")
+        if metric.startswith("test/"):
+            f.write(f"**Warning**: {TEST_SELECTION}.\n\n")
+        ci = best.get("ci", {}).get(metric)
+        interval = f" (95% bootstrap interval over the test videos {_ci(ci)})" if ci else ""
+        f.write(f"Best: **{best['cell']}** with {metric} = {_fmt(best['metrics'][metric])}{spread}{interval}\n\n")
         f.write("| " + " | ".join(map(str, header)) + " |\n|" + "---|" * len(header) + "\n")
         for row in table:
             cells = [f"**{c}**" if row[1] and j == 2 else str(c) for j, c in enumerate(row)]
@@ -169,10 +227,17 @@ def write_leaderboard(out_dir: str, rows: list[dict], axes: tuple[str, ...], met
                 if len(values) == 2:  # e.g. init none vs prp: AdViSe's delta Acc
                     parts += f"; difference {values[1][0]} - {values[0][0]} = {values[1][1] - values[0][1]:+.4f}"
                 f.write(f"- **{axis}**: {parts}\n")
+        if any(r.get("ci") for r in ranked):
+            f.write(f"\nIntervals: 95% percentile bootstrap over the test videos ({BOOTSTRAP_RESAMPLES} resamples, "
+                    f"seed {BOOTSTRAP_SEED}), from each cell's predictions_test.csv.\n")
         if replicates:
             f.write(f"\nReplicates: {len(runs)} runs; every row is the mean ± sample std (ddof=1) over its n runs "
                     "(seed/manifest axis); the runs are in leaderboard_runs.csv.\n")
     _plot(os.path.join(out_dir, "leaderboard.png"), ranked, axes, metric, goal)
+
+
+def _ci(interval) -> str:
+    return f"{interval[0]:.4f}-{interval[1]:.4f}" if interval else ""
 
 
 def _fmt(value) -> str:
@@ -189,19 +254,21 @@ def _plot(path: str, ranked: list[dict], axes: tuple[str, ...], metric: str, goa
     cells = [{"label": _readable(r["settings"]) or r["cell"], "values": r["metrics"], "errors": r.get("std", {})}
              for r in ranked]
     panels = []
-    for axis in axes if len(axes) > 1 else ():  # one varied axis: its panel would repeat the cells
+    for axis in axes:
         groups: dict = defaultdict(list)
         for r in sorted(ranked, key=lambda r: r["index"]):
             if axis in r["settings"]:
                 groups[str(r["settings"][axis])].append(r["metrics"])
-        if len(groups) > 1:
+        if len(groups) > 1 and any(len(ms) > 1 for ms in groups.values()):  # one cell per value: the cells again
             panels.append((axis, [{"label": _short(v), "values": {m: float(np.mean([x[m] for x in ms])) for m in shown}}
                                   for v, ms in groups.items()]))
     classes = min((r.get("classes") or 0 for r in ranked), default=0)
     chance = 1 / classes if classes and name in ("top1", "mean_class_acc") else None
     n = max(r.get("n", 1) for r in ranked)
     note = f"; mean ± std over {n} replicates" if n > 1 else ""
-    plot_leaderboard(path, cells, panels, shown, chance, title=f"{' and '.join(shown)} (selected on {metric}, {goal}){note}")
+    caution = " - not a valid protocol: select on val" if split == "test" else ""
+    plot_leaderboard(path, cells, panels, shown, chance,
+                     title=f"{' and '.join(shown)} (selected on {metric}, {goal}{caution}){note}")
 
 
 def _readable(settings: dict) -> str:

@@ -26,10 +26,10 @@ from featcache.heads.registry import head_source
 from featcache.spec.config import to_dict
 from featcache.spec.sweep import Cell, Sweep, SweepError
 from featcache.spec.view import Layout, View
-from featcache.sweep.leaderboard import write_leaderboard
+from featcache.sweep.leaderboard import TEST_SELECTION, test_intervals, write_leaderboard
 from featcache.train import rundir
 from featcache.train.evaluate import read_splits
-from featcache.train.fit import check_clip_head, check_head_output, head_args, new_head, train_group
+from featcache.train.fit import check_clip_head, check_head_output, check_train_split, head_args, new_head, train_group
 from featcache.train.loop import Built
 
 
@@ -37,15 +37,17 @@ from featcache.train.loop import Built
 class Plan:
     cell: Cell
     bytes: int  # estimated training memory of the head (parameters, optimiser state, activations)
-    step_s: float  # measured seconds of one forward + backward on one batch
+    step_s: float | None  # measured seconds of one forward + backward on one batch (None: not timed)
     built: Built | None = None  # the cell's head, built once and trained by run_groups
 
 
 def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = False,
               memory_bytes: int | None = None, max_fused: int = 32, show_progress: bool = True,
-              echo=print, launch=None) -> list[dict]:
+              echo=print, launch=None, time_cells: bool = False) -> list[dict]:
     """Plan and run the cells; returns the leaderboard rows (empty for a dry run, or while
-    cluster tasks are still training). ``launch(sweep, out_dir, groups, fingerprint)``, when
+    cluster tasks are still training). Memory is estimated from a forward + backward on meta
+    tensors (shapes only, no arithmetic); ``time_cells`` also times one real step per distinct
+    head (cells differing only in optimiser settings share it), for the plan's seconds. ``launch(sweep, out_dir, groups, fingerprint)``, when
     given (the CLI passes :func:`featcache.launch.sweep_array.launch_groups` for ``--slurm``), runs
     the fused groups elsewhere, e.g. one task of a job array each, instead of in this process, and
     returns True once every cell has finished."""
@@ -53,7 +55,11 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     layouts = _check_views(sweep, cache, cells)
     annotated = _check_manifests(sweep, cache, cells, echo)
     _check_metric(sweep, annotated)
-    plans = [_probe(sweep, cell, layouts[cell.config.view], _classes(annotated, cell), cache.attrs) for cell in cells]
+    if sweep.metric.startswith("test/"):
+        echo(f"warning: metric {sweep.metric}: {TEST_SELECTION}")
+    measured: dict = {}  # one measurement per distinct head and batch, shared by the cells
+    plans = [_probe(sweep, cell, layouts[cell.config.view], _classes(annotated, cell), cache.attrs, measured,
+                    time_cells) for cell in cells]
     budget = memory_bytes or _available_bytes(cells[0].config.device)
     groups = plan_groups(plans, budget, max_fused)
     first = cells[0].config
@@ -152,9 +158,10 @@ def _check_manifests(sweep: Sweep, cache, cells: list[Cell], echo) -> dict:
             check_selection(out[key].annotations, cfg.select, sweep.metric)
         except FeatcacheError as exc:
             raise SweepError(f"{sweep.path}: cell {cell.name}: {exc}") from None
-        if not out[key].done_records("train"):
-            raise SweepError(f"{sweep.path}: cell {cell.name}: no videos in the train split"
-                             + (f" of {cfg.manifest}" if cfg.manifest else " (the store's annotations; give manifest:)"))
+        try:
+            check_train_split(out[key], sweep.cache)
+        except FeatcacheError as exc:
+            raise SweepError(f"{sweep.path}: cell {cell.name}: {exc}") from None
     return out
 
 
@@ -179,10 +186,13 @@ def _check_metric(sweep: Sweep, annotated: dict) -> None:
                          f"expected one of {', '.join(sorted(known))}")
 
 
-def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) -> Plan:
-    """Build the cell's head on the view's shape (once: :func:`run_groups` trains this head), run
-    one forward + backward: validates the options and measures activation memory (saved tensors)
-    and step time, leaving the head as built (no gradients, buffers restored, RNG untouched)."""
+def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict, measured: dict | None = None,
+           time_it: bool = False) -> Plan:
+    """Build the cell's head on the view's shape (once: :func:`run_groups` trains this head) and
+    measure its training memory on meta tensors (no arithmetic); with ``time_it`` time one real
+    forward + backward instead, leaving the head as built (no gradients, buffers restored, RNG
+    untouched). ``measured`` (shared by the cells) keeps one measurement per distinct head and
+    batch: cells that differ only in lr, weight decay, ... share it."""
     cfg = cell.config
     args = head_args(cfg, layout.dim, classes, layout.frames, layout.grid, layout.num_prefix_tokens, attrs)
     try:  # the steps of fit.build_head, each error named by what the cell set
@@ -205,12 +215,42 @@ def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict) 
             init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
         except FeatcacheError as exc:
             raise SweepError(f"{sweep.path}: cell {cell.name}: init={cfg.init}: {exc}") from None
-    bytes_, step_s = _measure(head, torch.zeros(cfg.batch_size, *layout.shape))
+    shape = (cfg.batch_size, *layout.shape)
+    measured = {} if measured is None else measured
+    key = (cfg.head, repr(args), repr(sorted(cfg.head_options.items())), shape, cfg.amp, cfg.device, cfg.init, time_it)
+    if key not in measured:
+        measured[key] = _measure(head, torch.zeros(shape)) if time_it else (_meta_bytes(head, shape), None)
+    bytes_, step_s = measured[key]
     return Plan(cell, bytes_, step_s, built)
 
 
+def _meta_bytes(head: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    """Training bytes of one batch of ``shape`` (saved tensors + parameters, gradients and two
+    Adam moments), from a forward + backward of a meta copy of the head: shapes are propagated,
+    nothing is computed, so a dry run of a large sweep prints its plan in seconds. A head whose
+    forward cannot run on meta tensors (data-dependent shapes, .item()) is measured on one real
+    sample and scaled to the batch."""
+    import copy
+
+    saved = [0]
+
+    def pack(tensor):
+        saved[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    params = sum(p.numel() * p.element_size() for p in head.parameters() if p.requires_grad)
+    try:
+        meta = copy.deepcopy(head).to("meta")
+        with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            meta(torch.empty(shape, device="meta")).float().sum().backward()
+        return saved[0] + 4 * params
+    except Exception:  # noqa: BLE001 - any op without a meta kernel: measure one sample for real
+        one, _ = _measure(head, torch.zeros(1, *shape[1:]))
+        return (one - 4 * params) * shape[0] + 4 * params
+
+
 def _measure(head: torch.nn.Module, x: torch.Tensor) -> tuple[int, float]:
-    """(training bytes, seconds) of one forward + backward; the head is left as it was."""
+    """(training bytes, seconds) of one real forward + backward; the head is left as it was."""
     buffers = {name: b.detach().clone() for name, b in head.named_buffers()}  # e.g. batch-norm running stats
     saved = [0]
 
@@ -243,7 +283,7 @@ def plan_groups(plans: list[Plan], budget: int, max_fused: int) -> list[list[Pla
     read the same view come out adjacent (in order of first appearance), so a sweep reads each
     view once."""
     by_key: dict[tuple, list[list[Plan]]] = {}
-    for plan in sorted(plans, key=_first_seen([p.cell.config.view for p in plans])):
+    for plan in sorted(plans, key=_first_seen([_data_key(p.cell.config) for p in plans])):
         groups = by_key.setdefault(plan.cell.config.fusion_key, [[]])
         last = groups[-1]
         if last and (len(last) >= max_fused or sum(p.bytes for p in last) + plan.bytes > budget):
@@ -252,30 +292,46 @@ def plan_groups(plans: list[Plan], budget: int, max_fused: int) -> list[list[Pla
     return [g for groups in by_key.values() for g in groups]
 
 
-def _first_seen(views: list[View]):
-    """Sort key: a plan's view by the position of that view's first appearance (stable)."""
+def _data_key(cfg) -> tuple:
+    """What one read of the cache serves (:func:`run_groups` reads again when it changes): the
+    view and the labels and splits (a sweep over split files reads each file's splits)."""
+    return cfg.view, cfg.manifest, cfg.val_fraction
+
+
+def _first_seen(keys: list[tuple]):
+    """Sort key: a plan's data key by the position of its first appearance (stable)."""
     order = {}
-    for view in views:
-        order.setdefault(view, len(order))
-    return lambda plan: order[plan.cell.config.view]
+    for key in keys:
+        order.setdefault(key, len(order))
+    return lambda plan: order[_data_key(plan.cell.config)]
+
+
+def view_reads(groups: list[list]) -> int:
+    """The reads :func:`run_groups` will make: one each time the data key changes."""
+    keys = [_data_key((g[0].cell if hasattr(g[0], "cell") else g[0]).config) for g in groups]
+    return sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
 
 
 def _print_plan(sweep: Sweep, groups: list[list[Plan]], n_train: int, echo) -> None:
-    total = 0.0
+    total, timed = 0.0, all(p.step_s is not None for g in groups for p in g)
     echo(f"sweep {sweep.path}: {sum(len(g) for g in groups)} cells in {len(groups)} fused pass(es); "
          f"metric {sweep.metric} ({sweep.goal})")
     for i, group in enumerate(groups):
         cfg = group[0].cell.config
         steps = cfg.epochs * math.ceil(n_train / cfg.batch_size)
-        est = steps * sum(p.step_s for p in group)
+        est = steps * sum(p.step_s for p in group) if timed else 0.0
         total += est
-        echo(f"  pass {i}: view {cfg.view}, {cfg.epochs} epochs x {steps // max(cfg.epochs, 1)} steps, "
-             f"~{sum(p.bytes for p in group) / 1e6:.0f} MB, ~{est:.1f} s")
+        echo(f"  pass {i}: view {cfg.view}" + (f", splits {cfg.manifest}" if cfg.manifest else "")
+             + f", {cfg.epochs} epochs x {steps // max(cfg.epochs, 1)} steps, "
+             f"~{sum(p.bytes for p in group) / 1e6:.0f} MB" + (f", ~{est:.1f} s" if timed else ""))
         for p in group:
             settings = ", ".join(f"{k}={v}" for k, v in p.cell.settings.items())
             echo(f"    [{p.cell.index}] {p.cell.name}: {settings}")
-    echo(f"estimated cost: ~{total:.1f} s of training (from one measured step per cell), "
-         f"{len({g[0].cell.config.view for g in groups})} view read(s)")
+    reads = f"{view_reads(groups)} view read(s)"
+    if timed:
+        echo(f"estimated cost: ~{total:.1f} s of training (from one measured step per distinct head), {reads}")
+    else:
+        echo(f"estimated cost: {reads}; training time not measured (give --time-cells to time one step per head)")
 
 
 def _cell_dir(out_dir: str, cell: Cell) -> str:
@@ -305,7 +361,8 @@ def _row(out_dir: str, cell: Cell) -> dict:
     seconds = sum(record["seconds"] for record in rundir.read_log(run))
     classes = len(rundir.read_config(run).get("classes") or [])
     return {"cell": cell.name, "index": cell.index, "settings": cell.settings, "metrics": metrics,
-            "params": metrics.get("params"), "train_s": round(seconds, 2), "classes": classes}
+            "params": metrics.get("params"), "train_s": round(seconds, 2), "classes": classes,
+            "ci": test_intervals(run, metrics)}
 
 
 def _write_resolved(sweep: Sweep, out_dir: str) -> None:

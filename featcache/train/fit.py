@@ -27,6 +27,26 @@ from featcache.train.loop import Built, Member, run_group
 from featcache.train.rundir import checkpoint_path, previous_run, write_config
 
 
+def check_train_split(cache, cache_path: str) -> None:
+    """Refuse a run with no train videos, saying why: a manifest whose video ids match none of
+    the cache's (``ok1.mp4`` vs ``ok1``) is named with a few ids of each."""
+    if cache.done_records("train"):
+        return
+    ann = cache.annotations
+    done = sum(r.get("status") == "done" for r in ann.records.values())
+    if ann.path and ann.missing and ann.unlisted and len(ann.unlisted) == done:  # no listed id is cached
+        few = lambda ids: ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")  # noqa: E731
+        stems = {os.path.splitext(v)[0] for v in ann.missing} & set(ann.unlisted)
+        hint = " (the manifest's ids are the cache's plus a file extension: drop it)" if stems else ""
+        raise FeatcacheError(f"{cache_path}: the video ids of --manifest {ann.path} do not match the cache's: none of "
+                             f"its {len(ann.missing)} ids is a cached video (manifest: {few(ann.missing)}; cache: "
+                             f"{few(ann.unlisted)}){hint}; use the ids the cache was extracted with "
+                             "(featcache cache info lists them)")
+    where = f"--manifest {ann.path}" if ann.path else "the store's annotations"
+    raise FeatcacheError(f"{cache_path}: no videos in the train split ({where}); check the manifest's split "
+                         "column, or give a training manifest with --manifest M.csv (video_id,label,split)")
+
+
 def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False,
                  show_progress: bool = True, on_epoch: Callable[[dict], None] | None = None,
                  echo: Callable[[str], None] | None = None) -> dict:
@@ -62,10 +82,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
             raise FeatcacheError(f"augment={cfg.augment}: flips and crops of a frame's patch grid are for frame caches; "
                                  "a clip cache holds a flattened T'xH'xW' sequence (use augment=none)")
     stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
-    if not cache.done_records("train"):  # before anything is read
-        where = f"--manifest {cfgs[0].manifest}" if cfgs[0].manifest else "the store's annotations"
-        raise FeatcacheError(f"{cache_path}: no videos in the train split ({where}); check the manifest's split "
-                             "column, or give a training manifest with --manifest M.csv (video_id,label,split)")
+    check_train_split(cache, cache_path)  # before anything is read
     for cfg in cfgs:
         check_selection(cache.annotations, cfg.select)
     data = data or read_splits(cache, view, max_bytes=cfgs[0].view_budget)

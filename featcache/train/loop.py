@@ -9,6 +9,9 @@ cached view (``featcache.train.fit.ViewBatches``) or a pretext task's clips
 cosine schedule, gradient clipping, AMP on CUDA, token augmentation, selection on val, early stop,
 best.pt and last.pt, ``--resume``, log.jsonl, tracking (``--set log=...``), metrics.json and
 curves.png (written through :mod:`featcache.train.rundir`).
+
+Long module: the member (one head's optimiser, checkpoints, selection) and the group loop that
+drives members over shared batches change together.
 """
 from __future__ import annotations
 
@@ -91,7 +94,7 @@ class Member:
         self.amp = device.type == "cuda" and cfg.amp
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler(enabled=self.amp and self.amp_dtype == torch.float16)
-        self.best, self.best_epoch, self.stale, self.active = -math.inf, -1, 0, True
+        self.best, self.best_epoch, self.stale, self.active = (-math.inf, -math.inf), -1, 0, True
         self.tracker = None  # set by run_group once the first epoch is known
 
     def forward(self, x, y):
@@ -147,6 +150,9 @@ class Member:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self.best, self.best_epoch, self.stale = ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
+        if not isinstance(self.best, (tuple, list)):  # a last.pt saved before ties were broken on val loss
+            self.best = (self.best, -math.inf)
+        self.best = tuple(self.best)
         self.rng, self.active = ckpt["rng"], ckpt["active"]
         if self.cuda_rng is not None and ckpt.get("cuda_rng") is not None:  # resumed on a GPU again
             self.cuda_rng = ckpt["cuda_rng"]
@@ -209,13 +215,16 @@ class GroupTrainer:
             self.source.load_state_dict(restored[0][1])
 
     def fit(self, show_progress: bool, on_epoch: Callable[[dict], None] | None = None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        from featcache.progress import progress
 
         heads = ",".join(sorted({m.cfg.head for m in self.members}))
         label = heads if len(self.members) == 1 else f"{len(self.members)} heads ({heads})"
         columns = (TextColumn(f"train {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-        with Progress(*columns, disable=not show_progress) as bar:
+        # where stdout is no terminal (a Slurm log, CI, a pipe): one plain line per epoch, never a bar cut at 80 columns
+        with progress(f"train {label}", "epochs", columns, disable=not show_progress, every_s=0) as bar:
             job = bar.add_task("train", total=self.cfg.epochs, completed=self.start_epoch, status="")
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 if not any(m.active for m in self.members):
@@ -283,7 +292,7 @@ class GroupTrainer:
         if not self.source.multi:
             record["train/top1"] = correct / n
         record.update(val)
-        value = epoch if m.cfg.select == "last" else record.get(f"val/{self.metric}", epoch)
+        value = _selection_key(record, epoch, m.cfg.select, self.metric)
         improved = value > m.best
         if improved:
             m.best, m.best_epoch, m.stale = value, epoch, 0
@@ -297,3 +306,12 @@ class GroupTrainer:
         if m.tracker is not None:
             m.tracker.epoch(record)
         return record
+
+
+def _selection_key(record: dict, epoch: int, select: str, metric: str) -> tuple[float, float]:
+    """What ``select`` maximises: the val metric, ties broken on the lower val loss (epochs 7-9
+    tying on val top-1 with a lower loss than epoch 2 beat it); the epoch itself for ``last``
+    or without a val split."""
+    if select == "last" or f"val/{metric}" not in record:
+        return float(epoch), 0.0
+    return float(record[f"val/{metric}"]), -float(record.get("val/loss", math.inf))

@@ -4,7 +4,9 @@
 - ``tensorboard``: TensorBoard event files in ``RUN_DIR`` (``torch.utils.tensorboard``; the
   ``tensorboard`` extra): every number of an epoch's record (``train/loss``, ``train/top1``,
   ``val/loss``, ``val/top1`` ..., ``lr``) at step = epoch, and the final ``test/*`` metrics at the
-  best epoch. ``tensorboard --logdir runs/`` shows every run under its folder name.
+  best epoch; at the end the run's resolved config as hyper-parameters with its final ``val/*``
+  and ``test/*`` metrics (``add_hparams``, tags ``hparam/...``), so the cells of a sweep compare
+  in TensorBoard's HParams view. ``tensorboard --logdir runs/`` shows every run under its folder name.
 - ``wandb``: a Weights & Biases run (the ``wandb`` extra) named after the run folder, with the
   resolved config; offline (``RUN_DIR/wandb/``, ``wandb sync`` uploads it later) unless
   ``WANDB_MODE`` says otherwise or ``WANDB_API_KEY`` is set. ``WANDB_PROJECT`` picks the project
@@ -36,6 +38,7 @@ class Tracker:
 
     def __init__(self, kinds: tuple[str, ...], out_dir: str, config: dict, start_epoch: int = 0):
         self.writer = self.run = None
+        self.config = config
         if "tensorboard" in kinds:
             self.writer = _tensorboard(out_dir, start_epoch)
         if "wandb" in kinds:
@@ -59,6 +62,10 @@ class Tracker:
         if self.writer is not None:
             for key, value in final.items():
                 self.writer.add_scalar(key, value, step)
+            numbers = {f"hparam/{k}": float(v) for k, v in results.items() if k.startswith(("val/", "test/"))
+                       and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            # run_name ".": the same folder as the curves, so each run is one row of the HParams view
+            self.writer.add_hparams(hparams(self.config), numbers, run_name=".")
         if self.run is not None:
             self.run.summary.update({k: v for k, v in results.items() if isinstance(v, (int, float))})
         self.close()
@@ -70,6 +77,21 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def hparams(config: dict, prefix: str = "") -> dict:
+    """A run's config flattened to what TensorBoard's HParams view takes: ``head.hidden`` style
+    keys, numbers, strings and booleans as they are, anything else (lists, None) as its text."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
 
 
 def _tensorboard_writer():

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import TINY_CLI, write_manifest
 from typer.testing import CliRunner
@@ -187,3 +188,164 @@ def test_batch_size_auto_probes_once_then_uses_the_cached_choice(dataset, tmp_pa
     assert f"batch size {size} (auto: cached probe" in again.stdout
     bad = runner.invoke(app, ["extract", dataset, "--out", str(tmp_path / "c.zarr"), "--batch-size", "many"])
     assert bad.exit_code == 2 and "--batch-size: expected auto or an integer >= 1, got 'many'" in bad.stderr
+
+
+def test_estimate_no_time_needs_no_weights(dataset, tmp_path, monkeypatch):
+    """Issue 34 item 13: `estimate --no-time` loaded (or downloaded) the weights although the bytes
+    depend only on the architecture; model_seconds was 0.0 where the model was not timed."""
+    import json
+
+    from featcache.extract import encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(encoder, "_load_file", lambda *a: pytest.fail("--no-time read the weights file"))
+    random = [a for a in TINY_CLI]
+    base = json.loads(runner.invoke(app, ["estimate", dataset, *random, "--json", "--no-time"]).output)
+    assert base["model_seconds"] is None and base["forward_frames_per_s"] == 0
+    for weights in (str(tmp_path / "never_downloaded.pth"), "hub"):
+        args = [weights if a == "random" else a for a in random]
+        r = runner.invoke(app, ["estimate", dataset, *args, "--json", "--no-time"])
+        assert r.exit_code == 0, r.output
+        est = json.loads(r.output)
+        assert est["model_seconds"] is None and est["frames"] == base["frames"] and est["files"] == base["files"]
+        assert abs(est["bytes"] - base["bytes"]) < 2000  # only the weights' provenance line differs
+
+
+def test_adding_a_policy_prints_one_summary(dataset, tmp_path):
+    """Issue 34 item 16: adding a policy printed "extracted 0 videos, ... (of 16)" and then "grew 16
+    cached videos": two tallies of one run. Now one line counts both."""
+    out = str(tmp_path / "c.zarr")
+    first = runner.invoke(app, ["extract", dataset, "--out", out, "--frames", "uniform:4", *TINY_CLI, "-q"])
+    assert first.exit_code == 0, first.output
+    r = runner.invoke(app, ["extract", dataset, "--out", out, "--frames", "uniform:4,keyframes:2", *TINY_CLI, "-q"])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if "extracted" in ln or "grew" in ln]
+    assert len(lines) == 1, r.output
+    assert lines[0].startswith("grew 16 cached videos by ") and ", extracted 0 new videos, 0 failed, " in lines[0]
+    assert "0 already complete (of 16)" in lines[0]
+
+
+def test_verify_and_repair_say_what_they_do(tmp_path, dataset):
+    """Issue 34 item 17: verify's problem lines ended "run featcache cache verify ..." while running
+    it, and repair printed "removed:" for videos it records as failed (nothing is removed)."""
+    out = tmp_path / "c.zarr"
+    r = runner.invoke(app, ["extract", dataset, "--out", str(out), "--frames", "uniform:2", *TINY_CLI, "-q"])
+    assert r.exit_code == 0, r.output
+    chunk, = out.glob("segments/*/tokens/0.0.0.0")
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    v = runner.invoke(app, ["cache", "verify", str(out)])
+    problems = [ln for ln in v.output.splitlines() if ln.startswith("problem: ")]
+    assert v.exit_code == 1 and problems and not any("run featcache cache verify" in ln for ln in problems), v.output
+    assert all(ln.count("(") == ln.count(")") for ln in problems)
+    fixed = runner.invoke(app, ["cache", "repair", str(out)])
+    assert fixed.exit_code == 0 and "removed:" not in fixed.output, fixed.output
+    marked = [ln for ln in fixed.output.splitlines() if ln.startswith("marked failed: ")]
+    assert len(marked) == len(problems) and not any("run featcache cache verify" in ln for ln in marked)
+
+
+def test_ci_install_waits_for_the_apt_lock():
+    """Issue 34 item 18: .ci/install failed at once when another apt/dpkg held the lock; every
+    apt-get it runs now waits for it (apt's DPkg::Lock::Timeout, apt >= 1.9.11)."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    text = open(os.path.join(root, ".ci", "install")).read()
+    calls = [ln for ln in text.splitlines() if "apt-get" in ln and not ln.strip().startswith("#")
+             and "command -v" not in ln and not ln.strip().startswith("echo")]
+    assert calls and all("DPkg::Lock::Timeout=600" in ln or '"${APT[@]}"' in ln for ln in calls), calls
+    assert "APT=(apt-get -o DPkg::Lock::Timeout=600)" in text
+
+
+def test_model_arg_values_are_yaml(dataset, tmp_path):
+    """Issue 34 item 24: a YAML-style dict (timm's pretrained_cfg_overlay) gave "dictionary update
+    sequence element #0 has length 1"; values are now YAML (JSON included)."""
+    import json
+
+    from featcache.cli.extract import parse_model_args
+
+    assert parse_model_args(["depth=2", "drop=1e-5", "name=abc", "flag=true", "overlay={mean: [0.5, 0.5, 0.5]}",
+                             'j={"a": [1, 2]}']) == {"depth": 2, "drop": 1e-5, "name": "abc", "flag": True,
+                                                     "overlay": {"mean": [0.5, 0.5, 0.5]}, "j": {"a": [1, 2]}}
+    out = tmp_path / "c.zarr"
+    r = runner.invoke(app, ["extract", dataset, "--out", str(out), "--frames", "uniform:2", *TINY_CLI, "-q",
+                            "--model-arg", "pretrained_cfg_overlay={mean: [0.25, 0.25, 0.25]}"])
+    assert r.exit_code == 0, r.output
+    attrs = json.loads((out / "zarr.json").read_text())["attributes"]
+    assert attrs["preprocess"]["mean"] == [0.25, 0.25, 0.25]
+    bad = runner.invoke(app, ["extract", dataset, "--out", str(tmp_path / "x.zarr"), *TINY_CLI,
+                              "--model-arg", "o={mean: [0.5"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "--model-arg o: '{mean: [0.5' is not a YAML value" in bad.output
+
+
+def test_manifest_check_finds_broken_videos_labels_files_and_duplicates(tmp_path):
+    """Issue 34 minor 5: `manifest check` passed random bytes, 0-byte and truncated files, refused
+    the labels.csv the README has you write (no path column), and exited 2 on duplicate ids where
+    the docs say 1. Each video is now opened with PyAV (first frame; packets against the header)."""
+    from featcache.data.synthetic import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("ok.avi", "cut.avi"):
+        write_video(str(videos / name), np.random.default_rng(0).integers(0, 256, (60, 48, 64, 3), dtype=np.uint8))
+    data = (videos / "cut.avi").read_bytes()
+    (videos / "cut.avi").write_bytes(data[: len(data) // 2])  # the header still says 60 frames
+    (videos / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (videos / "empty.mp4").write_bytes(b"")
+    m = tmp_path / "m.csv"
+    m.write_text("video_id,path,label,split\n" + "".join(f"{v},videos/{v}.{e},a,train\n" for v, e in
+                 (("ok", "avi"), ("cut", "avi"), ("noise", "mp4"), ("empty", "mp4"))))
+    r = runner.invoke(app, ["manifest", "check", str(m)])
+    assert r.exit_code == 1, r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error: ")]
+    assert errors[0].startswith("error: unreadable video: cut: truncated: the header promises ~60 frames, the file holds ")
+    assert errors[1].startswith("error: unreadable video: noise: cannot be opened or decoded (")
+    assert errors[2] == "error: unreadable video: empty: empty file (0 bytes)" and len(errors) == 3
+    assert "check FAILED: 3 error(s), 0 missing file(s), 3 unreadable, 0 duplicate id(s)" in r.output
+
+    dup = tmp_path / "dup.csv"
+    dup.write_text("video_id,path,label,split\nok,videos/ok.avi,a,train\nok,videos/ok.avi,a,test\n")
+    r = runner.invoke(app, ["manifest", "check", str(dup)])
+    assert r.exit_code == 1 and f"error: {dup}:3: duplicate video_id 'ok' (first on line 2)" in r.output, r.output
+
+    labels = tmp_path / "labels.csv"  # what the README has you write: no path column
+    labels.write_text("video_id,label,split\nok,a,train\nstranger,a,test\n")
+    r = runner.invoke(app, ["manifest", "check", str(labels)])
+    assert r.exit_code == 0 and "no paths: a training manifest" in r.output, r.output
+    cache = str(tmp_path / "c.zarr")
+    one = tmp_path / "one.csv"
+    one.write_text("video_id,path\nok,videos/ok.avi\n")
+    assert runner.invoke(app, ["extract", str(one), "--out", cache, "--frames", "uniform:2", *TINY_CLI, "-q"]).exit_code == 0
+    r = runner.invoke(app, ["manifest", "check", str(labels), "--cache", cache])
+    assert r.exit_code == 1 and f"error: 1 id(s) not cached (done) in {cache}: stranger" in r.output, r.output
+
+
+def test_manifest_folder_group_keeps_clips_of_one_source_in_one_split(tmp_path):
+    """Issue 34 item 23: `manifest folder` split by hashing paths, so clips of one UCF101 performer
+    group (`_gNN_`) landed in several splits; --group keeps each group in one split."""
+    import csv
+
+    root = tmp_path / "UCF-101"
+    for cls in ("Archery", "Bowling"):
+        (root / cls).mkdir(parents=True)
+        for g in range(1, 13):
+            for c in range(1, 5):
+                (root / cls / f"v_{cls}_g{g:02d}_c{c:02d}.avi").write_bytes(b"")
+
+    def splits_per_group(out):
+        rows = list(csv.DictReader(open(out)))
+        assert len(rows) == 96
+        groups = {}
+        for r in rows:
+            groups.setdefault(r["path"].split("_g")[1][:2], set()).add(r["split"])
+        return groups
+
+    plain = str(tmp_path / "plain.csv")
+    assert runner.invoke(app, ["manifest", "folder", str(root), "--out", plain]).exit_code == 0
+    assert any(len(s) > 1 for s in splits_per_group(plain).values())  # what was seen: groups straddle splits
+    grouped = str(tmp_path / "grouped.csv")
+    r = runner.invoke(app, ["manifest", "folder", str(root), "--out", grouped, "--group", r"_g(\d+)_"])
+    assert r.exit_code == 0, r.output
+    groups = splits_per_group(grouped)
+    assert len(groups) == 12 and all(len(s) == 1 for s in groups.values())
+    assert {next(iter(s)) for s in groups.values()} >= {"train", "test"}
+    assert "split by group: 12 groups" in json.load(open(grouped + ".json"))["notes"][0]
+    bad = runner.invoke(app, ["manifest", "folder", str(root), "--out", str(tmp_path / "x.csv"), "--group", "_h(\\d+)_"])
+    assert bad.exit_code == 2 and "does not match '_h(\\\\d+)_'; every video needs a group" in bad.output, bad.output

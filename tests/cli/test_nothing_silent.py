@@ -77,7 +77,27 @@ def test_val_fraction_carves_a_stable_val_split_that_eval_reuses(noval, tmp_path
 
 def test_select_last_trains_without_val(noval, tmp_path):
     r = runner.invoke(app, ["train", noval["cache"], *TRAIN, "--set", "select=last", "--out", str(tmp_path / "r")])
-    assert r.exit_code == 0 and "best epoch 1" in r.output, r.output
+    assert r.exit_code == 0 and "kept the last epoch (1, select: last); test/macro_f1" in r.output, r.output
+
+
+def test_empty_val_and_test_splits_say_nothing_was_evaluated(noval, tmp_path):
+    """Issue 34 item 10: a run whose val and test splits are empty printed "best epoch 0;" and
+    exited 0 as if all were well."""
+    rows = [{"video_id": x["video_id"], "label": x["label"], "split": "train"} for x in noval["rows"]
+            if x["video_id"] != "ghost"]
+    manifest = tmp_path / "alltrain.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = str(tmp_path / "r")
+    r = runner.invoke(app, ["train", noval["cache"], *TRAIN, "--set", "select=last", "--manifest", str(manifest),
+                            "--out", out])
+    assert r.exit_code == 0, r.output
+    assert "best epoch 0;" not in r.output and "kept the last epoch (1, select: last)\n" in r.output
+    assert (f"warning: no val or test videos in the splits, so the head was not evaluated on val or test: "
+            f"nothing measures how well it does; give a manifest with val and test splits (--manifest M.csv), "
+            f"or evaluate later with featcache eval {out} --manifest M.csv") in r.output
 
 
 @pytest.mark.parametrize("pair,message", [
@@ -153,3 +173,20 @@ def test_truncated_files_warn_or_fail(tmp_path):
     assert open_cache(str(tmp_path / "fail.zarr")).failures()["cut"].startswith("truncated: decoded")
     assert "--truncated: unknown 'maybe'" in error_line(runner.invoke(app, [*base, "--out", str(tmp_path / "x.zarr"),
                                                                              "--truncated", "maybe"]))
+
+
+def test_the_default_view_comes_from_the_cache(noval, tmp_path):
+    """Issue 34 item 12: `train clips.zarr --head pool` defaulted to uniform:8, which a cache of
+    uniform:4 (or of clips) cannot serve; the default now comes from the cache, and --help says so."""
+    from featcache.cli.train import default_view
+
+    args = [a for a in TRAIN if a not in ("--view", "uniform:4")]
+    r = runner.invoke(app, ["train", noval["cache"], *args, "--set", "select=last", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0 and "trained linear on uniform:4;" in r.output, r.output
+    clip = {"frames": {"policies": ["windows:4/4@fps:8"]}, "tokens": {"unit": "clip"}}
+    assert default_view(clip) == "clips:8"
+    assert default_view({"frames": {"policies": ["clips:3"]}, "tokens": {"unit": "clip"}}) == "clips:3"
+    assert default_view({"frames": {"policies": ["keyframes:8", "uniform:16", "uniform:8"]}, "tokens": {}}) == "uniform:16"
+    assert default_view({"frames": {"policies": ["stride:1"]}, "tokens": {}}) == "uniform:8"
+    help_text = runner.invoke(app, ["train", "--help"], terminal_width=300).output
+    assert "Default: from the cache" in help_text

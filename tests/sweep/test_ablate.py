@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_encoder_config
@@ -281,3 +282,148 @@ def test_a_sweep_on_a_local_array_equals_the_local_run(cache, tmp_path):
     assert r.exit_code == 0 and "submitted" not in r.output, r.output
     assert len(list(csv.DictReader(open(os.path.join(later, "leaderboard_runs.csv"))))) == 2  # per seed
     assert [r["n"] for r in csv.DictReader(open(os.path.join(later, "leaderboard.csv")))] == ["2"]  # seeds aggregated
+
+
+# ------------------------------------------------------------------ issue 34: dry runs in seconds
+LR_WD = "base: {head: attentive, view: uniform:8, epochs: 3, batch_size: 8}\nparameters:\n" \
+        "  lr: {values: [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3]}\n  weight_decay: {values: [0.0, 1.0e-4, 1.0e-3, 1.0e-2, 0.05]}\n"
+
+
+def _count_real_forwards(monkeypatch):
+    """Every module forward whose input holds real numbers (not meta tensors), counted."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    real = []
+
+    def hook(module, args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].device.type != "meta":
+            real.append(type(module).__name__)
+
+    handle = register_module_forward_pre_hook(hook)
+    return real, handle
+
+
+def test_a_20_cell_lr_wd_dry_run_prints_its_plan_and_trains_nothing(cache, tmp_path, monkeypatch):
+    """Issue 34 item 3: pipelines/attentive_lr_wd.yaml's dry run timed a real forward + backward per
+    cell (40 minutes on 1280-dim tokens) before printing anything. Now no module sees a real tensor,
+    and the memory estimate equals the one a real step measures."""
+    from featcache.sweep import run as sweep_run
+
+    sweep, out = write(tmp_path, LR_WD), str(tmp_path / "out")
+    real, handle = _count_real_forwards(monkeypatch)
+    try:
+        start = time.perf_counter()
+        dry = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "--dry-run"])
+        seconds = time.perf_counter() - start
+    finally:
+        handle.remove()
+    assert dry.exit_code == 0, dry.output
+    assert "20 cells in 1 fused pass(es)" in dry.output and "1 view read(s)" in dry.output
+    assert "training time not measured (give --time-cells" in dry.output and " s\n" not in dry.output
+    assert real == [] and not os.path.exists(out) and seconds < 30
+    head = sweep_run.new_head(build_config({"head": "attentive"}),
+                              {"in_dim": 32, "num_classes": 2, "num_frames": 8, "grid": (2, 2), "num_prefix_tokens": 1})
+    shape = (8, 8, 5, 32)  # (B, T, N, C)
+    # within 10%: on meta, attention takes the math path, which saves a few more tensors than the fused CPU kernel
+    assert sweep_run._meta_bytes(head, shape) == pytest.approx(sweep_run._measure(head, torch.zeros(shape))[0], rel=0.1)
+
+
+def test_time_cells_times_one_step_per_distinct_head(cache, tmp_path, monkeypatch):
+    sweep, out = write(tmp_path, LR_WD), str(tmp_path / "out")
+    calls = []
+    from featcache.sweep import run as sweep_run
+
+    real_measure = sweep_run._measure
+    monkeypatch.setattr(sweep_run, "_measure", lambda *a: calls.append(1) or real_measure(*a))
+    dry = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "--dry-run", "--time-cells"])
+    assert dry.exit_code == 0, dry.output
+    assert len(calls) == 1  # 20 cells differing only in lr and weight decay: one head, one step
+    assert "from one measured step per distinct head" in dry.output
+
+
+def test_ctrl_c_on_a_dry_run_offers_no_resume(cache, tmp_path, monkeypatch):
+    from featcache.sweep import run as sweep_run
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_run, "_probe", interrupt)
+    sweep = write(tmp_path, LR_WD)
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", str(tmp_path / "o"), "--dry-run"])
+    assert r.exit_code == 130 and "resume" not in r.output.replace("nothing to resume", "")
+    assert "a dry run writes nothing" in r.output
+
+
+def test_a_sweep_over_split_files_counts_one_read_per_file(cache, tmp_path):
+    """Issue 34 item 7: the dry run said 1 view read where the run read 3 (one per split file)."""
+    from featcache.cache.store import open_cache
+
+    ids = sorted(open_cache(cache).records())
+    files = []
+    for k in range(3):
+        path = tmp_path / f"split{k}.csv"
+        rows = [f"{v},{'left' if v.startswith('left') else 'right'},{('train', 'val', 'test')[(i + k) % 3]}"
+                for i, v in enumerate(ids)]
+        path.write_text("video_id,label,split\n" + "\n".join(rows) + "\n")
+        files.append(str(path))
+    sweep = write(tmp_path, "base: {head: pool, view: uniform:8, epochs: 1, batch_size: 8}\n"
+                            f"parameters:\n  manifest: {{values: [{', '.join(files)}]}}\n  seed: {{values: [0, 1]}}\n")
+    out = str(tmp_path / "out")
+    dry = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "3 view read(s)" in dry.output
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("reading view") == 3
+
+
+# ------------------------------------------------------------------ issue 34 item 8: test metrics
+def test_bootstrap_interval_is_the_percentile_bootstrap():
+    """Our seeded percentile bootstrap against scipy.stats.bootstrap(method='percentile') on the
+    same 20 per-video outcomes (its own resampling: agreement within Monte-Carlo error)."""
+    from scipy.stats import bootstrap
+
+    from featcache.sweep.leaderboard import bootstrap_ci
+
+    correct = np.array([1] * 13 + [0] * 7, dtype=float)
+    lo, hi = bootstrap_ci(correct, resamples=20000)
+    ref = bootstrap((correct,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
+                    random_state=np.random.default_rng(1)).confidence_interval
+    assert lo == pytest.approx(ref.low, abs=0.026) and hi == pytest.approx(ref.high, abs=0.026)
+    assert bootstrap_ci(correct) == bootstrap_ci(correct)  # seeded: the same leaderboard every time
+    assert lo < 0.65 < hi
+
+
+def test_a_sweep_ranked_on_test_is_warned_and_test_scores_carry_intervals(cache, tmp_path):
+    from featcache.sweep.leaderboard import bootstrap_ci
+
+    sweep = write(tmp_path, "base: {head: pool, view: uniform:8, epochs: 1, batch_size: 8}\n"
+                            "parameters: {lr: {values: [1.0e-3, 1.0e-2]}}\nmetric: {name: test/top1, goal: maximize}\n")
+    out = str(tmp_path / "out")
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", out, "-q"])
+    assert r.exit_code == 0, r.output
+    assert "warning: metric test/top1: selected on a test metric: choosing the best cell by its test score is " \
+           "not a valid protocol" in r.output and "ranked on test: not a valid protocol" in r.output
+    md = open(os.path.join(out, "leaderboard.md")).read()
+    assert "**Warning**: selected on a test metric" in md and "95% percentile bootstrap over the test videos" in md
+    for row in csv.DictReader(open(os.path.join(out, "leaderboard.csv"))):
+        preds = list(csv.DictReader(open(os.path.join(out, "cells", row["cell"], "predictions_test.csv"))))
+        classes = [k for k in preds[0] if k not in ("video_id", "labels")]
+        correct = np.array([max(classes, key=lambda c: float(p[c])) == p["labels"] for p in preds], dtype=float)
+        assert float(row["test/top1"]) == pytest.approx(correct.mean())
+        assert row["test/top1 95% CI"] == "{:.4f}-{:.4f}".format(*bootstrap_ci(correct))
+
+
+def test_one_varied_axis_draws_no_repeated_panel(monkeypatch, tmp_path):
+    from featcache.sweep import leaderboard
+
+    drawn = {}
+    monkeypatch.setattr("featcache.train.figures.plot_leaderboard",
+                        lambda path, cells, panels, *a, **k: drawn.update(cells=cells, panels=panels))
+    rows = [{"cell": f"c{i}", "index": i, "settings": {"lr": lr, "head": "pool"}, "metrics": {"val/top1": v, "test/top1": v},
+             "params": 1, "train_s": 1.0, "classes": 2} for i, (lr, v) in enumerate([(1e-3, 0.5), (1e-2, 0.6)])]
+    leaderboard.write_leaderboard(str(tmp_path), rows, ("lr", "head"), "val/top1", "maximize")
+    assert len(drawn["cells"]) == 2 and drawn["panels"] == []  # lr's panel would be the cells again
+    rows += [{**rows[0], "cell": "c2", "index": 2, "settings": {"lr": 1e-3, "head": "r3d"}}]
+    leaderboard.write_leaderboard(str(tmp_path), rows, ("lr", "head"), "val/top1", "maximize")
+    assert [name for name, _ in drawn["panels"]] == ["lr", "head"]

@@ -144,3 +144,22 @@ def test_aggregate_and_columns_on_hand_made_rows():
     assert metric_columns(rows) == ["val/top1", "val/top5"]  # 10 classes: top5 kept
     assert metric_columns([{**r, "classes": 5} for r in rows]) == ["val/top1"]
     assert [r["n"] for r in aggregate(rows, ("head",))] == [1, 1, 1, 1]  # no replicate axis: rows unchanged
+
+
+def test_tensorboard_gets_the_hparams_of_each_run(motion, tmp_path):
+    """Issue 34 item 22: TensorBoard got scalars only; each run now logs its config as hparams with
+    its final val/test metrics, so sweep cells compare in the HParams view."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = tmp_path / "run"
+    cli("train", motion, "--head", "pool", "--set", "epochs=2", "--set", "lr=0.003", "--set", "log=tensorboard",
+        *FAST, "--out", run)
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["lr"].number_value == pytest.approx(0.003) and session.hparams["head"].string_value == "pool"
+    assert session.hparams["view"].string_value == "uniform:8"
+    metrics = json.load(open(run / "metrics.json"))
+    assert scalars(run)["hparam/test/top1"][0][1] == pytest.approx(metrics["test/top1"])

@@ -375,3 +375,66 @@ def test_a_split_larger_than_the_budget_streams_and_trains_to_the_same_metrics(m
     logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(tmp_path / n / "log.jsonl")]
             for n in results]
     assert logs[0] == logs[1]
+
+
+# ------------------------------------------------------------------ issue 34: selection and empty splits
+def test_select_val_breaks_ties_on_val_loss(appearance, tmp_path, monkeypatch):
+    """Issue 34 item 9: with every epoch tying on val top-1, select: val took the earliest (epoch 0);
+    now the tied epoch with the lowest val loss is best."""
+    from featcache.train import loop, rundir
+
+    monkeypatch.setattr(loop.metrics, "selection", lambda logits, targets, multi: {"top1": 0.5, "top5": 1.0})
+    result = train(appearance, tmp_path / "r", head="pool", epochs=5, lr=1e-2)
+    log = rundir.read_log(str(tmp_path / "r"))
+    losses = [r["val/loss"] for r in log]
+    assert all(r["val/top1"] == 0.5 for r in log)
+    assert result["best_epoch"] == int(np.argmin(losses)) != 0, losses
+
+
+def test_selection_key_orders_metric_then_loss_then_nothing():
+    from featcache.train.loop import _selection_key
+
+    seen = [{"val/top1": 0.52, "val/loss": 1.1}, {"val/top1": 0.8, "val/loss": 0.9},
+            {"val/top1": 0.8, "val/loss": 0.5}, {"val/top1": 0.8, "val/loss": 0.6}]
+    best, best_epoch = (-float("inf"), -float("inf")), -1
+    for epoch, record in enumerate(seen):  # the loop's rule: strictly greater replaces
+        if _selection_key(record, epoch, "val", "top1") > best:
+            best, best_epoch = _selection_key(record, epoch, "val", "top1"), epoch
+    assert best_epoch == 2
+    assert _selection_key({"val/top1": 0.1}, 7, "last", "top1") == (7.0, 0.0)
+    assert _selection_key({}, 3, "val", "top1") == (3.0, 0.0)
+
+
+def test_manifest_ids_that_do_not_match_the_cache_are_named(appearance, tmp_path):
+    """Issue 34 item 11: labels keyed `ok1.mp4` against a cache keyed `ok1` got "check the manifest's
+    split column"; now the ids are said not to match, with a few of each."""
+    src = os.path.join(os.path.dirname(appearance), "manifest.csv")
+    rows = list(csv.DictReader(open(src)))
+    manifest = tmp_path / "labels.csv"
+    with open(manifest, "w", newline="") as f:
+        f.write("video_id,label,split\n" + "".join(f"{r['video_id']}.mp4,{r['label']},{r['split']}\n" for r in rows))
+    ids = sorted(r["video_id"] for r in rows)
+    with pytest.raises(FeatcacheError) as exc:
+        train(appearance, tmp_path / "r", head="pool", manifest=str(manifest))
+    assert str(exc.value) == (
+        f"{appearance}: the video ids of --manifest {manifest} do not match the cache's: none of its {len(rows)} ids "
+        f"is a cached video (manifest: {ids[0]}.mp4, {ids[1]}.mp4, {ids[2]}.mp4, ...; cache: {ids[0]}, {ids[1]}, "
+        f"{ids[2]}, ...) (the manifest's ids are the cache's plus a file extension: drop it); use the ids the "
+        "cache was extracted with (featcache cache info lists them)")
+    assert not (tmp_path / "r").exists()
+
+
+def test_without_a_terminal_training_prints_one_line_per_epoch(appearance, tmp_path, capsys):
+    """Issue 34 item 19: with stdout not a terminal, a long training printed nothing per epoch and
+    then a bar cut at 80 columns; now one plain line per epoch, whole."""
+    from featcache.train import rundir
+
+    run_training(appearance, build_config({**FAST, "head": "pool", "epochs": 3}), str(tmp_path / "r"),
+                 show_progress=True)
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("train pool: ")]
+    log = rundir.read_log(str(tmp_path / "r"))
+    assert [ln.split(",")[0] for ln in lines] == [f"train pool: {e}/3 epochs ({100 * e / 3:.0f}%)" for e in (1, 2, 3)]
+    for line, record in zip(lines, log):
+        assert f"train/loss {record['train/loss']:.3f} val/top1 {record['val/top1']:.3f}" in line
+    assert "━" not in out  # no rich bar
