@@ -95,6 +95,7 @@ class Member:
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler(enabled=self.amp and self.amp_dtype == torch.float16)
         self.best, self.best_epoch, self.stale, self.active = (-math.inf, -math.inf), -1, 0, True
+        self.diverged = ""  # why this head stopped: its training loss became NaN or infinite
         self.tracker = None  # set by run_group once the first epoch is known
 
     def forward(self, x, y):
@@ -174,6 +175,8 @@ def run_group(members: list[Member], source: Batches, device: torch.device, eval
         trainer.fit(show_progress, on_epoch)
         results = []
         for m in members:
+            if m.diverged:
+                continue
             r = evaluate(m)
             r.update(best_epoch=m.best_epoch, params=sum(p.numel() for p in m.head.parameters() if p.requires_grad))
             rundir.write_metrics(m.out_dir, r)
@@ -186,6 +189,9 @@ def run_group(members: list[Member], source: Batches, device: torch.device, eval
         for m in members:
             if m.tracker is not None:
                 m.tracker.close()
+    diverged = [m for m in members if m.diverged]
+    if diverged:  # after the others were evaluated: their results are written
+        raise FeatcacheError("; ".join(f"{m.out_dir}: {m.diverged}" for m in diverged))
     return results
 
 
@@ -289,6 +295,10 @@ class GroupTrainer:
     def _finish_epoch(self, m: Member, epoch: int, loss_sum: float, correct: int, start: float, val: dict) -> dict:
         n = len(self.source)
         record = {"epoch": epoch, "train/loss": loss_sum / n, "lr": m.sched.get_last_lr()[0]}
+        if not math.isfinite(record["train/loss"]):  # nothing it learns from here on means anything
+            m.diverged = (f"train/loss became {record['train/loss']} at epoch {epoch} (lr {record['lr']:.3g}); "
+                          "lower the learning rate (--set lr=...), or check the cache (featcache cache verify)")
+            m.active = False
         if not self.source.multi:
             record["train/top1"] = correct / n
         record.update(val)

@@ -1,6 +1,7 @@
 """Stage 2 on real extractions of generated datasets."""
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -438,3 +439,20 @@ def test_without_a_terminal_training_prints_one_line_per_epoch(appearance, tmp_p
     for line, record in zip(lines, log):
         assert f"train/loss {record['train/loss']:.3f} val/top1 {record['val/top1']:.3f}" in line
     assert "━" not in out  # no rich bar
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_with_one_line(appearance, tmp_path):
+    """A head that diverges (an absurd learning rate) stops at the epoch its loss stops being a
+    number, with one line naming the run, the epoch and what to change; nothing is evaluated."""
+    from typer.testing import CliRunner
+
+    from featcache.cli import app
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", appearance, "--head", "linear", "--view", "uniform:8", "--out", str(out),
+                                 "--set", "lr=1e20", "--set", "epochs=5", "--set", "select=last", "-q"])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "train/loss became nan at epoch" in r.stderr and "lower the learning rate" in r.stderr, r.stderr
+    assert not (out / "metrics.json").exists()
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert len(log) < 5 and not math.isfinite(log[-1]["train/loss"])
