@@ -217,7 +217,7 @@ class Cache:
                 self._idx = index.read_index(self.path)
         return self._idx
 
-    def _rows(self, status: str | None = "done", split: str | None = None) -> np.ndarray:
+    def index_rows(self, status: str | None = "done", split: str | None = None) -> np.ndarray:
         """Rows of the index readers use (``status``/``split``: None for any), less the keys this
         writer has published since (``fresh``)."""
         idx = self.index
@@ -242,7 +242,7 @@ class Cache:
 
     def __len__(self) -> int:
         """The number of extracted (done) videos."""
-        return len(self._rows()) + len(self._fresh())
+        return len(self.index_rows()) + len(self._fresh())
 
     def __contains__(self, video_id) -> bool:
         """Whether ``video_id`` is extracted (done) in the store."""
@@ -293,7 +293,7 @@ class Cache:
         """key -> full record of every published video (done or failed), sorted by key. Reads
         every record: listing, splits and views use the index columns instead."""
         if self._records is None:
-            rows = self._rows(status=None)
+            rows = self.index_rows(status=None)
             records = [e["record"] for e in self.index.entries(rows)]
             self._records = {schema.video_key(r["video_id"]): r for r in records}
         out = dict(self._records)
@@ -314,7 +314,7 @@ class Cache:
     def index_entries(self) -> dict[str, dict]:
         """key -> the index entry readers use (record, rows, generation, segment). Reads every
         JSON line (``cache pack``, tests); readers use the columns."""
-        rows = self._rows(status=None)
+        rows = self.index_rows(status=None)
         out = {}
         for row, entry in zip(rows.tolist(), self.index.entries(rows)):
             entry = dict(entry, segment=self.index.segments[int(self.index.seg[row])].name)
@@ -328,7 +328,7 @@ class Cache:
 
     def done_records(self, split: str) -> list[dict]:
         """Full records of the split's extracted videos, sorted by video id (the order views use)."""
-        rows = self._rows("done", split)
+        rows = self.index_rows("done", split)
         records = [e["record"] for e in self.index.entries(rows)] + [e["record"] for e in self._fresh("done", split)]
         return sorted(records, key=lambda r: r["video_id"])
 
@@ -340,10 +340,15 @@ class Cache:
         out += [self._fresh_entry(schema.video_key(e["record"]["video_id"])) for e in self._fresh("done", split)]
         return sorted(out, key=lambda e: e.video_id) if self.fresh else out
 
+    def done_entries_all(self) -> list[VideoEntry]:
+        """Every extracted video, whatever its split, with its brief (records unread)."""
+        ids = self.video_ids()
+        return self.entries(ids)
+
     def done_rows(self, split: str) -> tuple[np.ndarray, list[str]]:
         """Index rows and ids of the split's extracted videos, sorted by video id (this writer's
         own unpublished entries aside)."""
-        rows = self._rows("done", split)
+        rows = self.index_rows("done", split)
         ids = self.index.ids(rows)
         order = sorted(range(len(ids)), key=ids.__getitem__)
         return rows[np.asarray(order, np.int64)], [ids[i] for i in order]
@@ -375,7 +380,7 @@ class Cache:
         of each frame policy) of the given videos (None: every published one) that have
         ``status`` (None: any); from the index columns, no JSON."""
         if video_ids is None:
-            rows = self._rows(status)
+            rows = self.index_rows(status)
             ids, fresh = self.index.ids(rows), [e["record"]["video_id"] for e in self._fresh(status)]
         else:
             ids, rows, fresh = self._found(video_ids, status)
@@ -421,13 +426,13 @@ class Cache:
         """Ids of the videos of ``status`` ("done" or "failed"), sorted."""
         if status not in schema.STATUSES:
             raise ValueError(f"status must be one of {schema.STATUSES}, not {status!r}")
-        ids = self.index.ids(self._rows(status)) + [e["record"]["video_id"] for e in self._fresh(status)]
+        ids = self.index.ids(self.index_rows(status)) + [e["record"]["video_id"] for e in self._fresh(status)]
         ids.sort()
         return ids
 
     def failures(self) -> dict[str, str]:
         """video id -> the reason it could not be extracted."""
-        rows = self._rows("failed")
+        rows = self.index_rows("failed")
         records = [e["record"] for e in self.index.entries(rows)] + [e["record"] for e in self._fresh("failed")]
         return {r["video_id"]: r.get("reason", "") for r in sorted(records, key=lambda r: r["video_id"])}
 
@@ -557,7 +562,7 @@ class Cache:
 
     def done_labels(self, splits) -> list[list[str]]:
         """Labels of every extracted video of the given splits (a run's classes come from these)."""
-        rows = np.concatenate([self._rows("done", sp) for sp in splits])
+        rows = np.concatenate([self.index_rows("done", sp) for sp in splits])
         return self.index.labels(rows) + [list(e["record"].get("labels", [])) for sp in splits
                                           for e in self._fresh("done", sp)]
 

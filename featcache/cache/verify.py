@@ -167,7 +167,7 @@ def interrupted(cache) -> dict[str, list[str]]:
 def video_problems(cache, check_values: bool = True, deep: bool = True) -> dict[str, list[str]]:
     """video id -> the problems of each published video readers use; never raises."""
     out = {}
-    rows = cache._rows(status=None)
+    rows = cache.index_rows(status=None)
     try:
         entries = cache.index.entries(rows)
     except (OSError, ValueError) as exc:

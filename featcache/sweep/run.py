@@ -63,7 +63,7 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     budget = memory_bytes or _available_bytes(cells[0].config.device)
     groups = plan_groups(plans, budget, max_fused)
     first = cells[0].config
-    _print_plan(sweep, groups, len(annotated[first.manifest, first.val_fraction].done_records("train")), echo)
+    _print_plan(sweep, groups, len(annotated[first.manifest, first.val_fraction].annotations.done("train")), echo)
     if dry_run:
         return []
     os.makedirs(out_dir, exist_ok=True)
@@ -128,15 +128,17 @@ def run_groups(cache_path: str, out_dir: str, groups: list[list[Cell]], show_pro
 def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict[View, Layout]:
     """Every distinct view must be servable for every video; returns each view's layout."""
     layouts = {}
-    records = [r for r in cache.records().values() if r.get("status") == "done"]
+    entries = None  # every done video's brief, read only when a view's frames are not a cached policy
     for cell in cells:
         view = cell.config.view
         if view in layouts:
             continue
         try:
             view.check(cache.attrs)
-            for record in records:
-                frame_positions(cache.video(record["video_id"]), view.frames)
+            if cache.layout != "packed" or cache.policy_positions(cache.index_rows("done"), str(view.frames)) is None:
+                entries = entries if entries is not None else cache.done_entries_all()
+                for entry in entries:
+                    frame_positions(entry, view.frames)
         except FeatcacheError as exc:
             raise SweepError(f"{sweep.path}: cell {cell.name}: view={view.frames}: {exc}") from None
         layouts[view] = view.layout(cache.attrs)

@@ -30,7 +30,7 @@ from featcache.train.rundir import checkpoint_path, previous_run, write_config
 def check_train_split(cache, cache_path: str) -> None:
     """Refuse a run with no train videos, saying why: a manifest whose video ids match none of
     the cache's (``ok1.mp4`` vs ``ok1``) is named with a few ids of each."""
-    if cache.done_records("train"):
+    if cache.annotations.done("train"):  # the index's briefs: no record is read
         return
     ann = cache.annotations
     done = sum(r.get("status") == "done" for r in ann.records.values())

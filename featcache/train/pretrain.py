@@ -88,12 +88,11 @@ class DensePool:
 def read_pools(cache: Cache, view: View, split: str) -> list[DensePool]:
     layout = view.layout(cache.attrs)
     pools = []
-    for record in cache.done_records(split):
-        entry = cache.video(record["video_id"])
+    for entry in cache.done_entries(split):
         positions = list(entry.policies[str(view.frames)])
         out = np.empty((len(positions), layout.num_tokens, layout.dim), dtype=np.float16)
         fill_view(out, entry, positions, view, cache.attrs)
-        pools.append(DensePool(out, entry.frame_indices[positions], record["source"]["num_frames"]))
+        pools.append(DensePool(out, entry.frame_indices[positions], entry.record["source"]["num_frames"]))
     return pools
 
 
