@@ -104,21 +104,23 @@ if what == "open":
     again.video_ids()
     out["peak_rss_mb"] = tracemalloc.get_traced_memory()[1] / 2**20  # the open's peak allocation (Python and numpy)
     tracemalloc.stop()
-elif what == "one":
+else:  # one video, from a fresh process
     w = time.perf_counter()
     open_cache(path).video(sys.argv[3]).tokens
     out["read_one_s"] = time.perf_counter() - w
-else:  # the floor: one read() of the index bytes an open needs
-    files = [os.path.join(path, "segments", s, sys.argv[3], "0") for s in sorted(os.listdir(os.path.join(path, "segments")))
-             if os.path.isdir(os.path.join(path, "segments", s))]
-    w = time.perf_counter()
-    n = 0
+print(json.dumps(out))
+"""
+
+
+def floor(path: str, which: str) -> dict:
+    """One read() of the index bytes an open needs (every segment's ``which``/0): the physical floor."""
+    folder = os.path.join(path, "segments")
+    files = [os.path.join(folder, s, which, "0") for s in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, s))]
+    t, n = time.perf_counter(), 0
     for f in files:
         with open(f, "rb") as fh:
             n += len(fh.read())
-    out["floor_read_s"], out["index_bytes"] = time.perf_counter() - w, n
-print(json.dumps(out))
-"""
+    return {"floor_read_s": time.perf_counter() - t, "index_bytes": n}
 
 
 def child(path: str, what: str, *args: str) -> dict:
@@ -141,9 +143,9 @@ def compare(root: str, n: int, rounds: int) -> dict:
         for name, path, files in (("json", old, "index"), ("columns", new, "table")):
             m = child(path, "open")
             m.update(child(path, "one", one))
-            m.update(child(path, "floor", files))
+            m.update(floor(path, files))
             if name == "columns":
-                m["index_bytes_ids"] = child(path, "floor", "ids")["index_bytes"]
+                m["index_bytes_ids"] = floor(path, "ids")["index_bytes"]
             runs[name].append(m)
     row = {"videos": n, "write_s": round(write_s, 2)}
     for name, ms in runs.items():
