@@ -215,8 +215,10 @@ def _reference_prp(cache, cfg, task=PRP()):
             total += float(loss.detach()) * len(idx)
         head.eval()
         with torch.no_grad():
-            top1 = float((head(val_x.float()).argmax(1) == val_y).float().mean())
-        log.append({"train/loss": total / len(x), "val/top1": top1, "lr": sched.get_last_lr()[0]})
+            scores = head(val_x.float()).float()
+            top1 = float((scores.argmax(1) == val_y).float().mean())
+            val_loss = float(loss_fn(scores, val_y))  # the loss the head trains on: what breaks ties on val
+        log.append({"train/loss": total / len(x), "val/top1": top1, "val/loss": val_loss, "lr": sched.get_last_lr()[0]})
     return log
 
 
@@ -234,7 +236,9 @@ def test_pretrain_equals_a_plain_reference_loop(dense, tmp_path):
         assert got["train/loss"] == pytest.approx(ref["train/loss"], rel=1e-6)
         assert got["val/top1"] == pytest.approx(ref["val/top1"], abs=1e-9)
         assert got["lr"] == pytest.approx(ref["lr"], rel=1e-12)
-    assert results["best_epoch"] == max(range(3), key=lambda e: (want[e]["val/top1"], -e))
+        assert got["val/loss"] == pytest.approx(ref["val/loss"], rel=1e-5)
+    # select: val keeps the best val top-1, ties broken on the lower val loss (issue 34 item 9)
+    assert results["best_epoch"] == max(range(3), key=lambda e: (want[e]["val/top1"], -want[e]["val/loss"]))
     n_train = len(read_pools(open_cache(dense), cfg.view, "train"))
     assert results["prp/train_clips"] == 3 * n_train * 4 and results["prp/val_clips"] == 32
 
