@@ -157,9 +157,16 @@ def row_checks(table: np.ndarray) -> np.ndarray:
     return out
 
 
-def row_crcs_ok(table: np.ndarray) -> np.ndarray:
+def rows_intact(table: np.ndarray) -> np.ndarray:
     """Per row: does its check match its words (an edited or garbage row does not)?"""
     return row_checks(table) == table["row_check"] if len(table) else np.zeros(0, bool)
+
+
+def is_sealed(segment: str) -> bool:
+    """Whether the segment's writer sealed it: the last file a seal writes exists (the table's
+    zarr.json; in a segment without a table, the index's)."""
+    table = os.path.join(segment, "table")
+    return os.path.exists(os.path.join(table if os.path.isdir(table) else os.path.join(segment, "index"), "zarr.json"))
 
 
 def read_table(path: str) -> tuple[np.ndarray, int]:
@@ -182,15 +189,15 @@ class SegmentIndex:
     def __init__(self, root: str, name: str):
         self.name, self.path = name, os.path.join(root, schema.SEGMENTS, name)
         self.bad_lines: list[int] = []  # legacy: complete lines that do not parse
-        self.torn = 0  # bytes of an unfinished last table row (legacy: of a last line without newline)
         self._entries: list[dict] | None = None  # legacy: the parsed entries, one per row
+        # torn: bytes of an unfinished last table row (legacy: of a last line without its newline)
         self.table, self.torn = read_table(self.file("table"))
         self.legacy = not len(self.table) and not self.torn and not os.path.exists(self.file("table"))
         self.damaged = np.zeros(0, np.int64)  # rows whose check fails: no reader uses them
         if self.legacy:
             self._read_legacy()
         elif len(self.table):
-            self.damaged = np.flatnonzero(~row_crcs_ok(self.table))
+            self.damaged = np.flatnonzero(~rows_intact(self.table))
 
     @classmethod
     def from_entries(cls, path: str, name: str, entries: list[dict]) -> "SegmentIndex":
@@ -209,9 +216,7 @@ class SegmentIndex:
 
     @property
     def sealed(self) -> bool:
-        """Whether its writer sealed it (the last file a seal writes: the table's, or a legacy
-        segment's index's, zarr.json)."""
-        return os.path.exists(os.path.join(self.path, "index" if self.legacy else "table", "zarr.json"))
+        return is_sealed(self.path)
 
     def _read_legacy(self) -> None:
         try:

@@ -11,9 +11,13 @@ tails are left behind. STORE itself is only read.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from featcache.cache import index, packed, schema, verify
 from featcache.cache.store import Cache, open_cache
 from featcache.cache.writer import CacheWriter
 from featcache.errors import FeatcacheError
@@ -43,7 +47,7 @@ def pack(src: str, out: str, segment_bytes: int | None = None, show_progress: bo
     attrs["packed"] = {"from": cache.path, "from_schema": cache.attrs["schema_version"], "at": now}
     summary = PackSummary(segments_before=len(cache.segments()), files_before=cache.file_count(),
                           bytes_before=cache.size_on_disk())
-    order = _read_order(cache)
+    order, records = _read_order(cache), cache.records()
     from rich.progress import Progress
 
     with Progress(disable=not show_progress) as progress, \
@@ -52,7 +56,7 @@ def pack(src: str, out: str, segment_bytes: int | None = None, show_progress: bo
             raise FeatcacheError(f"{src}: its provenance does not reproduce its fingerprint; it was altered")
         task = progress.add_task("pack", total=len(order))
         for key in order:
-            _copy(cache, writer, cache.records()[key], summary)
+            _copy(cache, writer, records[key], summary)
             progress.advance(task)
     new = open_cache(out)
     summary.segments_after, summary.files_after, summary.bytes_after = (len(new.segments()), new.file_count(),
@@ -91,12 +95,10 @@ def repair(path: str, check_values: bool = True) -> RepairSummary:
                 out.reindexed.append(record["video_id"])
     cache = open_cache(path)
     broken = {v: p for v, p in cache.broken(check_values).items() if cache.status(v) == "done"}
-    from featcache.cache import verify
-
-    lines, damaged, _ = verify.index_problems(cache)
-    for vid in damaged:  # its JSON line (the record) no longer matches what was written
+    _, damaged, _ = verify.index_problems(cache)
+    for vid, problems in damaged.items():  # its JSON line (the record) no longer matches what was written
         if cache.status(vid) == "done":
-            broken.setdefault(vid, []).extend(line.split(": ", 1)[-1] for line in lines if f"({vid})" in line)
+            broken.setdefault(vid, []).extend(problems)
     if broken:
         with CacheWriter.open(path, attrs) as writer:
             for vid, problems in broken.items():
@@ -108,17 +110,11 @@ def repair(path: str, check_values: bool = True) -> RepairSummary:
 def _orphans(cache: Cache) -> list[tuple[dict, dict, str]]:
     """(record, arrays, "" or why not) of each complete JSON line no valid table row points to,
     with its arrays read from its segment and checked against the line's checksums."""
-    import json
-
-    import numpy as np
-
-    from featcache.cache import index, packed, verify
-
     out = []
     for seg in cache.segments():
         if seg.legacy:
             continue
-        valid = seg.table[index.row_crcs_ok(seg.table)]
+        valid = seg.table[index.rows_intact(seg.table)]
         try:
             with open(seg.file("index"), "rb") as f:
                 data = f.read()
@@ -151,11 +147,6 @@ def _orphans(cache: Cache) -> list[tuple[dict, dict, str]]:
 def rebuild_root(path: str) -> str:
     """Write a lost or unreadable root ``zarr.json`` back from the copy of the root attributes
     that every segment keeps; returns the segment used ("" when the root was fine)."""
-    import json
-    import os
-
-    from featcache.cache import packed, schema
-
     root = os.path.join(path, "zarr.json")
     try:
         with open(root, "rb") as f:
@@ -199,16 +190,10 @@ def _copy(cache: Cache, writer: CacheWriter, record: dict, summary: PackSummary)
 
 
 def _read_order(cache: Cache) -> list[str]:
-    """Keys in the order their bytes lie on disk (long sequential reads), failures first."""
-    records = cache.records()
+    """Keys in the order their bytes lie on disk (long sequential reads), failures first: from the
+    index columns (segment, first token row), no record read again."""
     if cache.layout == "loose":
-        return sorted(records)
-    names = {s.name: i for i, s in enumerate(cache.segments())}
-    index = cache.index_entries()
-
-    def where(key: str):
-        entry = index[key]
-        rows = entry["rows"].get("tokens", [-1, 0])
-        return (records[key].get("status") == "done", names[entry["segment"]], rows[0])
-
-    return sorted(records, key=where)
+        return sorted(cache.records())
+    rows, t = cache.index_rows(status=None), cache.index.table
+    order = np.lexsort((t["start"][rows, 0], cache.index.seg[rows], t["status"][rows] == index.DONE))
+    return [schema.video_key(v) for v in cache.index.ids(rows[order])]

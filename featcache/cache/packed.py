@@ -464,9 +464,8 @@ def live_writers(root: str, task: str | None = None) -> list[str]:
     host = os.uname().nodename
     for name in names:
         path = os.path.join(folder, name)
-        if os.path.exists(os.path.join(path, "table", "zarr.json")) or os.path.exists(
-                os.path.join(path, INDEX, "zarr.json")):
-            continue  # sealed: its writer is done
+        if index.is_sealed(path):
+            continue  # its writer is done
         try:
             with open(os.path.join(path, "zarr.json"), "rb") as f:
                 who = json.loads(f.read())["attributes"]["featcache_segment"]

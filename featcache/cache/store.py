@@ -263,14 +263,8 @@ class Cache:
 
     def statuses(self, video_ids: list[str]) -> list[str | None]:
         """:meth:`status` of many videos at once (hashes looked up in the sorted index)."""
-        keys = [schema.video_key(v) for v in video_ids]
-        rows = self.index.find(keys)
-        table = self.index.table
-        out = [None if r < 0 else "done" if table["status"][r] == index.DONE else "failed" for r in rows.tolist()]
-        for i, key in enumerate(keys):
-            if key in self.fresh:
-                out[i] = self.fresh[key]["record"].get("status")
-        return out
+        found = self.lookup(video_ids)
+        return [found[v]["status"] if v in found else None for v in video_ids]
 
     def lookup(self, video_ids: list[str]) -> dict[str, dict]:
         """video id -> {"status", "generation", "policies" (how many of the store's policies it
@@ -295,10 +289,10 @@ class Cache:
         if self._records is None:
             rows = self.index_rows(status=None)
             records = [e["record"] for e in self.index.entries(rows)]
-            self._records = {schema.video_key(r["video_id"]): r for r in records}
-        out = dict(self._records)
-        out.update({k: e["record"] for k, e in self.fresh.items()})
-        return dict(sorted(out.items()))
+            self._records = dict(sorted((schema.video_key(r["video_id"]), r) for r in records))
+        if not self.fresh:
+            return self._records  # read and sorted once: callers index it in loops (cache pack)
+        return dict(sorted({**self._records, **{k: e["record"] for k, e in self.fresh.items()}}.items()))
 
     def record(self, video_id: str) -> dict | None:
         """The full record of one video (done or failed), or None."""
@@ -332,30 +326,21 @@ class Cache:
         records = [e["record"] for e in self.index.entries(rows)] + [e["record"] for e in self._fresh("done", split)]
         return sorted(records, key=lambda r: r["video_id"])
 
-    def done_entries(self, split: str) -> list[VideoEntry]:
-        """The split's extracted videos, sorted by video id, each with its brief (video id,
+    def done_entries(self, split: str | None) -> list[VideoEntry]:
+        """The split's (None: every) extracted videos, sorted by video id, each with its brief (video id,
         split, labels, policies) from the index columns; full records stay unread until asked for."""
         rows, ids = self.done_rows(split)
         out = self._entries_at(rows, ids)
         out += [self._fresh_entry(schema.video_key(e["record"]["video_id"])) for e in self._fresh("done", split)]
         return sorted(out, key=lambda e: e.video_id) if self.fresh else out
 
-    def done_entries_all(self) -> list[VideoEntry]:
-        """Every extracted video, whatever its split, with its brief (records unread)."""
-        ids = self.video_ids()
-        return self.entries(ids)
-
-    def done_rows(self, split: str) -> tuple[np.ndarray, list[str]]:
+    def done_rows(self, split: str | None) -> tuple[np.ndarray, list[str]]:
         """Index rows and ids of the split's extracted videos, sorted by video id (this writer's
         own unpublished entries aside)."""
         rows = self.index_rows("done", split)
         ids = self.index.ids(rows)
         order = sorted(range(len(ids)), key=ids.__getitem__)
         return rows[np.asarray(order, np.int64)], [ids[i] for i in order]
-
-    def done_briefs(self, split: str) -> list[dict]:
-        """video_id, split, labels and policies of the split's extracted videos, sorted by video id."""
-        return [e.brief for e in self.done_entries(split)]
 
     def _found(self, video_ids: list[str], status: str | None = "done") -> tuple[list[str], np.ndarray, list[str]]:
         """(ids found in the index, their rows, ids held by this writer's fresh entries) of

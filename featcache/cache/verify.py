@@ -28,10 +28,11 @@ from featcache.cache import index, packed, schema
 from featcache.spec.view import parse_policy
 
 
-def index_problems(cache) -> tuple[list[str], set[str], list[str]]:
-    """(one line per damaged or inconsistent index row or file, the ids of the videos whose index
-    entry is damaged (``cache repair`` marks them failed), notes on damage that loses nothing)."""
-    out, bad, notes = [], set(), []
+def index_problems(cache) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """(one line per damaged or inconsistent index row or file, video id -> what is wrong with the
+    index entry readers use for it (``cache repair`` marks those failed), notes on damage that
+    loses nothing)."""
+    out, bad, notes = [], {}, []
     for number, seg in enumerate(cache.segments()):
         where = f"segments/{seg.name}"
         out += [f"{where}/{packed.INDEX_FILE} line {n}: not a valid index entry" for n in seg.bad_lines]
@@ -44,10 +45,10 @@ def index_problems(cache) -> tuple[list[str], set[str], list[str]]:
     return out, bad, notes
 
 
-def _segment_problems(cache, seg: index.SegmentIndex, where: str, out: list, bad: set, notes: list,
+def _segment_problems(cache, seg: index.SegmentIndex, where: str, out: list, bad: dict, notes: list,
                       used: np.ndarray) -> None:
     t = seg.table
-    ok = index.row_crcs_ok(t)
+    ok = index.rows_intact(t)
     sizes = {w: _size(seg.file(w)) for w in index.FILES[:-1]}
     sizes["positions"] //= 4  # int32 values
     beyond = np.zeros(len(t), bool)
@@ -66,7 +67,7 @@ def _segment_problems(cache, seg: index.SegmentIndex, where: str, out: list, bad
         line = data[int(row["line"]):int(row["line"]) + int(row["line_len"])]
         found = _row_vs_line(row, line, vid)
         if found:
-            bad.add(vid)
+            bad[vid] = found
             out += [f"{where}/table/0 row {i} ({vid}): {p}" for p in found]
     healed = _unindexed_lines(cache, seg, where, data, t[ok], out, notes)
     damaged = [f"{where}/table/0 row {i}: damaged (its check does not match its words)" for i in np.flatnonzero(~ok)]

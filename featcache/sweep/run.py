@@ -136,7 +136,7 @@ def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict[View, Layout]:
         try:
             view.check(cache.attrs)
             if cache.layout != "packed" or cache.policy_positions(cache.index_rows("done"), str(view.frames)) is None:
-                entries = entries if entries is not None else cache.done_entries_all()
+                entries = entries if entries is not None else cache.done_entries(None)
                 for entry in entries:
                     frame_positions(entry, view.frames)
         except FeatcacheError as exc:
