@@ -40,8 +40,9 @@ def tiny_encoder_config(**kw):
 
 
 def write_manifest(path, rows):
+    """``rows`` (dicts with the first row's keys as columns) as a CSV manifest at ``path``."""
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["video_id", "path", "label", "split"])
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     return str(path)

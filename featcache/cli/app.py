@@ -43,15 +43,24 @@ def user_errors(interrupted: str = "interrupted; run the same command again to r
 
 
 def parse_kv(pairs: list[str], option: str) -> dict:
+    """``KEY=VALUE`` pairs, each VALUE read as YAML (JSON is YAML too), so ``--model-arg
+    pretrained_cfg_overlay={mean: [0.5, 0.5, 0.5]}`` is a dict; a value YAML cannot read is one line."""
+    import yaml
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise FeatcacheError(f"{option}: expected key=value, got {pair!r}")
         try:
-            out[key] = json.loads(value)
+            out[key] = json.loads(value)  # numbers such as 1e-5 (a string to YAML 1.1)
         except json.JSONDecodeError:
-            out[key] = value
+            try:
+                out[key] = yaml.safe_load(value) if value.strip() else value
+            except yaml.YAMLError as exc:
+                problem = str(getattr(exc, "problem", "") or exc).splitlines()[0]
+                raise FeatcacheError(f"{option} {key}: {value!r} is not a YAML value ({problem}); quote the whole "
+                                     f"pair, e.g. {option} '{key}={{a: 1, b: [2, 3]}}'") from None
     return out
 
 

@@ -1,12 +1,11 @@
 """`featcache extract` (local, --devices, --slurm)."""
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
 
-from featcache.cli.app import SLURM_OPTIONS, app, parse_ints, parse_shard, parse_size, user_errors
+from featcache.cli.app import SLURM_OPTIONS, app, parse_ints, parse_kv, parse_shard, parse_size, user_errors
 from featcache.errors import FeatcacheError
 
 EXTRACT_EXAMPLES = """
@@ -233,25 +232,8 @@ def summary_line(s, out: str) -> str:
 
 
 def parse_model_args(pairs: list[str]) -> dict:
-    """``--model-arg KEY=VALUE`` pairs, each VALUE read as YAML (JSON is YAML too), so
-    ``pretrained_cfg_overlay={mean: [0.5, 0.5, 0.5]}`` is a dict; a value YAML cannot read is one line."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise FeatcacheError(f"--model-arg: expected key=value, got {pair!r}")
-        try:
-            out[key] = json.loads(value)  # numbers such as 1e-5 (a string to YAML 1.1)
-        except json.JSONDecodeError:
-            try:
-                out[key] = yaml.safe_load(value) if value.strip() else value
-            except yaml.YAMLError as exc:
-                problem = str(getattr(exc, "problem", "") or exc).splitlines()[0]
-                raise FeatcacheError(f"--model-arg {key}: {value!r} is not a YAML value ({problem}); quote the whole "
-                                     f"pair, e.g. --model-arg '{key}={{a: 1, b: [2, 3]}}'") from None
-    return out
+    """``--model-arg KEY=VALUE`` pairs (see :func:`featcache.cli.app.parse_kv`)."""
+    return parse_kv(pairs, "--model-arg")
 
 
 def _print_replaced(replaced: list[str], out: str) -> None:

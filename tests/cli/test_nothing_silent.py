@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_CLI, VIDEO_SIZE
+from conftest import TINY_CLI, VIDEO_SIZE, write_manifest
 from typer.testing import CliRunner
 
 from featcache.cli import app
@@ -85,11 +85,7 @@ def test_empty_val_and_test_splits_say_nothing_was_evaluated(noval, tmp_path):
     exited 0 as if all were well."""
     rows = [{"video_id": x["video_id"], "label": x["label"], "split": "train"} for x in noval["rows"]
             if x["video_id"] != "ghost"]
-    manifest = tmp_path / "alltrain.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    manifest = write_manifest(tmp_path / "alltrain.csv", rows)
     out = str(tmp_path / "r")
     r = runner.invoke(app, ["train", noval["cache"], *TRAIN, "--set", "select=last", "--manifest", str(manifest),
                             "--out", out])
