@@ -232,9 +232,19 @@ class Cache:
             fresh = np.fromiter((index.key_hash(k) for k in self.fresh), np.uint64, len(self.fresh))
             keep &= ~np.isin(table["hash"][rows], fresh)
         rows = np.sort(rows[keep])  # in file order: the index files are read in runs
-        if split is not None and index.split_code(split) == index.OTHER_SPLIT:  # the brief has it
-            rows = rows[[b["split"] == split for b in idx.briefs(rows)]]
+        if split is not None and index.split_code(split) == index.OTHER_SPLIT:  # the records have it
+            rows = rows[np.array([sp == split for sp in self._splits(rows)], bool)]
         return rows
+
+    def _splits(self, rows: np.ndarray) -> list[str]:
+        """Each row's split: from its code, or for a split other than train/val/test from its record."""
+        codes = self.index.table["split"][rows].tolist()
+        splits = [index.SPLIT_CODES[c] if c != index.OTHER_SPLIT else None for c in codes]
+        if None in splits:
+            other = rows[np.array([sp is None for sp in splits], bool)]
+            names = iter(e["record"].get("split", "") for e in self.index.entries(other))
+            splits = [sp if sp is not None else next(names) for sp in splits]
+        return splits
 
     def _fresh(self, status: str | None = "done", split: str | None = None) -> list[dict]:
         return [e for e in self.fresh.values() if (status is None or e["record"].get("status") == status)
@@ -377,11 +387,7 @@ class Cache:
 
     def _briefs(self, rows: np.ndarray, ids: list[str], policies: bool = True) -> list[dict]:
         idx, t = self.index, self.index.table
-        splits = [index.SPLIT_CODES[c] if c != index.OTHER_SPLIT else None for c in t["split"][rows].tolist()]
-        if None in splits:  # another split name: the record has it
-            other = [r for r, sp in zip(rows.tolist(), splits) if sp is None]
-            names = {r: e["record"].get("split", "") for r, e in zip(other, idx.entries(np.array(other)))}
-            splits = [sp if sp is not None else names[r] for r, sp in zip(rows.tolist(), splits)]
+        splits = self._splits(rows)
         status = ["done" if c == index.DONE else "failed" for c in t["status"][rows].tolist()]
         labels = idx.labels(rows)
         pols = idx.policies(rows, self.attrs["frames"]["policies"]) if policies else [None] * len(rows)

@@ -487,3 +487,16 @@ def test_a_writer_busy_with_one_long_video_keeps_its_heartbeat(tmp_path, monkeyp
     os.utime(table, (0, 0))
     time.sleep(0.3)
     assert os.path.getmtime(table) == 0  # sealed: no more heartbeats
+
+
+def test_a_split_other_than_train_val_test_is_read_from_the_records(tmp_path):
+    """The table codes train, val and test; another split name (a store written by an older
+    manifest reader, or by hand) is served from the records, for listing and views alike."""
+    path = tmp_path / "c.zarr"
+    with CacheWriter.open(str(path), ATTRS) as writer:
+        for i in range(6):
+            writer.write_video(record(i, "holdout" if i % 3 == 0 else "train"), tokens_of(i), None)
+    cache = open_cache(str(path))
+    assert [e.video_id for e in cache.done_entries("holdout")] == ["v000", "v003"]
+    assert cache.briefs(["v003"])["v003"]["split"] == "holdout"
+    assert len(cache.done_entries("train")) == 4
