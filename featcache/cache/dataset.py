@@ -129,7 +129,8 @@ def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> 
     when it would exceed ``max_bytes`` (default: half the available memory), a StreamedTokens."""
     view.check(cache.attrs)
     layout = view.layout(cache.attrs)
-    fast = columns(cache, view, split, max_bytes if max_bytes else memory_budget())
+    budget = max_bytes if max_bytes else memory_budget()
+    fast = columns(cache, view, split, budget)
     if fast is not None:
         return fast
     entries = cache.done_entries(split)  # briefs only: full records stay unread
@@ -141,7 +142,7 @@ def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> 
     labels, ids = [e.labels for e in entries], [e.video_id for e in entries]
     int8 = cache.attrs["storage"]["dtype"] == "int8" and view.reads_plain
     size = int(np.prod(shape)) * 2 if not int8 else int(np.prod(shape)) + int(np.prod(shape[:-1])) * 2
-    if size > (max_bytes if max_bytes else memory_budget()):
+    if size > budget:
         return ViewData(StreamedTokens(cache, view, entries, positions, shape, fill_view), labels, ids,
                         layout.num_prefix_tokens, layout.grid)
     if int8:  # kept as stored; dequantised batch by batch, on the head's device (quant.QuantTokens)
@@ -159,8 +160,11 @@ def columns(cache, view: View, split: str, max_bytes: int) -> ViewData | None:
     """The common case without a Python object per video: a plain view of a cached policy,
     held in memory; its frames' positions, labels and tokens read from the index columns and the
     segments in a few numpy gathers. None where it does not apply (the per-video path serves)."""
-    got = cache.split_columns(split) if view.reads_plain else None
-    if got is None or not len(got[0]) or cache.attrs["storage"]["dtype"] != "float16":
+    if not view.reads_plain or cache.attrs["storage"]["dtype"] != "float16" or \
+            str(view.frames) not in cache.attrs["frames"]["policies"]:
+        return None  # decided from the attributes, before any index file is read
+    got = cache.split_columns(split)
+    if got is None or not len(got[0]):
         return None
     rows, ids, labels = got
     pos = cache.policy_positions(rows, str(view.frames))
