@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from featcache.cli.app import cache_app, user_errors
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 
 
 def without_verify_hint(problem: str) -> str:
@@ -135,16 +135,43 @@ def cache_pack(
     typer.echo(f"check it with: featcache cache verify {out}")
 
 
-@cache_app.command("export", epilog="Examples:\n\n  featcache cache export c.zarr --format hdf5 c.h5\n\n  featcache cache export c.zarr --format npy c_npy/")
+@cache_app.command("export", epilog="Examples:\n\n  featcache cache export c.zarr --format hdf5 c.h5\n\n"
+                   "  featcache cache export c.zarr --format npy c_npy/\n\n"
+                   "  featcache cache export c.zarr --format actionformer --pool stride:4 --annotations thumos14.json tal/")
 def cache_export(
     path: str = typer.Argument(..., help="A featcache Zarr store."),
-    out: str = typer.Argument(..., help="OUT.h5, or a new folder for --format npy."),
-    fmt: str = typer.Option("hdf5", "--format", help="hdf5 (one file) or npy (per-video .npy + .json)."),
+    out: str = typer.Argument(..., help="OUT.h5, or a new folder for the other formats."),
+    fmt: str = typer.Option("hdf5", "--format", help="hdf5 (one file), npy (per-video .npy + .json), or "
+                            "actionformer / opentad (per-video (T, C) features + annotations for temporal localisation)."),
+    pool: Optional[str] = typer.Option(None, help="actionformer/opentad: the evenly spaced cached pool to export "
+                                       "(stride:S, fps:F or windows:W/S@fps:F; default: the store's first such pool)."),
+    layer: Optional[int] = typer.Option(None, help="actionformer/opentad: which cached layer (default -1, the last)."),
+    tokens: Optional[str] = typer.Option(None, help="actionformer/opentad: cls (the prefix token, default) or mean "
+                                         "(of the patch tokens)."),
+    annotations: Optional[str] = typer.Option(None, help="actionformer/opentad: an ActivityNet-style JSON whose "
+                                              "segments and subsets are merged into the export's annotations.json."),
 ):
-    """Export tokens, per-video records and the provenance to HDF5 or per-video .npy files."""
+    """Export tokens, per-video records and the provenance (HDF5, .npy), or features for ActionFormer / OpenTAD."""
     from featcache.cache.export import export_cache
+    from featcache.cache.export_tal import TAL_FORMATS, export_tal
 
     with user_errors():
+        if fmt in TAL_FORMATS:
+            s = export_tal(path, fmt, out, pool, -1 if layer is None else layer, tokens or "cls", annotations)
+            typer.echo(f"exported {s['videos']} videos to {out} ({fmt}: stride {s['stride']}, "
+                       f"{s['frames_per_feature']} frame(s) per feature, {s['labels']} action labels); "
+                       f"loader settings in {out}/featcache_export.json")
+            if s["unannotated"]:
+                typer.echo(f"note: {s['unannotated']} videos have no segments in annotations.json (listed in "
+                           "featcache_export.json); give --annotations to merge yours")
+            if s["missing"]:
+                typer.echo(f"note: {len(s['missing'])} annotated videos are not in the store: "
+                           f"{', '.join(s['missing'][:5])}{' ...' if len(s['missing']) > 5 else ''}")
+            return
+        given = [f"--{n}" for n, v in (("pool", pool), ("layer", layer), ("tokens", tokens),
+                                        ("annotations", annotations)) if v is not None]
+        if given:
+            raise OptionError(given[0][2:], f"applies to --format actionformer or opentad, not {fmt}")
         n = export_cache(path, fmt, out)
     typer.echo(f"exported {n} videos to {out} ({fmt})")
 
