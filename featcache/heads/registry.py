@@ -23,6 +23,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import types
 import warnings
 
 _HEADS: dict[str, type] = {}
@@ -76,7 +77,7 @@ def _get(name: str, source: dict | None = None) -> type:
     if name in _HEADS:
         return _HEADS[name]
     if source and source.get("kind") == "file":  # a checkpoint's head: exactly the file it was trained with
-        return _from_file(name, source["path"], source["class"], expect_sha256=source["sha256"])
+        return _from_file(name, source["path"], source["class"], expect_sha256=source["sha256"], kept=source.get("text"))
     if is_user_head(name):
         target, _, attr = name.rpartition(":")
         if not target or not attr.isidentifier():
@@ -96,24 +97,42 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _from_file(name: str, path: str, attr: str, expect_sha256: str | None = None) -> type:
+def _from_file(name: str, path: str, attr: str, expect_sha256: str | None = None, kept: str | None = None) -> type:
+    """A head class from a file; with ``expect_sha256`` (a checkpoint's), exactly that version:
+    the file if it still has that hash, else the copy of its source the checkpoint ``kept``."""
     path = os.path.abspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"head {name!r}: no such file {path}")
-    sha = _sha256(path)
+    sha = _sha256(path) if os.path.isfile(path) else None
     if expect_sha256 and sha != expect_sha256:
+        if kept is not None and hashlib.sha256(kept.encode("utf-8")).hexdigest() == expect_sha256:
+            now = "is gone" if sha is None else f"changed (sha256 {expect_sha256[:12]} then, {sha[:12]} now)"
+            warnings.warn(f"head {name}: {path} {now} since the run was trained; using the copy of its source "
+                          "the checkpoint keeps", stacklevel=2)
+            return _load_source(name, path, attr, expect_sha256, kept)
+        if sha is None:
+            raise ValueError(f"head {name!r}: no such file {path}")
         raise ValueError(f"head {name!r}: {path} changed since the checkpoint was made (sha256 {expect_sha256[:12]} "
                          f"then, {sha[:12]} now); restore that version of the file or train again")
+    if sha is None:
+        raise ValueError(f"head {name!r}: no such file {path}")
+    return _load_source(name, path, attr, sha)
+
+
+def _load_source(name: str, path: str, attr: str, sha: str, text: str | None = None) -> type:
+    """Import a head file (or, given ``text``, that file's source as recorded) once per hash."""
     key = (path, attr, sha)
     if key not in _LOADED:
         stem = "".join(c if c.isalnum() else "_" for c in os.path.splitext(os.path.basename(path))[0])
         module_name = f"featcache_user_heads.{stem}_{sha[:12]}"
         if module_name not in sys.modules:  # registered before running it: pickling and dataclasses need it
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(spec)
+            spec = importlib.util.spec_from_file_location(module_name, path) if text is None else None
+            module = importlib.util.module_from_spec(spec) if spec else types.ModuleType(module_name)
             sys.modules[module_name] = module
             try:
-                spec.loader.exec_module(module)
+                if spec:
+                    spec.loader.exec_module(module)
+                else:
+                    module.__file__ = path
+                    exec(compile(text, path, "exec"), module.__dict__)  # noqa: S102 -- the user's own head, as trained
             except Exception as exc:
                 del sys.modules[module_name]
                 raise ValueError(f"head {name!r}: {path} failed to import{_where(exc, path)}: "
@@ -184,7 +203,12 @@ def head_source(name: str) -> dict:
     target, _, attr = name.rpartition(":")
     if is_user_head(name) and (target.endswith(".py") or os.sep in target):
         path = os.path.abspath(target)
-        return {"kind": "file", "path": path, "class": attr, "sha256": _sha256(path)}
+        with open(path, "rb") as f:
+            data = f.read()
+        # the source itself travels with the run (config.yaml, checkpoints): eval rebuilds the head as
+        # trained even after the file is edited or removed
+        return {"kind": "file", "path": path, "class": attr, "sha256": hashlib.sha256(data).hexdigest(),
+                "text": data.decode("utf-8", errors="replace")}
     module_name = cls.__module__
     out = {"kind": "module", "module": module_name, "class": cls.__qualname__, "version": _module_version(module_name)}
     if not is_user_head(name):

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -51,7 +52,7 @@ def test_a_head_in_a_file_trains_with_options_resumes_and_evaluates(motion, tmp_
     cli("train", motion, "--head", spec, *common, "--out", full)
     meta = yaml.safe_load(open(full / "config.yaml"))
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert meta["head_source"] == {"kind": "file", "path": str(path), "class": "DiffHead", "sha256": sha}
+    assert meta["head_source"] == {"kind": "file", "path": str(path), "class": "DiffHead", "sha256": sha, "text": HEAD}
     ckpt = torch.load(full / "best.pt", weights_only=True)
     assert ckpt["head"] == spec and ckpt["head_source"]["sha256"] == sha and ckpt["head_args"]["hidden"] == 24
     assert ckpt["state_dict"]["frame.weight"].shape == (24, 16 * 64)  # --set head.hidden reached the class
@@ -72,9 +73,22 @@ def test_a_head_in_a_file_trains_with_options_resumes_and_evaluates(motion, tmp_
     assert test == {k: v for k, v in json.load(open(full / "metrics.json")).items() if k.startswith("test/")}
     assert "test/top1@2x1" in json.loads(cli("eval", full, "--temporal-views", "2").output)
 
-    # the file changed: eval and resume refuse in one line instead of using other code
+    # the file changed (one comment is enough): eval uses the source the checkpoint keeps, and says so;
+    # resuming training refuses, since the rest of the run would train other code
+    path.write_text(HEAD.replace("hidden: int = 64", "hidden: int = 65") + "# edited\n")
+    with pytest.warns(UserWarning, match="changed .* since the run was trained; using the copy of its source"):
+        assert json.loads(cli("eval", full, "--split", "test").output) == test
+    path.unlink()
+    with pytest.warns(UserWarning, match="is gone since the run was trained"):
+        assert json.loads(cli("eval", full, "--split", "test").output) == test
+    old_run = tmp_path / "old_run"  # a run from before sources were kept: only the hash to check against
+    shutil.copytree(full, old_run)
+    old = torch.load(old_run / "best.pt", weights_only=True)
+    del old["head_source"]["text"]
+    torch.save(old, old_run / "best.pt")
+    assert "no such file" in cli("eval", old_run, code=2).output
     path.write_text(HEAD.replace("hidden: int = 64", "hidden: int = 65"))
-    err = cli("eval", full, code=2).output
+    err = cli("eval", old_run, code=2).output
     assert "changed since the checkpoint was made" in err and str(path) in err and len(err.strip().splitlines()) == 1
     monkeypatch.chdir(tmp_path)
     assert "the head's code changed" in cli("train", motion, "--head", spec, *common, "--out", stopped, "--resume",
