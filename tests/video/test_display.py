@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +282,73 @@ def test_generated_two_streams_with_an_offset(tmp_path, decoder):
     assert (other.stream, other.num_frames, other.frames.shape[1:3]) == (1, 30, (64, 96))
     np.testing.assert_allclose(other.pts, 2.5 + np.arange(30) / 15, atol=1e-6)
 
+
+
+# ---------------------------------------------------------------- generated cases (issue 31's done-when)
+GENERATED = {  # name: (ffmpeg output arguments, lavfi size, file extension)
+    "hevc_bframes": (["-c:v", "libx265", "-x265-params", "bframes=3:log-level=error", "-pix_fmt", "yuv420p"],
+                     "64x48", ".mp4"),
+    "vp9_odd_size": (["-c:v", "libvpx-vp9", "-pix_fmt", "yuv420p", "-b:v", "200k"], "65x47", ".webm"),  # testsrc: testsrc2 rounds sizes to even
+    "vp9_10bit": (["-c:v", "libvpx-vp9", "-pix_fmt", "yuv420p10le", "-profile:v", "2", "-b:v", "200k"], "64x48",
+                  ".webm"),
+    "vfr": (None, "64x48", ".mkv"),  # written with PyAV below: 10 frames at 10/s, then 10 at 5/s
+}
+
+
+def _write_vfr(path) -> None:
+    import av
+
+    from featcache.data.synthetic import motion_clip
+
+    frames = motion_clip("right", np.random.default_rng(0), num_frames=20, size=(64, 48))
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height = 64, 48
+        s.pix_fmt, s.time_base, s.options = "yuv420p", Fraction(1, 10), {"bf": "0"}
+        for n, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            f.pts, f.time_base = (n if n < 10 else 2 * n - 10), Fraction(1, 10)
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    if FFMPEG is None or shutil.which("ffprobe") is None:
+        pytest.skip("the ffmpeg command line is not installed (.ci/install installs Debian's ffmpeg)")
+    root = tmp_path_factory.mktemp("generated")
+    out = {}
+    for name, (args, size, ext) in GENERATED.items():
+        out[name] = root / f"{name}{ext}"
+        if args is None:
+            _write_vfr(out[name])
+            continue
+        source = "testsrc" if name == "vp9_odd_size" else "testsrc2"
+        subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", f"{source}=size={size}:rate=10:duration=2",
+                        *args, str(out[name])], check=True)
+    return out
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_generated_case_frames_and_times(generated, name, decoder):
+    """HEVC with B-frames, an odd-sized VP9, a 10-bit VP9 and a variable-frame-rate Matroska: every
+    frame as the ffmpeg command line shows it (rgb24, every pts passed through), every pts as
+    ffprobe lists it; a decoder that cannot match falls back to PyAV and says why."""
+    path = generated[name]
+    v = decode_video(str(path), every, 0, decoder=decoder)
+    pts = np.array([float(t.strip(",")) for t in subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of", "csv=p=0",
+         str(path)], capture_output=True, text=True, check=True).stdout.split()])
+    assert v.num_frames == len(pts) == 20
+    np.testing.assert_allclose(v.pts, pts, atol=1e-5)
+    ref = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-vf", "format=rgb24", "-fps_mode", "passthrough",
+                          "-f", "rawvideo", "-"], capture_output=True, check=True).stdout
+    ref = np.frombuffer(ref, np.uint8).reshape(v.frames.shape)
+    assert np.array_equal(v.frames, ref), (name, v.decoder, np.abs(v.frames.astype(int) - ref).max())
+    if name == "vp9_odd_size":
+        assert v.frames.shape[1:3] == (47, 65)
+    if name == "vfr":
+        np.testing.assert_allclose(np.diff(v.timestamps), [0.1] * 10 + [0.2] * 9, atol=1e-6)
+    if v.decoder != {"auto": "pyav"}.get(decoder, decoder):
+        assert v.note, "a fallback names its reason"
