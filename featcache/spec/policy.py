@@ -108,8 +108,9 @@ def default_view(cached: list[str], unit: str = "frame") -> str:
     return next((p for p in cached if type(parse_policy(p)) is type(fallback)), str(fallback))
 
 
-def Policy(kind: str, *numbers: int) -> FramePolicy:  # noqa: N802  (builds a policy as its type did)
-    """The policy of ``kind`` with these numbers, e.g. ``Policy("uniform", 8)`` = ``uniform:8``."""
+def Policy(kind: str, *numbers: int) -> FramePolicy:
+    """The policy of ``kind`` with these numbers, e.g. ``Policy("uniform", 8)`` = ``UniformPolicy(8)``
+    (``uniform:8``): the constructor ``Policy`` was before each kind had its class."""
     for cls in policy_classes():
         if cls.prefix == kind:
             return cls(*numbers)
