@@ -26,7 +26,7 @@ from featcache.cache import schema
 from featcache.cache.quant import QuantTokens
 from featcache.cache.stream import StreamedTokens
 from featcache.errors import FeatcacheError
-from featcache.spec.policy import Policy
+from featcache.spec.policy import FramePolicy
 from featcache.spec.view import View
 from featcache.video.select import policy_indices
 
@@ -76,16 +76,16 @@ class TokenDataset(torch.utils.data.Dataset):
         return self.data.x[i], self.targets[i]
 
 
-def frame_positions(entry, policy: Policy) -> list[int]:
+def frame_positions(entry, policy: FramePolicy) -> list[int]:
     """Positions into the video's cached frames that ``policy`` picks."""
     if str(policy) in entry.policies:
         return list(entry.policies[str(policy)])
-    if policy.kind == "clips" and "clips" in entry.record:  # K of the cached clips, evenly (uniform:K over them)
+    if policy.served_from == "clips" and "clips" in entry.record:  # K of the cached clips, evenly (uniform:K over them)
         from featcache.video.clips import spread
 
-        return spread(next(iter(entry.policies.values())), policy.count)
+        return spread(next(iter(entry.policies.values())), policy.fixed_length)
     n = entry.record["source"]["num_frames"]
-    wanted = policy_indices(policy, n, entry.luv_scores if policy.kind == "keyframes" else None)
+    wanted = policy_indices(policy, n, entry.luv_scores if policy.needs_scores else None)
     pool = entry.frame_indices
     pos = np.searchsorted(pool, wanted)
     if np.any(pos >= len(pool)) or np.any(pool[np.minimum(pos, len(pool) - 1)] != wanted):

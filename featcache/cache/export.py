@@ -13,6 +13,7 @@ from featcache.cache.store import open_cache, to_json
 from featcache.cache.writer import CacheWriter
 from featcache.data.manifest import read_manifest
 from featcache.errors import FeatcacheError, OptionError
+from featcache.spec.policy import UniformPolicy
 from featcache.spec.view import parse_policy
 from featcache.video.select import uniform_indices
 
@@ -121,7 +122,7 @@ def _import_foreign(f, src: str, out: str, manifest: str, model_name: str, frame
         policy = parse_policy(frames or f"uniform:{lengths.pop()}")
     except ValueError as exc:
         raise OptionError("frames", f"{exc}") from None
-    if policy.kind != "uniform":
+    if not isinstance(policy, UniformPolicy):
         raise OptionError("frames", "imported features can only be resampled uniformly (uniform:K)")
     _, layers, tokens, dim = next(iter(shapes.values()))
     with open(src, "rb") as fh:
@@ -150,14 +151,14 @@ def _write_foreign(writer, shapes, datasets, items, policy, src) -> int:
         if schema.video_key(vid) in done:
             continue
         x = datasets[vid][...].reshape(shape)
-        pool = np.unique(uniform_indices(shape[0], policy.count))
+        pool = np.unique(uniform_indices(shape[0], policy.frames))
         it = items[vid]
         record = {"video_id": vid, "path": it.path, "split": it.split, "labels": list(it.labels), "extra": it.extra,
                   "source": {"num_frames": shape[0], "fps": None, "width": None, "height": None,
                              "decoder": "imported", "decoder_note": f"from {os.path.basename(src)}"},
                   "frame_indices": pool, "timestamps": np.zeros(len(pool)), "num_cached_frames": len(pool),
-                  "policies": {str(policy): np.searchsorted(pool, uniform_indices(shape[0], policy.count))},
-                  "short": shape[0] < policy.count}
+                  "policies": {str(policy): np.searchsorted(pool, uniform_indices(shape[0], policy.frames))},
+                  "short": shape[0] < policy.frames}
         writer.write_video(to_json(record), x[pool], None)
     return len(shapes)
 

@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from featcache.cache import index, packed, schema
+from featcache.spec.policy import scores_needed
 from featcache.spec.view import parse_policy
 
 
@@ -198,7 +199,7 @@ def _video(cache, row: int, record: dict, check_values: bool, deep: bool) -> lis
     t = len(record["frame_indices"])
     n = record["source"]["num_frames"]
     entry = cache.entry_at(row, record)
-    wants_luv = any(parse_policy(p).kind == "keyframes" for p in cache.attrs["frames"]["policies"])
+    wants_luv = scores_needed(parse_policy(p) for p in cache.attrs["frames"]["policies"])
     out = []
     for name, shape, _, _ in packed.video_arrays(cache.attrs, t, n if wants_luv else None):
         what = "token chunk" if name == schema.TOKENS else name

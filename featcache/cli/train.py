@@ -121,9 +121,9 @@ def _check_resumable(out: str) -> None:
 def default_view(attrs: dict) -> str:
     """The view a cache serves as it is when none is given: its first cached ``uniform:N`` (or
     ``clips:N`` for a video encoder's cache), else ``uniform:8`` (``clips:8``) served from its pool."""
-    cached = attrs["frames"]["policies"]
-    kind = "clips" if attrs["tokens"].get("unit") == "clip" else "uniform"
-    return next((p for p in cached if p.startswith(f"{kind}:") and "@" not in p), f"{kind}:8")
+    from featcache.spec.policy import default_view as policy_default_view
+
+    return policy_default_view(attrs["frames"]["policies"], "clip" if attrs["tokens"].get("unit") == "clip" else "frame")
 
 
 def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], view: Optional[str],

@@ -23,6 +23,7 @@ import numpy as np
 from featcache.cache import index, packed, schema
 from featcache.cache.store import frame_bytes, to_json
 from featcache.data.manifest import VideoItem, read_manifest
+from featcache.spec.policy import scores_needed, short_below
 from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, check_file, display_fields, expected_frames, open_pyav
 from featcache.video.prepare import decoder_log
 from featcache.video.select import policy_indices, uniform_indices
@@ -108,7 +109,7 @@ def estimate(cfg, measure: bool = True) -> Estimate:
     attrs = dict(attrs, fingerprint=schema.fingerprint(attrs), schema_version=schema.SCHEMA_VERSION,
                  created_at="2026-01-01T00:00:00+00:00")  # the length of a real timestamp
     est = Estimate(token_bytes_per_frame=frame_bytes(attrs), unit="frame" if clip is None else "clip")
-    needs_luv = any(p.kind == "keyframes" for p in cfg.policies)
+    needs_luv = scores_needed(cfg.policies)
     task = task_name(cfg.manifest, cfg.shard)
     stores = {overlap: _StoreBytes(attrs, task) for overlap in ("expected", "min", "max")}
     for item in items:
@@ -134,7 +135,7 @@ def estimate(cfg, measure: bool = True) -> Estimate:
         store.seal()
     est.bytes, est.files = stores["expected"].bytes, stores["expected"].files
     est.bytes_min, est.bytes_max = stores["min"].bytes, stores["max"].bytes
-    if any(p.kind == "keyframes" for p in cfg.policies) and len(cfg.policies) > 1:
+    if scores_needed(cfg.policies) and len(cfg.policies) > 1:
         est.notes.append("key frames are assumed to fall anywhere in the video: their overlap with the other "
                          "policies' frames is estimated, not known")
     if clip is not None and measure and est.frames:
@@ -159,10 +160,10 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
     ``overlap``: how many key frames coincide with the other policies' frames (expected: as many
     as chance gives; min: as few as possible, all new frames; max: as many as possible)."""
     picked, keyframes = {}, {}
-    max_count = max([p.count for p in cfg.policies if p.fixed] or [1])
+    max_count = short_below(cfg.policies)
     for policy in cfg.policies:
-        if policy.kind == "keyframes":  # positions depend on the pixels (see _video_record's callers' note)
-            keyframes[str(policy)] = np.unique(uniform_indices(n, policy.count))
+        if policy.needs_scores:  # positions depend on the pixels (see _video_record's callers' note)
+            keyframes[str(policy)] = np.unique(uniform_indices(n, policy.fixed_length))
         else:
             picked[str(policy)] = policy_indices(policy, n, stamps=np.arange(n) / fps)
     known = np.unique(np.concatenate(list(picked.values()))) if picked else np.zeros(0, np.int64)

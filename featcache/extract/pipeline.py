@@ -27,7 +27,7 @@ from featcache.data.manifest import VideoItem, read_manifest
 from featcache.errors import FeatcacheError, OptionError
 from featcache.extract.encoder import EncoderConfig, FrozenEncoder
 from featcache.extract.video_encoders import is_video_model, make_encoder
-from featcache.spec.policy import Policy, parse_policies
+from featcache.spec.policy import FramePolicy, parse_policies, scores_needed, short_below
 from featcache.version import __version__
 from featcache.video.decode import DECODERS
 from featcache.video.prepare import DecodePool, DecodeSpec, Prepared, auto_workers, prepare, usable_cores
@@ -59,7 +59,7 @@ class ExtractConfig:
     stream: int | None = None  # the container's video stream index; None: the one ffmpeg shows by default
 
     @cached_property
-    def policies(self) -> tuple[Policy, ...]:
+    def policies(self) -> tuple[FramePolicy, ...]:
         """``frames`` parsed (once); FeatcacheError naming the bad part."""
         try:
             return parse_policies(self.frames)
@@ -103,7 +103,7 @@ class _Job:
 def validate(cfg: ExtractConfig) -> None:
     """Fail fast on bad options, before any model is built."""
     cfg.policies  # noqa: B018  (parses --frames)
-    clips = [str(p) for p in cfg.policies if p.kind in ("clips", "windows")]
+    clips = [str(p) for p in cfg.policies if p.unit == "clip"]
     if is_video_model(cfg.encoder.model) and not clips:
         raise FeatcacheError(f"--frames {cfg.frames}: {cfg.encoder.model} is a video encoder; it takes a clip policy "
                              "(clips:N, or fps:F,windows:W/S)")
@@ -123,8 +123,7 @@ def validate(cfg: ExtractConfig) -> None:
     if cfg.luv_size != "full" and not (isinstance(cfg.luv_size, (tuple, list)) and len(cfg.luv_size) == 2
                                        and all(isinstance(v, int) and v >= 2 for v in cfg.luv_size)):
         raise OptionError("luv_size", f"expected WxH such as 64x48, or full, got {cfg.luv_size!r}")
-    if cfg.luv_size == "full" and cfg.decoder in ("decord", "torchcodec") and any(
-            p.kind == "keyframes" for p in cfg.policies):
+    if cfg.luv_size == "full" and cfg.decoder in ("decord", "torchcodec") and scores_needed(cfg.policies):
         raise FeatcacheError(f"--luv-size full is scored in the in-order pass; use --decoder auto or pyav, "
                              f"not {cfg.decoder}")
     if cfg.truncated not in ("warn", "fail"):
@@ -304,7 +303,7 @@ def _frame_root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
 def decode_spec(cfg: ExtractConfig, encoder) -> DecodeSpec:
     """What the decoding side needs for this extraction and model: the pipeline's own spec, for
     tools that decode as extraction does (``video.prepare.prepare(item, decode_spec(cfg, enc))``)."""
-    needs_luv = any(p.kind == "keyframes" for p in cfg.policies)
+    needs_luv = scores_needed(cfg.policies)
     return DecodeSpec(cfg.policies, cfg.short_videos, cfg.luv_size if needs_luv else None, cfg.decoder,
                       encoder.short_side, encoder.preprocess["interpolation"], encoder.cfg.img_size, cfg.crops,
                       getattr(encoder, "clip_spec", None), cfg.stream)
@@ -335,8 +334,8 @@ class _Pipeline:
         self.grow = grow or {}
         self.workers = max(0, cfg.decode_workers)  # resolved by run_extract
         self.policies = cfg.policies
-        self.max_count = max([p.count for p in self.policies if p.fixed] or [1])  # stride pools are never short
-        self.needs_luv = any(p.kind == "keyframes" for p in self.policies)
+        self.max_count = short_below(self.policies)  # stride pools are never short
+        self.needs_luv = scores_needed(self.policies)
         self.jobs: deque[_Job] = deque()
         self.inflight = None  # (parts, Pending): the batch submitted last, not yet collected
         self.pin = encoder.device.type == "cuda"

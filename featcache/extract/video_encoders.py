@@ -91,15 +91,15 @@ class VideoEncoder:
         _check_options(cfg)
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        clips = [p for p in policies if getattr(p, "kind", "") in ("clips", "windows")]
+        clips = [p for p in policies if getattr(p, "unit", "") == "clip"]
         self.policy = clips[0] if clips else None  # what clip_prepare cuts (None: a bare encoder, e.g. estimate's)
         self._load(cfg)  # family, facts (preprocessing, sampling), model, weights_info
-        windows = clips and self.policy.kind == "windows"
-        if not windows and self.facts["frame_rate"] is None:
+        own = (self.facts["clip_len"], self.facts["frame_rate"])  # the model's clip length and sampling rate
+        frames, rate = self.policy.clip_shape(*own) if clips else own  # windows:W/S@fps:F cuts its own
+        if rate is None:
             raise FeatcacheError(f"--model {cfg.model}: its files give no sampling rate for clips:N; give "
                                  "--model-arg frame_rate=R (frames per second)")
-        self.frames = self.policy.count if windows else int(self.facts["clip_len"])
-        self.rate = float(self.policy.fps if windows else self.facts["frame_rate"])
+        self.frames, self.rate = int(frames), float(rate)
         self.model.eval().requires_grad_(False).to(self.device)
         self.preprocess = self._preprocess()
         self._mean = torch.tensor(self.facts["mean"]).view(1, 3, 1, 1, 1).to(self.device)

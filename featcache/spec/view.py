@@ -7,26 +7,18 @@ average pooling of the channels (AdViSe's channel compression). It knows its own
 whether a cache can serve it at all. Train, eval, ablate and the dataset all use this one type;
 configs and checkpoints keep it as the flat keys ``view, layers, tokens, spatial, channels``.
 
-Pure: imports only the frame-policy parser and the error type.
+Pure: imports only the frame-policy vocabulary and the error type.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from featcache.errors import FeatcacheError
-from featcache.spec.policy import Policy, parse_policies
+from featcache.spec.policy import FramePolicy, UniformPolicy, parse_policy, scores_needed  # noqa: F401  (parse_policy re-exported)
 
 TOKEN_MODES = ("all", "cls", "patch")
 VIEW_KEYS = ("view", "layers", "tokens", "spatial", "channels", "source")  # the config keys that make up a View
 SOURCES = ("tokens", "cut")
-
-
-def parse_policy(text: str) -> Policy:
-    """Exactly one frame policy (``uniform:8``, ``keyframes:4``); ValueError otherwise."""
-    policies = parse_policies(text)
-    if len(policies) != 1:
-        raise ValueError(f"expected one frame policy such as uniform:8, got {text!r}")
-    return policies[0]
 
 
 @dataclass(frozen=True)
@@ -49,7 +41,7 @@ class View:
     """Frames, layers, tokens and spatial pooling of what a head sees. Hashable: equal views
     read equal data, so it is the key under which a sweep shares one read."""
 
-    frames: Policy = Policy("uniform", 8)  # a policy string is parsed on construction
+    frames: FramePolicy = UniformPolicy(8)  # a policy string is parsed on construction
     layers: tuple[int, ...] = (-1,)  # positions in the cached layers; several are concatenated on channels
     tokens: str = "all"  # all = prefix + patches, cls = prefix tokens only, patch = patches only
     spatial: int = 0  # average-pool the patch grid to spatial x spatial (0 = keep)
@@ -117,7 +109,7 @@ class View:
         pretrain) take one."""
         cached = attrs["frames"]["policies"]
         clip_rows = attrs["tokens"].get("unit") == "clip"
-        if clip_rows != (self.frames.kind in ("clips", "windows")):
+        if clip_rows != (self.frames.unit == "clip"):
             raise FeatcacheError(
                 f"view {self.frames}: the cache holds clips of a video encoder ({', '.join(cached)}); train on "
                 "clips:K (K of its clips per video)" if clip_rows else
@@ -135,10 +127,10 @@ class View:
             raise FeatcacheError(f"view {self.frames}: a dense pool has a different number of frames per video; "
                                  "train on uniform:N or keyframes:N (served from it), or pre-train on it "
                                  "with featcache pretrain")
-        if not self.frames.fixed and str(self.frames) not in cached:
+        if self.frames.served_from == "itself" and str(self.frames) not in cached:
             raise FeatcacheError(f"view {self.frames}: the cache holds {', '.join(cached)}, not this dense pool; "
                                  f"re-extract with --frames {','.join(cached)},{self.frames}")
-        if self.frames.kind == "keyframes" and not any(p.startswith("keyframes") for p in cached):
+        if self.frames.needs_scores and not scores_needed(parse_policy(p) for p in cached):
             raise FeatcacheError(f"view {self.frames}: the cache has no key frames (it holds {', '.join(cached)}); "
                                  f"re-extract with --frames {','.join(cached)},{self.frames}")
         num_layers = len(attrs["layers"])
@@ -166,7 +158,8 @@ class View:
         if self.tokens == "patch":
             prefix = 0
         dim = self.channels or attrs["tokens"]["dim"] * len(self.layers)
-        frames = self.frames.count // self.subset[1] if self.subset else self.frames.count
+        frames = self.frames.fixed_length or 0  # 0: a dense pool's length follows each video
+        frames = frames // self.subset[1] if self.subset else frames
         return Layout(frames, prefix + grid[0] * grid[1], dim, prefix, grid)
 
     @property

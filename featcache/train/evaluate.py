@@ -21,7 +21,7 @@ from featcache.data.annotations import AnnotatedCache, annotate, check_same_mani
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.config import from_dict
-from featcache.spec.policy import Policy
+from featcache.spec.policy import FramePolicy, StridePolicy
 from featcache.spec.view import View, parse_policy
 from featcache.train import checkpoint, metrics
 from featcache.train.clips import coverage, window_starts
@@ -118,7 +118,7 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
     if aggregate not in ("max", "mean"):
         raise OptionError("aggregate", f"expected max or mean, got {aggregate!r}")
     run = _load_run(path, cache, manifest)
-    width = run.cfg.view.frames.count
+    width = run.cfg.view.frames.fixed_length
     if window and window != width:
         raise FeatcacheError(f"--window {window}: the head was trained on {width}-frame clips ({run.cfg.view.frames}); "
                              f"windows must have its length (--window {width})")
@@ -126,7 +126,7 @@ def evaluate_windows(path: str, cache, splits=("test",), out_dir: str | None = N
     if stride < 1:
         raise OptionError("stride", f"must be at least 1, got {stride}")
     # a clip cache's clips (clips:N, windows:W/S@fps:F) are windows too: one clip per window step
-    policy, pool_name, pool_key = _cached_pool(run, pool, lambda p, text: not p.fixed or text.startswith("clips:"),
+    policy, pool_name, pool_key = _cached_pool(run, pool, lambda p, text: not p.fixed or p.unit == "clip",
                                                "--pool {pool}", "sliding windows run over a dense pool of the cache",
                                                "extract with --frames fps:F or stride:S")
     layout = run.cfg.view.layout(run.cache.attrs)
@@ -214,7 +214,7 @@ def _write_views(path: str, protocol: str, placed: list, size: int, num_crops: i
                         " ".join(map(str, served)), box])
 
 
-def _cached_pool(run, pool: str | None, usable, option: str, what: str, hint: str) -> tuple[Policy, str, str]:
+def _cached_pool(run, pool: str | None, usable, option: str, what: str, hint: str) -> tuple[FramePolicy, str, str]:
     """The cached pool ``pool`` (by default the cache's first one ``usable(policy, text)`` accepts),
     its name and its part of the result keys and file names: empty for the default pool (earlier
     names stay), else ``-`` and the pool's name without punctuation (``-stride2``, ``-fps4``), so two
@@ -246,7 +246,7 @@ def _evaluate_dense_clips(run, splits, out_dir, num_clips: int, crops: tuple, co
         raise OptionError("clip_rate", f"must be at least 1, got {rate} (dense clips need --clip-rate R)")
     if num_clips < 1:
         raise OptionError("temporal_views", f"must be at least 1, got {num_clips}")
-    policy, pool_name, pool_key = _cached_pool(run, pool, lambda p, text: p.kind == "stride",  # a stride:S pool
+    policy, pool_name, pool_key = _cached_pool(run, pool, lambda p, text: isinstance(p, StridePolicy),  # a stride:S pool
                                      "--clip-rate", "dense clips are cut from a stride:S pool of the cache",
                                      "extract with --frames stride:1,...")
     views = [dataclasses.replace(run.cfg.view, crop=c) for c in crops]
@@ -383,10 +383,10 @@ def _temporal_views(view: View, count: int) -> list[View]:
         raise OptionError("temporal_views", f"must be at least 1, got {count}")
     if count == 1:
         return [view]
-    if view.frames.kind != "uniform":
+    pool = view.frames.multiview_pool(count)
+    if pool is None:
         raise OptionError("temporal_views", f"the head was trained on {view.frames}; multi-view testing "
                              "serves V interleaved uniform:N views from a uniform:N*V pool, so it needs a uniform view")
-    pool = Policy("uniform", view.frames.count * count)
     return [dataclasses.replace(view, frames=pool, subset=(v, count)) for v in range(count)]
 
 

@@ -118,5 +118,5 @@ def clip_fields(policy, clip: dict, rows: np.ndarray, stamps: np.ndarray, positi
             "policies": {str(policy): positions},
             "clips": {"frame_indices": rows.tolist(), "timestamps": stamps.tolist(), "frames": int(rows.shape[1]),
                       "pts_seconds": (stamps + start).tolist(),
-                      "rate": clip["rate"] if policy.kind == "clips" else policy.fps},
+                      "rate": policy.clip_shape(clip["frames"], clip["rate"])[1]},
             "num_cached_frames": len(rows), "num_clips": len(rows), "short": bool(short)}

@@ -23,14 +23,20 @@ A video encoder (``--model tv:NAME``) sees clips, not frames; the cache holds on
 Identical clips (a short video's repeats) are stored once: a policy's positions may repeat a
 row, as frame policies repeat frames of short videos. Rows are sorted by their frame indices.
 
-Pure: numpy only (``select`` for the pool of ``windows``); the policy type and its parsing are in
+Each kind's selection is registered by its policy class with ``select.register_selection``
+(``(policy, num_frames, fps, stamps, frames, rate) -> (clips (K, T), short)``) and dispatched once,
+in :func:`policy_clips`.
+
+Pure: numpy only (``select`` for the pool of ``windows``); the policy types and their parsing are in
 :mod:`featcache.spec.clip_policy` (no numpy: the policy vocabulary must load without it).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from featcache.spec.clip_policy import CLIP_KINDS, ClipPolicy, parse_clip_parts  # noqa: F401  (re-exported)
+from featcache.spec.clip_policy import ClipsPolicy, WindowsPolicy
+from featcache.spec.frame_policy import FramePolicy
+from featcache.video.select import fps_indices, register_selection, selection, uniform_indices
 
 
 # ------------------------------------------------------------------ torchvision's index maths
@@ -77,8 +83,6 @@ def clips_indices(num_frames: int, fps: float, frames: int, rate: float, count: 
 def windows_indices(pool: np.ndarray, width: int, stride: int) -> tuple[np.ndarray, bool]:
     """(K, width) source frame indices of the windows over a frame pool (source indices, in
     order, repeats allowed), and whether the pool was shorter than one window."""
-    from featcache.video.select import uniform_indices
-
     pool = np.asarray(pool, dtype=np.int64)
     if len(pool) < width:
         return pool[uniform_indices(len(pool), width)][None], True
@@ -86,17 +90,25 @@ def windows_indices(pool: np.ndarray, width: int, stride: int) -> tuple[np.ndarr
     return pool[starts[:, None] + np.arange(width)[None, :]], False
 
 
-def policy_clips(policy: ClipPolicy, num_frames: int, fps: float, stamps: np.ndarray,
+@register_selection(ClipsPolicy)
+def select_clips(policy: ClipsPolicy, num_frames: int, fps: float, stamps: np.ndarray, frames: int,
+                 rate: float) -> tuple[np.ndarray, bool]:
+    return clips_indices(num_frames, fps, frames, rate, policy.clips)
+
+
+@register_selection(WindowsPolicy)
+def select_windows(policy: WindowsPolicy, num_frames: int, fps: float, stamps: np.ndarray, frames: int,
+                   rate: float) -> tuple[np.ndarray, bool]:
+    pool = fps_indices(np.asarray(stamps, dtype=np.float64), policy.fps)
+    return windows_indices(pool, policy.width, policy.stride)
+
+
+def policy_clips(policy: FramePolicy, num_frames: int, fps: float, stamps: np.ndarray,
                  frames: int, rate: float) -> tuple[np.ndarray, bool]:
     """(K, T) source frame indices of every clip ``policy`` picks, in policy order, and whether
     the video was short. ``frames`` / ``rate``: the model's clip length and sampling rate
     (``clips:N``); windows have their own length W and the pool's rate F."""
-    from featcache.video.select import fps_indices
-
-    if policy.kind == "clips":
-        return clips_indices(num_frames, fps, frames, rate, policy.count)
-    pool = fps_indices(np.asarray(stamps, dtype=np.float64), policy.fps)
-    return windows_indices(pool, policy.count, policy.stride)
+    return selection(policy)(policy, num_frames, fps, stamps, frames, rate)
 
 
 def unique_clips(clips: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -108,6 +120,4 @@ def unique_clips(clips: np.ndarray) -> tuple[np.ndarray, list[int]]:
 def spread(positions: list[int], count: int) -> list[int]:
     """``count`` of a video's cached clip positions, evenly (``uniform:count`` over them): the
     clips a ``clips:K`` view takes from a clip cache."""
-    from featcache.video.select import uniform_indices
-
     return [positions[i] for i in uniform_indices(len(positions), count)]

@@ -23,7 +23,7 @@ import numpy as np
 
 from featcache.data.manifest import VideoItem
 from featcache.errors import FeatcacheError
-from featcache.spec.policy import Policy
+from featcache.spec.policy import FramePolicy, short_below
 from featcache.video.decode import DecodeError, decode_video
 from featcache.video.select import select_frames
 
@@ -32,7 +32,7 @@ from featcache.video.select import select_frames
 class DecodeSpec:
     """Everything the decoding side needs (no model): picklable for worker processes."""
 
-    policies: tuple[Policy, ...]  # parsed once, from --frames
+    policies: tuple[FramePolicy, ...]  # parsed once, from --frames
     short_videos: str
     luv_size: tuple[int, int] | str | None  # (w, h) or "full"; only with key-frame policies
     decoder: str
@@ -81,7 +81,7 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
 
         return prepare_clips(item, spec, Prepared, (captured_stderr, _with_log, decoder_log))
     policies = spec.policies
-    max_count = max([p.count for p in policies if p.fixed] or [1])  # stride pools are never short
+    max_count = short_below(policies)  # stride pools are never short
     record = {"video_id": item.video_id, "path": item.path, "split": item.split,
               "labels": list(item.labels), "extra": item.extra}
     chosen = {}
@@ -98,8 +98,8 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
         # a video that gains no frame still needs its frame count and scores: one frame is decoded, dropped
         return new if len(new) else np.asarray(old["frame_indices"][:1])
 
-    fixed = tuple(p for p in policies if p.kind != "keyframes")
-    keep_best = max([p.count for p in policies if p.kind == "keyframes"] or [0])
+    fixed = tuple(p for p in policies if not p.needs_scores)
+    keep_best = max([p.scored_frames for p in policies] or [0])
 
     def guess(n: int, stamps: np.ndarray) -> np.ndarray:
         """What ``pick`` will choose besides key frames if the header's frame count is right."""

@@ -16,14 +16,29 @@ Conventions (documented in docs/decoding.md, relied on by the tests):
 - ``stride:S`` takes every S-th frame, ``0, S, 2S, ...`` (a dense pool: its length follows the
   video's). Frame tokens do not depend on the playback rate, so one ``stride:1`` pool serves every
   rate of a playback-rate pretext task, and ``uniform:N`` views are served from it exactly.
+
+Selection is dispatched once, by the policy's class: each kind's selection function is registered
+here with ``@register_selection(ItsPolicyClass)`` (a kind of your own registers its own, e.g. in
+its module or a test). A frame policy's function takes ``(policy, num_frames, scores, stamps)``
+and returns the source frame indices; a clip policy's (:mod:`featcache.video.clips`) takes
+``(policy, num_frames, fps, stamps, frames, rate)`` and returns its clips.
 """
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 import numpy as np
 
-from featcache.spec.policy import POLICY_KINDS, Policy, parse_policies  # noqa: F401  (re-exported)
+from featcache.spec.policy import (  # noqa: F401  (Policy, parse_policies re-exported)
+    FpsPolicy,
+    FramePolicy,
+    KeyFramePolicy,
+    Policy,
+    StridePolicy,
+    UniformPolicy,
+    parse_policies,
+)
 
 # sRGB (D65) -> CIE XYZ, IEC 61966-2-1.
 _RGB_TO_XYZ = np.array(
@@ -141,27 +156,59 @@ def fps_indices(stamps: np.ndarray, rate: int) -> np.ndarray:
     return np.where(times - left <= right - times, pos - 1, pos).astype(np.int64)
 
 
-def policy_indices(policy: Policy, num_frames: int, scores: np.ndarray | None = None,
+_SELECTIONS: dict[type, Callable] = {}
+
+
+def register_selection(policy_class: type[FramePolicy]):
+    """Decorator: ``fn`` selects the frames (clips) of ``policy_class``'s policies."""
+    def register(fn: Callable) -> Callable:
+        _SELECTIONS[policy_class] = fn
+        return fn
+    return register
+
+
+def selection(policy: FramePolicy) -> Callable:
+    """The selection function registered for ``policy``'s class (or the nearest base class)."""
+    for cls in type(policy).__mro__:
+        if cls in _SELECTIONS:
+            return _SELECTIONS[cls]
+    raise ValueError(f"no selection registered for {policy} ({type(policy).__name__}); "
+                     "register one with featcache.video.select.register_selection")
+
+
+@register_selection(UniformPolicy)
+def select_uniform(policy: UniformPolicy, num_frames: int, scores=None, stamps=None) -> np.ndarray:
+    return uniform_indices(num_frames, policy.frames)
+
+
+@register_selection(StridePolicy)
+def select_stride(policy: StridePolicy, num_frames: int, scores=None, stamps=None) -> np.ndarray:
+    return np.arange(0, num_frames, policy.step, dtype=np.int64)
+
+
+@register_selection(FpsPolicy)
+def select_fps(policy: FpsPolicy, num_frames: int, scores=None, stamps=None) -> np.ndarray:
+    if stamps is None:
+        raise ValueError("fps policy needs the frames' timestamps")
+    return fps_indices(np.asarray(stamps, dtype=np.float64), policy.rate)
+
+
+@register_selection(KeyFramePolicy)
+def select_keyframes(policy: KeyFramePolicy, num_frames: int, scores=None, stamps=None) -> np.ndarray:
+    if scores is None:
+        raise ValueError("keyframes policy needs LUV scores")
+    return keyframe_indices(scores, policy.frames)
+
+
+def policy_indices(policy: FramePolicy, num_frames: int, scores: np.ndarray | None = None,
                    stamps: np.ndarray | None = None) -> np.ndarray:
-    """The source frames one policy picks (the one place that dispatches on a policy's kind):
-    key frames need the LUV ``scores``, ``fps:F`` the frames' timestamps ``stamps`` (seconds)."""
-    if policy.kind == "uniform":
-        return uniform_indices(num_frames, policy.count)
-    if policy.kind == "stride":
-        return np.arange(0, num_frames, policy.count, dtype=np.int64)
-    if policy.kind == "fps":
-        if stamps is None:
-            raise ValueError("fps policy needs the frames' timestamps")
-        return fps_indices(np.asarray(stamps, dtype=np.float64), policy.count)
-    if policy.kind == "keyframes":
-        if scores is None:
-            raise ValueError("keyframes policy needs LUV scores")
-        return keyframe_indices(scores, policy.count)
-    raise ValueError(f"unknown policy kind {policy.kind!r}")
+    """The source frames one frame policy picks, by its registered selection: key frames need the
+    LUV ``scores``, ``fps:F`` the frames' timestamps ``stamps`` (seconds)."""
+    return np.asarray(selection(policy)(policy, num_frames, scores, stamps), dtype=np.int64)
 
 
 def select_frames(
-    policies: tuple[Policy, ...], num_frames: int, scores: np.ndarray | None, stamps: np.ndarray | None = None,
+    policies: tuple[FramePolicy, ...], num_frames: int, scores: np.ndarray | None, stamps: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, list[int]]]:
     """Union of all policies' frames (sorted, unique source indices) and, per policy,
     its positions into that pool (length = the policy's count, repeats allowed)."""

@@ -3,8 +3,8 @@ import pytest
 
 from featcache.errors import FeatcacheError
 from featcache.spec.config import TrainConfig, build_config, from_dict, parse_assignments, to_dict
+from featcache.spec.policy import KeyFramePolicy
 from featcache.spec.view import Layout, View
-from featcache.video.select import Policy
 
 ATTRS = {"frames": {"policies": ["uniform:16", "keyframes:8"]}, "layers": [10, 11],
          "tokens": {"num_prefix_tokens": 1, "grid": [16, 16], "dim": 384}}
@@ -12,8 +12,8 @@ ATTRS = {"frames": {"policies": ["uniform:16", "keyframes:8"]}, "layers": [10, 1
 
 def test_view_parses_once_and_is_hashable():
     v = View("keyframes:4", layers=[0, 1], tokens="patch", spatial=4)
-    assert v.frames == Policy("keyframes", 4) and v.layers == (0, 1)
-    assert v == View(Policy("keyframes", 4), (0, 1), "patch", 4) and len({v, View("keyframes:4", (0, 1), "patch", 4)}) == 1
+    assert v.frames == KeyFramePolicy(4) and v.layers == (0, 1)
+    assert v == View(KeyFramePolicy(4), (0, 1), "patch", 4) and len({v, View("keyframes:4", (0, 1), "patch", 4)}) == 1
     assert str(v) == "keyframes:4 layers=0,1 tokens=patch spatial=4" and str(View()) == "uniform:8"
     assert v.as_dict() == {"view": "keyframes:4", "layers": [0, 1], "tokens": "patch", "spatial": 4, "channels": 0,
                            "source": "tokens"}

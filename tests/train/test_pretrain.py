@@ -14,10 +14,11 @@ from featcache.data.synthetic import make_dataset
 from featcache.errors import FeatcacheError
 from featcache.heads.registry import create_head
 from featcache.spec.config import build_config
+from featcache.spec.policy import StridePolicy
 from featcache.spec.view import View
 from featcache.train import checkpoint
 from featcache.train.pretrain import PRP, make_clips, prp_indices, read_pools
-from featcache.video.select import Policy, parse_policies, select_frames
+from featcache.video.select import parse_policies, select_frames
 
 runner = CliRunner()
 # a 2-block ViT at 112x112 (8x8 patch grid): the grid must be fine enough to see a 2 px/frame scroll
@@ -46,10 +47,10 @@ def test_prp_indices_follow_advise_sampling():
 
 
 def test_stride_policy_is_a_dense_pool():
-    assert parse_policies("stride:2") == (Policy("stride", 2),)
+    assert parse_policies("stride:2") == (StridePolicy(2),)
     pool, positions = select_frames(parse_policies("stride:3,uniform:2"), 10, None)
     assert pool.tolist() == [0, 2, 3, 6, 7, 9] and positions["stride:3"] == [0, 2, 3, 5]
-    assert Policy("stride", 3).length(10) == 4 and not Policy("stride", 3).fixed
+    assert StridePolicy(3).length(10) == 4 and not StridePolicy(3).fixed
 
 
 @pytest.mark.slow

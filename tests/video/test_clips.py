@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from featcache.spec.policy import ClipsPolicy, WindowsPolicy
 from featcache.video.clips import (
-    ClipPolicy,
     _linspace_f32,
     clips_indices,
     resample_indices,
@@ -18,12 +18,14 @@ from featcache.video.select import fps_indices, parse_policies
 
 
 def test_parse_clip_policies():
-    assert parse_policies("clips:4") == (ClipPolicy("clips", 4),)
+    assert parse_policies("clips:4") == (ClipsPolicy(4),)
     (w,) = parse_policies("fps:4,windows:8/4")
-    assert (w.kind, w.count, w.stride, w.fps, str(w)) == ("windows", 8, 4, 4, "windows:8/4@fps:4")
+    assert (w.kind, w.width, w.stride, w.fps, str(w)) == ("windows", 8, 4, 4, "windows:8/4@fps:4")
     assert parse_policies(str(w)) == (w,)  # the stored name parses back (resume, views)
-    assert parse_policies("windows:8/8, fps:2") == (ClipPolicy("windows", 8, 8, 2),)
-    assert not w.fixed and w.length(100) is None and ClipPolicy("clips", 3).length(7) == 3
+    assert parse_policies("windows:8/8, fps:2") == (WindowsPolicy(8, 8, 2),)
+    assert not w.fixed and w.length(100) is None and ClipsPolicy(3).length(7) == 3
+    assert (w.unit, w.served_from, ClipsPolicy(3).served_from, w.needs_scores) == ("clip", "itself", "clips", False)
+    assert w.clip_shape(16, 30.0) == (8, 4) and ClipsPolicy(3).clip_shape(16, 30.0) == (16, 30.0)
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 
-from featcache.video.select import Policy, keyframe_indices, luv_scores, parse_policies, rgb_to_luv, select_frames, uniform_indices
+from featcache.spec.policy import KeyFramePolicy, UniformPolicy
+from featcache.video.select import keyframe_indices, luv_scores, parse_policies, rgb_to_luv, select_frames, uniform_indices
 
 
 def test_parse_policies():
-    assert parse_policies("uniform:16, keyframes:8") == (Policy("uniform", 16), Policy("keyframes", 8))
-    assert str(Policy("keyframes", 8)) == "keyframes:8"
+    assert parse_policies("uniform:16, keyframes:8") == (UniformPolicy(16), KeyFramePolicy(8))
+    assert str(KeyFramePolicy(8)) == "keyframes:8"
 
 
 @pytest.mark.parametrize("text,bad", [("uniform", "uniform"), ("random:8", "random:8"), ("uniform:0", "uniform:0"),
