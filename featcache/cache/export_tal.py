@@ -31,7 +31,7 @@ import numpy as np
 from featcache.cache import schema
 from featcache.cache.store import open_cache
 from featcache.errors import FeatcacheError, OptionError
-from featcache.spec.view import parse_policy
+from featcache.spec.policy import parse_policy
 
 TAL_FORMATS = ("actionformer", "opentad")
 TOKEN_REDUCTIONS = ("cls", "mean")
@@ -41,15 +41,11 @@ EXPORT_FILE = "featcache_export.json"
 def _timeline(policy, record: dict) -> tuple[float, int, int]:
     """(rate R, stride S, source frames per feature) of one video's pool: feature i starts at
     ``i * S / R`` seconds."""
-    kind = policy.kind
-    if kind == "stride":
-        return float(record["source"]["fps"]), policy.count, 1
-    if kind == "fps":
-        return float(policy.count), 1, 1
-    if kind == "windows":
-        return float(policy.fps), policy.stride, policy.count
-    raise OptionError("pool", f"{policy} is not evenly spaced in time; temporal localisation needs a "
-                              "stride:S or fps:F pool (or windows:W/S@fps:F clips): extract with --frames stride:S")
+    clock = policy.clock(record["source"]["fps"])
+    if clock is None:
+        raise OptionError("pool", f"{policy} is not evenly spaced in time; temporal localisation needs a "
+                                  "stride:S or fps:F pool (or windows:W/S@fps:F clips): extract with --frames stride:S")
+    return clock
 
 
 def _check_spacing(vid: str, times: np.ndarray, rate: float, stride: int, fps: float | None) -> None:
@@ -97,11 +93,11 @@ def export_tal(path: str, fmt: str, out: str, pool: str | None = None, layer: in
         raise OptionError("tokens", f"expected cls or mean, got {tokens!r}")
     cache = open_cache(path)
     cached = cache.attrs["frames"]["policies"]
-    pool = pool or next((p for p in cached if p.split(":", 1)[0] in ("stride", "fps", "windows")), None)
+    pool = pool or next((p for p in cached if parse_policy(p).clock(1.0) is not None), None)
     if pool is None or pool not in cached:
         raise OptionError("pool", f"{pool or 'no evenly spaced pool'}: the store holds {', '.join(cached)}; "
                                   "temporal localisation needs a stride:S or fps:F pool (extract with --frames stride:S)")
-    policy = parse_policy(pool) if not pool.startswith("windows:") else _windows(pool)
+    policy = parse_policy(pool)
     token_facts = cache.attrs["tokens"]
     prefix = int(token_facts.get("num_prefix_tokens", 0))
     if tokens == "cls" and not prefix:
@@ -152,12 +148,6 @@ def _write(cache, fmt: str, tmp: str, pool: str, policy, layer: int, tokens: str
                    "provenance": cache.attrs}, f, indent=1)
     return {"videos": len(database), "stride": stride, "frames_per_feature": width, "labels": len(labels),
             "missing": missing, "unannotated": len(unannotated)}
-
-
-def _windows(pool: str):
-    from featcache.spec.policy import parse_policies
-
-    return parse_policies(pool.replace("@", ","))[0]
 
 
 def _entry(vid: str, record: dict, rate: float, given: dict | None) -> dict:

@@ -75,3 +75,6 @@ class WindowsPolicy(FramePolicy):
 
     def clip_shape(self, frames: int | None, rate: float | None) -> tuple[int, float]:
         return self.width, self.fps  # its own windows of the fps:F pool
+
+    def clock(self, source_fps: float) -> tuple[float, int, int]:
+        return float(self.fps), self.stride, self.width  # window i starts at pool frame i * S

@@ -96,6 +96,12 @@ class FramePolicy:
         own (a policy that cuts its own windows overrides them)."""
         return frames, rate
 
+    def clock(self, source_fps: float) -> tuple[float, int, int] | None:
+        """``(rate R, stride S, frames per pick)`` when the picks are evenly spaced in time, pick
+        i at ``i * S / R`` seconds (what temporal-localisation loaders assume), else None (the
+        spacing follows the video's length)."""
+        return None
+
 
 def register_policy(cls: type[FramePolicy]) -> type[FramePolicy]:
     """Class decorator: make ``cls`` the kind its ``prefix`` names in ``--frames`` strings."""

@@ -70,6 +70,9 @@ class StridePolicy(FramePolicy):
     def length(self, num_frames: int) -> int:
         return -(-num_frames // self.step)
 
+    def clock(self, source_fps: float) -> tuple[float, int, int]:
+        return float(source_fps), self.step, 1  # frames 0, S, 2S, ... of the source's rate
+
 
 @register_policy
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class FpsPolicy(FramePolicy):
     form = "fps:F"
     served_from = "itself"
     rate: int
+
+    def clock(self, source_fps: float) -> tuple[float, int, int]:
+        return float(self.rate), 1, 1  # the frame nearest to i / F seconds
 
 
 # the view a cache serves when none is given: its first cached policy of this class, else this one

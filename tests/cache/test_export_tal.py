@@ -125,12 +125,15 @@ def test_export_refuses_what_the_loaders_cannot_place(stride_store, tmp_path):
 def test_variable_frame_rate_is_refused_with_its_drift():
     from featcache.cache.export_tal import _check_spacing, _timeline
     from featcache.errors import FeatcacheError
-    from featcache.spec.policy import parse_policies
+    from featcache.spec.policy import parse_policy
 
     times = np.arange(5) * 4 / 25.0
     _check_spacing("v", times, 25.0, 4, 25.0)  # constant rate: fine
     times[3] += 0.05  # more than half a frame (0.02 s) late
     with pytest.raises(FeatcacheError, match=r"v: feature 3 starts at 0.530 s, not 0.480 s"):
         _check_spacing("v", times, 25.0, 4, 25.0)
-    windows = parse_policies("fps:8,windows:16/4")[0]
-    assert _timeline(windows, {"source": {"fps": 30.0}}) == (8.0, 4, 16)
+    source = {"source": {"fps": 30.0}}
+    assert _timeline(parse_policy("windows:16/4@fps:8"), source) == (8.0, 4, 16)
+    assert _timeline(parse_policy("stride:4"), source) == (30.0, 4, 1)
+    assert _timeline(parse_policy("fps:2"), source) == (2.0, 1, 1)
+    assert parse_policy("uniform:8").clock(30.0) is None and parse_policy("clips:2").clock(30.0) is None
