@@ -276,3 +276,22 @@ class Metrics(Record):
             value = getattr(self, name)
             return default if value is None else value
         return self.extra.get(name, default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochRecord(Record):
+    """One line of ``log.jsonl``: the epoch, its wall time (``seconds``), and its values
+    (``values``: ``train/loss``, ``lr``, ``val/top1``, ...; the keys this type does not name)."""
+
+    KEYS = ("epoch", "seconds")
+
+    epoch: int | None = None
+    seconds: float | None = None
+
+    @property
+    def values(self) -> dict:
+        return dict(self.extra)
+
+    def numbers(self) -> dict:
+        """The values that are numbers (booleans left out): what a logger plots."""
+        return {k: v for k, v in self.extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

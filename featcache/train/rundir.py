@@ -24,7 +24,7 @@ import json
 import os
 
 from featcache.errors import FeatcacheError
-from featcache.train.meta import Metrics, RunMeta
+from featcache.train.meta import EpochRecord, Metrics, RunMeta
 from featcache.train.tracking import TB_FILES
 
 CONFIG, LOG, METRICS, CURVES = "config.yaml", "log.jsonl", "metrics.json", "curves.png"
@@ -105,16 +105,21 @@ def read_results(run_dir: str) -> Metrics:
     return Metrics.from_json(read_metrics(run_dir))
 
 
-def append_log(run_dir: str, record: dict) -> None:
+def append_log(run_dir: str, record: EpochRecord | dict) -> None:
     """One epoch's record, one line of ``log.jsonl``."""
     with open(os.path.join(run_dir, LOG), "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(record.to_json() if isinstance(record, EpochRecord) else record) + "\n")
 
 
 def read_log(run_dir: str) -> list[dict]:
     """Every epoch's record in ``log.jsonl`` (resumed epochs included), in order."""
     with open(os.path.join(run_dir, LOG)) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_epochs(run_dir: str) -> list[EpochRecord]:
+    """``log.jsonl`` parsed: one :class:`~featcache.train.meta.EpochRecord` per epoch."""
+    return [EpochRecord.from_json(r) for r in read_log(run_dir)]
 
 
 def remove_last(run_dir: str) -> None:
