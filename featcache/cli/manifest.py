@@ -22,8 +22,8 @@ def _convert(out: str, root: str, converter, *args) -> None:
     with user_errors():
         rows, notes = converter(root, *args)
         write_manifest(rows, out, root, notes, source={"converter": converter.__name__, "arguments": list(args)})
-    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
-    labels = len({lb for r in rows for lb in r["label"].split(";") if lb})
+    counts = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test")}
+    labels = len({lb for r in rows for lb in r.label.split(";") if lb})
     typer.echo(f"wrote {out} (provenance: {provenance_path(out)}): {len(rows)} videos {counts}, {labels} labels; "
                f"check it with featcache manifest check {out}")
 
@@ -143,7 +143,8 @@ def manifest_folder(root: str = typer.Argument(..., help="Folder with <class>/<v
         if group is not None:
             from featcache.data.manifest import split_by_group
 
-            notes = [notes[0].split(";")[0] + "; " + split_by_group(rows, group, val_fraction, test_fraction, seed)]
+            rows, note = split_by_group(rows, group, val_fraction, test_fraction, seed)
+            notes = [notes[0].split(";")[0] + "; " + note]
         return rows, notes
 
     grouped.__name__ = "folder"
