@@ -309,12 +309,59 @@ def has_paths(path: str) -> bool:
     return "path" in [c.strip() for c in header]
 
 
-def check_manifest(path: str, probe=None) -> tuple[dict, list[str]]:
+@dataclass(frozen=True)
+class CacheMatch:
+    """A manifest's ids matched to a cache (``manifest check --cache``): how many it lists that
+    the cache lacks (``missing``) or holds failed, how many done videos it does not list, and a
+    note naming those."""
+
+    path: str
+    missing: int
+    unlisted: int
+    failed: int
+    note: str | None = None
+
+    def to_json(self) -> dict:
+        out = {"path": self.path, "missing": self.missing, "unlisted": self.unlisted, "failed": self.failed}
+        return {**out, "note": self.note} if self.note is not None else out
+
+
+@dataclass(frozen=True)
+class ManifestFacts:
+    """What ``manifest check`` reports about a manifest (``--json`` prints :meth:`to_json`)."""
+
+    annotated: bool  # any split given (a list of paths to extract from has none)
+    videos: int
+    per_split: dict[str, int]
+    missing_files: int
+    unreadable_files: int
+    duplicate_ids: int
+    paths: bool  # the manifest names video files (a training manifest may not)
+    classes: int
+    classes_per_split: dict[str, int]
+    multi_label: bool
+    unlabelled: int
+    smallest_classes: list[tuple[str, int]]  # the 3 train classes with the fewest videos
+    largest_classes: list[tuple[str, int]]
+    cache: CacheMatch | None = None
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "cache"}
+        return {**out, "cache": self.cache.to_json()} if self.cache is not None else out
+
+    def replace(self, **changes) -> ManifestFacts:
+        return dataclasses.replace(self, **changes)
+
+
+def check_manifest(path: str, check_video=None, probe=None) -> tuple[ManifestFacts, list[str]]:
     """Facts about a manifest and the errors in it: duplicate ids, missing files, files
-    ``probe(path)`` finds unreadable (it returns a reason or None), classes without training
+    ``check_video(path)`` finds unreadable (it returns a reason or None), classes without training
     videos. A training manifest without paths (``video_id,label,split``) is checked for its labels
-    and splits. Bad columns and unreadable text raise FeatcacheError."""
+    and splits. Bad columns and unreadable text raise FeatcacheError. (``probe`` is the old name of
+    ``check_video``, still accepted.)"""
     from collections import Counter
+
+    check_video = check_video or probe
 
     paths = has_paths(path)
     duplicates: list[str] = []
@@ -322,8 +369,8 @@ def check_manifest(path: str, probe=None) -> tuple[dict, list[str]]:
     missing = [it for it in items if paths and not os.path.isfile(it.path)]
     broken, absent = {}, {it.video_id for it in missing}
     for it in items:
-        if probe is not None and paths and it.video_id not in absent:
-            reason = probe(it.path)
+        if check_video is not None and paths and it.video_id not in absent:
+            reason = check_video(it.path)
             if reason:
                 broken[it.video_id] = reason
     per_split = {s: [it for it in items if it.split == s] for s in SPLITS}
@@ -337,19 +384,19 @@ def check_manifest(path: str, probe=None) -> tuple[dict, list[str]]:
     annotated = any(it.split for it in items)  # an extraction manifest (a list of paths) holds no splits
     if annotated and not per_split["train"]:
         errors.append("no videos in the train split")
-    facts = {
-        "annotated": annotated,
-        "videos": len(items),
-        "per_split": {s: len(its) for s, its in per_split.items()},
-        "missing_files": len(missing),
-        "unreadable_files": len(broken),
-        "duplicate_ids": len(duplicates),
-        "paths": paths,
-        "classes": len({lb for ls in labels.values() for lb in ls}),
-        "classes_per_split": {s: len(ls) for s, ls in labels.items()},
-        "multi_label": any(len(it.labels) > 1 for it in items),
-        "unlabelled": sum(1 for it in items if not it.labels),
-        "smallest_classes": sorted(train_counts.items(), key=lambda kv: (kv[1], kv[0]))[:3],
-        "largest_classes": sorted(train_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3],
-    }
+    facts = ManifestFacts(
+        annotated=annotated,
+        videos=len(items),
+        per_split={s: len(its) for s, its in per_split.items()},
+        missing_files=len(missing),
+        unreadable_files=len(broken),
+        duplicate_ids=len(duplicates),
+        paths=paths,
+        classes=len({lb for ls in labels.values() for lb in ls}),
+        classes_per_split={s: len(ls) for s, ls in labels.items()},
+        multi_label=any(len(it.labels) > 1 for it in items),
+        unlabelled=sum(1 for it in items if not it.labels),
+        smallest_classes=sorted(train_counts.items(), key=lambda kv: (kv[1], kv[0]))[:3],
+        largest_classes=sorted(train_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3],
+    )
     return facts, errors

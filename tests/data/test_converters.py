@@ -172,7 +172,7 @@ def test_check_reports_classes_without_training_videos(tmp_path):
     path.write_text("video_id,path,label,split\na,a.mp4,x,train\nb,b.mp4,x,train\nc,c.mp4,y,test\n")
     facts, errors = check_manifest(str(path))
     assert errors == ["class 'y' has no training videos (it appears only in val/test)"]
-    assert facts["smallest_classes"] == [("x", 2)] and facts["per_split"] == {"train": 2, "val": 0, "test": 1}
+    assert facts.smallest_classes == [("x", 2)] and facts.per_split == {"train": 2, "val": 0, "test": 1}
     path.write_text("video_id,path,label,split\na,a.mp4,x,train\na,b.mp4,x,train\n")
     r = runner.invoke(app, ["manifest", "check", str(path)])
     assert r.exit_code == 1 and "duplicate video_id 'a'" in r.output  # an error of the check (docs/bad-input.md)
