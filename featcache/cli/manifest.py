@@ -9,7 +9,7 @@ import typer
 
 from featcache.cli.app import app, user_errors
 
-manifest_app = typer.Typer(help="Build manifests from standard dataset layouts, and check them.", no_args_is_help=True)
+manifest_app = typer.Typer(help="Build manifests from standard datasets' folders and split files, and check them.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 _OUT = typer.Option(..., "--out", "-o", help="The manifest CSV to write.")
 _VAL = typer.Option(0.1, help="Fraction of train carved into val (deterministic, seeded).")
@@ -134,7 +134,7 @@ def manifest_folder(root: str = typer.Argument(..., help="Folder with <class>/<v
                     group: Optional[str] = typer.Option(None, "--group", help="A regular expression on file names whose "
                                                         "match (its first group, if any) names a group of clips of one "
                                                         "source, kept in one split (UCF101: '_g(\\d+)_').")):
-    """A generic root/<class>/<video> layout with a deterministic, seeded train/val/test split
+    """A generic root/<class>/<video> folder tree with a deterministic, seeded train/val/test split
     (per video, or per group of clips with --group)."""
     from featcache.data import converters
 

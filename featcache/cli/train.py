@@ -223,7 +223,7 @@ def pretrain(
 
 def finetune_command(cache: str, cfg, out: str) -> str:
     """The `featcache train` command that fine-tunes a pre-training: the head's options and the
-    token layout (layers, tokens, spatial, channels) must be the pre-training's for --init."""
+    token selection (layers, tokens, spatial, channels) must be the pre-training's for --init."""
     import shlex
 
     from featcache.spec.config import TrainConfig

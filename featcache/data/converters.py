@@ -1,4 +1,4 @@
-"""Manifests from the official layouts and split files of standard datasets.
+"""Manifests from the official folder trees and split files of standard datasets.
 
 Each converter returns ``(rows, notes)``: :class:`~featcache.data.manifest.ManifestRow` rows
 (``video_id, path, label, split`` + extra columns), paths relative to the dataset root, and notes recording how the split was made (written

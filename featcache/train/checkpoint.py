@@ -2,7 +2,7 @@
 
 A checkpoint records the head name, where its class came from (``head_source``: built in, or a
 user's file path + sha256, or module + version) and constructor arguments, the resolved training config,
-the class list and task, and the fingerprint and path of the cache it was trained on, so that
+the class list and whether it is multi-label, and the fingerprint and path of the cache it was trained on, so that
 ``featcache eval`` can refuse a cache from another model or preprocessing.
 """
 from __future__ import annotations
@@ -68,8 +68,8 @@ def load_trainable(head: torch.nn.Module, state: dict) -> None:
 def init_from(head: torch.nn.Module, head_name: str, view_dict: dict, path: str) -> str:
     """Load the transferable part of a pre-trained head (``featcache pretrain``) into ``head``: the
     parameters under the head class's ``transferable`` prefixes (r3d: the TMM stage; the
-    classifier stays new). The token layout of the two views (layers, tokens, spatial, channels)
-    must match. Returns the checkpoint file used."""
+    classifier stays new). The token selection of the two views (layers, tokens, spatial,
+    channels) must match. Returns the checkpoint file used."""
     if os.path.isdir(path):
         path = checkpoint_path(path, "best")
     ckpt = read(path)
@@ -81,7 +81,7 @@ def init_from(head: torch.nn.Module, head_name: str, view_dict: dict, path: str)
     ours = {k: view_dict[k] for k in keys}
     if theirs != ours:
         show = lambda d: ", ".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
-        raise FeatcacheError(f"--init {path}: the pre-training's token layout ({show(theirs)}) differs from this "
+        raise FeatcacheError(f"--init {path}: the pre-training's token selection ({show(theirs)}) differs from this "
                              f"run's ({show(ours)}); they must match")
     prefixes = getattr(type(head), "transferable", ())
     if not prefixes:

@@ -103,12 +103,12 @@ def test_prp_pretraining_learns_rate_where_frame_averaging_cannot(dense, tmp_pat
                              "--out", str(tmp_path / "ft"), "-q"])
     assert ft.exit_code == 0, ft.output
     assert "init: " in open(tmp_path / "ft" / "config.yaml").read()
-    # a different token layout is refused in one line
+    # a different token selection is refused in one line
     bad = runner.invoke(app, ["train", dense, "--head", "r3d", "--view", "uniform:8", "--init", str(tmp_path / "prp"),
                               "--set", "spatial=4", "--set", "head.hidden=64", "--set", "head.out_dim=128",
                               "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
-    assert "token layout (layers=[-1], tokens=all, spatial=0, channels=0) differs" in bad.stderr
+    assert "token selection (layers=[-1], tokens=all, spatial=0, channels=0) differs" in bad.stderr
     wide = runner.invoke(app, ["train", dense, "--head", "r3d", "--view", "uniform:8", "--init", str(tmp_path / "prp"),
                                "--out", str(tmp_path / "wide")])
     assert wide.exit_code == 2 and "give the head the pre-training's options" in wide.stderr
