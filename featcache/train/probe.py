@@ -10,6 +10,10 @@ both concatenated (``feature``). Then:
   regularisation C chosen on val from a log grid (DINOv2's ``eval/log_regression.py`` searches C
   on a held-out split the same way), then refit on train.
 
+"Probe" here means these closed-form baselines only (``probe:`` in their config.yaml, the
+``featcache probe`` command); the papers' *linear* or *attentive probe* is a trained head
+(``--head linear``, ``--head attentive``).
+
 Same outputs as ``featcache train``: config.yaml, metrics.json (val/..., test/..., and the chosen
 ``knn/k`` or ``logreg/C``), predictions_<split>.csv, per_class_<split>.csv, confusion matrices.
 """
