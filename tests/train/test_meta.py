@@ -196,3 +196,20 @@ def test_metrics_of_a_probe_keep_their_hyper_parameters():
     metrics = Metrics.from_json(stored)
     assert metrics.best_epoch is None and metrics.to_json() == stored and metrics.get("knn/k") == 10
     assert metrics.get("best_epoch", -1) == -1
+
+
+def test_a_probe_run_and_its_log_round_trip(run, tmp_path):
+    from featcache.train.probe import run_probe
+
+    cache_path, cfg, out = run
+    results = run_probe(cache_path, build_config({"view": "uniform:4"}), str(tmp_path / "knn"), "knn", "mean")
+    meta = rundir.read_meta(str(tmp_path / "knn"))
+    assert same(meta.to_json(), rundir.read_config(str(tmp_path / "knn")))
+    assert meta.probe.method == "knn" and meta.probe.feature == "mean" and meta.head_source is None
+    assert meta.probe.choice == {"knn/k": results["knn/k"], "knn/T": 0.07}
+    assert list(rundir.read_config(str(tmp_path / "knn"))) == ["cache", "classes", "multi_label", "probe", "config",
+                                                               "manifest"]
+    epochs = rundir.read_epochs(out)  # the training run's log.jsonl
+    assert [e.epoch for e in epochs] == [0, 1] and all(e.seconds > 0 and "train/loss" in e.values for e in epochs)
+    assert [e.to_json() for e in epochs] == rundir.read_log(out)
+    assert "epoch" not in epochs[0].numbers() and "lr" in epochs[0].numbers()

@@ -15,7 +15,7 @@ from featcache.errors import FeatcacheError
 from featcache.heads.registry import create_head
 from featcache.spec.config import build_config
 from featcache.spec.view import View
-from featcache.train import checkpoint
+from featcache.train import checkpoint, rundir
 from featcache.train.pretrain import PRP, make_clips, prp_indices, read_pools
 from featcache.video.select import Policy, parse_policies, select_frames
 
@@ -95,6 +95,9 @@ def test_prp_pretraining_learns_rate_where_frame_averaging_cannot(dense, tmp_pat
     assert r3d["prp/val_clips"] == 32 and r3d["prp/train_clips_rounded"] == 0
     for name in ("config.yaml", "log.jsonl", "best.pt", "curves.png"):
         assert (tmp_path / "prp" / name).exists()
+    meta = rundir.read_meta(str(tmp_path / "prp"))  # a pre-training's record reads back exactly
+    assert meta.to_json() == rundir.read_config(str(tmp_path / "prp")) and meta.pretext.name == "prp"
+    assert meta.pretext.extra["rates"] == [1, 2, 4, 8] and checkpoint.read(str(tmp_path / "prp" / "best.pt")).is_pretraining
     assert len(open(tmp_path / "prp" / "log.jsonl").read().splitlines()) == 15
 
     # fine-tune from it: the TMM stage starts as pre-trained, the classifier is new
