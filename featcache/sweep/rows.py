@@ -38,15 +38,11 @@ class CellResult:
     def from_json(cls, data: Mapping[str, Any] | CellResult) -> CellResult:
         if isinstance(data, cls):
             return data
-        known = {k: data[k] for k in _FIELDS if k in data}
-        if "runs" in known:
-            known["runs"] = tuple(known["runs"])
+        known = {k: tuple(data[k]) if k == "runs" else data[k] for k in _FIELDS if k in data}
         return cls(**known, extra={k: v for k, v in data.items() if k not in _FIELDS})
 
     def to_json(self) -> dict:
-        out = {k: getattr(self, k) for k in _FIELDS}
-        out["runs"] = list(self.runs)
-        return {**out, **self.extra}
+        return {**{k: list(self.runs) if k == "runs" else getattr(self, k) for k in _FIELDS}, **self.extra}
 
     def replace(self, **changes) -> CellResult:
         return dataclasses.replace(self, **changes)
