@@ -84,8 +84,8 @@ def ablate(
         from featcache.sweep.leaderboard import best_cell
 
         best = best_cell(rows, sweep.axes, sweep.metric, sweep.goal)  # the leaderboard's first row (seeds averaged)
-        ci = best.get("ci", {}).get(sweep.metric)
-        typer.echo(f"best: {best['cell']} {sweep.metric} {best['metrics'][sweep.metric]:.4f}"
+        ci = best.ci.get(sweep.metric)
+        typer.echo(f"best: {best.cell} {sweep.metric} {best.score(sweep.metric):.4f}"
                    + (f" (95% bootstrap interval {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
                    + (" (ranked on test: not a valid protocol, see the warning above)" if sweep.metric.startswith("test/") else "")
                    + "; "

@@ -1,7 +1,6 @@
 """`featcache demo`: generate motion clips, extract them once, sweep three heads from the cache."""
 from __future__ import annotations
 
-import csv
 import os
 import time
 
@@ -24,6 +23,7 @@ def demo(
 ):
     """The whole two-stage story: motion clips -> one extraction -> a sweep of three heads from the
     cache -> OUT/leaderboard.{csv,md,png}, where a temporal head beats average pooling."""
+    from featcache.data.manifest import read_manifest
     from featcache.errors import FeatcacheError
     from featcache.extract.encoder import EncoderConfig
     from featcache.launch.demo import report, run_demo
@@ -35,8 +35,7 @@ def demo(
         encoder = EncoderConfig(model=model, weights=weights, img_size=img_size, precision=precision,
                                 model_args=parse_kv(model_arg, "--model-arg"))
         rows = run_demo(out, per_class, encoder, epochs, echo=typer.echo, show_progress=not quiet)
-    with open(os.path.join(out, "manifest.csv"), newline="") as f:
-        test_clips = sum(r["split"] == "test" for r in csv.DictReader(f))
+    test_clips = sum(item.split == "test" for item in read_manifest(os.path.join(out, "manifest.csv")))
     for line in report(out, rows, test_clips):
         typer.echo(line)
     typer.echo(f"demo finished in {time.perf_counter() - start:.0f} s")

@@ -9,7 +9,7 @@ import typer
 
 from featcache.cli.app import app, user_errors
 
-manifest_app = typer.Typer(help="Build manifests from standard dataset layouts, and check them.", no_args_is_help=True)
+manifest_app = typer.Typer(help="Build manifests from standard datasets' folders and split files, and check them.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 _OUT = typer.Option(..., "--out", "-o", help="The manifest CSV to write.")
 _VAL = typer.Option(0.1, help="Fraction of train carved into val (deterministic, seeded).")
@@ -22,8 +22,8 @@ def _convert(out: str, root: str, converter, *args) -> None:
     with user_errors():
         rows, notes = converter(root, *args)
         write_manifest(rows, out, root, notes, source={"converter": converter.__name__, "arguments": list(args)})
-    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
-    labels = len({lb for r in rows for lb in r["label"].split(";") if lb})
+    counts = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test")}
+    labels = len({lb for r in rows for lb in r.label.split(";") if lb})
     typer.echo(f"wrote {out} (provenance: {provenance_path(out)}): {len(rows)} videos {counts}, {labels} labels; "
                f"check it with featcache manifest check {out}")
 
@@ -134,7 +134,7 @@ def manifest_folder(root: str = typer.Argument(..., help="Folder with <class>/<v
                     group: Optional[str] = typer.Option(None, "--group", help="A regular expression on file names whose "
                                                         "match (its first group, if any) names a group of clips of one "
                                                         "source, kept in one split (UCF101: '_g(\\d+)_').")):
-    """A generic root/<class>/<video> layout with a deterministic, seeded train/val/test split
+    """A generic root/<class>/<video> folder tree with a deterministic, seeded train/val/test split
     (per video, or per group of clips with --group)."""
     from featcache.data import converters
 
@@ -143,7 +143,8 @@ def manifest_folder(root: str = typer.Argument(..., help="Folder with <class>/<v
         if group is not None:
             from featcache.data.manifest import split_by_group
 
-            notes = [notes[0].split(";")[0] + "; " + split_by_group(rows, group, val_fraction, test_fraction, seed)]
+            rows, note = split_by_group(rows, group, val_fraction, test_fraction, seed)
+            notes = [notes[0].split(";")[0] + "; " + note]
         return rows, notes
 
     grouped.__name__ = "folder"
@@ -162,34 +163,35 @@ def manifest_check(path: str = typer.Argument(..., help="A manifest, or a traini
     from featcache.data.manifest import check_manifest
 
     with user_errors():
-        facts, errors = check_manifest(path, probe=None if no_probe else probe_video)
+        facts, errors = check_manifest(path, check_video=None if no_probe else video_problem)
         if cache:
-            errors += _against_cache(path, cache, facts)
+            match, more = _against_cache(path, cache)
+            facts, errors = facts.replace(cache=match), errors + more
     if as_json:
-        typer.echo(json.dumps({**facts, "errors": errors}, indent=2))
+        typer.echo(json.dumps({**facts.to_json(), "errors": errors}, indent=2))
     else:
-        typer.echo(f"{path}: {facts['videos']} videos {facts['per_split']}; {facts['classes']} classes "
-                   f"{facts['classes_per_split']}; multi-label: {facts['multi_label']}; unlabelled: {facts['unlabelled']}")
-        if facts["annotated"]:
-            typer.echo(f"train class balance: smallest {facts['smallest_classes']}, largest {facts['largest_classes']}")
+        typer.echo(f"{path}: {facts.videos} videos {facts.per_split}; {facts.classes} classes "
+                   f"{facts.classes_per_split}; multi-label: {facts.multi_label}; unlabelled: {facts.unlabelled}")
+        if facts.annotated:
+            typer.echo(f"train class balance: smallest {facts.smallest_classes}, largest {facts.largest_classes}")
         else:
             typer.echo("no labels or splits: a manifest to extract from; give them at training time (--manifest)")
-        if not facts["paths"]:
+        if not facts.paths:
             typer.echo("no paths: a training manifest (labels and splits)"
                        + ("; matched to the cache's videos" if cache else "; give --cache C.zarr to match it to a cache"))
-        if (facts.get("cache") or {}).get("note"):
-            typer.echo(f"note: {facts['cache']['note']}")
+        if facts.cache and facts.cache.note:
+            typer.echo(f"note: {facts.cache.note}")
         for e in errors[:20]:
             typer.echo(f"error: {e}")
         if len(errors) > 20:
             typer.echo(f"... and {len(errors) - 20} more errors")
-        typer.echo(f"check {'FAILED' if errors else 'ok'}: {len(errors)} error(s), {facts['missing_files']} missing "
-                   f"file(s), {facts['unreadable_files']} unreadable, {facts['duplicate_ids']} duplicate id(s)")
+        typer.echo(f"check {'FAILED' if errors else 'ok'}: {len(errors)} error(s), {facts.missing_files} missing "
+                   f"file(s), {facts.unreadable_files} unreadable, {facts.duplicate_ids} duplicate id(s)")
     if errors:
         raise typer.Exit(1)
 
 
-def probe_video(path: str) -> Optional[str]:
+def video_problem(path: str) -> Optional[str]:
     """Why PyAV cannot read the video at ``path`` as a whole (None: it can): no video stream, no
     first frame (random bytes, a 0-byte file), or fewer packets than the header promises frames
     (a file cut short: its header still says the full length). Packets are demuxed, not decoded."""
@@ -222,19 +224,20 @@ def probe_video(path: str) -> Optional[str]:
     return f"damaged: {damaged[2:]}" if damaged else None
 
 
-def _against_cache(path: str, cache_path: str, facts: dict) -> list[str]:
-    """Errors of a manifest matched to a cache: its ids the cache does not hold done (or holds
-    failed); the cache's done videos it does not list are a note in ``facts``."""
+def _against_cache(path: str, cache_path: str):
+    """A manifest matched to a cache: the counts (:class:`~featcache.data.manifest.CacheMatch`),
+    with a note naming the cache's done videos it does not list, and the errors: its ids the
+    cache does not hold done (or holds failed)."""
     from featcache.cache.store import open_cache
     from featcache.data.annotations import load_annotations
+    from featcache.data.manifest import CacheMatch
 
     ann = load_annotations(open_cache(cache_path), path)
     few = lambda ids: ", ".join(ids[:5]) + (f", ... ({len(ids)})" if len(ids) > 5 else "")  # noqa: E731
-    facts["cache"] = {"path": cache_path, "missing": len(ann.missing), "unlisted": len(ann.unlisted),
-                      "failed": len(ann.failed)}
     errors = []
     if ann.missing:
         errors.append(f"{len(ann.missing)} id(s) not cached (done) in {cache_path}: {few(ann.missing)}")
-    if ann.unlisted:  # a subset (a class subset, another split) is a choice, not an error
-        facts["cache"]["note"] = f"{len(ann.unlisted)} cached video(s) not in the manifest (not trained on): {few(ann.unlisted)}"
-    return errors
+    # a subset (a class subset, another split) is a choice, not an error
+    note = f"{len(ann.unlisted)} cached video(s) not in the manifest (not trained on): {few(ann.unlisted)}" \
+        if ann.unlisted else None
+    return CacheMatch(cache_path, len(ann.missing), len(ann.unlisted), len(ann.failed), note), errors

@@ -72,9 +72,13 @@ def train(
 def summary_lines(cfg, results: dict, out: str) -> list[str]:
     """What a finished `train` prints: the kept epoch and the val/test metrics, or, where a split
     is empty, that it was not evaluated (never a bare "best epoch 0;")."""
-    shown = {k: v for k, v in results.items() if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "macro_f1", "mAP")}
-    kept = f"best epoch {results['best_epoch']} on val" if cfg.select == "val" else \
-        f"kept the last epoch ({results['best_epoch']}, select: last)"
+    from featcache.train.meta import Metrics
+
+    metrics = Metrics.from_json(results)
+    shown = {k: v for k, v in metrics.scores.items()
+             if k.split("/")[-1] in ("top1", "top5", "mean_class_acc", "macro_f1", "mAP")}
+    kept = f"best epoch {metrics.best_epoch} on val" if cfg.select == "val" else \
+        f"kept the last epoch ({metrics.best_epoch}, select: last)"
     missing = [s for s in ("val", "test") if not any(k.startswith(f"{s}/") for k in shown)]
     lines = [f"trained {cfg.head} on {cfg.view}; {kept}"
              + "".join(f"; {k} {v:.4f}" for k, v in sorted(shown.items()))]
@@ -197,6 +201,7 @@ def pretrain(
     fine-tune with `featcache train --init RUN_DIR`."""
     from featcache.spec.config import TrainConfig
     from featcache.spec.view import View
+    from featcache.train.meta import Metrics
     from featcache.train.pretrain import run_pretrain
 
     again = _resume_command(cache, head, view, config, set_, None, manifest, out, command="pretrain", task=task)
@@ -209,15 +214,16 @@ def pretrain(
         cfg = _train_config(config, set_, head, view, base=base, manifest=manifest)
         results = run_pretrain(cache, cfg, out, task_name=task, overwrite=overwrite, show_progress=not quiet,
                                echo=typer.echo, resume=resume)
-    rate = results.get("val/top1")
-    typer.echo(f"pre-trained {cfg.head} on {task}; best epoch {results['best_epoch']}; "
+    metrics = Metrics.from_json(results)
+    rate = metrics.get("val/top1")
+    typer.echo(f"pre-trained {cfg.head} on {task}; best epoch {metrics.best_epoch}; "
                + (f"val rate accuracy {rate:.4f} (chance {1 / 4:.2f})" if rate is not None else "no val split"))
     typer.echo(f"run directory: {out}; fine-tune: {finetune_command(cache, cfg, out)}")
 
 
 def finetune_command(cache: str, cfg, out: str) -> str:
     """The `featcache train` command that fine-tunes a pre-training: the head's options and the
-    token layout (layers, tokens, spatial, channels) must be the pre-training's for --init."""
+    token selection (layers, tokens, spatial, channels) must be the pre-training's for --init."""
     import shlex
 
     from featcache.spec.config import TrainConfig
@@ -271,16 +277,17 @@ def heads(head: Optional[str] = typer.Option(None, "--head", help="Only this hea
     """List the heads (built in, and registered by installed packages under the entry-point group
     featcache.heads) and their options with defaults; --head lists one, your own included."""
     from featcache.heads.registry import REQUIRED, head_options, head_source, list_heads
+    from featcache.train.meta import HeadSource
 
     with user_errors():
         for name in [head] if head else list_heads():
             try:
-                options, source = head_options(name), head_source(name)
+                options, source = head_options(name), HeadSource.from_json(head_source(name))
             except ValueError as exc:
                 if head:
                     raise FeatcacheError(f"--head: {exc}") from None
                 typer.echo(f"{name:12s} (an installed entry point that cannot be loaded: {exc})")
                 continue
             opts = ", ".join(f"{k}=<required>" if v is REQUIRED else f"{k}={v!r}" for k, v in options.items())
-            origin = "" if source["kind"] == "builtin" else f"   [{source.get('path') or source['module']}]"
+            origin = "" if source.builtin else f"   [{source.where}]"
             typer.echo(f"{name:12s} {opts}{origin}")

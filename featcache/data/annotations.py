@@ -187,11 +187,6 @@ def check_selection(ann: Annotations, select: str, metric: str = "") -> None:
                          "--set val_fraction=0.1, or keep the last epoch with --set select=last")
 
 
-def run_annotations(meta: dict) -> str | None:
-    """The manifest a run was trained with (from its config.yaml / checkpoint), or None."""
-    return (meta.get("manifest") or {}).get("path")
-
-
 def check_same_manifest(recorded: dict | None, path: str) -> None:
     """Refuse a run's manifest that changed on disk since it was trained (its sha256 differs)."""
     if recorded and recorded.get("sha256") and os.path.isfile(path) and file_sha256(path) != recorded["sha256"]:

@@ -1,7 +1,7 @@
-"""Manifests from the official layouts and split files of standard datasets.
+"""Manifests from the official folder trees and split files of standard datasets.
 
-Each converter returns ``(rows, notes)``: rows of ``video_id, path, label, split`` (+ extra
-columns), paths relative to the dataset root, and notes recording how the split was made (written
+Each converter returns ``(rows, notes)``: :class:`~featcache.data.manifest.ManifestRow` rows
+(``video_id, path, label, split`` + extra columns), paths relative to the dataset root, and notes recording how the split was made (written
 beside the manifest, in ``NAME.csv.json``, so the manifest itself stays plain CSV). Where the official split has no validation set, one
 is carved from train deterministically: a training video goes to val when
 ``sha256(f"{seed}:{group}")`` falls below ``val_fraction``, so the carve is stable when videos are
@@ -16,6 +16,7 @@ import json
 import os
 import re
 
+from featcache.data.manifest import ManifestRow
 from featcache.errors import FeatcacheError, OptionError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv")
@@ -27,13 +28,13 @@ def _unit(seed: int, key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def carve_val(rows: list[dict], fraction: float, seed: int, group=lambda r: r["video_id"]) -> None:
-    """Move about ``fraction`` of the train rows to val, by group (in place)."""
+def carve_val(rows: list[ManifestRow], fraction: float, seed: int,
+              group=lambda r: r.video_id) -> list[ManifestRow]:
+    """The rows with about ``fraction`` of the train rows moved to val, by group."""
     if not 0 <= fraction < 1:
         raise OptionError("val_fraction", f"must be in [0, 1), got {fraction}")
-    for row in rows:
-        if row["split"] == "train" and _unit(seed, group(row)) < fraction:
-            row["split"] = "val"
+    return [row.replace(split="val") if row.split == "train" and _unit(seed, group(row)) < fraction else row
+            for row in rows]
 
 
 def _lines(path: str) -> list[str]:
@@ -92,14 +93,13 @@ def ucf101(root: str, splits_dir: str, split_id: int = 1, val_fraction: float = 
             label = rel.split("/")[0]
             if label not in classes:
                 raise FeatcacheError(f"{name}: class {label!r} is not in classInd.txt")
-            rows.append({"video_id": os.path.splitext(os.path.basename(rel))[0], "path": rel,
-                         "label": label, "split": split})
+            rows.append(ManifestRow(os.path.splitext(os.path.basename(rel))[0], rel, label, split))
 
     def group(row):
-        m = re.search(r"_g(\d+)_c\d+$", row["video_id"])
-        return f"{row['label']}:g{m.group(1) if m else row['video_id']}"
+        m = re.search(r"_g(\d+)_c\d+$", row.video_id)
+        return f"{row.label}:g{m.group(1) if m else row.video_id}"
 
-    carve_val(rows, val_fraction, seed, group)
+    rows = carve_val(rows, val_fraction, seed, group)
     notes = [f"UCF101 official split {split_id} (trainlist0{split_id}/testlist0{split_id}); "
              f"val = train groups (class, gXX) with sha256(seed={seed}) < {val_fraction}"]
     return rows, notes
@@ -119,9 +119,8 @@ def hmdb51(root: str, splits_dir: str, split_id: int = 1, val_fraction: float = 
             video, mark = line.split()
             split = {"1": "train", "2": "test"}.get(mark)
             if split:
-                rows.append({"video_id": os.path.splitext(video)[0], "path": f"{label}/{video}",
-                             "label": label, "split": split})
-    carve_val(rows, val_fraction, seed)
+                rows.append(ManifestRow(os.path.splitext(video)[0], f"{label}/{video}", label, split))
+    rows = carve_val(rows, val_fraction, seed)
     notes = [f"HMDB51 official split {split_id} (marks 1=train, 2=test, 0 unused); "
              f"val = train videos with sha256(seed={seed}) < {val_fraction}"]
     return rows, notes
@@ -143,9 +142,8 @@ def kinetics(root: str, csv_files: list[str]):
             for r in reader:
                 stem = f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
                 split = {"validate": "val", "valid": "val"}.get(r["split"], r["split"])
-                rows.append({"video_id": stem, "path": videos.get(stem, f"{split}/{stem}.mp4"),
-                             "label": r.get("label", ""), "split": split,
-                             "time_start": r["time_start"], "time_end": r["time_end"]})
+                rows.append(ManifestRow(stem, videos.get(stem, f"{split}/{stem}.mp4"), r.get("label", ""), split,
+                                        {"time_start": r["time_start"], "time_end": r["time_end"]}))
     return rows, [f"Kinetics from {', '.join(os.path.basename(p) for p in csv_files)} (official train/val/test)"]
 
 
@@ -163,7 +161,7 @@ def ssv2(root: str, labels_json: str, train_json: str, val_json: str, test_json:
             label = item.get("template", "").replace("[", "").replace("]", "")
             if label and label not in labels:
                 raise FeatcacheError(f"{path}: template {label!r} of video {vid} is not in {labels_json}")
-            rows.append({"video_id": vid, "path": videos.get(vid, f"{vid}.webm"), "label": label, "split": split})
+            rows.append(ManifestRow(vid, videos.get(vid, f"{vid}.webm"), label, split))
     return rows, ["Something-Something v2 official train/validation(/test) JSON; the test set has no labels"]
 
 
@@ -174,9 +172,8 @@ def diving48(root: str, train_json: str, test_json: str, val_fraction: float = 0
     for split, path in (("train", train_json), ("test", test_json)):
         for item in _load_json(path):
             vid = item["vid_name"]
-            rows.append({"video_id": vid, "path": videos.get(vid, f"{vid}.mp4"), "label": str(item["label"]),
-                         "split": split})
-    carve_val(rows, val_fraction, seed)
+            rows.append(ManifestRow(vid, videos.get(vid, f"{vid}.mp4"), str(item["label"]), split))
+    rows = carve_val(rows, val_fraction, seed)
     return rows, [f"Diving48 official train/test; val = train videos with sha256(seed={seed}) < {val_fraction}"]
 
 
@@ -197,9 +194,9 @@ def charades(root: str, train_csv: str, test_csv: str, classes_txt: str, val_fra
                 unknown = [c for c in labels if c not in known]
                 if unknown:
                     raise FeatcacheError(f"{path}: video {r['id']}: class {unknown[0]} is not in {classes_txt}")
-                rows.append({"video_id": r["id"], "path": videos.get(r["id"], f"{r['id']}.mp4"),
-                             "label": ";".join(labels), "split": split, "actions": r.get("actions", "")})
-    carve_val(rows, val_fraction, seed)
+                rows.append(ManifestRow(r["id"], videos.get(r["id"], f"{r['id']}.mp4"), ";".join(labels), split,
+                                        {"actions": r.get("actions", "")}))
+    rows = carve_val(rows, val_fraction, seed)
     return rows, [f"Charades official train/test CSVs (multi-label); val = train videos with "
                   f"sha256(seed={seed}) < {val_fraction}"]
 
@@ -215,8 +212,7 @@ def folder(root: str, val_fraction: float = 0.1, test_fraction: float = 0.2, see
             continue  # videos directly under root have no class folder
         u = _unit(seed, rel)
         split = "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
-        rows.append({"video_id": os.path.splitext(rel)[0].replace(os.sep, "__"), "path": rel,
-                     "label": parts[0], "split": split})
+        rows.append(ManifestRow(os.path.splitext(rel)[0].replace(os.sep, "__"), rel, parts[0], split))
     if not rows:
         raise FeatcacheError(f"no videos in class folders under {root} (expected root/<class>/<video>)")
     return rows, [f"folder layout root/<class>/<video>; split by sha256(seed={seed}, path): "

@@ -17,10 +17,12 @@ its line-numbered errors.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from featcache.errors import FeatcacheError
 
@@ -35,13 +37,49 @@ PATH_LIST_HINT = "a CSV with video_id,path (label,split optional) or a text file
 
 @dataclass(frozen=True)
 class VideoItem:
-    """One manifest row."""
+    """One manifest row as read (:func:`read_manifest`): the path made absolute, the labels split."""
 
     video_id: str
     path: str  # absolute ("" in a training manifest without paths)
     labels: tuple[str, ...]  # () when unlabelled or not given
     split: str  # train | val | test, or "" when not given (extraction only)
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One manifest row as a converter makes it and :func:`write_manifest` writes it: the video's
+    id, its ``path`` relative to the dataset root, ``label`` (several joined by ``;``, "" for none)
+    and ``split`` as written, and the extra columns (``extra``: Kinetics' ``time_start`` ...)."""
+
+    video_id: str
+    path: str
+    label: str = ""
+    split: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any] | ManifestRow) -> ManifestRow:
+        """A row from a mapping of columns (``video_id``, ``path``, ``label``, ``split``, extras)."""
+        if isinstance(row, cls):
+            return row
+        return cls(row["video_id"], row.get("path", ""), row.get("label", ""), row.get("split", ""),
+                   {k: v for k, v in row.items() if k not in REQUIRED_COLUMNS})
+
+    def to_json(self) -> dict:
+        """The row's columns, the required ones first."""
+        return {"video_id": self.video_id, "path": self.path, "label": self.label, "split": self.split, **self.extra}
+
+    def replace(self, **changes) -> ManifestRow:
+        """A copy with ``changes``; a key that is not a field sets an extra column."""
+        fields = {k: v for k, v in changes.items() if k in REQUIRED_COLUMNS}
+        extra = {k: v for k, v in changes.items() if k not in REQUIRED_COLUMNS}
+        return dataclasses.replace(self, **fields, extra={**self.extra, **extra}) if extra else \
+            dataclasses.replace(self, **fields)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.label.split(";") if x.strip())
 
 
 def read_manifest(path: str, annotations: bool = False, duplicates: list[str] | None = None) -> list[VideoItem]:
@@ -198,24 +236,25 @@ def provenance_path(manifest: str) -> str:
     return f"{manifest}.json"
 
 
-def write_manifest(rows: list[dict], out: str, root: str, notes: list[str], source: dict | None = None) -> None:
+def write_manifest(rows: list[ManifestRow], out: str, root: str, notes: list[str], source: dict | None = None) -> None:
     """Write converter rows (paths relative to ``root``) as a plain CSV manifest that any CSV
     reader takes with default options; paths are written relative to the manifest's folder.
     ``notes`` (how the split was made) and ``source`` go to :func:`provenance_path`."""
+    rows = [ManifestRow.from_json(r) for r in rows]
     seen = set()
     for r in rows:
-        if r["video_id"] in seen:
-            raise FeatcacheError(f"duplicate video_id {r['video_id']!r} in the converted split files")
-        seen.add(r["video_id"])
-    extra = sorted({k for r in rows for k in r} - set(REQUIRED_COLUMNS))
+        if r.video_id in seen:
+            raise FeatcacheError(f"duplicate video_id {r.video_id!r} in the converted split files")
+        seen.add(r.video_id)
+    extra = sorted({k for r in rows for k in r.extra})
     base = os.path.dirname(os.path.abspath(out))
     os.makedirs(base, exist_ok=True)
     with open(out, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=[*REQUIRED_COLUMNS, *extra])
         writer.writeheader()
         for r in rows:
-            path = os.path.relpath(os.path.join(os.path.abspath(root), r["path"]), base)
-            writer.writerow({**r, "path": path})
+            path = os.path.relpath(os.path.join(os.path.abspath(root), r.path), base)
+            writer.writerow(r.replace(path=path).to_json())
     from featcache.version import __version__
 
     with open(provenance_path(out), "w", encoding="utf-8") as f:
@@ -224,13 +263,14 @@ def write_manifest(rows: list[dict], out: str, root: str, notes: list[str], sour
         f.write("\n")
 
 
-def split_by_group(rows: list[dict], pattern: str, val_fraction: float, test_fraction: float,
-                   seed: int = 0) -> str:
+def split_by_group(rows: list[ManifestRow], pattern: str, val_fraction: float, test_fraction: float,
+                   seed: int = 0) -> tuple[list[ManifestRow], str]:
     r"""Re-split ``rows`` (``path`` relative, ``split`` set) so that the videos whose file names
     share the match of ``pattern`` (its first group when it has one, e.g. ``_g(\d+)_`` for UCF101's
     performer groups) share a split: sha256(seed, group) as a fraction of 2**64 against the same
-    thresholds as per-video splits (test below test_fraction, then val). Returns a note for the
-    provenance; a file name without a match is a FeatcacheError naming it."""
+    thresholds as per-video splits (test below test_fraction, then val). Returns the rows re-split,
+    each with its ``group`` column, and a note for the provenance; a file name without a match is a
+    FeatcacheError naming it."""
     import hashlib
     import re
 
@@ -238,17 +278,18 @@ def split_by_group(rows: list[dict], pattern: str, val_fraction: float, test_fra
         regex = re.compile(pattern)
     except re.error as exc:
         raise FeatcacheError(f"--group: {pattern!r} is not a regular expression ({exc})") from None
-    for row in rows:
-        name = os.path.basename(row["path"])
+    out, groups = [], set()
+    for row in map(ManifestRow.from_json, rows):
+        name = os.path.basename(row.path)
         match = regex.search(name)
         if match is None:
-            raise FeatcacheError(f"--group: {name} (of {row['path']}) does not match {pattern!r}; every video needs a group")
+            raise FeatcacheError(f"--group: {name} (of {row.path}) does not match {pattern!r}; every video needs a group")
         key = match.group(1) if regex.groups else match.group(0)
         u = int.from_bytes(hashlib.sha256(f"{seed}:group:{key}".encode()).digest()[:8], "big") / 2**64
-        row["split"] = "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
-        row["group"] = key
-    groups = len({r["group"] for r in rows})
-    return (f"split by group: {groups} groups from the file names' match of {pattern!r}, each wholly in one split by "
+        split = "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
+        out.append(row.replace(split=split, group=key))
+        groups.add(key)
+    return out, (f"split by group: {len(groups)} groups from the file names' match of {pattern!r}, each wholly in one split by "
             f"sha256(seed={seed}, 'group:' + group): test < {test_fraction}, val < {test_fraction + val_fraction}")
 
 
@@ -268,12 +309,59 @@ def has_paths(path: str) -> bool:
     return "path" in [c.strip() for c in header]
 
 
-def check_manifest(path: str, probe=None) -> tuple[dict, list[str]]:
+@dataclass(frozen=True)
+class CacheMatch:
+    """A manifest's ids matched to a cache (``manifest check --cache``): how many it lists that
+    the cache lacks (``missing``) or holds failed, how many done videos it does not list, and a
+    note naming those."""
+
+    path: str
+    missing: int
+    unlisted: int
+    failed: int
+    note: str | None = None
+
+    def to_json(self) -> dict:
+        out = {"path": self.path, "missing": self.missing, "unlisted": self.unlisted, "failed": self.failed}
+        return {**out, "note": self.note} if self.note is not None else out
+
+
+@dataclass(frozen=True)
+class ManifestFacts:
+    """What ``manifest check`` reports about a manifest (``--json`` prints :meth:`to_json`)."""
+
+    annotated: bool  # any split given (a list of paths to extract from has none)
+    videos: int
+    per_split: dict[str, int]
+    missing_files: int
+    unreadable_files: int
+    duplicate_ids: int
+    paths: bool  # the manifest names video files (a training manifest may not)
+    classes: int
+    classes_per_split: dict[str, int]
+    multi_label: bool
+    unlabelled: int
+    smallest_classes: list[tuple[str, int]]  # the 3 train classes with the fewest videos
+    largest_classes: list[tuple[str, int]]
+    cache: CacheMatch | None = None
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "cache"}
+        return {**out, "cache": self.cache.to_json()} if self.cache is not None else out
+
+    def replace(self, **changes) -> ManifestFacts:
+        return dataclasses.replace(self, **changes)
+
+
+def check_manifest(path: str, check_video=None, probe=None) -> tuple[ManifestFacts, list[str]]:
     """Facts about a manifest and the errors in it: duplicate ids, missing files, files
-    ``probe(path)`` finds unreadable (it returns a reason or None), classes without training
+    ``check_video(path)`` finds unreadable (it returns a reason or None), classes without training
     videos. A training manifest without paths (``video_id,label,split``) is checked for its labels
-    and splits. Bad columns and unreadable text raise FeatcacheError."""
+    and splits. Bad columns and unreadable text raise FeatcacheError. (``probe`` is the old name of
+    ``check_video``, still accepted.)"""
     from collections import Counter
+
+    check_video = check_video or probe
 
     paths = has_paths(path)
     duplicates: list[str] = []
@@ -281,8 +369,8 @@ def check_manifest(path: str, probe=None) -> tuple[dict, list[str]]:
     missing = [it for it in items if paths and not os.path.isfile(it.path)]
     broken, absent = {}, {it.video_id for it in missing}
     for it in items:
-        if probe is not None and paths and it.video_id not in absent:
-            reason = probe(it.path)
+        if check_video is not None and paths and it.video_id not in absent:
+            reason = check_video(it.path)
             if reason:
                 broken[it.video_id] = reason
     per_split = {s: [it for it in items if it.split == s] for s in SPLITS}
@@ -296,19 +384,19 @@ def check_manifest(path: str, probe=None) -> tuple[dict, list[str]]:
     annotated = any(it.split for it in items)  # an extraction manifest (a list of paths) holds no splits
     if annotated and not per_split["train"]:
         errors.append("no videos in the train split")
-    facts = {
-        "annotated": annotated,
-        "videos": len(items),
-        "per_split": {s: len(its) for s, its in per_split.items()},
-        "missing_files": len(missing),
-        "unreadable_files": len(broken),
-        "duplicate_ids": len(duplicates),
-        "paths": paths,
-        "classes": len({lb for ls in labels.values() for lb in ls}),
-        "classes_per_split": {s: len(ls) for s, ls in labels.items()},
-        "multi_label": any(len(it.labels) > 1 for it in items),
-        "unlabelled": sum(1 for it in items if not it.labels),
-        "smallest_classes": sorted(train_counts.items(), key=lambda kv: (kv[1], kv[0]))[:3],
-        "largest_classes": sorted(train_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3],
-    }
+    facts = ManifestFacts(
+        annotated=annotated,
+        videos=len(items),
+        per_split={s: len(its) for s, its in per_split.items()},
+        missing_files=len(missing),
+        unreadable_files=len(broken),
+        duplicate_ids=len(duplicates),
+        paths=paths,
+        classes=len({lb for ls in labels.values() for lb in ls}),
+        classes_per_split={s: len(ls) for s, ls in labels.items()},
+        multi_label=any(len(it.labels) > 1 for it in items),
+        unlabelled=sum(1 for it in items if not it.labels),
+        smallest_classes=sorted(train_counts.items(), key=lambda kv: (kv[1], kv[0]))[:3],
+        largest_classes=sorted(train_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3],
+    )
     return facts, errors

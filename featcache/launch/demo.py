@@ -13,6 +13,8 @@ import os
 from typing import Callable
 
 from featcache.errors import FeatcacheError
+from featcache.sweep.leaderboard import parse_rows
+from featcache.sweep.rows import CellResult
 
 # The sweep the demo runs; written to OUT/demo_sweep.yaml so it can be re-run and edited.
 # Every cell sees the same view (8 uniform frames, the patch grid average-pooled to 4x4 so the
@@ -58,11 +60,12 @@ def run_demo(out: str, per_class: int, encoder, epochs: int, echo: Callable[[str
     return run_sweep(sweep, out, list(sweep.cells), show_progress=show_progress, echo=lambda line: echo(f"    {line}"))
 
 
-def report(out: str, rows: list[dict], test_clips: int) -> list[str]:
+def report(out: str, rows: list[CellResult | dict], test_clips: int) -> list[str]:
     """What the leaderboard shows, and what to run next."""
     cache, sweep = os.path.join(out, "cache.zarr"), os.path.join(out, "demo_sweep.yaml")
-    test = {r["settings"]["head"]: r["metrics"]["test/top1"] for r in rows}
-    val = {r["settings"]["head"]: r["metrics"]["val/top1"] for r in rows}
+    rows = parse_rows(rows)
+    test = {r.settings.get("head"): r.score("test/top1") for r in rows}
+    val = {r.settings.get("head"): r.score("val/top1") for r in rows}
     best = max((h for h in test if h != "pool"), key=lambda h: (val[h], test[h]))  # chosen on val, as a paper would
     lines = ["", f"top-1 on held-out clips ({test_clips} test clips; chance 0.25):",
              f"  {'head':26s} {'val':>6s} {'test':>6s}"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 
 from featcache.errors import FeatcacheError
 from featcache.launch.submitit import SlurmConfig, make_executor, squeue_states, wait_for_tasks
@@ -21,14 +22,46 @@ from featcache.sweep.run import finished, run_groups
 STATE = "slurm.json"
 
 
+@dataclass(frozen=True)
+class ArrayState:
+    """``OUT/slurm.json``: the cluster of the last submission and its tasks (job id -> cell names)."""
+
+    cluster: str | None = None
+    tasks: dict[str, list[str]] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ArrayState:
+        return cls(data.get("cluster"), dict(data.get("tasks") or {}),
+                   {k: v for k, v in data.items() if k not in ("cluster", "tasks")})
+
+    def to_json(self) -> dict:
+        return {"cluster": self.cluster, "tasks": self.tasks, **self.extra}
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """What an array task returns: its cells, how many it trained (the others had finished), its wall time."""
+
+    cells: list[str]
+    trained: int
+    wall_s: float
+
+    @classmethod
+    def from_json(cls, data: dict) -> GroupResult:
+        return cls(list(data.get("cells", [])), int(data.get("trained", 0)), float(data.get("wall_s", 0.0)))
+
+    def to_json(self) -> dict:
+        return {"cells": self.cells, "trained": self.trained, "wall_s": self.wall_s}
+
+
 class SweepTask:
     """One array task: a fused group. submitit calls ``checkpoint`` on preemption or timeout."""
 
     def __call__(self, cache_path: str, out_dir: str, cells: list[Cell]) -> dict:
         start = time.perf_counter()
         skipped = run_groups(cache_path, out_dir, [cells], show_progress=False, echo=lambda line: print(line, flush=True))
-        return {"cells": [c.name for c in cells], "trained": len(cells) - skipped,
-                "wall_s": round(time.perf_counter() - start, 2)}
+        return GroupResult([c.name for c in cells], len(cells) - skipped, round(time.perf_counter() - start, 2)).to_json()
 
     def checkpoint(self, *args):
         import submitit
@@ -55,7 +88,7 @@ def launch_groups(sweep: Sweep, out_dir: str, groups: list[list[Cell]], fingerpr
     executor = make_executor(slurm, f"featcache-ablate-{os.path.splitext(os.path.basename(sweep.path))[0]}"[:60])
     jobs = executor.map_array(SweepTask(), [sweep.cache] * len(submit), [out_dir] * len(submit), submit)
     array = str(jobs[0].job_id).split("_")[0]
-    _save_state(out_dir, slurm.cluster, {str(j.job_id): [c.name for c in g] for j, g in zip(jobs, submit)})
+    _save_state(out_dir, ArrayState(slurm.cluster, {str(j.job_id): [c.name for c in g] for j, g in zip(jobs, submit)}))
     echo(f"submitted {len(jobs)} task(s) (job {array}), one per fused group; logs in {slurm.logs}/{array}/")
     if not wait:
         echo("re-run this command when they end to write the leaderboard (finished cells are skipped)")
@@ -69,18 +102,19 @@ def launch_groups(sweep: Sweep, out_dir: str, groups: list[list[Cell]], fingerpr
         echo(f"task {o.job_id} ({', '.join(c.name for c in submit[o.shard])}) failed: {o.error}; log: {o.log}")
     for o in outcomes:
         if o.result is not None:
-            echo(f"task {o.job_id}: trained {o.result['trained']} cell(s) in {o.result['wall_s']:.1f} s")
+            result = GroupResult.from_json(o.result)
+            echo(f"task {o.job_id}: trained {result.trained} cell(s) in {result.wall_s:.1f} s")
     if failed:
         raise FeatcacheError(f"{len(failed)} of {len(jobs)} task(s) failed; fix the cause and re-run the command "
                              "(finished cells are skipped)")
     return True
 
 
-def _save_state(out_dir: str, cluster: str, tasks: dict[str, list[str]]) -> None:
+def _save_state(out_dir: str, state: ArrayState) -> None:
     path = os.path.join(out_dir, STATE)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump({"cluster": cluster, "tasks": tasks}, f, indent=1)
+        json.dump(state.to_json(), f, indent=1)
     os.replace(tmp, path)
 
 
@@ -88,10 +122,10 @@ def _busy_cells(out_dir: str) -> set[str]:
     """Cells held by Slurm tasks of an earlier submission that are still in the queue."""
     try:
         with open(os.path.join(out_dir, STATE)) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
+            state = ArrayState.from_json(json.load(f))
+    except (OSError, ValueError, AttributeError):
         return set()
-    if state.get("cluster") != "slurm":
+    if state.cluster != "slurm":
         return set()  # a local array ended with the command that waited for it
-    queued = squeue_states(list(state["tasks"])) or {}
-    return {name for task, names in state["tasks"].items() if task in queued for name in names}
+    queued = squeue_states(list(state.tasks)) or {}
+    return {name for task, names in state.tasks.items() if task in queued for name in names}

@@ -11,7 +11,21 @@ Pure reporting: takes numbers and names, writes PNG files.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+
+from featcache.train.meta import EpochRecord
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One group of bars of the leaderboard figure: its label, the value of each metric (the
+    mean over replicates) and their standard deviations (error bars; none when absent)."""
+
+    label: str
+    values: dict
+    errors: dict = field(default_factory=dict)
 
 
 def _pyplot():
@@ -25,20 +39,22 @@ def _pyplot():
     return plt
 
 
-def plot_curves(path: str, log: list[dict], metric: str, chance: float | None = None, title: str = "") -> None:
+def plot_curves(path: str, log: list[EpochRecord | dict], metric: str, chance: float | None = None,
+                title: str = "") -> None:
     """Two panels from a run's log records: loss and ``metric`` (top1 or mAP) per epoch."""
     plt = _pyplot()
     if plt is None or not log:
         return
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [r["epoch"] for r in log]
+    log = [EpochRecord.from_json(r) for r in log]
+    epochs = [r.epoch for r in log]
     best = _selected_epoch(log, metric)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     panels = ((axes[0], "loss", "loss"), (axes[1], metric, metric))
     for ax, key, label in panels:
         for split, style, colour in (("train", "o-", "tab:blue"), ("val", "s--", "tab:orange")):
-            values = [r.get(f"{split}/{key}") for r in log]
+            values = [r.extra.get(f"{split}/{key}") for r in log]
             if any(v is not None for v in values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], style, color=colour, ms=3, label=split)
         if key == metric and chance is not None:
@@ -58,9 +74,9 @@ def plot_curves(path: str, log: list[dict], metric: str, chance: float | None = 
     plt.close(fig)
 
 
-def _selected_epoch(log: list[dict], metric: str) -> int | None:
+def _selected_epoch(log: list[EpochRecord], metric: str) -> int | None:
     """The epoch best.pt holds: the first with the highest val metric (as training selects)."""
-    scored = [(r[f"val/{metric}"], -r["epoch"]) for r in log if f"val/{metric}" in r]
+    scored = [(r.extra[f"val/{metric}"], -r.epoch) for r in log if f"val/{metric}" in r.extra]
     return -max(scored)[1] if scored else None
 
 
@@ -94,30 +110,30 @@ def plot_confusion(path: str, classes: list[str], cm: np.ndarray, title: str = "
     plt.close(fig)
 
 
-def plot_leaderboard(path: str, cells: list[dict], panels: list[tuple[str, list[dict]]], shown: list[str],
+def plot_leaderboard(path: str, cells: list[Bar], panels: list[tuple[str, list[Bar]]], shown: list[str],
                      chance: float | None = None, title: str = "") -> None:
-    """Grouped bars: for each cell (``{"label", "values": {metric: mean}, "errors": {metric: std}}``)
-    one bar per metric of ``shown`` (e.g. test/top1, val/top1); then one panel per varied axis
-    (``panels``: axis name -> bars of the same form, means over the other axes). One y axis."""
+    """Grouped bars: for each cell (a :class:`Bar`: label, mean and std per metric) one bar per
+    metric of ``shown`` (e.g. test/top1, val/top1); then one panel per varied axis (``panels``:
+    axis name -> bars, means over the other axes). One y axis."""
     plt = _pyplot()
     if plt is None or not cells:
         return
     groups = [("cells", cells), *panels]
     widths = [max(2.6, 0.38 * len(bars) * len(shown) + 0.8) for _, bars in groups]
-    longest = max(len(line) for _, bars in groups for b in bars for line in b["label"].split("\n"))
-    lines = max(b["label"].count("\n") + 1 for _, bars in groups for b in bars)
+    longest = max(len(line) for _, bars in groups for b in bars for line in b.label.split("\n"))
+    lines = max(b.label.count("\n") + 1 for _, bars in groups for b in bars)
     fig_width = min(40, max(5.0, sum(widths) + 1))
     fig, axes = plt.subplots(1, len(groups), figsize=(fig_width, 3.4 + 0.09 * longest + 0.12 * lines),
                              squeeze=False, sharey=True, gridspec_kw={"width_ratios": widths})
     colours = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
-    top = max([b["values"].get(m, 0) + b.get("errors", {}).get(m, 0) for _, bars in groups for b in bars for m in shown]
+    top = max([b.values.get(m, 0) + b.errors.get(m, 0) for _, bars in groups for b in bars for m in shown]
               + [chance or 0])
     for k, (ax, (name, bars)) in enumerate(zip(axes[0], groups)):
         width = 0.8 / len(shown)
         for j, metric in enumerate(shown):
             x = np.arange(len(bars)) + (j - (len(shown) - 1) / 2) * width
-            values = [b["values"].get(metric, np.nan) for b in bars]
-            errors = [b.get("errors", {}).get(metric, 0.0) for b in bars]
+            values = [b.values.get(metric, np.nan) for b in bars]
+            errors = [b.errors.get(metric, 0.0) for b in bars]
             has_err = any(e > 0 for e in errors)
             ax.bar(x, values, width, yerr=errors if has_err else None, capsize=3 if has_err else 0,
                    color=colours[j % len(colours)], label=metric, alpha=1.0 if j == 0 else 0.75)
@@ -128,7 +144,7 @@ def plot_leaderboard(path: str, cells: list[dict], panels: list[tuple[str, list[
                             fontsize=6.5, rotation=90 if crowded else 0)
         if chance is not None:
             ax.axhline(chance, color="grey", lw=1, ls=":", label=f"chance {chance:.2f}" if k == 0 else None)
-        ax.set_xticks(range(len(bars)), [b["label"] for b in bars], rotation=30 if longest > 8 else 0,
+        ax.set_xticks(range(len(bars)), [b.label for b in bars], rotation=30 if longest > 8 else 0,
                       ha="right" if longest > 8 else "center", fontsize=7)
         ax.set_title(name if name == "cells" else f"mean over the other axes: {name}", fontsize=8.5)
         ax.grid(axis="y", alpha=0.3)

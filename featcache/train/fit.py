@@ -20,10 +20,11 @@ from featcache.data.annotations import annotate, check_selection
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.heads.registry import create_head, head_source
-from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
+from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log
 from featcache.train import checkpoint, tracking
 from featcache.train.evaluate import evaluate_checkpoint, read_splits
 from featcache.train.loop import Built, Member, run_group
+from featcache.train.meta import run_meta
 from featcache.train.rundir import checkpoint_path, previous_run, write_config
 
 
@@ -101,10 +102,8 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     members = []
     for cfg, out_dir, b in zip(cfgs, out_dirs, built):
         os.makedirs(out_dir, exist_ok=True)
-        meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
-                "multi_label": task.multi, "config": to_dict(cfg), "head_source": head_source(cfg.head),
-                "manifest": cache.annotations.meta(),
-                "streamed": [s for s, d in data.items() if isinstance(d.x, StreamedTokens)]}
+        meta = run_meta(cache, task.classes, task.multi, cfg,
+                        streamed=tuple(s for s, d in data.items() if isinstance(d.x, StreamedTokens))).to_json()
         write_config(out_dir, meta)
         members.append(Member(cfg, b, source, device, out_dir, meta))
 

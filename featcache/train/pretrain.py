@@ -33,13 +33,13 @@ from featcache.cache.store import Cache, open_cache
 from featcache.data.annotations import annotate
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError, OptionError
-from featcache.heads.registry import head_source
-from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log, to_dict
+from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log
 from featcache.spec.view import View
 from featcache.train import checkpoint, metrics, tracking
 from featcache.train.evaluate import predict
 from featcache.train.fit import build_head, head_args
 from featcache.train.loop import Member, run_group
+from featcache.train.meta import Pretext, run_meta
 from featcache.train.rundir import checkpoint_path, previous_run, write_config
 
 TASKS = ("prp",)
@@ -199,9 +199,7 @@ def pretrain_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str]
     members = []
     for c, out_dir, b in zip(cfgs, out_dirs, built):
         os.makedirs(out_dir, exist_ok=True)
-        meta = {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
-                "multi_label": False, "config": to_dict(c), "head_source": head_source(c.head),
-                "manifest": cache.annotations.meta(), "pretext": {"task": task_name, **asdict(task)}}
+        meta = run_meta(cache, task.classes, False, c, pretext=Pretext(name=task_name, extra=asdict(task))).to_json()
         write_config(out_dir, meta)
         members.append(Member(c, b, source, device, out_dir, meta))
 

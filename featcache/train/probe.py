@@ -10,6 +10,10 @@ both concatenated (``feature``). Then:
   regularisation C chosen on val from a log grid (DINOv2's ``eval/log_regression.py`` searches C
   on a held-out split the same way), then refit on train.
 
+"Probe" here means these closed-form baselines only (``probe:`` in their config.yaml, the
+``featcache probe`` command); the papers' *linear* or *attentive probe* is a trained head
+(``--head linear``, ``--head attentive``).
+
 Same outputs as ``featcache train``: config.yaml, metrics.json (val/..., test/..., and the chosen
 ``knn/k`` or ``logreg/C``), predictions_<split>.csv, per_class_<split>.csv, confusion matrices.
 """
@@ -24,8 +28,9 @@ from featcache.cache.dataset import Task
 from featcache.cache.store import open_cache
 from featcache.data.annotations import annotate
 from featcache.errors import FeatcacheError, OptionError
-from featcache.spec.config import TrainConfig, to_dict
+from featcache.spec.config import TrainConfig
 from featcache.train.evaluate import read_splits, report_split
+from featcache.train.meta import ProbeChoice, run_meta
 from featcache.train.rundir import previous_run, write_config, write_metrics
 
 METHODS = ("knn", "logreg")
@@ -91,9 +96,8 @@ def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feat
     for path in stale:
         os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
-    write_config(out_dir, {"cache": {"path": cache.path, "fingerprint": cache.fingerprint}, "classes": task.classes,
-                            "multi_label": False, "probe": {"method": method, "feature": feature, **choice},
-                            "config": to_dict(cfg), "manifest": cache.annotations.meta()})
+    write_config(out_dir, run_meta(cache, task.classes, False, cfg, head=False,
+                                   probe=ProbeChoice(method=method, feature=feature, extra=dict(choice))))
     results = dict(choice)
     for split in ("val", "test"):
         if split not in feats:

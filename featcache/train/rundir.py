@@ -1,7 +1,8 @@
 """The run directory: what a training run writes, in one place (train, ablate cells, pretrain, probe).
 
 RUN_DIR:
-    config.yaml        resolved config + cache path/fingerprint + classes + task
+    config.yaml        the run's metadata (featcache.train.meta.RunMeta): resolved config, cache path and
+                       fingerprint, classes, single or multi-label, head provenance, manifest
     log.jsonl          one line per epoch of this run: train/loss, train/top1, val/loss, val/..., lr, seconds
     curves.png         loss and the selection metric per epoch, train vs val (with matplotlib)
     events.out.tfevents.*, wandb/   with --set log=tensorboard / log=wandb (featcache.train.tracking)
@@ -23,6 +24,7 @@ import json
 import os
 
 from featcache.errors import FeatcacheError
+from featcache.train.meta import EpochRecord, Metrics, RunMeta
 from featcache.train.tracking import TB_FILES
 
 CONFIG, LOG, METRICS, CURVES = "config.yaml", "log.jsonl", "metrics.json", "curves.png"
@@ -64,43 +66,60 @@ def previous_run(out_dir: str, resume: bool, overwrite: bool) -> list[str]:
     return old
 
 
-def write_config(out_dir: str, meta: dict) -> None:
-    """Write ``config.yaml``: the resolved config, cache path and fingerprint, classes, task."""
+def write_config(out_dir: str, meta: RunMeta | dict) -> None:
+    """Write ``config.yaml``: the run's :class:`~featcache.train.meta.RunMeta` (the resolved config,
+    cache path and fingerprint, classes, single or multi-label, head provenance, manifest)."""
     import yaml
 
     with open(os.path.join(out_dir, CONFIG), "w") as f:
-        yaml.safe_dump(meta, f, sort_keys=False)
+        yaml.safe_dump(meta.to_json() if isinstance(meta, RunMeta) else meta, f, sort_keys=False)
 
 
 def read_config(run_dir: str) -> dict:
-    """``config.yaml`` as written by :func:`write_config`."""
+    """``config.yaml`` as written by :func:`write_config`, as stored (:func:`read_meta` parses it)."""
     import yaml
 
     with open(os.path.join(run_dir, CONFIG)) as f:
         return yaml.safe_load(f) or {}
 
 
-def write_metrics(run_dir: str, results: dict) -> None:
+def read_meta(run_dir: str) -> RunMeta:
+    """``config.yaml`` parsed: the run's :class:`~featcache.train.meta.RunMeta`."""
+    return RunMeta.from_json(read_config(run_dir))
+
+
+def write_metrics(run_dir: str, results: Metrics | dict) -> None:
     """``metrics.json``: the final flat metrics (the file a finished run is recognised by)."""
     with open(os.path.join(run_dir, METRICS), "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
+        json.dump(results.to_json() if isinstance(results, Metrics) else results, f, indent=2, sort_keys=True)
 
 
 def read_metrics(run_dir: str) -> dict:
+    """``metrics.json`` as stored (:func:`read_results` parses it)."""
     with open(os.path.join(run_dir, METRICS)) as f:
         return json.load(f)
 
 
-def append_log(run_dir: str, record: dict) -> None:
+def read_results(run_dir: str) -> Metrics:
+    """``metrics.json`` parsed: best epoch, parameter count and scores."""
+    return Metrics.from_json(read_metrics(run_dir))
+
+
+def append_log(run_dir: str, record: EpochRecord | dict) -> None:
     """One epoch's record, one line of ``log.jsonl``."""
     with open(os.path.join(run_dir, LOG), "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(record.to_json() if isinstance(record, EpochRecord) else record) + "\n")
 
 
 def read_log(run_dir: str) -> list[dict]:
     """Every epoch's record in ``log.jsonl`` (resumed epochs included), in order."""
     with open(os.path.join(run_dir, LOG)) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_epochs(run_dir: str) -> list[EpochRecord]:
+    """``log.jsonl`` parsed: one :class:`~featcache.train.meta.EpochRecord` per epoch."""
+    return [EpochRecord.from_json(r) for r in read_log(run_dir)]
 
 
 def remove_last(run_dir: str) -> None:

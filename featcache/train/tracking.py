@@ -21,6 +21,7 @@ import os
 import secrets
 
 from featcache.errors import FeatcacheError
+from featcache.train.meta import EpochRecord, Metrics
 
 TB_FILES = "events.out.tfevents.*"  # what SummaryWriter writes into RUN_DIR
 
@@ -44,20 +45,20 @@ class Tracker:
         if "wandb" in kinds:
             self.run = _wandb(out_dir, config, resume=start_epoch > 0)
 
-    def epoch(self, record: dict) -> None:
-        step = record["epoch"]
-        numbers = {k: v for k, v in record.items()
-                   if k not in ("epoch", "seconds") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    def epoch(self, record: EpochRecord | dict) -> None:
+        record = EpochRecord.from_json(record)
+        step, numbers = record.epoch, record.numbers()
         if self.writer is not None:
             for key, value in numbers.items():
                 self.writer.add_scalar(key, value, step)
             self.writer.flush()
         if self.run is not None:
-            self.run.log({**numbers, "epoch": step, "seconds": record.get("seconds")}, step=step)
+            self.run.log({**numbers, "epoch": step, "seconds": record.seconds}, step=step)
 
-    def finish(self, results: dict) -> None:
+    def finish(self, results: Metrics | dict) -> None:
         """The final metrics (test/*, at the selected epoch), then close everything."""
-        step = max(0, int(results.get("best_epoch", 0)))
+        results = results.to_json() if isinstance(results, Metrics) else results
+        step = max(0, int(Metrics.from_json(results).get("best_epoch", 0)))
         final = {k: v for k, v in results.items() if k.startswith("test/") and isinstance(v, (int, float))}
         if self.writer is not None:
             for key, value in final.items():

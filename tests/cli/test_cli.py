@@ -315,6 +315,13 @@ def test_manifest_check_finds_broken_videos_labels_files_and_duplicates(tmp_path
     assert runner.invoke(app, ["extract", str(one), "--out", cache, "--frames", "uniform:2", *TINY_CLI, "-q"]).exit_code == 0
     r = runner.invoke(app, ["manifest", "check", str(labels), "--cache", cache])
     assert r.exit_code == 1 and f"error: 1 id(s) not cached (done) in {cache}: stranger" in r.output, r.output
+    r = runner.invoke(app, ["manifest", "check", str(labels), "--cache", cache, "--json"])
+    out = json.loads(r.output)  # ManifestFacts.to_json: the keys and their order as the dict had them
+    assert list(out) == ["annotated", "videos", "per_split", "missing_files", "unreadable_files", "duplicate_ids",
+                         "paths", "classes", "classes_per_split", "multi_label", "unlabelled", "smallest_classes",
+                         "largest_classes", "cache", "errors"]
+    assert out["cache"] == {"path": cache, "missing": 1, "unlisted": 0, "failed": 0}
+    assert out["smallest_classes"] == [["a", 1]] and out["paths"] is False and r.exit_code == 1
 
 
 def test_manifest_folder_group_keeps_clips_of_one_source_in_one_split(tmp_path):

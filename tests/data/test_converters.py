@@ -21,7 +21,7 @@ def touch(root, rel):
 
 
 def rows_by_id(rows):
-    return {r["video_id"]: r for r in rows}
+    return {r.video_id: r for r in rows}
 
 
 @pytest.fixture
@@ -44,17 +44,17 @@ def ucf(tmp_path):
 def test_ucf101_groups_never_straddle_train_and_val(ucf):
     rows, notes = converters.ucf101(str(ucf / "UCF-101"), str(ucf / "ucfTrainTestlist"), 1, 0.2, seed=0)
     by = rows_by_id(rows)
-    assert len(rows) == 100 and by["v_Archery_g01_c01"]["split"] == "test" and by["v_Archery_g01_c01"]["label"] == "Archery"
-    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    assert len(rows) == 100 and by["v_Archery_g01_c01"].split == "test" and by["v_Archery_g01_c01"].label == "Archery"
+    assert {r.split for r in rows} == {"train", "val", "test"}
     groups = {}
     for r in rows:
-        if r["split"] != "test":
-            groups.setdefault(r["video_id"][:-4], set()).add(r["split"])
+        if r.split != "test":
+            groups.setdefault(r.video_id[:-4], set()).add(r.split)
     assert all(len(s) == 1 for s in groups.values())
     again, _ = converters.ucf101(str(ucf / "UCF-101"), str(ucf / "ucfTrainTestlist"), 1, 0.2, seed=0)
     assert again == rows and "split 1" in notes[0]
     other, _ = converters.ucf101(str(ucf / "UCF-101"), str(ucf / "ucfTrainTestlist"), 1, 0.2, seed=1)
-    assert [r["split"] for r in other] != [r["split"] for r in rows]
+    assert [r.split for r in other] != [r.split for r in rows]
     with pytest.raises(FeatcacheError, match="split file not found.*trainlist02"):
         converters.ucf101(str(ucf / "UCF-101"), str(ucf / "ucfTrainTestlist"), 2)
 
@@ -88,10 +88,10 @@ def test_hmdb51(tmp_path):
     (splits / "cartwheel_test_split1.txt").write_text("d.avi 1 \ne.avi 2\n")
     (splits / "cartwheel_test_split2.txt").write_text("d.avi 2\ne.avi 1\n")
     rows, _ = converters.hmdb51(str(tmp_path), str(splits), 1, val_fraction=0.0)
-    assert [(r["video_id"], r["label"], r["split"], r["path"]) for r in rows] == [
+    assert [(r.video_id, r.label, r.split, r.path) for r in rows] == [
         ("a", "brush_hair", "train", "brush_hair/a.avi"), ("b", "brush_hair", "test", "brush_hair/b.avi"),
         ("d", "cartwheel", "train", "cartwheel/d.avi"), ("e", "cartwheel", "test", "cartwheel/e.avi")]
-    assert rows_by_id(converters.hmdb51(str(tmp_path), str(splits), 2, 0.0)[0])["d"]["split"] == "test"
+    assert rows_by_id(converters.hmdb51(str(tmp_path), str(splits), 2, 0.0)[0])["d"].split == "test"
 
 
 def test_kinetics(tmp_path):
@@ -101,9 +101,9 @@ def test_kinetics(tmp_path):
     (tmp_path / "validate.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,ccc,5,15,validate\n")
     rows, _ = converters.kinetics(str(tmp_path / "k"), [str(tmp_path / "train.csv"), str(tmp_path / "validate.csv")])
     by = rows_by_id(rows)
-    assert by["aaa_000010_000020"]["path"] == "train/abseiling/aaa_000010_000020.mp4"
-    assert by["bbb_000000_000010"]["label"] == "air drumming" and by["ccc_000005_000015"]["split"] == "val"
-    assert by["aaa_000010_000020"]["time_start"] == "10"
+    assert by["aaa_000010_000020"].path == "train/abseiling/aaa_000010_000020.mp4"
+    assert by["bbb_000000_000010"].label == "air drumming" and by["ccc_000005_000015"].split == "val"
+    assert by["aaa_000010_000020"].extra == {"time_start": "10", "time_end": "20"}
 
 
 def test_ssv2(tmp_path):
@@ -116,7 +116,7 @@ def test_ssv2(tmp_path):
     (tmp_path / "test.json").write_text(json.dumps([{"id": "1420"}]))
     rows, _ = converters.ssv2(str(tmp_path), str(tmp_path / "labels.json"), str(tmp_path / "train.json"),
                               str(tmp_path / "val.json"), str(tmp_path / "test.json"))
-    assert [(r["video_id"], r["label"], r["split"], r["path"]) for r in rows] == [
+    assert [(r.video_id, r.label, r.split, r.path) for r in rows] == [
         ("78687", "Holding something next to something", "train", "78687.webm"),
         ("42326", "Pushing something from left to right", "val", "42326.webm"), ("1420", "", "test", "1420.webm")]
 
@@ -126,9 +126,9 @@ def test_diving48(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(items[:20]))
     (tmp_path / "test.json").write_text(json.dumps(items[20:]))
     rows, _ = converters.diving48(str(tmp_path), str(tmp_path / "train.json"), str(tmp_path / "test.json"), 0.25)
-    splits = [r["split"] for r in rows]
+    splits = [r.split for r in rows]
     assert splits[20:] == ["test"] * 10 and {"train", "val"} == set(splits[:20])
-    assert rows[4]["label"] == "1" and rows[4]["path"] == "v4.mp4"
+    assert rows[4].label == "1" and rows[4].path == "v4.mp4"
 
 
 def test_charades_multi_label(tmp_path):
@@ -140,7 +140,7 @@ def test_charades_multi_label(tmp_path):
     rows, _ = converters.charades(str(tmp_path), str(tmp_path / "train.csv"), str(tmp_path / "test.csv"),
                                   str(tmp_path / "classes.txt"), 0.0)
     by = rows_by_id(rows)
-    assert by["46GP8"]["label"] == "c092;c147" and by["N11GT"]["label"] == "" and by["YSKX3"]["split"] == "test"
+    assert by["46GP8"].label == "c092;c147" and by["N11GT"].label == "" and by["YSKX3"].split == "test"
     out = str(tmp_path / "m.csv")
     write_manifest(rows, out, str(tmp_path), ["charades"])
     assert read_manifest(out)[0].labels == ("c092", "c147")
@@ -155,12 +155,12 @@ def test_folder_split_is_seeded_and_stable(tmp_path):
         for i in range(40):
             touch(tmp_path / "root", f"{cls}/{i:03d}.mp4")
     rows, _ = converters.folder(str(tmp_path / "root"), 0.1, 0.2, seed=0)
-    assert len(rows) == 80 and {r["label"] for r in rows} == {"cats", "dogs"}
-    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+    assert len(rows) == 80 and {r.label for r in rows} == {"cats", "dogs"}
+    counts = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test")}
     assert all(counts[s] > 0 for s in counts) and counts["train"] > counts["test"] > 0
     touch(tmp_path / "root", "cats/new.mp4")  # adding a video does not move the others
     more, _ = converters.folder(str(tmp_path / "root"), 0.1, 0.2, seed=0)
-    assert {r["video_id"]: r["split"] for r in more if r["video_id"] != "cats__new"} == {r["video_id"]: r["split"] for r in rows}
+    assert {r.video_id: r.split for r in more if r.video_id != "cats__new"} == {r.video_id: r.split for r in rows}
     r = runner.invoke(app, ["manifest", "folder", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.csv")])
     assert r.exit_code == 2 and "dataset root not found" in r.stderr
 
@@ -172,7 +172,7 @@ def test_check_reports_classes_without_training_videos(tmp_path):
     path.write_text("video_id,path,label,split\na,a.mp4,x,train\nb,b.mp4,x,train\nc,c.mp4,y,test\n")
     facts, errors = check_manifest(str(path))
     assert errors == ["class 'y' has no training videos (it appears only in val/test)"]
-    assert facts["smallest_classes"] == [("x", 2)] and facts["per_split"] == {"train": 2, "val": 0, "test": 1}
+    assert facts.smallest_classes == [("x", 2)] and facts.per_split == {"train": 2, "val": 0, "test": 1}
     path.write_text("video_id,path,label,split\na,a.mp4,x,train\na,b.mp4,x,train\n")
     r = runner.invoke(app, ["manifest", "check", str(path)])
     assert r.exit_code == 1 and "duplicate video_id 'a'" in r.output  # an error of the check (docs/bad-input.md)

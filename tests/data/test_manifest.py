@@ -57,3 +57,56 @@ def test_bad_jsonl_and_missing_file(tmp_path):
         read_manifest(write(tmp_path / "m.jsonl", '{"video_id":"a","path":"a","label":"x","split":"train"}\n{oops\n'))
     with pytest.raises(FeatcacheError, match="manifest not found"):
         read_manifest(str(tmp_path / "nope.csv"))
+
+
+# ------------------------------------------------------------------ rows a converter writes
+def _old_write_manifest(rows, out, root):
+    """write_manifest's CSV part as it was with dict rows (featcache/data/manifest.py:201-219 of
+    commit 17f47fd), re-typed: the typed rows must write the same bytes."""
+    import csv
+
+    extra = sorted({k for r in rows for k in r} - {"video_id", "path", "label", "split"})
+    base = os.path.dirname(os.path.abspath(out))
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["video_id", "path", "label", "split", *extra])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "path": os.path.relpath(os.path.join(os.path.abspath(root), r["path"]), base)})
+
+
+def test_manifest_rows_are_frozen_round_trip_and_write_the_same_bytes(tmp_path):
+    import dataclasses
+
+    from featcache.data.manifest import ManifestRow, write_manifest
+
+    dicts = [{"video_id": "a", "path": "x/a.mp4", "label": "run;jump", "split": "train", "time_start": "1"},
+             {"video_id": "b,c", "path": "y/b c.mp4", "label": 'say "hi"', "split": "test", "actions": "c1 0 1;c2 1 2"},
+             {"video_id": "d", "path": "d.mp4", "label": "", "split": "val"}]
+    rows = [ManifestRow.from_json(d) for d in dicts]
+    assert [r.to_json() for r in rows] == dicts and ManifestRow.from_json(rows[0]) is rows[0]
+    assert rows[0].labels == ("run", "jump") and rows[2].labels == () and rows[0].extra == {"time_start": "1"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rows[0].split = "val"
+    moved = rows[0].replace(split="val", group="g1")
+    assert (moved.split, moved.extra, rows[0].split) == ("val", {"time_start": "1", "group": "g1"}, "train")
+    write_manifest(rows, str(tmp_path / "new.csv"), str(tmp_path), ["n"])
+    _old_write_manifest(dicts, str(tmp_path / "old.csv"), str(tmp_path))
+    assert (tmp_path / "new.csv").read_bytes() == (tmp_path / "old.csv").read_bytes()
+    write_manifest(dicts, str(tmp_path / "dicts.csv"), str(tmp_path), ["n"])  # dict rows still accepted
+    assert (tmp_path / "dicts.csv").read_bytes() == (tmp_path / "old.csv").read_bytes()
+    back = read_manifest(str(tmp_path / "new.csv"))
+    assert [(it.video_id, it.labels, it.split) for it in back] == [(r.video_id, r.labels, r.split) for r in rows]
+
+
+def test_split_by_group_returns_new_rows_and_leaves_the_old_ones():
+    import hashlib
+
+    from featcache.data.manifest import ManifestRow, split_by_group
+
+    rows = [ManifestRow(f"v{i}", f"c/v_g{i % 4:02d}_c{i}.avi", "c", "train") for i in range(12)]
+    out, note = split_by_group(rows, r"_g(\d+)_", 0.25, 0.25, seed=3)
+    assert [r.split for r in rows] == ["train"] * 12 and "4 groups" in note
+    for r in out:  # the formula of the docstring, computed here
+        u = int.from_bytes(hashlib.sha256(f"3:group:{r.extra['group']}".encode()).digest()[:8], "big") / 2**64
+        assert r.split == ("test" if u < 0.25 else "val" if u < 0.5 else "train")
+    assert {r.extra["group"] for r in out} == {"00", "01", "02", "03"}

@@ -16,7 +16,7 @@ from featcache.heads.registry import create_head
 from featcache.spec.config import build_config
 from featcache.spec.policy import StridePolicy
 from featcache.spec.view import View
-from featcache.train import checkpoint
+from featcache.train import checkpoint, rundir
 from featcache.train.pretrain import PRP, make_clips, prp_indices, read_pools
 from featcache.video.select import parse_policies, select_frames
 
@@ -96,6 +96,9 @@ def test_prp_pretraining_learns_rate_where_frame_averaging_cannot(dense, tmp_pat
     assert r3d["prp/val_clips"] == 32 and r3d["prp/train_clips_rounded"] == 0
     for name in ("config.yaml", "log.jsonl", "best.pt", "curves.png"):
         assert (tmp_path / "prp" / name).exists()
+    meta = rundir.read_meta(str(tmp_path / "prp"))  # a pre-training's record reads back exactly
+    assert meta.to_json() == rundir.read_config(str(tmp_path / "prp")) and meta.pretext.name == "prp"
+    assert meta.pretext.extra["rates"] == [1, 2, 4, 8] and checkpoint.read(str(tmp_path / "prp" / "best.pt")).is_pretraining
     assert len(open(tmp_path / "prp" / "log.jsonl").read().splitlines()) == 15
 
     # fine-tune from it: the TMM stage starts as pre-trained, the classifier is new
@@ -104,12 +107,12 @@ def test_prp_pretraining_learns_rate_where_frame_averaging_cannot(dense, tmp_pat
                              "--out", str(tmp_path / "ft"), "-q"])
     assert ft.exit_code == 0, ft.output
     assert "init: " in open(tmp_path / "ft" / "config.yaml").read()
-    # a different token layout is refused in one line
+    # a different token selection is refused in one line
     bad = runner.invoke(app, ["train", dense, "--head", "r3d", "--view", "uniform:8", "--init", str(tmp_path / "prp"),
                               "--set", "spatial=4", "--set", "head.hidden=64", "--set", "head.out_dim=128",
                               "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
-    assert "token layout (layers=[-1], tokens=all, spatial=0, channels=0) differs" in bad.stderr
+    assert "token selection (layers=[-1], tokens=all, spatial=0, channels=0) differs" in bad.stderr
     wide = runner.invoke(app, ["train", dense, "--head", "r3d", "--view", "uniform:8", "--init", str(tmp_path / "prp"),
                                "--out", str(tmp_path / "wide")])
     assert wide.exit_code == 2 and "give the head the pre-training's options" in wide.stderr

@@ -137,13 +137,17 @@ def test_aggregate_and_columns_on_hand_made_rows():
              "classes": 10, "metrics": {"val/top1": v, "val/top5": 0.9, "best_epoch": 1}}
             for i, (h, s, v) in enumerate([("a", 0, 0.5), ("a", 1, 0.7), ("b", 0, 0.2), ("b", 1, 0.3)])]
     agg = aggregate(rows, ("head", "seed"))
-    assert [(r["cell"], r["n"], r["runs"]) for r in agg] == [("000_head=a", 2, ["000", "001"]),
-                                                             ("002_head=b", 2, ["002", "003"])]
-    assert agg[0]["metrics"]["val/top1"] == pytest.approx(0.6)
-    assert agg[0]["std"]["val/top1"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert [(r.cell, r.n, r.runs) for r in agg] == [("000_head=a", 2, ("000", "001")),
+                                                    ("002_head=b", 2, ("002", "003"))]
+    assert agg[0].metrics["val/top1"] == pytest.approx(0.6)
+    assert agg[0].std["val/top1"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert agg[0].params == 1 and agg[0].classes == 10 and agg[0].train_s == 2.0
     assert metric_columns(rows) == ["val/top1", "val/top5"]  # 10 classes: top5 kept
     assert metric_columns([{**r, "classes": 5} for r in rows]) == ["val/top1"]
-    assert [r["n"] for r in aggregate(rows, ("head",))] == [1, 1, 1, 1]  # no replicate axis: rows unchanged
+    assert [r.n for r in aggregate(rows, ("head",))] == [1, 1, 1, 1]  # no replicate axis: rows unchanged
+    assert [r.to_json() for r in aggregate(rows, ("head",))] == [
+        {**r, "settings": {"head": r["settings"]["head"]}, "ci": {}, "n": 1, "runs": [r["cell"]],
+         "std": {k: 0.0 for k in r["metrics"]}} for r in rows]  # the dict rows of before, typed
 
 
 def test_tensorboard_gets_the_hparams_of_each_run(motion, tmp_path):
