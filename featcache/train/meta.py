@@ -96,10 +96,11 @@ class CacheRef(Record):
 @dataclass(frozen=True, kw_only=True)
 class HeadSource(Record):
     """Where a head's class came from (:func:`featcache.heads.registry.head_source`): ``kind``
-    builtin, file (``path``, ``cls``, ``sha256``), module or entry_point (``module``, ``cls``,
-    ``version``, ``entry_point``)."""
+    builtin, file (``path``, ``cls``, ``sha256``, and the file's source ``text`` that eval falls
+    back to once the file changed), module or entry_point (``module``, ``cls``, ``version``,
+    ``entry_point``)."""
 
-    KEYS = ("kind", "path", "module", "class", "sha256", "version", "entry_point")
+    KEYS = ("kind", "path", "module", "class", "sha256", "text", "version", "entry_point")
     ATTRS = {"class": "cls"}
     OPTIONAL = frozenset(KEYS)
 
@@ -108,6 +109,7 @@ class HeadSource(Record):
     module: str | None = None
     cls: str | None = None
     sha256: str | None = None
+    text: str | None = None
     version: str | None = None
     entry_point: str | None = None
 
