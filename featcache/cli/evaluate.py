@@ -13,7 +13,9 @@ from featcache.errors import FeatcacheError
 @app.command("eval", epilog="Examples:\n\n  featcache eval runs/r3d --split test\n\n"
                              "  featcache eval runs/r3d --temporal-views 2   # two uniform:8 views of a uniform:16 pool\n\n"
                              "  featcache eval runs/r3d --temporal-views 10 --spatial-views 3 --clip-rate 2 --combine sum"
-                             "   # SlowFast's 30 views: 10 dense clips x 3 crops (docs/protocols.md)")
+                             "   # SlowFast's 30 views: 10 dense clips x 3 crops (docs/protocols.md)\n\n"
+                             "  featcache eval runs/att --protocol vjepa --temporal-views 2 --clip-rate 4 --spatial-views 3"
+                             "   # V-JEPA's 16x2x3 on a uniform:32 head")
 def eval_(
     run_dir: str = typer.Argument(..., help="A featcache train run directory."),
     split: str = typer.Option("test", help="train, val or test."),
