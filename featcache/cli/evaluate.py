@@ -13,7 +13,9 @@ from featcache.errors import FeatcacheError
 @app.command("eval", epilog="Examples:\n\n  featcache eval runs/r3d --split test\n\n"
                              "  featcache eval runs/r3d --temporal-views 2   # two uniform:8 views of a uniform:16 pool\n\n"
                              "  featcache eval runs/r3d --temporal-views 10 --spatial-views 3 --clip-rate 2 --combine sum"
-                             "   # SlowFast's 30 views: 10 dense clips x 3 crops (docs/protocols.md)")
+                             "   # SlowFast's 30 views: 10 dense clips x 3 crops (docs/protocols.md)\n\n"
+                             "  featcache eval runs/att --protocol vjepa --temporal-views 2 --clip-rate 4 --spatial-views 3"
+                             "   # V-JEPA's 16x2x3 on a uniform:32 head")
 def eval_(
     run_dir: str = typer.Argument(..., help="A featcache train run directory."),
     split: str = typer.Option("test", help="train, val or test."),
@@ -31,7 +33,8 @@ def eval_(
     clip_rate: int = typer.Option(0, help="Dense-clip views: each of the --temporal-views is N frames every R source "
                                           "frames, starts evenly spaced (SlowFast get_start_end_idx), from a stride:S pool."),
     protocol: str = typer.Option("featcache", help="--clip-rate: whose clip placement and crops: featcache, slowfast "
-                                                   "(TARGET_FPS 30) or stadapter (docs/protocols.md)."),
+                                                   "(TARGET_FPS 30), stadapter, or vjepa (--temporal-views = its "
+                                                   "segments, --clip-rate = its frame_step; docs/protocols.md)."),
     manifest: Optional[str] = typer.Option(None, "--manifest", "-m", help="Labels and splits from this manifest "
                                            "(default: the one the run was trained with; its class list must be the run's)."),
 ):
@@ -39,31 +42,24 @@ def eval_(
     another model or preprocessing."""
     from featcache.cache.store import open_cache
     from featcache.train import rundir
-    from featcache.train.evaluate import SPLITS, evaluate_checkpoint, evaluate_windows
+    from featcache.train.evaluate import SPLITS, evaluate, load_run, parse_protocol
 
     with user_errors():
         if split not in SPLITS:
             raise FeatcacheError(f"--split: unknown {split!r}; expected train, val or test")
         if checkpoint not in ("best", "last"):
             raise FeatcacheError(f"--checkpoint: expected best or last, got {checkpoint!r}")
+        chosen = parse_protocol(protocol, temporal_views, spatial_views, combine, clip_rate, pool, window, stride,
+                                aggregate)
         path, other = rundir.checkpoint_path(run_dir, checkpoint), open_cache(cache) if cache else None
         if checkpoint == "last" and not rundir.has(run_dir, "last") and rundir.has(run_dir, "best"):
             raise FeatcacheError(f"--checkpoint last: {run_dir} has no last.pt (a finished run keeps it only when "
                                  "trained with --set keep_last=true); evaluate best, or train with keep_last")
+        run = load_run(path, other, manifest)
+        chosen = chosen.resolve(run)  # its name may depend on the cache (the default pool)
         tag = "@last" if checkpoint == "last" else ""  # its outputs never overwrite the best checkpoint's
-        if window or stride:
-            if temporal_views != 1 or spatial_views != 1 or clip_rate or protocol != "featcache":
-                raise FeatcacheError("--window and --temporal-views/--spatial-views/--clip-rate/--protocol are two protocols; "
-                                     "give one of them")
-            results = evaluate_windows(path, other, splits=(split,), out_dir=run_dir, window=window, stride=stride,
-                                       aggregate=aggregate, pool=pool, manifest=manifest, tag=tag)
-        else:
-            results = evaluate_checkpoint(path, other, splits=(split,), out_dir=run_dir, temporal_views=temporal_views,
-                                          combine=combine, spatial_views=spatial_views, manifest=manifest, tag=tag,
-                                          clip_rate=clip_rate, pool=pool, protocol=protocol)
+        results = evaluate(run, chosen, (split,), out_dir=run_dir, tag=tag)
         if not results:
             raise FeatcacheError(f"the cache has no videos in the {split} split")
-    protocol = next(iter(results)).split("@", 1)[1] if "@" in next(iter(results)) else ""
-    protocol = f"@{protocol}" if protocol else ""
-    rundir.write_eval(run_dir, f"{split}{protocol}", results)
+    rundir.write_eval(run_dir, f"{split}{chosen.suffix}{tag}", results)
     typer.echo(json.dumps(results, indent=2, sort_keys=True))

@@ -79,10 +79,7 @@ def coverage(length: int, width: int, starts: list[int]) -> float:
     return float(covered.mean())
 
 
-# ------------------------------------------------------------------ named test-time protocols
-PROTOCOLS = ("featcache", "slowfast", "stadapter")
-
-
+# ------------------------------------------------------------------ the releases' test clips
 def slowfast_clip_indices(video_size: int, fps: float, num_frames: int, rate: int, clip_idx: int, num_clips: int,
                           target_fps: float = 30.0) -> np.ndarray:
     """SlowFast's test clip with its defaults (``DATA.TARGET_FPS`` 30, ``config/defaults.py``): the
@@ -110,19 +107,37 @@ def stadapter_clip_indices(video_size: int, num_frames: int, rate: int, clip_idx
     return np.minimum(start + rate * np.arange(num_frames), video_size - 1)
 
 
-def protocol_clip_indices(protocol: str, video_size: int, fps: float, num_frames: int, rate: int, clip_idx: int,
-                          num_clips: int) -> np.ndarray:
-    """Source frame indices of test view ``clip_idx`` of ``num_clips`` under a named protocol:
-    ``featcache`` (SlowFast's formula with the rate in the video's own frames), ``slowfast`` (its
-    TARGET_FPS 30 resampling) or ``stadapter`` (its release's placement)."""
-    if not 0 <= clip_idx < num_clips:
-        raise ValueError(f"clip {clip_idx} of {num_clips} does not exist")
-    if protocol == "featcache":
-        return dense_clip_indices(video_size, num_frames, rate, clip_idx, num_clips)
-    if protocol == "slowfast":
-        if not fps:
-            raise OptionError("protocol", "slowfast resamples to 30 fps, and the cache does not record this video's rate")
-        return slowfast_clip_indices(video_size, fps, num_frames, rate, clip_idx, num_clips)
-    if protocol == "stadapter":
-        return stadapter_clip_indices(video_size, num_frames, rate, clip_idx, num_clips)
-    raise OptionError("protocol", f"unknown {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+def vjepa_clip_indices(video_size: int, frames_per_clip: int, frame_step: int, num_segments: int,
+                       rng: np.random.RandomState | None = None) -> list[np.ndarray]:
+    """V-JEPA's test clips, one per segment (facebookresearch/jepa ``src/datasets/video_dataset.py``
+    ``loadvideo_decord``, L207-266, with ``duration`` None): the video is cut into ``num_segments``
+    partitions of ``video_size // num_segments`` frames. When a partition is longer than a clip
+    (``frames_per_clip * frame_step`` frames), the clip ends at ``end``, drawn by
+    ``rng.randint(clip_len, partition_len)`` (the release's eval loader keeps
+    ``random_clip_sampling=True``: ``evals/video_classification_frozen/eval.py`` L472-487 does not
+    pass it, ``src/datasets/data_manager.py`` L36 defaults it to True), or ``clip_len`` with
+    ``rng`` None (``random_clip_sampling=False``), and samples ``linspace(end - clip_len, end,
+    frames_per_clip)`` truncated and clipped to ``end - 1``, offset by the partition's start.
+    Otherwise (``allow_clip_overlap``, as eval.py L198/L212 sets it) every segment takes the same
+    ``frames_per_clip`` offsets over ``min(clip_len, video_size) - 1`` frames (the linspace's own
+    points, then its last frame repeated; clipped below it), shifted by
+    ``(video_size - clip_len) // (num_segments - 1)`` per segment when the video is longer than
+    a clip. A one-frame video gives frame 0 (the release's clip to [0, -1] gives -1)."""
+    if frame_step < 1 or frames_per_clip < 1 or num_segments < 1:
+        raise OptionError("clip_rate", f"V-JEPA clips of {frames_per_clip} frames every {frame_step} "
+                                       f"in {num_segments} segments")
+    clip_len = frames_per_clip * frame_step
+    part = video_size // num_segments
+    segments = []
+    for i in range(num_segments):
+        if part > clip_len:
+            end = clip_len if rng is None else int(rng.randint(clip_len, part))
+            points = np.linspace(end - clip_len, end, num=frames_per_clip)
+            segments.append(np.minimum(points.astype(np.int64), end - 1) + i * part)
+            continue
+        last = min(clip_len, video_size) - 1
+        count = last // frame_step
+        points = np.concatenate([np.linspace(0, last, num=count), np.full(frames_per_clip - count, float(last))])
+        shift = (video_size - clip_len) // (num_segments - 1) if video_size > clip_len else 0
+        segments.append(np.clip(points.astype(np.int64), 0, max(last - 1, 0)) + i * shift)
+    return segments

@@ -155,7 +155,12 @@ def stadapter_port(video_size, num_frames, sampling_rate, clip_idx, num_temporal
 
 
 def test_named_protocols_equal_the_releases_on_5000_draws():
-    from featcache.train.clips import protocol_clip_indices
+    from featcache.train.protocols import DenseClips
+    from featcache.train.protocols_release import SlowFastClips, STAdapterClips
+
+    def protocol_clip_indices(protocol, length, fps, n, rate, v, views):  # what the protocol object places
+        kind = {"featcache": DenseClips, "slowfast": SlowFastClips, "stadapter": STAdapterClips}[protocol]
+        return kind(views, 1, rate).clip_indices({"video_id": "v", "source": {"num_frames": length, "fps": fps}}, n)[v]
 
     rng = np.random.default_rng(32)
     differ = {"featcache_vs_slowfast_25fps": 0}
@@ -206,10 +211,10 @@ def test_eval_protocol_writes_the_views_it_scored_as_the_release_places_them(tra
 
 def test_a_release_protocol_refuses_a_cache_of_other_pixels():
     from featcache.errors import FeatcacheError
-    from featcache.train.evaluate import _check_release_geometry
+    from featcache.train.protocols_release import check_release_geometry
 
     clip_b16 = {"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 248, "crop_pct": 0.9}}
     with pytest.raises(FeatcacheError, match=r"--protocol slowfast: the release crops 224 px from frames whose short "
                                              r"side is resized to 224; this cache resized the short side to 248"):
-        _check_release_geometry(clip_b16, "slowfast")
-    _check_release_geometry({"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 224}}, "stadapter")
+        check_release_geometry(clip_b16, "slowfast")
+    check_release_geometry({"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 224}}, "stadapter")
