@@ -1,0 +1,108 @@
+"""The store's facts as types (featcache/cache/facts.py): every stored document round-trips exactly,
+key order included; unknown keys are kept; readers take the types."""
+import glob
+import json
+import os
+
+import pytest
+
+from conftest import extract_motion
+from featcache.cache.facts import AttrsDict, StoreAttrs, VideoRecord
+from featcache.cache.store import open_cache
+from featcache.spec.view import CacheShape, View
+
+ASSETS = os.path.join(os.path.dirname(__file__), "..", "assets")
+FIXTURES = sorted(glob.glob(os.path.join(ASSETS, "round2_*.zarr")))
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _round_trips(cls, doc):
+    back = cls.from_json(doc).to_json()
+    assert back == doc
+    assert json.dumps(back) == json.dumps(doc)  # the same key order, at every depth
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    """A store written by today's writer (two policies, key frames, a failure-free run)."""
+    return extract_motion(tmp_path_factory, per_class=1, frames="uniform:4,keyframes:2")
+
+
+@pytest.mark.parametrize("store", FIXTURES, ids=os.path.basename)
+def test_round2_fixtures_round_trip_exactly(store):
+    _round_trips(StoreAttrs, _read(os.path.join(store, "zarr.json"))["attributes"])
+    records = [_read(p)["attributes"] for p in sorted(glob.glob(os.path.join(store, "videos", "*", "zarr.json")))]
+    assert records
+    for record in records:
+        _round_trips(VideoRecord, record)
+
+
+def test_fresh_store_round_trips_exactly(fresh):
+    _round_trips(StoreAttrs, _read(os.path.join(fresh, "zarr.json"))["attributes"])
+    lines = [json.loads(line) for path in glob.glob(os.path.join(fresh, "segments", "*", "index", "0"))
+             for line in open(path, encoding="utf-8") if line.strip()]
+    assert lines
+    for line in lines:
+        _round_trips(VideoRecord, line["record"])
+
+
+def test_unknown_keys_are_kept_in_place():
+    doc = {"zz_new": {"b": [1, {"c": 2}], "a": None}, "schema_version": 9, "frames": {"policies": ["uniform:2"],
+           "later": [3]}, "model": {"name": "m", "future": True}, "tokens": None}
+    facts = StoreAttrs.from_json(doc)
+    assert facts.unknown["zz_new"]["b"][1]["c"] == 2 and facts.frames.unknown["later"] == (3,)
+    assert facts.model.unknown == {"future": True} and facts.tokens is None
+    assert list(facts.to_json()) == ["zz_new", "schema_version", "frames", "model", "tokens"]
+    _round_trips(StoreAttrs, doc)
+    record = {"video_id": "v", "status": "failed", "reason": "no stream", "new_field": [1.5]}
+    typed = VideoRecord.from_json(record)
+    assert typed.failed and not typed.done and typed.unknown == {"new_field": (1.5,)}
+    _round_trips(VideoRecord, record)
+
+
+def test_facts_are_frozen():
+    facts = StoreAttrs.from_json({"layers": [1, 2], "frames": {"policies": ["uniform:4"]}})
+    with pytest.raises(AttributeError):
+        facts.layers = (3,)
+    with pytest.raises(TypeError):
+        facts.frames.unknown["x"] = 1
+    assert facts.layers == (1, 2) and facts.policies == ("uniform:4",)
+
+
+def test_types_built_in_code_write_every_field_in_declared_order():
+    doc = VideoRecord(video_id="a", labels=["x"], status="done").to_json()
+    assert list(doc)[:4] == ["video_id", "path", "split", "labels"] and doc["labels"] == ["x"]
+    assert doc["status"] == "done" and doc["reason"] is None
+
+
+def test_cache_reads_its_facts_once_typed(fresh):
+    cache = open_cache(fresh)
+    assert isinstance(cache.attrs, AttrsDict) and cache.facts is cache.facts
+    assert cache.facts.to_json() == _read(os.path.join(fresh, "zarr.json"))["attributes"] == dict(cache.attrs)
+    # independent of the type: the values as the JSON holds them
+    raw = _read(os.path.join(fresh, "zarr.json"))["attributes"]
+    assert cache.facts.policies == tuple(raw["frames"]["policies"]) == ("uniform:4", "keyframes:2")
+    assert cache.facts.shape == CacheShape(policies=("uniform:4", "keyframes:2"), layers=tuple(raw["layers"]),
+                                           grid=tuple(raw["tokens"]["grid"]), num_prefix_tokens=1,
+                                           dim=raw["tokens"]["dim"])
+    records = cache.video_records()
+    assert sorted(records) == sorted(cache.records()) and all(isinstance(r, VideoRecord) for r in records.values())
+    vid = cache.video_ids()[0]
+    typed = cache.video_record(vid)
+    assert typed is cache.video_record(vid) and typed.done and typed.to_json() == cache.record(vid)
+    assert list(typed.frame_indices) == cache.video(vid).frame_indices.tolist()
+    assert cache.video_record("no such video") is None
+
+
+def test_a_view_checked_against_the_attrs_dict_reads_the_shape(fresh):
+    cache = open_cache(fresh)
+    view = View("keyframes:2")
+    view.check(cache.attrs)  # the compatibility dict answers CacheShape's attributes
+    assert view.layout(cache.attrs) == view.layout(cache.facts.shape)
+    assert cache.attrs.policies == ("uniform:4", "keyframes:2")
+    with pytest.raises(AttributeError):
+        cache.attrs.nothing
