@@ -14,13 +14,18 @@ thawed on the way out.
 Only ``featcache/cache/`` reads the JSON: everything above it takes these types (the spec layer
 takes the plain values of :meth:`StoreAttrs.shape`, a ``featcache.spec.view.CacheShape``).
 
-Pure: standard library and the store's pure naming module only (no numpy, zarr or torch).
+Pure: standard library, the store's pure naming module and the spec's CacheShape (no numpy,
+zarr or torch).
+
+Long module: one short declaration per stored section (root attributes and video records), all
+parsed by the one ``from_json``/``to_json`` pair above them; split when a third document joins.
 """
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -58,6 +63,7 @@ class Facts:
     (default None: absent); ``_sections`` names the fields that are themselves Facts."""
 
     _sections: ClassVar[dict[str, type[Facts]]] = {}
+    _required: ClassVar[tuple[str, ...]] = ()  # keys a valid document holds (``missing``)
     unknown: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, repr=False)  # keys no field knows, in their place
     key_order: tuple[str, ...] = field(default=(), repr=False, compare=False)  # the keys read, in order
 
@@ -96,10 +102,10 @@ class Facts:
         return {k: thaw(getattr(self, k)) if k in known else thaw(self.unknown[k])
                 for k in order if k in known or k in self.unknown}
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """A key's value as JSON whether a field knows it or not (None/absent -> ``default``)."""
-        value = getattr(self, key, None) if key in self.known() else self.unknown.get(key)
-        return default if value is None else thaw(value)
+    def missing(self) -> list[str]:
+        """The required keys (``_required``) the document read lacks."""
+        present = set(self.key_order) or {k for k in self.known() if getattr(self, k) is not None}
+        return [k for k in self._required if k not in present and k not in self.unknown]
 
 
 # ---------------------------------------------------------------------------------------- root
@@ -211,6 +217,7 @@ class StoreAttrs(Facts):
     _sections: ClassVar = {"model": ModelFacts, "preprocess": PreprocessFacts, "tokens": TokenFacts,
                            "compute": ComputeFacts, "frames": FrameFacts, "storage": StorageFacts, "cut": CutFacts,
                            "crops": CropFacts, "manifest": ManifestFacts}
+    _required: ClassVar = schema.ROOT_KEYS
     featcache_version: str | None = None
     model: ModelFacts | None = None
     preprocess: PreprocessFacts | None = None
@@ -248,7 +255,7 @@ class StoreAttrs(Facts):
     def manifest_path(self) -> str | None:
         return self.manifest.path if self.manifest else None
 
-    @property
+    @cached_property
     def shape(self) -> CacheShape:
         """What a ``View`` is checked and laid out against (plain values: the spec layer does not
         know this JSON)."""
@@ -257,10 +264,6 @@ class StoreAttrs(Facts):
                           num_prefix_tokens=t.num_prefix_tokens or 0, dim=t.dim or 0, clip_rows=self.clip_rows,
                           crops=bool(self.crops), cut=bool(self.cut))
 
-    def missing(self) -> list[str]:
-        """The required root keys (``schema.ROOT_KEYS``) this store lacks."""
-        present = set(self.key_order) or {k for k in self.known() if getattr(self, k) is not None}
-        return [k for k in schema.ROOT_KEYS if k not in present and k not in self.unknown]
 
 
 # ---------------------------------------------------------------------------------------- videos
@@ -284,7 +287,8 @@ class VideoRecord(Facts):
     positions per policy, and whether it was extracted."""
 
     _sections: ClassVar = {"source": SourceFacts}
-    video_id: str = ""
+    _required: ClassVar = schema.VIDEO_KEYS
+    video_id: str | None = None
     path: str | None = None
     split: str | None = None
     labels: tuple[str, ...] = ()
@@ -311,7 +315,7 @@ class VideoRecord(Facts):
     @property
     def key(self) -> str:
         """The store's key of the video (``schema.video_key``)."""
-        return schema.video_key(self.video_id)
+        return schema.video_key(self.video_id or "")
 
     @property
     def num_frames(self) -> int | None:
@@ -321,6 +325,13 @@ class VideoRecord(Facts):
     @property
     def decoder(self) -> str | None:
         return self.source.decoder if self.source else None
+
+
+def store_attrs(value: Mapping | StoreAttrs) -> StoreAttrs:
+    """``value`` as StoreAttrs: itself, ``Cache.attrs``'s parsed facts, or a root-attributes dict parsed."""
+    if isinstance(value, StoreAttrs):
+        return value
+    return value.facts if isinstance(value, AttrsDict) else StoreAttrs.from_json(value)
 
 
 class AttrsDict(dict):

@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from featcache.cache import index, packed, schema
+from featcache.cache.facts import VideoRecord
 from featcache.spec.view import parse_policy
 
 
@@ -90,15 +91,15 @@ def _row_vs_line(row, line: bytes, vid: str) -> list[str]:
         return ["its JSON line changed since it was written (checksum)"]
     try:
         entry = json.loads(line)
-        record = entry["record"]
+        record = VideoRecord.from_json(entry["record"])
     except (ValueError, KeyError, TypeError):
         return ["its JSON line is not an index entry"]
     out = []
-    if record.get("video_id") != vid or index.key_hash(schema.video_key(vid)) != row["hash"]:
-        out.append(f"the JSON line names {record.get('video_id')!r}")
+    if record.video_id != vid or index.key_hash(schema.video_key(vid)) != row["hash"]:
+        out.append(f"the JSON line names {record.video_id!r}")
     if entry.get("generation", 0) != row["generation"]:
         out.append(f"generation {row['generation']} in the table, {entry.get('generation', 0)} in the JSON line")
-    if (record.get("status") == "done") != (row["status"] == index.DONE):
+    if record.done != (row["status"] == index.DONE):
         out.append("status differs between the table and the JSON line")
     rows = {n: [int(row["start"][i]), int(row["count"][i])] for i, n in enumerate(index.ARRAYS) if row["count"][i]}
     theirs = {n: list(v) for n, v in entry.get("rows", {}).items() if v[1]}
@@ -176,12 +177,13 @@ def video_problems(cache, check_values: bool = True, deep: bool = True) -> dict[
         out["(index)"] = [f"its JSON lines cannot be read ({exc})"]
     for row, entry in zip(rows.tolist(), entries):
         record = (entry or {}).get("record") or {}
-        key = record.get("video_id") or f"(index row {row})"
+        typed = VideoRecord.from_json(record if isinstance(record, dict) else {})
+        key = typed.video_id or f"(index row {row})"
         try:
-            if record.get("status") == "done":
-                found = _video(cache, row, record, check_values, deep)
-            elif record.get("status") != "failed" or not record.get("reason"):
-                found = [f"status {record.get('status')!r} without a failure reason"]
+            if typed.done:
+                found = _video(cache, row, record, typed, check_values, deep)
+            elif not typed.failed or not typed.reason:
+                found = [f"status {typed.status!r} without a failure reason"]
             else:
                 found = []
         except Exception as exc:  # noqa: BLE001 -- a damaged video is a problem line, never a traceback
@@ -191,14 +193,17 @@ def video_problems(cache, check_values: bool = True, deep: bool = True) -> dict[
     return out
 
 
-def _video(cache, row: int, record: dict, check_values: bool, deep: bool) -> list[str]:
-    missing = [k for k in schema.VIDEO_KEYS if k not in record]
+def _video(cache, row: int, record: dict, typed: VideoRecord, check_values: bool, deep: bool) -> list[str]:
+    missing = typed.missing()
     if missing:
         return [f"record lacks {', '.join(missing)}"]
-    t = len(record["frame_indices"])
-    n = record["source"]["num_frames"]
+    t = len(typed.frame_indices)
+    n = typed.num_frames
+    if n is None:
+        return ["record lacks source.num_frames"]
     entry = cache.entry_at(row, record)
-    wants_luv = any(parse_policy(p).kind == "keyframes" for p in cache.attrs["frames"]["policies"])
+    policies = cache.facts.policies
+    wants_luv = any(parse_policy(p).kind == "keyframes" for p in policies)
     out = []
     for name, shape, _, _ in packed.video_arrays(cache.attrs, t, n if wants_luv else None):
         what = "token chunk" if name == schema.TOKENS else name
@@ -217,14 +222,14 @@ def _video(cache, row: int, record: dict, check_values: bool, deep: bool) -> lis
     if deep and cache.layout == "packed" and not cache.index.segments[int(cache.index.seg[row])].legacy:
         out += [f"{name}: checksum mismatch (its bytes changed since they were written)"
                 for name in cache.checksum_mismatches(entry)]
-    idx = np.asarray(record["frame_indices"])
-    clip_rows = cache.attrs["tokens"].get("unit") == "clip"  # rows are clips: their first frames may repeat
+    idx = np.asarray(typed.frame_indices)
+    clip_rows = cache.facts.clip_rows  # rows are clips: their first frames may repeat
     if t == 0 or np.any(np.diff(idx) < (0 if clip_rows else 1)) or idx[0] < 0 or idx[-1] >= n:
         out.append(f"frame_indices not {'sorted' if clip_rows else 'strictly increasing'} within [0, {n})")
-    if len(record["timestamps"]) != t or np.any(np.diff(record["timestamps"]) < 0):
+    if len(typed.timestamps) != t or np.any(np.diff(typed.timestamps) < 0):
         out.append("timestamps do not match the frames")
-    for policy in cache.attrs["frames"]["policies"]:
-        pos = record["policies"].get(policy)
+    for policy in policies:
+        pos = (typed.policies or {}).get(policy)
         length = parse_policy(policy).length(n)
         if pos is None or not pos or length not in (None, len(pos)) or min(pos) < 0 or max(pos) >= t:
             out.append(f"policy {policy} positions missing or out of range")

@@ -17,17 +17,20 @@ import copy
 import torch
 from torch import nn
 
+from featcache.cache.facts import StoreAttrs, WeightsFacts, store_attrs, thaw
 from featcache.errors import FeatcacheError
 
 
-def backbone_spec(attrs: dict) -> dict:
-    """What a head needs to rebuild the frozen tail: JSON-ready, saved with its checkpoint."""
-    if not attrs.get("cut"):
+def backbone_spec(store: StoreAttrs) -> dict:
+    """What a head needs to rebuild the frozen tail: JSON-ready, saved with its checkpoint.
+    ``store``: the cache's facts (``cache.facts``; ``cache.attrs`` is read as them)."""
+    store = store_attrs(store)
+    cut, model = store.cut, store.model
+    if not cut:
         raise FeatcacheError("the cache holds no cut of the backbone; re-extract with --cut-block J "
                              "(e.g. --cut-block 0 for adapters in every block)")
-    return {"model": attrs["model"]["name"], "args": dict(attrs["model"]["args"]),
-            "weights": dict(attrs["model"]["weights"]), "img_size": int(attrs["preprocess"]["input_size"][-1]),
-            "cut": int(attrs["cut"]["block"]), "depth": int(attrs["cut"]["depth"])}
+    return {"model": model.name, "args": dict(thaw(model.args)), "weights": thaw(model.weights),
+            "img_size": int(store.preprocess.input_size[-1]), "cut": int(cut.block), "depth": int(cut.depth)}
 
 
 class FrozenTail(nn.Module):
@@ -48,18 +51,19 @@ def build_model(spec: dict) -> nn.Module:
     """The timm model of the spec with its recorded weights."""
     from featcache.extract.encoder import EncoderConfig, build_model
 
-    weights = spec["weights"]
-    source = weights.get("source")
+    weights = WeightsFacts.from_json(spec["weights"])  # the store's model.weights, as recorded
+    source = weights.source
     if source == "file":
-        path = weights["path"]
+        path = weights.path
         cfg = EncoderConfig(model=spec["model"], weights=path, img_size=spec["img_size"], model_args=spec["args"])
         try:
             model, info = build_model(cfg)
         except FeatcacheError as exc:
             raise FeatcacheError(f"the frozen tail needs the cache's weights file: {exc}") from None
-        if info["sha256"] != weights["sha256"]:
-            raise FeatcacheError(f"weights file {path}: sha256 {info['sha256']} is not the cache's "
-                                 f"{weights['sha256']}; the frozen tail must be the network that made the cache")
+        found = WeightsFacts.from_json(info).sha256  # the file loaded, described as a store records it
+        if found != weights.sha256:
+            raise FeatcacheError(f"weights file {path}: sha256 {found} is not the cache's "
+                                 f"{weights.sha256}; the frozen tail must be the network that made the cache")
         return model
     if source not in ("hub", "random"):
         raise FeatcacheError(f"the cache's weights ({source}) cannot be rebuilt for a frozen tail")

@@ -5,8 +5,8 @@ import json
 import os
 
 import pytest
-
 from conftest import extract_motion
+
 from featcache.cache.facts import AttrsDict, StoreAttrs, VideoRecord
 from featcache.cache.store import open_cache
 from featcache.spec.view import CacheShape, View
@@ -105,4 +105,4 @@ def test_a_view_checked_against_the_attrs_dict_reads_the_shape(fresh):
     assert view.layout(cache.attrs) == view.layout(cache.facts.shape)
     assert cache.attrs.policies == ("uniform:4", "keyframes:2")
     with pytest.raises(AttributeError):
-        cache.attrs.nothing
+        assert cache.attrs.nothing is None  # never reached: AttributeError
