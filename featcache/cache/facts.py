@@ -102,6 +102,9 @@ class Facts:
         return {k: thaw(getattr(self, k)) if k in known else thaw(self.unknown[k])
                 for k in order if k in known or k in self.unknown}
 
+    def __reduce__(self):  # read-only mappings do not pickle: a copy travels as its JSON
+        return type(self).from_json, (self.to_json(),)
+
     def missing(self) -> list[str]:
         """The required keys (``_required``) the document read lacks."""
         present = set(self.key_order) or {k for k in self.known() if getattr(self, k) is not None}
@@ -340,11 +343,14 @@ class AttrsDict(dict):
     of ``featcache.spec.view.CacheShape`` from it, so ``view.check(cache.attrs)`` reads no JSON
     key outside the cache layer. Not to be changed in place (a new dict is assigned instead)."""
 
+    def __reduce__(self):  # a copy (DataLoader workers) parses its facts again, once
+        return AttrsDict, (dict(self),)
+
     @property
     def facts(self) -> StoreAttrs:
         facts = self.__dict__.get("_facts")
         if facts is None:
-            facts = self.__dict__["_facts"] = StoreAttrs.from_json(self)
+            facts = self._facts = StoreAttrs.from_json(self)
         return facts
 
     def __getattr__(self, name: str):

@@ -91,14 +91,14 @@ def repair(path: str, check_values: bool = True) -> RepairSummary:
         for record, arrays, why in orphans:
             if why:
                 out.unrecoverable[record.video_id] = why
-            elif writer.status(record.video_id) != "done":
+            elif record.video_id not in writer:
                 writer.republish(record.to_json(), arrays)
                 out.reindexed.append(record.video_id)
     cache = open_cache(path)
-    broken = {v: p for v, p in cache.broken(check_values).items() if cache.status(v) == "done"}
+    broken = {v: p for v, p in cache.broken(check_values).items() if v in cache}
     _, damaged, _ = verify.index_problems(cache)
     for vid, problems in damaged.items():  # its JSON line (the record) no longer matches what was written
-        if cache.status(vid) == "done":
+        if vid in cache:
             broken.setdefault(vid, []).extend(problems)
     if broken:
         with CacheWriter.open(path, attrs) as writer:

@@ -68,7 +68,7 @@ class VideoEntry:
     def brief(self) -> dict:
         """video_id, split, labels and policies: what a view needs, without the full record."""
         if self._brief is None:
-            self._brief = dict(index.brief_of(self.record), video_id=self.record["video_id"])
+            self._brief = dict(index.brief_of(self.record), video_id=self.facts.video_id)
         return self._brief
 
     @property
@@ -468,14 +468,14 @@ class Cache:
         """video id -> the reason it could not be extracted."""
         rows = self.index_rows("failed")
         records = [e["record"] for e in self.index.entries(rows)] + [e["record"] for e in self._fresh("failed")]
-        return {r["video_id"]: r.get("reason", "") for r in sorted(records, key=lambda r: r["video_id"])}
+        return {r.video_id: r.reason or "" for r in sorted(map(self._typed, records), key=lambda r: r.video_id)}
 
     def video(self, video_id: str) -> VideoEntry:
         """One done video; its record is read only when asked for (``entry.record``)."""
         key = schema.video_key(video_id)
         if key in self.fresh:
             entry = self._fresh_entry(key)
-            done = entry.record.get("status") == "done"
+            done = entry.facts.done
         else:
             row = int(self.index.find([key])[0])
             if row < 0:
@@ -483,7 +483,7 @@ class Cache:
             entry = VideoEntry(self, key, None, self.index.where(row), None, row)
             done = self.index.table["status"][row] == index.DONE
         if not done:
-            raise KeyError(f"video {video_id!r} failed extraction: {entry.record.get('reason')}")
+            raise KeyError(f"video {video_id!r} failed extraction: {entry.facts.reason}")
         return entry
 
     def _fresh_entry(self, key: str) -> VideoEntry:
@@ -700,7 +700,7 @@ class Cache:
 
     def entry_at(self, row: int, record: dict | None = None) -> VideoEntry:
         """The video of one index row (whatever its status)."""
-        vid = record["video_id"] if record else self.index.ids(np.array([row]))[0]
+        vid = self._typed(record).video_id if record else self.index.ids(np.array([row]))[0]
         return VideoEntry(self, schema.video_key(vid), record, self.index.where(row), None, row)
 
     def check_rows(self, entry: VideoEntry, name: str, rows: np.ndarray) -> None:

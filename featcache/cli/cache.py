@@ -97,7 +97,7 @@ def cache_status(
 
     with user_errors():
         cache = open_cache(path)
-        manifest = manifest or cache.attrs.get("manifest", {}).get("path")
+        manifest = manifest or cache.facts.manifest_path
         if not manifest:
             raise FeatcacheError("--manifest: this cache does not record its manifest; give it")
         if shards < 1:

@@ -106,3 +106,14 @@ def test_a_view_checked_against_the_attrs_dict_reads_the_shape(fresh):
     assert cache.attrs.policies == ("uniform:4", "keyframes:2")
     with pytest.raises(AttributeError):
         assert cache.attrs.nothing is None  # never reached: AttributeError
+
+
+def test_facts_and_the_attrs_dict_pickle(fresh):
+    import pickle
+
+    cache = open_cache(fresh)
+    cache.facts.shape  # noqa: B018 -- cached on the instance
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy.facts == cache.facts and copy.attrs == cache.attrs and isinstance(copy.attrs, AttrsDict)
+    record = cache.video_record(cache.video_ids()[0])
+    assert pickle.loads(pickle.dumps(record)).to_json() == record.to_json()
