@@ -117,9 +117,8 @@ def _unindexed_lines(cache, seg: index.SegmentIndex, where: str, data: bytes, ta
     last = int((table["line"] + table["line_len"]).max()) if len(table) else 0
     lost = []
     for offset, line in orphan_lines(data, table):
-        try:
-            vid = json.loads(line)["record"]["video_id"]
-        except (ValueError, KeyError, TypeError):
+        vid = _line_video(line)
+        if vid is None:
             notes.append(f"{where}/{packed.INDEX_FILE} byte {offset}: a line that is no index entry (no video is "
                          "affected; featcache cache pack writes a clean copy)")
             continue
@@ -139,6 +138,14 @@ def orphan_lines(data: bytes, table: np.ndarray) -> list[tuple[int, bytes]]:
     return [(int(s), data[s:e + 1]) for s, e in zip(starts.tolist(), ends.tolist()) if s not in used and e > s]
 
 
+def _line_video(line: bytes) -> str | None:
+    """The video id of an index entry's JSON line; None for a line that is no entry."""
+    try:
+        return VideoRecord.from_json(json.loads(line)["record"]).video_id
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def interrupted(cache) -> dict[str, list[str]]:
     """segment -> ids of videos an interrupted commit wrote (complete JSON lines at the end of an
     unsealed segment, without their table rows) that the store does not hold done now: what the
@@ -155,11 +162,9 @@ def interrupted(cache) -> dict[str, list[str]]:
         last = int((seg.table["line"] + seg.table["line_len"]).max()) if len(seg.table) else 0
         ids = []
         for offset, line in orphan_lines(data, seg.table):
-            if offset >= last:
-                try:
-                    ids.append(json.loads(line)["record"]["video_id"])
-                except (ValueError, KeyError, TypeError):
-                    continue
+            vid = _line_video(line) if offset >= last else None
+            if vid is not None:
+                ids.append(vid)
         left = [v for v, s in zip(ids, cache.statuses(ids)) if s != "done"] if ids else []
         if left:
             out[seg.name] = left

@@ -117,3 +117,32 @@ def test_facts_and_the_attrs_dict_pickle(fresh):
     assert copy.facts == cache.facts and copy.attrs == cache.attrs and isinstance(copy.attrs, AttrsDict)
     record = cache.video_record(cache.video_ids()[0])
     assert pickle.loads(pickle.dumps(record)).to_json() == record.to_json()
+
+
+def test_rewritten_roots_round_trip_exactly(fresh, tmp_path):
+    """The root attributes are rewritten when policies are added (writer._add_policies) and when
+    a store is packed (a ``packed`` section StoreAttrs does not know): both read back exactly."""
+    import shutil
+
+    from featcache.cache.pack import pack
+    from featcache.cache.writer import CacheWriter
+
+    grown = str(tmp_path / "grown.zarr")
+    shutil.copytree(fresh, grown)
+    attrs = {k: v for k, v in open_cache(grown).attrs.items() if k not in ("fingerprint", "schema_version", "layout")}
+    attrs["frames"] = dict(attrs["frames"], policies=[*attrs["frames"]["policies"], "uniform:2"])
+    with CacheWriter.open(grown, attrs):
+        pass
+    root = _read(os.path.join(grown, "zarr.json"))["attributes"]
+    assert root["frames"]["policies"][-1] == "uniform:2" and "added" in root["frames"]
+    _round_trips(StoreAttrs, root)
+    assert open_cache(grown).facts.frames.added["uniform:2"] == root["frames"]["added"]["uniform:2"]
+
+    out = str(tmp_path / "packed.zarr")
+    pack(FIXTURES[0], out)
+    root = _read(os.path.join(out, "zarr.json"))["attributes"]
+    assert StoreAttrs.from_json(root).unknown["packed"]["from_schema"] == 1
+    _round_trips(StoreAttrs, root)
+    old, new = open_cache(FIXTURES[0]), open_cache(out)
+    assert new.records() == old.records()  # every record copied through its type, unchanged
+    assert {k: r.to_json() for k, r in new.video_records().items()} == old.records()
