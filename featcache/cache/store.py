@@ -59,10 +59,10 @@ class VideoEntry:
             self._record = self.cache._record_at(self.row)
         return self._record
 
-    @property
+    @cached_property
     def facts(self) -> VideoRecord:
-        """The video's record, typed (parsed once per record read)."""
-        return self.cache._typed(self.record)
+        """The video's record, typed (parsed once, on first use)."""
+        return VideoRecord.from_json(self.record)
 
     @property
     def brief(self) -> dict:
@@ -228,7 +228,8 @@ class Cache:
         return self._attrs.facts
 
     def _typed(self, record: dict) -> VideoRecord:
-        """``record`` as a VideoRecord, parsed once for as long as the store holds that record."""
+        """``record`` as a VideoRecord, parsed once for as long as the store holds that record
+        (kept for the typed listings only: ``entry.facts`` lives with its entry)."""
         key = schema.video_key(record.get("video_id", ""))
         seen = self._parsed.get(key)
         if seen is None or seen[0] is not record:
@@ -468,7 +469,7 @@ class Cache:
         """video id -> the reason it could not be extracted."""
         rows = self.index_rows("failed")
         records = [e["record"] for e in self.index.entries(rows)] + [e["record"] for e in self._fresh("failed")]
-        return {r.video_id: r.reason or "" for r in sorted(map(self._typed, records), key=lambda r: r.video_id)}
+        return {r.video_id: r.reason or "" for r in sorted(map(VideoRecord.from_json, records), key=lambda r: r.video_id)}
 
     def video(self, video_id: str) -> VideoEntry:
         """One done video; its record is read only when asked for (``entry.record``)."""
@@ -700,7 +701,7 @@ class Cache:
 
     def entry_at(self, row: int, record: dict | None = None) -> VideoEntry:
         """The video of one index row (whatever its status)."""
-        vid = self._typed(record).video_id if record else self.index.ids(np.array([row]))[0]
+        vid = record["video_id"] if record else self.index.ids(np.array([row]))[0]
         return VideoEntry(self, schema.video_key(vid), record, self.index.where(row), None, row)
 
     def check_rows(self, entry: VideoEntry, name: str, rows: np.ndarray) -> None:
