@@ -23,9 +23,9 @@ parsed by the one ``from_json``/``to_json`` pair above them; split when a third 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -33,6 +33,7 @@ from featcache.cache import schema
 from featcache.spec.view import CacheShape
 
 _EMPTY: Mapping = MappingProxyType({})
+_SCALARS = (str, int, float, type(None))  # bool is an int
 
 
 def freeze(value: Any) -> Any:
@@ -41,8 +42,8 @@ def freeze(value: Any) -> Any:
         return value
     if isinstance(value, Mapping):
         return MappingProxyType({k: freeze(v) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(freeze(v) for v in value)
+    if isinstance(value, (list, tuple)):  # frame indices, timestamps: scalars, copied as they are
+        return tuple(v if isinstance(v, _SCALARS) else freeze(v) for v in value)
     return value
 
 
@@ -53,7 +54,7 @@ def thaw(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [thaw(v) for v in value]
+        return [v if isinstance(v, _SCALARS) else thaw(v) for v in value]
     return value
 
 
@@ -80,23 +81,33 @@ class Facts:
     @classmethod
     def known(cls) -> tuple[str, ...]:
         """The JSON keys this type has fields for."""
-        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("unknown", "key_order"))
+        return tuple(_defaults(cls))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]):
         """Parse a JSON object; keys without a field go to ``unknown``."""
         if not isinstance(data, Mapping):
             raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
-        known = set(cls.known())
-        return cls(**{k: v for k, v in data.items() if k in known},
-                   unknown={k: v for k, v in data.items() if k not in known}, key_order=tuple(data))
+        # what __init__ + __post_init__ would store, written straight into the instance (every
+        # record of a store is parsed: the dataclass machinery would cost twice the parse)
+        obj = object.__new__(cls)
+        fields, unknown = dict(_defaults(cls)), {}
+        for k, v in data.items():
+            if k not in fields:
+                unknown[k] = freeze(v)
+            elif k in cls._sections and isinstance(v, Mapping):
+                fields[k] = cls._sections[k].from_json(v)
+            else:
+                fields[k] = freeze(v)
+        obj.__dict__.update(fields, unknown=MappingProxyType(unknown), key_order=tuple(data))
+        return obj
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object: the keys read, in their order, then fields set since (for a type built
         in code: every field, declared order), then unknown keys."""
         known = self.known()
         order = list(self.key_order)
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        defaults = _defaults(type(self))
         order += [n for n in known if n not in order and (not self.key_order or getattr(self, n) != defaults[n])]
         order += [k for k in self.unknown if k not in order]
         return {k: thaw(getattr(self, k)) if k in known else thaw(self.unknown[k])
@@ -109,6 +120,12 @@ class Facts:
         """The required keys (``_required``) the document read lacks."""
         present = set(self.key_order) or {k for k in self.known() if getattr(self, k) is not None}
         return [k for k in self._required if k not in present and k not in self.unknown]
+
+
+@functools.cache
+def _defaults(cls: type[Facts]) -> dict[str, Any]:
+    """JSON key -> default of each field of a Facts type (its known keys, declared order)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in ("unknown", "key_order")}
 
 
 # ---------------------------------------------------------------------------------------- root
@@ -258,7 +275,7 @@ class StoreAttrs(Facts):
     def manifest_path(self) -> str | None:
         return self.manifest.path if self.manifest else None
 
-    @cached_property
+    @functools.cached_property
     def shape(self) -> CacheShape:
         """What a ``View`` is checked and laid out against (plain values: the spec layer does not
         know this JSON)."""
