@@ -168,7 +168,7 @@ class CacheWriter(Cache):
         """Publish one complete video; returns the bytes of token data written, or None when
         the store already holds it done (its copy is kept, ours dropped). Any other failure to
         publish raises PublishError: the video is not in the store."""
-        if self.status(record["video_id"]) == "done":
+        if record["video_id"] in self:  # done (by us, earlier, or by a concurrent writer)
             return None
         return self._publish_done(record, tokens, luv_scores, cut, side_crops)
 
@@ -200,7 +200,7 @@ class CacheWriter(Cache):
 
     def write_failure(self, record: dict, reason: str) -> None:
         key = schema.video_key(record["video_id"])
-        if self.status(record["video_id"]) == "done":
+        if record["video_id"] in self:
             return  # a video done earlier (or by a concurrent writer) stays done
         self._append(dict(record, status="failed", reason=reason), {}, self._next_generation(key))
 
