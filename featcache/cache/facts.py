@@ -105,10 +105,10 @@ class Facts:
     def to_json(self) -> dict[str, Any]:
         """The JSON object: the keys read, in their order, then fields set since (for a type built
         in code: every field, declared order), then unknown keys."""
-        known = self.known()
+        known = _defaults(type(self))  # field -> default
         order = list(self.key_order)
-        defaults = _defaults(type(self))
-        order += [n for n in known if n not in order and (not self.key_order or getattr(self, n) != defaults[n])]
+        order += [n for n, default in known.items()
+                  if n not in order and (not self.key_order or getattr(self, n) != default)]
         order += [k for k in self.unknown if k not in order]
         return {k: thaw(getattr(self, k)) if k in known else thaw(self.unknown[k])
                 for k in order if k in known or k in self.unknown}

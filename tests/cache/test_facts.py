@@ -146,3 +146,31 @@ def test_rewritten_roots_round_trip_exactly(fresh, tmp_path):
     old, new = open_cache(FIXTURES[0]), open_cache(out)
     assert new.records() == old.records()  # every record copied through its type, unchanged
     assert {k: r.to_json() for k, r in new.video_records().items()} == old.records()
+
+
+@pytest.mark.slow
+def test_cut_int8_crops_and_clip_stores_round_trip_exactly(tmp_path):
+    """The optional sections (cut, crops, int8 storage) and a video encoder's clip store (clip
+    preprocess, clip_grid, clip records) as today's writer writes them."""
+    from conftest import cli, tiny_encoder_config
+
+    from featcache.data.synthetic import make_dataset
+    from featcache.extract.pipeline import ExtractConfig, run_extract
+
+    manifest = make_dataset(str(tmp_path / "d"), "motion", per_class=1, num_frames=16)
+    cut = str(tmp_path / "cut.zarr")
+    run_extract(ExtractConfig(manifest=manifest, out=cut, frames="uniform:4", dtype="int8", crops=3,
+                              encoder=tiny_encoder_config(cut_block=1)), show_progress=False)
+    clip = str(tmp_path / "clip.zarr")
+    cli("extract", manifest, "--out", clip, "--model", "tv:r3d_18", "--weights", "random", "--precision", "fp32",
+        "--model-arg", "crop_size=32", "--model-arg", "resize_size=[40,53]", "--model-arg", "clip_len=4",
+        "--frames", "fps:8,windows:4/4", "-q")
+    for store in (cut, clip):
+        root = _read(os.path.join(store, "zarr.json"))["attributes"]
+        _round_trips(StoreAttrs, root)
+        for record in open_cache(store).records().values():
+            _round_trips(VideoRecord, record)
+    facts = open_cache(cut).facts
+    assert facts.dtype == "int8" and facts.cut.block == 1 and facts.crops.count == 3 and facts.shape.cut
+    facts = open_cache(clip).facts
+    assert facts.clip_rows and facts.tokens.clip_grid == (1, 2, 2) and facts.frames.clip_policy
