@@ -150,7 +150,7 @@ def test_rewritten_roots_round_trip_exactly(fresh, tmp_path):
 
 @pytest.mark.slow
 def test_cut_int8_crops_and_clip_stores_round_trip_exactly(tmp_path):
-    """The optional sections (cut, crops, int8 storage) and a video encoder's clip store (clip
+    """The optional sections (cut, crops; int8 storage) and a video encoder's clip store (clip
     preprocess, clip_grid, clip records) as today's writer writes them."""
     from conftest import cli, tiny_encoder_config
 
@@ -158,19 +158,21 @@ def test_cut_int8_crops_and_clip_stores_round_trip_exactly(tmp_path):
     from featcache.extract.pipeline import ExtractConfig, run_extract
 
     manifest = make_dataset(str(tmp_path / "d"), "motion", per_class=1, num_frames=16)
-    cut = str(tmp_path / "cut.zarr")
-    run_extract(ExtractConfig(manifest=manifest, out=cut, frames="uniform:4", dtype="int8", crops=3,
-                              encoder=tiny_encoder_config(cut_block=1)), show_progress=False)
-    clip = str(tmp_path / "clip.zarr")
-    cli("extract", manifest, "--out", clip, "--model", "tv:r3d_18", "--weights", "random", "--precision", "fp32",
+    stores = {name: str(tmp_path / f"{name}.zarr") for name in ("cut", "crops", "int8", "clip")}
+    for name, kw in (("cut", {"encoder": tiny_encoder_config(cut_block=1)}), ("crops", {"crops": 3}),
+                     ("int8", {"dtype": "int8"})):
+        run_extract(ExtractConfig(manifest=manifest, out=stores[name], frames="uniform:4",
+                                  **{"encoder": tiny_encoder_config(), **kw}), show_progress=False)
+    cli("extract", manifest, "--out", stores["clip"], "--model", "tv:r3d_18", "--weights", "random", "--precision", "fp32",
         "--model-arg", "crop_size=32", "--model-arg", "resize_size=[40,53]", "--model-arg", "clip_len=4",
         "--frames", "fps:8,windows:4/4", "-q")
-    for store in (cut, clip):
+    for store in stores.values():
         root = _read(os.path.join(store, "zarr.json"))["attributes"]
         _round_trips(StoreAttrs, root)
         for record in open_cache(store).records().values():
             _round_trips(VideoRecord, record)
-    facts = open_cache(cut).facts
-    assert facts.dtype == "int8" and facts.cut.block == 1 and facts.crops.count == 3 and facts.shape.cut
-    facts = open_cache(clip).facts
+    cut, crops = open_cache(stores["cut"]).facts, open_cache(stores["crops"]).facts
+    assert cut.cut.block == 1 and cut.shape.cut and not cut.shape.crops and crops.crops.count == 3 and crops.shape.crops
+    assert open_cache(stores["int8"]).facts.dtype == "int8"
+    facts = open_cache(stores["clip"]).facts
     assert facts.clip_rows and facts.tokens.clip_grid == (1, 2, 2) and facts.frames.clip_policy
