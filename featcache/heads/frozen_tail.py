@@ -56,8 +56,9 @@ class FrozenTail(nn.Module):
 
     def __init__(self, spec: dict):
         super().__init__()
-        model = build_model(spec)
-        self.blocks = nn.ModuleList(model.blocks[BackboneSpec.from_json(spec).cut:])
+        self.spec = BackboneSpec.from_json(spec)
+        model = build_model(self.spec)
+        self.blocks = nn.ModuleList(model.blocks[self.spec.cut:])
         self.norm = copy.deepcopy(model.norm)
         self.requires_grad_(False)
 
@@ -65,11 +66,11 @@ class FrozenTail(nn.Module):
         return super().train(False)  # frozen: dropout, drop-path and norms always as at inference
 
 
-def build_model(spec: dict) -> nn.Module:
-    """The timm model of a :class:`BackboneSpec` (its JSON) with its recorded weights."""
+def build_model(spec: BackboneSpec | dict) -> nn.Module:
+    """The timm model of a :class:`BackboneSpec` (or its JSON) with its recorded weights."""
     from featcache.extract.encoder import EncoderConfig, build_model
 
-    spec = BackboneSpec.from_json(spec)
+    spec = spec if isinstance(spec, BackboneSpec) else BackboneSpec.from_json(spec)
     weights, args = spec.weights or WeightsFacts(), dict(thaw(spec.args))
     source = weights.source
     if source == "file":
