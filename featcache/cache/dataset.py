@@ -80,11 +80,11 @@ def frame_positions(entry, policy: FramePolicy) -> list[int]:
     """Positions into the video's cached frames that ``policy`` picks."""
     if str(policy) in entry.policies:
         return list(entry.policies[str(policy)])
-    if policy.served_from == "clips" and "clips" in entry.record:  # K of the cached clips, evenly (uniform:K over them)
+    if policy.served_from == "clips" and entry.facts.clips is not None:  # K of the cached clips, evenly (uniform:K over them)
         from featcache.video.clips import spread
 
         return spread(next(iter(entry.policies.values())), policy.fixed_length)
-    n = entry.record["source"]["num_frames"]
+    n = entry.facts.num_frames
     wanted = policy_indices(policy, n, entry.luv_scores if policy.needs_scores else None)
     pool = entry.frame_indices
     pos = np.searchsorted(pool, wanted)
@@ -95,9 +95,10 @@ def frame_positions(entry, policy: FramePolicy) -> list[int]:
     return pos.tolist()
 
 
-def fill_view(dest: np.ndarray, entry, positions: list[int], view: View, attrs: dict) -> None:
-    """Write the view of the cached frames at ``positions`` of one video into ``dest`` (T, N', C')."""
-    prefix, grid = attrs["tokens"]["num_prefix_tokens"], tuple(attrs["tokens"]["grid"])
+def fill_view(dest: np.ndarray, entry, positions: list[int], view: View, shape) -> None:
+    """Write the view of the cached frames at ``positions`` of one video into ``dest`` (T, N', C');
+    ``shape``: the cache's CacheShape (``cache.facts.shape``, or ``cache.attrs``, which answers it)."""
+    prefix, grid = shape.num_prefix_tokens, tuple(shape.grid)
     if view.source == "cut":
         dest[...] = entry.cut[np.asarray(positions)]  # (T, N, C): the residual stream entering the cut block
         return
@@ -127,8 +128,8 @@ def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> 
     """Every done video of ``split`` read once into one (V, T, N, C) float16 array (a plain view
     of an int8 store: a QuantTokens, int8 + scales as stored, that indexes as that array), or,
     when it would exceed ``max_bytes`` (default: half the available memory), a StreamedTokens."""
-    view.check(cache.attrs)
-    layout = view.layout(cache.attrs)
+    view.check(cache.facts.shape)
+    layout = view.layout(cache.facts.shape)
     budget = max_bytes if max_bytes else memory_budget()
     fast = columns(cache, view, split, budget)
     if fast is not None:
@@ -140,7 +141,7 @@ def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> 
         pos = frame_positions(entry, view.frames)
         positions.append(pos[view.subset[0]::view.subset[1]] if view.subset else pos)  # interleaved views
     labels, ids = [e.labels for e in entries], [e.video_id for e in entries]
-    int8 = cache.attrs["storage"]["dtype"] == "int8" and view.reads_plain
+    int8 = cache.facts.dtype == "int8" and view.reads_plain
     size = int(np.prod(shape)) * 2 if not int8 else int(np.prod(shape)) + int(np.prod(shape[:-1])) * 2
     if size > budget:
         return ViewData(StreamedTokens(cache, view, entries, positions, shape, fill_view), labels, ids,
@@ -149,10 +150,10 @@ def materialise(cache, view: View, split: str, max_bytes: int | None = None) -> 
         return ViewData(read_quantized(entries, positions, view, shape), labels, ids,
                         layout.num_prefix_tokens, layout.grid)
     out = np.empty(shape, dtype=np.float16)
-    plain = view.reads_plain and cache.attrs["storage"]["dtype"] == "float16"  # one gather, no cast
+    plain = view.reads_plain and cache.facts.dtype == "float16"  # one gather, no cast
     if not (plain and cache.gather(schema.TOKENS, entries, positions, view.layers[0], out)):
         for i, entry in enumerate(entries):
-            fill_view(out[i], entry, positions[i], view, cache.attrs)
+            fill_view(out[i], entry, positions[i], view, cache.facts.shape)
     return ViewData(torch.from_numpy(out), labels, ids, layout.num_prefix_tokens, layout.grid)
 
 
@@ -160,8 +161,8 @@ def columns(cache, view: View, split: str, max_bytes: int) -> ViewData | None:
     """The common case without a Python object per video: a plain view of a cached policy,
     held in memory; its frames' positions, labels and tokens read from the index columns and the
     segments in a few numpy gathers. None where it does not apply (the per-video path serves)."""
-    if not view.reads_plain or cache.attrs["storage"]["dtype"] != "float16" or \
-            str(view.frames) not in cache.attrs["frames"]["policies"]:
+    if not view.reads_plain or cache.facts.dtype != "float16" or \
+            str(view.frames) not in cache.facts.policies:
         return None  # decided from the attributes, before any index file is read
     got = cache.split_columns(split)
     if got is None or not len(got[0]):
@@ -172,7 +173,7 @@ def columns(cache, view: View, split: str, max_bytes: int) -> ViewData | None:
         return None
     if view.subset:  # interleaved views
         pos = pos[:, view.subset[0]::view.subset[1]]
-    layout = view.layout(cache.attrs)
+    layout = view.layout(cache.facts.shape)
     shape = (len(rows), *layout.shape)
     if pos.shape[1] != shape[1] or int(np.prod(shape)) * 2 > max_bytes:
         return None

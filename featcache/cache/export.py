@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from featcache.cache import schema
+from featcache.cache.facts import StoreAttrs, VideoRecord
 from featcache.cache.store import open_cache, to_json
 from featcache.cache.writer import CacheWriter
 from featcache.data.manifest import read_manifest
@@ -29,7 +30,7 @@ def export_cache(path: str, fmt: str, out: str) -> int:
     if os.path.exists(out):
         raise FeatcacheError(f"{out} exists; choose a new output path")
     entries = [cache.video(vid) for vid in cache.video_ids()]
-    failed = {schema.video_key(r["video_id"]): r for r in cache.records_of(cache.video_ids("failed"), "failed")}
+    failed = {r.key: r.to_json() for r in map(VideoRecord.from_json, cache.records_of(cache.video_ids("failed"), "failed"))}
     (_export_hdf5 if fmt == "hdf5" else _export_npy)(cache, entries, failed, out)
     return len(entries)
 
@@ -91,7 +92,7 @@ def _import_featcache(f, out: str) -> int:
     attrs = json.loads(f.attrs["provenance"])
     with CacheWriter.open(out, {k: v for k, v in attrs.items() if k not in ("fingerprint", "created_at", "layout")}) \
             as writer:
-        if writer.fingerprint != attrs["fingerprint"]:
+        if writer.fingerprint != StoreAttrs.from_json(attrs).fingerprint:
             raise FeatcacheError("the imported provenance does not reproduce its fingerprint; the file was altered")
         for g in f["videos"].values():
             record = json.loads(g.attrs["record"])
@@ -99,7 +100,7 @@ def _import_featcache(f, out: str) -> int:
             writer.write_video(record, g["tokens"][...], luv)
         for g in f["failed"].values():
             record = json.loads(g.attrs["record"])
-            writer.write_failure(record, record.get("reason", ""))
+            writer.write_failure(record, VideoRecord.from_json(record).reason or "")
     return len(f["videos"])
 
 

@@ -20,6 +20,7 @@ import uuid
 import numpy as np
 
 from featcache.cache import schema
+from featcache.cache.facts import VideoRecord
 from featcache.errors import DamagedStore
 
 CHUNK_KEYS = {"name": "v2", "separator": "."}
@@ -85,7 +86,7 @@ def write_loose(path: str, attrs: dict, videos: list[tuple[dict, dict[str, np.nd
         root = zarr.create_group(zarr.storage.LocalStore(path), attributes=root_attrs)
         root.create_group(schema.VIDEOS)
     for record, arrays in videos:
-        key = schema.video_key(record["video_id"])
+        key = VideoRecord.from_json(record).key
         stage = os.path.join(path, schema.STAGING, f"{key}@{uuid.uuid4().hex[:8]}")
         group = zarr.create_group(zarr.storage.LocalStore(stage), attributes=record)
         for name, value in arrays.items():

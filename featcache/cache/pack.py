@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featcache.cache import index, packed, schema, verify
+from featcache.cache.facts import VideoRecord
 from featcache.cache.store import Cache, open_cache
 from featcache.cache.writer import CacheWriter
 from featcache.errors import FeatcacheError
@@ -43,11 +44,11 @@ def pack(src: str, out: str, segment_bytes: int | None = None, show_progress: bo
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise FeatcacheError(f"--out {out}: exists; give a new path (pack never writes into an existing store)")
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    attrs = {k: v for k, v in cache.attrs.items() if k not in ("fingerprint", "schema_version", "layout")}
-    attrs["packed"] = {"from": cache.path, "from_schema": cache.attrs["schema_version"], "at": now}
+    attrs = {**{k: v for k, v in cache.attrs.items() if k not in ("fingerprint", "schema_version", "layout")},
+             "packed": {"from": cache.path, "from_schema": cache.facts.schema_version, "at": now}}
     summary = PackSummary(segments_before=len(cache.segments()), files_before=cache.file_count(),
                           bytes_before=cache.size_on_disk())
-    order, records = _read_order(cache), cache.records()
+    order, records = _read_order(cache), cache.video_records()
     from rich.progress import Progress
 
     with Progress(disable=not show_progress) as progress, \
@@ -89,15 +90,15 @@ def repair(path: str, check_values: bool = True) -> RepairSummary:
     with CacheWriter.open(path, attrs) as writer:
         for record, arrays, why in orphans:
             if why:
-                out.unrecoverable[record.get("video_id", "?")] = why
-            elif writer.status(record["video_id"]) != "done":
-                writer.republish(record, arrays)
-                out.reindexed.append(record["video_id"])
+                out.unrecoverable[record.video_id] = why
+            elif record.video_id not in writer:
+                writer.republish(record.to_json(), arrays)
+                out.reindexed.append(record.video_id)
     cache = open_cache(path)
-    broken = {v: p for v, p in cache.broken(check_values).items() if cache.status(v) == "done"}
+    broken = {v: p for v, p in cache.broken(check_values).items() if v in cache}
     _, damaged, _ = verify.index_problems(cache)
     for vid, problems in damaged.items():  # its JSON line (the record) no longer matches what was written
-        if cache.status(vid) == "done":
+        if vid in cache:
             broken.setdefault(vid, []).extend(problems)
     if broken:
         with CacheWriter.open(path, attrs) as writer:
@@ -107,7 +108,7 @@ def repair(path: str, check_values: bool = True) -> RepairSummary:
     return out
 
 
-def _orphans(cache: Cache) -> list[tuple[dict, dict, str]]:
+def _orphans(cache: Cache) -> list[tuple[VideoRecord, dict, str]]:
     """(record, arrays, "" or why not) of each complete JSON line no valid table row points to,
     with its arrays read from its segment and checked against the line's checksums."""
     out = []
@@ -123,11 +124,12 @@ def _orphans(cache: Cache) -> list[tuple[dict, dict, str]]:
         for _, line in verify.orphan_lines(data, valid):
             try:
                 entry = json.loads(line)
-                record, rows, crcs = entry["record"], entry["rows"], entry.get("crc") or {}
-                record["video_id"]  # noqa: B018
+                record, rows, crcs = VideoRecord.from_json(entry["record"]), entry["rows"], entry.get("crc") or {}
             except (ValueError, KeyError, TypeError):
                 continue  # not an entry: nothing to recover
-            if record.get("status") != "done":
+            if record.video_id is None:
+                continue
+            if not record.done:
                 continue  # a failure record: the next extraction redoes it anyway
             arrays, why = {}, ""
             for name, (start, count) in rows.items():
@@ -169,23 +171,24 @@ def rebuild_root(path: str) -> str:
                          "(segments written before featcache 0.1's columnar index do not); it cannot be rebuilt")
 
 
-def _copy(cache: Cache, writer: CacheWriter, record: dict, summary: PackSummary) -> None:
+def _copy(cache: Cache, writer: CacheWriter, record: VideoRecord, summary: PackSummary) -> None:
     """One video (or failure record) into the new store; an unreadable video becomes a failure
-    record there, so the next extraction redoes it."""
-    if record.get("status") != "done":
-        writer.write_raw(record, {})
+    record there, so the next extraction redoes it. The record is written as read (its JSON
+    round-trips exactly)."""
+    if not record.done:
+        writer.write_raw(record.to_json(), {})
         summary.failed += 1
         return
     try:
-        arrays = cache.video(record["video_id"]).arrays()
+        arrays = cache.video(record.video_id).arrays()
     except (OSError, ValueError) as exc:
         reason = f"unreadable in {cache.path} ({exc}); the next extract run redoes it"
-        summary.unreadable[record["video_id"]] = reason
+        summary.unreadable[record.video_id] = reason
         summary.failed += 1
-        record = {k: v for k, v in record.items() if k != "has_luv_scores"}
-        writer.write_raw(dict(record, status="failed", reason=reason), {})
+        kept = {k: v for k, v in record.to_json().items() if k != "has_luv_scores"}
+        writer.write_raw(dict(kept, status="failed", reason=reason), {})
         return
-    writer.write_raw(record, arrays)
+    writer.write_raw(record.to_json(), arrays)
     summary.videos += 1
 
 

@@ -42,6 +42,7 @@ import uuid
 import numpy as np
 
 from featcache.cache import index, schema
+from featcache.cache.facts import store_attrs
 from featcache.errors import FeatcacheError
 
 INDEX = "index"  # a uint8 array of JSON lines: its one chunk file is index/0
@@ -60,17 +61,18 @@ def row_plan(attrs: dict) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ..
     """name -> (row shape, dtype, dimension names, sharded) of every segment array a store with
     root attributes ``attrs`` may hold. Rows are frames, source frames (``luv_scores``) or videos
     (``channel_scales``); sharded arrays have one inner chunk per row, so Zarr reads a frame alone."""
-    tok, dtype = attrs["tokens"], attrs["storage"]["dtype"]
-    frame = (len(attrs["layers"]), tok["num_tokens"], tok["dim"])
+    facts = store_attrs(attrs)
+    tok, dtype = facts.tokens, facts.dtype
+    frame = (len(facts.layers), tok.num_tokens, tok.dim)
     dims = ("frame", "layer", "token", "channel")
     plan = {schema.TOKENS: (frame, dtype, dims, True),
             schema.LUV_SCORES: ((), "float32", ("source_frame",), False)}
     if dtype == "int8":
         plan[schema.TOKEN_SCALES] = (frame[:2], "float16", dims[:3], True)
         plan[schema.CHANNEL_SCALES] = ((frame[0], frame[2]), "float32", ("video", "layer", "channel"), False)
-    if attrs.get("cut"):
+    if facts.cut:
         plan[schema.CUT] = (frame[1:], "float16", ("frame", "token", "channel"), True)
-    if attrs.get("crops"):
+    if facts.crops:
         plan[schema.SIDE_CROPS] = ((2, *frame), dtype, ("frame", "crop", "layer", "token", "channel"), True)
     return plan
 
@@ -352,7 +354,7 @@ class SegmentWriter:
             self.cursor[name] = start + count
             self.bytes += count * rows[name][0].nbytes if count else 0
         crc = index.rows_crc(rows)
-        parts = index.encode(record, placed, generation, crc, self.attrs["frames"]["policies"])
+        parts = index.encode(record, placed, generation, crc, list(store_attrs(self.attrs).policies))
         if not self.pending:
             self.oldest = time.monotonic()
         self.pending.append((*parts, record["video_id"]))

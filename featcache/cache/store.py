@@ -23,6 +23,7 @@ from functools import cached_property
 import numpy as np
 
 from featcache.cache import index, loose, packed, quant, schema
+from featcache.cache.facts import AttrsDict, StoreAttrs, VideoRecord
 from featcache.cache.packed import arrays_bytes, frame_bytes, stage_bytes, video_arrays  # noqa: F401 -- re-exported
 from featcache.errors import DamagedStore, FeatcacheError
 
@@ -58,11 +59,16 @@ class VideoEntry:
             self._record = self.cache._record_at(self.row)
         return self._record
 
+    @cached_property
+    def facts(self) -> VideoRecord:
+        """The video's record, typed (parsed once, on first use)."""
+        return VideoRecord.from_json(self.record)
+
     @property
     def brief(self) -> dict:
         """video_id, split, labels and policies: what a view needs, without the full record."""
         if self._brief is None:
-            self._brief = dict(index.brief_of(self.record), video_id=self.record["video_id"])
+            self._brief = dict(index.brief_of(self.record), video_id=self.facts.video_id)
         return self._brief
 
     @property
@@ -128,16 +134,16 @@ class VideoEntry:
 
     @property
     def frame_indices(self) -> np.ndarray:
-        return np.asarray(self.record["frame_indices"], dtype=np.int64)
+        return np.asarray(self.facts.frame_indices, dtype=np.int64)
 
     @property
     def timestamps(self) -> np.ndarray:
-        return np.asarray(self.record["timestamps"], dtype=np.float64)
+        return np.asarray(self.facts.timestamps, dtype=np.float64)
 
     @cached_property
     def luv_scores(self) -> np.ndarray | None:
         """One score per source frame, or None when no keyframes policy was run."""
-        if not self.record.get("has_luv_scores"):
+        if not self.facts.has_luv_scores:
             return None
         return np.array(self.stored(schema.LUV_SCORES))
 
@@ -180,16 +186,18 @@ class Cache:
         if meta is None:
             raise FeatcacheError(f"{path}: not a featcache cache (no zarr.json); create one with featcache extract")
         attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
-        if "schema_version" not in attrs:
+        self.attrs = attrs if isinstance(attrs, dict) else {}
+        version = self.facts.schema_version
+        if version is None:
             raise FeatcacheError(f"{path}: a Zarr store, but not one featcache wrote (no schema_version)")
-        if attrs["schema_version"] > schema.SCHEMA_VERSION:
+        if version > schema.SCHEMA_VERSION:
             raise FeatcacheError(
-                f"{path}: cache schema {attrs['schema_version']} is newer than this featcache "
+                f"{path}: cache schema {version} is newer than this featcache "
                 f"understands ({schema.SCHEMA_VERSION}); upgrade featcache")
-        self.attrs: dict = attrs
-        self.layout = "packed" if attrs["schema_version"] >= 2 else "loose"
+        self.layout = "packed" if version >= 2 else "loose"
         self._idx: index.Index | None = None  # the columns of every segment, read on first use
         self._records: dict[str, dict] | None = None  # every full record: only records() reads them all
+        self._parsed: dict[str, tuple[dict, VideoRecord]] = {}  # key -> (record, its type): parsed once
         self.fresh: dict[str, dict] = {}  # a writer's own entries (key -> entry), newer than the index read
         self.notes: list[str] = []  # what the last verify found that loses nothing
         self._maps: OrderedDict = OrderedDict()
@@ -197,13 +205,49 @@ class Cache:
 
     def __getstate__(self):  # DataLoader workers get a copy without the mapped files and the index
         state = dict(self.__dict__)
-        state["_maps"], state["_idx"], state["_records"] = OrderedDict(), None, None
+        state["_maps"], state["_idx"], state["_records"], state["_parsed"] = OrderedDict(), None, None, {}
         del state["_lock"]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+    @property
+    def attrs(self) -> dict:
+        """The root attributes as stored (a dict; :attr:`facts` is their type)."""
+        return self._attrs
+
+    @attrs.setter
+    def attrs(self, value: dict) -> None:
+        self._attrs = value if isinstance(value, AttrsDict) else AttrsDict(value)
+
+    @property
+    def facts(self) -> StoreAttrs:
+        """The root attributes, typed (parsed once)."""
+        return self._attrs.facts
+
+    def _typed(self, record: dict) -> VideoRecord:
+        """``record`` as a VideoRecord, parsed once for as long as the store holds that record
+        (kept for the typed listings only: ``entry.facts`` lives with its entry)."""
+        key = schema.video_key(record.get("video_id", ""))
+        seen = self._parsed.get(key)
+        if seen is None or seen[0] is not record:
+            seen = self._parsed[key] = (record, VideoRecord.from_json(record))
+        return seen[1]
+
+    def video_record(self, video_id: str) -> VideoRecord | None:
+        """:meth:`record`, typed: one video's record (done or failed), or None. The index is read
+        once per Cache, so a record parsed before is not read again (a writer's fresh ones aside)."""
+        key = schema.video_key(video_id)
+        if key not in self.fresh and key in self._parsed:
+            return self._parsed[key][1]
+        record = self.record(video_id)
+        return None if record is None else self._typed(record)
+
+    def video_records(self) -> dict[str, VideoRecord]:
+        """:meth:`records`, typed: key -> record of every published video, sorted by key."""
+        return {k: self._typed(r) for k, r in self.records().items()}
 
     # ------------------------------------------------------------------ listing
     @property
@@ -262,10 +306,10 @@ class Cache:
         return iter(self.video_ids())
 
     def __repr__(self) -> str:
-        model = (self.attrs.get("model") or {}).get("name", "?")
+        f = self.facts
+        model = (f.model.name if f.model else None) or "?"
         return (f"Cache({self.path!r}: {len(self)} videos done, {len(self.video_ids('failed'))} failed; {model}, "
-                f"frames {','.join(self.attrs.get('frames', {}).get('policies', []))}, "
-                f"{self.attrs.get('storage', {}).get('dtype', '?')}, {len(self.segments())} segment(s))")
+                f"frames {','.join(f.policies)}, {f.dtype or '?'}, {len(self.segments())} segment(s))")
 
     def status(self, video_id: str) -> str | None:
         """"done", "failed", or None for a video the store does not hold."""
@@ -390,7 +434,7 @@ class Cache:
         splits = self._splits(rows)
         status = ["done" if c == index.DONE else "failed" for c in t["status"][rows].tolist()]
         labels = idx.labels(rows)
-        pols = idx.policies(rows, self.attrs["frames"]["policies"]) if policies else [None] * len(rows)
+        pols = idx.policies(rows, list(self.facts.policies)) if policies else [None] * len(rows)
         return [{"video_id": v, "status": st, "split": sp, "labels": lb, **({"policies": p} if policies else {})}
                 for v, st, sp, lb, p in zip(ids, status, splits, labels, pols)]
 
@@ -425,14 +469,14 @@ class Cache:
         """video id -> the reason it could not be extracted."""
         rows = self.index_rows("failed")
         records = [e["record"] for e in self.index.entries(rows)] + [e["record"] for e in self._fresh("failed")]
-        return {r["video_id"]: r.get("reason", "") for r in sorted(records, key=lambda r: r["video_id"])}
+        return {r.video_id: r.reason or "" for r in sorted(map(VideoRecord.from_json, records), key=lambda r: r.video_id)}
 
     def video(self, video_id: str) -> VideoEntry:
         """One done video; its record is read only when asked for (``entry.record``)."""
         key = schema.video_key(video_id)
         if key in self.fresh:
             entry = self._fresh_entry(key)
-            done = entry.record.get("status") == "done"
+            done = entry.facts.done
         else:
             row = int(self.index.find([key])[0])
             if row < 0:
@@ -440,7 +484,7 @@ class Cache:
             entry = VideoEntry(self, key, None, self.index.where(row), None, row)
             done = self.index.table["status"][row] == index.DONE
         if not done:
-            raise KeyError(f"video {video_id!r} failed extraction: {entry.record.get('reason')}")
+            raise KeyError(f"video {video_id!r} failed extraction: {entry.facts.reason}")
         return entry
 
     def _fresh_entry(self, key: str) -> VideoEntry:
@@ -471,7 +515,7 @@ class Cache:
 
     @property
     def fingerprint(self) -> str:
-        return self.attrs["fingerprint"]
+        return self.facts.fingerprint
 
     @property
     def bytes_per_frame(self) -> int:
@@ -565,7 +609,7 @@ class Cache:
     def policy_positions(self, rows: np.ndarray, policy: str) -> np.ndarray | None:
         """(V, T) positions of a cached ``policy`` for each row, in one gather; None where the
         columns cannot say (a policy not cached as such, lengths that differ, legacy segments)."""
-        policies = self.attrs["frames"]["policies"]
+        policies = self.facts.policies
         if policy not in policies or self.layout == "loose":
             return None
         return self.index.positions(rows, policies.index(policy))
@@ -629,7 +673,7 @@ class Cache:
         rows too. Interrupted writes are not problems: the next run redoes them."""
         from featcache.cache import verify
 
-        problems = [f"root attributes lack {k!r}" for k in schema.ROOT_KEYS if k not in self.attrs]
+        problems = [f"root attributes lack {k!r}" for k in self.facts.missing()]
         if problems:
             return problems
         try:

@@ -33,7 +33,7 @@ class StreamedTokens:
     """A split of a view read from the store on demand (see module docstring)."""
 
     def __init__(self, cache, view, entries: list, positions: list[list[int]], shape: tuple[int, ...], fill):
-        # fill(dest, entry, positions, view, attrs): cache.dataset.fill_view, the in-memory path's own reader
+        # fill(dest, entry, positions, view, shape): cache.dataset.fill_view, the in-memory path's own reader
         self.cache, self.view, self.entries, self.positions, self.fill = cache, view, entries, positions, fill
         self.shape = torch.Size(shape)
         self.dtype = torch.float16
@@ -52,7 +52,7 @@ class StreamedTokens:
             rows = torch.as_tensor(index).reshape(-1).tolist()
         out = np.empty((len(rows), *self.shape[1:]), np.float16)
         for i, row in enumerate(rows):
-            self.fill(out[i], self.entries[row], self.positions[row], self.view, self.cache.attrs)
+            self.fill(out[i], self.entries[row], self.positions[row], self.view, self.cache.facts.shape)
         return torch.from_numpy(out)
 
 

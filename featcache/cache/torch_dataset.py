@@ -78,8 +78,8 @@ class CacheDataset(torch.utils.data.Dataset):
         view = view if view is not None else frames if frames is not None else "uniform:8"
         self.view, self.split, self.dtype = _view(view, layers, tokens, spatial, channels), split, dtype
         self.transform, self.target_transform = transform, target_transform  # torchvision's convention
-        self.view.check(source.attrs)
-        self.layout = self.view.layout(source.attrs)
+        self.view.check(source.facts.shape)
+        self.layout = self.view.layout(source.facts.shape)
         budget = 1 if stream else (1 << 62) if stream is False else max_bytes
         self.data = materialise(source, self.view, split, max_bytes=budget)
         self.quantized = quantized

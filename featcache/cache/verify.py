@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from featcache.cache import index, packed, schema
+from featcache.cache.facts import VideoRecord
 from featcache.spec.policy import scores_needed
 from featcache.spec.view import parse_policy
 
@@ -91,15 +92,15 @@ def _row_vs_line(row, line: bytes, vid: str) -> list[str]:
         return ["its JSON line changed since it was written (checksum)"]
     try:
         entry = json.loads(line)
-        record = entry["record"]
+        record = VideoRecord.from_json(entry["record"])
     except (ValueError, KeyError, TypeError):
         return ["its JSON line is not an index entry"]
     out = []
-    if record.get("video_id") != vid or index.key_hash(schema.video_key(vid)) != row["hash"]:
-        out.append(f"the JSON line names {record.get('video_id')!r}")
+    if record.video_id != vid or index.key_hash(schema.video_key(vid)) != row["hash"]:
+        out.append(f"the JSON line names {record.video_id!r}")
     if entry.get("generation", 0) != row["generation"]:
         out.append(f"generation {row['generation']} in the table, {entry.get('generation', 0)} in the JSON line")
-    if (record.get("status") == "done") != (row["status"] == index.DONE):
+    if record.done != (row["status"] == index.DONE):
         out.append("status differs between the table and the JSON line")
     rows = {n: [int(row["start"][i]), int(row["count"][i])] for i, n in enumerate(index.ARRAYS) if row["count"][i]}
     theirs = {n: list(v) for n, v in entry.get("rows", {}).items() if v[1]}
@@ -117,9 +118,8 @@ def _unindexed_lines(cache, seg: index.SegmentIndex, where: str, data: bytes, ta
     last = int((table["line"] + table["line_len"]).max()) if len(table) else 0
     lost = []
     for offset, line in orphan_lines(data, table):
-        try:
-            vid = json.loads(line)["record"]["video_id"]
-        except (ValueError, KeyError, TypeError):
+        vid = _line_video(line)
+        if vid is None:
             notes.append(f"{where}/{packed.INDEX_FILE} byte {offset}: a line that is no index entry (no video is "
                          "affected; featcache cache pack writes a clean copy)")
             continue
@@ -139,6 +139,14 @@ def orphan_lines(data: bytes, table: np.ndarray) -> list[tuple[int, bytes]]:
     return [(int(s), data[s:e + 1]) for s, e in zip(starts.tolist(), ends.tolist()) if s not in used and e > s]
 
 
+def _line_video(line: bytes) -> str | None:
+    """The video id of an index entry's JSON line; None for a line that is no entry."""
+    try:
+        return VideoRecord.from_json(json.loads(line)["record"]).video_id
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def interrupted(cache) -> dict[str, list[str]]:
     """segment -> ids of videos an interrupted commit wrote (complete JSON lines at the end of an
     unsealed segment, without their table rows) that the store does not hold done now: what the
@@ -155,11 +163,9 @@ def interrupted(cache) -> dict[str, list[str]]:
         last = int((seg.table["line"] + seg.table["line_len"]).max()) if len(seg.table) else 0
         ids = []
         for offset, line in orphan_lines(data, seg.table):
-            if offset >= last:
-                try:
-                    ids.append(json.loads(line)["record"]["video_id"])
-                except (ValueError, KeyError, TypeError):
-                    continue
+            vid = _line_video(line) if offset >= last else None
+            if vid is not None:
+                ids.append(vid)
         left = [v for v, s in zip(ids, cache.statuses(ids)) if s != "done"] if ids else []
         if left:
             out[seg.name] = left
@@ -177,12 +183,13 @@ def video_problems(cache, check_values: bool = True, deep: bool = True) -> dict[
         out["(index)"] = [f"its JSON lines cannot be read ({exc})"]
     for row, entry in zip(rows.tolist(), entries):
         record = (entry or {}).get("record") or {}
-        key = record.get("video_id") or f"(index row {row})"
+        typed = VideoRecord.from_json(record if isinstance(record, dict) else {})
+        key = typed.video_id or f"(index row {row})"
         try:
-            if record.get("status") == "done":
-                found = _video(cache, row, record, check_values, deep)
-            elif record.get("status") != "failed" or not record.get("reason"):
-                found = [f"status {record.get('status')!r} without a failure reason"]
+            if typed.done:
+                found = _video(cache, row, record, typed, check_values, deep)
+            elif not typed.failed or not typed.reason:
+                found = [f"status {typed.status!r} without a failure reason"]
             else:
                 found = []
         except Exception as exc:  # noqa: BLE001 -- a damaged video is a problem line, never a traceback
@@ -192,14 +199,16 @@ def video_problems(cache, check_values: bool = True, deep: bool = True) -> dict[
     return out
 
 
-def _video(cache, row: int, record: dict, check_values: bool, deep: bool) -> list[str]:
-    missing = [k for k in schema.VIDEO_KEYS if k not in record]
+def _video(cache, row: int, record: dict, typed: VideoRecord, check_values: bool, deep: bool) -> list[str]:
+    missing = typed.missing()
     if missing:
         return [f"record lacks {', '.join(missing)}"]
-    t = len(record["frame_indices"])
-    n = record["source"]["num_frames"]
+    t = len(typed.frame_indices)
+    n = typed.num_frames
+    if n is None:
+        return ["record lacks source.num_frames"]
     entry = cache.entry_at(row, record)
-    wants_luv = scores_needed(parse_policy(p) for p in cache.attrs["frames"]["policies"])
+    wants_luv = scores_needed(parse_policy(p) for p in cache.facts.policies)
     out = []
     for name, shape, _, _ in packed.video_arrays(cache.attrs, t, n if wants_luv else None):
         what = "token chunk" if name == schema.TOKENS else name
@@ -218,14 +227,14 @@ def _video(cache, row: int, record: dict, check_values: bool, deep: bool) -> lis
     if deep and cache.layout == "packed" and not cache.index.segments[int(cache.index.seg[row])].legacy:
         out += [f"{name}: checksum mismatch (its bytes changed since they were written)"
                 for name in cache.checksum_mismatches(entry)]
-    idx = np.asarray(record["frame_indices"])
-    clip_rows = cache.attrs["tokens"].get("unit") == "clip"  # rows are clips: their first frames may repeat
+    idx = np.asarray(typed.frame_indices)
+    clip_rows = cache.facts.clip_rows  # rows are clips: their first frames may repeat
     if t == 0 or np.any(np.diff(idx) < (0 if clip_rows else 1)) or idx[0] < 0 or idx[-1] >= n:
         out.append(f"frame_indices not {'sorted' if clip_rows else 'strictly increasing'} within [0, {n})")
-    if len(record["timestamps"]) != t or np.any(np.diff(record["timestamps"]) < 0):
+    if len(typed.timestamps) != t or np.any(np.diff(typed.timestamps) < 0):
         out.append("timestamps do not match the frames")
-    for policy in cache.attrs["frames"]["policies"]:
-        pos = record["policies"].get(policy)
+    for policy in cache.facts.policies:
+        pos = (typed.policies or {}).get(policy)
         length = parse_policy(policy).length(n)
         if pos is None or not pos or length not in (None, len(pos)) or min(pos) < 0 or max(pos) >= t:
             out.append(f"policy {policy} positions missing or out of range")

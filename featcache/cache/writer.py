@@ -19,6 +19,7 @@ import uuid
 import numpy as np
 
 from featcache.cache import loose, packed, quant, schema
+from featcache.cache.facts import store_attrs
 from featcache.cache.store import Cache, to_json
 from featcache.errors import FeatcacheError, OptionError
 
@@ -72,7 +73,7 @@ class CacheWriter(Cache):
         writer.durable, writer.task, writer.warnings = durable, task, []
         writer.segment_bytes = segment_bytes or packed.env_number("FEATCACHE_SEGMENT_BYTES", packed.SEGMENT_BYTES)
         writer._segment = packed.SegmentWriter(writer.path, writer.attrs, durable, task)
-        added = [p for p in attrs["frames"]["policies"] if p not in writer.attrs["frames"]["policies"]]
+        added = [p for p in store_attrs(attrs).policies if p not in writer.facts.policies]
         if added:
             writer._add_policies(added)
         return writer
@@ -113,7 +114,7 @@ class CacheWriter(Cache):
         """Incremental pools: the store's policy list grows (never shrinks); videos gain the new
         policies' frames as extraction reaches them. The root's zarr.json is rewritten whole
         (a temporary file renamed over it: plain rename(2), atomic on NFS, Lustre and GPFS)."""
-        if self.attrs["storage"]["dtype"] == "int8":
+        if self.facts.dtype == "int8":
             raise OptionError("frames", f"{', '.join(added)} cannot be added to the int8 store {self.path} "
                                  "(its per-video scales would change); extract into another --out")
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -167,7 +168,7 @@ class CacheWriter(Cache):
         """Publish one complete video; returns the bytes of token data written, or None when
         the store already holds it done (its copy is kept, ours dropped). Any other failure to
         publish raises PublishError: the video is not in the store."""
-        if self.status(record["video_id"]) == "done":
+        if record["video_id"] in self:  # done (by us, earlier, or by a concurrent writer)
             return None
         return self._publish_done(record, tokens, luv_scores, cut, side_crops)
 
@@ -191,7 +192,7 @@ class CacheWriter(Cache):
     def _publish_done(self, record: dict, tokens, luv_scores, cut, side_crops) -> int:
         """Append a done video one generation above the copy it replaces; its token bytes."""
         data = {schema.TOKENS: tokens, schema.LUV_SCORES: luv_scores, schema.CUT: cut, schema.SIDE_CROPS: side_crops}
-        if self.attrs["storage"]["dtype"] == "int8":
+        if self.facts.dtype == "int8":
             data[schema.TOKENS], data[schema.TOKEN_SCALES], data[schema.CHANNEL_SCALES] = quant.quantize(tokens)
         self._append(dict(record, status="done", has_luv_scores=luv_scores is not None),
                      packed.video_rows(self.attrs, data), self._next_generation(schema.video_key(record["video_id"])))
@@ -199,7 +200,7 @@ class CacheWriter(Cache):
 
     def write_failure(self, record: dict, reason: str) -> None:
         key = schema.video_key(record["video_id"])
-        if self.status(record["video_id"]) == "done":
+        if record["video_id"] in self:
             return  # a video done earlier (or by a concurrent writer) stays done
         self._append(dict(record, status="failed", reason=reason), {}, self._next_generation(key))
 

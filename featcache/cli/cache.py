@@ -28,7 +28,7 @@ def cache_info(
 
     with user_errors():
         facts = cache_facts(path)
-    typer.echo(json.dumps(facts, indent=2) if as_json else format_facts(facts))
+    typer.echo(json.dumps(facts.to_json(), indent=2) if as_json else format_facts(facts))
 
 
 @cache_app.command("verify", epilog="Example:\n\n  featcache cache verify caches/ucf101.zarr")
@@ -97,7 +97,7 @@ def cache_status(
 
     with user_errors():
         cache = open_cache(path)
-        manifest = manifest or cache.attrs.get("manifest", {}).get("path")
+        manifest = manifest or cache.facts.manifest_path
         if not manifest:
             raise FeatcacheError("--manifest: this cache does not record its manifest; give it")
         if shards < 1:

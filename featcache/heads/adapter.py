@@ -75,7 +75,7 @@ class InBackboneAdapter(nn.Module):
         blocks = blocks or after
         if not 1 <= blocks <= after:
             raise ValueError(f"blocks: {blocks} adapted blocks asked for, but {after} block(s) run after the cut "
-                             f"(block {backbone['cut']} of {backbone['depth']}); extract with a lower --cut-block")
+                             f"(block {self.tail.spec.cut} of {self.tail.spec.depth}); extract with a lower --cut-block")
         first = after - blocks
 
         self.kind = kind

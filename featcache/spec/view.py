@@ -3,8 +3,9 @@
 A ``View`` is a frame policy served from the cached pool, the cached layers to use, which tokens
 (prefix/CLS, patches, both), an optional spatial pooling of the patch grid and an optional
 average pooling of the channels (AdViSe's channel compression). It knows its own
-``Layout`` (frames, tokens, channels, prefix tokens, grid) against a cache's root attributes and
-whether a cache can serve it at all. Train, eval, ablate and the dataset all use this one type;
+``Layout`` (frames, tokens, channels, prefix tokens, grid) against a cache's shape (``CacheShape``:
+plain values the cache layer reads from its root attributes; this layer does not know their JSON)
+and whether a cache can serve it at all. Train, eval, ablate and the dataset all use this one type;
 configs and checkpoints keep it as the flat keys ``view, layers, tokens, spatial, channels``.
 
 Pure: imports only the frame-policy vocabulary and the error type.
@@ -19,6 +20,21 @@ from featcache.spec.policy import FramePolicy, UniformPolicy, parse_policy, scor
 TOKEN_MODES = ("all", "cls", "patch")
 VIEW_KEYS = ("view", "layers", "tokens", "spatial", "channels", "source")  # the config keys that make up a View
 SOURCES = ("tokens", "cut")
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    """What a view is checked and laid out against: plain values of a cache (built by the cache
+    layer, ``featcache.cache.facts.StoreAttrs.shape``; anything with these attributes serves)."""
+
+    policies: tuple[str, ...]  # the cached frame policies (the pool is their union)
+    layers: tuple[int, ...]  # the cached blocks
+    grid: tuple[int, int]  # the stored patch grid (H', W')
+    num_prefix_tokens: int
+    dim: int  # channels of one cached layer
+    clip_rows: bool = False  # rows are clips of a video encoder, not frames
+    crops: bool = False  # side crops cached (extract --crops 3)
+    cut: bool = False  # the residual stream entering a cut block cached (extract --cut-block)
 
 
 @dataclass(frozen=True)
@@ -102,13 +118,13 @@ class View:
                 "spatial": self.spatial, "channels": self.channels, "source": self.source}
 
     # ------------------------------------------------------------------ against a cache
-    def check(self, attrs: dict, dense: bool = False) -> None:
-        """Raise FeatcacheError when a cache with these root attributes cannot serve the view
+    def check(self, cache: CacheShape, dense: bool = False) -> None:
+        """Raise FeatcacheError when a cache of this shape cannot serve the view
         (before any data is read; frames missing from a video's pool are found per video).
         A ``stride:S`` view has as many frames as each video: only ``dense`` readers (featcache
         pretrain) take one."""
-        cached = attrs["frames"]["policies"]
-        clip_rows = attrs["tokens"].get("unit") == "clip"
+        cached = list(cache.policies)
+        clip_rows = cache.clip_rows
         if clip_rows != (self.frames.unit == "clip"):
             raise FeatcacheError(
                 f"view {self.frames}: the cache holds clips of a video encoder ({', '.join(cached)}); train on "
@@ -118,9 +134,9 @@ class View:
         if clip_rows and self.spatial:
             raise FeatcacheError("spatial: clip tokens are a flattened T'xH'xW' sequence; spatial pooling is for "
                                  "frame caches (use spatial: 0)")
-        if self.crop != 1 and not attrs.get("crops"):
+        if self.crop != 1 and not cache.crops:
             raise FeatcacheError("spatial views: the cache holds the centre crop only; re-extract with --crops 3")
-        if self.source == "cut" and not attrs.get("cut"):
+        if self.source == "cut" and not cache.cut:
             raise FeatcacheError("source: cut asked for (an in-backbone adapter head), but the cache holds no cut; "
                                  "re-extract with --cut-block J (e.g. 0 for adapters in every block)")
         if not self.frames.fixed and not dense:
@@ -133,31 +149,31 @@ class View:
         if self.frames.needs_scores and not scores_needed(parse_policy(p) for p in cached):
             raise FeatcacheError(f"view {self.frames}: the cache has no key frames (it holds {', '.join(cached)}); "
                                  f"re-extract with --frames {','.join(cached)},{self.frames}")
-        num_layers = len(attrs["layers"])
+        num_layers = len(cache.layers)
         for layer in self.layers:
             if not -num_layers <= layer < num_layers:
                 raise FeatcacheError(f"layers: {layer} is out of range; the cache holds {num_layers} layer(s) "
-                                     f"(blocks {attrs['layers']})")
-        grid = attrs["tokens"]["grid"]
+                                     f"(blocks {list(cache.layers)})")
+        grid = cache.grid
         if self.spatial > min(grid):
             raise FeatcacheError(f"spatial: {self.spatial} must be between 0 and the cached grid {grid[0]}x{grid[1]}")
-        if self.tokens == "cls" and not attrs["tokens"]["num_prefix_tokens"]:
+        if self.tokens == "cls" and not cache.num_prefix_tokens:
             raise FeatcacheError("tokens: cls asked for, but the cached model has no prefix (CLS) tokens")
-        dim = attrs["tokens"]["dim"] * len(self.layers)
+        dim = cache.dim * len(self.layers)
         if self.channels > dim:
             raise FeatcacheError(f"channels: {self.channels} must be between 0 and the view's {dim} channels")
 
-    def layout(self, attrs: dict) -> Layout:
-        """The view's shape per video for a cache with these root attributes."""
-        prefix = attrs["tokens"]["num_prefix_tokens"]
-        grid = tuple(attrs["tokens"]["grid"])
+    def layout(self, cache: CacheShape) -> Layout:
+        """The view's shape per video for a cache of this shape."""
+        prefix = cache.num_prefix_tokens
+        grid = tuple(cache.grid)
         if self.spatial:
             grid = (self.spatial, self.spatial)
         if self.tokens == "cls":
             grid = (0, 0)
         if self.tokens == "patch":
             prefix = 0
-        dim = self.channels or attrs["tokens"]["dim"] * len(self.layers)
+        dim = self.channels or cache.dim * len(self.layers)
         frames = self.frames.fixed_length or 0  # 0: a dense pool's length follows each video
         frames = frames // self.subset[1] if self.subset else frames
         return Layout(frames, prefix + grid[0] * grid[1], dim, prefix, grid)

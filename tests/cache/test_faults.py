@@ -332,7 +332,7 @@ def test_info_reports_the_bytes_of_superseded_copies(tmp_path):
     assert cache.superseded_bytes() == 8 * 5 * 4 * 2
     from featcache.cache.info import cache_facts
 
-    assert cache_facts(str(path))["superseded_bytes"] == 320
+    assert cache_facts(str(path)).superseded_bytes == 320
 
 
 # ------------------------------------------------------------------ I/O errors

@@ -172,13 +172,14 @@ def test_frame_only_options_say_so_on_a_clip_cache(windows_cache, tmp_path, args
 
 
 def test_clip_view_on_a_frame_cache_is_refused(tmp_path):
+    from featcache.cache.facts import StoreAttrs
     from featcache.errors import FeatcacheError
     from featcache.spec.view import View
 
     attrs = {"frames": {"policies": ["uniform:8"]}, "tokens": {"num_prefix_tokens": 1, "grid": [4, 4], "dim": 8},
              "layers": [1]}
     with pytest.raises(FeatcacheError, match="clip views are for caches of video encoders"):
-        View(frames="clips:2").check(attrs)
+        View(frames="clips:2").check(StoreAttrs.from_json(attrs).shape)
 
 
 def test_views_pick_cached_clips(windows_cache):

@@ -217,3 +217,21 @@ def test_amflow_adapters_train_and_evaluate_from_the_cli(motion, tmp_path):
     assert any(k.startswith("pre_attn.0.local.net") for k in ckpt["state_dict"])
     e = runner.invoke(app, ["eval", out])
     assert e.exit_code == 0, e.output
+
+
+def test_backbone_spec_is_read_from_the_store_facts_with_its_json_unchanged():
+    """backbone_spec takes the store's typed facts (or cache.attrs); the spec saved with a
+    checkpoint keeps its keys and their order; the adapter names the cut from the typed spec."""
+    from featcache.cache.facts import StoreAttrs
+
+    attrs = {"model": {"name": "vit_small_patch14_dinov2.lvd142m", "args": dict(TINY_ARGS),
+                       "weights": {"source": "random", "seed": 0}, "num_params": 1, "kind": "vit"},
+             "preprocess": {"input_size": [3, TINY_SIZE, TINY_SIZE]}, "cut": {"block": 1, "depth": 2}}
+    spec = backbone_spec(StoreAttrs.from_json(attrs))
+    assert list(spec) == ["model", "args", "weights", "img_size", "cut", "depth"]
+    assert spec == {"model": attrs["model"]["name"], "args": TINY_ARGS, "weights": {"source": "random", "seed": 0},
+                    "img_size": TINY_SIZE, "cut": 1, "depth": 2} == backbone_spec(attrs)
+    with pytest.raises(ValueError, match=r"2 adapted blocks asked for, but 1 block\(s\) run after the cut "
+                                         r"\(block 1 of 2\)"):
+        create_head("adapter", in_dim=64, num_classes=4, num_frames=2, grid=(4, 4), num_prefix_tokens=1,
+                    backbone=spec, blocks=2)

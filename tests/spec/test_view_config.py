@@ -1,13 +1,15 @@
 """The one View type and the training config it is parsed into (pure: no cache, no model)."""
+import dataclasses
+
 import pytest
 
 from featcache.errors import FeatcacheError
 from featcache.spec.config import TrainConfig, build_config, from_dict, parse_assignments, to_dict
 from featcache.spec.policy import KeyFramePolicy
-from featcache.spec.view import Layout, View
+from featcache.spec.view import CacheShape, Layout, View
 
-ATTRS = {"frames": {"policies": ["uniform:16", "keyframes:8"]}, "layers": [10, 11],
-         "tokens": {"num_prefix_tokens": 1, "grid": [16, 16], "dim": 384}}
+ATTRS = CacheShape(policies=("uniform:16", "keyframes:8"), layers=(10, 11), grid=(16, 16), num_prefix_tokens=1,
+                   dim=384)
 
 
 def test_view_parses_once_and_is_hashable():
@@ -49,9 +51,9 @@ def test_view_check_refuses_what_the_cache_cannot_serve(view, message):
     with pytest.raises(FeatcacheError, match=message):
         view.check(ATTRS)
     with pytest.raises(FeatcacheError, match="the cache has no key frames"):
-        View("keyframes:4").check({**ATTRS, "frames": {"policies": ["uniform:16"]}})
+        View("keyframes:4").check(dataclasses.replace(ATTRS, policies=("uniform:16",)))
     with pytest.raises(FeatcacheError, match="no prefix"):
-        View(tokens="cls").check({**ATTRS, "tokens": {**ATTRS["tokens"], "num_prefix_tokens": 0}})
+        View(tokens="cls").check(dataclasses.replace(ATTRS, num_prefix_tokens=0))
 
 
 def test_config_builds_the_view_and_round_trips():
