@@ -32,7 +32,7 @@ def read_back(root: Path) -> dict:
         "failed": cache.video_ids("failed"),
         "tokens_sha256": {vid: hashlib.sha256(np.ascontiguousarray(cache.video(vid).tokens).tobytes()).hexdigest()
                           for vid in ids},
-        "info": {k: v for k, v in cache_facts(str(root / "store.zarr")).items() if k not in PATH_KEYS},
+        "info": {k: v for k, v in cache_facts(str(root / "store.zarr")).to_json().items() if k not in PATH_KEYS},
     }
     ds = cache.dataset(frames="uniform:4", split="train")
     x, y = ds[0]
