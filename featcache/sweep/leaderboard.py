@@ -21,6 +21,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from featcache.errors import FeatcacheError
+
 _SKIP = {"best_epoch", "params"}
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -118,8 +120,8 @@ def best_cell(rows: list[dict], axes: tuple[str, ...], metric: str, goal: str) -
 def rank(rows: list[dict], metric: str, goal: str) -> list[dict]:
     missing = [r["cell"] for r in rows if metric not in r["metrics"]]
     if missing:
-        raise ValueError(f"metric {metric!r} is not in metrics.json of {missing[0]} (it has "
-                         f"{', '.join(sorted(rows[0]['metrics']))})")
+        raise FeatcacheError(f"metric {metric!r} is not in metrics.json of {missing[0]} (it has "
+                             f"{', '.join(sorted(rows[0]['metrics']))}); rank on one of those (metric: name: ...)")
     sign = -1 if goal == "maximize" else 1
     return sorted(rows, key=lambda r: (sign * r["metrics"][metric], r["index"]))
 
