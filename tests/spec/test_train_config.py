@@ -1,5 +1,6 @@
 """TrainConfig split by who owns each setting: BatchConfig (the batches a fused group shares: the
-fusion key) and HeadConfig (what each head of the group has for itself). Pure: no cache, no model."""
+fusion key) and HeadConfig (what each head of the group has for itself). Pure: no cache, no model;
+the sweep planner's grouping by BatchConfig is tested in tests/sweep/test_ablate.py."""
 import dataclasses
 
 import pytest
@@ -49,21 +50,6 @@ def test_a_batch_side_field_changes_fusion_and_a_head_field_does_not(key):
         assert other.batch != base.batch and other.head_config == base.head_config
     else:
         assert other.batch == base.batch and other.head_config != base.head_config
-
-
-def test_the_sweep_planner_fuses_on_the_batch_side():
-    """plan_groups puts cells that differ only on the head side in one pass, and a cell that
-    differs on the batch side (max_view_memory_gb decides how the shared view is read) in another."""
-    from featcache.sweep.run import Plan, group_batch, plan_groups
-
-    cfgs = [build_config(v) for v in ({}, {"head": "r3d", "lr": 0.1, "head.hidden": 8, "log": "tensorboard"},
-                                       {"max_view_memory_gb": 2.0}, {"seed": 1})]
-    cells = [type("C", (), {"config": c, "name": str(i)})() for i, c in enumerate(cfgs)]
-    groups = plan_groups([Plan(c, 1, None) for c in cells], budget=10**9, max_fused=8)
-    assert sorted([p.cell.name for p in g] for g in groups) == [["0", "1"], ["2"], ["3"]]
-    assert group_batch([p.cell for p in groups[0]]) == cfgs[0].batch
-    with pytest.raises(ValueError, match="must share one BatchConfig"):  # a caller's bug, not a user error
-        group_batch(cells[:3])
 
 
 # config.yaml of a run (and a checkpoint's "config") as the code before the split wrote it (commit 17f47fd)

@@ -88,6 +88,21 @@ def test_memory_budget_splits_groups():
     assert [len(g) for g in plan_groups([Plan(cells[0], 5000, 0.0)] * 2, budget=1000, max_fused=8)] == [1, 1]
 
 
+def test_the_sweep_planner_fuses_on_the_batch_side():
+    """plan_groups puts cells that differ only on the head side in one pass, and a cell that
+    differs on the batch side (max_view_memory_gb decides how the shared view is read) in another."""
+    from featcache.sweep.run import group_batch
+
+    cfgs = [build_config(v) for v in ({}, {"head": "r3d", "lr": 0.1, "head.hidden": 8, "log": "tensorboard"},
+                                       {"max_view_memory_gb": 2.0}, {"seed": 1})]
+    cells = [type("C", (), {"config": c, "name": str(i)})() for i, c in enumerate(cfgs)]
+    groups = plan_groups([Plan(c, 1, None) for c in cells], budget=10**9, max_fused=8)
+    assert sorted([p.cell.name for p in g] for g in groups) == [["0", "1"], ["2"], ["3"]]
+    assert group_batch([p.cell for p in groups[0]]) == cfgs[0].batch
+    with pytest.raises(ValueError, match="must share one BatchConfig"):  # a caller's bug, not a user error
+        group_batch(cells[:3])
+
+
 def test_heads_kept_for_training_stay_within_the_memory_budget():
     from featcache.sweep.run import kept_heads
     from featcache.train.loop import Built
