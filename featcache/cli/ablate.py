@@ -50,36 +50,36 @@ def ablate(
 ):
     """Run a grid of trainings from one cache, fusing cells that read the same data into one pass."""
     from featcache.spec.config import parse_assignments
-    from featcache.spec.sweep import SweepError, load_sweep, select
+    from featcache.spec.sweep import load_sweep, select
     from featcache.sweep.run import run_sweep
 
     interrupted = ("interrupted; a dry run writes nothing, so there is nothing to resume" if dry_run
                    else "interrupted; run the same command again to resume (finished cells are skipped)")
+    # user errors (FeatcacheError: a SweepError naming the file and cell, an OptionError its flag) are one
+    # line and exit status 2; anything else raised while a sweep plans or trains is a bug and keeps its traceback
     with user_errors(interrupted=interrupted):
+        overrides = {**parse_assignments(set_), **({"manifest": manifest} if manifest else {})}
+        sweep = load_sweep(sweep_file, cache=cache, overrides=overrides)
         try:
-            overrides = {**parse_assignments(set_), **({"manifest": manifest} if manifest else {})}
-            sweep = load_sweep(sweep_file, cache=cache, overrides=overrides)
             filters = parse_assignments(filter_)
-            cells = select(sweep.cells, only.split(",") if only else None, filters)
-            if not cells:
-                raise FeatcacheError(f"{sweep_file}: no cell matches --only/--filter")
-            memory = int(memory_gb * 1e9) if memory_gb else None
-            launch = None
-            if slurm:
-                import functools
+        except OptionError as exc:
+            raise OptionError("filter", exc.message) from None
+        cells = select(sweep.cells, only.split(",") if only else None, filters)
+        if not cells:
+            raise FeatcacheError(f"{sweep_file}: no cell matches --only/--filter")
+        memory = int(memory_gb * 1e9) if memory_gb else None
+        launch = None
+        if slurm:
+            import functools
 
-                from featcache.launch.submitit import SlurmConfig
-                from featcache.launch.sweep_array import launch_groups
+            from featcache.launch.submitit import SlurmConfig
+            from featcache.launch.sweep_array import launch_groups
 
-                cluster_cfg = SlurmConfig(0, partition, gpus_per_task, cpus_per_task, mem_gb, time, logs=slurm_logs,
-                                          cluster=cluster)
-                launch = functools.partial(launch_groups, slurm=cluster_cfg, wait=wait, poll_s=poll, echo=typer.echo)
-            rows = run_sweep(sweep, out, cells, dry_run=dry_run, memory_bytes=memory, max_fused=max_fused,
-                             show_progress=not quiet, echo=typer.echo, launch=launch, time_cells=time_cells)
-        except OptionError:  # printed under its flag by user_errors
-            raise
-        except (SweepError, ValueError) as exc:
-            raise FeatcacheError(str(exc)) from None
+            cluster_cfg = SlurmConfig(0, partition, gpus_per_task, cpus_per_task, mem_gb, time, logs=slurm_logs,
+                                      cluster=cluster)
+            launch = functools.partial(launch_groups, slurm=cluster_cfg, wait=wait, poll_s=poll, echo=typer.echo)
+        rows = run_sweep(sweep, out, cells, dry_run=dry_run, memory_bytes=memory, max_fused=max_fused,
+                         show_progress=not quiet, echo=typer.echo, launch=launch, time_cells=time_cells)
     if rows:
         from featcache.sweep.leaderboard import best_cell
 

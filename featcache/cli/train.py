@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from featcache.cli.app import app, user_errors
-from featcache.errors import FeatcacheError, OptionError
+from featcache.errors import FeatcacheError
 
 TRAIN_EXAMPLES = """
 Examples:
@@ -134,19 +134,15 @@ def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], vi
                   init: Optional[str] = None, base=None, manifest: Optional[str] = None, cache_path: Optional[str] = None):
     from featcache.spec.config import build_config, load_yaml_mapping, parse_assignments
 
-    try:
-        values = load_yaml_mapping(path, missing="--config: no such file") if path else {}
-        cfg = build_config(values, base=base, where=f"{path}: " if path else "")
-        assigned = parse_assignments(pairs)
-        if cache_path and view is None and "view" not in values and "view" not in assigned:
-            view = _cache_view(cache_path)
-        flags = {k: v for k, v in (("head", head), ("view", view), ("init", init), ("manifest", manifest))
-                 if v is not None}
-        cfg = build_config({**flags, **assigned}, base=cfg, where="--set ")
-    except OptionError:  # printed under its flag by user_errors
-        raise
-    except ValueError as exc:
-        raise FeatcacheError(str(exc)) from None
+    # a bad file or value is a ConfigError (one line), a bad --set pair an OptionError (under its flag)
+    values = load_yaml_mapping(path, missing="--config: no such file") if path else {}
+    cfg = build_config(values, base=base, where=f"{path}: " if path else "")
+    assigned = parse_assignments(pairs)
+    if cache_path and view is None and "view" not in values and "view" not in assigned:
+        view = _cache_view(cache_path)
+    flags = {k: v for k, v in (("head", head), ("view", view), ("init", init), ("manifest", manifest))
+             if v is not None}
+    cfg = build_config({**flags, **assigned}, base=cfg, where="--set ")
     from featcache.heads.registry import head_options
 
     try:

@@ -4,6 +4,15 @@ and ``key=value`` overrides. Unknown keys and values of the wrong type are error
 The view (``view, layers, tokens, spatial, channels, source``) is parsed here, once, into one frozen
 :class:`featcache.spec.view.View`; configs and checkpoints keep its flat keys.
 
+:class:`TrainConfig` is the flat surface users write (YAML, ``--set``, a run's config.yaml). Each
+of its fields has one owner: :class:`BatchConfig` (what decides the batches: a fused group of heads
+shares one, and it is the fusion key) or :class:`HeadConfig` (what each head of a group has for
+itself). ``cfg.batch`` and ``cfg.head_config`` split a config, :meth:`TrainConfig.of` joins them;
+tests/spec/test_train_config.py checks that every field has exactly one owner.
+
+Long module: the flat surface, the two owners of its fields and the parsing that fills them are one
+vocabulary; a field is added to all three at once.
+
 Pure: imports only :mod:`featcache.spec.view`.
 """
 from __future__ import annotations
@@ -12,12 +21,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from featcache.errors import OptionError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.view import VIEW_KEYS, View
+
+
+class ConfigError(FeatcacheError, ValueError):
+    """A config value or file that cannot be used; the message names the key (and the file or ``--set``)."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # A new field also goes into BatchConfig (if it decides the batches or the shared pass) or HeadConfig below.
     # --- model
     head: str = "pool"  # a registered head (featcache heads)
     head_options: dict = field(default_factory=dict)  # set as head.<option>=value
@@ -56,20 +70,78 @@ class TrainConfig:
     @property
     def view_budget(self) -> int | None:
         """Bytes a materialised split may take (None: the default, half the available memory)."""
-        return int(self.max_view_memory_gb * 1e9) if self.max_view_memory_gb > 0 else None
+        return self.batch.view_budget
 
     @property
-    def fusion_key(self) -> tuple:
-        """Cells with equal keys read the same batches in the same order and can share one pass."""
-        return tuple(getattr(self, k) for k in FUSION_KEYS)
+    def batch(self) -> BatchConfig:
+        """The batch side: cells with equal ones read the same batches in the same order and
+        train in one fused pass (the fusion key)."""
+        return BatchConfig(**_values(self, BatchConfig))
+
+    @property
+    def head_config(self) -> HeadConfig:
+        """What this config's head has for itself in a fused group."""
+        return HeadConfig(**_values(self, HeadConfig))
+
+    @classmethod
+    def of(cls, batch: BatchConfig, head: HeadConfig) -> TrainConfig:
+        """The one run's config of ``head`` trained in a group on ``batch``."""
+        return cls(**_values(batch, BatchConfig), **_values(head, HeadConfig))
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """What decides the batches, shared by every head of a fused pass (hashable: the fusion key).
+    The defaults are :class:`TrainConfig`'s (``TrainConfig().batch``)."""
+
+    view: View  # which tokens of which frames (and the source the head reads: tokens or cut)
+    manifest: str  # labels and splits
+    val_fraction: float  # val carved from train
+    max_view_memory_gb: float  # how the view is read (in memory or streamed): one read per pass
+    batch_size: int
+    epochs: int
+    seed: int  # the epochs' order and the augmentation draws (and each head's initialisation)
+    shuffle_window: int
+    task: str  # single or multi: the targets every head is scored on
+    augment: str  # one draw per batch, shared by the heads
+    device: str
+    amp: bool  # autocast of the shared pass
+
+    @property
+    def view_budget(self) -> int | None:
+        """Bytes a materialised split may take (None: the default, half the available memory)."""
+        return int(self.max_view_memory_gb * 1e9) if self.max_view_memory_gb > 0 else None
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """What each head of a fused pass has for itself: the head, its optimiser and schedule, its
+    loss, its selection and early stop, its start (``init``), checkpoints and logging."""
+
+    head: str
+    head_options: dict
+    lr: float
+    weight_decay: float
+    optimizer: str
+    momentum: float
+    warmup_epochs: float
+    grad_clip: float
+    label_smoothing: float
+    pos_weight: Any
+    early_stop: int
+    select: str
+    keep_last: bool
+    init: str
+    log: str
+
+
+def _values(obj, cls) -> dict:
+    """``obj``'s values of the fields of ``cls`` (shallow: the view stays one View)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)}
 
 
 # heads that read something other than the cached tokens (in-backbone adapters read the cut)
 HEAD_SOURCES = {"adapter": "cut"}
-
-# the settings that decide the batches: cells agreeing on all of them train in one fused pass
-FUSION_KEYS = ("view", "manifest", "val_fraction", "batch_size", "epochs", "seed", "shuffle_window", "task",
-               "augment", "device", "amp")
 
 
 _CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),
@@ -91,7 +163,7 @@ def _check_range(key: str, value, where: str) -> None:
     if bad:
         lower = "" if low is None else f"{'>=' if low_ok else '>'} {low}"
         upper = "" if high is None else f"{'<=' if high_ok else '<'} {high}"
-        raise ValueError(f"{where}{key}: must be {' and '.join(p for p in (lower, upper) if p)}, got {value!r}")
+        raise ConfigError(f"{where}{key}: must be {' and '.join(p for p in (lower, upper) if p)}, got {value!r}")
 
 
 def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
@@ -114,9 +186,9 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
     else:
         ok = True
     if not ok:
-        raise ValueError(f"{where}{key}: expected {type(default).__name__}, got {value!r}")
+        raise ConfigError(f"{where}{key}: expected {type(default).__name__}, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
-        raise ValueError(f"{where}{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+        raise ConfigError(f"{where}{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
     if key == "log":
         value = ",".join(parse_log(value, where))
     if key in _RANGES:
@@ -124,7 +196,7 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
     if key == "pos_weight" and value in ("none", "None"):
         value = None
     if key == "pos_weight" and not (value is None or value == "auto" or isinstance(value, (int, float))):
-        raise ValueError(f"{where}pos_weight: expected none, auto or a number, got {value!r}")
+        raise ConfigError(f"{where}pos_weight: expected none, auto or a number, got {value!r}")
     return value
 
 
@@ -132,11 +204,11 @@ LOGGERS = ("jsonl", "tensorboard", "wandb")
 
 
 def parse_log(value: str, where: str = "") -> tuple[str, ...]:
-    """``"tensorboard,wandb"`` -> ("tensorboard", "wandb"); ValueError naming a bad one."""
+    """``"tensorboard,wandb"`` -> ("tensorboard", "wandb"); ConfigError naming a bad one."""
     names = tuple(v.strip() for v in str(value).split(",") if v.strip())
     bad = [n for n in names if n not in LOGGERS]
     if bad or not names:
-        raise ValueError(f"{where}log: {bad[0] if bad else value!r} is not one of {', '.join(LOGGERS)} "
+        raise ConfigError(f"{where}log: {bad[0] if bad else value!r} is not one of {', '.join(LOGGERS)} "
                          "(several: log=tensorboard,wandb)")
     return names
 
@@ -174,7 +246,7 @@ def build_config(values: dict, base: TrainConfig | None = None, where: str = "")
         else:
             valid = ", ".join([*(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("head_options", "view")),
                                *VIEW_KEYS])
-            raise ValueError(f"{where}unknown key {key!r}; valid keys: {valid}, head.<option>")
+            raise ConfigError(f"{where}unknown key {key!r}; valid keys: {valid}, head.<option>")
     kept = base.head_options if fields["head"] == base.head else {}  # another head's options do not carry over
     fields["head_options"] = {**kept, **given_options}
     if "source" not in flat:  # what the head reads follows the head unless given
@@ -183,7 +255,7 @@ def build_config(values: dict, base: TrainConfig | None = None, where: str = "")
         fields["view"] = View(view["view"], view["layers"], view["tokens"], view["spatial"], view["channels"],
                               source=view["source"])
     except ValueError as exc:
-        raise ValueError(f"{where}{exc}") from None
+        raise ConfigError(f"{where}{exc}") from None
     return TrainConfig(**fields)
 
 
@@ -219,19 +291,19 @@ def from_dict(values: dict) -> TrainConfig:
 
 
 def load_yaml_mapping(path: str, missing: str) -> dict:
-    """A YAML file whose top level is a mapping; ValueError (starting with ``missing`` when the
+    """A YAML file whose top level is a mapping; ConfigError (starting with ``missing`` when the
     file does not exist, else with the path) for anything else."""
     import os
 
     import yaml
 
     if not os.path.isfile(path):
-        raise ValueError(f"{missing} {path!r}")
+        raise ConfigError(f"{missing} {path!r}")
     try:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level")
     return values

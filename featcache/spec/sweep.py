@@ -22,7 +22,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from featcache.spec.config import TrainConfig, build_config, flatten, load_yaml_mapping
+from featcache.errors import FeatcacheError
+from featcache.spec.config import ConfigError, TrainConfig, build_config, flatten, load_yaml_mapping
 
 SWEEP_KEYS = ("name", "description", "cache", "base", "method", "parameters", "zip", "cells", "metric")
 METHODS = ("grid", "list")
@@ -47,7 +48,7 @@ class Sweep:
     goal: str
 
 
-class SweepError(ValueError):
+class SweepError(FeatcacheError):
     """A sweep file that cannot run; the message names the file, key and value."""
 
 
@@ -55,7 +56,7 @@ def load_sweep(path: str, cache: str | None = None, overrides: dict | None = Non
     """Read and validate a sweep file (everything except what needs the cache's contents)."""
     try:
         spec = load_yaml_mapping(path, missing="no such sweep file")
-    except ValueError as exc:
+    except ConfigError as exc:
         raise SweepError(str(exc)) from None
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
@@ -72,7 +73,7 @@ def load_sweep(path: str, cache: str | None = None, overrides: dict | None = Non
         name = cell_name(i, varied)
         try:
             cfg = build_config(_head_files({**base, **varied}, os.path.dirname(os.path.abspath(path))))
-        except ValueError as exc:
+        except ConfigError as exc:
             raise SweepError(f"{path}: cell {name}: {exc}") from None
         cells.append(Cell(i, name, varied, cfg))
     return Sweep(path, cache, tuple(axes), tuple(cells), metric, goal)

@@ -21,6 +21,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from featcache.errors import FeatcacheError
 from featcache.sweep.rows import CellResult
 
 _SKIP = {"best_epoch", "params"}
@@ -127,8 +128,8 @@ def rank(rows: list[CellResult | dict], metric: str, goal: str) -> list[CellResu
     rows = parse_rows(rows)
     missing = [r.cell for r in rows if metric not in r.metrics]
     if missing:
-        raise ValueError(f"metric {metric!r} is not in metrics.json of {missing[0]} (it has "
-                         f"{', '.join(sorted(rows[0].metrics))})")
+        raise FeatcacheError(f"metric {metric!r} is not in metrics.json of {missing[0]} (it has "
+                             f"{', '.join(sorted(rows[0].metrics))}); rank on one of those (metric: name: ...)")
     sign = -1 if goal == "maximize" else 1
     return sorted(rows, key=lambda r: (sign * r.metrics[metric], r.index))
 

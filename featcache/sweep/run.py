@@ -1,10 +1,11 @@
 """Running a sweep: check it against the cache, plan fused groups within memory, train, rank.
 
-Cells that agree on everything that decides the batches (``TrainConfig.fusion_key``: the view,
-batch size, epochs, seed, task, device) are trained in one pass (``train_group``); a group whose
-heads would not fit the memory budget is split. Groups that share a view run one after the other,
-so each view is read once. Finished cells are skipped. Each cell's head is built once: by its
-probe, which measures it, then handed to the training of its group.
+Cells whose configs have the same batch side (``TrainConfig.batch``, a :class:`BatchConfig`: the
+view, labels and splits, batch size, epochs, seed, task, device, ...) are trained in one pass
+(``train_group``); a group whose heads would not fit the memory budget is split. Groups that share
+a view run one after the other, so each view is read once. Finished cells are skipped. Each cell's
+head is built once, by ``featcache.train.fit.build_head`` as ``train`` builds it: by its probe,
+which measures it, then handed to the training of its group.
 
 Long module: planning (probe, measure, pack into groups, print) and running (groups, finished
 cells, leaderboard rows) share the plans, the heads they built and the cell folders.
@@ -23,13 +24,13 @@ from featcache.cache.store import open_cache
 from featcache.data.annotations import annotate, check_selection
 from featcache.errors import FeatcacheError
 from featcache.heads.registry import head_source
-from featcache.spec.config import to_dict
+from featcache.spec.config import BatchConfig, to_dict
 from featcache.spec.sweep import Cell, Sweep, SweepError
 from featcache.spec.view import Layout, View
 from featcache.sweep.leaderboard import TEST_SELECTION, test_intervals, write_leaderboard
 from featcache.train import rundir
 from featcache.train.evaluate import read_splits
-from featcache.train.fit import check_clip_head, check_head_output, check_train_split, head_args, new_head, train_group
+from featcache.train.fit import build_head, check_clip_head, check_train_split, head_args, train_group
 from featcache.train.loop import Built
 
 
@@ -108,21 +109,30 @@ def run_groups(cache_path: str, out_dir: str, groups: list[list[Cell]], show_pro
     data, data_key, skipped = None, None, 0
     heads = heads if heads is not None else {}
     for group in groups:
+        batch = group_batch(group)
         built = {c.name: heads.pop(c.name, None) for c in group}
         todo = [c for c in group if not finished(c, out_dir, cache.fingerprint)]
         skipped += len(group) - len(todo)
         if not todo:
             continue
-        cfg = todo[0].config
-        if (cfg.view, cfg.manifest, cfg.val_fraction) != data_key:  # groups that share a view are adjacent (plan_groups)
+        if _data_key(batch) != data_key:  # groups that share a view are adjacent (plan_groups)
             data = None  # free the previous view before reading the next
-            echo(f"reading view {cfg.view}" + (f" (labels and splits: {cfg.manifest})" if cfg.manifest else ""))
-            data = read_splits(annotate(cache, cfg.manifest, cfg.val_fraction), cfg.view, max_bytes=cfg.view_budget)
-            data_key = (cfg.view, cfg.manifest, cfg.val_fraction)
+            echo(f"reading view {batch.view}" + (f" (labels and splits: {batch.manifest})" if batch.manifest else ""))
+            data = read_splits(annotate(cache, batch.manifest, batch.val_fraction), batch.view,
+                               max_bytes=batch.view_budget)
+            data_key = _data_key(batch)
         echo(f"training {len(todo)} cell(s) in one pass: {', '.join(c.name for c in todo)}")
-        train_group(cache_path, [c.config for c in todo], [_cell_dir(out_dir, c) for c in todo],
-                    overwrite=True, show_progress=show_progress, data=data, heads=[built[c.name] for c in todo])
+        train_group(cache_path, batch, [c.config.head_config for c in todo], [_cell_dir(out_dir, c) for c in todo],
+                    overwrite=True, show_progress=show_progress, data=data, built=[built[c.name] for c in todo])
     return skipped
+
+
+def group_batch(cells: list[Cell]) -> BatchConfig:
+    """The batch side the cells of one fused group share (:func:`plan_groups` groups by it)."""
+    batches = {c.config.batch for c in cells}
+    if len(batches) != 1:  # a caller's bug, not the sweep file's
+        raise ValueError(f"the cells of a fused group must share one BatchConfig: {', '.join(c.name for c in cells)}")
+    return batches.pop()
 
 
 def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict[View, Layout]:
@@ -196,27 +206,13 @@ def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict, 
     untouched). ``measured`` (shared by the cells) keeps one measurement per distinct head and
     batch: cells that differ only in lr, weight decay, ... share it."""
     cfg = cell.config
-    args = head_args(cfg, layout.dim, classes, layout.frames, layout.grid, layout.num_prefix_tokens, attrs)
-    try:  # the steps of fit.build_head, each error named by what the cell set
+    try:  # as `featcache train` builds it; its errors name the head or the init run
         check_clip_head(cfg.head, attrs)
-        head = new_head(cfg, args)
-    except Exception as exc:  # a user's head may raise anything: one line naming the cell
-        if not isinstance(exc, (ValueError, TypeError, FeatcacheError)) and head_source(cfg.head)["kind"] == "builtin":
-            raise
-        raise SweepError(f"{sweep.path}: cell {cell.name}: head={cfg.head}: {exc}") from None
-    built = Built.now(head)
-    if head_source(cfg.head)["kind"] != "builtin":
-        try:
-            check_head_output(cfg.head, head, torch.zeros(2, *layout.shape), classes)
-        except FeatcacheError as exc:
-            raise SweepError(f"{sweep.path}: cell {cell.name}: {exc}") from None
-    if cfg.init:
-        from featcache.train.checkpoint import init_from
-
-        try:
-            init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
-        except FeatcacheError as exc:
-            raise SweepError(f"{sweep.path}: cell {cell.name}: init={cfg.init}: {exc}") from None
+        args = head_args(cfg, layout.dim, classes, layout.frames, layout.grid, layout.num_prefix_tokens, attrs)
+        built = build_head(cfg, args, torch.zeros(2, *layout.shape))
+    except FeatcacheError as exc:
+        raise SweepError(f"{sweep.path}: cell {cell.name}: {exc}") from None
+    head = built.head
     shape = (cfg.batch_size, *layout.shape)
     measured = {} if measured is None else measured
     key = (cfg.head, repr(args), repr(sorted(cfg.head_options.items())), shape, cfg.amp, cfg.device, cfg.init, time_it)
@@ -285,8 +281,8 @@ def plan_groups(plans: list[Plan], budget: int, max_fused: int) -> list[list[Pla
     read the same view come out adjacent (in order of first appearance), so a sweep reads each
     view once."""
     by_key: dict[tuple, list[list[Plan]]] = {}
-    for plan in sorted(plans, key=_first_seen([_data_key(p.cell.config) for p in plans])):
-        groups = by_key.setdefault(plan.cell.config.fusion_key, [[]])
+    for plan in sorted(plans, key=_first_seen([_data_key(p.cell.config.batch) for p in plans])):
+        groups = by_key.setdefault(plan.cell.config.batch, [[]])
         last = groups[-1]
         if last and (len(last) >= max_fused or sum(p.bytes for p in last) + plan.bytes > budget):
             groups.append([])
@@ -294,10 +290,11 @@ def plan_groups(plans: list[Plan], budget: int, max_fused: int) -> list[list[Pla
     return [g for groups in by_key.values() for g in groups]
 
 
-def _data_key(cfg) -> tuple:
+def _data_key(batch: BatchConfig) -> tuple:
     """What one read of the cache serves (:func:`run_groups` reads again when it changes): the
-    view and the labels and splits (a sweep over split files reads each file's splits)."""
-    return cfg.view, cfg.manifest, cfg.val_fraction
+    view, the labels and splits (a sweep over split files reads each file's splits) and the
+    memory the read may take."""
+    return batch.view, batch.manifest, batch.val_fraction, batch.max_view_memory_gb
 
 
 def _first_seen(keys: list[tuple]):
@@ -305,12 +302,12 @@ def _first_seen(keys: list[tuple]):
     order = {}
     for key in keys:
         order.setdefault(key, len(order))
-    return lambda plan: order[_data_key(plan.cell.config)]
+    return lambda plan: order[_data_key(plan.cell.config.batch)]
 
 
 def view_reads(groups: list[list]) -> int:
     """The reads :func:`run_groups` will make: one each time the data key changes."""
-    keys = [_data_key((g[0].cell if hasattr(g[0], "cell") else g[0]).config) for g in groups]
+    keys = [_data_key((g[0].cell if hasattr(g[0], "cell") else g[0]).config.batch) for g in groups]
     return sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
 
 
@@ -319,7 +316,7 @@ def _print_plan(sweep: Sweep, groups: list[list[Plan]], n_train: int, echo) -> N
     echo(f"sweep {sweep.path}: {sum(len(g) for g in groups)} cells in {len(groups)} fused pass(es); "
          f"metric {sweep.metric} ({sweep.goal})")
     for i, group in enumerate(groups):
-        cfg = group[0].cell.config
+        cfg = group_batch([p.cell for p in group])
         steps = cfg.epochs * math.ceil(n_train / cfg.batch_size)
         est = steps * sum(p.step_s for p in group) if timed else 0.0
         total += est

@@ -20,7 +20,7 @@ from featcache.data.annotations import annotate, check_selection
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.heads.registry import create_head, head_source
-from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log
+from featcache.spec.config import BatchConfig, HeadConfig, TrainConfig, parse_log
 from featcache.train import checkpoint, tracking
 from featcache.train.evaluate import evaluate_checkpoint, read_splits
 from featcache.train.loop import Built, Member, run_group
@@ -53,54 +53,52 @@ def run_training(cache_path: str, cfg: TrainConfig, out_dir: str, resume: bool =
                  echo: Callable[[str], None] | None = None) -> dict:
     """Train ``cfg.head`` on the cache's train split, select on val, report on test. ``echo``
     gets the lines saying where labels and splits come from and which videos are left out."""
-    return train_group(cache_path, [cfg], [out_dir], resume=resume, overwrite=overwrite,
+    return train_group(cache_path, cfg.batch, [cfg.head_config], [out_dir], resume=resume, overwrite=overwrite,
                        show_progress=show_progress, on_epoch=on_epoch, echo=echo)[0]
 
 
-def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], resume: bool = False,
-                overwrite: bool = False, show_progress: bool = True, data: dict | None = None,
+def train_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig], out_dirs: list[str],
+                resume: bool = False, overwrite: bool = False, show_progress: bool = True, data: dict | None = None,
                 on_epoch: Callable[[dict], None] | None = None, echo: Callable[[str], None] | None = None,
-                heads: list[Built | None] | None = None) -> list[dict]:
+                built: list[Built | None] | None = None) -> list[dict]:
     """Train several heads in one pass over the data (DINOv2-linear-eval style): every head sees
-    the same batches, has its own optimiser, schedule, RNG stream and checkpoints, and the summed
-    loss is back-propagated once. Each head's results equal training it alone with the same seed.
-    ``data`` (split -> ViewData of the view, already read) avoids reading again; ``heads`` (per
-    config, from :func:`build_head` with this view's shape, or None) avoids building again;
+    the batches of ``batch``, has its own optimiser, schedule, RNG stream and checkpoints, and the
+    summed loss is back-propagated once. Each head's results equal training it alone with the same
+    seed. ``data`` (split -> ViewData of the view, already read) avoids reading again; ``built``
+    (per head, from :func:`build_head` with this view's shape, or None) avoids building again;
     ``on_epoch`` is called with each finished epoch's log record (of the first head)."""
-    if len({c.fusion_key for c in cfgs}) != 1:
-        raise ValueError(f"cells of one group must agree on {', '.join(FUSION_KEYS)}")
-    for cfg in cfgs:  # a missing logger package stops the run before anything is written
-        tracking.require(parse_log(cfg.log))
+    cfgs = [TrainConfig.of(batch, h) for h in heads]  # each run's whole config (its config.yaml)
+    for h in heads:  # a missing logger package stops the run before anything is written
+        tracking.require(parse_log(h.log))
     # labels and splits: the manifest's, or the store's; val carved from train when asked
-    cache = annotate(open_cache(cache_path), cfgs[0].manifest, cfgs[0].val_fraction)
+    cache = annotate(open_cache(cache_path), batch.manifest, batch.val_fraction)
     for line in cache.annotations.summary() if echo else ():
         echo(line)
-    view = cfgs[0].view
-    view.check(cache.attrs)
-    for cfg in cfgs:
-        check_clip_head(cfg.head, cache.attrs)
-        if cache.attrs["tokens"].get("unit") == "clip" and cfg.augment != "none":
-            raise FeatcacheError(f"augment={cfg.augment}: flips and crops of a frame's patch grid are for frame caches; "
-                                 "a clip cache holds a flattened T'xH'xW' sequence (use augment=none)")
+    batch.view.check(cache.attrs)
+    for h in heads:
+        check_clip_head(h.head, cache.attrs)
+    if cache.attrs["tokens"].get("unit") == "clip" and batch.augment != "none":
+        raise FeatcacheError(f"augment={batch.augment}: flips and crops of a frame's patch grid are for frame caches; "
+                             "a clip cache holds a flattened T'xH'xW' sequence (use augment=none)")
     stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
     check_train_split(cache, cache_path)  # before anything is read
-    for cfg in cfgs:
-        check_selection(cache.annotations, cfg.select)
-    data = data or read_splits(cache, view, max_bytes=cfgs[0].view_budget)
-    task = _task(cfgs[0], data)
-    device = resolve_device(cfgs[0].device)
+    for h in heads:
+        check_selection(cache.annotations, h.select)
+    data = data or read_splits(cache, batch.view, max_bytes=batch.view_budget)
+    task = _task(batch.task, data)
+    device = resolve_device(batch.device)
     train = data["train"]
-    built = []
-    for cfg, given in zip(cfgs, heads or [None] * len(cfgs)):  # each head's RNG stream continues from its own initialisation
-        args = head_args(cfg, train.x.shape[-1], len(task.classes), train.x.shape[1], train.grid,
-                         train.num_prefix_tokens, cache.attrs)
+    shape = (train.x.shape[-1], len(task.classes), train.x.shape[1], train.grid, train.num_prefix_tokens)
+    heads_built = []
+    for cfg, given in zip(cfgs, built or [None] * len(cfgs)):  # each head's RNG stream continues from its own initialisation
+        args = head_args(cfg, *shape, cache.attrs)
         fits = given is not None and given.head.featcache_args == {**args, **cfg.head_options}
-        built.append(given if fits else build_head(cfg, args, train.x[:2], device))
+        heads_built.append(given if fits else build_head(cfg, args, train.x[:2], device))
     for path in stale:  # only now that the data, the task and every head are known to be good
         os.remove(path)
-    source = ViewBatches(cfgs[0], data, task)
+    source = ViewBatches(batch, data, task)
     members = []
-    for cfg, out_dir, b in zip(cfgs, out_dirs, built):
+    for cfg, out_dir, b in zip(cfgs, out_dirs, heads_built):
         os.makedirs(out_dir, exist_ok=True)
         meta = run_meta(cache, task.classes, task.multi, cfg,
                         streamed=tuple(s for s, d in data.items() if isinstance(d.x, StreamedTokens))).to_json()
@@ -112,7 +110,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
         checkpoint.load_trainable(m.head, checkpoint.load(path)["state_dict"])
         return evaluate_checkpoint(path, cache, splits=("val", "test"), out_dir=m.out_dir, data=data, head=m.head.eval())
 
-    return run_group(members, source, device, evaluate, resume=resume, show_progress=show_progress,
+    return run_group(batch, members, source, device, evaluate, resume=resume, show_progress=show_progress,
                      on_epoch=on_epoch)
 
 
@@ -122,8 +120,8 @@ class ViewBatches:
 
     title = ""
 
-    def __init__(self, cfg: TrainConfig, data: dict[str, ViewData], task: Task):
-        self.cfg, self.data, self.task = cfg, data, task
+    def __init__(self, batch: BatchConfig, data: dict[str, ViewData], task: Task):
+        self.cfg, self.data, self.task = batch, data, task
         self.classes, self.multi = task.classes, task.multi
         self.num_prefix_tokens, self.grid = data["train"].num_prefix_tokens, data["train"].grid
         self.y = task.targets(data["train"].labels)
@@ -143,15 +141,15 @@ class ViewBatches:
             return None
         return (val.x[i:i + batch_size] for i in range(0, len(val.x), batch_size)), self.task.targets(val.labels)
 
-    def loss(self, cfg: TrainConfig) -> nn.Module:
+    def loss(self, head: HeadConfig) -> nn.Module:
         if not self.task.multi:
-            return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+            return nn.CrossEntropyLoss(label_smoothing=head.label_smoothing)
         pos_weight = None
-        if cfg.pos_weight == "auto":
+        if head.pos_weight == "auto":
             pos = self.y.sum(0)
             pos_weight = (len(self.y) - pos) / pos.clamp(min=1)
-        elif cfg.pos_weight is not None:
-            pos_weight = torch.full((len(self.task.classes),), float(cfg.pos_weight))
+        elif head.pos_weight is not None:
+            pos_weight = torch.full((len(self.task.classes),), float(head.pos_weight))
         return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
     def state_dict(self) -> dict:
@@ -161,10 +159,11 @@ class ViewBatches:
         pass
 
 
-def _task(cfg: TrainConfig, data: dict[str, ViewData]) -> Task:
+def _task(kind: str, data: dict[str, ViewData]) -> Task:
+    """The classes and single/multi-label of the labels, as ``kind`` (auto, single, multi) asks."""
     labels = [ls for d in data.values() for ls in d.labels]
     classes = sorted({c for ls in labels for c in ls})
-    multi = cfg.task == "multi" or (cfg.task == "auto" and any(len(ls) > 1 for ls in labels))
+    multi = kind == "multi" or (kind == "auto" and any(len(ls) > 1 for ls in labels))
     if not multi and any(not ls for ls in labels):  # multi-label: no label = every class negative
         raise FeatcacheError("some videos have no label; single-label training needs one for every video")
     if not multi and any(len(ls) > 1 for ls in labels):
@@ -203,9 +202,11 @@ def new_head(cfg: TrainConfig, args: dict) -> nn.Module:
 
 
 def build_head(cfg: TrainConfig, args: dict, sample: torch.Tensor, device: torch.device | None = None) -> Built:
-    """The head a run trains, built once: :func:`new_head`, its RNG streams taken right after
-    (its dropout continues from them), a user's head tried on ``sample`` (two videos of the
-    view), then started from ``cfg.init``."""
+    """The head a run trains, built once, the same way for ``train``, ``pretrain`` and a sweep's
+    planner (which measures it, then hands it to training): :func:`new_head`, its RNG streams
+    taken right after (its dropout continues from them), a user's head tried on ``sample`` (two
+    videos of the view), then started from ``cfg.init``. Errors are a FeatcacheError naming the
+    head or the init run."""
     head = new_head(cfg, args)
     built = Built.now(head, device)
     if head_source(cfg.head)["kind"] != "builtin":  # the built-in heads are tested to keep the interface
@@ -253,7 +254,11 @@ def backbone_args(head: str, attrs: dict | None) -> dict:
     the cache's provenance), else nothing."""
     from featcache.heads.registry import head_options
 
-    if "backbone" not in head_options(head) or attrs is None:
+    try:
+        options = head_options(head)
+    except ValueError as exc:  # the registry's one-line reasons: an unknown head, a head file that fails to import
+        raise FeatcacheError(str(exc)) from None
+    if "backbone" not in options or attrs is None:
         return {}
     from featcache.heads.frozen_tail import backbone_spec
 

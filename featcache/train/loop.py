@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from featcache.errors import FeatcacheError
-from featcache.spec.config import TrainConfig, parse_log
+from featcache.spec.config import BatchConfig, HeadConfig, TrainConfig, parse_log
 from featcache.train import checkpoint, metrics, rundir
 from featcache.train.augment import augment_tokens
 from featcache.train.optim import lr_factor, optimizer
@@ -45,7 +45,7 @@ class Batches(Protocol):
     def __len__(self) -> int: ...  # training samples per epoch
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...  # its batches, in order
     def val(self, batch_size: int) -> tuple[Iterator[torch.Tensor], torch.Tensor] | None: ...  # val (x batches, y)
-    def loss(self, cfg: TrainConfig) -> nn.Module: ...  # the loss one head trains on
+    def loss(self, head: HeadConfig) -> nn.Module: ...  # the loss one head trains on
     def state_dict(self) -> dict: ...  # saved in last.pt, restored on --resume
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -76,7 +76,8 @@ def trainable(head: nn.Module) -> dict:
 
 
 class Member:
-    """One head of a group with everything that is its own."""
+    """One head of a group with everything that is its own; ``cfg`` is its run's whole config
+    (its :class:`HeadConfig` on the group's :class:`BatchConfig`)."""
 
     def __init__(self, cfg: TrainConfig, built: Built, source: Batches, device: torch.device, out_dir: str,
                  meta: dict):
@@ -90,7 +91,7 @@ class Member:
         total, warm = cfg.epochs * steps, cfg.warmup_epochs * steps
         self.opt = optimizer(cfg, self.head)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, warm, total))
-        self.loss_fn = source.loss(cfg).to(device)
+        self.loss_fn = source.loss(cfg.head_config).to(device)
         self.amp = device.type == "cuda" and cfg.amp
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler(enabled=self.amp and self.amp_dtype == torch.float16)
@@ -160,13 +161,14 @@ class Member:
         return ckpt["epoch"] + 1, ckpt.get("batches") or {}
 
 
-def run_group(members: list[Member], source: Batches, device: torch.device, evaluate: Callable[[Member], dict],
-              resume: bool = False, show_progress: bool = True,
+def run_group(batch: BatchConfig, members: list[Member], source: Batches, device: torch.device,
+              evaluate: Callable[[Member], dict], resume: bool = False, show_progress: bool = True,
               on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train the group (continuing from last.pt with ``resume``), then per head: ``evaluate(m)``
-    (its best.pt) plus ``best_epoch`` and ``params`` into metrics.json, last.pt dropped unless
-    ``keep_last``, curves.png. ``on_epoch`` gets each finished epoch's record of the first head."""
-    trainer = GroupTrainer(members, source, device)
+    """Train the group on the batches of ``batch`` (continuing from last.pt with ``resume``), then
+    per head: ``evaluate(m)`` (its best.pt) plus ``best_epoch`` and ``params`` into metrics.json,
+    last.pt dropped unless ``keep_last``, curves.png. ``on_epoch`` gets each finished epoch's record
+    of the first head."""
+    trainer = GroupTrainer(batch, members, source, device)
     if resume:
         trainer.restore()
     try:
@@ -205,9 +207,11 @@ def plot_run_curves(out_dir: str, source: Batches) -> None:
 
 
 class GroupTrainer:
-    def __init__(self, members: list[Member], source: Batches, device: torch.device):
+    def __init__(self, batch: BatchConfig, members: list[Member], source: Batches, device: torch.device):
+        if any(m.cfg.batch != batch for m in members):  # a caller's bug: the group's heads must share its batches
+            raise ValueError("every member of a group must train on the group's BatchConfig")
         self.members, self.source, self.device = members, source, device
-        self.cfg = members[0].cfg  # the fused settings are equal across members
+        self.batch = batch  # the settings of the shared pass
         self.metric = selection_metric(source)
         self.start_epoch = 0
 
@@ -231,8 +235,8 @@ class GroupTrainer:
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn())
         # where stdout is no terminal (a Slurm log, CI, a pipe): one plain line per epoch, never a bar cut at 80 columns
         with progress(f"train {label}", "epochs", columns, disable=not show_progress, every_s=0) as bar:
-            job = bar.add_task("train", total=self.cfg.epochs, completed=self.start_epoch, status="")
-            for epoch in range(self.start_epoch, self.cfg.epochs):
+            job = bar.add_task("train", total=self.batch.epochs, completed=self.start_epoch, status="")
+            for epoch in range(self.start_epoch, self.batch.epochs):
                 if not any(m.active for m in self.members):
                     break
                 records = self._epoch(epoch)
@@ -248,12 +252,12 @@ class GroupTrainer:
         for m in active:
             m.head.train()
         for step, (x, y) in enumerate(self.source.epoch(epoch)):
-            i = step * self.cfg.batch_size
+            i = step * self.batch.batch_size
             x = x.to(self.device, non_blocking=True).float()
-            if self.cfg.augment != "none":  # one draw per batch, shared by every head of the group
-                g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch * 10_007 + i)
+            if self.batch.augment != "none":  # one draw per batch, shared by every head of the group
+                g = torch.Generator().manual_seed(self.batch.seed * 100_003 + epoch * 10_007 + i)
                 x = augment_tokens(x.cpu(), self.source.num_prefix_tokens, self.source.grid,
-                                   self.cfg.augment, g).to(self.device)
+                                   self.batch.augment, g).to(self.device)
             y = y.to(self.device, non_blocking=True)
             for m in active:
                 m.opt.zero_grad(set_to_none=True)
@@ -272,7 +276,7 @@ class GroupTrainer:
 
     def _validate(self, active: list[Member]) -> dict[int, dict]:
         """Selection metrics of every active head on val; each val batch is moved once for all."""
-        val = self.source.val(self.cfg.batch_size)
+        val = self.source.val(self.batch.batch_size)
         if val is None:
             return {id(m): {} for m in active}
         val_batches, y = val

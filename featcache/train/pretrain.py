@@ -33,7 +33,7 @@ from featcache.cache.store import Cache, open_cache
 from featcache.data.annotations import annotate
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError, OptionError
-from featcache.spec.config import FUSION_KEYS, TrainConfig, parse_log
+from featcache.spec.config import BatchConfig, HeadConfig, TrainConfig, parse_log
 from featcache.spec.view import View
 from featcache.train import checkpoint, metrics, tracking
 from featcache.train.evaluate import predict
@@ -122,11 +122,11 @@ class ClipBatches:
 
     multi = False
 
-    def __init__(self, cfg: TrainConfig, train: list[DensePool], val: list[DensePool], layout, task: PRP, name: str):
-        self.cfg, self.pools, self.task = cfg, train, task
+    def __init__(self, batch: BatchConfig, train: list[DensePool], val: list[DensePool], layout, task: PRP, name: str):
+        self.cfg, self.pools, self.task = batch, train, task
         self.classes, self.title = task.classes, f": {name} pre-training"
         self.num_prefix_tokens, self.grid = layout.num_prefix_tokens, layout.grid
-        self.val_x, self.val_y, self.val_rounded = make_clips(val, np.random.default_rng(cfg.seed + 1), task) \
+        self.val_x, self.val_y, self.val_rounded = make_clips(val, np.random.default_rng(batch.seed + 1), task) \
             if val else (None, None, 0)
         self.rounded = 0  # train clips so far with a frame rounded to the nearest cached one
 
@@ -147,8 +147,8 @@ class ClipBatches:
             return None
         return (self.val_x[i:i + batch_size] for i in range(0, len(self.val_x), batch_size)), self.val_y
 
-    def loss(self, cfg: TrainConfig) -> nn.Module:
-        return nn.CrossEntropyLoss(label_smoothing=self.task.label_smoothing)  # the released recipe's, not cfg's
+    def loss(self, head: HeadConfig) -> nn.Module:
+        return nn.CrossEntropyLoss(label_smoothing=self.task.label_smoothing)  # the released recipe's, not the head's
 
     def state_dict(self) -> dict:
         return {"rounded": self.rounded}
@@ -161,41 +161,40 @@ def run_pretrain(cache_path: str, cfg: TrainConfig, out_dir: str, task_name: str
                  show_progress: bool = True, task: PRP = PRP(), echo=None, resume: bool = False) -> dict:
     """Pre-train ``cfg.head`` on the pretext task over the train split's dense pools; select on
     the val split's rate accuracy (fixed clips); write a run directory like ``train``'s."""
-    return pretrain_group(cache_path, [cfg], [out_dir], task_name, overwrite=overwrite, show_progress=show_progress,
-                          task=task, echo=echo, resume=resume)[0]
+    return pretrain_group(cache_path, cfg.batch, [cfg.head_config], [out_dir], task_name, overwrite=overwrite,
+                          show_progress=show_progress, task=task, echo=echo, resume=resume)[0]
 
 
-def pretrain_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], task_name: str = "prp",
-                   overwrite: bool = False, show_progress: bool = True, task: PRP = PRP(), echo=None,
-                   resume: bool = False) -> list[dict]:
-    """Pre-train several heads on the same clips in one pass (the training loop's fused group:
-    each equals its run alone); the configs must agree on ``TrainConfig.fusion_key``."""
+def pretrain_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig], out_dirs: list[str],
+                   task_name: str = "prp", overwrite: bool = False, show_progress: bool = True, task: PRP = PRP(),
+                   echo=None, resume: bool = False) -> list[dict]:
+    """Pre-train several heads on the same clips of ``batch`` in one pass (the training loop's
+    fused group: each equals its run alone)."""
     if task_name not in TASKS:
         raise OptionError("task", f"unknown {task_name!r}; expected one of {', '.join(TASKS)}")
-    if len({c.fusion_key for c in cfgs}) != 1:
-        raise ValueError(f"pre-trainings of one group must agree on {', '.join(FUSION_KEYS)}")
-    cfg = cfgs[0]
-    for c in cfgs:  # a missing logger package stops the run before anything is written
-        tracking.require(parse_log(c.log))
-    cache = annotate(open_cache(cache_path), cfg.manifest, cfg.val_fraction)  # labels and splits: the manifest's, or the store's
+    cfgs = [TrainConfig.of(batch, h) for h in heads]  # each run's whole config (its config.yaml)
+    for h in heads:  # a missing logger package stops the run before anything is written
+        tracking.require(parse_log(h.log))
+    cache = annotate(open_cache(cache_path), batch.manifest, batch.val_fraction)  # labels and splits: the manifest's, or the store's
     for line in cache.annotations.summary() if echo else ():
         echo(line)
-    cfg.view.check(cache.attrs, dense=True)
-    if cfg.view.frames.fixed:
-        raise FeatcacheError(f"view {cfg.view.frames}: PRP samples clips at several rates from a dense pool; "
+    view = batch.view
+    view.check(cache.attrs, dense=True)
+    if view.frames.fixed:
+        raise FeatcacheError(f"view {view.frames}: PRP samples clips at several rates from a dense pool; "
                              "give --view stride:1 (extract with --frames stride:1)")
     stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
-    train, val = read_pools(cache, cfg.view, "train"), read_pools(cache, cfg.view, "val")
+    train, val = read_pools(cache, view, "train"), read_pools(cache, view, "val")
     if not train:
         raise FeatcacheError(f"{cache_path}: no videos in the train split")
-    layout = cfg.view.layout(cache.attrs)
-    device = resolve_device(cfg.device)
+    layout = view.layout(cache.attrs)
+    device = resolve_device(batch.device)
     sample = torch.zeros(2, task.frames, layout.num_tokens, layout.dim)  # a user's head is tried on clips of this shape
     built = [build_head(c, head_args(c, layout.dim, len(task.rates), task.frames, layout.grid, layout.num_prefix_tokens,
                                      cache.attrs), sample, device) for c in cfgs]
     for path in stale:
         os.remove(path)
-    source = ClipBatches(cfg, train, val, layout, task, task_name)
+    source = ClipBatches(batch, train, val, layout, task, task_name)
     members = []
     for c, out_dir, b in zip(cfgs, out_dirs, built):
         os.makedirs(out_dir, exist_ok=True)
@@ -204,18 +203,20 @@ def pretrain_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str]
         members.append(Member(c, b, source, device, out_dir, meta))
 
     def evaluate(m: Member) -> dict:
-        results = {"prp/train_clips": len(source) * m.cfg.epochs, "prp/train_clips_rounded": source.rounded,
+        results = {"prp/train_clips": len(source) * batch.epochs, "prp/train_clips_rounded": source.rounded,
                    "prp/val_clips": 0 if source.val_x is None else len(source.val_x),
                    "prp/val_clips_rounded": source.val_rounded}
         if source.val_x is not None:  # the rate accuracy of the selected epoch
             checkpoint.load_trainable(m.head, checkpoint.load(checkpoint_path(m.out_dir, "best"))["state_dict"])
-            scores = predict(m.head, source.val_x, m.cfg.batch_size, device)
+            scores = predict(m.head, source.val_x, batch.batch_size, device)
             results.update({f"val/{k}": v for k, v in metrics.selection(scores, source.val_y.numpy(), multi=False).items()})
         return results
 
+    label = ",".join(sorted({h.head for h in heads}))
+
     def progress(record: dict) -> None:  # one line per epoch (the group's first head)
-        print(f"pretrain {cfg.head} epoch {record['epoch'] + 1}/{cfg.epochs}: loss {record['train/loss']:.3f}"
+        print(f"pretrain {label} epoch {record['epoch'] + 1}/{batch.epochs}: loss {record['train/loss']:.3f}"
               + (f", val rate accuracy {record['val/top1']:.3f}" if "val/top1" in record else ""), flush=True)
 
-    return run_group(members, source, device, evaluate, resume=resume, show_progress=False,
+    return run_group(batch, members, source, device, evaluate, resume=resume, show_progress=False,
                      on_epoch=progress if show_progress else None)

@@ -80,9 +80,9 @@ def test_the_source_follows_the_head_unless_given():
 
 def test_fusion_key_is_the_view_and_the_batch_settings():
     a, b = build_config({"head": "pool"}), build_config({"head": "r3d", "lr": 0.1, "head.blocks": 2})
-    assert a.fusion_key == b.fusion_key  # head and optimiser settings do not decide the batches
-    assert a.fusion_key != build_config({"spatial": 2}).fusion_key
-    assert a.fusion_key != build_config({"seed": 1}).fusion_key
+    assert a.batch == b.batch  # head and optimiser settings do not decide the batches (tests/spec/test_train_config.py)
+    assert a.batch != build_config({"spatial": 2}).batch
+    assert a.batch != build_config({"seed": 1}).batch
 
 
 def test_changing_the_head_drops_the_previous_heads_options():

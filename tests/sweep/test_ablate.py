@@ -18,7 +18,7 @@ from featcache.spec.config import build_config
 from featcache.spec.sweep import SweepError, _expand, cell_name, load_sweep, select
 from featcache.sweep.run import Plan, plan_groups
 from featcache.train import checkpoint
-from featcache.train.fit import run_training, train_group
+from featcache.train.fit import new_head, run_training, train_group
 
 PIPELINES = os.path.join(os.path.dirname(__file__), "..", "..", "pipelines")
 runner = CliRunner()
@@ -88,6 +88,21 @@ def test_memory_budget_splits_groups():
     assert [len(g) for g in plan_groups([Plan(cells[0], 5000, 0.0)] * 2, budget=1000, max_fused=8)] == [1, 1]
 
 
+def test_the_sweep_planner_fuses_on_the_batch_side():
+    """plan_groups puts cells that differ only on the head side in one pass, and a cell that
+    differs on the batch side (max_view_memory_gb decides how the shared view is read) in another."""
+    from featcache.sweep.run import group_batch
+
+    cfgs = [build_config(v) for v in ({}, {"head": "r3d", "lr": 0.1, "head.hidden": 8, "log": "tensorboard"},
+                                       {"max_view_memory_gb": 2.0}, {"seed": 1})]
+    cells = [type("C", (), {"config": c, "name": str(i)})() for i, c in enumerate(cfgs)]
+    groups = plan_groups([Plan(c, 1, None) for c in cells], budget=10**9, max_fused=8)
+    assert sorted([p.cell.name for p in g] for g in groups) == [["0", "1"], ["2"], ["3"]]
+    assert group_batch([p.cell for p in groups[0]]) == cfgs[0].batch
+    with pytest.raises(ValueError, match="must share one BatchConfig"):  # a caller's bug, not a user error
+        group_batch(cells[:3])
+
+
 def test_heads_kept_for_training_stay_within_the_memory_budget():
     from featcache.sweep.run import kept_heads
     from featcache.train.loop import Built
@@ -107,7 +122,9 @@ def test_fused_training_equals_training_each_cell_alone(cache, tmp_path):
               {"head": "tcn", "optimizer": "sgd", "lr": 1e-2}, {"head": "r3d", "head.hidden": 32, "weight_decay": 0.0}]
     cfgs = [build_config({"epochs": 3, "batch_size": 8, "view": "uniform:8", "augment": "crop_flip", "keep_last": True, **v})
             for v in values]  # token-grid augmentation drawn once per batch for every head
-    fused = train_group(cache, cfgs, [str(tmp_path / f"fused{i}") for i in range(4)], show_progress=False)
+    assert len({c.batch for c in cfgs}) == 1  # one batch side: the group's
+    fused = train_group(cache, cfgs[0].batch, [c.head_config for c in cfgs], [str(tmp_path / f"fused{i}") for i in range(4)],
+                        show_progress=False)
     for i, cfg in enumerate(cfgs):
         alone = run_training(cache, cfg, str(tmp_path / f"alone{i}"), show_progress=False)
         assert alone.keys() == fused[i].keys()
@@ -202,16 +219,65 @@ def test_every_pipeline_sweep_is_valid():
     (["ablate", "{pipelines}/advise_fig3_spatial.yaml", "--cache", "{cache}"],
      "cell 002_spatial=9_init=none: view=uniform:8: spatial: 9 must be between 0 and the cached grid 4x4"),
     (["ablate", "{pipelines}/stadapter_luv_table1_frames.yaml", "--cache", "{cache}", "--set", "head.bogus=2"],
-     "head=adapter: head 'adapter' has no option bogus"),
+     ": head 'adapter' has no option bogus"),
     (["ablate", "{tmp}/bad.yaml"], "no such sweep file"),
     (["ablate", "{pipelines}/multilabel_charades.yaml", "--cache", "{tmp}/none.zarr"], "not a featcache cache"),
     (["ablate", "{pipelines}/stadapter_luv_table1_frames.yaml", "--cache", "{cache}", "--only", "99"], "no cell matches"),
+    (["ablate", "{pipelines}/stadapter_luv_table1_frames.yaml", "--cache", "{cache}", "--filter", "bogus"],
+     "--filter: expected key=value, got 'bogus'"),
+    (["ablate", "{pipelines}/stadapter_luv_table1_frames.yaml", "--cache", "{cache}", "--set", "head=bogus"],
+     ": unknown head 'bogus'; available: "),  # the registry's ValueError, made a user error where it is raised
 ])
 def test_bad_sweeps_fail_with_one_line(cache, tmp_path, args, message):
     args = [a.format(pipelines=PIPELINES, cache=cache, tmp=tmp_path) for a in args]
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "o"), "--dry-run"])
     assert r.exit_code == 2, r.output
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+FLAKY_HEAD = """
+from torch import nn
+
+
+class Flaky(nn.Module):
+    def __init__(self, in_dim, num_classes, num_frames, grid, num_prefix_tokens, fault: str = "nan"):
+        super().__init__()
+        self.fc, self.fault = nn.Linear(in_dim, num_classes), fault
+
+    def forward(self, x):  # (B, T, N, C); the planner's checks (eval mode, meta tensors) pass, training does not
+        logits = self.fc(x.mean((1, 2)))  # (B, num_classes)
+        if self.training and x.device.type != "meta":
+            if self.fault == "raise":
+                raise ValueError("a bug in the head's training step")
+            logits = logits * float("nan")
+        return logits
+"""
+
+
+@pytest.mark.slow  # a subprocess and two short trainings
+def test_a_user_error_mid_training_is_one_line_and_a_bug_keeps_its_traceback(cache, tmp_path):
+    """What goes wrong while a sweep trains: a FeatcacheError (a cell diverged: the user's lr or
+    data) is one line and exit status 2; a ValueError from code (here a head's training step) is
+    a bug, so it keeps its traceback and exit status 1, never dressed as "featcache: error"."""
+    import subprocess
+    import sys
+
+    (tmp_path / "flaky.py").write_text(FLAKY_HEAD)
+    sweep = write(tmp_path, "base: {head: flaky.py:Flaky, view: uniform:8, epochs: 1, batch_size: 8}\n")
+    r = runner.invoke(app, ["ablate", sweep, "--cache", cache, "--out", str(tmp_path / "nan"), "-q"])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("featcache: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "train/loss became nan at epoch 0" in r.stderr and "lower the learning rate" in r.stderr
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(PIPELINES)),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    bug = subprocess.run([sys.executable, "-m", "featcache.cli", "ablate", sweep, "--cache", cache, "--out",
+                          str(tmp_path / "bug"), "-q", "--set", "head.fault=raise"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+    assert bug.returncode == 1, bug.stderr
+    assert "Traceback (most recent call last)" in bug.stderr
+    assert bug.stderr.strip().splitlines()[-1] == "ValueError: a bug in the head's training step"
+    assert "featcache: error" not in bug.stderr
 
 
 SEED_BY_VIEW = "base: {head: pool, epochs: 1, batch_size: 8}\nparameters:\n  seed: {values: [0, 1]}\n" \
@@ -321,8 +387,8 @@ def test_a_20_cell_lr_wd_dry_run_prints_its_plan_and_trains_nothing(cache, tmp_p
     assert "20 cells in 1 fused pass(es)" in dry.output and "1 view read(s)" in dry.output
     assert "training time not measured (give --time-cells" in dry.output and " s\n" not in dry.output
     assert real == [] and not os.path.exists(out) and seconds < 30
-    head = sweep_run.new_head(build_config({"head": "attentive"}),
-                              {"in_dim": 32, "num_classes": 2, "num_frames": 8, "grid": (2, 2), "num_prefix_tokens": 1})
+    head = new_head(build_config({"head": "attentive"}),
+                    {"in_dim": 32, "num_classes": 2, "num_frames": 8, "grid": (2, 2), "num_prefix_tokens": 1})
     shape = (8, 8, 5, 32)  # (B, T, N, C)
     # within 10%: on meta, attention takes the math path, which saves a few more tensors than the fused CPU kernel
     assert sweep_run._meta_bytes(head, shape) == pytest.approx(sweep_run._measure(head, torch.zeros(shape))[0], rel=0.1)

@@ -276,7 +276,8 @@ def test_pretrain_resumes_and_fuses_on_the_training_loop(dense, tmp_path):
     assert logs[0] == logs[1]
 
     other = build_config({"head": "pool", "head.dropout": 0.3, **sets})
-    fused = pretrain_group(dense, [cfg, other], [str(tmp_path / "f0"), str(tmp_path / "f1")], show_progress=False)
+    fused = pretrain_group(dense, cfg.batch, [cfg.head_config, other.head_config], [str(tmp_path / "f0"), str(tmp_path / "f1")],
+                           show_progress=False)
     tracked = build_config({"head": "pool", "head.dropout": 0.3, "log": "tensorboard", **sets})
     alone = run_pretrain(dense, tracked, str(tmp_path / "alone"), show_progress=False)
     assert fused[0] == full and fused[1] == alone
@@ -299,12 +300,12 @@ def test_clip_source_keeps_its_rounding_count_across_a_resume(dense):
     half = [type(p)(p.tokens[::2], p.frame_indices[::2], p.num_frames) for p in pools]  # as if stride:2
     cfg = build_config({"head": "r3d", "view": "stride:1", "spatial": 2, "batch_size": 16})
     layout = view.layout(cache.attrs)
-    whole = ClipBatches(cfg, half, [], layout, PRP(), "prp")
+    whole = ClipBatches(cfg.batch, half, [], layout, PRP(), "prp")
     for epoch in (0, 1):
         list(whole.epoch(epoch))
-    first = ClipBatches(cfg, half, [], layout, PRP(), "prp")
+    first = ClipBatches(cfg.batch, half, [], layout, PRP(), "prp")
     list(first.epoch(0))
-    again = ClipBatches(cfg, half, [], layout, PRP(), "prp")
+    again = ClipBatches(cfg.batch, half, [], layout, PRP(), "prp")
     again.load_state_dict(first.state_dict())
     batches = list(again.epoch(1))
     assert again.rounded == whole.rounded > first.rounded > 0
