@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 
+from featcache.errors import FeatcacheError
 from featcache.sweep.leaderboard import best_cell, parse_rows, rank
 from featcache.sweep.rows import CellResult
 
@@ -27,5 +28,5 @@ def test_rank_and_best_cell_take_dicts_or_rows():
     best = best_cell(rows, ("seed", "lr"), "val/top1", "maximize")  # seeds averaged: lr 0.2 at 0.85
     assert best.settings == {"lr": 0.2} and best.n == 2 and best.runs == ("c2", "c3")
     assert best.metrics["val/top1"] == pytest.approx(0.85) and best.std["val/top1"] == pytest.approx(0.0707107)
-    with pytest.raises(ValueError, match="metric 'test/top1' is not in metrics.json of c0"):
+    with pytest.raises(FeatcacheError, match="metric 'test/top1' is not in metrics.json of c0"):
         rank(rows, "test/top1", "maximize")
