@@ -25,10 +25,12 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 
 from featcache.cache import schema
+from featcache.cache.facts import VideoRecord
 from featcache.cache.store import open_cache
 from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.policy import parse_policy
@@ -38,10 +40,10 @@ TOKEN_REDUCTIONS = ("cls", "mean")
 EXPORT_FILE = "featcache_export.json"
 
 
-def _timeline(policy, record: dict) -> tuple[float, int, int]:
+def _timeline(policy, record: VideoRecord) -> tuple[float, int, int]:
     """(rate R, stride S, source frames per feature) of one video's pool: feature i starts at
     ``i * S / R`` seconds."""
-    clock = policy.clock(record["source"]["fps"])
+    clock = policy.clock(record.source.fps)
     if clock is None:
         raise OptionError("pool", f"{policy} is not evenly spaced in time; temporal localisation needs a "
                                   "stride:S or fps:F pool (or windows:W/S@fps:F clips): extract with --frames stride:S")
@@ -83,26 +85,39 @@ def _annotations(path: str | None) -> dict:
     return data["database"]
 
 
+@dataclass(frozen=True)
+class TalExport:
+    """What an export wrote: videos, the feature stride and frames per feature, action labels,
+    annotated videos missing from the store, videos without segments."""
+
+    videos: int
+    stride: int | None
+    frames_per_feature: int | None
+    labels: int
+    missing: tuple[str, ...]
+    unannotated: int
+
+
 def export_tal(path: str, fmt: str, out: str, pool: str | None = None, layer: int = -1, tokens: str = "cls",
-               annotations: str | None = None) -> dict:
+               annotations: str | None = None) -> TalExport:
     """Write ``out/features/<video>.npy`` (T, C), ``out/annotations.json`` and
-    ``out/featcache_export.json`` (the loader settings); returns a summary dict."""
+    ``out/featcache_export.json`` (the loader settings)."""
     if fmt not in TAL_FORMATS:
         raise OptionError("format", f"expected one of {', '.join(TAL_FORMATS)}, got {fmt!r}")
     if tokens not in TOKEN_REDUCTIONS:
         raise OptionError("tokens", f"expected cls or mean, got {tokens!r}")
     cache = open_cache(path)
-    cached = cache.attrs["frames"]["policies"]
+    facts = cache.facts
+    cached = facts.policies
     pool = pool or next((p for p in cached if parse_policy(p).clock(1.0) is not None), None)
     if pool is None or pool not in cached:
         raise OptionError("pool", f"{pool or 'no evenly spaced pool'}: the store holds {', '.join(cached)}; "
                                   "temporal localisation needs a stride:S or fps:F pool (extract with --frames stride:S)")
     policy = parse_policy(pool)
-    token_facts = cache.attrs["tokens"]
-    prefix = int(token_facts.get("num_prefix_tokens", 0))
+    prefix = int(facts.tokens.num_prefix_tokens or 0)
     if tokens == "cls" and not prefix:
-        raise OptionError("tokens", f"{cache.attrs['model']['name']} has no prefix (CLS) token; use --tokens mean")
-    layers = len(cache.attrs["layers"])
+        raise OptionError("tokens", f"{facts.model.name} has no prefix (CLS) token; use --tokens mean")
+    layers = len(facts.layers)
     if not -layers <= layer < layers:
         raise OptionError("layer", f"{layer} is not one of the store's {layers} cached layers (-{layers}..{layers - 1})")
     if os.path.exists(out):
@@ -118,16 +133,16 @@ def export_tal(path: str, fmt: str, out: str, pool: str | None = None, layer: in
     return summary
 
 
-def _write(cache, fmt: str, tmp: str, pool: str, policy, layer: int, tokens: str, prefix: int, given: dict) -> dict:
+def _write(cache, fmt: str, tmp: str, pool: str, policy, layer: int, tokens: str, prefix: int, given: dict) -> TalExport:
     os.makedirs(os.path.join(tmp, "features"))
     database, dim, stride, width = {}, 0, None, None
     for vid in cache.video_ids():
         entry = cache.video(vid)
-        record = entry.record
+        record = entry.facts
         rate, stride, width = _timeline(policy, record)
-        positions = np.asarray(record["policies"][pool], dtype=np.int64)
-        times = np.asarray(record["timestamps"], dtype=np.float64)[positions]
-        _check_spacing(vid, times, rate, stride, record["source"].get("fps"))
+        positions = np.asarray(record.policies[pool], dtype=np.int64)
+        times = np.asarray(record.timestamps, dtype=np.float64)[positions]
+        _check_spacing(vid, times, rate, stride, record.source.fps)
         feats = _reduce(entry.tokens[positions], layer, tokens, prefix)
         key = schema.video_key(vid)
         np.save(os.path.join(tmp, "features", f"{key}.npy"), feats)
@@ -137,31 +152,25 @@ def _write(cache, fmt: str, tmp: str, pool: str, policy, layer: int, tokens: str
     missing = sorted(k for k in given if k not in database and k not in ids)
     with open(os.path.join(tmp, "annotations.json"), "w") as f:
         json.dump({"version": f"featcache export ({fmt})", "database": database}, f, indent=1)
-    labels = sorted({a["label"] for v in database.values() for a in v["annotations"] if "label" in a})
+    labels = sorted({a.get("label") for v in database.values() for a in v.get("annotations") if "label" in a})
     if fmt == "opentad":
         with open(os.path.join(tmp, "category_idx.txt"), "w") as f:
             f.write("".join(f"{label}\n" for label in labels))
-    unannotated = sorted(k for k, v in database.items() if not v["annotations"])
+    unannotated = sorted(k for k, v in database.items() if not v.get("annotations"))
     with open(os.path.join(tmp, EXPORT_FILE), "w") as f:
         json.dump({"format": fmt, "pool": pool, "layer": layer, "tokens": tokens, **_settings(fmt, stride, width, dim),
                    "videos_without_annotations": unannotated, "annotated_videos_not_in_store": missing,
                    "provenance": cache.attrs}, f, indent=1)
-    return {"videos": len(database), "stride": stride, "frames_per_feature": width, "labels": len(labels),
-            "missing": missing, "unannotated": len(unannotated)}
+    return TalExport(len(database), stride, width, len(labels), tuple(missing), len(unannotated))
 
 
-def _entry(vid: str, record: dict, rate: float, given: dict | None) -> dict:
+def _entry(vid: str, record: VideoRecord, rate: float, given: dict | None) -> dict:
     """One database entry: both loaders' fields, the user's segments and subset where given."""
-    source = record["source"]
-    fps = source.get("fps") or rate
-    duration = float(source["num_frames"]) / float(fps)
-    entry = {"subset": record.get("split") or "", "duration": duration, "fps": rate,
-             "frame": int(round(duration * rate)), "annotations": [], "featcache_video_id": vid}
-    if given:
-        entry["annotations"] = list(given.get("annotations", []))
-        if given.get("subset"):
-            entry["subset"] = given["subset"]
-    return entry
+    given = given or {}
+    duration = float(record.num_frames) / float(record.source.fps or rate)
+    return {"subset": given.get("subset") or record.split or "", "duration": duration, "fps": rate,
+            "frame": int(round(duration * rate)), "annotations": list(given.get("annotations", [])),
+            "featcache_video_id": vid}
 
 
 def _settings(fmt: str, stride: int, width: int, dim: int) -> dict:

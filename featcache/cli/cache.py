@@ -158,15 +158,15 @@ def cache_export(
     with user_errors():
         if fmt in TAL_FORMATS:
             s = export_tal(path, fmt, out, pool, -1 if layer is None else layer, tokens or "cls", annotations)
-            typer.echo(f"exported {s['videos']} videos to {out} ({fmt}: stride {s['stride']}, "
-                       f"{s['frames_per_feature']} frame(s) per feature, {s['labels']} action labels); "
+            typer.echo(f"exported {s.videos} videos to {out} ({fmt}: stride {s.stride}, "
+                       f"{s.frames_per_feature} frame(s) per feature, {s.labels} action labels); "
                        f"loader settings in {out}/featcache_export.json")
-            if s["unannotated"]:
-                typer.echo(f"note: {s['unannotated']} videos have no segments in annotations.json (listed in "
+            if s.unannotated:
+                typer.echo(f"note: {s.unannotated} videos have no segments in annotations.json (listed in "
                            "featcache_export.json); give --annotations to merge yours")
-            if s["missing"]:
-                typer.echo(f"note: {len(s['missing'])} annotated videos are not in the store: "
-                           f"{', '.join(s['missing'][:5])}{' ...' if len(s['missing']) > 5 else ''}")
+            if s.missing:
+                typer.echo(f"note: {len(s.missing)} annotated videos are not in the store: "
+                           f"{', '.join(s.missing[:5])}{' ...' if len(s.missing) > 5 else ''}")
             return
         given = [f"--{n}" for n, v in (("pool", pool), ("layer", layer), ("tokens", tokens),
                                         ("annotations", annotations)) if v is not None]

@@ -124,6 +124,7 @@ def test_export_refuses_what_the_loaders_cannot_place(stride_store, tmp_path):
 
 def test_variable_frame_rate_is_refused_with_its_drift():
     from featcache.cache.export_tal import _check_spacing, _timeline
+    from featcache.cache.facts import VideoRecord
     from featcache.errors import FeatcacheError
     from featcache.spec.policy import parse_policy
 
@@ -132,7 +133,7 @@ def test_variable_frame_rate_is_refused_with_its_drift():
     times[3] += 0.05  # more than half a frame (0.02 s) late
     with pytest.raises(FeatcacheError, match=r"v: feature 3 starts at 0.530 s, not 0.480 s"):
         _check_spacing("v", times, 25.0, 4, 25.0)
-    source = {"source": {"fps": 30.0}}
+    source = VideoRecord.from_json({"source": {"fps": 30.0}})
     assert _timeline(parse_policy("windows:16/4@fps:8"), source) == (8.0, 4, 16)
     assert _timeline(parse_policy("stride:4"), source) == (30.0, 4, 1)
     assert _timeline(parse_policy("fps:2"), source) == (2.0, 1, 1)
