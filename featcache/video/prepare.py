@@ -42,13 +42,16 @@ class DecodeSpec:
     crops: int
     clip: dict | None = None  # video encoders: VideoEncoder.clip_spec (clips are cut, resized and cropped)
     stream: int | None = None  # --stream N: the container's video stream; None: the one ffmpeg shows
+    views: tuple[str, int, int] | None = None  # --train-views: (recipe, count, seed); video.views draws them
 
 
 @dataclass
 class Prepared:
     item: VideoItem
     record: dict
-    frames: np.ndarray | None = None  # (crops * T, S, S, 3) uint8, cropped, crops in order first/centre/last
+    # (crops * T + views * T, S, S, 3) uint8, cropped: crops in order first/centre/last, then the
+    # training views (--train-views) in order
+    frames: np.ndarray | None = None
     scores: np.ndarray | None = None
     reason: str = ""  # set when the video failed
     grown: dict | None = None  # extending a done video: where its old and new frames go
@@ -114,12 +117,17 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
                                  keep_best, guess, spec.stream)
         # with 3 crops: [first crop's frames, centre crop's, last crop's], split again at publishing
         frames = np.concatenate([crop(video.frames, spec.img_size, p, spec.crops) for p in order])
+        views = _views(item, spec, video, old)
+        if views:  # then each training view's frames: [view 0's, view 1's, ...]
+            from featcache.video.views import crop_views
+
+            frames = np.concatenate([frames, crop_views(video.frames, views, spec.img_size, spec.views[0])])
     except DecodeError as exc:
         return Prepared(item, _with_log(record, messages), reason=str(exc))
     except Exception as exc:  # one bad file must not end the run; the reason names the error
         return Prepared(item, _with_log(record, messages), reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
     if old is not None:
-        return _grown(item, old, video, frames, chosen, len(order))
+        return _grown(item, old, video, frames, chosen, len(order) + len(views))
     record.update(
         source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width,
                 "height": video.height, "decoder": video.decoder, "decoder_note": video.note,
@@ -128,8 +136,24 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
         frame_indices=video.indices, timestamps=video.timestamps, pts_seconds=video.pts.tolist(),
         policies=chosen["positions"], num_cached_frames=len(video.indices),
         short=video.num_frames < max_count,
+        **({"views": views} if views else {}),
     )
     return Prepared(item, record, frames, chosen["scores"])
+
+
+def _views(item: VideoItem, spec: DecodeSpec, video, old: dict | None) -> list[dict]:
+    """The video's training views (``--train-views``): a grown video keeps its recorded ones;
+    otherwise drawn on the frames as decoded (the same draws on every run: ``video.views``)."""
+    if spec.views is None:
+        return []
+    if old is not None and old.get("views"):
+        return old["views"]
+    from featcache.video.views import draw_views
+
+    recipe, count, seed = spec.views
+    h, w = video.frames.shape[1:3]
+    shown = video.source_fields()
+    return draw_views(recipe, count, seed, item.video_id, w, h, (shown["display_width"], shown["display_height"]))
 
 
 DECODER_LOG_LINES = 20  # distinct decoder messages kept per video (the count covers all)
