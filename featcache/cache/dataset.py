@@ -95,17 +95,25 @@ def frame_positions(entry, policy: Policy) -> list[int]:
     return pos.tolist()
 
 
-def fill_view(dest: np.ndarray, entry, positions: list[int], view: View, attrs: dict) -> None:
-    """Write the view of the cached frames at ``positions`` of one video into ``dest`` (T, N', C')."""
+def fill_view(dest: np.ndarray, entry, positions: list[int], view: View, attrs: dict,
+              train_view: int | None = None) -> None:
+    """Write the view of the cached frames at ``positions`` of one video into ``dest`` (T, N', C');
+    ``train_view``: of that cached training view (extract --train-views) instead of the centre crop."""
     prefix, grid = attrs["tokens"]["num_prefix_tokens"], tuple(attrs["tokens"]["grid"])
     if view.source == "cut":
         dest[...] = entry.cut[np.asarray(positions)]  # (T, N, C): the residual stream entering the cut block
         return
     layers = list(view.layers)
+    if view.reads_plain and train_view is not None:
+        entry.read_view_into(dest, train_view, positions, layers[0])
+        return
     if view.reads_plain:
         entry.read_frames_into(dest, positions, layers[0])  # the common case: straight from disk
         return
-    stored = entry.tokens if view.crop == 1 else entry.side_crops[0 if view.crop == 0 else 1]  # (T_pool, L, N, C)
+    if train_view is not None:
+        stored = entry.views[train_view]  # (T_pool, L, N, C)
+    else:
+        stored = entry.tokens if view.crop == 1 else entry.side_crops[0 if view.crop == 0 else 1]  # (T_pool, L, N, C)
     x = stored[np.asarray(positions)]  # (T, L, N, C)
     x = np.concatenate([x[:, i] for i in layers], axis=-1)  # layers on channels: (T, N, C')
     if view.channels:  # average-pool the channel axis (AdaptiveAvgPool1d); commutes with the spatial pooling
@@ -208,3 +216,83 @@ def memory_budget() -> int:
         return int(info["MemAvailable"].split()[0]) * 1024 // 2
     except (OSError, KeyError, ValueError):
         return 4 << 30
+
+
+# ------------------------------------------------------------------ cached training views
+TRAIN_VIEWS = ("none", "random", "all")  # train_views: the centre crop; one cached view per video per epoch; all
+
+
+def view_choices(n: int, k: int, seed: int, epoch: int) -> torch.Tensor:
+    """train_views=random: the cached view each of ``n`` videos shows in ``epoch`` (same seed and
+    epoch: the same draws, in memory or not, alone or fused; a stream of its own, apart from
+    ``stream.epoch_order``'s)."""
+    g = torch.Generator().manual_seed((seed * 100_003 + epoch) ^ 0x7A1E_5EED)
+    return torch.randint(k, (n,), generator=g)
+
+
+class ViewChoice:
+    """The train split of ``train_views=random``: indexes as a (V, T, N, C) float16 tensor whose
+    video ``i`` is its cached view ``choice[i]`` of this epoch (:meth:`set_epoch`)."""
+
+    def __init__(self, views: torch.Tensor, seed: int = 0):
+        self.views, self.seed = views, seed  # (V, K, T, N, C)
+        self.shape = torch.Size((views.shape[0], *views.shape[2:]))
+        self.dtype = views.dtype
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
+        self.seed = self.seed if seed is None else seed
+        self.epoch, self.choice = epoch, view_choices(len(self.views), self.views.shape[1], self.seed, epoch)
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        rows = torch.arange(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index)
+        return self.views[rows, self.choice[rows]]
+
+
+def materialise_views(cache, view: View, split: str, mode: str, seed: int = 0, max_bytes: int | None = None) -> ViewData:
+    """The split's cached training views (``extract --train-views K``) of ``view``, in memory:
+    ``mode`` random (a :class:`ViewChoice`: one view per video, drawn per epoch) or all (the K views
+    as K * V videos, video after video, labels repeated)."""
+    attrs = cache.attrs
+    if mode not in ("random", "all"):
+        raise FeatcacheError(f"train_views={mode}: expected one of {', '.join(TRAIN_VIEWS)}")
+    if not attrs.get("views"):
+        raise FeatcacheError(f"train_views={mode}: {cache.path} holds no training views; extract with "
+                             "--train-views K (e.g. 4), or use train_views=none")
+    if view.source == "cut" or view.crop != 1:
+        raise FeatcacheError(f"train_views={mode}: training views are of the final tokens' centre-crop layout "
+                             "(not --cut-block or spatial crops)")
+    view.check(attrs)
+    layout = view.layout(attrs)
+    entries = cache.done_entries(split)
+    k = attrs["views"]["count"]
+    shape = (len(entries), k, *layout.shape)
+    budget = max_bytes if max_bytes else memory_budget()
+    if int(np.prod(shape)) * 2 > budget:
+        raise FeatcacheError(f"train_views={mode}: the {split} split's {k} views take {np.prod(shape) * 2 / 1e9:.1f} GB, "
+                             f"more than the {budget / 1e9:.1f} GB memory budget (max_view_memory_gb); cached views "
+                             "are read into memory (not streamed)")
+    out = np.empty(shape, np.float16)
+    for i, entry in enumerate(entries):
+        pos = frame_positions(entry, view.frames)
+        pos = pos[view.subset[0]::view.subset[1]] if view.subset else pos
+        for j in range(k):
+            fill_view(out[i, j], entry, pos, view, attrs, train_view=j)
+    labels, ids = [e.labels for e in entries], [e.video_id for e in entries]
+    if mode == "all":
+        x = torch.from_numpy(out.reshape(len(entries) * k, *layout.shape))  # (V*K, T, N, C): video-major
+        return ViewData(x, [ls for ls in labels for _ in range(k)], [v for v in ids for _ in range(k)],
+                        layout.num_prefix_tokens, layout.grid)
+    return ViewData(ViewChoice(torch.from_numpy(out), seed), labels, ids, layout.num_prefix_tokens, layout.grid)
+
+
+def with_train_views(cache, view: View, data: dict[str, ViewData], mode: str, seed: int = 0,
+                     max_bytes: int | None = None) -> dict[str, ViewData]:
+    """``data`` (split -> ViewData) with its train split replaced by the cached training views
+    (``mode`` random or all); ``none``: ``data`` as it is. Val and test keep the centre view."""
+    if mode == "none":
+        return data
+    return {**data, "train": materialise_views(cache, view, "train", mode, seed, max_bytes)}

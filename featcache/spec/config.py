@@ -34,6 +34,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     label_smoothing: float = 0.0  # single-label only
     augment: str = "none"  # none | flip | crop_flip: on the token grid (pixel augmentations cannot be replayed)
+    train_views: str = "none"  # none (centre crop) | random (one cached training view per video per epoch) | all
     task: str = "auto"  # auto | single | multi (auto: multi when any video has several labels)
     pos_weight: Any = None  # multi-label BCE: None, "auto" (negatives/positives per class) or a number
     seed: int = 0
@@ -69,11 +70,12 @@ HEAD_SOURCES = {"adapter": "cut"}
 
 # the settings that decide the batches: cells agreeing on all of them train in one fused pass
 FUSION_KEYS = ("view", "manifest", "val_fraction", "batch_size", "epochs", "seed", "shuffle_window", "task",
-               "augment", "device", "amp")
+               "augment", "train_views", "device", "amp")
 
 
 _CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),
-            "augment": ("none", "flip", "crop_flip"), "select": ("val", "last")}
+            "augment": ("none", "flip", "crop_flip"), "select": ("val", "last"),
+            "train_views": ("none", "random", "all")}
 
 # numeric ranges checked at parse time: key -> (lowest, highest, lowest allowed?, highest allowed?)
 _RANGES = {"epochs": (1, None, True, True), "batch_size": (1, None, True, True), "lr": (0, None, False, True),

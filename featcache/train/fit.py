@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from featcache.cache.dataset import Task, ViewData, memory_budget
+from featcache.cache.dataset import Task, ViewData, memory_budget, with_train_views
 from featcache.cache.store import open_cache
 from featcache.cache.stream import StreamedTokens, batches, epoch_order
 from featcache.data.annotations import annotate, check_selection
@@ -86,6 +86,7 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     for cfg in cfgs:
         check_selection(cache.annotations, cfg.select)
     data = data or read_splits(cache, view, max_bytes=cfgs[0].view_budget)
+    data = with_train_views(cache, view, data, cfgs[0].train_views, cfgs[0].seed, cfgs[0].view_budget)
     task = _task(cfgs[0], data)
     device = resolve_device(cfgs[0].device)
     train = data["train"]
@@ -134,6 +135,8 @@ class ViewBatches:
 
     def epoch(self, epoch: int):
         x = self.data["train"].x
+        if hasattr(x, "set_epoch"):  # train_views=random: this epoch's cached view of each video
+            x.set_epoch(epoch, self.cfg.seed)
         order = epoch_order(len(x), self.cfg.seed, epoch, self.cfg.shuffle_window)  # in memory or streamed
         for idx, batch in batches(x, order, self.cfg.batch_size, self.cfg.view_budget or memory_budget()):
             yield batch, self.y[idx]

@@ -1,0 +1,118 @@
+"""train --set train_views=random|all and dataset(train_views=...): cached training views."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli, tiny_encoder_config
+
+from featcache.cache.dataset import materialise_views, view_choices
+from featcache.cache.stream import epoch_order
+from featcache.cache.store import open_cache
+from featcache.spec.config import FUSION_KEYS, TrainConfig
+from featcache.spec.view import View
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from featcache.data.synthetic import make_dataset
+    from featcache.extract.pipeline import ExtractConfig, run_extract
+
+    root = tmp_path_factory.mktemp("tv")
+    manifest = make_dataset(str(root), "motion", per_class=3, num_frames=12)
+    s = run_extract(ExtractConfig(manifest=manifest, out=str(root / "c.zarr"), frames="uniform:4",
+                                  encoder=tiny_encoder_config(), batch_size=16, train_views=K), show_progress=False)
+    assert s.done == 12 and not s.failed
+    return str(root / "c.zarr")
+
+
+def test_random_views_differ_by_epoch_and_repeat_by_seed(store):
+    cache = open_cache(store)
+    data = materialise_views(cache, View("uniform:4"), "train", "random", seed=1)
+    x = data.x
+    assert x.shape[0] == 8 and x.shape[1] == 4  # 2 train videos per class (60%), 4 frames
+    drawn = {}
+    for epoch in range(4):
+        x.set_epoch(epoch, 1)
+        drawn[epoch] = x.choice.clone()
+        assert torch.equal(x.choice, view_choices(8, K, 1, epoch))
+        for i, vid in enumerate(data.video_ids):  # each item is that video's drawn cached view
+            entry = cache.video(vid)
+            want = entry.views[int(x.choice[i]), entry.policies["uniform:4"], -1]  # (T, N, C)
+            assert torch.equal(x[i], torch.from_numpy(want))
+        assert torch.equal(x[2:5], torch.stack([x[2], x[3], x[4]]))
+    assert not all(torch.equal(drawn[0], drawn[e]) for e in (1, 2, 3))  # a different view per epoch
+    x.set_epoch(2, 1)
+    assert torch.equal(x.choice, drawn[2])  # deterministic per seed and epoch
+    x.set_epoch(2, 2)
+    assert not torch.equal(x.choice, drawn[2])
+
+
+def test_all_views_are_k_times_the_data(store):
+    cache = open_cache(store)
+    data = materialise_views(cache, View("uniform:4"), "train", "all")
+    assert len(data.x) == 8 * K and data.video_ids[:K] == [data.video_ids[0]] * K
+    entry = cache.video(data.video_ids[0])
+    for j in range(K):
+        np.testing.assert_array_equal(data.x[j].numpy(), entry.views[j, entry.policies["uniform:4"], -1])
+
+
+def test_train_views_is_a_fusion_key_and_a_checked_choice():
+    from featcache.spec.config import build_config
+
+    assert "train_views" in FUSION_KEYS
+    assert TrainConfig(train_views="random").fusion_key != TrainConfig().fusion_key
+    assert build_config({"train_views": "all"}).train_views == "all"
+    with pytest.raises(ValueError, match="train_views"):
+        build_config({"train_views": "sometimes"})
+
+
+def test_dataset_api_set_epoch(store):
+    cache = open_cache(store)
+    ds = cache.dataset(view="uniform:4", split="train", train_views="random", seed=0)
+    ds.set_epoch(0)
+    a = torch.stack([ds[i][0] for i in range(len(ds))])
+    ds.set_epoch(1)
+    b = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert len(ds) == 8 and not torch.equal(a, b)
+    assert len(cache.dataset(view="uniform:4", split="train", train_views="all")) == 8 * K
+    centre = cache.dataset(view="uniform:4", split="train")
+    assert not hasattr(centre.data.x, "set_epoch")
+
+
+@pytest.mark.slow
+def test_train_cli_random_views_and_errors(store, tmp_path):
+    out = tmp_path / "run"
+    cli("train", store, "--head", "pool", "--view", "uniform:4", "--set", "train_views=random", "--set", "epochs=3",
+        "--out", out, "-q")
+    from featcache.train.rundir import read_config
+
+    assert read_config(str(out))["config"]["train_views"] == "random"
+    assert os.path.exists(out / "metrics.json")
+    r = cli("train", store, "--head", "pool", "--set", "train_views=sometimes", "--out", tmp_path / "x", code=2)
+    assert "train_views" in r.output and "random" in r.output
+
+
+def test_the_training_source_draws_per_epoch_and_evaluates_on_the_centre(store):
+    """fit.ViewBatches (what a fused group shares): epoch e's batches hold the views of
+    view_choices(seed, e); val keeps the centre crop."""
+    from featcache.cache.dataset import Task, with_train_views
+    from featcache.train.evaluate import read_splits
+    from featcache.train.fit import ViewBatches
+
+    cache, view = open_cache(store), View("uniform:4")
+    centre = read_splits(cache, view)
+    data = with_train_views(cache, view, centre, "random", seed=4)
+    assert data["val"] is centre["val"] and data["train"] is not centre["train"]
+    cfg = TrainConfig(view=view, train_views="random", seed=4, batch_size=64)
+    src = ViewBatches(cfg, data, Task(sorted({ls[0] for ls in data["train"].labels}), False))
+    views = data["train"].x.views  # (V, K, T, N, C)
+    for epoch in (0, 1):
+        (x, _), = list(src.epoch(epoch))
+        order = epoch_order(len(views), 4, epoch)
+        choice = view_choices(len(views), K, 4, epoch)
+        assert torch.equal(x, views[order, choice[order]])
