@@ -142,10 +142,10 @@ def test_jepa_recipe_is_jepas_crop_with_our_draws():
         got = draw_views("jepa", 4, 0, vid, w, h)
         gen = torch.Generator().manual_seed(video_seed(0, vid))
 
-        def uniform(lo, hi):
+        def uniform(lo, hi, gen=gen):
             return torch.empty(1).uniform_(lo, hi, generator=gen).item()
 
-        def randint(lo, hi):  # inclusive, as python's random.randint
+        def randint(lo, hi, gen=gen):  # inclusive, as python's random.randint
             return torch.randint(lo, hi + 1, size=(1,), generator=gen).item()
 
         for view in got:

@@ -9,8 +9,8 @@ import torch
 from conftest import cli, tiny_encoder_config
 
 from featcache.cache.dataset import materialise_views, view_choices
-from featcache.cache.stream import epoch_order
 from featcache.cache.store import open_cache
+from featcache.cache.stream import epoch_order
 from featcache.spec.config import FUSION_KEYS, TrainConfig
 from featcache.spec.view import View
 
