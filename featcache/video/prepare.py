@@ -26,6 +26,7 @@ from featcache.errors import FeatcacheError
 from featcache.spec.policy import Policy
 from featcache.video.decode import DecodeError, decode_video
 from featcache.video.select import select_frames
+from featcache.video.views import with_views
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,7 @@ class DecodeSpec:
 class Prepared:
     item: VideoItem
     record: dict
-    # (crops * T + views * T, S, S, 3) uint8, cropped: crops in order first/centre/last, then the
-    # training views (--train-views) in order
-    frames: np.ndarray | None = None
+    frames: np.ndarray | None = None  # (crops * T + views * T, S, S, 3) uint8: crops first/centre/last, then views
     scores: np.ndarray | None = None
     reason: str = ""  # set when the video failed
     grown: dict | None = None  # extending a done video: where its old and new frames go
@@ -109,7 +108,7 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
         idx = select_frames(fixed, n, None, stamps)[0] if fixed else np.zeros(0, np.int64)
         return idx if old is None else np.union1d(idx, np.asarray(old["frame_indices"][:1], dtype=np.int64))
 
-    order = (0, 1, 2) if spec.crops == 3 else (1,)
+    order, views = (0, 1, 2) if spec.crops == 3 else (1,), []
     messages: list[str] = []  # what FFmpeg (inside decord / PyAV) prints: kept in the record, not on the terminal
     try:
         with captured_stderr(messages):
@@ -117,11 +116,8 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
                                  keep_best, guess, spec.stream)
         # with 3 crops: [first crop's frames, centre crop's, last crop's], split again at publishing
         frames = np.concatenate([crop(video.frames, spec.img_size, p, spec.crops) for p in order])
-        views = _views(item, spec, video, old)
-        if views:  # then each training view's frames: [view 0's, view 1's, ...]
-            from featcache.video.views import crop_views
-
-            frames = np.concatenate([frames, crop_views(video.frames, views, spec.img_size, spec.views[0])])
+        if spec.views is not None:  # then each training view's frames: [view 0's, view 1's, ...]
+            frames, views = with_views(frames, video, item.video_id, spec.views, spec.img_size, old)
     except DecodeError as exc:
         return Prepared(item, _with_log(record, messages), reason=str(exc))
     except Exception as exc:  # one bad file must not end the run; the reason names the error
@@ -135,25 +131,8 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
                 **video.source_fields(), **decoder_log(messages)},
         frame_indices=video.indices, timestamps=video.timestamps, pts_seconds=video.pts.tolist(),
         policies=chosen["positions"], num_cached_frames=len(video.indices),
-        short=video.num_frames < max_count,
-        **({"views": views} if views else {}),
-    )
+        short=video.num_frames < max_count, **({"views": views} if views else {}))
     return Prepared(item, record, frames, chosen["scores"])
-
-
-def _views(item: VideoItem, spec: DecodeSpec, video, old: dict | None) -> list[dict]:
-    """The video's training views (``--train-views``): a grown video keeps its recorded ones;
-    otherwise drawn on the frames as decoded (the same draws on every run: ``video.views``)."""
-    if spec.views is None:
-        return []
-    if old is not None and old.get("views"):
-        return old["views"]
-    from featcache.video.views import draw_views
-
-    recipe, count, seed = spec.views
-    h, w = video.frames.shape[1:3]
-    shown = video.source_fields()
-    return draw_views(recipe, count, seed, item.video_id, w, h, (shown["display_width"], shown["display_height"]))
 
 
 DECODER_LOG_LINES = 20  # distinct decoder messages kept per video (the count covers all)

@@ -135,3 +135,17 @@ def crop_views(frames: np.ndarray, views: list[dict], size: int, recipe: str) ->
             y = y.flip(-1)
         out[k * len(frames):(k + 1) * len(frames)] = y.permute(0, 2, 3, 1).numpy()  # (T, S, S, 3)
     return out
+
+
+def with_views(frames: np.ndarray, video, video_id: str, spec: tuple[str, int, int], size: int,
+               old: dict | None = None) -> tuple[np.ndarray, list[dict]]:
+    """The cropped frames (crops x T, S, S, 3) followed by the views' (K x T, S, S, 3), and the
+    views: those recorded for ``old`` (a done video that grows), else drawn on ``video.frames``
+    (a ``DecodedVideo``: the frames as decoded for the model) from ``spec`` (recipe, K, seed)."""
+    recipe, count, seed = spec
+    views = (old or {}).get("views")
+    if not views:
+        h, w = video.frames.shape[1:3]
+        shown = video.source_fields()
+        views = draw_views(recipe, count, seed, video_id, w, h, (shown["display_width"], shown["display_height"]))
+    return np.concatenate([frames, crop_views(video.frames, views, size, recipe)]), views
