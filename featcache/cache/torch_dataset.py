@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import torch
 
-from featcache.cache.dataset import Task, materialise, materialise_views
+from featcache.cache.dataset import Task, materialise
 from featcache.cache.quant import QuantTokens
+from featcache.cache.train_views import materialise_views
 from featcache.errors import FeatcacheError
 from featcache.spec.view import View
 

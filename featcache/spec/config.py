@@ -35,6 +35,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # single-label only
     augment: str = "none"  # none | flip | crop_flip: on the token grid (pixel augmentations cannot be replayed)
     train_views: str = "none"  # none (centre crop) | random (one cached training view per video per epoch) | all
+    temporal_jitter: str = "none"  # none | a cached dense pool (stride:S, fps:F): train clips start at random each epoch
     task: str = "auto"  # auto | single | multi (auto: multi when any video has several labels)
     pos_weight: Any = None  # multi-label BCE: None, "auto" (negatives/positives per class) or a number
     seed: int = 0
@@ -70,7 +71,7 @@ HEAD_SOURCES = {"adapter": "cut"}
 
 # the settings that decide the batches: cells agreeing on all of them train in one fused pass
 FUSION_KEYS = ("view", "manifest", "val_fraction", "batch_size", "epochs", "seed", "shuffle_window", "task",
-               "augment", "train_views", "device", "amp")
+               "augment", "train_views", "temporal_jitter", "device", "amp")
 
 
 _CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),

@@ -13,9 +13,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from featcache.cache.dataset import Task, ViewData, memory_budget, with_train_views
+from featcache.cache.dataset import Task, ViewData, memory_budget
 from featcache.cache.store import open_cache
 from featcache.cache.stream import StreamedTokens, batches, epoch_order
+from featcache.cache.train_views import with_train_views
 from featcache.data.annotations import annotate, check_selection
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
@@ -86,7 +87,8 @@ def train_group(cache_path: str, cfgs: list[TrainConfig], out_dirs: list[str], r
     for cfg in cfgs:
         check_selection(cache.annotations, cfg.select)
     data = data or read_splits(cache, view, max_bytes=cfgs[0].view_budget)
-    data = with_train_views(cache, view, data, cfgs[0].train_views, cfgs[0].seed, cfgs[0].view_budget)
+    data = with_train_views(cache, view, data, cfgs[0].train_views, cfgs[0].seed, cfgs[0].view_budget,
+                            cfgs[0].temporal_jitter)
     task = _task(cfgs[0], data)
     device = resolve_device(cfgs[0].device)
     train = data["train"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import cli, tiny_encoder_config
 
-from featcache.cache.dataset import materialise_views, view_choices
 from featcache.cache.store import open_cache
 from featcache.cache.stream import epoch_order
+from featcache.cache.train_views import materialise_views, view_choices
 from featcache.spec.config import FUSION_KEYS, TrainConfig
 from featcache.spec.view import View
 
@@ -100,7 +100,8 @@ def test_train_cli_random_views_and_errors(store, tmp_path):
 def test_the_training_source_draws_per_epoch_and_evaluates_on_the_centre(store):
     """fit.ViewBatches (what a fused group shares): epoch e's batches hold the views of
     view_choices(seed, e); val keeps the centre crop."""
-    from featcache.cache.dataset import Task, with_train_views
+    from featcache.cache.dataset import Task
+    from featcache.cache.train_views import with_train_views
     from featcache.train.evaluate import read_splits
     from featcache.train.fit import ViewBatches
 
@@ -116,3 +117,70 @@ def test_the_training_source_draws_per_epoch_and_evaluates_on_the_centre(store):
         order = epoch_order(len(views), 4, epoch)
         choice = view_choices(len(views), K, 4, epoch)
         assert torch.equal(x, views[order, choice[order]])
+
+
+# ------------------------------------------------------------------ temporal jitter
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory):
+    from featcache.data.synthetic import make_dataset
+    from featcache.extract.pipeline import ExtractConfig, run_extract
+
+    root = tmp_path_factory.mktemp("jit")
+    manifest = make_dataset(str(root), "motion", per_class=3, num_frames=14)
+    s = run_extract(ExtractConfig(manifest=manifest, out=str(root / "c.zarr"), frames="uniform:4,stride:2",
+                                  encoder=tiny_encoder_config(), batch_size=16), show_progress=False)
+    assert s.done == 12 and not s.failed
+    return str(root / "c.zarr")
+
+
+def test_jitter_starts_cover_every_fitting_start():
+    from featcache.cache.train_views import jitter_starts
+
+    sizes = np.array([7, 12, 3, 40])
+    seen = [set() for _ in sizes]
+    for epoch in range(300):
+        starts, steps = jitter_starts(sizes, 4, 0, epoch)
+        assert steps.tolist() == [1, 3, 1, 10]
+        room = np.maximum(0, sizes - 3 * steps - 1)  # the clip's last frame stays in the pool
+        assert np.all((starts >= 0) & (starts <= room))
+        for s, st in zip(seen, starts.tolist()):
+            s.add(st)
+    assert [len(s) for s in seen] == [4, 3, 1, 10]  # every start that fits, drawn
+    a = jitter_starts(sizes, 4, 5, 2)[0]
+    assert np.array_equal(a, jitter_starts(sizes, 4, 5, 2)[0])
+
+
+def test_jittered_clips_are_pool_frames_drawn_per_epoch(pooled):
+    from featcache.cache.train_views import materialise_jittered
+
+    cache = open_cache(pooled)
+    data = materialise_jittered(cache, View("uniform:4"), "train", "stride:2", seed=3)
+    x = data.x
+    assert x.shape[1] == 4 and len(x) == 8
+    got = {}
+    for epoch in range(3):
+        x.set_epoch(epoch, 3)
+        got[epoch] = x.starts.copy()
+        for i, vid in enumerate(data.video_ids):
+            entry = cache.video(vid)
+            pool = np.asarray(entry.policies["stride:2"])  # the positions of the 7 pool frames
+            want = entry.tokens[pool[x.starts[i] + x.steps[i] * np.arange(4)], -1]
+            assert torch.equal(x[i], torch.from_numpy(want))
+    assert not all(np.array_equal(got[0], got[e]) for e in (1, 2))
+    from featcache.errors import FeatcacheError
+
+    with pytest.raises(FeatcacheError, match="dense pool"):
+        materialise_jittered(cache, View("uniform:4"), "train", "stride:3")
+
+
+@pytest.mark.slow
+def test_train_cli_temporal_jitter(pooled, tmp_path):
+    from featcache.train.rundir import read_config
+
+    out = tmp_path / "run"
+    cli("train", pooled, "--head", "pool", "--view", "uniform:4", "--set", "temporal_jitter=stride:2",
+        "--set", "epochs=2", "--out", out, "-q")
+    assert read_config(str(out))["config"]["temporal_jitter"] == "stride:2"
+    r = cli("train", pooled, "--head", "pool", "--view", "uniform:4", "--set", "temporal_jitter=stride:5",
+            "--out", tmp_path / "x", code=2)
+    assert "temporal_jitter=stride:5" in r.output
