@@ -154,8 +154,12 @@ def train(store: str, args, seed: int, out: str, train_views: str = "none", data
     from featcache.spec.config import build_config
     from featcache.train.fit import train_group
 
-    cfg = build_config({"head": "r3d", "view": f"uniform:{args.frames}", "epochs": args.epochs, "batch_size": 8,
-                        "lr": 1e-3, "seed": seed, "train_views": train_views})
+    import yaml
+
+    head = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.head_arg)}
+    cfg = build_config({"head": args.head, **{f"head.{k}": v for k, v in head.items()}, "view": f"uniform:{args.frames}",
+                        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": seed,
+                        "train_views": train_views})
     start = time.perf_counter()
     metrics = train_group(store, [cfg], [out], show_progress=False, data=data)[0]
     return metrics["test/top1"], time.perf_counter() - start
@@ -171,6 +175,10 @@ def main() -> None:
     ap.add_argument("--ks", default="4,8", help="cached view counts of arm (b)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--head", default="r3d")
+    ap.add_argument("--head-arg", action="append", default=[], help="head.KEY=VALUE (repeatable, YAML values)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--recipe", default="torchvision", choices=("torchvision", "jepa"))
     ap.add_argument("--model", default="vit_small_patch14_dinov2.lvd142m")
     ap.add_argument("--weights", default="random")

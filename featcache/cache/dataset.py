@@ -216,4 +216,3 @@ def memory_budget() -> int:
         return int(info["MemAvailable"].split()[0]) * 1024 // 2
     except (OSError, KeyError, ValueError):
         return 4 << 30
-
