@@ -151,10 +151,10 @@ def decoded_train_frames(cache, data, encoder) -> list[np.ndarray]:
 
 
 def train(store: str, args, seed: int, out: str, train_views: str = "none", data: dict | None = None) -> tuple[float, float]:
+    import yaml
+
     from featcache.spec.config import build_config
     from featcache.train.fit import train_group
-
-    import yaml
 
     head = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.head_arg)}
     cfg = build_config({"head": args.head, **{f"head.{k}": v for k, v in head.items()}, "view": f"uniform:{args.frames}",

@@ -125,6 +125,8 @@ def estimate(cfg, measure: bool = True) -> Estimate:
         for overlap, store in stores.items():
             record, t = (_video_record(item, cfg, n, fps, fmt, needs_luv, (width, height), overlap) if clip is None
                          else _clip_record(item, cfg, clip, n, fps, (width, height)))
+            if cfg.train_views:  # the views extract draws (the same boxes: the same seed, id and frame size)
+                record["views"] = _views(item, cfg, attrs, width, height)
             rows = {schema.TOKENS: t, schema.LUV_SCORES: n if needs_luv else 0, schema.TOKEN_SCALES: t,
                     schema.CHANNEL_SCALES: 1, schema.CUT: t, schema.SIDE_CROPS: t, schema.VIEWS: t,
                     schema.VIEW_SCALES: t}
@@ -149,6 +151,14 @@ def estimate(cfg, measure: bool = True) -> Estimate:
         est.batch_size = int(entry["batch_size"])
         est.forward_frames_per_s = float(entry["frames_per_s"][str(est.batch_size)])
     return est
+
+
+def _views(item: VideoItem, cfg, attrs: dict, width: int, height: int) -> list[dict]:
+    from featcache.video.decode import resize_to_short_side
+    from featcache.video.views import draw_views
+
+    w, h = resize_to_short_side(width, height, attrs["preprocess"]["resize_short_side"])
+    return draw_views(cfg.view_aug, cfg.train_views, cfg.view_seed, item.video_id, w, h, (width, height))
 
 
 def _record(item: VideoItem, **extra) -> dict:

@@ -190,3 +190,23 @@ def test_bad_view_options_are_one_line_errors(tmp_path):
     assert "--view-aug" in r.output and "torchvision" in r.output and "Traceback" not in r.output
     r = cli("extract", m, "--out", tmp_path / "c.zarr", *TINY_CLI, "--train-views", "-1", code=2)
     assert "--train-views" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_estimate_counts_the_views(clips, tmp_path, dtype):
+    """estimate: the views' bytes (within the JSON records' spread) and the forwards (1 + K per frame)."""
+    from conftest import cli
+
+    root, manifest = clips
+    opts = [*TINY_CLI, "--frames", "uniform:4", "--train-views", "3", "--dtype", dtype, "--no-time"]
+    est = json.loads(cli("estimate", manifest, *[o for o in opts if o != "--no-time"], "--no-time", "--json").output)
+    plain = json.loads(cli("estimate", manifest, *TINY_CLI, "--frames", "uniform:4", "--dtype", dtype, "--no-time",
+                           "--json").output)
+    out = str(tmp_path / "c.zarr")
+    cli("extract", manifest, "--out", out, *[o for o in opts if o != "--no-time"], "-q")
+    cache = open_cache(out)
+    assert est["frames"] == 12 and est["forwards"] == 12 * 4 and plain["forwards"] == 12
+    assert est["token_bytes_per_frame"] == cache.bytes_per_frame
+    assert abs(est["bytes"] / cache.size_on_disk() - 1) <= 0.01, (est["bytes"], cache.size_on_disk())
+    assert est["bytes"] > plain["bytes"] + 12 * 3 * (cache.bytes_per_frame // 4) * 0.9
