@@ -184,3 +184,19 @@ def test_train_cli_temporal_jitter(pooled, tmp_path):
     r = cli("train", pooled, "--head", "pool", "--view", "uniform:4", "--set", "temporal_jitter=stride:5",
             "--out", tmp_path / "x", code=2)
     assert "temporal_jitter=stride:5" in r.output
+
+
+@pytest.mark.slow
+def test_a_fused_group_shares_the_view_draws(store, tmp_path):
+    """Two heads fused on train_views=random read the same draws: each head's result equals its
+    run alone (the loop's fusion guarantee, now with per-epoch view draws in the batches)."""
+    from featcache.spec.config import build_config
+    from featcache.train.fit import run_training, train_group
+
+    cfgs = [build_config({"head": h, "view": "uniform:4", "epochs": 3, "batch_size": 4, "train_views": "random",
+                          "seed": 1}) for h in ("pool", "linear")]
+    fused = train_group(store, cfgs, [str(tmp_path / "f0"), str(tmp_path / "f1")], show_progress=False)
+    for i, cfg in enumerate(cfgs):
+        alone = run_training(store, cfg, str(tmp_path / f"a{i}"), show_progress=False)
+        val = {k: v for k, v in fused[i].items() if k.startswith("val/")}
+        assert val and val == pytest.approx({k: alone[k] for k in val}, abs=1e-6)  # (this store has no test split)
