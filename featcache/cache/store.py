@@ -727,7 +727,8 @@ class Cache:
         and splits from a training manifest (None: the store's own); ``transform`` /
         ``target_transform`` applied to each item (torchvision's convention). ``options``: the
         rest of featcache.cache.torch_dataset.CacheDataset's (classes, multi_label, max_bytes,
-        stream, dtype, quantized)."""
+        stream, dtype, quantized, train_views and seed: a store's cached training views, drawn
+        per ``set_epoch``)."""
         from featcache.cache.torch_dataset import cache_dataset
 
         return cache_dataset(self, view, split, manifest, frames=frames, layers=layers, tokens=tokens, spatial=spatial,

@@ -19,6 +19,10 @@ the first ``num_prefix_tokens`` tokens of each frame are CLS/register tokens, th
 and the target as ``featcache train`` builds it: a class index (single-label) or a multi-hot
 float vector over ``classes`` (multi-label: a video with several labels, or ``multi_label=True``).
 
+A store extracted with ``--train-views K`` serves its cached augmented views with
+``train_views="random"`` (one per video, drawn per ``set_epoch(epoch)`` from ``seed``: the draws
+of ``featcache train --set train_views=random``) or ``"all"`` (the K views as K x the videos).
+
 An int8 store with ``quantized=True`` hands its tokens over as stored, half the bytes through the
 DataLoader: items are ``({"q": (T, N, C) int8, "token_scales": (T, N) float16, "channel_scales":
 (C,) float32}, target)``, and the batch becomes float32 on the training device in one step::
