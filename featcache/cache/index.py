@@ -21,6 +21,12 @@ appended, so a writer killed at any moment leaves at most bytes no complete row 
 ``numpy.fromfile(path, dtype=TABLE)`` reads a table without featcache; docs/cache-format.md lists
 the fields.
 
+The row is versioned by the arrays it has columns for: :data:`TABLE` (156 bytes, six arrays) in
+every store without training views, :data:`TABLE_VIEWS` (180 bytes, with ``views`` and
+``view_scales``) in stores extracted with ``--train-views``, which name its columns in their root
+attributes (``storage.table_arrays``, :func:`table_of`), so a reader knows the width before it
+reads a table and older stores read unchanged.
+
 Segments written before the table existed (JSON lines only) are read as before and given the
 same rows in memory (``legacy``); ``featcache cache pack`` rewrites them with tables.
 
@@ -53,26 +59,26 @@ _LENGTH = {"index": "line_len", "ids": "id_len", "labels": "labels_len"}
 def table_dtype(arrays: tuple[str, ...]) -> np.dtype:
     """The row of a table whose start/count/crc columns are ``arrays`` (one version per tuple)."""
     return np.dtype([
-    ("hash", "<u8"),         # the first 8 bytes of blake2b(video key), little-endian
-    ("line", "<u8"),         # byte offset of the video's JSON line in index/0
-    ("ids", "<u8"),          # byte offset of its id in ids/0
-    ("labels", "<u8"),       # byte offset of its labels in labels/0
-    ("positions", "<u8"),    # offset (in int32 values) of its block in positions/0
-    ("line_len", "<u4"),     # bytes of the JSON line, newline included
-    ("id_len", "<u4"),       # bytes of the id, newline included
-    ("labels_len", "<u4"),   # bytes of the labels, newline included
-    ("positions_len", "<u4"),  # int32 values of its positions block
-    ("generation", "<u4"),
-    ("frames", "<u4"),       # cached frames (rows of tokens)
-    ("policies", "<u2"),     # how many of the store's frame policies the video holds
-    ("status", "u1"),        # 1 done, 0 failed
-    ("split", "u1"),         # index into SPLIT_CODES; 255 another
-    ("start", "<u4", (len(arrays),)),   # first row of each array (``arrays`` order)
-    ("count", "<u4", (len(arrays),)),   # rows of each array (0: absent)
-    ("crc", "<u4", (len(arrays),)),     # crc32c of each array's rows of the video
-    ("line_crc", "<u4"),     # crc32c of its JSON line
-    ("pad", "<u4"),          # zero
-    ("row_check", "<u8"),    # sum of this row's other 32-bit words times check_weights, mod 2**64
+        ("hash", "<u8"),         # the first 8 bytes of blake2b(video key), little-endian
+        ("line", "<u8"),         # byte offset of the video's JSON line in index/0
+        ("ids", "<u8"),          # byte offset of its id in ids/0
+        ("labels", "<u8"),       # byte offset of its labels in labels/0
+        ("positions", "<u8"),    # offset (in int32 values) of its block in positions/0
+        ("line_len", "<u4"),     # bytes of the JSON line, newline included
+        ("id_len", "<u4"),       # bytes of the id, newline included
+        ("labels_len", "<u4"),   # bytes of the labels, newline included
+        ("positions_len", "<u4"),  # int32 values of its positions block
+        ("generation", "<u4"),
+        ("frames", "<u4"),       # cached frames (rows of tokens)
+        ("policies", "<u2"),     # how many of the store's frame policies the video holds
+        ("status", "u1"),        # 1 done, 0 failed
+        ("split", "u1"),         # index into SPLIT_CODES; 255 another
+        ("start", "<u4", (len(arrays),)),   # first row of each array (``arrays`` order)
+        ("count", "<u4", (len(arrays),)),   # rows of each array (0: absent)
+        ("crc", "<u4", (len(arrays),)),     # crc32c of each array's rows of the video
+        ("line_crc", "<u4"),     # crc32c of its JSON line
+        ("pad", "<u4"),          # zero
+        ("row_check", "<u8"),    # sum of this row's other 32-bit words times check_weights, mod 2**64
     ])
 
 
