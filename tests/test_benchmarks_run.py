@@ -31,6 +31,8 @@ TINY = {
     "bench_shards.py": [["--videos", "4", "--rounds", "1"]],
     "bench_stream.py": [["--videos", "16", "--epochs", "1"]],
     "bench_train.py": [["epoch", "--videos", "16", "--rounds", "1"], ["read", "--videos", "8", "--rounds", "1"]],
+    "bench_views.py": [["--train-per-class", "2", "--val-per-class", "1", "--test-per-class", "1", "--frames", "4",
+                        "--ks", "2", "--seeds", "2", "--epochs", "1"]],
 }
 ELSEWHERE = {"bench_open.py", "bench_formats.py"}
 

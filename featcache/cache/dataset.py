@@ -95,18 +95,26 @@ def frame_positions(entry, policy: FramePolicy) -> list[int]:
     return pos.tolist()
 
 
-def fill_view(dest: np.ndarray, entry, positions: list[int], view: View, shape) -> None:
+def fill_view(dest: np.ndarray, entry, positions: list[int], view: View, shape,
+              train_view: int | None = None) -> None:
     """Write the view of the cached frames at ``positions`` of one video into ``dest`` (T, N', C');
-    ``shape``: the cache's CacheShape (``cache.facts.shape``, or ``cache.attrs``, which answers it)."""
+    ``shape``: the cache's CacheShape (``cache.facts.shape``, or ``cache.attrs``, which answers it);
+    ``train_view``: of that cached training view (extract --train-views) instead of the centre crop."""
     prefix, grid = shape.num_prefix_tokens, tuple(shape.grid)
     if view.source == "cut":
         dest[...] = entry.cut[np.asarray(positions)]  # (T, N, C): the residual stream entering the cut block
         return
     layers = list(view.layers)
+    if view.reads_plain and train_view is not None:
+        entry.read_view_into(dest, train_view, positions, layers[0])
+        return
     if view.reads_plain:
         entry.read_frames_into(dest, positions, layers[0])  # the common case: straight from disk
         return
-    stored = entry.tokens if view.crop == 1 else entry.side_crops[0 if view.crop == 0 else 1]  # (T_pool, L, N, C)
+    if train_view is not None:
+        stored = entry.views[train_view]  # (T_pool, L, N, C)
+    else:
+        stored = entry.tokens if view.crop == 1 else entry.side_crops[0 if view.crop == 0 else 1]  # (T_pool, L, N, C)
     x = stored[np.asarray(positions)]  # (T, L, N, C)
     x = np.concatenate([x[:, i] for i in layers], axis=-1)  # layers on channels: (T, N, C')
     if view.channels:  # average-pool the channel axis (AdaptiveAvgPool1d); commutes with the spatial pooling

@@ -21,6 +21,12 @@ appended, so a writer killed at any moment leaves at most bytes no complete row 
 ``numpy.fromfile(path, dtype=TABLE)`` reads a table without featcache; docs/cache-format.md lists
 the fields.
 
+The row is versioned by the arrays it has columns for: :data:`TABLE` (156 bytes, six arrays) in
+every store without training views, :data:`TABLE_VIEWS` (180 bytes, with ``views`` and
+``view_scales``) in stores extracted with ``--train-views``, which name its columns in their root
+attributes (``storage.table_arrays``, :func:`table_of`), so a reader knows the width before it
+reads a table and older stores read unchanged.
+
 Segments written before the table existed (JSON lines only) are read as before and given the
 same rows in memory (``legacy``); ``featcache cache pack`` rewrites them with tables.
 
@@ -40,39 +46,73 @@ import numpy as np
 from featcache.cache import schema
 
 ARRAYS = (schema.TOKENS, schema.LUV_SCORES, schema.TOKEN_SCALES, schema.CHANNEL_SCALES, schema.CUT,
-          schema.SIDE_CROPS)  # the order of the start/count columns
+          schema.SIDE_CROPS)  # the order of the start/count columns (of TABLE)
+VIEW_ARRAYS = (*ARRAYS, schema.VIEWS, schema.VIEW_SCALES)  # ... of TABLE_VIEWS (stores with training views)
 SPLIT_CODES = ("", "train", "val", "test")  # 255: another split (the brief has it)
 OTHER_SPLIT = 255
 DONE, FAILED = 1, 0
 FILES = ("index", "ids", "labels", "positions", "table")  # the table last: written last, sealed last
 _OFFSET = {"index": "line", "ids": "ids", "labels": "labels"}
 _LENGTH = {"index": "line_len", "ids": "id_len", "labels": "labels_len"}
-TABLE = np.dtype([
-    ("hash", "<u8"),         # the first 8 bytes of blake2b(video key), little-endian
-    ("line", "<u8"),         # byte offset of the video's JSON line in index/0
-    ("ids", "<u8"),          # byte offset of its id in ids/0
-    ("labels", "<u8"),       # byte offset of its labels in labels/0
-    ("positions", "<u8"),    # offset (in int32 values) of its block in positions/0
-    ("line_len", "<u4"),     # bytes of the JSON line, newline included
-    ("id_len", "<u4"),       # bytes of the id, newline included
-    ("labels_len", "<u4"),   # bytes of the labels, newline included
-    ("positions_len", "<u4"),  # int32 values of its positions block
-    ("generation", "<u4"),
-    ("frames", "<u4"),       # cached frames (rows of tokens)
-    ("policies", "<u2"),     # how many of the store's frame policies the video holds
-    ("status", "u1"),        # 1 done, 0 failed
-    ("split", "u1"),         # index into SPLIT_CODES; 255 another
-    ("start", "<u4", (len(ARRAYS),)),   # first row of each array (ARRAYS order)
-    ("count", "<u4", (len(ARRAYS),)),   # rows of each array (0: absent)
-    ("crc", "<u4", (len(ARRAYS),)),     # crc32c of each array's rows of the video
-    ("line_crc", "<u4"),     # crc32c of its JSON line
-    ("pad", "<u4"),          # zero
-    ("row_check", "<u8"),    # sum of this row's other 32-bit words times CHECK_WEIGHTS, mod 2**64
-])
-ROW = TABLE.itemsize  # 160 bytes
-WORDS = (ROW - 8) // 4  # the 32-bit words the row check covers
-# odd weights: an edit of any one word always changes the sum; vectorised over a whole table at open
-CHECK_WEIGHTS = ((np.arange(1, WORDS + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1))
+
+
+def table_dtype(arrays: tuple[str, ...]) -> np.dtype:
+    """The row of a table whose start/count/crc columns are ``arrays`` (one version per tuple)."""
+    return np.dtype([
+        ("hash", "<u8"),         # the first 8 bytes of blake2b(video key), little-endian
+        ("line", "<u8"),         # byte offset of the video's JSON line in index/0
+        ("ids", "<u8"),          # byte offset of its id in ids/0
+        ("labels", "<u8"),       # byte offset of its labels in labels/0
+        ("positions", "<u8"),    # offset (in int32 values) of its block in positions/0
+        ("line_len", "<u4"),     # bytes of the JSON line, newline included
+        ("id_len", "<u4"),       # bytes of the id, newline included
+        ("labels_len", "<u4"),   # bytes of the labels, newline included
+        ("positions_len", "<u4"),  # int32 values of its positions block
+        ("generation", "<u4"),
+        ("frames", "<u4"),       # cached frames (rows of tokens)
+        ("policies", "<u2"),     # how many of the store's frame policies the video holds
+        ("status", "u1"),        # 1 done, 0 failed
+        ("split", "u1"),         # index into SPLIT_CODES; 255 another
+        ("start", "<u4", (len(arrays),)),   # first row of each array (``arrays`` order)
+        ("count", "<u4", (len(arrays),)),   # rows of each array (0: absent)
+        ("crc", "<u4", (len(arrays),)),     # crc32c of each array's rows of the video
+        ("line_crc", "<u4"),     # crc32c of its JSON line
+        ("pad", "<u4"),          # zero
+        ("row_check", "<u8"),    # sum of this row's other 32-bit words times check_weights, mod 2**64
+    ])
+
+
+# Versioned rows: a store's tables all have one width, decided by its root attributes
+# (``storage.table_arrays``, written only by stores with training views; absent: TABLE), so a
+# reader knows the width before it reads a table and older stores read unchanged.
+TABLE = table_dtype(ARRAYS)  # 156 bytes: every store without training views
+TABLE_VIEWS = table_dtype(VIEW_ARRAYS)  # 180 bytes: stores with training views (extract --train-views)
+ROW = TABLE.itemsize
+_BY_WIDTH = {len(ARRAYS): ARRAYS, len(VIEW_ARRAYS): VIEW_ARRAYS}
+
+
+def table_of(attrs: dict) -> np.dtype:
+    """The table row of a store with root attributes ``attrs``."""
+    names = (attrs.get("storage") or {}).get("table_arrays")
+    if names is None:
+        return TABLE
+    if tuple(names) not in (ARRAYS, VIEW_ARRAYS):
+        raise ValueError(f"storage.table_arrays {names}: a table this featcache does not know; upgrade featcache")
+    return table_dtype(tuple(names))
+
+
+def arrays_of(table) -> tuple[str, ...]:
+    """The array names of a table's (or row dtype's) start/count/crc columns, in order."""
+    dtype = table if isinstance(table, np.dtype) else table.dtype
+    return _BY_WIDTH[dtype["start"].shape[0]]
+
+
+def check_weights(words: int) -> np.ndarray:
+    # odd weights: an edit of any one word always changes the sum; vectorised over a whole table at open
+    return (np.arange(1, words + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+
+
+CHECK_WEIGHTS = check_weights((ROW - 8) // 4)  # of TABLE
 
 
 def crc32c(data, value: int = 0) -> int:
@@ -107,9 +147,9 @@ def positions_block(record: dict, policies: list[str]) -> np.ndarray:
 
 
 def encode(record: dict, placed: dict[str, list[int]], generation: int, crc: dict[str, int],
-           policies: list[str]) -> tuple[bytes, bytes, bytes, bytes, np.ndarray]:
-    """A video's JSON line, id line, labels line, positions block and table row (offsets and row
-    crc left to :func:`place`); ``policies``: the store's frame policies."""
+           policies: list[str], table: np.dtype = TABLE) -> tuple[bytes, bytes, bytes, bytes, np.ndarray]:
+    """A video's JSON line, id line, labels line, positions block and ``table`` row (offsets and
+    row crc left to :func:`place`); ``policies``: the store's frame policies."""
     video_id = record["video_id"]
     labels = [str(x) for x in record.get("labels", [])]
     if any(c in video_id for c in "\n\r") or any(c in x for x in labels for c in "\t\n\r"):
@@ -121,7 +161,7 @@ def encode(record: dict, placed: dict[str, list[int]], generation: int, crc: dic
     ident = (video_id + "\n").encode("utf-8")
     label_line = ("\t".join(labels) + "\n").encode("utf-8")
     block = positions_block(record, policies).tobytes()
-    row = np.zeros(1, TABLE)
+    row = np.zeros(1, table)
     row["hash"] = key_hash(schema.video_key(video_id))
     row["line_len"], row["id_len"], row["labels_len"] = len(line), len(ident), len(label_line)
     row["positions_len"] = len(block) // 4
@@ -130,7 +170,10 @@ def encode(record: dict, placed: dict[str, list[int]], generation: int, crc: dic
     row["policies"] = len(record.get("policies") or {})
     row["status"] = DONE if record.get("status") == "done" else FAILED
     row["split"] = split_code(record.get("split", ""))
-    for i, name in enumerate(ARRAYS):
+    arrays = arrays_of(table)
+    if set(placed) - set(arrays):
+        raise ValueError(f"arrays {sorted(set(placed) - set(arrays))} have no column in this store's table")
+    for i, name in enumerate(arrays):
         if name in placed:
             row["start"][0, i], row["count"][0, i] = placed[name]
             row["crc"][0, i] = crc.get(name, 0)
@@ -148,12 +191,14 @@ def place(row: np.ndarray, offsets: dict[str, int]) -> bytes:
 
 
 def row_checks(table: np.ndarray) -> np.ndarray:
-    """Each row's check: its 32-bit words (all but the check) times CHECK_WEIGHTS, summed mod 2**64."""
-    words = np.ascontiguousarray(table).view("<u4").reshape(len(table), ROW // 4)[:, :WORDS]
+    """Each row's check: its 32-bit words (all but the check) times check_weights, summed mod 2**64."""
+    row = table.dtype.itemsize
+    weights = check_weights((row - 8) // 4)
+    words = np.ascontiguousarray(table).view("<u4").reshape(len(table), row // 4)[:, :len(weights)]
     out = np.empty(len(table), np.uint64)
     with np.errstate(over="ignore"):
         for lo in range(0, len(table), 1 << 16):  # in chunks: a few MB of temporaries, whatever the store's size
-            out[lo:lo + (1 << 16)] = (words[lo:lo + (1 << 16)].astype(np.uint64) * CHECK_WEIGHTS).sum(axis=1, dtype=np.uint64)
+            out[lo:lo + (1 << 16)] = (words[lo:lo + (1 << 16)].astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
     return out
 
 
@@ -169,15 +214,16 @@ def is_sealed(segment: str) -> bool:
     return os.path.exists(os.path.join(table if os.path.isdir(table) else os.path.join(segment, "index"), "zarr.json"))
 
 
-def read_table(path: str) -> tuple[np.ndarray, int]:
-    """The complete rows of a table file and the bytes of a torn last row (0: none)."""
+def read_table(path: str, dtype: np.dtype = TABLE) -> tuple[np.ndarray, int]:
+    """The complete rows (of ``dtype``: :func:`table_of` the store) of a table file and the bytes
+    of a torn last row (0: none)."""
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
-        return np.zeros(0, TABLE), 0
-    n = size // ROW
-    table = np.fromfile(path, dtype=TABLE, count=n) if n else np.zeros(0, TABLE)
-    return table, size - n * ROW
+        return np.zeros(0, dtype), 0
+    n = size // dtype.itemsize
+    table = np.fromfile(path, dtype=dtype, count=n) if n else np.zeros(0, dtype)
+    return table, size - n * dtype.itemsize
 
 
 # ------------------------------------------------------------------ one segment
@@ -186,12 +232,12 @@ class SegmentIndex:
     A segment without a table (written before it existed) is parsed whole and given the same
     rows in memory (``legacy``)."""
 
-    def __init__(self, root: str, name: str):
-        self.name, self.path = name, os.path.join(root, schema.SEGMENTS, name)
+    def __init__(self, root: str, name: str, dtype: np.dtype = TABLE):
+        self.name, self.path, self.dtype = name, os.path.join(root, schema.SEGMENTS, name), dtype
         self.bad_lines: list[int] = []  # legacy: complete lines that do not parse
         self._entries: list[dict] | None = None  # legacy: the parsed entries, one per row
         # torn: bytes of an unfinished last table row (legacy: of a last line without its newline)
-        self.table, self.torn = read_table(self.file("table"))
+        self.table, self.torn = read_table(self.file("table"), dtype)
         self.legacy = not len(self.table) and not self.torn and not os.path.exists(self.file("table"))
         self.damaged = np.zeros(0, np.int64)  # rows whose check fails: no reader uses them
         if self.legacy:
@@ -200,11 +246,11 @@ class SegmentIndex:
             self.damaged = np.flatnonzero(~rows_intact(self.table))
 
     @classmethod
-    def from_entries(cls, path: str, name: str, entries: list[dict]) -> "SegmentIndex":
+    def from_entries(cls, path: str, name: str, entries: list[dict], dtype: np.dtype = TABLE) -> "SegmentIndex":
         """A segment made of parsed entries (a schema-1 store's records, as one segment)."""
         self = cls.__new__(cls)
-        self.name, self.path, self.bad_lines, self.torn, self.legacy = name, path, [], 0, True
-        self._entries, self.table, self.damaged = entries, legacy_table(entries), np.zeros(0, np.int64)
+        self.name, self.path, self.bad_lines, self.torn, self.legacy, self.dtype = name, path, [], 0, True, dtype
+        self._entries, self.table, self.damaged = entries, legacy_table(entries, dtype), np.zeros(0, np.int64)
         return self
 
     def file(self, which: str) -> str:
@@ -242,7 +288,7 @@ class SegmentIndex:
                     continue
                 entries.append(entry)
         self._entries = entries
-        self.table = legacy_table(entries)
+        self.table = legacy_table(entries, self.dtype)
 
     # reading by row
     def _slices(self, which: str, rows: np.ndarray) -> list[bytes]:
@@ -341,9 +387,9 @@ def lines_of(data: bytes, offsets: np.ndarray, lengths: np.ndarray) -> list[byte
     return [data[o:o + n - 1] for o, n in zip(offsets.tolist(), lengths.tolist())]
 
 
-def legacy_table(entries: list[dict]) -> np.ndarray:
+def legacy_table(entries: list[dict], dtype: np.dtype = TABLE) -> np.ndarray:
     """Table rows (no offsets, no crcs) for parsed JSON entries of a segment without a table."""
-    table = np.zeros(len(entries), TABLE)
+    table = np.zeros(len(entries), dtype)
     for i, entry in enumerate(entries):
         record = entry["record"]
         row = table[i:i + 1]
@@ -353,7 +399,7 @@ def legacy_table(entries: list[dict]) -> np.ndarray:
         row["policies"] = len(record.get("policies") or {})
         row["status"] = DONE if record.get("status") == "done" else FAILED
         row["split"] = split_code(record.get("split", ""))
-        for j, name in enumerate(ARRAYS):
+        for j, name in enumerate(arrays_of(dtype)):
             if name in entry.get("rows", {}):
                 row["start"][0, j], row["count"][0, j] = entry["rows"][name]
     return table
@@ -366,10 +412,11 @@ class Index:
     at equal generations a done copy beats a failure, the first published done copy wins (a
     racing duplicate), and the last failure. All of it vectorised: no Python object per video."""
 
-    def __init__(self, segments: list[SegmentIndex]):
+    def __init__(self, segments: list[SegmentIndex], dtype: np.dtype = TABLE):
         self.segments = segments
         tables = [s.table for s in segments]
-        self.table = np.concatenate(tables) if tables else np.zeros(0, TABLE)
+        self.table = np.concatenate(tables) if tables else np.zeros(0, dtype)
+        self.arrays = arrays_of(self.table)  # the arrays of its start/count/crc columns
         sizes = [len(t) for t in tables]
         self.seg = np.repeat(np.arange(len(segments), dtype=np.int32), sizes)
         self.row = np.arange(len(self.table), dtype=np.int64) - np.repeat(np.cumsum([0, *sizes[:-1]]), sizes).astype(
@@ -456,7 +503,7 @@ class Index:
 
     def columns(self, rows: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(segment numbers, first rows, row counts) of array ``name`` for each row."""
-        i = ARRAYS.index(name)
+        i = self.arrays.index(name)
         return (self.seg[rows], self.table["start"][rows, i].astype(np.int64),
                 self.table["count"][rows, i].astype(np.int64))
 
@@ -466,7 +513,7 @@ class Index:
     def where(self, row: int) -> tuple[str, dict[str, tuple[int, int]]]:
         """(segment name, {array: (start, count)}) of one row."""
         t = self.table[row]
-        rows = {name: (int(t["start"][i]), int(t["count"][i])) for i, name in enumerate(ARRAYS) if t["count"][i]}
+        rows = {name: (int(t["start"][i]), int(t["count"][i])) for i, name in enumerate(self.arrays) if t["count"][i]}
         return self.segments[int(self.seg[row])].name, rows
 
 
@@ -481,11 +528,12 @@ def no_gc():
             gc.enable()
 
 
-def read_index(root: str) -> Index:
-    """The resolved index of the packed store at ``root``: one listing, the tables of its segments."""
+def read_index(root: str, dtype: np.dtype = TABLE) -> Index:
+    """The resolved index of the packed store at ``root``: one listing, the tables (rows of
+    ``dtype``, :func:`table_of` its root attributes) of its segments."""
     folder = os.path.join(root, schema.SEGMENTS)
     try:
         names = sorted(e.name for e in os.scandir(folder) if e.is_dir())
     except FileNotFoundError:
         names = []
-    return Index([SegmentIndex(root, name) for name in names])
+    return Index([SegmentIndex(root, name, dtype) for name in names], dtype)

@@ -74,6 +74,11 @@ def row_plan(attrs: dict) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ..
         plan[schema.CUT] = (frame[1:], "float16", ("frame", "token", "channel"), True)
     if facts.crops:
         plan[schema.SIDE_CROPS] = ((2, *frame), dtype, ("frame", "crop", "layer", "token", "channel"), True)
+    if attrs.get("views"):  # K training views of each frame, frames first like side_crops
+        k = attrs["views"]["count"]
+        plan[schema.VIEWS] = ((k, *frame), dtype, ("frame", "view", "layer", "token", "channel"), True)
+        if dtype == "int8":
+            plan[schema.VIEW_SCALES] = ((k, *frame[:2]), "float16", ("frame", "view", "layer", "token"), True)
     return plan
 
 
@@ -105,6 +110,8 @@ def video_arrays(attrs: dict, frames: int, source_frames: int | None = None) -> 
             out.append((name, row, kind, dims[1:]))
         elif name == schema.SIDE_CROPS:
             out.append((name, (2, frames, *row[1:]), kind, ("crop", "frame", *dims[2:])))
+        elif name in (schema.VIEWS, schema.VIEW_SCALES):
+            out.append((name, (row[0], frames, *row[1:]), kind, ("view", "frame", *dims[2:])))
         else:
             out.append((name, (frames, *row), kind, dims))
     return out
@@ -124,8 +131,8 @@ def video_rows(attrs: dict, arrays: dict[str, np.ndarray | None]) -> dict[str, n
             continue
         if name not in plan:
             raise ValueError(f"{name}: not an array of this store")
-        if name == schema.SIDE_CROPS:
-            value = np.moveaxis(value, 1, 0)  # (2, T, ...) -> (T, 2, ...): frames first, like every array
+        if name in (schema.SIDE_CROPS, schema.VIEWS, schema.VIEW_SCALES):
+            value = np.moveaxis(value, 1, 0)  # (2 or K, T, ...) -> (T, 2 or K, ...): frames first, like every array
         elif name == schema.CHANNEL_SCALES:
             value = value[None]  # one row per video
         shape, kind = plan[name][:2]
@@ -135,19 +142,20 @@ def video_rows(attrs: dict, arrays: dict[str, np.ndarray | None]) -> dict[str, n
 
 def from_rows(name: str, rows: np.ndarray) -> np.ndarray:
     """Inverse of :func:`video_rows` for one array."""
-    if name == schema.SIDE_CROPS:
+    if name in (schema.SIDE_CROPS, schema.VIEWS, schema.VIEW_SCALES):
         return np.moveaxis(rows, 0, 1)
     if name == schema.CHANNEL_SCALES:
         return rows[0]
     return rows
 
 
-def index_bytes(record: dict, placed: dict[str, list[int]], policies: list[str], generation: int = 0) -> dict[str, int]:
+def index_bytes(record: dict, placed: dict[str, list[int]], policies: list[str], generation: int = 0,
+                table: np.dtype = index.TABLE) -> dict[str, int]:
     """Bytes one published video adds to each index file of its segment (the writer's and
     ``featcache estimate``'s): its JSON line, id, brief and table row."""
     crc = dict.fromkeys(placed, 0)
-    parts = index.encode(record, placed, generation, crc, policies)
-    return {**{which: len(part) for which, part in zip(index.FILES[:-1], parts)}, "table": index.ROW}
+    parts = index.encode(record, placed, generation, crc, policies, table)
+    return {**{which: len(part) for which, part in zip(index.FILES[:-1], parts)}, "table": table.itemsize}
 
 
 def array_metadata(name: str, rows: int, attrs: dict) -> bytes:
@@ -174,7 +182,8 @@ _INDEX_FORMATS = {
     "labels": "UTF-8 lines, labels tab-separated, one line per video, in the order of the table's rows",
     "positions": "int32 blocks, one per video: [k, policy index x k, length x k, positions...] (featcache.cache.index)",
     "table": "fixed-width little-endian rows, one per published video: numpy dtype featcache.cache.index.TABLE "
-             "(docs/cache-format.md lists its fields)",
+             "(featcache.cache.index.TABLE_VIEWS in stores whose storage.table_arrays lists views; "
+             "docs/cache-format.md lists its fields)",
 }
 
 
@@ -269,6 +278,7 @@ class SegmentWriter:
     def __init__(self, root: str, attrs: dict, durable: bool = True, task: str | None = None):
         self.root, self.attrs, self.durable, self.task = root, attrs, durable, task
         self.plan = row_plan(attrs)
+        self.table = index.table_of(attrs)  # the row width of this store's tables
         self.name: str | None = None
         self.last_name = ""  # the segment this writer wrote last (named in errors after its seal)
         self.fds: dict[str, int] = {}
@@ -354,7 +364,7 @@ class SegmentWriter:
             self.cursor[name] = start + count
             self.bytes += count * rows[name][0].nbytes if count else 0
         crc = index.rows_crc(rows)
-        parts = index.encode(record, placed, generation, crc, list(store_attrs(self.attrs).policies))
+        parts = index.encode(record, placed, generation, crc, list(store_attrs(self.attrs).policies), self.table)
         if not self.pending:
             self.oldest = time.monotonic()
         self.pending.append((*parts, record["video_id"]))

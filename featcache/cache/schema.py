@@ -9,7 +9,7 @@ Packed layout (schema 2, the default; see packed.py and docs/cache-format.md):
       segments/<segment>/table/       one fixed-width row per published video (index.py), with
                                       ids/, labels/, positions/ and index/ (JSON lines: records)
       segments/<segment>/<array>/     tokens, luv_scores, token_scales, channel_scales, cut,
-                                      side_crops: rows of many videos in one data file
+                                      side_crops, views, view_scales: rows of many videos in one data file
                                       ("0.0.0.0"); zarr.json written when the segment is sealed
 
 Loose layout (schema 1, rounds 1-2; read only, see loose.py): ``videos/<key>/`` per video.
@@ -31,6 +31,9 @@ TOKENS = "tokens"
 LUV_SCORES = "luv_scores"
 CUT = "cut"  # (T, N, C) float16: the residual stream entering the cut block (extract --cut-block)
 SIDE_CROPS = "side_crops"  # (2, T, L, N, C): the first and last of 3 spatial crops (extract --crops 3)
+# (K, T, L, N, C): K augmented training views of every cached frame (extract --train-views K)
+VIEWS = "views"
+VIEW_SCALES = "view_scales"  # (K, T, L, N) float16: per-token scales of int8 views (the video's channel scales)
 STATUSES = ("done", "failed")
 TOKEN_SCALES = "token_scales"  # (T, L, N) float16: per-token scales of int8 tokens
 CHANNEL_SCALES = "channel_scales"  # (L, C) float32: per-channel scales of int8 tokens
@@ -41,11 +44,12 @@ VIDEO_KEYS = ("video_id", "path", "split", "labels", "source", "frame_indices", 
 
 # Root-attribute sections that decide what the tokens mean: two runs may share a store only
 # when all of them agree.
-FINGERPRINT_KEYS = ("model", "preprocess", "layers", "tokens", "compute", "frames", "storage", "cut", "crops")
+FINGERPRINT_KEYS = ("model", "preprocess", "layers", "tokens", "compute", "frames", "storage", "cut", "crops",
+                    "views")
 # the policy list grows when policies are added to a store (incremental pools): the tokens of a
 # frame mean the same whatever else is cached, so it does not enter the fingerprint
 _VOLATILE = {("model", "num_params"), ("compute", "device_type"), ("frames", "policies"), ("frames", "added")}
-_OPTIONAL = {"cut", "crops"}
+_OPTIONAL = {"cut", "crops", "views"}
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 

@@ -153,6 +153,29 @@ class VideoEntry:
         return np.array(self.stored(schema.SIDE_CROPS))
 
     @cached_property
+    def views(self) -> np.ndarray | None:
+        """(K, T, L, N, C): the tokens of the K training views of every cached frame (extract
+        --train-views; the record's ``views`` says each one's box and flip); int8 stores are
+        dequantized to float16. None in a store without views."""
+        views = self.stored(schema.VIEWS)
+        if views is None:
+            return None
+        if views.dtype != np.int8:
+            return np.array(views)
+        return quant.dequantize(views, self.stored(schema.VIEW_SCALES), self.stored(schema.CHANNEL_SCALES)[:, None])
+
+    def read_view_into(self, out: np.ndarray, view: int, positions: list[int], layer: int) -> None:
+        """``out[t] = views[view, positions[t], layer]`` for a (T, N, C) ``out`` (int8 dequantized)."""
+        stored = self.stored(schema.VIEWS)  # (K, T, L, N, C), a view of the mapped rows
+        layer = layer % stored.shape[2]
+        rows = np.asarray(positions, dtype=np.int64)
+        if stored.dtype == np.int8:
+            quant.dequantize(stored[view, rows, layer], self.stored(schema.VIEW_SCALES)[view, rows, layer],
+                             self.stored(schema.CHANNEL_SCALES)[layer], out.dtype, out=out)
+            return
+        out[...] = stored[view, rows, layer]
+
+    @cached_property
     def cut(self) -> np.ndarray:
         """(T, N, C) float16: the residual stream entering the cut block (extract --cut-block)."""
         return np.array(self.stored(schema.CUT))
@@ -258,7 +281,7 @@ class Cache:
                 entries = [{"record": r, "rows": {}, "generation": 0} for r in loose.list_records(self.path).values()]
                 self._idx = index.Index([index.SegmentIndex.from_entries(self.path, schema.VIDEOS, entries)])
             else:
-                self._idx = index.read_index(self.path)
+                self._idx = index.read_index(self.path, index.table_of(self.attrs))
         return self._idx
 
     def index_rows(self, status: str | None = "done", split: str | None = None) -> np.ndarray:
@@ -500,7 +523,7 @@ class Cache:
         """Data bytes of copies no reader uses: older generations and racing duplicates."""
         t = self.index.table[self.index.superseded()]
         plan = packed.row_plan(self.attrs) if self.layout == "packed" else {}
-        sizes = np.array([packed.row_bytes(plan[n]) if n in plan else 0 for n in index.ARRAYS], np.int64)
+        sizes = np.array([packed.row_bytes(plan[n]) if n in plan else 0 for n in self.index.arrays], np.int64)
         return int((t["count"].astype(np.int64) * sizes).sum()) if len(t) else 0
 
     def unindexed_bytes(self) -> int:
@@ -536,7 +559,7 @@ class Cache:
         instead of a copy per video (for a small view the per-video look-ups cost as much as the
         bytes). Returns False, having written nothing, where this layout or array reads per video
         (a loose store; side crops)."""
-        if self.layout == "loose" or name == schema.SIDE_CROPS or not entries:
+        if self.layout == "loose" or name in (schema.SIDE_CROPS, schema.VIEWS, schema.VIEW_SCALES) or not entries:
             return False
         where = [e.where for e in entries]
         names, segments = np.unique([w[0] for w in where], return_inverse=True)
@@ -547,7 +570,7 @@ class Cache:
 
     def gather_rows(self, name: str, rows: np.ndarray, positions, layer: int, out: np.ndarray) -> bool:
         """:meth:`gather` for index rows (``done_rows``): no Python object per video."""
-        if self.layout == "loose" or name == schema.SIDE_CROPS or not len(rows):
+        if self.layout == "loose" or name in (schema.SIDE_CROPS, schema.VIEWS, schema.VIEW_SCALES) or not len(rows):
             return False
         seg, starts, counts = self.index.columns(rows, name)
         return self._gather(name, [s.name for s in self.index.segments], seg, starts, counts, positions, layer, out,
@@ -658,7 +681,7 @@ class Cache:
             return 0
         extra = 0
         t = segment.table
-        for i, name in enumerate(index.ARRAYS):
+        for i, name in enumerate(index.arrays_of(t)):
             path = os.path.join(segment.path, name, packed.DATA)
             if name not in packed.row_plan(self.attrs) or not os.path.exists(path):
                 continue
@@ -709,7 +732,7 @@ class Cache:
         if entry.row < 0 or self.layout != "packed" or self.index.segments[int(self.index.seg[entry.row])].legacy:
             return
         t = self.index.table[entry.row]
-        i = index.ARRAYS.index(name)
+        i = self.index.arrays.index(name)
         if t["count"][i] and index.crc32c(np.ascontiguousarray(rows).tobytes()) != t["crc"][i]:
             raise DamagedStore(f"{self.path}: video {entry.video_id!r}: its {name} do not match their checksum (changed "
                                f"since they were written); run featcache cache verify {self.path}")
@@ -731,7 +754,7 @@ class Cache:
             return []
         t = self.index.table[entry.row]
         bad = []
-        for i, name in enumerate(index.ARRAYS):
+        for i, name in enumerate(self.index.arrays):
             if t["count"][i]:
                 start, count = int(t["start"][i]), int(t["count"][i])
                 rows = self._segment_rows(entry.where[0], name, start, count)
@@ -748,7 +771,8 @@ class Cache:
         and splits from a training manifest (None: the store's own); ``transform`` /
         ``target_transform`` applied to each item (torchvision's convention). ``options``: the
         rest of featcache.cache.torch_dataset.CacheDataset's (classes, multi_label, max_bytes,
-        stream, dtype, quantized)."""
+        stream, dtype, quantized, train_views and seed: a store's cached training views, drawn
+        per ``set_epoch``)."""
         from featcache.cache.torch_dataset import cache_dataset
 
         return cache_dataset(self, view, split, manifest, frames=frames, layers=layers, tokens=tokens, spatial=spatial,

@@ -19,6 +19,10 @@ the first ``num_prefix_tokens`` tokens of each frame are CLS/register tokens, th
 and the target as ``featcache train`` builds it: a class index (single-label) or a multi-hot
 float vector over ``classes`` (multi-label: a video with several labels, or ``multi_label=True``).
 
+A store extracted with ``--train-views K`` serves its cached augmented views with
+``train_views="random"`` (one per video, drawn per ``set_epoch(epoch)`` from ``seed``: the draws
+of ``featcache train --set train_views=random``) or ``"all"`` (the K views as K x the videos).
+
 An int8 store with ``quantized=True`` hands its tokens over as stored, half the bytes through the
 DataLoader: items are ``({"q": (T, N, C) int8, "token_scales": (T, N) float16, "channel_scales":
 (C,) float32}, target)``, and the batch becomes float32 on the training device in one step::
@@ -33,6 +37,7 @@ import torch
 
 from featcache.cache.dataset import Task, materialise
 from featcache.cache.quant import QuantTokens
+from featcache.cache.train_views import materialise_views
 from featcache.errors import FeatcacheError
 from featcache.spec.view import View
 
@@ -69,7 +74,8 @@ class CacheDataset(torch.utils.data.Dataset):
                  frames: str | None = None, layers=(-1,), tokens: str = "all", spatial: int = 0, channels: int = 0,
                  classes: list[str] | None = None, multi_label: bool | None = None,
                  max_bytes: int | None = None, stream: bool | None = None, dtype: torch.dtype = torch.float32,
-                 quantized: bool = False, transform=None, target_transform=None):
+                 quantized: bool = False, transform=None, target_transform=None, train_views: str = "none",
+                 seed: int = 0):
         if split not in SPLITS:
             raise FeatcacheError(f"dataset: unknown split {split!r}; expected train, val or test")
         if view is not None and frames is not None:
@@ -81,7 +87,11 @@ class CacheDataset(torch.utils.data.Dataset):
         self.view.check(source.facts.shape)
         self.layout = self.view.layout(source.facts.shape)
         budget = 1 if stream else (1 << 62) if stream is False else max_bytes
-        self.data = materialise(source, self.view, split, max_bytes=budget)
+        if train_views == "none":
+            self.data = materialise(source, self.view, split, max_bytes=budget)
+        else:  # the cached training views: random (one per video, drawn per set_epoch) or all (K x the videos)
+            self.data = materialise_views(source, self.view, split, train_views, seed, None if stream is False else max_bytes)
+        self.train_views = train_views
         self.quantized = quantized
         if quantized and not isinstance(self.data.x, QuantTokens):
             raise FeatcacheError("dataset: quantized=True needs an int8 store (--dtype int8), a view of one layer "
@@ -127,6 +137,14 @@ class CacheDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def set_epoch(self, epoch: int) -> None:
+        """train_views=random: draw each video's cached view for ``epoch`` (``featcache train``'s
+        draws for the same seed and epoch); call it before each epoch, as with DistributedSampler.
+        A no-op otherwise. In DataLoader workers (a copy per worker) call it on a sampler-side
+        epoch, or use num_workers=0 or persistent_workers=False so each epoch copies the draw."""
+        if hasattr(self.data.x, "set_epoch"):
+            self.data.x.set_epoch(epoch)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= i < len(self):

@@ -102,7 +102,7 @@ def _row_vs_line(row, line: bytes, vid: str) -> list[str]:
         out.append(f"generation {row['generation']} in the table, {entry.get('generation', 0)} in the JSON line")
     if record.done != (row["status"] == index.DONE):
         out.append("status differs between the table and the JSON line")
-    rows = {n: [int(row["start"][i]), int(row["count"][i])] for i, n in enumerate(index.ARRAYS) if row["count"][i]}
+    rows = {n: [int(row["start"][i]), int(row["count"][i])] for i, n in enumerate(index.arrays_of(row)) if row["count"][i]}
     theirs = {n: list(v) for n, v in entry.get("rows", {}).items() if v[1]}
     if rows != theirs:
         out.append(f"rows {rows} in the table, {theirs} in the JSON line")

@@ -164,13 +164,14 @@ class CacheWriter(Cache):
 
     # ------------------------------------------------------------------ writing
     def write_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None,
-                    cut: np.ndarray | None = None, side_crops: np.ndarray | None = None) -> int | None:
+                    cut: np.ndarray | None = None, side_crops: np.ndarray | None = None,
+                    views: np.ndarray | None = None) -> int | None:
         """Publish one complete video; returns the bytes of token data written, or None when
         the store already holds it done (its copy is kept, ours dropped). Any other failure to
         publish raises PublishError: the video is not in the store."""
         if record["video_id"] in self:  # done (by us, earlier, or by a concurrent writer)
             return None
-        return self._publish_done(record, tokens, luv_scores, cut, side_crops)
+        return self._publish_done(record, tokens, luv_scores, cut, side_crops, views)
 
     def _next_generation(self, key: str) -> int:
         """0 for a new video; one above the entry it replaces (a failure, a repaired copy)."""
@@ -180,20 +181,30 @@ class CacheWriter(Cache):
         return 0 if row < 0 else int(self.index.table["generation"][row]) + 1
 
     def replace_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None,
-                      cut: np.ndarray | None = None, side_crops: np.ndarray | None = None) -> int | None:
+                      cut: np.ndarray | None = None, side_crops: np.ndarray | None = None,
+                      views: np.ndarray | None = None) -> int | None:
         """Publish a grown version of a done video (incremental pools): appended again with a
         higher generation, which readers take over the old copy. Returns the bytes of token
         data, or None when the published copy already has every policy of ``record``."""
         theirs = self.record(record["video_id"]) or {}
         if set(record["policies"]) <= set(theirs.get("policies", {})):
             return None
-        return self._publish_done(record, tokens, luv_scores, cut, side_crops)
+        return self._publish_done(record, tokens, luv_scores, cut, side_crops, views)
 
-    def _publish_done(self, record: dict, tokens, luv_scores, cut, side_crops) -> int:
-        """Append a done video one generation above the copy it replaces; its token bytes."""
-        data = {schema.TOKENS: tokens, schema.LUV_SCORES: luv_scores, schema.CUT: cut, schema.SIDE_CROPS: side_crops}
+    def _publish_done(self, record: dict, tokens, luv_scores, cut, side_crops, views=None) -> int:
+        """Append a done video one generation above the copy it replaces; its token bytes.
+        ``views``: (K, T, L, N, C) training views, required in a store with views."""
+        count = (self.attrs.get("views") or {}).get("count")
+        if count and (views is None or len(views) != count):
+            raise ValueError(f"{record.get('video_id')}: a store with {count} training views takes every video's views")
+        data = {schema.TOKENS: tokens, schema.LUV_SCORES: luv_scores, schema.CUT: cut, schema.SIDE_CROPS: side_crops,
+                schema.VIEWS: views}
         if self.facts.dtype == "int8":
             data[schema.TOKENS], data[schema.TOKEN_SCALES], data[schema.CHANNEL_SCALES] = quant.quantize(tokens)
+            if views is not None:  # the views' own per-token scales, over the video's channel scales
+                from featcache.cache.views import quantize_views
+
+                data[schema.VIEWS], data[schema.VIEW_SCALES] = quantize_views(views, data[schema.CHANNEL_SCALES])
         self._append(dict(record, status="done", has_luv_scores=luv_scores is not None),
                      packed.video_rows(self.attrs, data), self._next_generation(schema.video_key(record["video_id"])))
         return packed.stage_bytes(tokens, self.attrs)

@@ -35,6 +35,9 @@ def extract(
     frames: str = typer.Option("uniform:16", help="Frame policies, e.g. uniform:16,keyframes:8 (their union is cached)."),
     layers: str = typer.Option("-1", help="ViT blocks to cache, e.g. -1 or -4,-1."),
     crops: int = typer.Option(1, help="Spatial crops per frame through the model: 1 (centre) or 3 (first, centre, last along the long side; for --spatial-views 3)."),
+    train_views: int = typer.Option(0, "--train-views", help="Also cache K augmented training views of every frame (random-resized crop + flip, one box per video and view, drawn from --view-seed and the video id); train with --set train_views=random. Image models."),
+    view_aug: str = typer.Option("torchvision", "--view-aug", help="Recipe of --train-views: torchvision (RandomResizedCrop defaults + flip 0.5) or jepa (V-JEPA's frozen-eval scale/ratio, no flip)."),
+    view_seed: int = typer.Option(0, "--view-seed", help="Seed of the --train-views draws (recorded in the store)."),
     cut_block: Optional[int] = typer.Option(None, help="Also cache the residual stream entering this ViT block (0 = after the embeddings; negative from the end) for in-backbone adapters."),
     batch_size: str = typer.Option("auto", help="Frames per forward pass (batches span videos): auto (the fastest of 8/16/32/64 on this device, probed once and cached) or a number."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -107,7 +110,9 @@ def extract_config(p: dict):
                          batch_size=_word_or_int(p["batch_size"], "--batch-size", "auto"), dtype=p["dtype"], decoder=p["decoder"],
                          luv_size=parse_size(p["luv_size"]), short_videos=p["short_videos"], truncated=p["truncated"],
                          overwrite=p["overwrite"], shard=parse_shard(p["shard"]), crops=p["crops"],
-                         threads=p["threads"], decode_workers=_auto_workers(p["decode_workers"]), stream=p.get("stream"))
+                         threads=p["threads"], decode_workers=_auto_workers(p["decode_workers"]), stream=p.get("stream"),
+                         train_views=p.get("train_views", 0), view_aug=p.get("view_aug", "torchvision"),
+                         view_seed=p.get("view_seed", 0))
 
 
 def _auto_workers(text: str) -> int:

@@ -33,6 +33,7 @@ from featcache.video.select import policy_indices, uniform_indices
 class Estimate:
     videos: int = 0
     frames: int = 0  # cached frames (the union of the policies', per video)
+    forwards: int = 0  # frames through the model: each cached frame's crops and training views
     files: int = 0
     bytes: int = 0
     bytes_min: int = 0  # key frames with other policies: every key frame among the other policies' frames
@@ -51,10 +52,10 @@ class Estimate:
     @property
     def model_seconds(self) -> float | None:
         """Seconds of the model alone; None when it was not timed (``--no-time``, video encoders)."""
-        return self.frames / self.forward_frames_per_s if self.forward_frames_per_s else None
+        return self.forwards / self.forward_frames_per_s if self.forward_frames_per_s else None
 
     def as_dict(self) -> dict:
-        return {"videos": self.videos, "frames": self.frames, "files": self.files, "bytes": self.bytes,
+        return {"videos": self.videos, "frames": self.frames, "forwards": self.forwards, "files": self.files, "bytes": self.bytes,
                 "bytes_min": self.bytes_min, "bytes_max": self.bytes_max,
                 "bytes_per_video": round(self.bytes_per_video, 1), "token_bytes_per_frame": self.token_bytes_per_frame,
                 "unreadable": self.unreadable, "forward_frames_per_s": round(self.forward_frames_per_s, 2),
@@ -125,12 +126,16 @@ def estimate(cfg, measure: bool = True) -> Estimate:
         for overlap, store in stores.items():
             record, t = (_video_record(item, cfg, n, fps, fmt, needs_luv, (width, height), overlap) if clip is None
                          else _clip_record(item, cfg, clip, n, fps, (width, height)))
+            if cfg.train_views:  # the views extract draws (the same boxes: the same seed, id and frame size)
+                record["views"] = _views(item, cfg, attrs, width, height)
             rows = {schema.TOKENS: t, schema.LUV_SCORES: n if needs_luv else 0, schema.TOKEN_SCALES: t,
-                    schema.CHANNEL_SCALES: 1, schema.CUT: t, schema.SIDE_CROPS: t}
+                    schema.CHANNEL_SCALES: 1, schema.CUT: t, schema.SIDE_CROPS: t, schema.VIEWS: t,
+                    schema.VIEW_SCALES: t}
             store.add(record, rows)
             if overlap == "expected":
                 est.videos += 1
                 est.frames += t
+                est.forwards += t * (cfg.crops + cfg.train_views)  # frames through the model: crops and views
     for store in stores.values():
         store.seal()
     est.bytes, est.files = stores["expected"].bytes, stores["expected"].files
@@ -147,6 +152,14 @@ def estimate(cfg, measure: bool = True) -> Estimate:
         est.batch_size = int(entry["batch_size"])
         est.forward_frames_per_s = float(entry["frames_per_s"][str(est.batch_size)])
     return est
+
+
+def _views(item: VideoItem, cfg, attrs: dict, width: int, height: int) -> list[dict]:
+    from featcache.video.decode import resize_to_short_side
+    from featcache.video.views import draw_views
+
+    w, h = resize_to_short_side(width, height, attrs["preprocess"]["resize_short_side"])
+    return draw_views(cfg.view_aug, cfg.train_views, cfg.view_seed, item.video_id, w, h, (width, height))
 
 
 def _record(item: VideoItem, **extra) -> dict:
@@ -220,6 +233,7 @@ class _StoreBytes:
 
     def __init__(self, attrs: dict, task: str | None = None):
         self.attrs, self.plan, self.task = attrs, packed.row_plan(attrs), task
+        self.table = index.table_of(attrs)
         root = dict(attrs, layout=schema.PACKED_LAYOUT, store_id="0" * 32)
         self.root = root
         self.bytes = len(packed.group_metadata(root)) + len(packed.group_metadata({}))  # root, segments/
@@ -248,7 +262,8 @@ class _StoreBytes:
         status = record.get("status", "done")
         if status == "done":
             record = dict(record, status="done", has_luv_scores=bool(rows.get(schema.LUV_SCORES)))
-        for which, nbytes in packed.index_bytes(to_json(record), placed, self.attrs["frames"]["policies"]).items():
+        for which, nbytes in packed.index_bytes(to_json(record), placed, self.attrs["frames"]["policies"],
+                                                table=self.table).items():
             self.bytes += nbytes
             self.index_bytes[which] += nbytes
         if self.segment_bytes >= packed.SEGMENT_BYTES:

@@ -21,7 +21,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from featcache.cache import quant, schema
+from featcache.cache import index, quant, schema
 from featcache.cache.writer import CacheWriter, PublishError
 from featcache.data.manifest import VideoItem, read_manifest
 from featcache.errors import FeatcacheError, OptionError
@@ -57,6 +57,9 @@ class ExtractConfig:
     crops: int = 1  # 1: the centre crop; 3: also the first and last crop along the long side (spatial views)
     decode_workers: int = 0  # decode processes (0: decode in this process between forwards; -1: auto from the free cores)
     stream: int | None = None  # the container's video stream index; None: the one ffmpeg shows by default
+    train_views: int = 0  # augmented training views per video (random-resized crop + flip), cached beside the centre
+    view_aug: str = "torchvision"  # their recipe (featcache.video.views.RECIPES)
+    view_seed: int = 0  # seeds every video's view draws (with its id): a resume draws the same views
 
     @cached_property
     def policies(self) -> tuple[FramePolicy, ...]:
@@ -138,11 +141,27 @@ def validate(cfg: ExtractConfig) -> None:
         raise FeatcacheError("--token-pool with --cut-block: the cut keeps the full grid; give one of them")
     if cfg.crops == 3 and cfg.encoder.cut_block is not None:
         raise FeatcacheError("--crops 3 with --cut-block: the cut is cached for the centre crop only; give one of them")
+    _validate_views(cfg)
     if cfg.overwrite and cfg.shard is not None:
         raise FeatcacheError(
             "--overwrite with --shard: each shard would replace the store under the others; replace it once "
             f"with `featcache extract {cfg.manifest} --out {cfg.out} --overwrite --init-only` (same options, "
             "no --shard), then start the shards without --overwrite")
+
+
+def _validate_views(cfg: ExtractConfig) -> None:
+    from featcache.video.views import RECIPES
+
+    if not isinstance(cfg.train_views, int) or cfg.train_views < 0:
+        raise OptionError("train_views", f"expected an integer >= 0, got {cfg.train_views!r}")
+    if cfg.view_aug not in RECIPES:
+        raise OptionError("view_aug", f"unknown {cfg.view_aug!r}; expected one of {', '.join(RECIPES)}")
+    if cfg.train_views and is_video_model(cfg.encoder.model):
+        raise FeatcacheError(f"--train-views {cfg.train_views}: training views are cached for image models only; "
+                             f"{cfg.encoder.model} is a video encoder")
+    if cfg.train_views and cfg.encoder.cut_block is not None:
+        raise FeatcacheError("--train-views with --cut-block: the cut is cached for the centre crop only; give one "
+                             "of them")
 
 
 def shard_of(video_id: str, count: int) -> int:
@@ -292,12 +311,26 @@ def _frame_root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
         "manifest": {"path": os.path.abspath(cfg.manifest)},  # where `cache status` finds the videos
         "storage": {"dtype": cfg.dtype, "tokens_dims": ["frame", "layer", "token", "channel"],
                     "token_order": "prefix (CLS/register) tokens first, then patches row-major",
-                    **({"quantization": quant.DESCRIPTION} if cfg.dtype == "int8" else {})},
+                    **({"quantization": quant.DESCRIPTION} if cfg.dtype == "int8" else {}),
+                    # the index table's columns (a wider row: featcache.cache.index.TABLE_VIEWS) with views only
+                    **({"table_arrays": list(index.VIEW_ARRAYS)} if cfg.train_views else {})},
         "crops": None if cfg.crops == 1 else {
             "count": 3, "positions": ["first (left/top)", "centre", "last (right/bottom)"],
             "offsets": "0, margin/2, margin along the long side; centred on the short side",
             "stored": "tokens = the centre crop; side_crops = (first, last)"},
+        **_views_attrs(cfg),
     }
+
+
+def _views_attrs(cfg: ExtractConfig) -> dict:
+    """``views`` (and the wider index table it needs) of a store with training views; nothing
+    otherwise, so the attributes and fingerprints of stores without views stay as they were."""
+    if not cfg.train_views:
+        return {}
+    from featcache.cache.views import views_attrs
+    from featcache.video.views import RECIPES
+
+    return {"views": views_attrs(cfg.train_views, cfg.view_aug, cfg.view_seed, RECIPES[cfg.view_aug].source)}
 
 
 def decode_spec(cfg: ExtractConfig, encoder) -> DecodeSpec:
@@ -306,7 +339,8 @@ def decode_spec(cfg: ExtractConfig, encoder) -> DecodeSpec:
     needs_luv = scores_needed(cfg.policies)
     return DecodeSpec(cfg.policies, cfg.short_videos, cfg.luv_size if needs_luv else None, cfg.decoder,
                       encoder.short_side, encoder.preprocess["interpolation"], encoder.cfg.img_size, cfg.crops,
-                      getattr(encoder, "clip_spec", None), cfg.stream)
+                      getattr(encoder, "clip_spec", None), cfg.stream,
+                      (cfg.view_aug, cfg.train_views, cfg.view_seed) if cfg.train_views else None)
 
 
 FATAL_STREAK = 2  # a full disk, quota or read-only store refusing this many videos in a row stops the run
@@ -476,14 +510,19 @@ class _Pipeline:
         if why:  # refused here, named in the summary; never a store that trains to NaN
             self._fail(job.decoded, why)
             return
+        views = None
+        if self.cfg.train_views:  # ((crops + K) T, ...) -> the crops' rows, then (K, T, ...) views
+            rows = len(tokens) // (self.cfg.crops + self.cfg.train_views)
+            tokens, views = tokens[:rows * self.cfg.crops], tokens[rows * self.cfg.crops:].reshape(
+                self.cfg.train_views, rows, *tokens.shape[1:])
         if self.cfg.crops == 3:  # (3T, ...) in crop order -> centre crop + (first, last)
-            parts = np.split(job.tokens, 3)
+            parts = np.split(tokens, 3)
             tokens, side = parts[1], np.stack([parts[0], parts[2]])
         try:
             if job.decoded.grown is not None:
-                written = self._publish_grown(job.decoded, tokens, cut, side)
+                written = self._publish_grown(job.decoded, tokens, cut, side, views)
             else:
-                written = self.writer.write_video(job.decoded.record, tokens, job.decoded.scores, cut, side)
+                written = self.writer.write_video(job.decoded.record, tokens, job.decoded.scores, cut, side, views)
         except PublishError as exc:
             lose_published(self.summary, exc, self.grow)
             self._fail(job.decoded, str(exc))
@@ -505,7 +544,7 @@ class _Pipeline:
             self.summary.frames += len(job.tokens) * (job.decoded.frames.shape[1] if job.decoded.frames.ndim == 5 else 1)
         self._advance()
 
-    def _publish_grown(self, decoded: Prepared, tokens, cut, side) -> int | None:
+    def _publish_grown(self, decoded: Prepared, tokens, cut, side, views=None) -> int | None:
         """Old and new frames merged in source order, published in place of the old video."""
         g, entry = decoded.grown, self.writer.video(decoded.item.video_id)
         size = len(decoded.record["frame_indices"])
@@ -520,7 +559,8 @@ class _Pipeline:
         written = self.writer.replace_video(
             decoded.record, merge(entry.tokens, tokens), scores,
             merge(entry.cut, cut) if cut is not None else None,
-            merge(entry.side_crops, side, axis=1) if side is not None else None)
+            merge(entry.side_crops, side, axis=1) if side is not None else None,
+            merge(entry.views, views, axis=1) if views is not None else None)
         if written is not None:
             self.summary.extended += 1
             self.summary.new_frames += len(g["new_at"])

@@ -48,6 +48,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     label_smoothing: float = 0.0  # single-label only
     augment: str = "none"  # none | flip | crop_flip: on the token grid (pixel augmentations cannot be replayed)
+    train_views: str = "none"  # none (centre crop) | random (one cached training view per video per epoch) | all
+    temporal_jitter: str = "none"  # none | a cached dense pool (stride:S, fps:F): train clips start at random each epoch
     task: str = "auto"  # auto | single | multi (auto: multi when any video has several labels)
     pos_weight: Any = None  # multi-label BCE: None, "auto" (negatives/positives per class) or a number
     seed: int = 0
@@ -104,6 +106,8 @@ class BatchConfig:
     shuffle_window: int
     task: str  # single or multi: the targets every head is scored on
     augment: str  # one draw per batch, shared by the heads
+    train_views: str  # which cached training view each video shows in an epoch (one draw, shared)
+    temporal_jitter: str  # where each training clip starts in an epoch (one draw, shared)
     device: str
     amp: bool  # autocast of the shared pass
 
@@ -145,7 +149,8 @@ HEAD_SOURCES = {"adapter": "cut"}
 
 
 _CHOICES = {"optimizer": ("adamw", "sgd"), "task": ("auto", "single", "multi"),
-            "augment": ("none", "flip", "crop_flip"), "select": ("val", "last")}
+            "augment": ("none", "flip", "crop_flip"), "select": ("val", "last"),
+            "train_views": ("none", "random", "all")}
 
 # numeric ranges checked at parse time: key -> (lowest, highest, lowest allowed?, highest allowed?)
 _RANGES = {"epochs": (1, None, True, True), "batch_size": (1, None, True, True), "lr": (0, None, False, True),
@@ -280,9 +285,14 @@ def to_dict(cfg: TrainConfig) -> dict:
         value = getattr(cfg, f.name)
         if f.name == "view":
             out.update(value.as_dict())
-        else:
+        elif not (f.name in ADDED_LATER and value == f.default):
             out[f.name] = dict(value) if isinstance(value, dict) else value
     return out
+
+
+# fields added after stores, runs and sweeps were already written: kept out of config.yaml while at
+# their default, so an earlier run's config reads back equal and a sweep does not retrain its cells
+ADDED_LATER = frozenset({"train_views", "temporal_jitter"})
 
 
 def from_dict(values: dict) -> TrainConfig:

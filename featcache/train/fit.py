@@ -16,6 +16,7 @@ from torch import nn
 from featcache.cache.dataset import Task, ViewData, memory_budget
 from featcache.cache.store import open_cache
 from featcache.cache.stream import StreamedTokens, batches, epoch_order
+from featcache.cache.train_views import with_train_views
 from featcache.data.annotations import annotate, check_selection
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
@@ -85,6 +86,8 @@ def train_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig], ou
     for h in heads:
         check_selection(cache.annotations, h.select)
     data = data or read_splits(cache, batch.view, max_bytes=batch.view_budget)
+    data = with_train_views(cache, batch.view, data, batch.train_views, batch.seed, batch.view_budget,
+                            batch.temporal_jitter)
     task = _task(batch.task, data)
     device = resolve_device(batch.device)
     train = data["train"]
@@ -131,6 +134,8 @@ class ViewBatches:
 
     def epoch(self, epoch: int):
         x = self.data["train"].x
+        if hasattr(x, "set_epoch"):  # train_views=random: this epoch's cached view of each video
+            x.set_epoch(epoch, self.cfg.seed)
         order = epoch_order(len(x), self.cfg.seed, epoch, self.cfg.shuffle_window)  # in memory or streamed
         for idx, batch in batches(x, order, self.cfg.batch_size, self.cfg.view_budget or memory_budget()):
             yield batch, self.y[idx]

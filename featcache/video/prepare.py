@@ -26,6 +26,7 @@ from featcache.errors import FeatcacheError
 from featcache.spec.policy import FramePolicy, short_below
 from featcache.video.decode import DecodeError, decode_video
 from featcache.video.select import select_frames
+from featcache.video.views import with_views
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,14 @@ class DecodeSpec:
     crops: int
     clip: dict | None = None  # video encoders: VideoEncoder.clip_spec (clips are cut, resized and cropped)
     stream: int | None = None  # --stream N: the container's video stream; None: the one ffmpeg shows
+    views: tuple[str, int, int] | None = None  # --train-views: (recipe, count, seed); video.views draws them
 
 
 @dataclass
 class Prepared:
     item: VideoItem
     record: dict
-    frames: np.ndarray | None = None  # (crops * T, S, S, 3) uint8, cropped, crops in order first/centre/last
+    frames: np.ndarray | None = None  # (crops * T + views * T, S, S, 3) uint8: crops first/centre/last, then views
     scores: np.ndarray | None = None
     reason: str = ""  # set when the video failed
     grown: dict | None = None  # extending a done video: where its old and new frames go
@@ -106,7 +108,7 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
         idx = select_frames(fixed, n, None, stamps)[0] if fixed else np.zeros(0, np.int64)
         return idx if old is None else np.union1d(idx, np.asarray(old["frame_indices"][:1], dtype=np.int64))
 
-    order = (0, 1, 2) if spec.crops == 3 else (1,)
+    order, views = (0, 1, 2) if spec.crops == 3 else (1,), []
     messages: list[str] = []  # what FFmpeg (inside decord / PyAV) prints: kept in the record, not on the terminal
     try:
         with captured_stderr(messages):
@@ -114,12 +116,14 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
                                  keep_best, guess, spec.stream)
         # with 3 crops: [first crop's frames, centre crop's, last crop's], split again at publishing
         frames = np.concatenate([crop(video.frames, spec.img_size, p, spec.crops) for p in order])
+        if spec.views is not None:  # then each training view's frames: [view 0's, view 1's, ...]
+            frames, views = with_views(frames, video, item.video_id, spec.views, spec.img_size, old)
     except DecodeError as exc:
         return Prepared(item, _with_log(record, messages), reason=str(exc))
     except Exception as exc:  # one bad file must not end the run; the reason names the error
         return Prepared(item, _with_log(record, messages), reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
     if old is not None:
-        return _grown(item, old, video, frames, chosen, len(order))
+        return _grown(item, old, video, frames, chosen, len(order) + len(views))
     record.update(
         source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width,
                 "height": video.height, "decoder": video.decoder, "decoder_note": video.note,
@@ -127,8 +131,7 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
                 **video.source_fields(), **decoder_log(messages)},
         frame_indices=video.indices, timestamps=video.timestamps, pts_seconds=video.pts.tolist(),
         policies=chosen["positions"], num_cached_frames=len(video.indices),
-        short=video.num_frames < max_count,
-    )
+        short=video.num_frames < max_count, **({"views": views} if views else {}))
     return Prepared(item, record, frames, chosen["scores"])
 
 

@@ -15,7 +15,8 @@ OTHER = {"head": "r3d", "head_options": {"hidden": 64}, "view": View("uniform:16
          "lr": 0.1, "weight_decay": 0.0, "optimizer": "sgd", "momentum": 0.5, "warmup_epochs": 0.0, "grad_clip": 0.0,
          "label_smoothing": 0.1, "augment": "flip", "task": "multi", "pos_weight": "auto", "seed": 1, "early_stop": 2,
          "select": "last", "val_fraction": 0.2, "shuffle_window": 4, "max_view_memory_gb": 1.0, "manifest": "s2.csv",
-         "keep_last": True, "init": "runs/prp", "log": "tensorboard", "device": "cpu", "amp": False}
+         "keep_last": True, "init": "runs/prp", "log": "tensorboard", "device": "cpu", "amp": False,
+         "train_views": "random", "temporal_jitter": "stride:2"}
 
 
 def names(cls) -> list[str]:
