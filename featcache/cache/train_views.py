@@ -150,8 +150,9 @@ class JitteredClips:
 
 def materialise_jittered(cache, view: View, split: str, pool: str, seed: int = 0,
                          max_bytes: int | None = None) -> ViewData:
-    """The split's videos as jittered clips of ``view.frames.count`` frames from the cached dense
+    """The split's videos as jittered clips of ``view.frames.fixed_length`` frames from the cached dense
     pool ``pool`` (``stride:S`` or ``fps:F``), every pool frame of every video read once."""
+    from featcache.spec.policy import UniformPolicy
     from featcache.spec.view import parse_policy
 
     try:
@@ -161,7 +162,7 @@ def materialise_jittered(cache, view: View, split: str, pool: str, seed: int = 0
     if policy.fixed or str(policy) not in cache.attrs["frames"]["policies"]:
         raise FeatcacheError(f"temporal_jitter={pool}: expected a dense pool the cache holds (stride:S or fps:F); "
                              f"it holds {', '.join(cache.attrs['frames']['policies'])}")
-    if view.frames.kind != "uniform" or view.subset or view.source == "cut":
+    if not isinstance(view.frames, UniformPolicy) or view.subset or view.source == "cut":
         raise FeatcacheError(f"temporal_jitter={pool}: jitters a uniform:N view of the final tokens, not {view.frames}")
     view.check(cache.attrs)
     layout = view.layout(cache.attrs)
@@ -177,5 +178,5 @@ def materialise_jittered(cache, view: View, split: str, pool: str, seed: int = 0
             raise FeatcacheError(f"temporal_jitter={pool}: the {split} split's pools exceed the "
                                  f"{budget / 1e9:.1f} GB memory budget (max_view_memory_gb); they are read into memory")
         pools.append(torch.from_numpy(out))
-    return ViewData(JitteredClips(pools, view.frames.count, seed), [e.labels for e in entries],
+    return ViewData(JitteredClips(pools, view.frames.fixed_length, seed), [e.labels for e in entries],
                     [e.video_id for e in entries], layout.num_prefix_tokens, layout.grid)

@@ -1,6 +1,7 @@
 """train --set train_views=random|all and dataset(train_views=...): cached training views."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ from conftest import cli, tiny_encoder_config
 from featcache.cache.store import open_cache
 from featcache.cache.stream import epoch_order
 from featcache.cache.train_views import materialise_views, view_choices
-from featcache.spec.config import FUSION_KEYS, TrainConfig
+from featcache.spec.config import BatchConfig, TrainConfig
 from featcache.spec.view import View
 
 K = 3
@@ -64,8 +65,8 @@ def test_all_views_are_k_times_the_data(store):
 def test_train_views_is_a_fusion_key_and_a_checked_choice():
     from featcache.spec.config import build_config
 
-    assert "train_views" in FUSION_KEYS
-    assert TrainConfig(train_views="random").fusion_key != TrainConfig().fusion_key
+    assert "train_views" in {f.name for f in dataclasses.fields(BatchConfig)}
+    assert TrainConfig(train_views="random").batch != TrainConfig().batch
     assert build_config({"train_views": "all"}).train_views == "all"
     with pytest.raises(ValueError, match="train_views"):
         build_config({"train_views": "sometimes"})
