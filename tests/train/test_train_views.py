@@ -196,7 +196,8 @@ def test_a_fused_group_shares_the_view_draws(store, tmp_path):
 
     cfgs = [build_config({"head": h, "view": "uniform:4", "epochs": 3, "batch_size": 4, "train_views": "random",
                           "seed": 1}) for h in ("pool", "linear")]
-    fused = train_group(store, cfgs, [str(tmp_path / "f0"), str(tmp_path / "f1")], show_progress=False)
+    fused = train_group(store, cfgs[0].batch, [c.head_config for c in cfgs], [str(tmp_path / "f0"), str(tmp_path / "f1")],
+                        show_progress=False)
     for i, cfg in enumerate(cfgs):
         alone = run_training(store, cfg, str(tmp_path / f"a{i}"), show_progress=False)
         val = {k: v for k, v in fused[i].items() if k.startswith("val/")}
