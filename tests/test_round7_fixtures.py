@@ -68,6 +68,10 @@ def test_the_sweep_resumes_with_nothing_to_do_and_the_same_leaderboard(copy):
     out = cli("ablate", copy / "sweep_file.yaml", "--cache", copy / "store.zarr", "--out", copy / "sweep").output
     assert "2 finished cell(s) skipped" in out
     assert (copy / "sweep" / "leaderboard.csv").read_text() == board
+    # the record ablate keeps in --out is not a sweep file: one line says which file to run
+    out = cli("ablate", copy / "sweep" / "sweep.yaml", "--cache", copy / "store.zarr", "--out", copy / "sweep",
+              code=2).output
+    assert "is the record featcache ablate wrote of the sweep file" in out and "sweep_file.yaml; run that file" in out
 
 
 def test_the_store_verifies_clean(copy):

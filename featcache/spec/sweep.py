@@ -59,6 +59,9 @@ def load_sweep(path: str, cache: str | None = None, overrides: dict | None = Non
     except ConfigError as exc:
         raise SweepError(str(exc)) from None
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if "axes" in unknown and "sweep" in unknown:  # the record ablate writes into its --out folder
+        raise SweepError(f"{path} is the record featcache ablate wrote of the sweep file {spec['sweep']}; "
+                         f"run that file with the same --out to resume (finished cells are skipped)")
     if unknown:
         raise SweepError(f"{path}: unknown key {unknown[0]!r}; expected {', '.join(SWEEP_KEYS)}")
     cache = cache or spec.get("cache")
