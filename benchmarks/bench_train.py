@@ -54,7 +54,7 @@ def bench_epoch(args) -> None:
     y = task.targets(data.labels)
     v, frames, tokens, dim = data.x.shape
     head = new_head(cfg, head_args(cfg, dim, len(task.classes), frames, data.grid, data.num_prefix_tokens, cache.attrs))
-    opt, loss_fn = optimizer(cfg, head), ViewBatches(cfg, {"train": data}, task).loss(cfg)
+    opt, loss_fn = optimizer(cfg, head), ViewBatches(cfg.batch, {"train": data}, task).loss(cfg.head_config)
     items = {it.video_id: it for it in read_manifest(manifest)}
     encoder = FrozenEncoder(enc_cfg)
     spec = decode_spec(ExtractConfig(manifest=manifest, out=out, encoder=enc_cfg, frames="uniform:8"), encoder)

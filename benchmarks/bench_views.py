@@ -161,7 +161,7 @@ def train(store: str, args, seed: int, out: str, train_views: str = "none", data
                         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": seed,
                         "train_views": train_views})
     start = time.perf_counter()
-    metrics = train_group(store, [cfg], [out], show_progress=False, data=data)[0]
+    metrics = train_group(store, cfg.batch, [cfg.head_config], [out], show_progress=False, data=data)[0]
     return metrics["test/top1"], time.perf_counter() - start
 
 
