@@ -198,7 +198,7 @@ def pretrain_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig],
     members = []
     for c, out_dir, b in zip(cfgs, out_dirs, built):
         os.makedirs(out_dir, exist_ok=True)
-        meta = run_meta(cache, task.classes, False, c, pretext=Pretext(name=task_name, extra=asdict(task))).to_json()
+        meta = run_meta(cache, task.classes, False, c, pretext=Pretext(name=task_name, extra=asdict(task)))
         write_config(out_dir, meta)
         members.append(Member(c, b, source, device, out_dir, meta))
 
