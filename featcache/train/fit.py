@@ -125,20 +125,21 @@ class ViewBatches:
     def __init__(self, batch: BatchConfig, data: dict[str, ViewData], task: Task):
         self.cfg, self.data, self.task = batch, data, task
         self.classes, self.multi = task.classes, task.multi
-        self.num_prefix_tokens, self.grid = data["train"].num_prefix_tokens, data["train"].grid
-        self.y = task.targets(data["train"].labels)
+        self.train, self.val_data = data["train"], data["val"]
+        self.num_prefix_tokens, self.grid = self.train.num_prefix_tokens, self.train.grid
+        self.y = task.targets(self.train.labels)
 
     def __len__(self) -> int:
-        return len(self.data["train"].x)
+        return len(self.train.x)
 
     def epoch(self, epoch: int):
-        x = self.data["train"].x
+        x = self.train.x
         order = epoch_order(len(x), self.cfg.seed, epoch, self.cfg.shuffle_window)  # in memory or streamed
         for idx, batch in batches(x, order, self.cfg.batch_size, self.cfg.view_budget or memory_budget()):
             yield batch, self.y[idx]
 
     def val(self, batch_size: int):
-        val = self.data["val"]
+        val = self.val_data
         if not len(val.video_ids):
             return None
         return (val.x[i:i + batch_size] for i in range(0, len(val.x), batch_size)), self.task.targets(val.labels)
