@@ -12,9 +12,10 @@ mmaction2 and dinov2's evaluation keep annotation files apart from the data). A 
   split (its split reads ``""``), counted and named too.
 
 Without a manifest the store's own annotations (those of its extraction manifest) apply.
-:func:`annotate` wraps a Cache in an :class:`AnnotatedCache`, which answers ``records()`` and
-``done_records(split)`` with the effective records and passes everything else (``attrs``,
-``video()``, ``fingerprint`` ...) to the cache, whose own records are never changed.
+:func:`annotate` wraps a Cache in an :class:`AnnotatedCache`, which answers ``records()`` (each
+video an :class:`Annotated`, parsed once from the cache's briefs) and ``done_videos(split)`` (the
+cache's typed records) with the effective labels and splits, and passes everything else
+(``facts``, ``video()``, ``fingerprint`` ...) to the cache, whose own records are never changed.
 """
 from __future__ import annotations
 

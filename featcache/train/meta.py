@@ -13,6 +13,9 @@ parses its metadata (``zarr/core/metadata/v3.py``, ``from_dict`` / ``to_dict``):
 not know are kept in ``extra`` and written back, in the order they were read, so
 ``to_json(from_json(d)) == d`` for files of older and newer featcache versions alike, and a record
 built here writes the same bytes the hand-built dicts did (tests/train/test_meta.py).
+
+Long module: one short declaration per stored document of a run (config.yaml, the checkpoints and
+last.pt's resume state, metrics.json, log.jsonl), all on the one ``Record`` base above them.
 """
 from __future__ import annotations
 

@@ -91,9 +91,9 @@ def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feat
         raise FeatcacheError(f"{cache_path}: the probes choose their hyper-parameter on val; "
                              "the cache needs train and val videos")
     task = Task(sorted({ls[0] for ls in labels}), multi=False)
-    feats = {s: video_features(d.x, d.num_prefix_tokens, feature) for s, d in data.items() if d.video_ids}
-    ys = {s: task.targets(d.labels).numpy() for s, d in data.items() if d.video_ids}
-    predict, choice = _fit(method, (feats["train"], ys["train"]), (feats["val"], ys["val"]), len(task.classes))
+    pairs = {s: (video_features(d.x, d.num_prefix_tokens, feature), task.targets(d.labels).numpy())
+             for s, d in data.items() if d.video_ids}  # split -> (features, class indices)
+    predict, choice = _fit(method, pairs["train"], pairs["val"], len(task.classes))
     for path in stale:
         os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
@@ -101,9 +101,9 @@ def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feat
                                    probe=ProbeChoice(method=method, feature=feature, extra=dict(choice))))
     results = dict(choice)
     for split in ("val", "test"):
-        if split not in feats:
+        if split not in pairs:
             continue
-        scores = predict(feats[split])
+        scores = predict(pairs[split][0])
         logits = np.log(np.clip(scores, 1e-12, 1.0))  # monotone: the metrics read the ranking
         results.update(report_split(task, split, "", data[split].video_ids, data[split].labels, logits, scores, out_dir))
     write_metrics(out_dir, results)
