@@ -93,7 +93,7 @@ def cache_status(
     """Progress across shards: done / failed / in progress / pending videos."""
     from featcache.cache.store import open_cache
     from featcache.data.manifest import read_manifest
-    from featcache.launch.extract_array import shard_status
+    from featcache.launch.extract_array import ShardStatus, shard_status
 
     with user_errors():
         cache = open_cache(path)
@@ -104,11 +104,11 @@ def cache_status(
             raise FeatcacheError(f"--shards: must be at least 1, got {shards}")
         rows = shard_status(cache, [it.video_id for it in read_manifest(manifest)], shards)
     for r in rows:
-        typer.echo(f"shard {r['shard']}/{shards}: {r['done']} done, {r['failed']} failed, "
-                   f"{r['in_progress']} in progress, {r['pending']} pending")
-    total = {k: sum(r[k] for r in rows) for k in ("done", "failed", "in_progress", "pending")}
-    typer.echo(f"total: {total['done']} done, {total['failed']} failed, {total['in_progress']} in progress, "
-               f"{total['pending']} pending")
+        typer.echo(f"shard {r.shard}/{shards}: {r.done} done, {r.failed} failed, "
+                   f"{r.in_progress} in progress, {r.pending} pending")
+    total = ShardStatus.total(rows)
+    typer.echo(f"total: {total.done} done, {total.failed} failed, {total.in_progress} in progress, "
+               f"{total.pending} pending")
 
 
 @cache_app.command("pack", epilog="Examples:\n\n  featcache cache pack old_round2.zarr --out new.zarr   # convert a schema-1 store\n\n"

@@ -122,12 +122,12 @@ def _check_resumable(out: str) -> None:
         raise FeatcacheError(f"--resume: {out} holds no featcache run to continue; drop --resume to start one there")
 
 
-def default_view(attrs: dict) -> str:
+def default_view(attrs) -> str:
     """The view a cache serves as it is when none is given: its first cached ``uniform:N`` (or
     ``clips:N`` for a video encoder's cache), else ``uniform:8`` (``clips:8``) served from its pool."""
     from featcache.spec.policy import default_view as policy_default_view
 
-    return policy_default_view(attrs["frames"]["policies"], "clip" if attrs["tokens"].get("unit") == "clip" else "frame")
+    return policy_default_view(list(attrs.policies), "clip" if attrs.clip_rows else "frame")
 
 
 def _train_config(path: Optional[str], pairs: list[str], head: Optional[str], view: Optional[str],
@@ -162,7 +162,7 @@ def _cache_view(cache_path: str) -> Optional[str]:
     from featcache.cache.store import open_cache
 
     try:
-        attrs = open_cache(cache_path).attrs
+        attrs = open_cache(cache_path).facts
     except FeatcacheError:
         return None
     return default_view(attrs)

@@ -136,7 +136,23 @@ def _quiet_extract(cfg: ExtractConfig) -> ExtractSummary:
     return run_extract(cfg, show_progress=False)
 
 
-def shard_status(cache, video_ids: list[str], shards: int) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class ShardStatus:
+    """One shard's videos (``featcache cache status``): done, failed, in progress (being written),
+    pending; ``shard`` None for the total over shards."""
+
+    shard: int | None
+    done: int = 0
+    failed: int = 0
+    in_progress: int = 0
+    pending: int = 0
+
+    @classmethod
+    def total(cls, rows: list[ShardStatus]) -> ShardStatus:
+        return cls(None, *(sum(getattr(r, f) for r in rows) for f in ("done", "failed", "in_progress", "pending")))
+
+
+def shard_status(cache, video_ids: list[str], shards: int) -> list[ShardStatus]:
     """Per shard: done / failed / in progress (being written) / pending videos."""
     from featcache.cache import schema
 
@@ -146,5 +162,4 @@ def shard_status(cache, video_ids: list[str], shards: int) -> list[dict]:
     for vid, status in zip(video_ids, statuses):
         status = status or ("in_progress" if schema.video_key(vid) in staged else "pending")
         rows[shard_of(vid, shards)][status] += 1
-    return [{"shard": i, **{s: c[s] for s in ("done", "failed", "in_progress", "pending")}}
-            for i, c in enumerate(rows)]
+    return [ShardStatus(i, **c) for i, c in enumerate(rows)]

@@ -44,11 +44,8 @@ def make_executor(slurm: SlurmConfig, name: str):
     params = {"name": name, "timeout_min": slurm.time_min, "tasks_per_node": 1,
               "cpus_per_task": slurm.cpus_per_task, "mem_gb": slurm.mem_gb,
               "slurm_array_parallelism": slurm.array_parallelism}
-    if slurm.gpus_per_task:
-        params["gpus_per_node"] = slurm.gpus_per_task
-    if slurm.partition:
-        params["slurm_partition"] = slurm.partition
-    executor.update_parameters(**params)
+    optional = {"gpus_per_node": slurm.gpus_per_task, "slurm_partition": slurm.partition}  # left out when unset
+    executor.update_parameters(**params, **{k: v for k, v in optional.items() if v})
     return executor
 
 
@@ -100,13 +97,12 @@ def wait_for_tasks(jobs: list, progress, echo, poll_s: float = 10.0,
                     else:  # left the queue without a result: ended (after a second look)
                         gone[i] += 1
                         states.append("ended" if gone[i] >= 2 else "running")
-                counts = Counter(states)
-                line = (f"tasks: {counts['pending']} pending, {counts['running']} running, {counts['ended']} ended; "
-                        f"{progress()}")
+                pending, running, ended = (states.count(s) for s in ("pending", "running", "ended"))
+                line = f"tasks: {pending} pending, {running} running, {ended} ended; {progress()}"
                 if line != last:
                     echo(f"[{time.monotonic() - start:5.0f} s] {line}")
                     last = line
-                if counts["ended"] == len(jobs):
+                if ended == len(jobs):
                     break
                 time.sleep(poll_s)
             outcomes = [_outcome(i, job) for i, job in enumerate(jobs)]

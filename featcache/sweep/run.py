@@ -20,18 +20,20 @@ from dataclasses import dataclass
 import torch
 
 from featcache.cache.dataset import frame_positions, memory_budget
+from featcache.cache.facts import StoreAttrs
 from featcache.cache.store import open_cache
 from featcache.data.annotations import annotate, check_selection
 from featcache.errors import FeatcacheError
-from featcache.heads.registry import head_source
 from featcache.spec.config import BatchConfig, to_dict
 from featcache.spec.sweep import Cell, Sweep, SweepError
 from featcache.spec.view import Layout, View
 from featcache.sweep.leaderboard import TEST_SELECTION, test_intervals, write_leaderboard
+from featcache.sweep.rows import CellResult
 from featcache.train import rundir
 from featcache.train.evaluate import read_splits
 from featcache.train.fit import build_head, check_clip_head, check_train_split, head_args, train_group
 from featcache.train.loop import Built
+from featcache.train.meta import source_of
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Plan:
 
 def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = False,
               memory_bytes: int | None = None, max_fused: int = 32, show_progress: bool = True,
-              echo=print, launch=None, time_cells: bool = False) -> list[dict]:
+              echo=print, launch=None, time_cells: bool = False) -> list[CellResult]:
     """Plan and run the cells; returns the leaderboard rows (empty for a dry run, or while
     cluster tasks are still training). Memory is estimated from a forward + backward on meta
     tensors (shapes only, no arithmetic); ``time_cells`` also times one real step per distinct
@@ -59,7 +61,7 @@ def run_sweep(sweep: Sweep, out_dir: str, cells: list[Cell], dry_run: bool = Fal
     if sweep.metric.startswith("test/"):
         echo(f"warning: metric {sweep.metric}: {TEST_SELECTION}")
     measured: dict = {}  # one measurement per distinct head and batch, shared by the cells
-    plans = [_probe(sweep, cell, layouts[cell.config.view], _classes(annotated, cell), cache.attrs, measured,
+    plans = [_probe(sweep, cell, layouts[cell.config.view], _classes(annotated, cell), cache.facts, measured,
                     time_cells) for cell in cells]
     budget = memory_bytes or _available_bytes(cells[0].config.device)
     groups = plan_groups(plans, budget, max_fused)
@@ -144,14 +146,14 @@ def _check_views(sweep: Sweep, cache, cells: list[Cell]) -> dict[View, Layout]:
         if view in layouts:
             continue
         try:
-            view.check(cache.attrs)
+            view.check(cache.facts.shape)
             if cache.layout != "packed" or cache.policy_positions(cache.index_rows("done"), str(view.frames)) is None:
                 entries = entries if entries is not None else cache.done_entries(None)
                 for entry in entries:
                     frame_positions(entry, view.frames)
         except FeatcacheError as exc:
             raise SweepError(f"{sweep.path}: cell {cell.name}: view={view.frames}: {exc}") from None
-        layouts[view] = view.layout(cache.attrs)
+        layouts[view] = view.layout(cache.facts.shape)
     return layouts
 
 
@@ -185,7 +187,7 @@ def _check_metric(sweep: Sweep, annotated: dict) -> None:
     from featcache.train import metrics
     from featcache.train.evaluate import flat
 
-    multi = any(len(r.get("labels", [])) > 1 for a in annotated.values() for r in a.records().values())
+    multi = any(len(r.labels) > 1 for a in annotated.values() for r in a.records().values())
     tasks = {c.config.task for c in sweep.cells}
     known = {"best_epoch", "params"}
     for split in ("val", "test"):
@@ -198,7 +200,7 @@ def _check_metric(sweep: Sweep, annotated: dict) -> None:
                          f"expected one of {', '.join(sorted(known))}")
 
 
-def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: dict, measured: dict | None = None,
+def _probe(sweep: Sweep, cell: Cell, layout: Layout, classes: int, attrs: StoreAttrs, measured: dict | None = None,
            time_it: bool = False) -> Plan:
     """Build the cell's head on the view's shape (once: :func:`run_groups` trains this head) and
     measure its training memory on meta tensors (no arithmetic); with ``time_it`` time one real
@@ -341,27 +343,26 @@ def finished(cell: Cell, out_dir: str, fingerprint: str) -> bool:
     run = _cell_dir(out_dir, cell)
     if not rundir.has(run, "metrics"):
         return False
-    meta = rundir.read_config(run)
-    if meta.get("config") != to_dict(cell.config) or meta.get("cache", {}).get("fingerprint") != fingerprint:
+    meta = rundir.read_meta(run)
+    if meta.config != to_dict(cell.config) or meta.fingerprint != fingerprint:
         return False
-    if meta.get("head_source", {"kind": "builtin"}) != head_source(cell.config.head):
+    if meta.source() != source_of(cell.config.head):
         return False  # a head file edited since: redo
     if cell.config.manifest:  # the same manifest path with other contents is another cell
         from featcache.data.annotations import file_sha256
 
-        return os.path.isfile(cell.config.manifest) and \
-            (meta.get("manifest") or {}).get("sha256") == file_sha256(cell.config.manifest)
+        return os.path.isfile(cell.config.manifest) and meta.manifest_sha256 == file_sha256(cell.config.manifest)
     return True
 
 
-def _row(out_dir: str, cell: Cell) -> dict:
+def _row(out_dir: str, cell: Cell) -> CellResult:
     run = _cell_dir(out_dir, cell)
     metrics = rundir.read_metrics(run)
-    seconds = sum(record["seconds"] for record in rundir.read_log(run))
-    classes = len(rundir.read_config(run).get("classes") or [])
-    return {"cell": cell.name, "index": cell.index, "settings": cell.settings, "metrics": metrics,
-            "params": metrics.get("params"), "train_s": round(seconds, 2), "classes": classes,
-            "ci": test_intervals(run, metrics)}
+    seconds = sum(record.seconds for record in rundir.read_epochs(run))
+    classes = len(rundir.read_meta(run).classes or ())
+    return CellResult(cell=cell.name, index=cell.index, settings=cell.settings, metrics=metrics,
+                      params=metrics.get("params"), train_s=round(seconds, 2), classes=classes,
+                      ci=test_intervals(run, metrics))
 
 
 def _write_resolved(sweep: Sweep, out_dir: str) -> None:

@@ -18,6 +18,7 @@ from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.config import from_dict
 from featcache.spec.view import View
 from featcache.train import checkpoint, metrics
+from featcache.train.meta import CacheRef, ManifestRef, RunMeta
 from featcache.train.protocols import DenseClips, MultiView, Protocol, Run, SingleView, check_combine, predict, probabilities
 from featcache.train.protocols_release import RELEASES
 from featcache.train.protocols_windows import Windows
@@ -105,56 +106,58 @@ def load_run(path: str, cache: Cache | None, manifest: str | None = None, head: 
     splits: ``cache``'s when it is already annotated (training's own evaluation), else those of
     ``manifest``, else the manifest the run was trained with (refused if it changed since), else
     the store's own."""
-    ckpt = checkpoint.load(path)
-    if "pretext" in ckpt:
-        raise FeatcacheError(f"{path}: a {ckpt['pretext']['task']} pre-training; its score is val/top1 in "
+    ckpt = checkpoint.read(path)
+    meta = ckpt.meta
+    if ckpt.is_pretraining:
+        raise FeatcacheError(f"{path}: a {meta.pretext.name} pre-training; its score is val/top1 in "
                              "metrics.json; fine-tune it with featcache train --set init=RUN_DIR")
-    cache = cache or open_cache(ckpt["cache"]["path"])
-    if cache.fingerprint != ckpt["cache"]["fingerprint"]:
+    trained = meta.cache or CacheRef()
+    cache = cache or open_cache(trained.path)
+    if cache.fingerprint != trained.fingerprint:
         raise FeatcacheError(f"{cache.path} (fingerprint {cache.fingerprint}) is not the cache this head was trained on "
-                             f"(fingerprint {ckpt['cache']['fingerprint']}): {_what_differs(cache, ckpt['cache'])}")
+                             f"(fingerprint {trained.fingerprint}): {_what_differs(cache, trained)}")
+    cfg = from_dict(meta.config)
     if manifest is not None or not isinstance(cache, AnnotatedCache):
-        cache = _annotated(cache, ckpt, manifest)
-    cfg = from_dict(ckpt["config"])
+        cache = _annotated(cache, meta, manifest, cfg.val_fraction)
     device = resolve_device(cfg.device)
     head = checkpoint.build_head(ckpt) if head is None else head
-    return Run(cfg, cache, head.to(device), Task(ckpt["classes"], ckpt["multi_label"]), device)
+    return Run(cfg, cache, head.to(device), Task(list(meta.classes or ()), bool(meta.multi_label)), device)
 
 
-def _what_differs(cache: Cache, trained: dict) -> str:
+def _what_differs(cache: Cache, trained: CacheRef) -> str:
     """The fingerprint facts (cache/schema.py ``differing_facts``, as ``extract`` names them) in
     which ``cache`` differs from the cache a run was trained on, read from that cache's path when it
     is still there with the recorded fingerprint; else why they cannot be named."""
     from featcache.cache.schema import differing_facts
 
-    path = trained["path"]
+    path = trained.path
     try:
         original = open_cache(path)
     except Exception:  # noqa: BLE001 -- moved, deleted or unreadable: say so rather than fail here
         return (f"the cache it was trained on ({path}) is not there to compare, so the facts that differ "
                 "cannot be named (other model, preprocessing, layers or frames)")
-    if original.fingerprint != trained["fingerprint"]:
+    if original.fingerprint != trained.fingerprint:
         return (f"{path} now holds another cache (fingerprint {original.fingerprint}), so the facts that differ "
                 "cannot be named (other model, preprocessing, layers or frames)")
     diff = differing_facts(original.attrs, cache.attrs)
     return f"these facts differ from {path}'s: {', '.join(diff) or 'none named (fingerprint scheme changed)'}"
 
 
-def _annotated(cache: Cache, ckpt: dict, manifest: str | None) -> AnnotatedCache:
-    """The cache under the labels and splits an evaluation of ``ckpt`` uses (see load_run)."""
-    recorded = ckpt.get("manifest") or {}
-    if manifest is None and recorded.get("path"):
-        if not os.path.isfile(recorded["path"]):
-            raise FeatcacheError(f"the manifest this run was trained with, {recorded['path']}, is gone; "
+def _annotated(cache: Cache, meta: RunMeta, manifest: str | None, val_fraction: float) -> AnnotatedCache:
+    """The cache under the labels and splits an evaluation of a run (its ``meta``) uses (see load_run)."""
+    recorded = meta.manifest or ManifestRef()
+    if manifest is None and recorded.path:
+        if not os.path.isfile(recorded.path):
+            raise FeatcacheError(f"the manifest this run was trained with, {recorded.path}, is gone; "
                                  "give --manifest M.csv")
-        check_same_manifest(recorded, recorded["path"])
-        manifest = recorded["path"]
-    annotated = annotate(cache, manifest, ckpt["config"].get("val_fraction", 0.0))
-    classes = annotated.annotations.classes()
-    if manifest and classes != list(ckpt["classes"]):
-        extra, lost = sorted(set(classes) - set(ckpt["classes"])), sorted(set(ckpt["classes"]) - set(classes))
+        check_same_manifest(recorded.sha256, recorded.path)
+        manifest = recorded.path
+    annotated = annotate(cache, manifest, val_fraction)
+    classes, trained = annotated.annotations.classes(), list(meta.classes or ())
+    if manifest and classes != trained:
+        extra, lost = sorted(set(classes) - set(trained)), sorted(set(trained) - set(classes))
         raise FeatcacheError(f"--manifest {manifest}: its class list differs from the run's ({len(classes)} vs "
-                             f"{len(ckpt['classes'])} classes; new: {extra[:5]}, absent: {lost[:5]}); "
+                             f"{len(trained)} classes; new: {extra[:5]}, absent: {lost[:5]}); "
                              "evaluate with a manifest of the same classes")
     return annotated
 

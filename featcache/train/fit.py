@@ -14,18 +14,19 @@ import torch
 from torch import nn
 
 from featcache.cache.dataset import Task, ViewData, memory_budget
+from featcache.cache.facts import StoreAttrs
 from featcache.cache.store import open_cache
 from featcache.cache.stream import StreamedTokens, batches, epoch_order
 from featcache.cache.train_views import with_train_views
 from featcache.data.annotations import annotate, check_selection
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
-from featcache.heads.registry import create_head, head_source
+from featcache.heads.registry import create_head
 from featcache.spec.config import BatchConfig, HeadConfig, TrainConfig, parse_log
 from featcache.train import checkpoint, tracking
 from featcache.train.evaluate import evaluate_checkpoint, read_splits
 from featcache.train.loop import Built, Member, run_group
-from featcache.train.meta import run_meta
+from featcache.train.meta import run_meta, source_of
 from featcache.train.rundir import checkpoint_path, previous_run, write_config
 
 
@@ -35,7 +36,7 @@ def check_train_split(cache, cache_path: str) -> None:
     if cache.annotations.done("train"):  # the index's briefs: no record is read
         return
     ann = cache.annotations
-    done = sum(r.get("status") == "done" for r in ann.records.values())
+    done = sum(r.done for r in ann.records.values())
     if ann.path and ann.missing and ann.unlisted and len(ann.unlisted) == done:  # no listed id is cached
         few = lambda ids: ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")  # noqa: E731
         stems = {os.path.splitext(v)[0] for v in ann.missing} & set(ann.unlisted)
@@ -75,10 +76,11 @@ def train_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig], ou
     cache = annotate(open_cache(cache_path), batch.manifest, batch.val_fraction)
     for line in cache.annotations.summary() if echo else ():
         echo(line)
-    batch.view.check(cache.attrs)
+    facts = cache.facts
+    batch.view.check(facts.shape)
     for h in heads:
-        check_clip_head(h.head, cache.attrs)
-    if cache.attrs["tokens"].get("unit") == "clip" and batch.augment != "none":
+        check_clip_head(h.head, facts)
+    if facts.clip_rows and batch.augment != "none":
         raise FeatcacheError(f"augment={batch.augment}: flips and crops of a frame's patch grid are for frame caches; "
                              "a clip cache holds a flattened T'xH'xW' sequence (use augment=none)")
     stale = [path for out_dir in out_dirs for path in previous_run(out_dir, resume, overwrite)]
@@ -94,7 +96,7 @@ def train_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig], ou
     shape = (train.x.shape[-1], len(task.classes), train.x.shape[1], train.grid, train.num_prefix_tokens)
     heads_built = []
     for cfg, given in zip(cfgs, built or [None] * len(cfgs)):  # each head's RNG stream continues from its own initialisation
-        args = head_args(cfg, *shape, cache.attrs)
+        args = head_args(cfg, *shape, facts)
         fits = given is not None and given.head.featcache_args == {**args, **cfg.head_options}
         heads_built.append(given if fits else build_head(cfg, args, train.x[:2], device))
     for path in stale:  # only now that the data, the task and every head are known to be good
@@ -104,13 +106,13 @@ def train_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig], ou
     for cfg, out_dir, b in zip(cfgs, out_dirs, heads_built):
         os.makedirs(out_dir, exist_ok=True)
         meta = run_meta(cache, task.classes, task.multi, cfg,
-                        streamed=tuple(s for s, d in data.items() if isinstance(d.x, StreamedTokens))).to_json()
+                        streamed=tuple(s for s, d in data.items() if isinstance(d.x, StreamedTokens)))
         write_config(out_dir, meta)
         members.append(Member(cfg, b, source, device, out_dir, meta))
 
     def evaluate(m: Member) -> dict:  # best.pt as featcache eval reads it, scored by the head already built
         path = checkpoint_path(m.out_dir, "best")
-        checkpoint.load_trainable(m.head, checkpoint.load(path)["state_dict"])
+        checkpoint.load_trainable(m.head, checkpoint.read(path).state_dict)
         return evaluate_checkpoint(path, cache, splits=("val", "test"), out_dir=m.out_dir, data=data, head=m.head.eval())
 
     return run_group(batch, members, source, device, evaluate, resume=resume, show_progress=show_progress,
@@ -126,14 +128,15 @@ class ViewBatches:
     def __init__(self, batch: BatchConfig, data: dict[str, ViewData], task: Task):
         self.cfg, self.data, self.task = batch, data, task
         self.classes, self.multi = task.classes, task.multi
-        self.num_prefix_tokens, self.grid = data["train"].num_prefix_tokens, data["train"].grid
-        self.y = task.targets(data["train"].labels)
+        self.train, self.val_data = data["train"], data["val"]
+        self.num_prefix_tokens, self.grid = self.train.num_prefix_tokens, self.train.grid
+        self.y = task.targets(self.train.labels)
 
     def __len__(self) -> int:
-        return len(self.data["train"].x)
+        return len(self.train.x)
 
     def epoch(self, epoch: int):
-        x = self.data["train"].x
+        x = self.train.x
         if hasattr(x, "set_epoch"):  # train_views=random: this epoch's cached view of each video
             x.set_epoch(epoch, self.cfg.seed)
         order = epoch_order(len(x), self.cfg.seed, epoch, self.cfg.shuffle_window)  # in memory or streamed
@@ -141,7 +144,7 @@ class ViewBatches:
             yield batch, self.y[idx]
 
     def val(self, batch_size: int):
-        val = self.data["val"]
+        val = self.val_data
         if not len(val.video_ids):
             return None
         return (val.x[i:i + batch_size] for i in range(0, len(val.x), batch_size)), self.task.targets(val.labels)
@@ -179,7 +182,7 @@ def _task(kind: str, data: dict[str, ViewData]) -> Task:
 
 
 def head_args(cfg: TrainConfig, in_dim: int, num_classes: int, num_frames: int, grid, num_prefix_tokens: int,
-              attrs: dict | None = None) -> dict:
+              attrs: StoreAttrs | None = None) -> dict:
     """The constructor arguments every head takes for a view of this shape (without the head's
     own options), with the frozen tail's spec for heads that run blocks of the cached model."""
     args = {"in_dim": int(in_dim), "num_classes": int(num_classes), "num_frames": int(num_frames),
@@ -194,7 +197,7 @@ def new_head(cfg: TrainConfig, args: dict) -> nn.Module:
     torch.manual_seed(cfg.seed)
     user = False
     try:
-        user = head_source(cfg.head)["kind"] != "builtin"
+        user = not source_of(cfg.head).builtin
         head = create_head(cfg.head, **args, **cfg.head_options)
     except Exception as exc:  # a user's constructor may raise anything: one line naming the head
         if not (user or isinstance(exc, (ValueError, TypeError))):
@@ -214,7 +217,7 @@ def build_head(cfg: TrainConfig, args: dict, sample: torch.Tensor, device: torch
     head or the init run."""
     head = new_head(cfg, args)
     built = Built.now(head, device)
-    if head_source(cfg.head)["kind"] != "builtin":  # the built-in heads are tested to keep the interface
+    if not source_of(cfg.head).builtin:  # the built-in heads are tested to keep the interface
         check_head_output(cfg.head, head, sample, args["num_classes"])
     if cfg.init:
         checkpoint.init_from(head, cfg.head, cfg.view.as_dict(), cfg.init)
@@ -247,14 +250,14 @@ FRAME_AXIS_HEADS = {"r3d": "its Conv3d runs over the frames' patch grid",
                     "adapter": "its adapters sit inside the frozen image model (adapter and amflow modes)"}
 
 
-def check_clip_head(head: str, attrs: dict) -> None:
+def check_clip_head(head: str, attrs: StoreAttrs) -> None:
     """One line when ``head`` needs a frame axis and the cache holds clips of a video encoder."""
-    if attrs["tokens"].get("unit") == "clip" and head in FRAME_AXIS_HEADS:
+    if attrs.clip_rows and head in FRAME_AXIS_HEADS:
         raise FeatcacheError(f"head {head}: needs frame tokens ({FRAME_AXIS_HEADS[head]}), but the cache holds "
                              "clip tokens of a video encoder; use pool, linear, attentive, transformer, lstm or tcn")
 
 
-def backbone_args(head: str, attrs: dict | None) -> dict:
+def backbone_args(head: str, attrs: StoreAttrs | None) -> dict:
     """``{"backbone": spec}`` for heads that run frozen blocks of the cached model (rebuilt from
     the cache's provenance), else nothing."""
     from featcache.heads.registry import head_options

@@ -28,6 +28,7 @@ from featcache.errors import FeatcacheError
 from featcache.spec.config import BatchConfig, HeadConfig, TrainConfig, parse_log
 from featcache.train import checkpoint, metrics, rundir
 from featcache.train.augment import augment_tokens
+from featcache.train.meta import Checkpoint, ResumeState, RunMeta
 from featcache.train.optim import lr_factor, optimizer
 from featcache.train.tracking import Tracker
 
@@ -80,7 +81,7 @@ class Member:
     (its :class:`HeadConfig` on the group's :class:`BatchConfig`)."""
 
     def __init__(self, cfg: TrainConfig, built: Built, source: Batches, device: torch.device, out_dir: str,
-                 meta: dict):
+                 meta: RunMeta):
         self.cfg, self.head, self.out_dir, self.meta = cfg, built.head.to(device), out_dir, meta
         cuda_rng = built.cuda_rng
         if device.type == "cuda" and cuda_rng is None:
@@ -119,18 +120,16 @@ class Member:
         self.scaler.update()
         self.sched.step()
 
-    def state(self, epoch: int) -> dict:
-        return {"head": self.cfg.head, "head_args": self.head.featcache_args,
-                "state_dict": trainable(self.head), "epoch": epoch, **self.meta}
+    def state(self, epoch: int) -> Checkpoint:
+        return Checkpoint(self.cfg.head, self.head.featcache_args, trainable(self.head), epoch, self.meta)
 
     def save(self, epoch: int, improved: bool, source_state: dict) -> None:
         state = self.state(epoch)
         if improved:
-            checkpoint.save(rundir.checkpoint_path(self.out_dir, "best"), **state)
-        checkpoint.save(rundir.checkpoint_path(self.out_dir, "last"), **state, optimizer=self.opt.state_dict(),
-                        scheduler=self.sched.state_dict(), best=self.best, best_epoch=self.best_epoch,
-                        stale=self.stale, rng=self.rng, cuda_rng=self.cuda_rng, active=self.active,
-                        batches=source_state)
+            checkpoint.save(rundir.checkpoint_path(self.out_dir, "best"), **state.to_json())
+        resume = ResumeState(self.opt.state_dict(), self.sched.state_dict(), self.best, self.best_epoch, self.stale,
+                             self.rng, self.cuda_rng, self.active, source_state)
+        checkpoint.save(rundir.checkpoint_path(self.out_dir, "last"), **state.to_json(), **resume.to_json())
 
     def restore(self) -> tuple[int, dict]:
         """Load last.pt; returns the next epoch (0 when there is nothing to resume) and the
@@ -138,27 +137,30 @@ class Member:
         path = rundir.checkpoint_path(self.out_dir, "last")
         if not os.path.exists(path):
             return 0, {}
-        ckpt = checkpoint.load(path)
-        if ckpt["config"] != self.meta["config"] or ckpt["cache"]["fingerprint"] != self.meta["cache"]["fingerprint"]:
+        ckpt = checkpoint.read(path)
+        saved, meta = ckpt.meta, self.meta
+        if saved.config != meta.config or saved.fingerprint != meta.fingerprint:
             raise FeatcacheError(f"--resume: {path} was made with another config or cache; use a new --out")
-        if ckpt.get("head_source", self.meta["head_source"]) != self.meta["head_source"]:
+        if saved.head_source is not None and saved.head_source != meta.head_source:
             raise FeatcacheError(f"--resume: the head's code changed since {path} was saved "
-                                 f"({self.meta['head_source'].get('path', self.meta['head_source'].get('module'))}); "
-                                 "restore it or use a new --out")
-        if (ckpt.get("manifest") or {}).get("sha256") != self.meta["manifest"]["sha256"]:
+                                 f"({meta.source().where or None}); restore it or use a new --out")
+        if saved.manifest_sha256 != meta.manifest_sha256:
             raise FeatcacheError(f"--resume: {path} was trained with other labels and splits (another --manifest, "
                                  "or the manifest changed); use a new --out")
-        checkpoint.load_trainable(self.head, ckpt["state_dict"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        self.best, self.best_epoch, self.stale = ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
+        resume = ckpt.resume_state
+        if resume is None:
+            raise FeatcacheError(f"--resume: {path} holds no resume state; use a new --out")
+        checkpoint.load_trainable(self.head, ckpt.state_dict)
+        self.opt.load_state_dict(resume.optimizer)
+        self.sched.load_state_dict(resume.scheduler)
+        self.best, self.best_epoch, self.stale = resume.best, resume.best_epoch, resume.stale
         if not isinstance(self.best, (tuple, list)):  # a last.pt saved before ties were broken on val loss
             self.best = (self.best, -math.inf)
         self.best = tuple(self.best)
-        self.rng, self.active = ckpt["rng"], ckpt["active"]
-        if self.cuda_rng is not None and ckpt.get("cuda_rng") is not None:  # resumed on a GPU again
-            self.cuda_rng = ckpt["cuda_rng"]
-        return ckpt["epoch"] + 1, ckpt.get("batches") or {}
+        self.rng, self.active = resume.rng, resume.active
+        if self.cuda_rng is not None and resume.cuda_rng is not None:  # resumed on a GPU again
+            self.cuda_rng = resume.cuda_rng
+        return ckpt.epoch + 1, resume.batches or {}
 
 
 def run_group(batch: BatchConfig, members: list[Member], source: Batches, device: torch.device,
@@ -173,7 +175,7 @@ def run_group(batch: BatchConfig, members: list[Member], source: Batches, device
         trainer.restore()
     try:
         for m in members:
-            m.tracker = Tracker(parse_log(m.cfg.log), m.out_dir, m.meta["config"], trainer.start_epoch)
+            m.tracker = Tracker(parse_log(m.cfg.log), m.out_dir, m.meta.config, trainer.start_epoch)
         trainer.fit(show_progress, on_epoch)
         results = []
         for m in members:
@@ -298,9 +300,10 @@ class GroupTrainer:
 
     def _finish_epoch(self, m: Member, epoch: int, loss_sum: float, correct: int, start: float, val: dict) -> dict:
         n = len(self.source)
-        record = {"epoch": epoch, "train/loss": loss_sum / n, "lr": m.sched.get_last_lr()[0]}
-        if not math.isfinite(record["train/loss"]):  # nothing it learns from here on means anything
-            m.diverged = (f"train/loss became {record['train/loss']} at epoch {epoch} (lr {record['lr']:.3g}); "
+        loss, lr = loss_sum / n, m.sched.get_last_lr()[0]
+        record = {"epoch": epoch, "train/loss": loss, "lr": lr}
+        if not math.isfinite(loss):  # nothing it learns from here on means anything
+            m.diverged = (f"train/loss became {loss} at epoch {epoch} (lr {lr:.3g}); "
                           "lower the learning rate (--set lr=...), or check the cache (featcache cache verify)")
             m.active = False
         if not self.source.multi:

@@ -13,6 +13,9 @@ parses its metadata (``zarr/core/metadata/v3.py``, ``from_dict`` / ``to_dict``):
 not know are kept in ``extra`` and written back, in the order they were read, so
 ``to_json(from_json(d)) == d`` for files of older and newer featcache versions alike, and a record
 built here writes the same bytes the hand-built dicts did (tests/train/test_meta.py).
+
+Long module: one short declaration per stored document of a run (config.yaml, the checkpoints and
+last.pt's resume state, metrics.json, log.jsonl), all on the one ``Record`` base above them.
 """
 from __future__ import annotations
 
@@ -204,23 +207,56 @@ class RunMeta(Record):
         return self.head_source or HeadSource.BUILTIN
 
 
+def source_of(head: str) -> HeadSource:
+    """Where the head ``head`` comes from (:func:`featcache.heads.registry.head_source`), parsed."""
+    from featcache.heads.registry import head_source
+
+    return HeadSource.from_json(head_source(head))
+
+
 def run_meta(cache, classes, multi_label: bool, cfg=None, *, head: bool = True, **more) -> RunMeta:
     """The metadata of a new run on an annotated ``cache`` (``cache.path``, ``cache.fingerprint``,
     ``cache.annotations.meta()``): the one place a run's record is assembled (train, pretrain,
     probe). ``cfg`` is the :class:`~featcache.spec.config.TrainConfig`; ``head`` records its
     head's provenance; ``more`` sets ``probe``, ``streamed`` or ``pretext``."""
-    from featcache.heads.registry import head_source
     from featcache.spec.config import to_dict
 
     return RunMeta(cache=CacheRef(path=cache.path, fingerprint=cache.fingerprint), classes=tuple(classes),
                    multi_label=bool(multi_label), config=to_dict(cfg),
-                   head_source=HeadSource.from_json(head_source(cfg.head)) if head else None,
+                   head_source=source_of(cfg.head) if head else None,
                    manifest=ManifestRef.from_json(cache.annotations.meta()), **more)
 
 
 # what last.pt adds to best.pt: the state a --resume continues from (the training loop's own)
 RESUME_KEYS = ("optimizer", "scheduler", "best", "best_epoch", "stale", "rng", "cuda_rng", "active", "batches")
 _HEAD_KEYS = ("head", "head_args", "state_dict", "epoch")
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What ``last.pt`` adds to ``best.pt`` (:data:`RESUME_KEYS`): the optimiser's and schedule's
+    states, the selection so far (``best``, ``best_epoch``, ``stale``), the head's RNG streams,
+    whether it still trains, and the batches source's state."""
+
+    optimizer: dict
+    scheduler: dict
+    best: Any
+    best_epoch: int
+    stale: int
+    rng: Any
+    cuda_rng: Any = None
+    active: bool = True
+    batches: dict | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ResumeState:
+        lacking = [k for k in RESUME_KEYS[:6] if k not in data]
+        if lacking:
+            raise FeatcacheError(f"last.pt lacks {', '.join(lacking)}: not a checkpoint to resume from")
+        return cls(**{k: data[k] for k in RESUME_KEYS if k in data})
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in RESUME_KEYS}
 
 
 @dataclass(frozen=True)
@@ -251,6 +287,11 @@ class Checkpoint:
         parts = {**head, **self.meta.to_json(), **(self.resume or {})}
         first = [k for k in self.order if k in parts]
         return {**{k: parts[k] for k in first}, **{k: v for k, v in parts.items() if k not in first}}
+
+    @property
+    def resume_state(self) -> ResumeState | None:
+        """``last.pt``'s resume state, parsed (None in ``best.pt``)."""
+        return ResumeState.from_json(self.resume) if self.resume else None
 
     @property
     def is_pretraining(self) -> bool:

@@ -39,7 +39,7 @@ from featcache.train import checkpoint, metrics, tracking
 from featcache.train.evaluate import predict
 from featcache.train.fit import build_head, head_args
 from featcache.train.loop import Member, run_group
-from featcache.train.meta import Pretext, run_meta
+from featcache.train.meta import EpochRecord, Pretext, run_meta
 from featcache.train.rundir import checkpoint_path, previous_run, write_config
 
 TASKS = ("prp",)
@@ -86,13 +86,14 @@ class DensePool:
 
 
 def read_pools(cache: Cache, view: View, split: str) -> list[DensePool]:
-    layout = view.layout(cache.attrs)
+    shape = cache.facts.shape
+    layout = view.layout(shape)
     pools = []
     for entry in cache.done_entries(split):
         positions = list(entry.policies[str(view.frames)])
         out = np.empty((len(positions), layout.num_tokens, layout.dim), dtype=np.float16)
-        fill_view(out, entry, positions, view, cache.attrs)
-        pools.append(DensePool(out, entry.frame_indices[positions], entry.record["source"]["num_frames"]))
+        fill_view(out, entry, positions, view, shape)
+        pools.append(DensePool(out, entry.frame_indices[positions], entry.facts.num_frames))
     return pools
 
 
@@ -179,7 +180,8 @@ def pretrain_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig],
     for line in cache.annotations.summary() if echo else ():
         echo(line)
     view = batch.view
-    view.check(cache.attrs, dense=True)
+    facts = cache.facts
+    view.check(facts.shape, dense=True)
     if view.frames.fixed:
         raise FeatcacheError(f"view {view.frames}: PRP samples clips at several rates from a dense pool; "
                              "give --view stride:1 (extract with --frames stride:1)")
@@ -187,18 +189,18 @@ def pretrain_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig],
     train, val = read_pools(cache, view, "train"), read_pools(cache, view, "val")
     if not train:
         raise FeatcacheError(f"{cache_path}: no videos in the train split")
-    layout = view.layout(cache.attrs)
+    layout = view.layout(facts.shape)
     device = resolve_device(batch.device)
     sample = torch.zeros(2, task.frames, layout.num_tokens, layout.dim)  # a user's head is tried on clips of this shape
     built = [build_head(c, head_args(c, layout.dim, len(task.rates), task.frames, layout.grid, layout.num_prefix_tokens,
-                                     cache.attrs), sample, device) for c in cfgs]
+                                     facts), sample, device) for c in cfgs]
     for path in stale:
         os.remove(path)
     source = ClipBatches(batch, train, val, layout, task, task_name)
     members = []
     for c, out_dir, b in zip(cfgs, out_dirs, built):
         os.makedirs(out_dir, exist_ok=True)
-        meta = run_meta(cache, task.classes, False, c, pretext=Pretext(name=task_name, extra=asdict(task))).to_json()
+        meta = run_meta(cache, task.classes, False, c, pretext=Pretext(name=task_name, extra=asdict(task)))
         write_config(out_dir, meta)
         members.append(Member(c, b, source, device, out_dir, meta))
 
@@ -207,7 +209,7 @@ def pretrain_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig],
                    "prp/val_clips": 0 if source.val_x is None else len(source.val_x),
                    "prp/val_clips_rounded": source.val_rounded}
         if source.val_x is not None:  # the rate accuracy of the selected epoch
-            checkpoint.load_trainable(m.head, checkpoint.load(checkpoint_path(m.out_dir, "best"))["state_dict"])
+            checkpoint.load_trainable(m.head, checkpoint.read(checkpoint_path(m.out_dir, "best")).state_dict)
             scores = predict(m.head, source.val_x, batch.batch_size, device)
             results.update({f"val/{k}": v for k, v in metrics.selection(scores, source.val_y.numpy(), multi=False).items()})
         return results
@@ -215,8 +217,10 @@ def pretrain_group(cache_path: str, batch: BatchConfig, heads: list[HeadConfig],
     label = ",".join(sorted({h.head for h in heads}))
 
     def progress(record: dict) -> None:  # one line per epoch (the group's first head)
-        print(f"pretrain {label} epoch {record['epoch'] + 1}/{batch.epochs}: loss {record['train/loss']:.3f}"
-              + (f", val rate accuracy {record['val/top1']:.3f}" if "val/top1" in record else ""), flush=True)
+        epoch = EpochRecord.from_json(record)
+        values, accuracy = epoch.values, epoch.values.get("val/top1")
+        print(f"pretrain {label} epoch {epoch.epoch + 1}/{batch.epochs}: loss {values.get('train/loss'):.3f}"
+              + (f", val rate accuracy {accuracy:.3f}" if accuracy is not None else ""), flush=True)
 
     return run_group(batch, members, source, device, evaluate, resume=resume, show_progress=False,
                      on_epoch=progress if show_progress else None)

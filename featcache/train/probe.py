@@ -79,20 +79,21 @@ def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feat
     cache = annotate(open_cache(cache_path), cfg.manifest, cfg.val_fraction)  # labels and splits: the manifest's, or the store's
     for line in cache.annotations.summary() if echo else ():
         echo(line)
-    cfg.view.check(cache.attrs)
+    cfg.view.check(cache.facts.shape)
     stale = previous_run(out_dir, resume=False, overwrite=overwrite)
     data = read_splits(cache, cfg.view)
     labels = [ls for d in data.values() for ls in d.labels]
     if any(len(ls) != 1 for ls in labels):
         raise FeatcacheError("probe: every video needs exactly one label (multi-label or unlabelled videos: "
                              "train --head linear --set task=multi)")
-    if not data["train"].video_ids or not data["val"].video_ids:
+    train, val = data["train"], data["val"]
+    if not train.video_ids or not val.video_ids:
         raise FeatcacheError(f"{cache_path}: the probes choose their hyper-parameter on val; "
                              "the cache needs train and val videos")
     task = Task(sorted({ls[0] for ls in labels}), multi=False)
-    feats = {s: video_features(d.x, d.num_prefix_tokens, feature) for s, d in data.items() if d.video_ids}
-    ys = {s: task.targets(d.labels).numpy() for s, d in data.items() if d.video_ids}
-    predict, choice = _fit(method, feats, ys, len(task.classes))
+    pairs = {s: (video_features(d.x, d.num_prefix_tokens, feature), task.targets(d.labels).numpy())
+             for s, d in data.items() if d.video_ids}  # split -> (features, class indices)
+    predict, choice = _fit(method, pairs["train"], pairs["val"], len(task.classes))
     for path in stale:
         os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
@@ -100,30 +101,32 @@ def run_probe(cache_path: str, cfg: TrainConfig, out_dir: str, method: str, feat
                                    probe=ProbeChoice(method=method, feature=feature, extra=dict(choice))))
     results = dict(choice)
     for split in ("val", "test"):
-        if split not in feats:
+        if split not in pairs:
             continue
-        scores = predict(feats[split])
+        scores = predict(pairs[split][0])
         logits = np.log(np.clip(scores, 1e-12, 1.0))  # monotone: the metrics read the ranking
         results.update(report_split(task, split, "", data[split].video_ids, data[split].labels, logits, scores, out_dir))
     write_metrics(out_dir, results)
     return results
 
 
-def _fit(method: str, feats: dict, ys: dict, classes: int):
-    """(scores function, chosen hyper-parameter) with the hyper-parameter chosen on val top-1."""
+def _fit(method: str, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], classes: int):
+    """(scores function, chosen hyper-parameter) with the hyper-parameter chosen on val top-1;
+    ``train`` and ``val``: (features, class indices)."""
+    (x_train, y_train), (x_val, y_val) = train, val
     if method == "knn":
         def acc(k):
-            return (knn_scores(feats["train"], ys["train"], feats["val"], k, classes).argmax(1) == ys["val"]).mean()
+            return (knn_scores(x_train, y_train, x_val, k, classes).argmax(1) == y_val).mean()
 
         k = max(KNN_K, key=lambda k: (acc(k), -k))  # ties: the smaller k
-        return (lambda q: knn_scores(feats["train"], ys["train"], q, k, classes)), {"knn/k": k, "knn/T": KNN_T}
+        return (lambda q: knn_scores(x_train, y_train, q, k, classes)), {"knn/k": k, "knn/T": KNN_T}
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    scaler = StandardScaler().fit(feats["train"])
-    xt, xv = scaler.transform(feats["train"]), scaler.transform(feats["val"])
-    fits = {c: LogisticRegression(C=c, max_iter=2000).fit(xt, ys["train"]) for c in LOGREG_C}
-    best = max(LOGREG_C, key=lambda c: (fits[c].score(xv, ys["val"]), -c))  # ties: stronger regularisation
+    scaler = StandardScaler().fit(x_train)
+    xt, xv = scaler.transform(x_train), scaler.transform(x_val)
+    fits = {c: LogisticRegression(C=c, max_iter=2000).fit(xt, y_train) for c in LOGREG_C}
+    best = max(LOGREG_C, key=lambda c: (fits[c].score(xv, y_val), -c))  # ties: stronger regularisation
     model = fits[best]
 
     def scores(q):

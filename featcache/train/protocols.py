@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from featcache.cache.dataset import Task, ViewData, fill_view, frame_positions, materialise
+from featcache.cache.facts import VideoRecord
 from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.policy import StridePolicy
 from featcache.spec.view import View, parse_policy
@@ -176,7 +177,7 @@ def cached_pool(run: Run, pool: str | None, usable, option: str, what: str, hint
     and the pool's name without punctuation (``-stride2``, ``-fps4``), so two pools evaluated into
     one run never share a key or a file. Refused in one line naming the usable pools the cache
     holds; ``option`` may name ``{pool}``."""
-    held = [p for p in run.cache.attrs["frames"]["policies"] if usable(parse_policy(p), p)]
+    held = [p for p in run.cache.facts.policies if usable(parse_policy(p), p)]
     default = held[0] if held else ""
     pool = pool or default
     if not pool or pool not in held:
@@ -220,9 +221,9 @@ class DenseClips(Protocol):
                                 "extract with --frames stride:1,...")
         return dataclasses.replace(self, pool=pool, pool_key=key)
 
-    def clip_indices(self, record: dict, frames: int) -> list[np.ndarray]:
+    def clip_indices(self, record: VideoRecord, frames: int) -> list[np.ndarray]:
         """The source frames (each ``frames`` long) of every view of one video."""
-        n = record["source"]["num_frames"]
+        n = record.num_frames
         return [dense_clip_indices(n, frames, self.rate, v, self.clips) for v in range(self.clips)]
 
     def crop_box(self, width: int, height: int, size: int, crop: int) -> str:
@@ -230,15 +231,16 @@ class DenseClips(Protocol):
         return ""
 
     def score(self, run: Run, split: str, data: ViewData | None = None) -> Scored | None:
-        records = run.cache.done_records(split)
-        if not records:
+        videos = run.cache.done_videos(split)
+        if not videos:
             return None
         policy, crops = parse_policy(self.pool), crops_of(self.spatial_views)
         views = [dataclasses.replace(run.cfg.view, crop=c) for c in crops]
+        shape = run.cache.facts.shape
         for view in views:
-            view.check(run.cache.attrs)
-        layout = run.cfg.view.layout(run.cache.attrs)
-        entries = [run.cache.video(r["video_id"]) for r in records]
+            view.check(shape)
+        layout = run.cfg.view.layout(shape)
+        entries, records = [e for e, _ in videos], [r for _, r in videos]
         clips, rounded, wanted_total, placed = [], 0, 0, []
         for entry, record in zip(entries, records):
             pos = np.asarray(frame_positions(entry, policy))  # the pool's positions among the cached frames
@@ -255,14 +257,14 @@ class DenseClips(Protocol):
             for view in views:
                 x = np.empty((len(entries), *layout.shape), dtype=np.float16)  # (videos, T, N', C')
                 for i, entry in enumerate(entries):
-                    fill_view(x[i], entry, clips[i][v], view, run.cache.attrs)
+                    fill_view(x[i], entry, clips[i][v], view, shape)
                 probs.append(probabilities(predict(run.head, torch.from_numpy(x), run.cfg.batch_size, run.device),
                                            run.task.multi))
         files = {}
         if self.release:
-            size = run.cache.attrs["preprocess"]["input_size"][-1]
+            size = run.cache.facts.preprocess.input_size[-1]
             files["views"] = lambda path: self.write_views(path, placed, size)
-        return Scored([r["video_id"] for r in records], [r["labels"] for r in records], combined(probs, self.combine),
+        return Scored([r.video_id for r in records], [list(r.labels) for r in records], combined(probs, self.combine),
                       self.combine, len(probs), {"clip_frames_rounded": rounded / wanted_total, "pool": self.pool},
                       files)
 
@@ -279,7 +281,7 @@ class DenseClips(Protocol):
             w = csv.writer(f)
             w.writerow(["video_id", "protocol", "view", "crop", "source_frames", "served_frames", "crop_box"])
             for record, v, c, wanted, served in self.view_rows(placed):
-                width, height = record["source"].get("width"), record["source"].get("height")
+                width, height = (record.source.width, record.source.height) if record.source else (None, None)
                 box = self.crop_box(width, height, size, c) if width and height else ""
-                w.writerow([record["video_id"], self.release, v, c, " ".join(map(str, wanted)),
+                w.writerow([record.video_id, self.release, v, c, " ".join(map(str, wanted)),
                             " ".join(map(str, served)), box])

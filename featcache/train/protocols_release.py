@@ -16,25 +16,26 @@ from typing import ClassVar
 
 import numpy as np
 
+from featcache.cache.facts import PreprocessFacts, StoreAttrs, VideoRecord
 from featcache.errors import FeatcacheError, OptionError
 from featcache.train.clips import slowfast_clip_indices, stadapter_clip_indices, vjepa_clip_indices
 from featcache.train.protocols import DenseClips, Run
 
 
-def check_release_geometry(attrs: dict, protocol: str, short_side: int | None = None, why: str = "") -> None:
+def check_release_geometry(attrs: StoreAttrs, protocol: str, short_side: int | None = None, why: str = "") -> None:
     """A release crops ``input_size`` px from frames whose short side it resized to ``short_side``
     (default: the crop size, as SlowFast's test crops, datasets/transform.py
     ``random_short_side_scale_jitter`` with min = max = TEST_CROP_SIZE then ``uniform_crop``, and
     ST-Adapter's, dataset.py _generate_spatial_crops L218); a cache whose frames were resized to
     another short side (timm's crop_pct) holds other pixels: refused."""
-    pre = attrs.get("preprocess", {})
-    short, size = pre.get("resize_short_side"), (pre.get("input_size") or [0])[-1]
+    pre = attrs.preprocess or PreprocessFacts()
+    short, size = pre.resize_short_side, (pre.input_size or [0])[-1]
     want = short_side or size
     if short != want:
         crop_pct = "crop_pct 1.0" if want == size else f"crop_pct {size}/{want}"
         raise FeatcacheError(
             f"--protocol {protocol}: the release crops {size} px from frames whose short side is resized to {want}{why}; "
-            f"this cache resized the short side to {short} (crop_pct {pre.get('crop_pct')}), so its crops hold other "
+            f"this cache resized the short side to {short} (crop_pct {pre.crop_pct}), so its crops hold other "
             f"pixels; it needs an extraction with the short side resized to {want} ({crop_pct}, which "
             "featcache extract does not offer for this model), or use --protocol featcache")
 
@@ -43,7 +44,7 @@ class _Release(DenseClips):
     """A released placement: the cache's pixels checked at resolve time."""
 
     def resolve(self, run: Run) -> DenseClips:
-        check_release_geometry(run.cache.attrs, self.release)
+        check_release_geometry(run.cache.facts, self.release)
         return super().resolve(run)
 
 
@@ -54,8 +55,8 @@ class SlowFastClips(_Release):
     ceil(margin / 2) / margin (transform.py L226-227) of a short side resized to the crop size."""
     release: ClassVar[str] = "slowfast"
 
-    def clip_indices(self, record: dict, frames: int) -> list[np.ndarray]:
-        n, fps = record["source"]["num_frames"], record["source"].get("fps")
+    def clip_indices(self, record: VideoRecord, frames: int) -> list[np.ndarray]:
+        n, fps = record.num_frames, record.source.fps if record.source else None
         if not fps:
             raise OptionError("protocol", "slowfast resamples to 30 fps, and the cache does not record this video's rate")
         return [slowfast_clip_indices(n, fps, frames, self.rate, v, self.clips) for v in range(self.clips)]
@@ -72,8 +73,8 @@ class STAdapterClips(_Release):
     floored long side (video_dataset/dataset.py L189-199, L218)."""
     release: ClassVar[str] = "stadapter"
 
-    def clip_indices(self, record: dict, frames: int) -> list[np.ndarray]:
-        n = record["source"]["num_frames"]
+    def clip_indices(self, record: VideoRecord, frames: int) -> list[np.ndarray]:
+        n = record.num_frames
         return [stadapter_clip_indices(n, frames, self.rate, v, self.clips) for v in range(self.clips)]
 
     def crop_box(self, width: int, height: int, size: int, crop: int) -> str:
@@ -111,15 +112,16 @@ class VJEPAClips(_Release):
                                  f"jointly (attend_across_segments), {frames} frames in all, which {self.clips} segments "
                                  f"do not divide; give a segment count that divides {frames}")
         if self.spatial_views == 1:
-            size = run.cache.attrs.get("preprocess", {}).get("input_size", [0])[-1]
-            check_release_geometry(run.cache.attrs, self.release, int(size * 256 / 224),
+            pre = run.cache.facts.preprocess
+            size = ((pre.input_size if pre else None) or [0])[-1]
+            check_release_geometry(run.cache.facts, self.release, int(size * 256 / 224),
                                    " for one spatial view (utils.py L217)")
             return DenseClips.resolve(self, run)
         return super().resolve(run)
 
-    def clip_indices(self, record: dict, frames: int) -> list[np.ndarray]:
-        rng = np.random.RandomState([self.seed, zlib.crc32(record["video_id"].encode())])
-        segments = vjepa_clip_indices(record["source"]["num_frames"], frames // self.clips, self.rate, self.clips, rng)
+    def clip_indices(self, record: VideoRecord, frames: int) -> list[np.ndarray]:
+        rng = np.random.RandomState([self.seed, zlib.crc32(record.video_id.encode())])
+        segments = vjepa_clip_indices(record.num_frames, frames // self.clips, self.rate, self.clips, rng)
         return [np.concatenate(segments)]  # one view: the segments in time order
 
     def view_rows(self, placed: list) -> list:

@@ -54,28 +54,28 @@ class Windows(Protocol):
         return dataclasses.replace(self, width=width, stride=self.stride or width, pool=pool, pool_key=key)
 
     def score(self, run: Run, split: str, data: ViewData | None = None) -> Scored | None:
-        records = run.cache.done_records(split)
-        if not records:
+        videos = run.cache.done_videos(split)
+        if not videos:
             return None
-        policy, width, layout = parse_policy(self.pool), self.width, run.cfg.view.layout(run.cache.attrs)
+        shape = run.cache.facts.shape
+        policy, width, layout = parse_policy(self.pool), self.width, run.cfg.view.layout(shape)
         video_scores, placed = [], []
-        for record in records:
-            entry = run.cache.video(record["video_id"])
+        for entry, record in videos:
             positions = np.asarray(frame_positions(entry, policy))
             if len(positions) < width:
                 windows, starts, tail = [positions[uniform_indices(len(positions), width)]], [0], None
             else:  # every stride, and one more aligned to the end when the stride leaves a tail
                 starts, tail = window_starts(len(positions), width, self.stride)
                 windows = [positions[s:s + width] for s in starts]
-            placed.append((record["video_id"], len(positions), starts, tail,
+            placed.append((record.video_id, len(positions), starts, tail,
                            coverage(len(positions), width, starts) if len(positions) >= width else 1.0))
             x = np.empty((len(windows), *layout.shape), dtype=np.float16)  # (windows, T, N', C')
             for i, window in enumerate(windows):
-                fill_view(x[i], entry, window.tolist(), run.cfg.view, run.cache.attrs)
+                fill_view(x[i], entry, window.tolist(), run.cfg.view, shape)
             probs = probabilities(predict(run.head, torch.from_numpy(x), run.cfg.batch_size, run.device), run.task.multi)
             video_scores.append(probs.max(axis=0) if self.aggregate == "max" else probs.mean(axis=0))
         extras = {"pool": self.pool, "window_coverage": float(np.mean([p[4] for p in placed]))}
-        return Scored([r["video_id"] for r in records], [r["labels"] for r in records], np.stack(video_scores),
+        return Scored([r.video_id for _, r in videos], [list(r.labels) for _, r in videos], np.stack(video_scores),
                       extras=extras, files={"windows": lambda path: write_windows(path, self.pool, width, placed)})
 
 

@@ -174,7 +174,11 @@ def test_truncated_files_warn_or_fail(tmp_path):
 def test_the_default_view_comes_from_the_cache(noval, tmp_path):
     """Issue 34 item 12: `train clips.zarr --head pool` defaulted to uniform:8, which a cache of
     uniform:4 (or of clips) cannot serve; the default now comes from the cache, and --help says so."""
-    from featcache.cli.train import default_view
+    from featcache.cache.facts import StoreAttrs
+    from featcache.cli.train import default_view as view_of
+
+    def default_view(attrs):  # the store's root attributes, as the cache parses them
+        return view_of(StoreAttrs.from_json(attrs))
 
     args = [a for a in TRAIN if a not in ("--view", "uniform:4")]
     r = runner.invoke(app, ["train", noval["cache"], *args, "--set", "select=last", "--out", str(tmp_path / "r")])

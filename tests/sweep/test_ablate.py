@@ -165,9 +165,9 @@ def test_each_cell_head_is_built_once_and_trains_as_if_built_fresh(cache, tmp_pa
     rows = run_sweep(sweep, str(tmp_path / "sw"), sweep.cells, show_progress=False, echo=lambda line: None)
     assert sorted(built) == ["PoolHead", "R3DHead", "R3DHead"]
     assert len(rows) == 3
-    for row, cell in zip(sorted(rows, key=lambda r: r["index"]), sweep.cells):
+    for row, cell in zip(sorted(rows, key=lambda r: r.index), sweep.cells):
         alone = run_training(cache, cell.config, str(tmp_path / f"alone{cell.index}"), show_progress=False)
-        assert alone == row["metrics"], cell.name
+        assert alone == row.metrics, cell.name
         mine = checkpoint.load(str(tmp_path / "sw" / "cells" / cell.name / "best.pt"))["state_dict"]
         theirs = checkpoint.load(str(tmp_path / f"alone{cell.index}" / "best.pt"))["state_dict"]
         for name in theirs:  # batch-norm running statistics included

@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_encoder_config
 from typer.testing import CliRunner
 
+from featcache.cache.facts import StoreAttrs, VideoRecord
 from featcache.cli import app
 from featcache.data.synthetic import make_dataset
 from featcache.extract.pipeline import ExtractConfig, run_extract
@@ -160,7 +161,8 @@ def test_named_protocols_equal_the_releases_on_5000_draws():
 
     def protocol_clip_indices(protocol, length, fps, n, rate, v, views):  # what the protocol object places
         kind = {"featcache": DenseClips, "slowfast": SlowFastClips, "stadapter": STAdapterClips}[protocol]
-        return kind(views, 1, rate).clip_indices({"video_id": "v", "source": {"num_frames": length, "fps": fps}}, n)[v]
+        record = VideoRecord.from_json({"video_id": "v", "source": {"num_frames": length, "fps": fps}})
+        return kind(views, 1, rate).clip_indices(record, n)[v]
 
     rng = np.random.default_rng(32)
     differ = {"featcache_vs_slowfast_25fps": 0}
@@ -213,8 +215,10 @@ def test_a_release_protocol_refuses_a_cache_of_other_pixels():
     from featcache.errors import FeatcacheError
     from featcache.train.protocols_release import check_release_geometry
 
-    clip_b16 = {"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 248, "crop_pct": 0.9}}
+    clip_b16 = StoreAttrs.from_json({"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 248,
+                                                    "crop_pct": 0.9}})
     with pytest.raises(FeatcacheError, match=r"--protocol slowfast: the release crops 224 px from frames whose short "
                                              r"side is resized to 224; this cache resized the short side to 248"):
         check_release_geometry(clip_b16, "slowfast")
-    check_release_geometry({"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 224}}, "stadapter")
+    check_release_geometry(StoreAttrs.from_json({"preprocess": {"input_size": [3, 224, 224], "resize_short_side": 224}}),
+                           "stadapter")

@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_encoder_config
 from typer.testing import CliRunner
 
+from featcache.cache.facts import VideoRecord
 from featcache.cli import app
 from featcache.data.synthetic import make_dataset
 from featcache.extract.pipeline import ExtractConfig, run_extract
@@ -99,9 +100,9 @@ def test_vjepa_segments_equal_the_release_on_5000_draws():
             np.testing.assert_array_equal(a, b)
         branches["random" if length // segments > fpc * step else "overlap"] += 1
         # the protocol object: one view of the segments in time order, drawn from the video's generator
-        record = {"video_id": f"v{draw}", "source": {"num_frames": length, "fps": fps}}
+        record = VideoRecord.from_json({"video_id": f"v{draw}", "source": {"num_frames": length, "fps": fps}})
         view = VJEPAClips(segments, 1, step).clip_indices(record, fpc * segments)
-        np.random.seed([0, zlib.crc32(record["video_id"].encode())])
+        np.random.seed([0, zlib.crc32(f"v{draw}".encode())])
         np.testing.assert_array_equal(view[0], np.concatenate(jepa_clip_indices(length, fpc, step, segments)))
     assert min(branches.values()) > 900, branches  # measured: 4,042 random, 958 overlapping
     # by hand: 100 frames, 2 segments of 4 frames every 4 (clip_len 16 < partition 50), ends fixed at 16
