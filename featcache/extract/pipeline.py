@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from featcache.cache import index, quant
+from featcache.cache.facts import VideoRecord
 from featcache.cache.writer import CacheWriter, PublishError
 from featcache.data.manifest import VideoItem, read_manifest
 from featcache.extract.encoder import FrozenEncoder
@@ -148,19 +149,19 @@ def task_name(manifest: str, shard: tuple[int, int] | None) -> str:
     return f"{os.path.abspath(manifest)}" + (f" shard {shard[0]}/{shard[1]}" if shard is not None else "")
 
 
-def to_extract(writer: CacheWriter, items: list[VideoItem]) -> tuple[list[VideoItem], dict[str, dict]]:
+def to_extract(writer: CacheWriter, items: list[VideoItem]) -> tuple[list[VideoItem], dict[str, VideoRecord]]:
     """The items to extract (not done, or done without every policy of the store) and the
     records of the done ones that grow; from the index columns of these items only."""
     found = writer.lookup([it.video_id for it in items])
-    wanted = set(writer.attrs["frames"]["policies"])
+    wanted = set(writer.facts.policies)
     todo, grow = [], {}
     for it in items:
         have = found.get(it.video_id)
         if have is None or have["status"] != "done":
             todo.append(it)
         elif have["policies"] < len(wanted):
-            record = writer.record(it.video_id)
-            if wanted - set(record["policies"]):  # done videos that lack a policy of the store gain its frames
+            record = VideoRecord.from_json(writer.record(it.video_id))
+            if wanted - set(record.policies or ()):  # done videos that lack a policy of the store gain its frames
                 grow[it.video_id] = record
                 todo.append(it)
     return todo, grow
@@ -267,7 +268,7 @@ def nonfinite(tokens: np.ndarray) -> str:
 
 class _Pipeline:
     def __init__(self, plan: ExtractPlan, encoder: FrozenEncoder, writer: CacheWriter, summary: ExtractSummary,
-                 grow: dict[str, dict] | None = None):
+                 grow: dict[str, VideoRecord] | None = None):
         cfg = plan.request
         self.plan, self.cfg, self.encoder, self.writer, self.summary = plan, cfg, encoder, writer, summary
         self.grow = grow or {}
@@ -339,25 +340,26 @@ class _Pipeline:
         if decoded.reason:
             self._fail(decoded, decoded.reason)
             return
-        if decoded.record["source"].get("decoder_messages"):
-            self.summary.decoder_messages[decoded.item.video_id] = decoded.record["source"]["decoder_messages"]
-        if decoded.record["source"]["truncated"]:
-            what = (f"decoded {decoded.record['source']['num_frames']} frames, the container promises "
-                    f"~{decoded.record['source']['expected_frames']}")
+        record = VideoRecord.from_json(decoded.record)
+        source, found = record.source, record.source.unknown  # found: the decoder's fields without one of their own
+        if found.get("decoder_messages"):
+            self.summary.decoder_messages[decoded.item.video_id] = found.get("decoder_messages")
+        if source.truncated:
+            what = f"decoded {source.num_frames} frames, the container promises ~{source.expected_frames}"
             if self.cfg.truncated == "fail":
                 self._fail(decoded, f"truncated: {what} (--truncated fail)")
                 return
             self.summary.warnings.append(f"{decoded.item.video_id}: {what}; the file may be truncated "
                                          "(source.truncated in its record; --truncated fail refuses such files)")
-        if decoded.record["source"].get("damaged_packets"):
-            self.summary.warnings.append(f"{decoded.item.video_id}: {decoded.record['source']['decoder_note']} "
+        if found.get("damaged_packets"):
+            self.summary.warnings.append(f"{decoded.item.video_id}: {source.decoder_note} "
                                          "(source.damaged_packets in its record)")
-        if decoded.record["short"] and "clips" in decoded.record:
-            self.summary.warnings.append(f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, "
+        if record.short and record.clips is not None:
+            self.summary.warnings.append(f"{decoded.item.video_id}: {source.num_frames} frames, "
                                          "shorter than one clip; its last frame repeated")
-        elif decoded.record["short"]:
+        elif record.short:
             self.summary.warnings.append(
-                f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, fewer than "
+                f"{decoded.item.video_id}: {source.num_frames} frames, fewer than "
                 f"{self.max_count} requested; frames repeated")
         e = self.encoder
         shape = (len(decoded.frames), len(e.layers), e.num_tokens, e.dim)
@@ -452,12 +454,12 @@ class _Pipeline:
     def _publish_grown(self, decoded: Prepared, tokens, cut, side, views=None) -> int | None:
         """Old and new frames merged in source order, published in place of the old video."""
         g, entry = decoded.grown, self.writer.video(decoded.item.video_id)
-        size = len(decoded.record["frame_indices"])
+        size = len(g.old_at) + len(g.new_at)  # the merged pool: the cached frames and the new ones
 
         def merge(old: np.ndarray, new: np.ndarray, axis: int = 0) -> np.ndarray:
             out = np.empty((*old.shape[:axis], size, *old.shape[axis + 1:]), dtype=new.dtype)
-            np.moveaxis(out, axis, 0)[g["old_at"]] = np.moveaxis(old, axis, 0)
-            np.moveaxis(out, axis, 0)[g["new_at"]] = np.moveaxis(new, axis, 0)
+            np.moveaxis(out, axis, 0)[g.old_at] = np.moveaxis(old, axis, 0)
+            np.moveaxis(out, axis, 0)[g.new_at] = np.moveaxis(new, axis, 0)
             return out
 
         scores = decoded.scores if decoded.scores is not None else entry.luv_scores
@@ -468,7 +470,7 @@ class _Pipeline:
             merge(entry.views, views, axis=1) if views is not None else None)
         if written is not None:
             self.summary.extended += 1
-            self.summary.new_frames += len(g["new_at"])
+            self.summary.new_frames += len(g.new_at)
         return written
 
     def _advance(self) -> None:
