@@ -210,16 +210,16 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
     return record, pool_size
 
 
-def _clip_record(item: VideoItem, cfg, clip: dict, n: int, fps: float, size: tuple[int, int]) -> tuple[dict, int]:
+def _clip_record(item: VideoItem, cfg, clip,  n: int, fps: float, size: tuple[int, int]) -> tuple[dict, int]:
     """The record extract writes for a video encoder's clips of a video of ``n`` frames (PyAV
     timestamps at the header rate), and its row (clip) count."""
     from featcache.video.clip_prepare import clip_fields
     from featcache.video.clips import policy_clips, unique_clips
     from featcache.video.select import parse_policies
 
-    (policy,) = parse_policies(clip["policy"])
+    (policy,) = parse_policies(clip.policy)  # clip: a clip_prepare.ClipSpec
     stamps = np.arange(n) / fps
-    clips, short = policy_clips(policy, n, fps, stamps, clip["frames"], clip["rate"])
+    clips, short = policy_clips(policy, n, fps, stamps, clip.frames, clip.rate)
     rows, positions = unique_clips(clips)
     source = {"num_frames": n, "fps": fps, "width": size[0], "height": size[1], "decoder": "pyav", "decoder_note": "",
               "expected_frames": n, "truncated": False, **display_fields(*size), **decoder_log([])}

@@ -192,7 +192,7 @@ def root_attrs(cfg: ExtractRequest, encoder: FrozenEncoder) -> dict:
     if is_video_model(cfg.encoder.model):  # rows are clips; the clip policy enters the fingerprint
         attrs = _frame_root_attrs(cfg, encoder)
         attrs["frames"]["clip_policy"] = str(cfg.policies[0])
-        attrs["frames"]["clip"] = encoder.clip_spec
+        attrs["frames"]["clip"] = encoder.clip_spec.to_json()
         attrs["storage"].update(tokens_dims=["clip", "layer", "token", "channel"],
                                 token_order="the pooled output first, then the clip's T'xH'xW' positions row-major")
         return attrs

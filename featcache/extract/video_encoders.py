@@ -30,6 +30,7 @@ import torch
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError, OptionError
 from featcache.extract.encoder import EncoderConfig, FrozenEncoder, Pending, read_state_dict, resolve_precision
+from featcache.video.clip_prepare import ClipSpec
 
 VIDEO_PREFIXES = ("tv:", "hf:")
 # torchvision video models featcache runs, by family (how their tokens are read)
@@ -135,12 +136,11 @@ class VideoEncoder:
         return 0  # decode at the source size; clip_prepare resizes as torchvision's preset
 
     @property
-    def clip_spec(self) -> dict:
+    def clip_spec(self) -> ClipSpec:
         """What featcache.video.clip_prepare needs to cut, resize and crop clips (picklable)."""
-        return {"policy": str(self.policy) if self.policy else None, "frames": self.frames, "rate": self.rate,
-                "resize_size": list(self.facts["resize_size"]),
-                "crop_size": list(self.facts["crop_size"]), "interpolation": self.facts["interpolation"],
-                "resizer": self.facts.get("resizer", "torchvision"), "source": self.facts.get("source")}
+        f = self.facts
+        return ClipSpec(str(self.policy) if self.policy else None, self.frames, self.rate, list(f["resize_size"]),
+                        list(f["crop_size"]), f["interpolation"], f.get("resizer", "torchvision"), f.get("source"))
 
     def _preprocess(self) -> dict:
         f = self.facts

@@ -44,7 +44,7 @@ class DecodeSpec:
     interpolation: str
     img_size: int
     crops: int
-    clip: dict | None = None  # video encoders: VideoEncoder.clip_spec (clips are cut, resized and cropped)
+    clip: object | None = None  # video encoders: VideoEncoder.clip_spec, a clip_prepare.ClipSpec (clips are cut, resized and cropped)
     stream: int | None = None  # --stream N: the container's video stream; None: the one ffmpeg shows
     views: tuple[str, int, int] | None = None  # --train-views: (recipe, count, seed); video.views draws them
 
