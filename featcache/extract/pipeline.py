@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from featcache.cache import index, quant
-from featcache.cache.facts import VideoRecord
+from featcache.cache.facts import PreprocessFacts, VideoRecord
 from featcache.cache.writer import CacheWriter, PublishError
 from featcache.data.manifest import VideoItem, read_manifest
 from featcache.extract.encoder import FrozenEncoder
@@ -243,7 +243,7 @@ def decode_spec(cfg: ExtractRequest, encoder, policies: tuple[FramePolicy, ...] 
     policies = cfg.policies if policies is None else policies  # a plan's: the store's policies
     needs_luv = scores_needed(policies)
     return DecodeSpec(policies, cfg.short_videos, cfg.luv_size if needs_luv else None, cfg.decoder,
-                      encoder.short_side, encoder.preprocess["interpolation"], encoder.cfg.img_size, cfg.crops,
+                      encoder.short_side, PreprocessFacts.from_json(encoder.preprocess).interpolation, encoder.cfg.img_size, cfg.crops,
                       getattr(encoder, "clip_spec", None), cfg.stream,
                       (cfg.view_aug, cfg.train_views, cfg.view_seed) if cfg.train_views else None)
 
