@@ -49,7 +49,7 @@ def extract(out: str, tiny: bool) -> None:
     pixels = None
     sizes = (8, 16) if tiny else (32, 64, 128, 256)
     for policies in ("uniform:16", "uniform:8,keyframes:8"):
-        base = ExtractConfig(manifest=manifest, out="", encoder=enc_cfg, frames=policies, decode_workers=-1)
+        base = ExtractConfig(manifest=manifest, out="", encoder=enc_cfg, frames=policies, decode_workers="auto")
         frames = torch.from_numpy(decoded_frames(base, encoder)).to(dev)
         pixels = (frames.permute(0, 3, 1, 2).float() / 255 - torch.tensor(encoder.preprocess["mean"], device=dev).view(1, 3, 1, 1)) \
             / torch.tensor(encoder.preprocess["std"], device=dev).view(1, 3, 1, 1)

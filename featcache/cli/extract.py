@@ -76,7 +76,13 @@ def extract(
     from featcache.extract.pipeline import prepare_store, run_extract
 
     with user_errors():
-        cfg = extract_config(locals())
+        cfg = build_request(
+            manifest, out, model=model, weights=weights, model_arg=model_arg, img_size=img_size, frames=frames,
+            layers=layers, crops=crops, train_views=train_views, view_aug=view_aug, view_seed=view_seed,
+            cut_block=cut_block, batch_size=batch_size, device=device, precision=precision, compile_=compile_,
+            dtype=dtype, token_pool=token_pool, decoder=decoder, stream=stream, luv_size=luv_size,
+            short_videos=short_videos, truncated=truncated, shard=shard, threads=threads,
+            decode_workers=decode_workers, overwrite=overwrite)
         if init_only:
             if shard is not None or slurm or devices:
                 raise FeatcacheError("--init-only prepares the store for workers; give it without --shard, --slurm or --devices")
@@ -95,29 +101,36 @@ def extract(
         raise typer.Exit(1)
 
 
-def extract_config(p: dict):
-    """The ExtractConfig of `featcache extract`'s parsed options (``estimate`` parses the same)."""
+def build_request(manifest: str, out: str, *, model: str, weights: str, model_arg: list[str], img_size: int,
+                  frames: str, layers: str, crops: int, train_views: int, view_aug: str, view_seed: int,
+                  cut_block: int | None, batch_size: str, device: str, precision: str, compile_: bool, dtype: str,
+                  token_pool: str, decoder: str, stream: int | None, luv_size: str, short_videos: str,
+                  truncated: str, shard: str | None, threads: int, decode_workers: str, overwrite: bool):
+    """The ExtractRequest of `featcache extract`'s options as typed (``estimate`` builds its request
+    here too, from the same options). A new extract option that changes what is extracted is a
+    parameter here and a field of ``ExtractRequest``."""
     from featcache.extract.encoder import EncoderConfig
-    from featcache.extract.pipeline import ExtractConfig
+    from featcache.extract.request import AUTO, ExtractRequest
 
-    if p.get("stream") is not None and p["stream"] < 0:
-        raise FeatcacheError(f"--stream {p['stream']}: a stream index is 0 or more (ffprobe lists them)")
-    enc = EncoderConfig(model=p["model"], weights=p["weights"], img_size=p["img_size"],
-                        layers=parse_ints(p["layers"], "--layers"), precision=p["precision"], device=p["device"],
-                        cut_block=p["cut_block"], token_pool=_word_or_int(p["token_pool"], "--token-pool", "mean"), compile=p["compile_"],
-                        model_args=parse_model_args(p["model_arg"]))
-    return ExtractConfig(manifest=p["manifest"], out=p["out"], encoder=enc, frames=p["frames"],
-                         batch_size=_word_or_int(p["batch_size"], "--batch-size", "auto"), dtype=p["dtype"], decoder=p["decoder"],
-                         luv_size=parse_size(p["luv_size"]), short_videos=p["short_videos"], truncated=p["truncated"],
-                         overwrite=p["overwrite"], shard=parse_shard(p["shard"]), crops=p["crops"],
-                         threads=p["threads"], decode_workers=_auto_workers(p["decode_workers"]), stream=p.get("stream"),
-                         train_views=p.get("train_views", 0), view_aug=p.get("view_aug", "torchvision"),
-                         view_seed=p.get("view_seed", 0))
+    if stream is not None and stream < 0:
+        raise FeatcacheError(f"--stream {stream}: a stream index is 0 or more (ffprobe lists them)")
+    enc = EncoderConfig(model=model, weights=weights, img_size=img_size, layers=parse_ints(layers, "--layers"),
+                        precision=precision, device=device, cut_block=cut_block,
+                        token_pool=_word_or_int(token_pool, "--token-pool", "mean"), compile=compile_,
+                        model_args=parse_model_args(model_arg))
+    return ExtractRequest(manifest=manifest, out=out, encoder=enc, frames=frames,
+                          batch_size=_word_or_int(batch_size, "--batch-size", AUTO), dtype=dtype, decoder=decoder,
+                          luv_size=parse_size(luv_size), short_videos=short_videos, truncated=truncated,
+                          overwrite=overwrite, shard=parse_shard(shard), crops=crops, threads=threads,
+                          decode_workers=_word_or_int(decode_workers, "--decode-workers", AUTO, minimum=0),
+                          stream=stream, train_views=train_views, view_aug=view_aug, view_seed=view_seed)
 
 
-def _auto_workers(text: str) -> int:
-    value = _word_or_int(text, "--decode-workers", "auto", minimum=0)
-    return -1 if value == "auto" else value
+def request_options(parsed: dict) -> dict:
+    """The options of ``build_request`` among those click parsed for the extract command."""
+    import inspect
+
+    return {name: parsed[name] for name in inspect.signature(build_request).parameters}
 
 
 def _word_or_int(text: str, option: str, word: str, minimum: int = 1):
@@ -162,7 +175,7 @@ def estimate(
             if not hasattr(exc, "format_message"):
                 raise
             raise FeatcacheError(f"estimate: {exc.format_message()}") from None
-        est = run_estimate(extract_config(parsed), measure=not no_time)
+        est = run_estimate(build_request(**request_options(parsed)), measure=not no_time)
     if as_json:
         typer.echo(json.dumps(est.as_dict(), indent=1))
         return

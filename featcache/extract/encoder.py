@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from featcache.cache.facts import PreprocessFacts
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError, OptionError
 
@@ -68,9 +69,10 @@ class FrozenEncoder:
         self.model, self.weights_info = build_model(cfg)
         check_patch_multiple(self.model, cfg)
         self.model.eval().requires_grad_(False).to(self.device)
-        self.preprocess = _preprocess_config(self.model, cfg.img_size)
-        mean = torch.tensor(self.preprocess["mean"]).view(1, 3, 1, 1) * 255
-        std = torch.tensor(self.preprocess["std"]).view(1, 3, 1, 1) * 255
+        self.preprocess = _preprocess_config(self.model, cfg.img_size)  # the store's preprocess section
+        self.preprocess_facts = PreprocessFacts.from_json(self.preprocess)  # ... read through its type
+        mean = torch.tensor(self.preprocess_facts.mean).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.preprocess_facts.std).view(1, 3, 1, 1) * 255
         self._mean, self._std = mean.to(self.device), std.to(self.device)
         self.is_vit = "return_prefix_tokens" in inspect.signature(
             getattr(self.model, "forward_intermediates", lambda: None)).parameters
@@ -92,7 +94,7 @@ class FrozenEncoder:
     @property
     def short_side(self) -> int:
         """Decode frames with their shorter side at this size (timm's eval resize)."""
-        return self.preprocess["resize_short_side"]
+        return self.preprocess_facts.resize_short_side
 
     def crop(self, frames: np.ndarray, position: int = 1, count: int = 1) -> np.ndarray:
         """The model's crop of resized uint8 frames (featcache.video.prepare.crop)."""

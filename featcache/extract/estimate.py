@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featcache.cache import index, packed, schema
+from featcache.cache.facts import StoreAttrs, store_attrs
 from featcache.cache.store import frame_bytes, to_json
 from featcache.data.manifest import VideoItem, read_manifest
 from featcache.spec.policy import scores_needed, short_below
@@ -112,7 +113,9 @@ def estimate(cfg, measure: bool = True) -> Estimate:
     est = Estimate(token_bytes_per_frame=frame_bytes(attrs), unit="frame" if clip is None else "clip")
     needs_luv = scores_needed(cfg.policies)
     task = task_name(cfg.manifest, cfg.shard)
-    stores = {overlap: _StoreBytes(attrs, task) for overlap in ("expected", "min", "max")}
+    facts = store_attrs(attrs)
+    expected, low, high = (_StoreBytes(attrs, task) for _ in range(3))
+    stores = {"expected": expected, "min": low, "max": high}  # how key frames overlap the other policies' frames
     for item in items:
         try:
             n, fps, fmt, width, height = header_frames(item.path)
@@ -127,7 +130,7 @@ def estimate(cfg, measure: bool = True) -> Estimate:
             record, t = (_video_record(item, cfg, n, fps, fmt, needs_luv, (width, height), overlap) if clip is None
                          else _clip_record(item, cfg, clip, n, fps, (width, height)))
             if cfg.train_views:  # the views extract draws (the same boxes: the same seed, id and frame size)
-                record["views"] = _views(item, cfg, attrs, width, height)
+                record["views"] = _views(item, cfg, facts, width, height)
             rows = {schema.TOKENS: t, schema.LUV_SCORES: n if needs_luv else 0, schema.TOKEN_SCALES: t,
                     schema.CHANNEL_SCALES: 1, schema.CUT: t, schema.SIDE_CROPS: t, schema.VIEWS: t,
                     schema.VIEW_SCALES: t}
@@ -138,8 +141,8 @@ def estimate(cfg, measure: bool = True) -> Estimate:
                 est.forwards += t * (cfg.crops + cfg.train_views)  # frames through the model: crops and views
     for store in stores.values():
         store.seal()
-    est.bytes, est.files = stores["expected"].bytes, stores["expected"].files
-    est.bytes_min, est.bytes_max = stores["min"].bytes, stores["max"].bytes
+    est.bytes, est.files = expected.bytes, expected.files
+    est.bytes_min, est.bytes_max = low.bytes, high.bytes
     if scores_needed(cfg.policies) and len(cfg.policies) > 1:
         est.notes.append("key frames are assumed to fall anywhere in the video: their overlap with the other "
                          "policies' frames is estimated, not known")
@@ -154,11 +157,11 @@ def estimate(cfg, measure: bool = True) -> Estimate:
     return est
 
 
-def _views(item: VideoItem, cfg, attrs: dict, width: int, height: int) -> list[dict]:
+def _views(item: VideoItem, cfg, facts: StoreAttrs, width: int, height: int) -> list[dict]:
     from featcache.video.decode import resize_to_short_side
     from featcache.video.views import draw_views
 
-    w, h = resize_to_short_side(width, height, attrs["preprocess"]["resize_short_side"])
+    w, h = resize_to_short_side(width, height, facts.preprocess.resize_short_side)
     return draw_views(cfg.view_aug, cfg.train_views, cfg.view_seed, item.video_id, w, h, (width, height))
 
 
@@ -210,16 +213,16 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
     return record, pool_size
 
 
-def _clip_record(item: VideoItem, cfg, clip: dict, n: int, fps: float, size: tuple[int, int]) -> tuple[dict, int]:
+def _clip_record(item: VideoItem, cfg, clip,  n: int, fps: float, size: tuple[int, int]) -> tuple[dict, int]:
     """The record extract writes for a video encoder's clips of a video of ``n`` frames (PyAV
     timestamps at the header rate), and its row (clip) count."""
     from featcache.video.clip_prepare import clip_fields
     from featcache.video.clips import policy_clips, unique_clips
     from featcache.video.select import parse_policies
 
-    (policy,) = parse_policies(clip["policy"])
+    (policy,) = parse_policies(clip.policy)  # clip: a clip_prepare.ClipSpec
     stamps = np.arange(n) / fps
-    clips, short = policy_clips(policy, n, fps, stamps, clip["frames"], clip["rate"])
+    clips, short = policy_clips(policy, n, fps, stamps, clip.frames, clip.rate)
     rows, positions = unique_clips(clips)
     source = {"num_frames": n, "fps": fps, "width": size[0], "height": size[1], "decoder": "pyav", "decoder_note": "",
               "expected_frames": n, "truncated": False, **display_fields(*size), **decoder_log([])}
@@ -233,6 +236,7 @@ class _StoreBytes:
 
     def __init__(self, attrs: dict, task: str | None = None):
         self.attrs, self.plan, self.task = attrs, packed.row_plan(attrs), task
+        self.policies = list(store_attrs(attrs).policies)
         self.table = index.table_of(attrs)
         root = dict(attrs, layout=schema.PACKED_LAYOUT, store_id="0" * 32)
         self.root = root
@@ -262,7 +266,7 @@ class _StoreBytes:
         status = record.get("status", "done")
         if status == "done":
             record = dict(record, status="done", has_luv_scores=bool(rows.get(schema.LUV_SCORES)))
-        for which, nbytes in packed.index_bytes(to_json(record), placed, self.attrs["frames"]["policies"],
+        for which, nbytes in packed.index_bytes(to_json(record), placed, self.policies,
                                                 table=self.table).items():
             self.bytes += nbytes
             self.index_bytes[which] += nbytes

@@ -5,8 +5,11 @@ forwards or in decode worker processes a bounded number of videos ahead; the mod
 batches that span videos, and each video is published as soon as all its frames are through.
 On CUDA the forward of one batch is queued while the next is assembled (FrozenEncoder.submit).
 
-Long module: the configuration, its validation and the pipeline loop that overlaps decoding,
-forwards and publishing are one unit; the loop alone is ~180 lines.
+The request and its resolved plan live in featcache.extract.request; run_extract resolves the
+plan once and the loop reads it.
+
+Long module: the run, the store's provenance attributes and the pipeline loop that overlaps
+decoding, forwards and publishing are one unit; the loop alone is ~180 lines.
 """
 from __future__ import annotations
 
@@ -16,58 +19,29 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import torch
 
-from featcache.cache import index, quant, schema
+from featcache.cache import index, quant
+from featcache.cache.facts import PreprocessFacts, VideoRecord
 from featcache.cache.writer import CacheWriter, PublishError
 from featcache.data.manifest import VideoItem, read_manifest
-from featcache.errors import FeatcacheError, OptionError
-from featcache.extract.encoder import EncoderConfig, FrozenEncoder
+from featcache.extract.encoder import FrozenEncoder
+from featcache.extract.request import (  # noqa: F401  (ExtractConfig, validate, ...: re-exported)
+    AUTO,
+    SHORT_VIDEO_MODES,
+    VIDEO_BATCH,
+    ExtractConfig,
+    ExtractPlan,
+    ExtractRequest,
+    resolve_plan,
+    validate,
+)
 from featcache.extract.video_encoders import is_video_model, make_encoder
-from featcache.spec.policy import FramePolicy, parse_policies, scores_needed, short_below
+from featcache.spec.policy import FramePolicy, scores_needed, short_below
 from featcache.version import __version__
-from featcache.video.decode import DECODERS
 from featcache.video.prepare import DecodePool, DecodeSpec, Prepared, auto_workers, prepare, usable_cores
-
-SHORT_VIDEO_MODES = ("repeat", "fail")
-VIDEO_BATCH = 4  # clips per forward of a video encoder under --batch-size auto
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything `featcache extract` needs; the CLI builds one of these."""
-
-    manifest: str
-    out: str
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    frames: str = "uniform:16"  # policies; the union of their frames is cached once
-    batch_size: int | str = 32  # frames per forward pass, spanning videos; "auto": probed per device (batchsize.py)
-    dtype: str = "float16"  # storage dtype of the tokens
-    decoder: str = "auto"  # auto = pyav, one in-order pass; decord / torchcodec: random access checked against PyAV
-    luv_size: tuple[int, int] | str = (64, 48)  # (w, h) scale of key-frame LUV scoring, or "full" (the source size)
-    short_videos: str = "repeat"  # fewer frames than a policy asks: repeat frames or fail the video
-    truncated: str = "warn"  # fewer frames decoded than the container promises: warn (record field) or fail the video
-    overwrite: bool = False  # replace an existing cache made with other settings (never one whose settings match)
-    shard: tuple[int, int] | None = None  # (index, count): process only this shard of the videos
-    prefetch: int = 4  # decoded videos waiting for the model
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
-    crops: int = 1  # 1: the centre crop; 3: also the first and last crop along the long side (spatial views)
-    decode_workers: int = 0  # decode processes (0: decode in this process between forwards; -1: auto from the free cores)
-    stream: int | None = None  # the container's video stream index; None: the one ffmpeg shows by default
-    train_views: int = 0  # augmented training views per video (random-resized crop + flip), cached beside the centre
-    view_aug: str = "torchvision"  # their recipe (featcache.video.views.RECIPES)
-    view_seed: int = 0  # seeds every video's view draws (with its id): a resume draws the same views
-
-    @cached_property
-    def policies(self) -> tuple[FramePolicy, ...]:
-        """``frames`` parsed (once); FeatcacheError naming the bad part."""
-        try:
-            return parse_policies(self.frames)
-        except ValueError as exc:
-            raise OptionError("frames", f"{exc}") from None
 
 
 @dataclass
@@ -103,76 +77,16 @@ class _Job:
     filled: int = 0  # frames with tokens
 
 
-def validate(cfg: ExtractConfig) -> None:
-    """Fail fast on bad options, before any model is built."""
-    cfg.policies  # noqa: B018  (parses --frames)
-    clips = [str(p) for p in cfg.policies if p.unit == "clip"]
-    if is_video_model(cfg.encoder.model) and not clips:
-        raise FeatcacheError(f"--frames {cfg.frames}: {cfg.encoder.model} is a video encoder; it takes a clip policy "
-                             "(clips:N, or fps:F,windows:W/S)")
-    if clips and not is_video_model(cfg.encoder.model):
-        raise FeatcacheError(f"--frames {clips[0]}: clip policies are for video encoders (--model tv:NAME); "
-                             f"{cfg.encoder.model} is an image model: use uniform:N, keyframes:N, stride:S or fps:F")
-    if clips and cfg.crops != 1:
-        raise FeatcacheError("--crops 3: video encoders cache the centre crop only")
-    if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
-        raise OptionError("batch_size", f"expected auto or an integer >= 1, got {cfg.batch_size!r}")
-    if cfg.dtype not in schema.STORAGE_DTYPES:
-        raise OptionError("dtype", f"unknown {cfg.dtype!r}; expected one of {', '.join(schema.STORAGE_DTYPES)}")
-    if cfg.decoder not in DECODERS:
-        raise OptionError("decoder", f"unknown {cfg.decoder!r}; expected one of {', '.join(DECODERS)}")
-    if cfg.short_videos not in SHORT_VIDEO_MODES:
-        raise OptionError("short_videos", f"unknown {cfg.short_videos!r}; expected repeat or fail")
-    if cfg.luv_size != "full" and not (isinstance(cfg.luv_size, (tuple, list)) and len(cfg.luv_size) == 2
-                                       and all(isinstance(v, int) and v >= 2 for v in cfg.luv_size)):
-        raise OptionError("luv_size", f"expected WxH such as 64x48, or full, got {cfg.luv_size!r}")
-    if cfg.luv_size == "full" and cfg.decoder in ("decord", "torchcodec") and scores_needed(cfg.policies):
-        raise FeatcacheError(f"--luv-size full is scored in the in-order pass; use --decoder auto or pyav, "
-                             f"not {cfg.decoder}")
-    if cfg.truncated not in ("warn", "fail"):
-        raise OptionError("truncated", f"unknown {cfg.truncated!r}; expected warn or fail")
-    if cfg.decode_workers < -1:
-        raise OptionError("decode_workers", f"expected auto or an integer >= 0, got {cfg.decode_workers}")
-    if cfg.crops not in (1, 3):
-        raise OptionError("crops", f"expected 1 or 3, got {cfg.crops}")
-    if cfg.dtype == "int8" and cfg.crops == 3:
-        raise FeatcacheError("--dtype int8 with --crops 3: int8 stores hold the centre crop only; use float16")
-    if cfg.encoder.token_pool != 1 and cfg.encoder.cut_block is not None:
-        raise FeatcacheError("--token-pool with --cut-block: the cut keeps the full grid; give one of them")
-    if cfg.crops == 3 and cfg.encoder.cut_block is not None:
-        raise FeatcacheError("--crops 3 with --cut-block: the cut is cached for the centre crop only; give one of them")
-    _validate_views(cfg)
-    if cfg.overwrite and cfg.shard is not None:
-        raise FeatcacheError(
-            "--overwrite with --shard: each shard would replace the store under the others; replace it once "
-            f"with `featcache extract {cfg.manifest} --out {cfg.out} --overwrite --init-only` (same options, "
-            "no --shard), then start the shards without --overwrite")
-
-
-def _validate_views(cfg: ExtractConfig) -> None:
-    from featcache.video.views import RECIPES
-
-    if not isinstance(cfg.train_views, int) or cfg.train_views < 0:
-        raise OptionError("train_views", f"expected an integer >= 0, got {cfg.train_views!r}")
-    if cfg.view_aug not in RECIPES:
-        raise OptionError("view_aug", f"unknown {cfg.view_aug!r}; expected one of {', '.join(RECIPES)}")
-    if cfg.train_views and is_video_model(cfg.encoder.model):
-        raise FeatcacheError(f"--train-views {cfg.train_views}: training views are cached for image models only; "
-                             f"{cfg.encoder.model} is a video encoder")
-    if cfg.train_views and cfg.encoder.cut_block is not None:
-        raise FeatcacheError("--train-views with --cut-block: the cut is cached for the centre crop only; give one "
-                             "of them")
-
-
 def shard_of(video_id: str, count: int) -> int:
     """Stable shard of a video: independent of manifest order, process and machine."""
     return int.from_bytes(hashlib.sha256(video_id.encode("utf-8")).digest()[:8], "big") % count
 
 
-def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummary:
+def run_extract(cfg: ExtractRequest, show_progress: bool = True) -> ExtractSummary:
     """Extract every video of the manifest (or shard) not yet in the cache. With
     ``cfg.overwrite`` (never together with a shard) a store made with other settings is
-    replaced first; workers of a launcher get ``overwrite=False`` (see :func:`prepare_store`)."""
+    replaced first; workers of a launcher get ``overwrite=False`` (see :func:`prepare_store`).
+    The request is resolved once into an :class:`ExtractPlan` (``request.resolve_plan``)."""
     validate(cfg)
     items = read_manifest(cfg.manifest)
     if cfg.shard is not None:
@@ -183,7 +97,6 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
     encoder = make_encoder(cfg.encoder, cfg.policies)
     writer = CacheWriter.open(cfg.out, root_attrs(cfg, encoder), replace=cfg.overwrite,
                               task=task_name(cfg.manifest, cfg.shard))
-    cfg = dataclasses.replace(cfg, frames=",".join(writer.attrs["frames"]["policies"]))  # with policies added earlier
     todo, grow = to_extract(writer, items)
     summary = ExtractSummary(total=len(items), skipped=len(items) - len(todo), replaced=writer.replaced)
     relabelled = relabelled_videos(items, writer)
@@ -192,24 +105,15 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
             f"{len(relabelled)} cached video(s) have other labels or splits in {cfg.manifest} than at their "
             f"extraction (e.g. {relabelled[0]}); the store keeps its own (tokens do not depend on them): "
             f"train with --manifest {cfg.manifest} to use these")
-    workers = cfg.decode_workers if cfg.decode_workers >= 0 else auto_workers(encoder.device.type)
+    workers = cfg.decode_workers if cfg.decode_workers != AUTO else auto_workers(encoder.device.type)
     if workers and not cfg.threads and encoder.device.type == "cpu":  # decoders and the model share the cores
         torch.set_num_threads(max(1, usable_cores() - workers))
-    cfg = dataclasses.replace(cfg, decode_workers=workers)
     summary.decode_note = (f"decoding in {workers} worker process(es), the model on {torch.get_num_threads()} "
                            "thread(s)" if workers else "decoding between forwards in the model's process")
-    entry = None
-    if cfg.batch_size == "auto" and is_video_model(cfg.encoder.model):  # not probed: clips are costly and few
-        cfg = dataclasses.replace(cfg, batch_size=VIDEO_BATCH)
-        summary.batch_size_note = f"batch size {VIDEO_BATCH} clips (auto is not probed for video encoders)"
-    if cfg.batch_size == "auto":
-        from featcache.extract.batchsize import probe
-
-        entry, how = probe(encoder) if todo else ({"batch_size": 32}, "auto: nothing to extract")
-        cfg = dataclasses.replace(cfg, batch_size=int(entry["batch_size"]))
-        summary.batch_size_note = f"batch size {cfg.batch_size} ({how})"
+    plan = resolve_plan(cfg, encoder, writer.facts.policies, workers, bool(todo))  # with policies added earlier
+    summary.batch_size_note = plan.batch_size_note
     start = time.perf_counter()
-    pipe = _Pipeline(cfg, encoder, writer, summary, grow)
+    pipe = _Pipeline(plan, encoder, writer, summary, grow)
     try:
         pipe.run(todo, show_progress)
     finally:
@@ -221,10 +125,10 @@ def run_extract(cfg: ExtractConfig, show_progress: bool = True) -> ExtractSummar
                 summary.warnings.append(str(exc))
         summary.warnings += writer.warnings
     summary.wall_s = time.perf_counter() - start
-    if entry is not None and todo:
+    if plan.probe is not None and todo:
         from featcache.extract.batchsize import judge
 
-        note = judge(encoder, entry, how.startswith("auto: cached"), *pipe.full_batches)
+        note = judge(encoder, plan.probe, plan.probe_cached, *pipe.full_batches)
         summary.batch_size_note += f"; {note}" if note else ""
     return summary
 
@@ -245,19 +149,19 @@ def task_name(manifest: str, shard: tuple[int, int] | None) -> str:
     return f"{os.path.abspath(manifest)}" + (f" shard {shard[0]}/{shard[1]}" if shard is not None else "")
 
 
-def to_extract(writer: CacheWriter, items: list[VideoItem]) -> tuple[list[VideoItem], dict[str, dict]]:
+def to_extract(writer: CacheWriter, items: list[VideoItem]) -> tuple[list[VideoItem], dict[str, VideoRecord]]:
     """The items to extract (not done, or done without every policy of the store) and the
     records of the done ones that grow; from the index columns of these items only."""
     found = writer.lookup([it.video_id for it in items])
-    wanted = set(writer.attrs["frames"]["policies"])
+    wanted = set(writer.facts.policies)
     todo, grow = [], {}
     for it in items:
         have = found.get(it.video_id)
         if have is None or have["status"] != "done":
             todo.append(it)
         elif have["policies"] < len(wanted):
-            record = writer.record(it.video_id)
-            if wanted - set(record["policies"]):  # done videos that lack a policy of the store gain its frames
+            record = VideoRecord.from_json(writer.record(it.video_id))
+            if wanted - set(record.policies or ()):  # done videos that lack a policy of the store gain its frames
                 grow[it.video_id] = record
                 todo.append(it)
     return todo, grow
@@ -271,7 +175,7 @@ def relabelled_videos(items: list[VideoItem], cache) -> list[str]:
             (list(it.labels), it.split) != (list(briefs[it.video_id]["labels"]), briefs[it.video_id]["split"])]
 
 
-def prepare_store(cfg: ExtractConfig, device: str | None = None) -> list[str]:
+def prepare_store(cfg: ExtractRequest, device: str | None = None) -> list[str]:
     """What a launcher does once, before any worker starts: create the store, or with
     ``cfg.overwrite`` replace one made with other settings (a store whose settings match is
     kept). The model is built on ``device`` (default: the config's) to know the provenance.
@@ -283,19 +187,19 @@ def prepare_store(cfg: ExtractConfig, device: str | None = None) -> list[str]:
     return CacheWriter.open(cfg.out, root_attrs(cfg, encoder), replace=cfg.overwrite).replaced
 
 
-def root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
+def root_attrs(cfg: ExtractRequest, encoder: FrozenEncoder) -> dict:
     """The store's provenance: everything needed to interpret its tokens."""
     if is_video_model(cfg.encoder.model):  # rows are clips; the clip policy enters the fingerprint
         attrs = _frame_root_attrs(cfg, encoder)
         attrs["frames"]["clip_policy"] = str(cfg.policies[0])
-        attrs["frames"]["clip"] = encoder.clip_spec
+        attrs["frames"]["clip"] = encoder.clip_spec.to_json()
         attrs["storage"].update(tokens_dims=["clip", "layer", "token", "channel"],
                                 token_order="the pooled output first, then the clip's T'xH'xW' positions row-major")
         return attrs
     return _frame_root_attrs(cfg, encoder)
 
 
-def _frame_root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
+def _frame_root_attrs(cfg: ExtractRequest, encoder: FrozenEncoder) -> dict:
     return {
         "featcache_version": __version__,
         **encoder.provenance(),
@@ -322,7 +226,7 @@ def _frame_root_attrs(cfg: ExtractConfig, encoder: FrozenEncoder) -> dict:
     }
 
 
-def _views_attrs(cfg: ExtractConfig) -> dict:
+def _views_attrs(cfg: ExtractRequest) -> dict:
     """``views`` (and the wider index table it needs) of a store with training views; nothing
     otherwise, so the attributes and fingerprints of stores without views stay as they were."""
     if not cfg.train_views:
@@ -333,12 +237,13 @@ def _views_attrs(cfg: ExtractConfig) -> dict:
     return {"views": views_attrs(cfg.train_views, cfg.view_aug, cfg.view_seed, RECIPES[cfg.view_aug].source)}
 
 
-def decode_spec(cfg: ExtractConfig, encoder) -> DecodeSpec:
+def decode_spec(cfg: ExtractRequest, encoder, policies: tuple[FramePolicy, ...] | None = None) -> DecodeSpec:
     """What the decoding side needs for this extraction and model: the pipeline's own spec, for
     tools that decode as extraction does (``video.prepare.prepare(item, decode_spec(cfg, enc))``)."""
-    needs_luv = scores_needed(cfg.policies)
-    return DecodeSpec(cfg.policies, cfg.short_videos, cfg.luv_size if needs_luv else None, cfg.decoder,
-                      encoder.short_side, encoder.preprocess["interpolation"], encoder.cfg.img_size, cfg.crops,
+    policies = cfg.policies if policies is None else policies  # a plan's: the store's policies
+    needs_luv = scores_needed(policies)
+    return DecodeSpec(policies, cfg.short_videos, cfg.luv_size if needs_luv else None, cfg.decoder,
+                      encoder.short_side, PreprocessFacts.from_json(encoder.preprocess).interpolation, encoder.cfg.img_size, cfg.crops,
                       getattr(encoder, "clip_spec", None), cfg.stream,
                       (cfg.view_aug, cfg.train_views, cfg.view_seed) if cfg.train_views else None)
 
@@ -362,12 +267,13 @@ def nonfinite(tokens: np.ndarray) -> str:
 
 
 class _Pipeline:
-    def __init__(self, cfg: ExtractConfig, encoder: FrozenEncoder, writer: CacheWriter, summary: ExtractSummary,
-                 grow: dict[str, dict] | None = None):
-        self.cfg, self.encoder, self.writer, self.summary = cfg, encoder, writer, summary
+    def __init__(self, plan: ExtractPlan, encoder: FrozenEncoder, writer: CacheWriter, summary: ExtractSummary,
+                 grow: dict[str, VideoRecord] | None = None):
+        cfg = plan.request
+        self.plan, self.cfg, self.encoder, self.writer, self.summary = plan, cfg, encoder, writer, summary
         self.grow = grow or {}
-        self.workers = max(0, cfg.decode_workers)  # resolved by run_extract
-        self.policies = cfg.policies
+        self.workers = plan.decode_workers
+        self.policies = plan.policies
         self.max_count = short_below(self.policies)  # stride pools are never short
         self.needs_luv = scores_needed(self.policies)
         self.jobs: deque[_Job] = deque()
@@ -381,7 +287,7 @@ class _Pipeline:
     # ---------------------------------------------------------------- decoding side
     def _prepared(self, items: list[VideoItem]):
         """Each item decoded, selected and cropped, in order: in this thread or in worker processes."""
-        spec = decode_spec(self.cfg, self.encoder)
+        spec = decode_spec(self.cfg, self.encoder, self.policies)
         if not self.workers:
             yield from (prepare(item, spec, self.grow.get(item.video_id)) for item in items)
             return
@@ -410,7 +316,7 @@ class _Pipeline:
             try:
                 for decoded in source:
                     self._accept(decoded)
-                    while self._buffered() >= self.cfg.batch_size:
+                    while self._buffered() >= self.plan.batch_size:
                         self._forward()
                 while self.jobs or self.inflight:
                     self._forward()
@@ -434,25 +340,26 @@ class _Pipeline:
         if decoded.reason:
             self._fail(decoded, decoded.reason)
             return
-        if decoded.record["source"].get("decoder_messages"):
-            self.summary.decoder_messages[decoded.item.video_id] = decoded.record["source"]["decoder_messages"]
-        if decoded.record["source"]["truncated"]:
-            what = (f"decoded {decoded.record['source']['num_frames']} frames, the container promises "
-                    f"~{decoded.record['source']['expected_frames']}")
+        record = VideoRecord.from_json(decoded.record)
+        source, found = record.source, record.source.unknown  # found: the decoder's fields without one of their own
+        if found.get("decoder_messages"):
+            self.summary.decoder_messages[decoded.item.video_id] = found.get("decoder_messages")
+        if source.truncated:
+            what = f"decoded {source.num_frames} frames, the container promises ~{source.expected_frames}"
             if self.cfg.truncated == "fail":
                 self._fail(decoded, f"truncated: {what} (--truncated fail)")
                 return
             self.summary.warnings.append(f"{decoded.item.video_id}: {what}; the file may be truncated "
                                          "(source.truncated in its record; --truncated fail refuses such files)")
-        if decoded.record["source"].get("damaged_packets"):
-            self.summary.warnings.append(f"{decoded.item.video_id}: {decoded.record['source']['decoder_note']} "
+        if found.get("damaged_packets"):
+            self.summary.warnings.append(f"{decoded.item.video_id}: {source.decoder_note} "
                                          "(source.damaged_packets in its record)")
-        if decoded.record["short"] and "clips" in decoded.record:
-            self.summary.warnings.append(f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, "
+        if record.short and record.clips is not None:
+            self.summary.warnings.append(f"{decoded.item.video_id}: {source.num_frames} frames, "
                                          "shorter than one clip; its last frame repeated")
-        elif decoded.record["short"]:
+        elif record.short:
             self.summary.warnings.append(
-                f"{decoded.item.video_id}: {decoded.record['source']['num_frames']} frames, fewer than "
+                f"{decoded.item.video_id}: {source.num_frames} frames, fewer than "
                 f"{self.max_count} requested; frames repeated")
         e = self.encoder
         shape = (len(decoded.frames), len(e.layers), e.num_tokens, e.dim)
@@ -464,7 +371,7 @@ class _Pipeline:
 
     def _forward(self) -> None:
         """Run one batch of up to batch_size frames, taken in order across videos."""
-        parts, room = [], self.cfg.batch_size
+        parts, room = [], self.plan.batch_size
         for job in self.jobs:
             take = min(room, len(job.decoded.frames) - job.sent)
             if take:
@@ -490,7 +397,7 @@ class _Pipeline:
     def _collect(self, parts: list, pending, submit_s: float = 0.0, size: int = 0) -> None:
         t = time.perf_counter()
         tokens, cut = pending.result()  # (B, L, N, C), (B, N, C) or None
-        if size == self.cfg.batch_size:  # the forward's own time (on CUDA: the wait, roughly the device's)
+        if size == self.plan.batch_size:  # the forward's own time (on CUDA: the wait, roughly the device's)
             fb = self.full_batches
             fb[0], fb[1], fb[2] = fb[0] + 1, fb[1] + submit_s + time.perf_counter() - t, fb[2] + size
         # cast to the stored dtype in torch (vectorised; numpy's float32 -> float16 is ~5x slower),
@@ -547,12 +454,12 @@ class _Pipeline:
     def _publish_grown(self, decoded: Prepared, tokens, cut, side, views=None) -> int | None:
         """Old and new frames merged in source order, published in place of the old video."""
         g, entry = decoded.grown, self.writer.video(decoded.item.video_id)
-        size = len(decoded.record["frame_indices"])
+        size = len(g.old_at) + len(g.new_at)  # the merged pool: the cached frames and the new ones
 
         def merge(old: np.ndarray, new: np.ndarray, axis: int = 0) -> np.ndarray:
             out = np.empty((*old.shape[:axis], size, *old.shape[axis + 1:]), dtype=new.dtype)
-            np.moveaxis(out, axis, 0)[g["old_at"]] = np.moveaxis(old, axis, 0)
-            np.moveaxis(out, axis, 0)[g["new_at"]] = np.moveaxis(new, axis, 0)
+            np.moveaxis(out, axis, 0)[g.old_at] = np.moveaxis(old, axis, 0)
+            np.moveaxis(out, axis, 0)[g.new_at] = np.moveaxis(new, axis, 0)
             return out
 
         scores = decoded.scores if decoded.scores is not None else entry.luv_scores
@@ -563,7 +470,7 @@ class _Pipeline:
             merge(entry.views, views, axis=1) if views is not None else None)
         if written is not None:
             self.summary.extended += 1
-            self.summary.new_frames += len(g["new_at"])
+            self.summary.new_frames += len(g.new_at)
         return written
 
     def _advance(self) -> None:

@@ -24,12 +24,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 
 import torch
 
 from featcache.device import resolve_device
 from featcache.errors import FeatcacheError, OptionError
 from featcache.extract.encoder import EncoderConfig, FrozenEncoder, Pending, read_state_dict, resolve_precision
+from featcache.video.clip_prepare import ClipSpec
 
 VIDEO_PREFIXES = ("tv:", "hf:")
 # torchvision video models featcache runs, by family (how their tokens are read)
@@ -49,6 +51,29 @@ def make_encoder(cfg: EncoderConfig, policies: tuple = ()):
     if cfg.model.startswith(VIDEO_PREFIXES):
         return VideoEncoder(cfg, policies)
     return FrozenEncoder(cfg)
+
+
+@dataclass(frozen=True)
+class PresetFacts:
+    """A video model's preprocessing and sampling: torchvision's preset (``weights_facts``) or a
+    transformers video processor (``hf_video._facts``), with --model-arg overrides applied."""
+
+    weights: str
+    url: str | None
+    crop_size: list[int]  # (height, width)
+    resize_size: list[int]
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    clip_len: int
+    frame_rate: float | None
+    min_temporal_size: int | None = None
+    resizer: str = "torchvision"  # or hf: the model's own video processor
+    source: str | None = None  # hf: the model whose processor resizes
+    antialias: bool = False
+    prefix: str | None = None  # what the pooled token is, when not the classifier's input
+    preset: str | None = None
+    resize_backend: str | None = None
 
 
 def weights_facts(name: str, model_args: dict) -> dict:
@@ -94,7 +119,7 @@ class VideoEncoder:
         clips = [p for p in policies if getattr(p, "unit", "") == "clip"]
         self.policy = clips[0] if clips else None  # what clip_prepare cuts (None: a bare encoder, e.g. estimate's)
         self._load(cfg)  # family, facts (preprocessing, sampling), model, weights_info
-        own = (self.facts["clip_len"], self.facts["frame_rate"])  # the model's clip length and sampling rate
+        own = (self.facts.clip_len, self.facts.frame_rate)  # the model's clip length and sampling rate
         frames, rate = self.policy.clip_shape(*own) if clips else own  # windows:W/S@fps:F cuts its own
         if rate is None:
             raise FeatcacheError(f"--model {cfg.model}: its files give no sampling rate for clips:N; give "
@@ -102,9 +127,9 @@ class VideoEncoder:
         self.frames, self.rate = int(frames), float(rate)
         self.model.eval().requires_grad_(False).to(self.device)
         self.preprocess = self._preprocess()
-        self._mean = torch.tensor(self.facts["mean"]).view(1, 3, 1, 1, 1).to(self.device)
-        self._std = torch.tensor(self.facts["std"]).view(1, 3, 1, 1, 1).to(self.device)
-        h, w = self.facts["crop_size"]
+        self._mean = torch.tensor(self.facts.mean).view(1, 3, 1, 1, 1).to(self.device)
+        self._std = torch.tensor(self.facts.std).view(1, 3, 1, 1, 1).to(self.device)
+        h, w = self.facts.crop_size
         try:
             tokens, self.clip_grid = self._forward_tokens(self._normalise(torch.zeros(1, self.frames, h, w, 3,
                                                                                       device=self.device)))
@@ -119,14 +144,15 @@ class VideoEncoder:
         if cfg.model.startswith("hf:"):  # transformers VideoMAE / V-JEPA 2 (featcache/extract/hf_video.py)
             from featcache.extract.hf_video import load_hf
 
-            self.hf, self.model, self.weights_info, self.facts = load_hf(cfg, PREPROCESS_ARGS, load_weights_file)
+            self.hf, self.model, self.weights_info, facts = load_hf(cfg, PREPROCESS_ARGS, load_weights_file)
+            self.facts = PresetFacts(**facts)
             self.family = self.hf.family
             return
         if self.name not in TV_MODELS:
             raise FeatcacheError(f"--model {cfg.model}: unknown torchvision video model {self.name!r}; expected one of "
                                  + ", ".join(f"tv:{m}" for m in TV_MODELS))
         self.family = TV_MODELS[self.name]
-        self.facts = weights_facts(self.name, cfg.model_args)
+        self.facts = PresetFacts(**weights_facts(self.name, cfg.model_args))
         self.model, self.weights_info = _build(self.name, cfg)
 
     # ---------------------------------------------------------------- what the decoding side needs
@@ -135,23 +161,22 @@ class VideoEncoder:
         return 0  # decode at the source size; clip_prepare resizes as torchvision's preset
 
     @property
-    def clip_spec(self) -> dict:
+    def clip_spec(self) -> ClipSpec:
         """What featcache.video.clip_prepare needs to cut, resize and crop clips (picklable)."""
-        return {"policy": str(self.policy) if self.policy else None, "frames": self.frames, "rate": self.rate,
-                "resize_size": list(self.facts["resize_size"]),
-                "crop_size": list(self.facts["crop_size"]), "interpolation": self.facts["interpolation"],
-                "resizer": self.facts.get("resizer", "torchvision"), "source": self.facts.get("source")}
+        f = self.facts
+        return ClipSpec(str(self.policy) if self.policy else None, self.frames, self.rate, list(f.resize_size),
+                        list(f.crop_size), f.interpolation, f.resizer, f.source)
 
     def _preprocess(self) -> dict:
         f = self.facts
-        return {"input_size": [3, self.frames, *f["crop_size"]], "clip_len": self.frames, "frame_rate": self.rate,
-                "model_clip_len": int(f["clip_len"]), "model_frame_rate": None if f["frame_rate"] is None else float(f["frame_rate"]),
-                "resize_size": f["resize_size"],
-                "resize": "short side" if len(f["resize_size"]) == 1 else "fixed (height, width)",
-                "crop": "center", "crop_size": f["crop_size"], "interpolation": f["interpolation"],
-                "antialias": f.get("antialias", False), "mean": f["mean"], "std": f["std"], "scale": "1/255",
-                "preset": f.get("preset") or f"torchvision {f['weights']}.transforms (VideoClassification)",
-                "resize_backend": f.get("resize_backend")
+        return {"input_size": [3, self.frames, *f.crop_size], "clip_len": self.frames, "frame_rate": self.rate,
+                "model_clip_len": int(f.clip_len), "model_frame_rate": None if f.frame_rate is None else float(f.frame_rate),
+                "resize_size": f.resize_size,
+                "resize": "short side" if len(f.resize_size) == 1 else "fixed (height, width)",
+                "crop": "center", "crop_size": f.crop_size, "interpolation": f.interpolation,
+                "antialias": f.antialias, "mean": f.mean, "std": f.std, "scale": "1/255",
+                "preset": f.preset or f"torchvision {f.weights}.transforms (VideoClassification)",
+                "resize_backend": f.resize_backend
                 or "torchvision.transforms.functional.resize on uint8 frames decoded at source size"}
 
     # ---------------------------------------------------------------- forward
@@ -205,13 +230,13 @@ class VideoEncoder:
         return {
             "model": {"name": self.cfg.model, "args": dict(self.cfg.model_args), "weights": self.weights_info,
                       "num_params": int(sum(p.numel() for p in self.model.parameters())), "kind": "video",
-                      "family": self.family, "weights_enum": self.facts["weights"]},
+                      "family": self.family, "weights_enum": self.facts.weights},
             "preprocess": self.preprocess,
             "layers": [-1],
             "layers_requested": [-1],
             "tokens": {"num_prefix_tokens": 1, "grid": list(self.grid), "num_tokens": self.num_tokens,
                        "dim": self.dim, "unit": "clip", "clip_grid": list(self.clip_grid),
-                       "prefix": self.facts.get("prefix", "the pooled output (what the model's classifier reads)"),
+                       "prefix": self.facts.prefix or "the pooled output (what the model's classifier reads)",
                        "order": "pooled output, then the last feature map's T'xH'xW' positions row-major (t slowest)"},
             "compute": {"precision": self.precision, "device_type": self.device.type},
             "cut": None,

@@ -18,7 +18,9 @@ video's identical clips).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +28,38 @@ from featcache.data.manifest import VideoItem
 from featcache.spec.policy import parse_policies
 from featcache.video.clips import policy_clips, unique_clips
 from featcache.video.decode import DecodeError, decode_video, header_rate
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What cutting, resizing and cropping a video encoder's clips needs (``VideoEncoder.clip_spec``;
+    stored as the store's ``frames.clip``, :meth:`to_json`, keys in this order)."""
+
+    policy: str | None  # the clip policy, e.g. clips:8 (None: a bare encoder)
+    frames: int  # frames per clip
+    rate: float  # sampling rate (frames per second)
+    resize_size: list[int]
+    crop_size: list[int]
+    interpolation: str
+    resizer: str = "torchvision"  # or hf: the transformers model's own video processor
+    source: str | None = None  # hf: the model whose processor resizes
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def of(cls, value) -> ClipSpec:
+        """``value`` itself, or parsed from its JSON (a store's ``frames.clip``)."""
+        return value if isinstance(value, ClipSpec) else cls(**value)
+
+
+@dataclass
+class _Choice:
+    """What ``pick`` chose while the video decoded."""
+
+    clips: np.ndarray | None = None  # (K, T) source indices
+    short: bool = False  # shorter than one clip
+    fps: float | None = None  # the header's frame rate
 
 
 def crop_resized(frames: np.ndarray, resize_size: list[int], crop_size: list[int], interpolation: str) -> np.ndarray:
@@ -62,53 +96,53 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
     raises for a bad video (``reason`` says why). ``log``: featcache.video.prepare's stderr capture and
     record helpers ``(captured_stderr, with_log, decoder_log)``."""
     captured_stderr, with_log, decoder_log = log
-    clip = spec.clip
-    (policy,) = parse_policies(clip["policy"])
+    clip = ClipSpec.of(spec.clip)
+    (policy,) = parse_policies(clip.policy)
     record = {"video_id": item.video_id, "path": item.path, "split": item.split,
               "labels": list(item.labels), "extra": item.extra}
-    chosen = {}
+    chosen = _Choice()
 
     def pick(n: int, scores, stamps: np.ndarray) -> np.ndarray:
         fps = (n - 1) / max(float(stamps[-1] - stamps[0]), 1e-9) if n > 1 else 1.0
-        fps = chosen.get("fps") or fps
-        clips, short = policy_clips(policy, n, fps, stamps, clip["frames"], clip["rate"])
+        fps = chosen.fps or fps
+        clips, short = policy_clips(policy, n, fps, stamps, clip.frames, clip.rate)
         if short and spec.short_videos == "fail":
-            raise DecodeError(f"video is shorter than one {clip['frames']}-frame clip of {policy}")
-        chosen["clips"], chosen["short"] = clips, short
+            raise DecodeError(f"video is shorter than one {clip.frames}-frame clip of {policy}")
+        chosen.clips, chosen.short = clips, short
         return np.unique(clips)
 
     def guess(n: int, stamps: np.ndarray) -> np.ndarray:
         """The frames ``pick`` will choose if the header's frame count is right: kept while the
         in-order decode streams by (a wrong guess costs a second pass, never correctness)."""
-        return np.unique(policy_clips(policy, n, chosen.get("fps") or 25.0, stamps, clip["frames"], clip["rate"])[0])
+        return np.unique(policy_clips(policy, n, chosen.fps or 25.0, stamps, clip.frames, clip.rate)[0])
 
     messages: list[str] = []
     try:
-        chosen["fps"] = header_rate(item.path, spec.stream)
-        hf = clip.get("resizer") == "hf"
-        post = None if hf else functools.partial(crop_resized, resize_size=clip["resize_size"],
-                                                 crop_size=clip["crop_size"], interpolation=clip["interpolation"])
+        chosen.fps = header_rate(item.path, spec.stream)
+        hf = clip.resizer == "hf"
+        post = None if hf else functools.partial(crop_resized, resize_size=clip.resize_size,
+                                                 crop_size=clip.crop_size, interpolation=clip.interpolation)
         with captured_stderr(messages):
             video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear", guess=guess, stream=spec.stream,
                                  post=post)
-        frames = processed(video.frames, clip["source"]) if hf else video.frames
+        frames = processed(video.frames, clip.source) if hf else video.frames
     except DecodeError as exc:
         return prepared_cls(item, with_log(record, messages), reason=str(exc))
     except Exception as exc:  # noqa: BLE001 -- one bad file must not end the run; the reason names the error
         return prepared_cls(item, with_log(record, messages), reason=f"unexpected {type(exc).__name__}: {exc}"[:300])
-    rows, positions = unique_clips(chosen["clips"])  # (K, T) source indices, sorted
+    rows, positions = unique_clips(chosen.clips)  # (K, T) source indices, sorted
     at = np.searchsorted(video.indices, rows)  # (K, T) positions into the decoded frames
     stamps = video.timestamps[at]  # (K, T) seconds
     record.update(
         source={"num_frames": video.num_frames, "fps": video.fps, "width": video.width, "height": video.height,
                 "decoder": video.decoder, "decoder_note": video.note, "expected_frames": video.expected_frames,
                 "truncated": video.looks_truncated, **video.source_fields(), **decoder_log(messages)},
-        **clip_fields(policy, clip, rows, stamps, positions, chosen["short"], video.start))
+        **clip_fields(policy, clip, rows, stamps, positions, chosen.short, video.start))
 
     return prepared_cls(item, record, frames[at], None)  # (K, T, S, S, 3)
 
 
-def clip_fields(policy, clip: dict, rows: np.ndarray, stamps: np.ndarray, positions: list[int], short: bool,
+def clip_fields(policy, clip: ClipSpec, rows: np.ndarray, stamps: np.ndarray, positions: list[int], short: bool,
                 start: float = 0.0) -> dict:
     """The clip part of a video's record (extract writes it, estimate replays it): rows (K, T)
     source indices, stamps (K, T) seconds from the first frame, the policy's positions into the
@@ -118,5 +152,5 @@ def clip_fields(policy, clip: dict, rows: np.ndarray, stamps: np.ndarray, positi
             "policies": {str(policy): positions},
             "clips": {"frame_indices": rows.tolist(), "timestamps": stamps.tolist(), "frames": int(rows.shape[1]),
                       "pts_seconds": (stamps + start).tolist(),
-                      "rate": policy.clip_shape(clip["frames"], clip["rate"])[1]},
+                      "rate": policy.clip_shape(clip.frames, clip.rate)[1]},
             "num_cached_frames": len(rows), "num_clips": len(rows), "short": bool(short)}

@@ -8,6 +8,9 @@ server; one thread each, frames handed back through shared memory). As with any 
 start method but fork, a script that extracts with workers must do so under
 ``if __name__ == "__main__":`` (workers import the main module). Publishing stays in the main
 process.
+
+Long module: one video's decode, a done video's growth (its typed record in, the merged pool's
+positions out) and the worker pool that runs them are one unit around ``Prepared``.
 """
 from __future__ import annotations
 
@@ -41,9 +44,26 @@ class DecodeSpec:
     interpolation: str
     img_size: int
     crops: int
-    clip: dict | None = None  # video encoders: VideoEncoder.clip_spec (clips are cut, resized and cropped)
+    clip: object | None = None  # video encoders: VideoEncoder.clip_spec, a clip_prepare.ClipSpec (clips are cut, resized and cropped)
     stream: int | None = None  # --stream N: the container's video stream; None: the one ffmpeg shows
     views: tuple[str, int, int] | None = None  # --train-views: (recipe, count, seed); video.views draws them
+
+
+@dataclass
+class Chosen:
+    """What ``pick`` chose while a video decoded (read after decoding)."""
+
+    scores: np.ndarray | None = None  # every frame's LUV score, or None (no policy scores)
+    positions: dict | None = None  # policy -> positions into the pool
+    pool: np.ndarray | None = None  # the pool's source indices (kept when a done video grows)
+
+
+@dataclass(frozen=True)
+class Grown:
+    """Where a growing video's cached and new frames go in its merged pool."""
+
+    old_at: np.ndarray
+    new_at: np.ndarray
 
 
 @dataclass
@@ -53,7 +73,7 @@ class Prepared:
     frames: np.ndarray | None = None  # (crops * T + views * T, S, S, 3) uint8: crops first/centre/last, then views
     scores: np.ndarray | None = None
     reason: str = ""  # set when the video failed
-    grown: dict | None = None  # extending a done video: where its old and new frames go
+    grown: Grown | None = None  # extending a done video: where its old and new frames go
     shared: tuple | None = None  # (name, shape) of the frames in shared memory, from a worker
 
 
@@ -75,9 +95,9 @@ def crop(frames: np.ndarray, size: int, position: int = 1, count: int = 1) -> np
     return np.ascontiguousarray(frames[:, top:top + size, left:left + size])
 
 
-def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepared:
+def prepare(item: VideoItem, spec: DecodeSpec, old=None) -> Prepared:
     """Decode and crop the frames of ``item`` its policies pick; with ``old`` (a done video's
-    record), only the frames it lacks. Never raises for a bad video: ``reason`` says why."""
+    record, a ``cache.facts.VideoRecord``), only the frames it lacks. Never raises for a bad video: ``reason`` says why."""
     if spec.clip is not None:  # a video encoder: clips, not frames
         from featcache.video.clip_prepare import prepare_clips
 
@@ -86,19 +106,19 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
     max_count = short_below(policies)  # stride pools are never short
     record = {"video_id": item.video_id, "path": item.path, "split": item.split,
               "labels": list(item.labels), "extra": item.extra}
-    chosen = {}
+    chosen = Chosen()
 
     def pick(n: int, scores: np.ndarray | None, stamps: np.ndarray) -> np.ndarray:
         if n < max_count and spec.short_videos == "fail":
             raise DecodeError(f"video has {n} frames, fewer than the {max_count} requested")
-        chosen["scores"] = scores
-        pool, chosen["positions"] = select_frames(policies, n, chosen["scores"], stamps)
+        chosen.scores = scores
+        pool, chosen.positions = select_frames(policies, n, chosen.scores, stamps)
         if old is None:
             return pool
-        chosen["pool"] = pool
-        new = np.setdiff1d(pool, old["frame_indices"])
+        chosen.pool = pool
+        new = np.setdiff1d(pool, old.frame_indices)
         # a video that gains no frame still needs its frame count and scores: one frame is decoded, dropped
-        return new if len(new) else np.asarray(old["frame_indices"][:1])
+        return new if len(new) else np.asarray(old.frame_indices[:1])
 
     fixed = tuple(p for p in policies if not p.needs_scores)
     keep_best = max([p.scored_frames for p in policies] or [0])
@@ -106,7 +126,7 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
     def guess(n: int, stamps: np.ndarray) -> np.ndarray:
         """What ``pick`` will choose besides key frames if the header's frame count is right."""
         idx = select_frames(fixed, n, None, stamps)[0] if fixed else np.zeros(0, np.int64)
-        return idx if old is None else np.union1d(idx, np.asarray(old["frame_indices"][:1], dtype=np.int64))
+        return idx if old is None else np.union1d(idx, np.asarray(old.frame_indices[:1], dtype=np.int64))
 
     order, views = (0, 1, 2) if spec.crops == 3 else (1,), []
     messages: list[str] = []  # what FFmpeg (inside decord / PyAV) prints: kept in the record, not on the terminal
@@ -130,9 +150,9 @@ def prepare(item: VideoItem, spec: DecodeSpec, old: dict | None = None) -> Prepa
                 "expected_frames": video.expected_frames, "truncated": video.looks_truncated,
                 **video.source_fields(), **decoder_log(messages)},
         frame_indices=video.indices, timestamps=video.timestamps, pts_seconds=video.pts.tolist(),
-        policies=chosen["positions"], num_cached_frames=len(video.indices),
+        policies=chosen.positions, num_cached_frames=len(video.indices),
         short=video.num_frames < max_count, **({"views": views} if views else {}))
-    return Prepared(item, record, frames, chosen["scores"])
+    return Prepared(item, record, frames, chosen.scores)
 
 
 DECODER_LOG_LINES = 20  # distinct decoder messages kept per video (the count covers all)
@@ -176,27 +196,27 @@ def captured_stderr(sink: list[str]):
             sink.extend(tmp.read().decode("utf-8", errors="replace").splitlines())
 
 
-def _grown(item: VideoItem, old: dict, video, frames: np.ndarray, chosen: dict, crops: int) -> Prepared:
-    """A done video gaining the frames of added policies: only ``video.indices`` not already
-    cached go through the model; old and new frames are merged at publishing."""
-    old_idx = np.asarray(old["frame_indices"], dtype=np.int64)
+def _grown(item: VideoItem, old, video, frames: np.ndarray, chosen: Chosen, crops: int) -> Prepared:
+    """A done video (``old``, its VideoRecord) gaining the frames of added policies: only
+    ``video.indices`` not already cached go through the model; old and new frames are merged at publishing."""
+    old_idx = np.asarray(old.frame_indices, dtype=np.int64)
     keep = ~np.isin(video.indices, old_idx)  # the probe frame of a video that gains none is dropped
     new_idx = video.indices[keep]
     merged = np.union1d(old_idx, new_idx)
-    policies = {name: np.searchsorted(merged, old_idx[pos]).tolist() for name, pos in old["policies"].items()}
-    for name, pos in chosen["positions"].items():
+    policies = {name: np.searchsorted(merged, old_idx[list(pos)]).tolist() for name, pos in old.policies.items()}
+    for name, pos in chosen.positions.items():
         if name not in policies:
-            policies[name] = np.searchsorted(merged, chosen["pool"][pos]).tolist()
+            policies[name] = np.searchsorted(merged, chosen.pool[pos]).tolist()
     stamps = np.empty(len(merged))
-    stamps[np.searchsorted(merged, old_idx)] = old["timestamps"]
+    stamps[np.searchsorted(merged, old_idx)] = old.timestamps
     stamps[np.searchsorted(merged, new_idx)] = video.timestamps[keep]
-    start = old.get("source", {}).get("start_seconds", video.start)
-    record = {k: v for k, v in old.items() if k not in ("status", "has_luv_scores")}
+    start = old.source.unknown.get("start_seconds", video.start) if old.source is not None else video.start
+    record = {k: v for k, v in old.to_json().items() if k not in ("status", "has_luv_scores")}
     record.update(frame_indices=merged, timestamps=stamps, pts_seconds=(stamps + start).tolist(), policies=policies,
                   num_cached_frames=len(merged))
     frames = frames.reshape(crops, -1, *frames.shape[1:])[:, keep].reshape(-1, *frames.shape[1:])
-    grown = {"old_at": np.searchsorted(merged, old_idx), "new_at": np.searchsorted(merged, new_idx)}
-    return Prepared(item, record, frames, chosen["scores"], grown=grown)
+    grown = Grown(np.searchsorted(merged, old_idx), np.searchsorted(merged, new_idx))
+    return Prepared(item, record, frames, chosen.scores, grown=grown)
 
 
 # ---------------------------------------------------------------- worker processes
@@ -207,7 +227,7 @@ def _init_worker() -> None:
         os.environ[var] = "1"
 
 
-def _prepare_shared(item: VideoItem, spec: DecodeSpec, old: dict | None) -> Prepared:
+def _prepare_shared(item: VideoItem, spec: DecodeSpec, old) -> Prepared:
     """``prepare`` in a worker: the frames go into a shared-memory block the main process frees."""
     from multiprocessing import shared_memory
 
@@ -269,7 +289,7 @@ class DecodePool:
 
         self.pending: list = []
 
-    def map(self, items: list[VideoItem], spec: DecodeSpec, grow: dict[str, dict]):
+    def map(self, items: list[VideoItem], spec: DecodeSpec, grow: dict):
         from concurrent.futures.process import BrokenProcessPool
 
         it = iter(items)

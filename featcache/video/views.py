@@ -138,12 +138,12 @@ def crop_views(frames: np.ndarray, views: list[dict], size: int, recipe: str) ->
 
 
 def with_views(frames: np.ndarray, video, video_id: str, spec: tuple[str, int, int], size: int,
-               old: dict | None = None) -> tuple[np.ndarray, list[dict]]:
+               old=None) -> tuple[np.ndarray, list[dict]]:
     """The cropped frames (crops x T, S, S, 3) followed by the views' (K x T, S, S, 3), and the
-    views: those recorded for ``old`` (a done video that grows), else drawn on ``video.frames``
+    views: those recorded for ``old`` (a done video that grows: its VideoRecord), else drawn on ``video.frames``
     (a ``DecodedVideo``: the frames as decoded for the model) from ``spec`` (recipe, K, seed)."""
     recipe, count, seed = spec
-    views = (old or {}).get("views")
+    views = old.unknown.get("views") if old is not None else None  # the record's views (no field of its own)
     if not views:
         h, w = video.frames.shape[1:3]
         shown = video.source_fields()
