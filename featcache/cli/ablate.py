@@ -38,15 +38,15 @@ def ablate(
     max_fused: int = typer.Option(32, help="Most heads trained in one pass."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     slurm: bool = typer.Option(False, "--slurm", help="Submit each fused group as a task of a Slurm job array (submitit); re-run the command to write the leaderboard, or give --wait."),
-    cluster: str = SLURM_OPTIONS["cluster"],
-    partition: Optional[str] = SLURM_OPTIONS["partition"],
-    gpus_per_task: int = SLURM_OPTIONS["gpus_per_task"],
-    cpus_per_task: int = SLURM_OPTIONS["cpus_per_task"],
-    mem_gb: int = SLURM_OPTIONS["mem_gb"],
+    cluster: str = SLURM_OPTIONS.cluster,
+    partition: Optional[str] = SLURM_OPTIONS.partition,
+    gpus_per_task: int = SLURM_OPTIONS.gpus_per_task,
+    cpus_per_task: int = SLURM_OPTIONS.cpus_per_task,
+    mem_gb: int = SLURM_OPTIONS.mem_gb,
     time: int = typer.Option(240, "--time", help="--slurm: time limit per task (minutes); preempted or timed-out tasks requeue and skip finished cells."),
-    slurm_logs: str = SLURM_OPTIONS["slurm_logs"],
+    slurm_logs: str = SLURM_OPTIONS.slurm_logs,
     wait: bool = typer.Option(False, "--wait", help="--slurm: wait for the tasks, then write the leaderboard."),
-    poll: float = SLURM_OPTIONS["poll"],
+    poll: float = SLURM_OPTIONS.poll,
 ):
     """Run a grid of trainings from one cache, fusing cells that read the same data into one pass."""
     from featcache.spec.config import parse_assignments

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import types
 from typing import Optional
 
 import typer
@@ -16,15 +17,16 @@ app.add_typer(cache_app, name="cache")
 
 
 # Options that `extract --slurm` and `ablate --slurm` share (one definition, one help text).
-SLURM_OPTIONS = {
-    "cluster": typer.Option("slurm", help="--slurm: slurm, or local to run the same array here (submitit's local executor)."),
-    "partition": typer.Option(None, help="--slurm: partition."),
-    "gpus_per_task": typer.Option(1, help="--slurm: GPUs per task (0 for CPU tasks)."),
-    "cpus_per_task": typer.Option(8, help="--slurm: CPUs per task."),
-    "mem_gb": typer.Option(32, help="--slurm: memory per task (GB)."),
-    "slurm_logs": typer.Option("slurm_logs", help="--slurm: folder for per-task logs (<job id>/)."),
-    "poll": typer.Option(10.0, help="--slurm --wait: seconds between progress polls."),
-}
+# the --slurm options extract and ablate share (typer option objects, one spelling of each)
+SLURM_OPTIONS = types.SimpleNamespace(
+    cluster=typer.Option("slurm", help="--slurm: slurm, or local to run the same array here (submitit's local executor)."),
+    partition=typer.Option(None, help="--slurm: partition."),
+    gpus_per_task=typer.Option(1, help="--slurm: GPUs per task (0 for CPU tasks)."),
+    cpus_per_task=typer.Option(8, help="--slurm: CPUs per task."),
+    mem_gb=typer.Option(32, help="--slurm: memory per task (GB)."),
+    slurm_logs=typer.Option("slurm_logs", help="--slurm: folder for per-task logs (<job id>/)."),
+    poll=typer.Option(10.0, help="--slurm --wait: seconds between progress polls."),
+)
 
 
 @contextlib.contextmanager

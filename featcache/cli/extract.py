@@ -59,15 +59,15 @@ def extract(
     devices: Optional[str] = typer.Option(None, help="One worker per device, each a shard: all, or cuda:0,cuda:1."),
     slurm: bool = typer.Option(False, "--slurm", help="Submit a Slurm job array (submitit), one task per shard."),
     shards: int = typer.Option(8, help="--slurm: number of array tasks (shards)."),
-    partition: Optional[str] = SLURM_OPTIONS["partition"],
-    gpus_per_task: int = SLURM_OPTIONS["gpus_per_task"],
-    cpus_per_task: int = SLURM_OPTIONS["cpus_per_task"],
-    mem_gb: int = SLURM_OPTIONS["mem_gb"],
+    partition: Optional[str] = SLURM_OPTIONS.partition,
+    gpus_per_task: int = SLURM_OPTIONS.gpus_per_task,
+    cpus_per_task: int = SLURM_OPTIONS.cpus_per_task,
+    mem_gb: int = SLURM_OPTIONS.mem_gb,
     time: int = typer.Option(240, "--time", help="--slurm: time limit per task (minutes); preempted or timed-out tasks requeue and resume."),
-    slurm_logs: str = SLURM_OPTIONS["slurm_logs"],
-    cluster: str = SLURM_OPTIONS["cluster"],
+    slurm_logs: str = SLURM_OPTIONS.slurm_logs,
+    cluster: str = SLURM_OPTIONS.cluster,
     wait: bool = typer.Option(False, "--wait", help="--slurm: wait for every task, one progress line per poll, then their summaries."),
-    poll: float = SLURM_OPTIONS["poll"],
+    poll: float = SLURM_OPTIONS.poll,
 ):
     """Decode the videos of MANIFEST, run the frozen model, write tokens to a Zarr cache.
 
