@@ -160,10 +160,10 @@ def rebuild_root(path: str) -> str:
     names = sorted(os.listdir(folder), reverse=True) if os.path.isdir(folder) else []
     for name in names:  # the newest segment holds the newest policy list
         try:
-            attrs = packed.read_segment_attrs(os.path.join(folder, name)).get("store")
-            if not isinstance(attrs, dict) or "schema_version" not in attrs:
-                continue
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            with open(os.path.join(folder, name, "zarr.json"), "rb") as f:
+                attrs = json.loads(f.read())["attributes"]["featcache_segment"]["store"]
+            attrs["schema_version"]  # noqa: B018
+        except (OSError, ValueError, KeyError, TypeError):
             continue
         packed.write_replacing(root, packed.group_metadata(attrs))
         return name

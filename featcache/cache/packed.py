@@ -54,7 +54,6 @@ COMMIT_SECONDS = 1.0  # a durable writer's videos are published at most this lon
 # (FEATCACHE_COMMIT_SECONDS overrides it; 0: every video at once, two fsyncs each)
 _KEY_ENCODING = {"name": "v2", "separator": "."}
 _NAME = re.compile(r"[^A-Za-z0-9.-]+")
-_TABLE = index.FILES[-1]  # the table file: written last, sealed last
 
 
 # ------------------------------------------------------------------ array plan
@@ -202,21 +201,10 @@ def index_metadata(nbytes: int, which: str = "index") -> bytes:
     return _store_bytes(store, "zarr.json")
 
 
-_SEGMENT = "featcache_segment"  # the key of a segment group's own attributes
-
-
-def read_segment_attrs(path: str) -> dict:
-    """What :func:`segment_attrs` recorded in the segment at ``path``; OSError, ValueError,
-    KeyError or TypeError where its ``zarr.json`` holds no such record."""
-    with open(os.path.join(path, "zarr.json"), "rb") as f:
-        attributes = json.loads(f.read()).get("attributes")
-    return attributes[_SEGMENT]
-
-
 def segment_attrs(root_attrs: dict, task: str | None = None, pid: int | None = None) -> dict:
     """What a segment's group records: who writes it (host, pid, task) and a copy of the store's
     root attributes, from which ``cache repair`` rebuilds a lost root ``zarr.json``."""
-    return {_SEGMENT: {
+    return {"featcache_segment": {
         "host": os.uname().nodename, "pid": os.getpid() if pid is None else pid, "task": task,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "store": root_attrs}}
@@ -338,7 +326,7 @@ class SegmentWriter:
             self._discard()
             raise
         self.beating = threading.Event()
-        self.beat_thread = threading.Thread(target=_heartbeat, args=(self.index_fds[_TABLE], self.beating),
+        self.beat_thread = threading.Thread(target=_heartbeat, args=(self.index_fds["table"], self.beating),
                                             daemon=True, name=f"featcache-heartbeat-{self.name}")
         self.beat_thread.start()
 
@@ -379,12 +367,11 @@ class SegmentWriter:
         parts = index.encode(record, placed, generation, crc, list(store_attrs(self.attrs).policies), self.table)
         if not self.pending:
             self.oldest = time.monotonic()
-        entry = index.IndexEntry(record, placed, generation, crc, self.name)
-        self.pending.append((*parts, entry.video_id))
+        self.pending.append((*parts, record["video_id"]))
         self.dirty.update(rows)
         if not self.durable or time.monotonic() - self.oldest >= self.commit_s:
             self.commit()
-        return entry
+        return index.IndexEntry(record, placed, generation, crc, self.name)
 
     def commit(self) -> None:
         """Publish the videos written since the last commit: the data files ``fdatasync``-ed,
@@ -414,9 +401,9 @@ class SegmentWriter:
                 for i, which in enumerate(index.FILES[:-1]):
                     offsets[which] += len(pending[i])
             table = b"".join(table)
-            _write_all(self.index_fds[_TABLE], table)
+            _write_all(self.index_fds["table"], table)
             if self.durable:
-                os.fdatasync(self.index_fds[_TABLE])
+                os.fdatasync(self.index_fds["table"])
         except OSError:
             self.lost += [p[-1] for p in self.pending]
             self.pending, self.dirty = [], set()
@@ -426,7 +413,7 @@ class SegmentWriter:
             raise
         for which, data in parts.items():
             self.index_sizes[which] += len(data)
-        self.index_sizes[_TABLE] += len(table)
+        self.index_sizes["table"] += len(table)
         self.rows += len(self.pending)
         self.pending, self.dirty = [], set()
 
@@ -492,7 +479,8 @@ def live_writers(root: str, task: str | None = None) -> list[str]:
         if index.is_sealed(path):
             continue  # its writer is done
         try:
-            who = read_segment_attrs(path)
+            with open(os.path.join(path, "zarr.json"), "rb") as f:
+                who = json.loads(f.read())["attributes"]["featcache_segment"]
             beat = os.path.getmtime(os.path.join(path, "table", "0"))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # an older segment (no heartbeat) or one being created

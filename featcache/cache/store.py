@@ -229,8 +229,8 @@ class Cache:
 
     def __getstate__(self):  # DataLoader workers get a copy without the mapped files and the index
         state = dict(self.__dict__)
-        state.update(_maps=OrderedDict(), _idx=None, _records=None, _parsed={})
-        state.pop("_lock")
+        state["_maps"], state["_idx"], state["_records"], state["_parsed"] = OrderedDict(), None, None, {}
+        del state["_lock"]
         return state
 
     def __setstate__(self, state):

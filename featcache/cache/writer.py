@@ -19,7 +19,7 @@ import uuid
 import numpy as np
 
 from featcache.cache import loose, packed, quant, schema
-from featcache.cache.facts import VideoRecord, store_attrs
+from featcache.cache.facts import store_attrs
 from featcache.cache.store import Cache, to_json
 from featcache.errors import FeatcacheError, OptionError
 
@@ -169,7 +169,7 @@ class CacheWriter(Cache):
         """Publish one complete video; returns the bytes of token data written, or None when
         the store already holds it done (its copy is kept, ours dropped). Any other failure to
         publish raises PublishError: the video is not in the store."""
-        if _video_id(record) in self:  # done (by us, earlier, or by a concurrent writer)
+        if record["video_id"] in self:  # done (by us, earlier, or by a concurrent writer)
             return None
         return self._publish_done(record, tokens, luv_scores, cut, side_crops, views)
 
@@ -186,9 +186,8 @@ class CacheWriter(Cache):
         """Publish a grown version of a done video (incremental pools): appended again with a
         higher generation, which readers take over the old copy. Returns the bytes of token
         data, or None when the published copy already has every policy of ``record``."""
-        ours = VideoRecord.from_json(record)
-        theirs = self.record(ours.video_id) or {}
-        if set(ours.policies or {}) <= set(theirs.get("policies") or {}):
+        theirs = self.record(record["video_id"]) or {}
+        if set(record["policies"]) <= set(theirs.get("policies", {})):
             return None
         return self._publish_done(record, tokens, luv_scores, cut, side_crops, views)
 
@@ -207,12 +206,12 @@ class CacheWriter(Cache):
 
                 data[schema.VIEWS], data[schema.VIEW_SCALES] = quantize_views(views, data[schema.CHANNEL_SCALES])
         self._append(dict(record, status="done", has_luv_scores=luv_scores is not None),
-                     packed.video_rows(self.attrs, data), self._next_generation(schema.video_key(_video_id(record))))
+                     packed.video_rows(self.attrs, data), self._next_generation(schema.video_key(record["video_id"])))
         return packed.stage_bytes(tokens, self.attrs)
 
     def write_failure(self, record: dict, reason: str) -> None:
-        key = schema.video_key(_video_id(record))
-        if _video_id(record) in self:
+        key = schema.video_key(record["video_id"])
+        if record["video_id"] in self:
             return  # a video done earlier (or by a concurrent writer) stays done
         self._append(dict(record, status="failed", reason=reason), {}, self._next_generation(key))
 
@@ -229,7 +228,7 @@ class CacheWriter(Cache):
     def republish(self, record: dict, arrays: dict[str, np.ndarray]) -> None:
         """Publish a video's arrays as they are, above any copy the index holds (``cache repair``
         re-indexing a video whose table row was lost)."""
-        key = schema.video_key(_video_id(record))
+        key = schema.video_key(record["video_id"])
         self._append(record, packed.video_rows(self.attrs, arrays), self._next_generation(key))
 
     def _append(self, record: dict, rows: dict[str, np.ndarray], generation: int) -> None:
@@ -240,10 +239,10 @@ class CacheWriter(Cache):
             raise PublishError(f"could not publish into the cache: {exc}") from None
         except OSError as exc:
             where = self._segment.path if self._segment.name else os.path.join(self.path, schema.SEGMENTS)
-            lost = [v for v in self._abandon_segment() if v != _video_id(record)]  # this one: the error itself
+            lost = [v for v in self._abandon_segment() if v != record["video_id"]]  # this one: the error itself
             raise PublishError(f"could not publish into the cache: {exc.strerror or exc} ({where})",
                                lost, exc) from None
-        self.fresh[schema.video_key(entry.video_id)] = entry
+        self.fresh[schema.video_key(record["video_id"])] = entry
         if self._segment.bytes >= self.segment_bytes:  # roll over: the next video opens a new segment
             segment, self._segment = self._segment, packed.SegmentWriter(self.path, self.attrs, self.durable, self.task)
             try:
@@ -254,14 +253,6 @@ class CacheWriter(Cache):
                                        f"{exc.strerror or exc} ({segment.path})", segment.lost, exc) from None
                 self.warnings.append(f"could not seal the full segment {segment.path}: {exc.strerror or exc}; its "
                                      "videos are in the cache all the same (featcache cache pack seals it)")
-
-
-def _video_id(record: dict) -> str:
-    """The id of a record handed to the writer (KeyError where it has none: the writer's caller's bug)."""
-    video_id = VideoRecord.from_json(record).video_id
-    if video_id is None:
-        raise KeyError("video_id")
-    return video_id
 
 
 class PublishError(OSError):
