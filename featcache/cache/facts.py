@@ -205,6 +205,7 @@ class StorageFacts(Facts):
     dtype: str | None = None  # float16, float32 or int8
     tokens_dims: tuple[str, ...] | None = None
     token_order: str | None = None
+    table_arrays: tuple[str, ...] | None = None  # the start/count/crc columns of the index table (index.table_of)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,6 +227,18 @@ class CropFacts(Facts):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ViewsFacts(Facts):
+    """``extract --train-views K``: K augmented views of every cached frame (``cache.views.views_attrs``)."""
+
+    count: int | None = None
+    recipe: str | None = None
+    seed: int | None = None
+    source: str | None = None
+    frame: str | None = None
+    stored: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ManifestFacts(Facts):
     path: str | None = None  # the manifest the store was extracted from
 
@@ -236,7 +249,7 @@ class StoreAttrs(Facts):
 
     _sections: ClassVar = {"model": ModelFacts, "preprocess": PreprocessFacts, "tokens": TokenFacts,
                            "compute": ComputeFacts, "frames": FrameFacts, "storage": StorageFacts, "cut": CutFacts,
-                           "crops": CropFacts, "manifest": ManifestFacts}
+                           "crops": CropFacts, "manifest": ManifestFacts, "views": ViewsFacts}
     _required: ClassVar = schema.ROOT_KEYS
     featcache_version: str | None = None
     model: ModelFacts | None = None
@@ -250,6 +263,7 @@ class StoreAttrs(Facts):
     manifest: ManifestFacts | None = None
     storage: StorageFacts | None = None
     crops: CropFacts | None = None
+    views: ViewsFacts | None = None
     fingerprint: str | None = None
     schema_version: int | None = None  # 1: loose, 2: packed
     created_at: str | None = None

@@ -36,6 +36,7 @@ contract, kept side by side.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -44,6 +45,7 @@ import os
 import numpy as np
 
 from featcache.cache import schema
+from featcache.cache.facts import store_attrs
 
 ARRAYS = (schema.TOKENS, schema.LUV_SCORES, schema.TOKEN_SCALES, schema.CHANNEL_SCALES, schema.CUT,
           schema.SIDE_CROPS)  # the order of the start/count columns (of TABLE)
@@ -82,6 +84,106 @@ def table_dtype(arrays: tuple[str, ...]) -> np.dtype:
     ])
 
 
+@dataclasses.dataclass(frozen=True)
+class IndexEntry:
+    """One published copy of a video as its JSON line in ``index/0`` holds it (or a writer's
+    own, not yet re-read): its full ``record`` (a dict, as written), its ``rows`` (array ->
+    ``[start, count]`` in its segment), its ``generation``, the crc32c of each array's rows
+    (``crc``: hex strings as read from a line, ints as a writer computed them) and the segment
+    it lies in (where known)."""
+
+    record: dict
+    rows: dict = dataclasses.field(default_factory=dict)
+    generation: int = 0
+    crc: dict = dataclasses.field(default_factory=dict)
+    segment: str | None = None
+
+    @classmethod
+    def from_json(cls, line) -> "IndexEntry":
+        """A parsed JSON line; TypeError/KeyError when it is not an entry (no ``record``)."""
+        record = line["record"]  # TypeError for a line that is no object, KeyError for one without it
+        return cls(record, line.get("rows") or {}, line.get("generation", 0), line.get("crc") or {}, line.get("segment"))
+
+    @property
+    def video_id(self) -> str:
+        """The record's video id; KeyError/TypeError for a record without one."""
+        return self.record["video_id"]
+
+    @property
+    def status(self) -> str | None:
+        return self.record.get("status")
+
+    @property
+    def split(self) -> str:
+        return self.record.get("split", "")
+
+
+def _column(field: str, doc: str) -> property:
+    def get(self):
+        return self.rows[field]
+
+    def put(self, value):
+        self.rows[field] = value
+
+    return property(get, put, doc=doc)
+
+
+class Table:
+    """Typed columns of table rows: a structured array of :func:`table_dtype` rows, or one row
+    (``table[i]``). Reads and writes go through these properties, so the field names are spelled
+    here and in :func:`table_dtype` only; each property is the field itself (a view: assigning
+    into it writes the rows)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    hash = _column("hash", "the first 8 bytes of blake2b(video key), little-endian")
+    line = _column("line", "byte offset of the video's JSON line in index/0")
+    ids = _column("ids", "byte offset of its id in ids/0")
+    labels = _column("labels", "byte offset of its labels in labels/0")
+    positions = _column("positions", "offset (in int32 values) of its block in positions/0")
+    line_len = _column("line_len", "bytes of the JSON line, newline included")
+    id_len = _column("id_len", "bytes of the id, newline included")
+    labels_len = _column("labels_len", "bytes of the labels, newline included")
+    positions_len = _column("positions_len", "int32 values of its positions block")
+    generation = _column("generation", "the copy's generation")
+    frames = _column("frames", "cached frames (rows of tokens)")
+    policies = _column("policies", "how many of the store's frame policies the video holds")
+    status = _column("status", "DONE or FAILED")
+    split = _column("split", "index into SPLIT_CODES; OTHER_SPLIT another")
+    starts = _column("start", "first row of each array (last axis: :func:`arrays_of` order)")
+    counts = _column("count", "rows of each array (0: absent)")
+    crcs = _column("crc", "crc32c of each array's rows")
+    line_crc = _column("line_crc", "crc32c of the JSON line")
+    row_check = _column("row_check", "the row's check (:func:`row_checks`)")
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        return arrays_of(self.rows.dtype)
+
+    def start(self, name: str):
+        """First row of array ``name`` (per row)."""
+        return self.starts[..., self.arrays.index(name)]
+
+    def count(self, name: str):
+        """Rows of array ``name`` (per row; 0: absent)."""
+        return self.counts[..., self.arrays.index(name)]
+
+    def crc(self, name: str):
+        """crc32c of array ``name``'s rows (per row)."""
+        return self.crcs[..., self.arrays.index(name)]
+
+    def offset(self, which: str):
+        """Where the row's ``which`` (index, ids, labels) bytes start in their file."""
+        return self.rows[_OFFSET[which]]
+
+    def length(self, which: str):
+        """Bytes of the row's ``which`` (index, ids, labels), newline included."""
+        return self.rows[_LENGTH[which]]
+
+
 # Versioned rows: a store's tables all have one width, decided by its root attributes
 # (``storage.table_arrays``, written only by stores with training views; absent: TABLE), so a
 # reader knows the width before it reads a table and older stores read unchanged.
@@ -91,9 +193,10 @@ ROW = TABLE.itemsize
 _BY_WIDTH = {len(ARRAYS): ARRAYS, len(VIEW_ARRAYS): VIEW_ARRAYS}
 
 
-def table_of(attrs: dict) -> np.dtype:
-    """The table row of a store with root attributes ``attrs``."""
-    names = (attrs.get("storage") or {}).get("table_arrays")
+def table_of(attrs) -> np.dtype:
+    """The table row of a store with root attributes ``attrs`` (a dict or StoreAttrs)."""
+    storage = store_attrs(attrs).storage
+    names = storage.table_arrays if storage else None
     if names is None:
         return TABLE
     if tuple(names) not in (ARRAYS, VIEW_ARRAYS):
@@ -104,7 +207,7 @@ def table_of(attrs: dict) -> np.dtype:
 def arrays_of(table) -> tuple[str, ...]:
     """The array names of a table's (or row dtype's) start/count/crc columns, in order."""
     dtype = table if isinstance(table, np.dtype) else table.dtype
-    return _BY_WIDTH[dtype["start"].shape[0]]
+    return _BY_WIDTH[(dtype.itemsize - TABLE.itemsize) // 12 + len(ARRAYS)]  # 12 bytes per array: start, count, crc
 
 
 def check_weights(words: int) -> np.ndarray:
@@ -162,31 +265,33 @@ def encode(record: dict, placed: dict[str, list[int]], generation: int, crc: dic
     label_line = ("\t".join(labels) + "\n").encode("utf-8")
     block = positions_block(record, policies).tobytes()
     row = np.zeros(1, table)
-    row["hash"] = key_hash(schema.video_key(video_id))
-    row["line_len"], row["id_len"], row["labels_len"] = len(line), len(ident), len(label_line)
-    row["positions_len"] = len(block) // 4
-    row["generation"] = generation
-    row["frames"] = placed.get(schema.TOKENS, [0, 0])[1]
-    row["policies"] = len(record.get("policies") or {})
-    row["status"] = DONE if record.get("status") == "done" else FAILED
-    row["split"] = split_code(record.get("split", ""))
+    t = Table(row)
+    t.hash = key_hash(schema.video_key(video_id))
+    t.line_len, t.id_len, t.labels_len = len(line), len(ident), len(label_line)
+    t.positions_len = len(block) // 4
+    t.generation = generation
+    t.frames = placed.get(schema.TOKENS, [0, 0])[1]
+    t.policies = len(record.get("policies") or {})
+    t.status = DONE if record.get("status") == "done" else FAILED
+    t.split = split_code(record.get("split", ""))
     arrays = arrays_of(table)
     if set(placed) - set(arrays):
         raise ValueError(f"arrays {sorted(set(placed) - set(arrays))} have no column in this store's table")
     for i, name in enumerate(arrays):
         if name in placed:
-            row["start"][0, i], row["count"][0, i] = placed[name]
-            row["crc"][0, i] = crc.get(name, 0)
-    row["line_crc"] = crc32c(line)
+            t.starts[0, i], t.counts[0, i] = placed[name]
+            t.crcs[0, i] = crc.get(name, 0)
+    t.line_crc = crc32c(line)
     return line, ident, label_line, block, row
 
 
 def place(row: np.ndarray, offsets: dict[str, int]) -> bytes:
     """Set a row's offsets (``positions`` in int32 values) and its check; its bytes."""
+    t = Table(row)
     for which in ("index", "ids", "labels"):
         row[_OFFSET[which]] = offsets[which]
-    row["positions"] = offsets["positions"] // 4
-    row["row_check"] = row_checks(row)
+    t.positions = offsets["positions"] // 4
+    t.row_check = row_checks(row)
     return row.tobytes()
 
 
@@ -204,7 +309,7 @@ def row_checks(table: np.ndarray) -> np.ndarray:
 
 def rows_intact(table: np.ndarray) -> np.ndarray:
     """Per row: does its check match its words (an edited or garbage row does not)?"""
-    return row_checks(table) == table["row_check"] if len(table) else np.zeros(0, bool)
+    return row_checks(table) == Table(table).row_check if len(table) else np.zeros(0, bool)
 
 
 def is_sealed(segment: str) -> bool:
@@ -235,7 +340,7 @@ class SegmentIndex:
     def __init__(self, root: str, name: str, dtype: np.dtype = TABLE):
         self.name, self.path, self.dtype = name, os.path.join(root, schema.SEGMENTS, name), dtype
         self.bad_lines: list[int] = []  # legacy: complete lines that do not parse
-        self._entries: list[dict] | None = None  # legacy: the parsed entries, one per row
+        self._entries: list[IndexEntry] | None = None  # legacy: the parsed entries, one per row
         # torn: bytes of an unfinished last table row (legacy: of a last line without its newline)
         self.table, self.torn = read_table(self.file("table"), dtype)
         self.legacy = not len(self.table) and not self.torn and not os.path.exists(self.file("table"))
@@ -246,7 +351,7 @@ class SegmentIndex:
             self.damaged = np.flatnonzero(~rows_intact(self.table))
 
     @classmethod
-    def from_entries(cls, path: str, name: str, entries: list[dict], dtype: np.dtype = TABLE) -> "SegmentIndex":
+    def from_entries(cls, path: str, name: str, entries: list[IndexEntry], dtype: np.dtype = TABLE) -> "SegmentIndex":
         """A segment made of parsed entries (a schema-1 store's records, as one segment)."""
         self = cls.__new__(cls)
         self.name, self.path, self.bad_lines, self.torn, self.legacy, self.dtype = name, path, [], 0, True, dtype
@@ -255,6 +360,11 @@ class SegmentIndex:
 
     def file(self, which: str) -> str:
         return os.path.join(self.path, which, "0")
+
+    @property
+    def cols(self) -> Table:
+        """The segment's table, typed."""
+        return Table(self.table)
 
     @property
     def tail(self) -> bool:
@@ -274,15 +384,15 @@ class SegmentIndex:
         self.torn = len(lines[-1])
         entries = []
         try:  # every line whole: one parse of them all
-            entries = json.loads(b"[" + b",".join(lines[:-1]) + b"]")
+            entries = [IndexEntry.from_json(e) for e in json.loads(b"[" + b",".join(lines[:-1]) + b"]")]
             for entry in entries:
-                entry["record"]["video_id"]  # noqa: B018
+                entry.video_id  # noqa: B018
         except (ValueError, KeyError, TypeError):
             entries = []
             for number, line in enumerate(lines[:-1], 1):
                 try:
-                    entry = json.loads(line)
-                    entry["record"]["video_id"]  # noqa: B018 -- a line without it is not an entry
+                    entry = IndexEntry.from_json(json.loads(line))
+                    entry.video_id  # noqa: B018 -- a line without it is not an entry
                 except (ValueError, KeyError, TypeError):
                     self.bad_lines.append(number)
                     continue
@@ -293,7 +403,7 @@ class SegmentIndex:
     # reading by row
     def _slices(self, which: str, rows: np.ndarray) -> list[bytes]:
         """The ``which`` bytes (newline dropped) of the given rows: one read of the span they cover."""
-        offsets, lengths = self.table[_OFFSET[which]][rows], self.table[_LENGTH[which]][rows]
+        offsets, lengths = self.cols.offset(which)[rows], self.cols.length(which)[rows]
         if not len(rows):
             return []
         lo, hi = int(offsets.min()), int((offsets + lengths).max())
@@ -310,13 +420,13 @@ class SegmentIndex:
 
     def ids(self, rows: np.ndarray) -> list[str]:
         if self._entries is not None:
-            return [self._entries[r]["record"]["video_id"] for r in rows.tolist()]
+            return [self._entries[r].video_id for r in rows.tolist()]
         slices = self._slices("ids", rows)
         return b"\n".join(slices).decode("utf-8").split("\n") if slices else []
 
     def labels(self, rows: np.ndarray) -> list[list[str]]:
         if self._entries is not None:
-            return [list(self._entries[r]["record"].get("labels", [])) for r in rows.tolist()]
+            return [list(self._entries[r].record.get("labels", [])) for r in rows.tolist()]
         slices = self._slices("labels", rows)
         if not slices:
             return []
@@ -326,8 +436,8 @@ class SegmentIndex:
 
     def _values(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The int32 values of positions/0 spanning the rows' blocks, and each block's offset in them."""
-        t = self.table[rows]
-        off, n = t["positions"].astype(np.int64), t["positions_len"].astype(np.int64)
+        t = Table(self.table[rows])
+        off, n = t.positions.astype(np.int64), t.positions_len.astype(np.int64)
         lo, hi = int(off.min()), int((off + n).max())
         with open(self.file("positions"), "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -341,7 +451,7 @@ class SegmentIndex:
     def policies(self, rows: np.ndarray, names: list[str]) -> list[dict[str, list[int]]]:
         """Each row's policy -> positions (``names``: the store's frame policies)."""
         if self._entries is not None:
-            return [self._entries[r]["record"].get("policies", {}) for r in rows.tolist()]
+            return [self._entries[r].record.get("policies", {}) for r in rows.tolist()]
         if not len(rows):
             return []
         values, offsets = self._values(rows)
@@ -373,13 +483,15 @@ class SegmentIndex:
         start = o + 1 + 2 * k + sum((values[o + 1 + k + i].astype(np.int64) for i in range(j)), np.zeros(len(o), np.int64))
         return values[start[:, None] + np.arange(int(lengths[0]))]
 
-    def entries(self, rows: np.ndarray | None = None) -> list[dict]:
-        """The JSON entries (``record``, ``rows``, ``generation``, ``crc``) of the given rows (all: None)."""
+    def entries(self, rows: np.ndarray | None = None) -> list[IndexEntry]:
+        """The entries (JSON lines) of the given rows (all: None); TypeError/KeyError for a line
+        that is no entry."""
         rows = np.arange(len(self.table)) if rows is None else rows
         if self._entries is not None:
             return [self._entries[r] for r in rows.tolist()]
         slices = self._slices("index", rows)  # JSON lines hold no raw newline: those between lines become commas
-        return json.loads(b"[" + b",".join(slices).replace(b"\n", b",") + b"]") if slices else []
+        lines = json.loads(b"[" + b",".join(slices).replace(b"\n", b",") + b"]") if slices else []
+        return [IndexEntry.from_json(line) for line in lines]
 
 
 def lines_of(data: bytes, offsets: np.ndarray, lengths: np.ndarray) -> list[bytes]:
@@ -387,21 +499,21 @@ def lines_of(data: bytes, offsets: np.ndarray, lengths: np.ndarray) -> list[byte
     return [data[o:o + n - 1] for o, n in zip(offsets.tolist(), lengths.tolist())]
 
 
-def legacy_table(entries: list[dict], dtype: np.dtype = TABLE) -> np.ndarray:
+def legacy_table(entries: list[IndexEntry], dtype: np.dtype = TABLE) -> np.ndarray:
     """Table rows (no offsets, no crcs) for parsed JSON entries of a segment without a table."""
     table = np.zeros(len(entries), dtype)
     for i, entry in enumerate(entries):
-        record = entry["record"]
-        row = table[i:i + 1]
-        row["hash"] = key_hash(schema.video_key(record["video_id"]))
-        row["generation"] = entry.get("generation", 0)
-        row["frames"] = entry.get("rows", {}).get(schema.TOKENS, [0, 0])[1]
-        row["policies"] = len(record.get("policies") or {})
-        row["status"] = DONE if record.get("status") == "done" else FAILED
-        row["split"] = split_code(record.get("split", ""))
+        record = entry.record
+        row = Table(table[i:i + 1])
+        row.hash = key_hash(schema.video_key(entry.video_id))
+        row.generation = entry.generation
+        row.frames = entry.rows.get(schema.TOKENS, [0, 0])[1]
+        row.policies = len(record.get("policies") or {})
+        row.status = DONE if record.get("status") == "done" else FAILED
+        row.split = split_code(record.get("split", ""))
         for j, name in enumerate(arrays_of(dtype)):
-            if name in entry.get("rows", {}):
-                row["start"][0, j], row["count"][0, j] = entry["rows"][name]
+            if name in entry.rows:
+                row.starts[0, j], row.counts[0, j] = entry.rows[name]
     return table
 
 
@@ -417,18 +529,19 @@ class Index:
         tables = [s.table for s in segments]
         self.table = np.concatenate(tables) if tables else np.zeros(0, dtype)
         self.arrays = arrays_of(self.table)  # the arrays of its start/count/crc columns
+        self.cols = cols = Table(self.table)  # the same rows, typed
         sizes = [len(t) for t in tables]
         self.seg = np.repeat(np.arange(len(segments), dtype=np.int32), sizes)
         self.row = np.arange(len(self.table), dtype=np.int64) - np.repeat(np.cumsum([0, *sizes[:-1]]), sizes).astype(
             np.int64) if sizes else np.zeros(0, np.int64)
         ordinal = np.arange(len(self.table), dtype=np.int64)
-        done = self.table["status"] == DONE
+        done = cols.status == DONE
         tie = np.where(done, -ordinal, ordinal)
-        order = np.lexsort((tie, done, self.table["generation"], self.table["hash"]))
+        order = np.lexsort((tie, done, cols.generation, cols.hash))
         starts = np.cumsum([0, *sizes[:-1]]) if sizes else []
         damaged = np.concatenate([s.damaged + o for s, o in zip(segments, starts)] or [np.zeros(0, np.int64)])
         order = order[~np.isin(order, damaged)]  # a damaged row serves no reader: verify names it, repair re-indexes
-        h = self.table["hash"][order]
+        h = cols.hash[order]
         last = np.ones(len(order), bool)
         last[:-1] = h[1:] != h[:-1]
         self.win = order[last]  # the rows readers use, sorted by key hash
@@ -504,16 +617,17 @@ class Index:
     def columns(self, rows: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(segment numbers, first rows, row counts) of array ``name`` for each row."""
         i = self.arrays.index(name)
-        return (self.seg[rows], self.table["start"][rows, i].astype(np.int64),
-                self.table["count"][rows, i].astype(np.int64))
+        return (self.seg[rows], self.cols.starts[rows, i].astype(np.int64),
+                self.cols.counts[rows, i].astype(np.int64))
 
-    def entries(self, rows: np.ndarray) -> list[dict]:
+    def entries(self, rows: np.ndarray) -> list[IndexEntry]:
         return self._by_segment(rows, SegmentIndex.entries)
 
     def where(self, row: int) -> tuple[str, dict[str, tuple[int, int]]]:
         """(segment name, {array: (start, count)}) of one row."""
-        t = self.table[row]
-        rows = {name: (int(t["start"][i]), int(t["count"][i])) for i, name in enumerate(self.arrays) if t["count"][i]}
+        t = Table(self.table[row])
+        starts, counts = t.starts.tolist(), t.counts.tolist()
+        rows = {name: (starts[i], counts[i]) for i, name in enumerate(self.arrays) if counts[i]}
         return self.segments[int(self.seg[row])].name, rows
 
 

@@ -197,6 +197,6 @@ def _read_order(cache: Cache) -> list[str]:
     index columns (segment, first token row), no record read again."""
     if cache.layout == "loose":
         return sorted(cache.records())
-    rows, t = cache.index_rows(status=None), cache.index.table
-    order = np.lexsort((t["start"][rows, 0], cache.index.seg[rows], t["status"][rows] == index.DONE))
+    rows, t = cache.index_rows(status=None), cache.index.cols
+    order = np.lexsort((t.starts[rows, 0], cache.index.seg[rows], t.status[rows] == index.DONE))
     return [schema.video_key(v) for v in cache.index.ids(rows[order])]

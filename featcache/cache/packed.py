@@ -74,8 +74,8 @@ def row_plan(attrs: dict) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ..
         plan[schema.CUT] = (frame[1:], "float16", ("frame", "token", "channel"), True)
     if facts.crops:
         plan[schema.SIDE_CROPS] = ((2, *frame), dtype, ("frame", "crop", "layer", "token", "channel"), True)
-    if attrs.get("views"):  # K training views of each frame, frames first like side_crops
-        k = attrs["views"]["count"]
+    if facts.views:  # K training views of each frame, frames first like side_crops
+        k = facts.views.count
         plan[schema.VIEWS] = ((k, *frame), dtype, ("frame", "view", "layer", "token", "channel"), True)
         if dtype == "int8":
             plan[schema.VIEW_SCALES] = ((k, *frame[:2]), "float16", ("frame", "view", "layer", "token"), True)
@@ -348,7 +348,7 @@ class SegmentWriter:
             self.cursor[name] = 0
         return self.fds[name]
 
-    def append(self, record: dict, rows: dict[str, np.ndarray], generation: int) -> dict:
+    def append(self, record: dict, rows: dict[str, np.ndarray], generation: int) -> index.IndexEntry:
         """Write one video (its rows per array) and publish it now (``durable=False``) or with
         the next group commit; returns its index entry."""
         if self.name is None:
@@ -371,7 +371,7 @@ class SegmentWriter:
         self.dirty.update(rows)
         if not self.durable or time.monotonic() - self.oldest >= self.commit_s:
             self.commit()
-        return {"record": record, "rows": placed, "generation": generation, "crc": crc, "segment": self.name}
+        return index.IndexEntry(record, placed, generation, crc, self.name)
 
     def commit(self) -> None:
         """Publish the videos written since the last commit: the data files ``fdatasync``-ed,

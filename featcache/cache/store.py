@@ -14,6 +14,7 @@ and the mapped-segment cache.
 """
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import threading
@@ -278,7 +279,7 @@ class Cache:
         """The resolved columnar index (read on first use: one table file per segment)."""
         if self._idx is None:
             if self.layout == "loose":
-                entries = [{"record": r, "rows": {}, "generation": 0} for r in loose.list_records(self.path).values()]
+                entries = [index.IndexEntry(r) for r in loose.list_records(self.path).values()]
                 self._idx = index.Index([index.SegmentIndex.from_entries(self.path, schema.VIDEOS, entries)])
             else:
                 self._idx = index.read_index(self.path, index.table_of(self.attrs))
@@ -288,16 +289,16 @@ class Cache:
         """Rows of the index readers use (``status``/``split``: None for any), less the keys this
         writer has published since (``fresh``)."""
         idx = self.index
-        rows, table = idx.win, idx.table
+        rows, cols = idx.win, idx.cols
         keep = np.ones(len(rows), bool)
         if status is not None:
-            keep &= table["status"][rows] == (index.DONE if status == "done" else index.FAILED)
+            keep &= cols.status[rows] == (index.DONE if status == "done" else index.FAILED)
         if split is not None:
             code = index.split_code(split)
-            keep &= table["split"][rows] == code
+            keep &= cols.split[rows] == code
         if self.fresh:
             fresh = np.fromiter((index.key_hash(k) for k in self.fresh), np.uint64, len(self.fresh))
-            keep &= ~np.isin(table["hash"][rows], fresh)
+            keep &= ~np.isin(cols.hash[rows], fresh)
         rows = np.sort(rows[keep])  # in file order: the index files are read in runs
         if split is not None and index.split_code(split) == index.OTHER_SPLIT:  # the records have it
             rows = rows[np.array([sp == split for sp in self._splits(rows)], bool)]
@@ -305,17 +306,17 @@ class Cache:
 
     def _splits(self, rows: np.ndarray) -> list[str]:
         """Each row's split: from its code, or for a split other than train/val/test from its record."""
-        codes = self.index.table["split"][rows].tolist()
+        codes = self.index.cols.split[rows].tolist()
         splits = [index.SPLIT_CODES[c] if c != index.OTHER_SPLIT else None for c in codes]
         if None in splits:
             other = rows[np.array([sp is None for sp in splits], bool)]
-            names = iter(e["record"].get("split", "") for e in self.index.entries(other))
+            names = iter(e.split for e in self.index.entries(other))
             splits = [sp if sp is not None else next(names) for sp in splits]
         return splits
 
-    def _fresh(self, status: str | None = "done", split: str | None = None) -> list[dict]:
-        return [e for e in self.fresh.values() if (status is None or e["record"].get("status") == status)
-                and (split is None or e["record"].get("split") == split)]
+    def _fresh(self, status: str | None = "done", split: str | None = None) -> list[index.IndexEntry]:
+        return [e for e in self.fresh.values() if (status is None or e.status == status)
+                and (split is None or e.record.get("split") == split)]
 
     def __len__(self) -> int:
         """The number of extracted (done) videos."""
@@ -341,23 +342,23 @@ class Cache:
     def statuses(self, video_ids: list[str]) -> list[str | None]:
         """:meth:`status` of many videos at once (hashes looked up in the sorted index)."""
         found = self.lookup(video_ids)
-        return [found[v]["status"] if v in found else None for v in video_ids]
+        return [found[v].get("status") if v in found else None for v in video_ids]
 
     def lookup(self, video_ids: list[str]) -> dict[str, dict]:
         """video id -> {"status", "generation", "policies" (how many of the store's policies it
         holds)} of the given videos that the store holds: a shard's resume reads no records."""
         keys = [schema.video_key(v) for v in video_ids]
         rows = self.index.find(keys)
-        t = self.index.table
+        t = self.index.cols
         out = {}
         for vid, key, row in zip(video_ids, keys, rows.tolist()):
             if key in self.fresh:
                 e = self.fresh[key]
-                out[vid] = {"status": e["record"].get("status"), "generation": e.get("generation", 0),
-                            "policies": len(e["record"].get("policies") or {})}
+                out[vid] = {"status": e.status, "generation": e.generation,
+                            "policies": len(e.record.get("policies") or {})}
             elif row >= 0:
-                out[vid] = {"status": "done" if t["status"][row] == index.DONE else "failed",
-                            "generation": int(t["generation"][row]), "policies": int(t["policies"][row])}
+                out[vid] = {"status": "done" if t.status[row] == index.DONE else "failed",
+                            "generation": int(t.generation[row]), "policies": int(t.policies[row])}
         return out
 
     def records(self) -> dict[str, dict]:
@@ -365,31 +366,30 @@ class Cache:
         every record: listing, splits and views use the index columns instead."""
         if self._records is None:
             rows = self.index_rows(status=None)
-            records = [e["record"] for e in self.index.entries(rows)]
-            self._records = dict(sorted((schema.video_key(r["video_id"]), r) for r in records))
+            self._records = dict(sorted((schema.video_key(e.video_id), e.record) for e in self.index.entries(rows)))
         if not self.fresh:
             return self._records  # read and sorted once: callers index it in loops (cache pack)
-        return dict(sorted({**self._records, **{k: e["record"] for k, e in self.fresh.items()}}.items()))
+        return dict(sorted({**self._records, **{k: e.record for k, e in self.fresh.items()}}.items()))
 
     def record(self, video_id: str) -> dict | None:
         """The full record of one video (done or failed), or None."""
         key = schema.video_key(video_id)
         if key in self.fresh:
-            return self.fresh[key]["record"]
+            return self.fresh[key].record
         row = int(self.index.find([key])[0])
         return None if row < 0 else self._record_at(row)
 
     def _record_at(self, row: int) -> dict:
-        return self.index.entries(np.array([row]))[0]["record"]
+        return self.index.entries(np.array([row]))[0].record
 
-    def index_entries(self) -> dict[str, dict]:
+    def index_entries(self) -> dict[str, index.IndexEntry]:
         """key -> the index entry readers use (record, rows, generation, segment). Reads every
         JSON line (``cache pack``, tests); readers use the columns."""
         rows = self.index_rows(status=None)
         out = {}
         for row, entry in zip(rows.tolist(), self.index.entries(rows)):
-            entry = dict(entry, segment=self.index.segments[int(self.index.seg[row])].name)
-            out[schema.video_key(entry["record"]["video_id"])] = entry
+            entry = dataclasses.replace(entry, segment=self.index.segments[int(self.index.seg[row])].name)
+            out[schema.video_key(entry.video_id)] = entry
         out.update(self.fresh)
         return out
 
@@ -400,15 +400,15 @@ class Cache:
     def done_records(self, split: str) -> list[dict]:
         """Full records of the split's extracted videos, sorted by video id (the order views use)."""
         rows = self.index_rows("done", split)
-        records = [e["record"] for e in self.index.entries(rows)] + [e["record"] for e in self._fresh("done", split)]
-        return sorted(records, key=lambda r: r["video_id"])
+        entries = self.index.entries(rows) + self._fresh("done", split)
+        return [e.record for e in sorted(entries, key=lambda e: e.video_id)]
 
     def done_entries(self, split: str | None) -> list[VideoEntry]:
         """The split's (None: every) extracted videos, sorted by video id, each with its brief (video id,
         split, labels, policies) from the index columns; full records stay unread until asked for."""
         rows, ids = self.done_rows(split)
         out = self._entries_at(rows, ids)
-        out += [self._fresh_entry(schema.video_key(e["record"]["video_id"])) for e in self._fresh("done", split)]
+        out += [self._fresh_entry(schema.video_key(e.video_id)) for e in self._fresh("done", split)]
         return sorted(out, key=lambda e: e.video_id) if self.fresh else out
 
     def done_rows(self, split: str | None) -> tuple[np.ndarray, list[str]]:
@@ -424,14 +424,14 @@ class Cache:
         ``status`` (None: any)."""
         keys = [schema.video_key(v) for v in video_ids]
         rows = self.index.find(keys)
-        t = self.index.table
+        t = self.index.cols
         code = None if status is None else index.DONE if status == "done" else index.FAILED
         found, where, fresh = [], [], []
         for vid, key, row in zip(video_ids, keys, rows.tolist()):
             if key in self.fresh:
-                if status is None or self.fresh[key]["record"].get("status") == status:
+                if status is None or self.fresh[key].status == status:
                     fresh.append(vid)
-            elif row >= 0 and (code is None or t["status"][row] == code):
+            elif row >= 0 and (code is None or t.status[row] == code):
                 found.append(vid)
                 where.append(row)
         return found, np.asarray(where, np.int64), fresh
@@ -443,19 +443,19 @@ class Cache:
         ``status`` (None: any); from the index columns, no JSON."""
         if video_ids is None:
             rows = self.index_rows(status)
-            ids, fresh = self.index.ids(rows), [e["record"]["video_id"] for e in self._fresh(status)]
+            ids, fresh = self.index.ids(rows), [e.video_id for e in self._fresh(status)]
         else:
             ids, rows, fresh = self._found(video_ids, status)
         out = dict(zip(ids, self._briefs(rows, ids, policies)))
         for v in fresh:
-            r = self.fresh[schema.video_key(v)]["record"]
+            r = self.fresh[schema.video_key(v)].record
             out[v] = dict(index.brief_of(r), video_id=v, status=r.get("status"))
         return out
 
     def _briefs(self, rows: np.ndarray, ids: list[str], policies: bool = True) -> list[dict]:
-        idx, t = self.index, self.index.table
+        idx = self.index
         splits = self._splits(rows)
-        status = ["done" if c == index.DONE else "failed" for c in t["status"][rows].tolist()]
+        status = ["done" if c == index.DONE else "failed" for c in idx.cols.status[rows].tolist()]
         labels = idx.labels(rows)
         pols = idx.policies(rows, list(self.facts.policies)) if policies else [None] * len(rows)
         return [{"video_id": v, "status": st, "split": sp, "labels": lb, **({"policies": p} if policies else {})}
@@ -464,8 +464,8 @@ class Cache:
     def records_of(self, video_ids: list[str], status: str | None = "done") -> list[dict]:
         """Full records of the given videos that have ``status`` (None: any), in the order given."""
         ids, rows, fresh = self._found(video_ids, status)
-        by_id = {r["video_id"]: r for r in (e["record"] for e in self.index.entries(rows))}
-        by_id.update({v: self.fresh[schema.video_key(v)]["record"] for v in fresh})
+        by_id = {e.video_id: e.record for e in self.index.entries(rows)}
+        by_id.update({v: self.fresh[schema.video_key(v)].record for v in fresh})
         return [by_id[v] for v in video_ids if v in by_id]
 
     def entries(self, video_ids: list[str]) -> list[VideoEntry]:
@@ -484,14 +484,14 @@ class Cache:
         """Ids of the videos of ``status`` ("done" or "failed"), sorted."""
         if status not in schema.STATUSES:
             raise ValueError(f"status must be one of {schema.STATUSES}, not {status!r}")
-        ids = self.index.ids(self.index_rows(status)) + [e["record"]["video_id"] for e in self._fresh(status)]
+        ids = self.index.ids(self.index_rows(status)) + [e.video_id for e in self._fresh(status)]
         ids.sort()
         return ids
 
     def failures(self) -> dict[str, str]:
         """video id -> the reason it could not be extracted."""
         rows = self.index_rows("failed")
-        records = [e["record"] for e in self.index.entries(rows)] + [e["record"] for e in self._fresh("failed")]
+        records = [e.record for e in self.index.entries(rows) + self._fresh("failed")]
         return {r.video_id: r.reason or "" for r in sorted(map(VideoRecord.from_json, records), key=lambda r: r.video_id)}
 
     def video(self, video_id: str) -> VideoEntry:
@@ -505,14 +505,14 @@ class Cache:
             if row < 0:
                 raise KeyError(f"video {video_id!r} is not in {self.path}")
             entry = VideoEntry(self, key, None, self.index.where(row), None, row)
-            done = self.index.table["status"][row] == index.DONE
+            done = self.index.cols.status[row] == index.DONE
         if not done:
             raise KeyError(f"video {video_id!r} failed extraction: {entry.facts.reason}")
         return entry
 
     def _fresh_entry(self, key: str) -> VideoEntry:
         e = self.fresh[key]
-        return VideoEntry(self, key, e["record"], (e["segment"], {n: tuple(v) for n, v in e["rows"].items()}))
+        return VideoEntry(self, key, e.record, (e.segment, {n: tuple(v) for n, v in e.rows.items()}))
 
     def staged(self) -> list[str]:
         """Interrupted writes that the next extract run redoes: staging folders of a loose store;
@@ -521,10 +521,10 @@ class Cache:
 
     def superseded_bytes(self) -> int:
         """Data bytes of copies no reader uses: older generations and racing duplicates."""
-        t = self.index.table[self.index.superseded()]
+        t = self.index.cols.counts[self.index.superseded()]
         plan = packed.row_plan(self.attrs) if self.layout == "packed" else {}
         sizes = np.array([packed.row_bytes(plan[n]) if n in plan else 0 for n in self.index.arrays], np.int64)
-        return int((t["count"].astype(np.int64) * sizes).sum()) if len(t) else 0
+        return int((t.astype(np.int64) * sizes).sum()) if len(t) else 0
 
     def unindexed_bytes(self) -> int:
         """Bytes of unsealed segments' data files beyond their indexed rows (interrupted commits;
@@ -621,7 +621,7 @@ class Cache:
     def done_labels(self, splits) -> list[list[str]]:
         """Labels of every extracted video of the given splits (a run's classes come from these)."""
         rows = np.concatenate([self.index_rows("done", sp) for sp in splits])
-        return self.index.labels(rows) + [list(e["record"].get("labels", [])) for sp in splits
+        return self.index.labels(rows) + [list(e.record.get("labels", [])) for sp in splits
                                           for e in self._fresh("done", sp)]
 
     def rows_of(self, video_ids: list[str]) -> np.ndarray | None:
@@ -680,12 +680,12 @@ class Cache:
         if segment.sealed:
             return 0
         extra = 0
-        t = segment.table
-        for i, name in enumerate(index.arrays_of(t)):
+        t = segment.cols
+        for i, name in enumerate(t.arrays):
             path = os.path.join(segment.path, name, packed.DATA)
             if name not in packed.row_plan(self.attrs) or not os.path.exists(path):
                 continue
-            end = int((t["start"][:, i].astype(np.int64) + t["count"][:, i]).max()) if len(t) else 0
+            end = int((t.starts[:, i].astype(np.int64) + t.counts[:, i]).max()) if len(segment.table) else 0
             extra += max(0, os.path.getsize(path) - end * packed.row_bytes(packed.row_plan(self.attrs)[name]))
         return extra
 
@@ -731,9 +731,8 @@ class Cache:
         """Raise DamagedStore when a whole array of a video read back does not match its crc32c."""
         if entry.row < 0 or self.layout != "packed" or self.index.segments[int(self.index.seg[entry.row])].legacy:
             return
-        t = self.index.table[entry.row]
-        i = self.index.arrays.index(name)
-        if t["count"][i] and index.crc32c(np.ascontiguousarray(rows).tobytes()) != t["crc"][i]:
+        t = index.Table(self.index.table[entry.row])
+        if t.count(name) and index.crc32c(np.ascontiguousarray(rows).tobytes()) != t.crc(name):
             raise DamagedStore(f"{self.path}: video {entry.video_id!r}: its {name} do not match their checksum (changed "
                                f"since they were written); run featcache cache verify {self.path}")
 
@@ -752,13 +751,13 @@ class Cache:
         """The arrays of a video whose rows no longer have the crc32c recorded at writing."""
         if entry.row < 0 or self.layout != "packed":
             return []
-        t = self.index.table[entry.row]
+        t = index.Table(self.index.table[entry.row])
         bad = []
         for i, name in enumerate(self.index.arrays):
-            if t["count"][i]:
-                start, count = int(t["start"][i]), int(t["count"][i])
+            if t.counts[i]:
+                start, count = int(t.starts[i]), int(t.counts[i])
                 rows = self._segment_rows(entry.where[0], name, start, count)
-                if index.crc32c(np.ascontiguousarray(rows).tobytes()) != t["crc"][i]:
+                if index.crc32c(np.ascontiguousarray(rows).tobytes()) != t.crcs[i]:
                     bad.append(name)
         return bad
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from featcache.cache.dataset import ViewData, fill_view, frame_positions, memory_budget
+from featcache.cache.facts import store_attrs
 from featcache.errors import FeatcacheError
 from featcache.spec.view import View
 
@@ -64,7 +65,7 @@ def materialise_views(cache, view: View, split: str, mode: str, seed: int = 0, m
     view.check(attrs)
     layout = view.layout(attrs)
     entries = cache.done_entries(split)
-    k = attrs["views"]["count"]
+    k = store_attrs(attrs).views.count
     shape = (len(entries), k, *layout.shape)
     budget = max_bytes if max_bytes else memory_budget()
     if int(np.prod(shape)) * 2 > budget:
@@ -159,9 +160,9 @@ def materialise_jittered(cache, view: View, split: str, pool: str, seed: int = 0
         policy = parse_policy(pool)
     except ValueError as exc:
         raise FeatcacheError(f"temporal_jitter={pool}: {exc}") from None
-    if policy.fixed or str(policy) not in cache.attrs["frames"]["policies"]:
+    if policy.fixed or str(policy) not in store_attrs(cache.attrs).policies:
         raise FeatcacheError(f"temporal_jitter={pool}: expected a dense pool the cache holds (stride:S or fps:F); "
-                             f"it holds {', '.join(cache.attrs['frames']['policies'])}")
+                             f"it holds {', '.join(store_attrs(cache.attrs).policies)}")
     if not isinstance(view.frames, UniformPolicy) or view.subset or view.source == "cut":
         raise FeatcacheError(f"temporal_jitter={pool}: jitters a uniform:N view of the final tokens, not {view.frames}")
     view.check(cache.attrs)

@@ -65,8 +65,8 @@ def _segment_problems(cache, seg: index.SegmentIndex, where: str, out: list, bad
         data = f.read()
     ids = seg.ids(good) if len(good) else []
     for i, vid in zip(good.tolist(), ids):
-        row = t[i]
-        line = data[int(row["line"]):int(row["line"]) + int(row["line_len"])]
+        row = index.Table(t[i])
+        line = data[int(row.line):int(row.line) + int(row.line_len)]
         found = _row_vs_line(row, line, vid)
         if found:
             bad[vid] = found
@@ -86,24 +86,25 @@ def _segment_problems(cache, seg: index.SegmentIndex, where: str, out: list, bad
                 notes.append(f"{where}/{which}/0: {size} bytes where its seal recorded {meta} (truncated or appended to)")
 
 
-def _row_vs_line(row, line: bytes, vid: str) -> list[str]:
+def _row_vs_line(row: index.Table, line: bytes, vid: str) -> list[str]:
     """Disagreements between a table row and the JSON line it points to."""
-    if index.crc32c(line) != row["line_crc"]:
+    if index.crc32c(line) != row.line_crc:
         return ["its JSON line changed since it was written (checksum)"]
     try:
-        entry = json.loads(line)
-        record = VideoRecord.from_json(entry["record"])
+        entry = index.IndexEntry.from_json(json.loads(line))
+        record = VideoRecord.from_json(entry.record)
     except (ValueError, KeyError, TypeError):
         return ["its JSON line is not an index entry"]
     out = []
-    if record.video_id != vid or index.key_hash(schema.video_key(vid)) != row["hash"]:
+    if record.video_id != vid or index.key_hash(schema.video_key(vid)) != row.hash:
         out.append(f"the JSON line names {record.video_id!r}")
-    if entry.get("generation", 0) != row["generation"]:
-        out.append(f"generation {row['generation']} in the table, {entry.get('generation', 0)} in the JSON line")
-    if record.done != (row["status"] == index.DONE):
+    if entry.generation != row.generation:
+        out.append(f"generation {row.generation} in the table, {entry.generation} in the JSON line")
+    if record.done != (row.status == index.DONE):
         out.append("status differs between the table and the JSON line")
-    rows = {n: [int(row["start"][i]), int(row["count"][i])] for i, n in enumerate(index.arrays_of(row)) if row["count"][i]}
-    theirs = {n: list(v) for n, v in entry.get("rows", {}).items() if v[1]}
+    starts, counts = row.starts.tolist(), row.counts.tolist()
+    rows = {n: [starts[i], counts[i]] for i, n in enumerate(row.arrays) if counts[i]}
+    theirs = {n: list(v) for n, v in entry.rows.items() if v[1]}
     if rows != theirs:
         out.append(f"rows {rows} in the table, {theirs} in the JSON line")
     return out
@@ -115,7 +116,8 @@ def _unindexed_lines(cache, seg: index.SegmentIndex, where: str, data: bytes, ta
     nothing (a note); an entry whose video the store does not hold done is a lost video, unless
     it is an unsealed segment's last, interrupted commit (the next extraction redoes it).
     Returns how many entries are served by another copy (re-indexed by repair)."""
-    last = int((table["line"] + table["line_len"]).max()) if len(table) else 0
+    t = index.Table(table)
+    last = int((t.line + t.line_len).max()) if len(table) else 0
     lost = []
     for offset, line in orphan_lines(data, table):
         vid = _line_video(line)
@@ -135,14 +137,14 @@ def orphan_lines(data: bytes, table: np.ndarray) -> list[tuple[int, bytes]]:
     """(offset, line) of every complete JSON line of ``data`` that no row of ``table`` points to."""
     ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
     starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else np.zeros(0, np.int64)
-    used = set(table["line"].tolist())
+    used = set(index.Table(table).line.tolist())
     return [(int(s), data[s:e + 1]) for s, e in zip(starts.tolist(), ends.tolist()) if s not in used and e > s]
 
 
 def _line_video(line: bytes) -> str | None:
     """The video id of an index entry's JSON line; None for a line that is no entry."""
     try:
-        return VideoRecord.from_json(json.loads(line)["record"]).video_id
+        return VideoRecord.from_json(index.IndexEntry.from_json(json.loads(line)).record).video_id
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -160,7 +162,7 @@ def interrupted(cache) -> dict[str, list[str]]:
                 data = f.read()
         except OSError:
             continue
-        last = int((seg.table["line"] + seg.table["line_len"]).max()) if len(seg.table) else 0
+        last = int((seg.cols.line + seg.cols.line_len).max()) if len(seg.table) else 0
         ids = []
         for offset, line in orphan_lines(data, seg.table):
             vid = _line_video(line) if offset >= last else None
@@ -182,7 +184,7 @@ def video_problems(cache, check_values: bool = True, deep: bool = True) -> dict[
         entries = [None] * len(rows)
         out["(index)"] = [f"its JSON lines cannot be read ({exc})"]
     for row, entry in zip(rows.tolist(), entries):
-        record = (entry or {}).get("record") or {}
+        record = (entry.record if entry is not None else None) or {}
         typed = VideoRecord.from_json(record if isinstance(record, dict) else {})
         key = typed.video_id or f"(index row {row})"
         try:

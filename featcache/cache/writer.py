@@ -118,14 +118,14 @@ class CacheWriter(Cache):
             raise OptionError("frames", f"{', '.join(added)} cannot be added to the int8 store {self.path} "
                                  "(its per-video scales would change); extract into another --out")
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        frames = dict(self.attrs["frames"])
-        first = frames.get("added") or {p: self.attrs.get("created_at") for p in frames["policies"]}
-        frames["policies"] = [*frames["policies"], *added]
-        frames["added"] = {**first, **{p: now for p in added}}
+        frames = self.facts.frames.to_json()
+        first = frames.get("added") or {p: self.facts.created_at for p in self.facts.policies}
+        frames = dict(frames, policies=[*self.facts.policies, *added], added={**first, **{p: now for p in added}})
         meta = loose.read_json(os.path.join(self.path, "zarr.json"))
-        meta["attributes"] = dict(meta["attributes"], frames=frames)
+        attributes = dict(meta.get("attributes"), frames=frames)
+        meta = dict(meta, attributes=attributes)  # the same keys, in the same order
         packed.write_replacing(os.path.join(self.path, "zarr.json"), json.dumps(meta, indent=2).encode("utf-8"))
-        self.attrs = meta["attributes"]
+        self.attrs = attributes
         self._segment.attrs = self.attrs
 
     @staticmethod
@@ -176,9 +176,9 @@ class CacheWriter(Cache):
     def _next_generation(self, key: str) -> int:
         """0 for a new video; one above the entry it replaces (a failure, a repaired copy)."""
         if key in self.fresh:
-            return self.fresh[key].get("generation", 0) + 1
+            return self.fresh[key].generation + 1
         row = int(self.index.find([key])[0])
-        return 0 if row < 0 else int(self.index.table["generation"][row]) + 1
+        return 0 if row < 0 else int(self.index.cols.generation[row]) + 1
 
     def replace_video(self, record: dict, tokens: np.ndarray, luv_scores: np.ndarray | None,
                       cut: np.ndarray | None = None, side_crops: np.ndarray | None = None,
@@ -194,7 +194,7 @@ class CacheWriter(Cache):
     def _publish_done(self, record: dict, tokens, luv_scores, cut, side_crops, views=None) -> int:
         """Append a done video one generation above the copy it replaces; its token bytes.
         ``views``: (K, T, L, N, C) training views, required in a store with views."""
-        count = (self.attrs.get("views") or {}).get("count")
+        count = self.facts.views.count if self.facts.views else None
         if count and (views is None or len(views) != count):
             raise ValueError(f"{record.get('video_id')}: a store with {count} training views takes every video's views")
         data = {schema.TOKENS: tokens, schema.LUV_SCORES: luv_scores, schema.CUT: cut, schema.SIDE_CROPS: side_crops,

@@ -176,3 +176,17 @@ def test_cut_int8_crops_and_clip_stores_round_trip_exactly(tmp_path):
     assert open_cache(stores["int8"]).facts.dtype == "int8"
     facts = open_cache(stores["clip"]).facts
     assert facts.clip_rows and facts.tokens.clip_grid == (1, 2, 2) and facts.frames.clip_policy
+
+
+def test_views_section_is_typed_and_round_trips_exactly():
+    from featcache.cache import index
+    from featcache.cache.views import views_attrs
+
+    doc = {"schema_version": 2, "frames": {"policies": ["uniform:4"]},
+           "storage": {"dtype": "int8", "table_arrays": list(index.VIEW_ARRAYS), "later": 1},
+           "views": dict(views_attrs(4, "crop_flip", 7, "frame"), future=[1])}
+    facts = StoreAttrs.from_json(doc)
+    assert facts.views.count == 4 and facts.views.seed == 7 and facts.views.unknown == {"future": (1,)}
+    assert facts.storage.table_arrays == index.VIEW_ARRAYS and index.table_of(doc) == index.TABLE_VIEWS
+    assert index.table_of(AttrsDict(doc)).itemsize == 180 and index.table_of({"storage": {}}).itemsize == 156
+    _round_trips(StoreAttrs, doc)

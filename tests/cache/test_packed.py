@@ -126,7 +126,7 @@ def test_growth_appends_a_newer_copy_that_readers_take(tmp_path):
             assert writer.replace_video(record, grown, None) is None  # it has every policy now
     cache = open_cache(path)
     assert cache.attrs["frames"]["policies"] == ["uniform:8", "uniform:4"]
-    assert cache.index_entries()["v000001"]["generation"] == 1 and len(cache.segments()) == 2
+    assert cache.index_entries()["v000001"].generation == 1 and len(cache.segments()) == 2
     np.testing.assert_array_equal(cache.video("v000001").tokens, grown)
     assert cache.verify() == []
 
