@@ -128,7 +128,7 @@ class ViewBatches:
     def __init__(self, batch: BatchConfig, data: dict[str, ViewData], task: Task):
         self.cfg, self.data, self.task = batch, data, task
         self.classes, self.multi = task.classes, task.multi
-        self.train, self.val_data = data["train"], data["val"]
+        self.train, self.val_data = data["train"], data.get("val")  # no val: nothing to select on
         self.num_prefix_tokens, self.grid = self.train.num_prefix_tokens, self.train.grid
         self.y = task.targets(self.train.labels)
 
@@ -145,7 +145,7 @@ class ViewBatches:
 
     def val(self, batch_size: int):
         val = self.val_data
-        if not len(val.video_ids):
+        if val is None or not len(val.video_ids):
             return None
         return (val.x[i:i + batch_size] for i in range(0, len(val.x), batch_size)), self.task.targets(val.labels)
 
