@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from featcache.cache import schema
+from featcache.spec.pts import decode_pts
 from featcache.spec.view import CacheShape
 
 _EMPTY: Mapping = MappingProxyType({})
@@ -302,8 +303,28 @@ class StoreAttrs(Facts):
 
 # ---------------------------------------------------------------------------------------- videos
 @dataclass(frozen=True, kw_only=True)
+class StreamClock(Facts):
+    """The decoded stream's clock (a source's ``clock``, featcache.video.decode.stream_clock): what
+    SlowFast's decoding backends seek by. Rates and the time base as ``"num/den"``; ``pts``: every
+    decoded frame's, display order, as featcache.spec.pts stores them (None: not recorded)."""
+
+    time_base: str | None = None
+    duration: int | None = None  # the stream header's, in time-base units
+    frames: int | None = None  # the stream header's frame count (0: absent)
+    average_rate: str | None = None
+    guessed_rate: str | None = None  # av_guess_frame_rate: torchvision's video_reader fps
+    pts: tuple | str | None = None
+
+    def frame_pts(self) -> list[int] | None:
+        """Every decoded frame's pts."""
+        return decode_pts(self.pts)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SourceFacts(Facts):
     """What decoding found (a record's ``source``)."""
+
+    _sections: ClassVar = {"clock": StreamClock}
 
     num_frames: int | None = None  # frames decoded
     fps: float | None = None
@@ -313,6 +334,7 @@ class SourceFacts(Facts):
     decoder_note: str | None = None
     expected_frames: int | None = None
     truncated: bool | None = None
+    clock: StreamClock | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -341,6 +363,14 @@ class VideoRecord(Facts):
     @property
     def done(self) -> bool:
         return self.status == "done"
+
+    @property
+    def displayed_size(self) -> tuple[int | None, int | None]:
+        """The video's size as displayed (the display matrix applied): what frames are resized from."""
+        src = self.source
+        if src is None:
+            return None, None
+        return src.unknown.get("display_width", src.width), src.unknown.get("display_height", src.height)
 
     @property
     def failed(self) -> bool:

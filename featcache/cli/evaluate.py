@@ -33,8 +33,10 @@ def eval_(
     clip_rate: int = typer.Option(0, help="Dense-clip views: each of the --temporal-views is N frames every R source "
                                           "frames, starts evenly spaced (SlowFast get_start_end_idx), from a stride:S pool."),
     protocol: str = typer.Option("featcache", help="--clip-rate: whose clip placement and crops: featcache, slowfast "
-                                                   "(TARGET_FPS 30), stadapter, or vjepa (--temporal-views = its "
-                                                   "segments, --clip-rate = its frame_step; docs/protocols.md)."),
+                                                   "(its default torchvision backend: TARGET_FPS 30, clips decoded by "
+                                                   "pts), slowfast-pyav, slowfast-whole (its formula over the whole "
+                                                   "video), stadapter, or vjepa (--temporal-views = its segments, "
+                                                   "--clip-rate = its frame_step; docs/protocols.md)."),
     manifest: Optional[str] = typer.Option(None, "--manifest", "-m", help="Labels and splits from this manifest "
                                            "(default: the one the run was trained with; its class list must be the run's)."),
 ):

@@ -23,6 +23,8 @@ stride 8 over a 30.1 s video at ``fps:1`` (31 pool frames) scores frames 0-23 on
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import torch
 
@@ -141,3 +143,110 @@ def vjepa_clip_indices(video_size: int, frames_per_clip: int, frame_step: int, n
         shift = (video_size - clip_len) // (num_segments - 1) if video_size > clip_len else 0
         segments.append(np.clip(points.astype(np.int64), 0, max(last - 1, 0)) + i * shift)
     return segments
+
+
+# ------------------------------------------------------ SlowFast's selective decoding, replayed
+US = Fraction(1, 1_000_000)  # AV_TIME_BASE_Q: the unit torchvision's decoder compares pts in
+
+
+class ReleaseFails(Exception):
+    """The release's decoder returns no clip for this video (SlowFast then fails the video)."""
+
+
+def av_rescale_q(a: int, bq: Fraction, cq: Fraction) -> int:
+    """FFmpeg's ``av_rescale_q`` (libavutil/mathematics.c): ``a * bq / cq`` rounded to the
+    nearest integer, halves away from zero (AV_ROUND_NEAR_INF), in exact integer arithmetic."""
+    b, c = bq.numerator * cq.denominator, cq.numerator * bq.denominator
+    return -av_rescale_q(-a, bq, cq) if a < 0 else (a * b + c // 2) // c
+
+
+def rescaled(a: np.ndarray, bq: Fraction, cq: Fraction) -> np.ndarray:
+    """:func:`av_rescale_q` of every element (int64; exact Python integers where int64 could overflow)."""
+    b, c = bq.numerator * cq.denominator, cq.numerator * bq.denominator
+    if not len(a) or int(np.abs(a).max()) * b + c < 2 ** 62:
+        return np.sign(a) * ((np.abs(a) * b + c // 2) // c)
+    return np.array([av_rescale_q(int(x), bq, cq) for x in a], dtype=np.int64)
+
+
+def _sampled(start: float, end: float, num_frames: int, available: int) -> np.ndarray:
+    """``temporal_sampling`` (decoder.py L17-34) over ``available`` decoded frames: positions."""
+    return torch.clamp(torch.linspace(start, end, num_frames), 0, available - 1).long().numpy()
+
+
+def slowfast_torchvision_clip(clock, num_frames: int, rate: int, clip_idx: int, num_clips: int,
+                              target_fps: float = 30.0) -> tuple[np.ndarray, bool]:
+    """SlowFast's test clip with its default ``DATA.DECODING_BACKEND`` "torchvision"
+    (``config/defaults.py`` L726, TARGET_FPS 30 at L720): ``torchvision_decode`` (``decoder.py``
+    L228-370) decodes only the clip's pts range when the header's duration allows it, then
+    ``decode`` (L552-598) samples the clip from the decoded frames. Returns the source frames and
+    whether the selective path was taken. ``clock`` is the video's recorded
+    :class:`~featcache.cache.facts.StreamClock`; the arithmetic replays:
+
+    - the probe: ``video_fps`` is ``av_guess_frame_rate`` stored as float32 (torchvision
+      ``csrc/io/decoder/stream.cpp`` ``openCodec``, ``video_reader.cpp`` videoFps kFloat), the
+      duration the header's, through microseconds and back (``_video_opt.py`` ``_fill_info``);
+    - selective when ``fps * duration > num_frames * rate`` (L296-303): the clip of
+      ``max(1, rate N / target_fps * fps)`` frames placed over ``fps * duration`` frames
+      (``get_multiple_start_end_idx``, L79-183, no offset), turned into pts by ``denominator / fps``
+      (L320-322), the decoder keeping frames with ``start_us <= pts_us <= end_us + 100``
+      (``video_reader.cpp`` ``offsetsToUs``; ``decoder.cpp`` ``processPacket``), then
+      ``temporal_sampling`` of ``linspace(0, clip_size - 1, N)`` over them (L587-597);
+    - otherwise, or when the range holds no frame, the whole video (frames with pts >= 0) and
+      SlowFast's formula over it (L557-586)."""
+    tb = Fraction(clock.time_base)
+    pts_us = rescaled(np.asarray(clock.frame_pts(), dtype=np.int64), tb, US)
+    fps = float(np.float32(float(Fraction(clock.guessed_rate)) if clock.guessed_rate else 0.0))
+    clip_size = max(1.0, rate * num_frames / target_fps * fps)
+    duration = 0.0
+    if clock.duration is not None:
+        duration = float(av_rescale_q(av_rescale_q(clock.duration, tb, US), US, tb)) * (tb.numerator / float(tb.denominator))
+    if tb.denominator > 0 and duration > 0 and fps * duration > num_frames * rate:
+        start, end = get_start_end_idx(fps * duration, clip_size, clip_idx, num_clips)
+        per_frame = tb.denominator / fps
+        start_pts, end_pts = int(start * per_frame), int(end * per_frame)
+        start_us = av_rescale_q(start_pts, tb, US) if start_pts > 0 else 0
+        end_us = 100 + av_rescale_q(end_pts, tb, US) if end_pts > 0 else -1
+        kept = np.flatnonzero((pts_us >= start_us) & ((pts_us <= end_us) if end_us > 0 else True))
+        if len(kept):
+            return kept[_sampled(0.0, clip_size - 1, num_frames, len(kept))], True
+    kept = np.flatnonzero(pts_us >= 0)  # the whole video: startOffset 0 drops negative pts
+    if not len(kept):
+        raise ReleaseFails("torchvision's decoder returns no frame with pts >= 0")
+    start, end = get_start_end_idx(len(kept), clip_size, clip_idx, num_clips)
+    return kept[_sampled(start, end, num_frames, len(kept))], False
+
+
+def slowfast_pyav_clip(clock, num_frames: int, rate: int, clip_idx: int, num_clips: int,
+                       target_fps: float = 30.0) -> tuple[np.ndarray, bool]:
+    """SlowFast's test clip with its ``pyav`` backend, the default until September 2021 (commit
+    c4ecfa1, ``config/defaults.py`` ``DECODING_BACKEND = "pyav"``; the papers of SlowFast, X3D
+    and MViT ran it). ``pyav_decode`` (``decoder.py`` L229-302 of that commit) places the clip of
+    ``rate N / target_fps * average_rate`` frames over the header's frame count, converts to pts
+    by ``duration / frames``, and ``pyav_decode_stream`` (L72-111) keeps the frames with
+    ``start_pts <= pts <= end_pts`` plus the first one after (``buffer_size`` 0); ``decode``
+    (L377-390) samples ``linspace(0, clip_size - 1, N)`` over them. Without a header duration the
+    whole video is decoded and the clip placed over it. A header without a frame count divides by
+    zero, and a range past the last frame decodes nothing: SlowFast fails those videos
+    (:class:`ReleaseFails`). The HEAD release's pyav path fails every video (``decoder.py`` L421
+    subtracts 1 from the list of frame counts, caught at L541), so this is the last one that ran."""
+    pts = np.asarray(clock.frame_pts(), dtype=np.int64)
+    fps = float(Fraction(clock.average_rate)) if clock.average_rate else 0.0
+    clip_size = rate * num_frames / target_fps * fps
+    if clock.duration is None:
+        kept = np.flatnonzero(pts >= 0)
+        if not len(kept):
+            raise ReleaseFails("PyAV decodes no frame with pts >= 0")
+        start, end = get_start_end_idx(len(kept), clip_size, clip_idx, num_clips)
+        return kept[_sampled(start, end, num_frames, len(kept))], False
+    if not clock.frames:
+        raise ReleaseFails("the header has no frame count (pyav_decode divides the duration by it, L284)")
+    start, end = get_start_end_idx(clock.frames, clip_size, clip_idx, num_clips)
+    per_frame = clock.duration / clock.frames
+    start_pts, end_pts = int(start * per_frame), int(end * per_frame)
+    inside = np.flatnonzero(pts >= start_pts)  # display order: the frames from start_pts on
+    kept = inside[pts[inside] <= end_pts]
+    after = inside[pts[inside] > end_pts][:1]  # buffer_size 0: the first frame past the end is kept too
+    kept = np.union1d(kept, after)
+    if not len(kept):
+        raise ReleaseFails("the clip's pts range lies past the last frame (PyAV decodes nothing)")
+    return kept[_sampled(0.0, clip_size - 1, num_frames, len(kept))], True

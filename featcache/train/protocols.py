@@ -5,9 +5,12 @@ and output files (``test/top1@2x3``, ``predictions_test@slowfast10x3r8.csv``).
 
 The kinds: :class:`SingleView` (the head's own view), :class:`MultiView` (interleaved temporal views
 x spatial crops), :class:`DenseClips` (clips at a sampling rate from a ``stride:S`` pool) and its
-released placements (``slowfast``, ``stadapter``, ``vjepa``: :mod:`featcache.train.protocols_release`),
+released placements (``slowfast``, ``slowfast-pyav``, ``slowfast-whole``, ``stadapter``, ``vjepa``: :mod:`featcache.train.protocols_release`),
 and ``Windows`` (sliding windows over a dense pool: :mod:`featcache.train.protocols_windows`). :func:`featcache.train.evaluate.parse_protocol` builds
 one from the ``featcache eval`` options: the only place that dispatches on them.
+
+Long module: the protocol base, the single and interleaved views, and the dense-clip kind every
+release subclasses with the views file they all write; splitting them would split that base.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from featcache.cache.facts import VideoRecord
 from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.policy import StridePolicy
 from featcache.spec.view import View, parse_policy
-from featcache.train.clips import dense_clip_indices, nearest_positions
+from featcache.train.clips import ReleaseFails, dense_clip_indices, nearest_positions
 
 COMBINE = ("mean", "sum", "max")
 
@@ -193,8 +196,8 @@ class DenseClips(Protocol):
     cache's first; a source frame the pool lacks is served by the nearest cached one, their share
     reported as ``clip_frames_rounded``), every clip at every crop, softmax per view, combined.
     Named ``VxCrR`` (``10x3r2``), a release's placement prefixed by its name (``slowfast10x3r8``),
-    the pool's name joined when it is not the default. A release's protocol (``release`` set)
-    also writes ``views_<split>@...csv``: the source frames and crop box of every view scored."""
+    the pool's name joined when it is not the default. Writes ``views_<split>@...csv``: the
+    source frames and crop box of every view scored (``protocol`` featcache, or the release's name)."""
     clips: int = 1
     spatial_views: int = 1
     rate: int = 0
@@ -226,9 +229,30 @@ class DenseClips(Protocol):
         n = record.num_frames
         return [dense_clip_indices(n, frames, self.rate, v, self.clips) for v in range(self.clips)]
 
-    def crop_box(self, width: int, height: int, size: int, crop: int) -> str:
-        """The crop the release takes in its resized frame (``x0 y0 x1 y1``); see the releases."""
-        return ""
+    def placed_views(self, records: list[VideoRecord], frames: int) -> list[list[np.ndarray]]:
+        """Every video's views (:meth:`clip_indices`); the videos the release's decoder fails
+        refused together, in one line naming them and why (SlowFast fails a video it cannot decode)."""
+        placed, failed = [], []
+        for record in records:
+            try:
+                placed.append(self.clip_indices(record, frames))
+            except ReleaseFails as exc:
+                failed.append((record.video_id, str(exc)))
+        if failed:
+            ids = ", ".join(v for v, _ in failed[:3]) + (", ..." if len(failed) > 3 else "")
+            raise FeatcacheError(f"--protocol {self.release}: the release's decoder fails {len(failed)} video(s) "
+                                 f"({ids}): {failed[0][1]}")
+        return placed
+
+    def crop_box(self, width: int, height: int, size: int, crop: int, short: int) -> str:
+        """The crop scored, ``x0 y0 x1 y1`` in the resized frame it is taken from: featcache's own
+        cached crops (video/prepare.py ``crop``: the short side resized to ``short``, offsets 0,
+        the centre rounded half to even, the margin); a release's in its own resized frame."""
+        w, h = (int(short * width / height), short) if width >= height else (short, int(short * height / width))
+        x0, y0 = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+        if crop != 1:
+            x0, y0 = (0 if crop == 0 else w - size, y0) if w >= h else (x0, 0 if crop == 0 else h - size)
+        return f"{x0} {y0} {x0 + size} {y0 + size}"
 
     def score(self, run: Run, split: str, data: ViewData | None = None) -> Scored | None:
         videos = run.cache.done_videos(split)
@@ -242,11 +266,11 @@ class DenseClips(Protocol):
         layout = run.cfg.view.layout(shape)
         entries, records = [e for e, _ in videos], [r for _, r in videos]
         clips, rounded, wanted_total, placed = [], 0, 0, []
-        for entry, record in zip(entries, records):
+        for entry, record, views_of in zip(entries, records, self.placed_views(records, layout.frames)):
             pos = np.asarray(frame_positions(entry, policy))  # the pool's positions among the cached frames
             source = entry.frame_indices[pos]
             per_video = []
-            for v, wanted in enumerate(self.clip_indices(record, layout.frames)):
+            for v, wanted in enumerate(views_of):
                 near, missed = nearest_positions(source, wanted)
                 per_video.append(pos[near].tolist())
                 rounded, wanted_total = rounded + missed, wanted_total + len(wanted)
@@ -260,10 +284,8 @@ class DenseClips(Protocol):
                     fill_view(x[i], entry, clips[i][v], view, shape)
                 probs.append(probabilities(predict(run.head, torch.from_numpy(x), run.cfg.batch_size, run.device),
                                            run.task.multi))
-        files = {}
-        if self.release:
-            size = run.cache.facts.preprocess.input_size[-1]
-            files["views"] = lambda path: self.write_views(path, placed, size)
+        pre = run.cache.facts.preprocess
+        files = {"views": lambda path: self.write_views(path, placed, pre.input_size[-1], pre.resize_short_side)}
         return Scored([r.video_id for r in records], [list(r.labels) for r in records], combined(probs, self.combine),
                       self.combine, len(probs), {"clip_frames_rounded": rounded / wanted_total, "pool": self.pool},
                       files)
@@ -272,16 +294,16 @@ class DenseClips(Protocol):
         """The views file's rows: (record, view, crop, source frames asked for, served)."""
         return placed
 
-    def write_views(self, path: str, placed: list, size: int) -> None:
+    def write_views(self, path: str, placed: list, size: int, short: int) -> None:
         """Per scored view: the source frames the protocol asks for, those the cache served, and the
-        crop box the release takes in its resized frame (x0 y0 x1 y1; short side = ``size``)."""
+        crop box taken in the resized frame (x0 y0 x1 y1; crop ``size``, the cache's short side ``short``)."""
         import csv
 
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["video_id", "protocol", "view", "crop", "source_frames", "served_frames", "crop_box"])
             for record, v, c, wanted, served in self.view_rows(placed):
-                width, height = (record.source.width, record.source.height) if record.source else (None, None)
-                box = self.crop_box(width, height, size, c) if width and height else ""
-                w.writerow([record.video_id, self.release, v, c, " ".join(map(str, wanted)),
+                width, height = record.displayed_size
+                box = self.crop_box(width, height, size, c, short) if width and height else ""
+                w.writerow([record.video_id, self.release or "featcache", v, c, " ".join(map(str, wanted)),
                             " ".join(map(str, served)), box])

@@ -18,7 +18,14 @@ import numpy as np
 
 from featcache.cache.facts import PreprocessFacts, StoreAttrs, VideoRecord
 from featcache.errors import FeatcacheError, OptionError
-from featcache.train.clips import slowfast_clip_indices, stadapter_clip_indices, vjepa_clip_indices
+from featcache.train.clips import (
+    ReleaseFails,
+    slowfast_clip_indices,
+    slowfast_pyav_clip,
+    slowfast_torchvision_clip,
+    stadapter_clip_indices,
+    vjepa_clip_indices,
+)
 from featcache.train.protocols import DenseClips, Run
 
 
@@ -49,21 +56,50 @@ class _Release(DenseClips):
 
 
 @dataclasses.dataclass(frozen=True)
-class SlowFastClips(_Release):
-    """SlowFast's default test path: ``DATA.TARGET_FPS`` 30 resampling (a clip spans ``R N / 30 *
-    fps`` source frames), ``get_start_end_idx`` placement, ``uniform_crop`` offsets 0 /
+class SlowFastWholeClips(_Release):
+    """SlowFast's formula over the decoded whole video (its path when a backend decodes it all):
+    ``DATA.TARGET_FPS`` 30 resampling (a clip spans ``R N / 30 * fps`` source frames, ``fps`` the
+    video's recorded average rate), ``get_start_end_idx`` placement, ``uniform_crop`` offsets 0 /
     ceil(margin / 2) / margin (transform.py L226-227) of a short side resized to the crop size."""
-    release: ClassVar[str] = "slowfast"
+    release: ClassVar[str] = "slowfast-whole"
 
     def clip_indices(self, record: VideoRecord, frames: int) -> list[np.ndarray]:
         n, fps = record.num_frames, record.source.fps if record.source else None
         if not fps:
-            raise OptionError("protocol", "slowfast resamples to 30 fps, and the cache does not record this video's rate")
+            raise OptionError("protocol", f"{self.release} resamples to 30 fps, and the cache does not record "
+                                          "this video's rate")
         return [slowfast_clip_indices(n, fps, frames, self.rate, v, self.clips) for v in range(self.clips)]
 
-    def crop_box(self, width: int, height: int, size: int, crop: int) -> str:
+    def crop_box(self, width: int, height: int, size: int, crop: int, short: int = 0) -> str:
         margin = int(math.floor(max(width, height) / min(width, height) * size)) - size
         return _box(width >= height, (0, math.ceil(margin / 2), margin)[crop], size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlowFastClips(SlowFastWholeClips):
+    """SlowFast's default test path (HEAD: ``DATA.DECODING_BACKEND`` "torchvision"): each clip
+    decoded selectively by pts from the header's duration and frame rate, as
+    :func:`~featcache.train.clips.slowfast_torchvision_clip` replays from the video's recorded
+    stream clock; its crops as :class:`SlowFastWholeClips`."""
+    release: ClassVar[str] = "slowfast"
+    decode: ClassVar = staticmethod(slowfast_torchvision_clip)
+
+    def clip_indices(self, record: VideoRecord, frames: int) -> list[np.ndarray]:
+        clock = record.source.clock if record.source else None
+        if clock is None or clock.pts is None or not clock.time_base:
+            why = ("its frames' pts were not recorded (a variable frame rate)" if clock is not None else
+                   "the cache predates recorded stream clocks (re-extract it)")
+            raise ReleaseFails(f"{why}; SlowFast's {self.release} decoding seeks by pts, so it cannot be replayed "
+                               "(--protocol slowfast-whole places clips over the whole video)")
+        return [self.decode(clock, frames, self.rate, v, self.clips)[0] for v in range(self.clips)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SlowFastPyAVClips(SlowFastClips):
+    """SlowFast's ``pyav`` backend (its default until 2021: the SlowFast, X3D and MViT papers),
+    :func:`~featcache.train.clips.slowfast_pyav_clip`; crops as :class:`SlowFastWholeClips`."""
+    release: ClassVar[str] = "slowfast-pyav"
+    decode: ClassVar = staticmethod(slowfast_pyav_clip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +113,7 @@ class STAdapterClips(_Release):
         n = record.num_frames
         return [stadapter_clip_indices(n, frames, self.rate, v, self.clips) for v in range(self.clips)]
 
-    def crop_box(self, width: int, height: int, size: int, crop: int) -> str:
+    def crop_box(self, width: int, height: int, size: int, crop: int, short: int = 0) -> str:
         margin = max(width, height) * size // min(width, height) - size
         return _box(width >= height, (0, margin // 2, margin)[crop], size)
 
@@ -134,13 +170,13 @@ class VJEPAClips(_Release):
                          for record, _, c, wanted, served in group]
         return rows
 
-    def crop_box(self, width: int, height: int, size: int, crop: int) -> str:
-        short, long_ = min(width, height), max(width, height)
+    def crop_box(self, width: int, height: int, size: int, crop: int, short: int = 0) -> str:
+        source_short, long_ = min(width, height), max(width, height)
         if self.spatial_views == 3:
-            step = (int(size * long_ / short) - size) // 2
+            step = (int(size * long_ / source_short) - size) // 2
             return _box(width >= height, crop * step, size)
         side = int(size * 256 / 224)  # VideoTransform: Resize(side) then CenterCrop(size)
-        w2, h2 = (width, height) if short == side else _resized(width, height, side)
+        w2, h2 = (width, height) if source_short == side else _resized(width, height, side)
         x0, y0 = int(round((w2 - size) / 2.0)), int(round((h2 - size) / 2.0))
         return f"{x0} {y0} {x0 + size} {y0 + size}"
 
@@ -159,4 +195,5 @@ def _box(wide: bool, offset: int, size: int) -> str:
     return f"{x0} {y0} {x0 + size} {y0 + size}"
 
 
-RELEASES = {cls.release: cls for cls in (SlowFastClips, STAdapterClips, VJEPAClips)}
+RELEASES = {cls.release: cls for cls in (SlowFastClips, SlowFastPyAVClips, SlowFastWholeClips, STAdapterClips,
+                                         VJEPAClips)}

@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from featcache.errors import OptionError
+from featcache.spec.pts import encode_pts
 from featcache.video.select import BestFrames, LuvScorer, luv_scores
 
 DECODERS = ("auto", "decord", "pyav", "torchcodec")
@@ -82,6 +83,7 @@ class DecodedVideo:
     start: float = 0.0  # the first frame's pts in seconds: timestamps + start = the player's clock
     orientation: "Orientation | None" = None  # the display matrix's rotation/flips, applied to `frames`
     damaged: int = 0  # packets the decoder refused and skipped (damaged bytes)
+    clock: dict | None = None  # the stream's clock (stream_clock): what SlowFast's decoders seek by
 
     @property
     def pts(self) -> np.ndarray:
@@ -90,7 +92,8 @@ class DecodedVideo:
 
     def source_fields(self) -> dict:
         """The record's facts about the stream: coded and displayed size, rotation, stream, start."""
-        return display_fields(self.width, self.height, self.stream, self.start, self.orientation, self.damaged)
+        fields = display_fields(self.width, self.height, self.stream, self.start, self.orientation, self.damaged)
+        return {**fields, "clock": self.clock} if self.clock else fields
 
     @property
     def looks_truncated(self) -> bool:
@@ -210,6 +213,28 @@ def expected_frames(container, stream) -> int | None:
     return None
 
 
+def _fraction(rate) -> str | None:
+    return f"{rate.numerator}/{rate.denominator}" if rate else None
+
+
+def stream_header(stream) -> dict:
+    """The video stream's header as SlowFast's decoding backends read it (featcache.train.clips):
+    the time base, the header's ``duration`` (time-base units, None when absent) and ``frames``
+    (0 when absent), the ``average_rate`` (PyAV's, SlowFast's pyav backend) and the
+    ``guessed_rate`` (``av_guess_frame_rate``: torchvision's video_reader fps, stream.cpp)."""
+    return {"time_base": _fraction(stream.time_base), "duration": stream.duration,
+            "frames": int(stream.frames or 0), "average_rate": _fraction(stream.average_rate),
+            "guessed_rate": _fraction(stream.guessed_rate)}
+
+
+def stream_clock(header: dict, pts) -> dict:
+    """:func:`stream_header` with every decoded frame's pts (display order), stored exactly and
+    compactly (featcache.spec.pts: one run for a constant rate)."""
+    rate, tb = header.get("guessed_rate") or header.get("average_rate"), header.get("time_base")
+    step = 1 / (Fraction(rate) * Fraction(tb)) if rate and tb else None
+    return {**header, "pts": encode_pts(list(pts), step)}
+
+
 def decoded_frames(container, stream, damaged: list):
     """The stream's frames in order, decoding packet by packet: a packet FFmpeg's decoder refuses
     (damaged bytes) is skipped and counted in ``damaged``, as the ``ffmpeg`` command line goes
@@ -261,7 +286,7 @@ def _decode_decord(path, pick, short_side, small_size, interpolation, stream=Non
     frames = np.concatenate([(post or _same)(fetch(pos)) for pos in _chunks(len(indices))])
     return DecodedVideo(frames, indices, stamps[indices], n, fps, probe.width, probe.height, "decord",
                         expected_frames=probe.expected, stream=probe.stream, start=probe.start,
-                        orientation=probe.orientation)
+                        orientation=probe.orientation, clock=stream_clock(probe.header, probe.pts))
 
 
 def _decode_torchcodec(path, pick, short_side, small_size, interpolation, stream=None, post=None) -> DecodedVideo:
@@ -321,7 +346,7 @@ def _decode_torchcodec(path, pick, short_side, small_size, interpolation, stream
     pts = np.concatenate([p for _, p in got])
     return DecodedVideo(frames, indices, np.maximum(pts - probe.start, 0.0), n, fps, probe.width, probe.height,
                         "torchcodec", expected_frames=probe.expected, stream=probe.stream, start=probe.start,
-                        orientation=probe.orientation)
+                        orientation=probe.orientation, clock=stream_clock(probe.header, probe.pts))
 
 
 # HEVC with B-frames: decord returned another frame than FFmpeg for frame 3 of torchcodec's
@@ -350,6 +375,7 @@ class _Probe:
     pts: np.ndarray  # presentation-order pts (stream time base) of the packets FFmpeg presents
     time_base: float
     pix_fmt: str = ""
+    header: dict | None = None  # stream_header: with pts, the decoded video's clock
 
 
 def _random_access_allowed(probe: _Probe, name: str, multi_stream_ok: bool = False) -> None:
@@ -472,7 +498,8 @@ def _pyav_probe(path, short_side, interpolation, stream=None) -> _Probe:
             pts = _presented_pts(container, vs)
             return _Probe(frame.width, frame.height, rgb, out, container.format.name, expected_frames(container, vs),
                           vs.index, float(frame.time or 0.0), o, len(container.streams.video), ctx.name,
-                          bool(ctx.has_b_frames), pts, float(vs.time_base or 0), frame.format.name)
+                          bool(ctx.has_b_frames), pts, float(vs.time_base or 0), frame.format.name,
+                          stream_header(vs))
     except Exception as exc:
         raise DecodeError(f"cannot decode: {_one_line(exc)}") from exc
     finally:
@@ -494,11 +521,11 @@ def _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best=0,
     container, vs = open_pyav(path, stream)
     index = vs.index  # read before closing: a closed container's streams are gone
     to_small, to_out = FFmpegScaler(), FFmpegScaler()  # one scaler context each, reused per frame
-    times, scores, size, out_size, o, damaged = [], [], None, None, Orientation(), []
+    times, pts, scores, size, out_size, o, damaged = [], [], [], None, None, Orientation(), []
     keep = (lambda rgb: post(rgb[None])[0]) if post else _same  # noqa: E731
     scorer, best, done = (LuvScorer() if small_size is not None else None), BestFrames(keep_best), {}
     try:
-        expected = expected_frames(container, vs)
+        expected, header = expected_frames(container, vs), stream_header(vs)
         count, rate = vs.frames or expected, vs.average_rate
         wanted = set()
         if guess is not None and count:
@@ -508,6 +535,7 @@ def _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best=0,
                 size, o = (frame.width, frame.height), frame_orientation(frame)
                 out_size = resize_to_short_side(*o.displayed(*size), short_side)
             times.append(frame.time)
+            pts.append(frame.pts)
             if i in wanted:
                 done[i] = keep(_shown(to_out, frame, out_size, interpolation, o))
             if scorer is not None:
@@ -542,7 +570,7 @@ def _decode_pyav(path, pick, short_side, small_size, interpolation, keep_best=0,
     note = f"decoded past {len(damaged)} damaged packet(s) the decoder refused" if damaged else ""
     return DecodedVideo(frames, indices, stamps[indices], n, fps, size[0], size[1], "pyav", note=note,
                         expected_frames=expected, second_pass=bool(len(missing)), stream=index, start=start,
-                        orientation=o, damaged=len(damaged))
+                        orientation=o, damaged=len(damaged), clock=stream_clock(header, pts))
 
 
 def _scaled(scaler, frame, size, interpolation) -> np.ndarray:

@@ -212,6 +212,8 @@ def _grown(item: VideoItem, old, video, frames: np.ndarray, chosen: Chosen, crop
     stamps[np.searchsorted(merged, new_idx)] = video.timestamps[keep]
     start = old.source.unknown.get("start_seconds", video.start) if old.source is not None else video.start
     record = {k: v for k, v in old.to_json().items() if k not in ("status", "has_luv_scores")}
+    if video.clock and isinstance(record.get("source"), dict) and "clock" not in record["source"]:
+        record["source"]["clock"] = video.clock  # a store extracted before clocks were recorded gains it
     record.update(frame_indices=merged, timestamps=stamps, pts_seconds=(stamps + start).tolist(), policies=policies,
                   num_cached_frames=len(merged))
     frames = frames.reshape(crops, -1, *frames.shape[1:])[:, keep].reshape(-1, *frames.shape[1:])

@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -157,10 +158,10 @@ def stadapter_port(video_size, num_frames, sampling_rate, clip_idx, num_temporal
 
 def test_named_protocols_equal_the_releases_on_5000_draws():
     from featcache.train.protocols import DenseClips
-    from featcache.train.protocols_release import SlowFastClips, STAdapterClips
+    from featcache.train.protocols_release import SlowFastWholeClips, STAdapterClips
 
     def protocol_clip_indices(protocol, length, fps, n, rate, v, views):  # what the protocol object places
-        kind = {"featcache": DenseClips, "slowfast": SlowFastClips, "stadapter": STAdapterClips}[protocol]
+        kind = {"featcache": DenseClips, "slowfast-whole": SlowFastWholeClips, "stadapter": STAdapterClips}[protocol]
         record = VideoRecord.from_json({"video_id": "v", "source": {"num_frames": length, "fps": fps}})
         return kind(views, 1, rate).clip_indices(record, n)[v]
 
@@ -172,7 +173,7 @@ def test_named_protocols_equal_the_releases_on_5000_draws():
         n, rate, views = int(rng.choice([8, 16, 32])), int(rng.choice([1, 2, 4, 8])), int(rng.choice([1, 2, 3, 5, 10]))
         for v in range(views):
             clips += 1
-            got = protocol_clip_indices("slowfast", length, fps, n, rate, v, views)
+            got = protocol_clip_indices("slowfast-whole", length, fps, n, rate, v, views)
             np.testing.assert_array_equal(got, slowfast_port(length, fps, n, rate, v, views))
             got = protocol_clip_indices("stadapter", length, fps, n, rate, v, views)
             np.testing.assert_array_equal(got, stadapter_port(length, n, rate, v, views))
@@ -180,11 +181,11 @@ def test_named_protocols_equal_the_releases_on_5000_draws():
                 ours = protocol_clip_indices("featcache", length, fps, n, rate, v, views)
                 differ["featcache_vs_slowfast_25fps"] += not np.array_equal(ours, slowfast_port(length, fps, n, rate, v, views))
     assert clips > 15000
-    assert differ["featcache_vs_slowfast_25fps"] > 0  # the resampling is what the slowfast protocol adds
+    assert differ["featcache_vs_slowfast_25fps"] > 0  # the resampling is what the slowfast-whole protocol adds
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("protocol", ["slowfast", "stadapter"])
+@pytest.mark.parametrize("protocol", ["slowfast", "slowfast-pyav", "slowfast-whole", "stadapter", "featcache"])
 def test_eval_protocol_writes_the_views_it_scored_as_the_release_places_them(trained, protocol):
     from featcache import open_cache
 
@@ -192,7 +193,7 @@ def test_eval_protocol_writes_the_views_it_scored_as_the_release_places_them(tra
     r = runner.invoke(app, ["eval", run, "--temporal-views", "3", "--clip-rate", "2", "--protocol", protocol])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
-    key = f"@{protocol}3x1r2"
+    key = f"@{protocol}3x1r2" if protocol != "featcache" else "@3x1r2"
     assert f"test/top1{key}" in res and res[f"test/clip_frames_rounded{key}"] == 0.0
     with open(os.path.join(run, f"views_test{key}.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
@@ -201,11 +202,24 @@ def test_eval_protocol_writes_the_views_it_scored_as_the_release_places_them(tra
     for row in rows:
         src = c.video(row["video_id"]).record["source"]
         n, fps, v = src["num_frames"], src["fps"], int(row["view"])
-        port = (slowfast_port(n, fps, 4, 2, v, 3) if protocol == "slowfast" else stadapter_port(n, 4, 2, v, 3))
+        assert row["protocol"] == protocol
+        if protocol in ("slowfast", "slowfast-pyav"):  # the release's decoding replayed on PyAV's reading of the file
+            from slowfast_release import FakeVideo, pyav_decode_c4, tv_decode
+
+            with av.open(c.video(row["video_id"]).record["path"]) as container:
+                s = container.streams.video[0]
+                fake = FakeVideo([f.pts for f in container.decode(s)], s.time_base, s.duration, s.frames,
+                                 s.average_rate, s.guessed_rate)
+            port = (tv_decode if protocol == "slowfast" else pyav_decode_c4)(fake, 2, 4, v, 3)[0]
+        elif protocol == "featcache":
+            port = port_clip(n, 2, 4, v, 3, fps=30)  # the video's own rate
+        else:
+            port = slowfast_port(n, fps, 4, 2, v, 3) if protocol == "slowfast-whole" else stadapter_port(n, 4, 2, v, 3)
         assert row["source_frames"] == row["served_frames"] == " ".join(map(str, port))
         w, h = src["width"], src["height"]  # the centre crop of a short side resized to 56 (the tiny model's crop)
         long_side = math.floor(max(w, h) / min(w, h) * 56)
-        off = math.ceil((long_side - 56) / 2) if protocol == "slowfast" else (long_side - 56) // 2
+        off = {"stadapter": (long_side - 56) // 2, "featcache": int(round((long_side - 56) / 2.0))}.get(
+            protocol, math.ceil((long_side - 56) / 2))
         assert row["crop_box"] == (f"{off} 0 {off + 56} 56" if w >= h else f"0 {off} 56 {off + 56}")
     bad = runner.invoke(app, ["eval", run, "--protocol", "slowfast"])
     assert bad.exit_code == 2 and "give --clip-rate R" in bad.stderr

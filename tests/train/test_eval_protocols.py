@@ -41,7 +41,7 @@ def test_eval_options_parse_into_one_protocol_that_names_itself(options, kind, n
 def test_a_resolved_pool_joins_the_name_and_every_release_is_registered():
     assert DenseClips(2, 1, 2, pool="stride:2", pool_key="-stride2").name == "2x1r2-stride2"
     assert Windows(4, 3, "mean", "stride:2", "-stride2").name == "w4s3mean-stride2"
-    assert list(PROTOCOLS) == ["featcache", "slowfast", "stadapter", "vjepa"]
+    assert list(PROTOCOLS) == ["featcache", "slowfast", "slowfast-pyav", "slowfast-whole", "stadapter", "vjepa"]
     assert all(cls.release == name for name, cls in PROTOCOLS.items() if name != "featcache")
 
 
@@ -50,7 +50,7 @@ def test_a_resolved_pool_joins_the_name_and_every_release_is_registered():
     ({"spatial_views": 2}, "spatial_views: expected 1 or 3, got 2"),
     ({"temporal_views": 0}, "temporal_views: must be at least 1, got 0"),
     ({"clip_rate": -1}, "clip_rate: must be at least 1, got -1"),
-    ({"protocol": "nope", "clip_rate": 2}, "protocol: unknown 'nope'; expected one of featcache, slowfast, stadapter, vjepa"),
+    ({"protocol": "nope", "clip_rate": 2}, "protocol: unknown 'nope'; expected one of featcache, slowfast, slowfast-pyav, slowfast-whole, stadapter, vjepa"),
     ({"protocol": "slowfast"}, "protocol: slowfast places dense clips: give --clip-rate R"),
     ({"window": 4, "clip_rate": 2}, "are two protocols; give one of them"),
     ({"window": 4, "aggregate": "median"}, "aggregate: expected max or mean, got 'median'"),
