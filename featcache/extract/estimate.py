@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -25,7 +26,17 @@ from featcache.cache.facts import StoreAttrs, store_attrs
 from featcache.cache.store import frame_bytes, to_json
 from featcache.data.manifest import VideoItem, read_manifest
 from featcache.spec.policy import scores_needed, short_below
-from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, check_file, display_fields, expected_frames, open_pyav
+from featcache.spec.pts import rational_run
+from featcache.video.decode import (
+    SEQUENTIAL_FORMATS,
+    DecodeError,
+    check_file,
+    display_fields,
+    expected_frames,
+    open_pyav,
+    stream_clock,
+    stream_header,
+)
 from featcache.video.prepare import decoder_log
 from featcache.video.select import policy_indices, uniform_indices
 
@@ -85,15 +96,19 @@ def _architecture_only(enc, policies):
     return encoder
 
 
-def header_frames(path: str) -> tuple[int, float, str, int, int]:
-    """(frame count, fps, container format, width, height) from the container header; no frame
-    is decoded."""
+def header_frames(path: str) -> tuple[int, float, str, int, int, dict]:
+    """(frame count, fps, container format, width, height, the stream clock a constant-rate
+    decode records) from the container header; no frame is decoded."""
     check_file(path)
     container, stream = open_pyav(path)
     try:
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         n = int(stream.frames or 0) or (expected_frames(container, stream) or 0)
-        return n, fps, container.format.name, stream.width, stream.height
+        header = stream_header(stream)
+        rate = stream.guessed_rate or stream.average_rate
+        step = 1 / (rate * stream.time_base) if rate and stream.time_base else Fraction(1)
+        first = int(stream.start_time or 0)
+        return n, fps, container.format.name, stream.width, stream.height, stream_clock(header, rational_run(first, step, n))
     finally:
         container.close()
 
@@ -118,7 +133,7 @@ def estimate(cfg, measure: bool = True) -> Estimate:
     stores = {"expected": expected, "min": low, "max": high}  # how key frames overlap the other policies' frames
     for item in items:
         try:
-            n, fps, fmt, width, height = header_frames(item.path)
+            n, fps, fmt, width, height, clock = header_frames(item.path)
             if n <= 0:
                 raise DecodeError("the container header gives no frame count")
         except DecodeError as exc:
@@ -127,8 +142,8 @@ def estimate(cfg, measure: bool = True) -> Estimate:
                 store.add(_record(item, status="failed", reason=str(exc)), {})
             continue
         for overlap, store in stores.items():
-            record, t = (_video_record(item, cfg, n, fps, fmt, needs_luv, (width, height), overlap) if clip is None
-                         else _clip_record(item, cfg, clip, n, fps, (width, height)))
+            record, t = (_video_record(item, cfg, n, fps, fmt, needs_luv, (width, height), clock, overlap)
+                         if clip is None else _clip_record(item, cfg, clip, n, fps, (width, height), clock))
             if cfg.train_views:  # the views extract draws (the same boxes: the same seed, id and frame size)
                 record["views"] = _views(item, cfg, facts, width, height)
             rows = {schema.TOKENS: t, schema.LUV_SCORES: n if needs_luv else 0, schema.TOKEN_SCALES: t,
@@ -171,7 +186,7 @@ def _record(item: VideoItem, **extra) -> dict:
 
 
 def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv: bool,
-                  size: tuple[int, int], overlap: str = "expected") -> tuple[dict, int]:
+                  size: tuple[int, int], clock: dict, overlap: str = "expected") -> tuple[dict, int]:
     """The record extract would write for a video of ``n`` frames, and its cached frame count.
     ``overlap``: how many key frames coincide with the other policies' frames (expected: as many
     as chance gives; min: as few as possible, all new frames; max: as many as possible)."""
@@ -205,7 +220,7 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
     source = {"num_frames": n, "fps": fps, "width": size[0], "height": size[1],
               "decoder": decoder,
               "decoder_note": "", "expected_frames": n, "truncated": False,
-              **display_fields(*size), **decoder_log([])}  # a clean decode: no messages; upright, stream 0, start 0
+              **display_fields(*size), "clock": clock, **decoder_log([])}  # a clean decode: upright, stream 0, start 0
     record = _record(item, source=source, frame_indices=indices.tolist(), timestamps=stamps.tolist(),
                      pts_seconds=stamps.tolist(),
                      policies=positions, num_cached_frames=pool_size, short=n < max_count, status="done",
@@ -213,7 +228,7 @@ def _video_record(item: VideoItem, cfg, n: int, fps: float, fmt: str, needs_luv:
     return record, pool_size
 
 
-def _clip_record(item: VideoItem, cfg, clip,  n: int, fps: float, size: tuple[int, int]) -> tuple[dict, int]:
+def _clip_record(item: VideoItem, cfg, clip, n: int, fps: float, size: tuple[int, int], clock: dict) -> tuple[dict, int]:
     """The record extract writes for a video encoder's clips of a video of ``n`` frames (PyAV
     timestamps at the header rate), and its row (clip) count."""
     from featcache.video.clip_prepare import clip_fields
@@ -225,7 +240,7 @@ def _clip_record(item: VideoItem, cfg, clip,  n: int, fps: float, size: tuple[in
     clips, short = policy_clips(policy, n, fps, stamps, clip.frames, clip.rate)
     rows, positions = unique_clips(clips)
     source = {"num_frames": n, "fps": fps, "width": size[0], "height": size[1], "decoder": "pyav", "decoder_note": "",
-              "expected_frames": n, "truncated": False, **display_fields(*size), **decoder_log([])}
+              "expected_frames": n, "truncated": False, **display_fields(*size), "clock": clock, **decoder_log([])}
     record = _record(item, source=source, **clip_fields(policy, clip, rows, stamps[rows], positions, short),
                      status="done", has_luv_scores=False)
     return record, len(rows)

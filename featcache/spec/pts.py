@@ -37,7 +37,8 @@ def _runs(pts: list[int]) -> list[list[int]] | None:
     return runs
 
 
-def _rational(first: int, step: Fraction, count: int) -> list[int]:
+def rational_run(first: int, step: Fraction, count: int) -> list[int]:
+    """``first + round(i * step)`` for ``i < count``, halves up (a muxer's av_rescale_q of a constant rate)."""
     return [first + (2 * i * step.numerator + step.denominator) // (2 * step.denominator) for i in range(count)]
 
 
@@ -50,7 +51,7 @@ def encode_pts(pts: list[int], step: Fraction | None = None) -> list | str | Non
     runs = _runs(pts)
     if runs is not None:
         return runs
-    if step and _rational(pts[0], step, len(pts)) == pts:
+    if step and rational_run(pts[0], step, len(pts)) == pts:
         return [pts[0], step.numerator, step.denominator, len(pts)]
     steps = [pts[0]] + [b - a for a, b in zip(pts, pts[1:])]
     return "z:" + base64.b64encode(zlib.compress(struct.pack(f"<{len(steps)}q", *steps), 9)).decode()
@@ -70,5 +71,5 @@ def decode_pts(stored) -> list[int] | None:
         return out
     if stored and len(stored) == 4 and not isinstance(stored[0], (list, tuple)):
         first, num, den, count = stored
-        return _rational(first, Fraction(num, den), count)
+        return rational_run(first, Fraction(num, den), count)
     return [first + step * i for first, step, count in stored for i in range(count)]
