@@ -140,3 +140,21 @@ def test_resize_pil_through_the_command_line(pil_cache, texture_manifest, tmp_pa
         v, w = cache.video(vid), ref.video(vid)
         at = np.searchsorted(v.frame_indices, w.frame_indices)
         np.testing.assert_allclose(v.tokens[at], w.tokens, rtol=1e-5, atol=1e-5)
+
+
+def test_a_torchvision_resnets_sizes_are_its_presets():
+    """resnet50.tv_in1k (torchvision's ResNet-50 weights in timm): the short side and crop
+    featcache resizes to are those of torchvision's own preset for those weights
+    (ResNet50_Weights.IMAGENET1K_V1.transforms(): ImageClassification(crop_size=224), resize 256,
+    bilinear; torchvision 0.29.1 models/resnet.py L356-359), so --resize pil gives exactly its input."""
+    import torchvision.models as tvm
+
+    from featcache.extract.encoder import EncoderConfig, FrozenEncoder
+
+    preset = tvm.ResNet50_Weights.IMAGENET1K_V1.transforms()
+    enc = FrozenEncoder(EncoderConfig(model="resnet50.tv_in1k", weights="random", precision="fp32", device="cpu"))
+    p = enc.preprocess_facts
+    assert [p.resize_short_side] == list(preset.resize_size) == [256]
+    assert [p.input_size[-1]] == list(preset.crop_size) == [224]
+    assert p.interpolation == preset.interpolation.value == "bilinear"
+    assert list(p.mean) == list(preset.mean) and list(p.std) == list(preset.std)
