@@ -28,6 +28,8 @@ TINY = {
     # one session of the GPU script: its parts write JSON lines under --out, report reads them
     "bench_gpu.py": [["extract", "--tiny", "--out", "{tmp}", "&&", "decode", "--tiny", "--out", "{tmp}", "&&",
                       "report", "--out", "{tmp}"]],
+    "bench_resize.py": [["--sizes", "64x48", "--frames", "4", "--rounds", "1", "--short-side", "56", "--crop", "48",
+                         "--no-real-clip"]],
     "bench_shards.py": [["--videos", "4", "--rounds", "1"]],
     "bench_stream.py": [["--videos", "16", "--epochs", "1"]],
     "bench_train.py": [["epoch", "--videos", "16", "--rounds", "1"], ["read", "--videos", "8", "--rounds", "1"]],

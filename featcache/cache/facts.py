@@ -162,6 +162,7 @@ class PreprocessFacts(Facts):
     interpolation: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    resizer: str | None = None  # "pil": extract --resize pil (PIL's resize of source-size frames); None: swscale
     # video encoders (featcache/extract/video_encoders.py)
     clip_len: int | None = None
     frame_rate: float | None = None

@@ -113,7 +113,8 @@ def format_facts(f: CacheFacts) -> str:
     lines = [
         *_head(f, a.model.kind),
         f"preprocess   {p.input_size[1]}x{p.input_size[2]}, resize short side {p.resize_short_side} "
-        f"({p.interpolation}), {p.crop} crop, mean {thaw(p.mean)}, std {thaw(p.std)}",
+        f"({p.interpolation}, {'PIL' if p.resizer == 'pil' else 'swscale'}), {p.crop} crop, mean {thaw(p.mean)}, "
+        f"std {thaw(p.std)}",
         f"layers       {thaw(a.layers)}",
         f"tokens       {t.num_prefix_tokens} prefix + {t.grid[0]}x{t.grid[1]} patches, dim {t.dim}, "
         f"stored as {a.dtype}, computed in {a.compute.precision}"

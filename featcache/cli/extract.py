@@ -47,6 +47,7 @@ def extract(
     token_pool: str = typer.Option("1", help="Average-pool the patch grid before storing: K (K x K windows, e.g. 2 = 4x fewer patch tokens) or mean (prefix tokens + the mean patch token: a linear-probe layout)."),
     decoder: str = typer.Option("auto", help="auto (= pyav: one in-order pass per video), decord or torchcodec (random access, checked against PyAV; torchcodec needs its extra)."),
     stream: Optional[int] = typer.Option(None, help="The container's video stream to decode (its index, as ffmpeg -map 0:N counts); default: the one ffmpeg shows (highest resolution). Recorded per video (source.stream)."),
+    resize: str = typer.Option("swscale", help="How frames reach the model's resize size: swscale (FFmpeg scales them while decoding; fast) or pil (decoded at source size, then PIL's antialiased resize as torchvision's Resize on PIL images: the pixels of a torchvision preset or timm's eval transform). Recorded in the store. Image models."),
     luv_size: str = typer.Option("64x48", help="Resolution of key-frame LUV scoring: WxH (every frame scaled to it, bilinear) or full (the source size; slower). Recorded in the store."),
     short_videos: str = typer.Option("repeat", help="Videos shorter than a policy: repeat frames or fail."),
     truncated: str = typer.Option("warn", help="Videos with fewer frames than their container promises (a file cut short): warn (a summary line and source.truncated in the record) or fail."),
@@ -80,7 +81,7 @@ def extract(
             manifest, out, model=model, weights=weights, model_arg=model_arg, img_size=img_size, frames=frames,
             layers=layers, crops=crops, train_views=train_views, view_aug=view_aug, view_seed=view_seed,
             cut_block=cut_block, batch_size=batch_size, device=device, precision=precision, compile_=compile_,
-            dtype=dtype, token_pool=token_pool, decoder=decoder, stream=stream, luv_size=luv_size,
+            dtype=dtype, token_pool=token_pool, decoder=decoder, stream=stream, resize=resize, luv_size=luv_size,
             short_videos=short_videos, truncated=truncated, shard=shard, threads=threads,
             decode_workers=decode_workers, overwrite=overwrite)
         if init_only:
@@ -104,7 +105,7 @@ def extract(
 def build_request(manifest: str, out: str, *, model: str, weights: str, model_arg: list[str], img_size: int,
                   frames: str, layers: str, crops: int, train_views: int, view_aug: str, view_seed: int,
                   cut_block: int | None, batch_size: str, device: str, precision: str, compile_: bool, dtype: str,
-                  token_pool: str, decoder: str, stream: int | None, luv_size: str, short_videos: str,
+                  token_pool: str, decoder: str, stream: int | None, resize: str, luv_size: str, short_videos: str,
                   truncated: str, shard: str | None, threads: int, decode_workers: str, overwrite: bool):
     """The ExtractRequest of `featcache extract`'s options as typed (``estimate`` builds its request
     here too, from the same options). A new extract option that changes what is extracted is a
@@ -123,7 +124,8 @@ def build_request(manifest: str, out: str, *, model: str, weights: str, model_ar
                           luv_size=parse_size(luv_size), short_videos=short_videos, truncated=truncated,
                           overwrite=overwrite, shard=parse_shard(shard), crops=crops, threads=threads,
                           decode_workers=_word_or_int(decode_workers, "--decode-workers", AUTO, minimum=0),
-                          stream=stream, train_views=train_views, view_aug=view_aug, view_seed=view_seed)
+                          stream=stream, train_views=train_views, view_aug=view_aug, view_seed=view_seed,
+                          resize=resize)
 
 
 def request_options(parsed: dict) -> dict:

@@ -200,9 +200,14 @@ def root_attrs(cfg: ExtractRequest, encoder: FrozenEncoder) -> dict:
 
 
 def _frame_root_attrs(cfg: ExtractRequest, encoder: FrozenEncoder) -> dict:
+    provenance = encoder.provenance()
+    if cfg.resize == "pil":  # a preprocessing fact (absent for swscale, as in older stores): another resize is another store
+        provenance["preprocess"] = {**provenance["preprocess"], "resizer": "pil",
+                                    "resize_backend": "PIL Image.resize of frames decoded at source size "
+                                                      "(torchvision's Resize on PIL images)"}
     return {
         "featcache_version": __version__,
-        **encoder.provenance(),
+        **provenance,
         "frames": {
             "policies": [str(p) for p in cfg.policies],
             "luv_size": cfg.luv_size if cfg.luv_size == "full" else list(cfg.luv_size),
@@ -245,7 +250,7 @@ def decode_spec(cfg: ExtractRequest, encoder, policies: tuple[FramePolicy, ...] 
     return DecodeSpec(policies, cfg.short_videos, cfg.luv_size if needs_luv else None, cfg.decoder,
                       encoder.short_side, PreprocessFacts.from_json(encoder.preprocess).interpolation, encoder.cfg.img_size, cfg.crops,
                       getattr(encoder, "clip_spec", None), cfg.stream,
-                      (cfg.view_aug, cfg.train_views, cfg.view_seed) if cfg.train_views else None)
+                      (cfg.view_aug, cfg.train_views, cfg.view_seed) if cfg.train_views else None, cfg.resize)
 
 
 FATAL_STREAK = 2  # a full disk, quota or read-only store refusing this many videos in a row stops the run

@@ -18,6 +18,7 @@ from featcache.extract.encoder import EncoderConfig
 from featcache.extract.video_encoders import is_video_model
 from featcache.spec.policy import FramePolicy, parse_policies, scores_needed
 from featcache.video.decode import DECODERS
+from featcache.video.resize import RESIZERS
 
 AUTO = "auto"  # the one spelling of "resolve this for me" in a request (batch size, decode workers)
 Auto = Literal["auto"]
@@ -50,6 +51,7 @@ class ExtractRequest:
     train_views: int = 0  # augmented training views per video (random-resized crop + flip), cached beside the centre
     view_aug: str = "torchvision"  # their recipe (featcache.video.views.RECIPES)
     view_seed: int = 0  # seeds every video's view draws (with its id): a resume draws the same views
+    resize: str = "swscale"  # swscale: FFmpeg scales at decode time; pil: torchvision's resize of PIL images (video.resize)
 
     @cached_property
     def policies(self) -> tuple[FramePolicy, ...]:
@@ -125,6 +127,11 @@ def validate(cfg: ExtractRequest) -> None:
         raise OptionError("truncated", f"unknown {cfg.truncated!r}; expected warn or fail")
     if cfg.decode_workers != AUTO and (not _is_int(cfg.decode_workers) or cfg.decode_workers < 0):
         raise OptionError("decode_workers", f"expected auto or an integer >= 0, got {cfg.decode_workers}")
+    if cfg.resize not in RESIZERS:
+        raise OptionError("resize", f"unknown {cfg.resize!r}; expected one of {', '.join(RESIZERS)}")
+    if cfg.resize != "swscale" and is_video_model(cfg.encoder.model):
+        raise FeatcacheError(f"--resize {cfg.resize}: {cfg.encoder.model} is a video encoder, whose frames are "
+                             "resized as its own preset does already; drop --resize")
     if cfg.crops not in (1, 3):
         raise OptionError("crops", f"expected 1 or 3, got {cfg.crops}")
     if cfg.dtype == "int8" and cfg.crops == 3:

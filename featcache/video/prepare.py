@@ -15,6 +15,7 @@ positions out) and the worker pool that runs them are one unit around ``Prepared
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -28,6 +29,7 @@ from featcache.data.manifest import VideoItem
 from featcache.errors import FeatcacheError
 from featcache.spec.policy import FramePolicy, short_below
 from featcache.video.decode import DecodeError, decode_video
+from featcache.video.resize import pil_resize
 from featcache.video.select import select_frames
 from featcache.video.views import with_views
 
@@ -47,6 +49,7 @@ class DecodeSpec:
     clip: object | None = None  # video encoders: VideoEncoder.clip_spec, a clip_prepare.ClipSpec (clips are cut, resized and cropped)
     stream: int | None = None  # --stream N: the container's video stream; None: the one ffmpeg shows
     views: tuple[str, int, int] | None = None  # --train-views: (recipe, count, seed); video.views draws them
+    resizer: str = "swscale"  # --resize: swscale at decode time, or pil (video.resize: source-size frames, PIL's resize)
 
 
 @dataclass
@@ -129,11 +132,17 @@ def prepare(item: VideoItem, spec: DecodeSpec, old=None) -> Prepared:
         return idx if old is None else np.union1d(idx, np.asarray(old.frame_indices[:1], dtype=np.int64))
 
     order, views = (0, 1, 2) if spec.crops == 3 else (1,), []
+    # --resize pil: frames decoded at source size (short side 0), each resized by PIL as it is decoded;
+    # key-frame LUV scores stay on swscale's small frames (the decoder's own pass at luv_size)
+    short_side, post = spec.short_side, None
+    if spec.resizer == "pil":
+        short_side, post = 0, functools.partial(pil_resize, short_side=spec.short_side,
+                                                interpolation=spec.interpolation)
     messages: list[str] = []  # what FFmpeg (inside decord / PyAV) prints: kept in the record, not on the terminal
     try:
         with captured_stderr(messages):
-            video = decode_video(item.path, pick, spec.short_side, spec.luv_size, spec.decoder, spec.interpolation,
-                                 keep_best, guess, spec.stream)
+            video = decode_video(item.path, pick, short_side, spec.luv_size, spec.decoder, spec.interpolation,
+                                 keep_best, guess, spec.stream, post)
         # with 3 crops: [first crop's frames, centre crop's, last crop's], split again at publishing
         frames = np.concatenate([crop(video.frames, spec.img_size, p, spec.crops) for p in order])
         if spec.views is not None:  # then each training view's frames: [view 0's, view 1's, ...]
