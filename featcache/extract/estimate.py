@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import numpy as np
 
@@ -26,17 +25,7 @@ from featcache.cache.facts import StoreAttrs, store_attrs
 from featcache.cache.store import frame_bytes, to_json
 from featcache.data.manifest import VideoItem, read_manifest
 from featcache.spec.policy import scores_needed, short_below
-from featcache.spec.pts import rational_run
-from featcache.video.decode import (
-    SEQUENTIAL_FORMATS,
-    DecodeError,
-    check_file,
-    display_fields,
-    expected_frames,
-    open_pyav,
-    stream_clock,
-    stream_header,
-)
+from featcache.video.decode import SEQUENTIAL_FORMATS, DecodeError, check_file, constant_rate_clock, display_fields, expected_frames, open_pyav
 from featcache.video.prepare import decoder_log
 from featcache.video.select import policy_indices, uniform_indices
 
@@ -104,11 +93,7 @@ def header_frames(path: str) -> tuple[int, float, str, int, int, dict]:
     try:
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         n = int(stream.frames or 0) or (expected_frames(container, stream) or 0)
-        header = stream_header(stream)
-        rate = stream.guessed_rate or stream.average_rate
-        step = 1 / (rate * stream.time_base) if rate and stream.time_base else Fraction(1)
-        first = int(stream.start_time or 0)
-        return n, fps, container.format.name, stream.width, stream.height, stream_clock(header, rational_run(first, step, n))
+        return n, fps, container.format.name, stream.width, stream.height, constant_rate_clock(stream, n)
     finally:
         container.close()
 

@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 
 from featcache.errors import OptionError
-from featcache.spec.pts import encode_pts
+from featcache.spec.pts import encode_pts, rational_run
 from featcache.video.select import BestFrames, LuvScorer, luv_scores
 
 DECODERS = ("auto", "decord", "pyav", "torchcodec")
@@ -233,6 +233,14 @@ def stream_clock(header: dict, pts) -> dict:
     rate, tb = header.get("guessed_rate") or header.get("average_rate"), header.get("time_base")
     step = 1 / (Fraction(rate) * Fraction(tb)) if rate and tb else None
     return {**header, "pts": encode_pts(list(pts), step)}
+
+
+def constant_rate_clock(stream, n: int) -> dict:
+    """The clock a decode of ``n`` frames at the stream's constant rate records (``estimate``
+    replays it from the header): pts from the stream's start time, one frame step apart."""
+    rate = stream.guessed_rate or stream.average_rate
+    step = 1 / (rate * stream.time_base) if rate and stream.time_base else Fraction(1)
+    return stream_clock(stream_header(stream), rational_run(int(stream.start_time or 0), step, n))
 
 
 def decoded_frames(container, stream, damaged: list):

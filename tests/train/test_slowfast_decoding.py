@@ -126,8 +126,9 @@ def test_real_containers_clock_and_placement(containers):
             s = c.streams.video[0]
             pts = [f.pts for f in c.decode(s)]
             fake = FakeVideo(pts, s.time_base, s.duration, s.frames, s.average_rate, s.guessed_rate)
+            time_base = f"{s.time_base.numerator}/{s.time_base.denominator}"
         clock = VideoRecord.from_json({"video_id": "v", "source": {"clock": video.clock}}).source.clock
-        assert clock.frame_pts() == pts and clock.time_base == f"{s.time_base.numerator}/{s.time_base.denominator}"
+        assert clock.frame_pts() == pts and clock.time_base == time_base
         assert not isinstance(video.clock["pts"], str)  # constant rate: stored as runs, not compressed steps
         record = VideoRecord.from_json({"video_id": "v", "source": {"num_frames": len(pts), "clock": video.clock}})
         for kind, port in ((SlowFastClips, tv_decode), (SlowFastPyAVClips, pyav_decode_c4)):
