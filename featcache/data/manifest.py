@@ -96,7 +96,7 @@ def read_manifest(path: str, annotations: bool = False, duplicates: list[str] | 
         if annotations:
             raise FeatcacheError(f"{path}: a list of paths holds no labels or splits; a training manifest "
                                  f"needs the columns {','.join(TRAIN_COLUMNS)}")
-        return _read_path_list(path, text)
+        return _read_path_list(path, text, duplicates)
     if not rows:
         raise FeatcacheError(f"{path}: the manifest lists no videos")
     base = os.path.dirname(os.path.abspath(path))
@@ -181,8 +181,10 @@ def _read_jsonl(path: str, text: str, annotations: bool) -> list[tuple[int, dict
     return rows
 
 
-def _read_path_list(path: str, text: str) -> list[VideoItem]:
-    """One video path per line (relative to the list's folder); ids are the file names' stems."""
+def _read_path_list(path: str, text: str, duplicates: list[str] | None = None) -> list[VideoItem]:
+    """One video path per line (relative to the list's folder); ids are the file names' stems, so
+    two files of one name in different folders collide: raised, or collected in ``duplicates``
+    (the later line left out) as ``read_manifest``'s repeated ids."""
     base = os.path.dirname(os.path.abspath(path))
     items, seen = [], {}
     for line, t in _lines(text):
@@ -193,9 +195,14 @@ def _read_path_list(path: str, text: str) -> list[VideoItem]:
         if not video_id:
             raise FeatcacheError(f"{path}:{line}: {video_path!r} names no file")
         if video_id in seen:
-            raise FeatcacheError(f"{path}:{line}: video id {video_id!r} (from the file name) is also the id of line "
-                                 f"{seen[video_id]}; give a CSV with a video_id column to tell them apart")
-        seen[video_id] = line
+            first, first_path = seen[video_id]
+            message = (f"{path}:{line}: video id {video_id!r} (from the file name) is also the id of line {first}: "
+                       f"{first_path} and {video_path}; give a CSV with a video_id column to tell them apart")
+            if duplicates is None:
+                raise FeatcacheError(message)
+            duplicates.append(message)
+            continue
+        seen[video_id] = (line, video_path)
         items.append(VideoItem(video_id, os.path.normpath(os.path.join(base, video_path)), (), ""))
     if not items:
         raise FeatcacheError(f"{path}: the manifest lists no videos")

@@ -9,7 +9,8 @@ uint8 frames, ``antialias=False``; transforms/_presets.py L115-116), and stacked
 soon as it is decoded (``decode_video(post=...)``; random-access decoders 16 frames at a time), so
 memory holds one source-size frame and the cropped frames, never the whole video at source size
 nor a float32 copy of it (a 30 s 720p clip with ``windows:16/16`` asked for 9.9 GB in one call).
-transformers' own video processors (``hf:``) still process the whole video's frames in one call.
+transformers' own video processors (``hf:``) run the same way, on one frame (or one chunk) at a
+time: their resize and crop work frame by frame, so the frames equal the whole video's in one call.
 
 The record is a frame record whose rows are clips: ``frame_indices`` / ``timestamps`` give each
 clip's first frame, ``clips.frame_indices`` / ``clips.timestamps`` every frame of every clip
@@ -119,13 +120,15 @@ def prepare_clips(item: VideoItem, spec, prepared_cls, log) -> object:
     messages: list[str] = []
     try:
         chosen.fps = header_rate(item.path, spec.stream)
-        hf = clip.resizer == "hf"
-        post = None if hf else functools.partial(crop_resized, resize_size=clip.resize_size,
-                                                 crop_size=clip.crop_size, interpolation=clip.interpolation)
+        if clip.resizer == "hf":  # frame by frame as the whole video in one call, bit for bit (tested)
+            post = functools.partial(processed, source=clip.source)
+        else:
+            post = functools.partial(crop_resized, resize_size=clip.resize_size, crop_size=clip.crop_size,
+                                     interpolation=clip.interpolation)
         with captured_stderr(messages):
             video = decode_video(item.path, pick, 0, None, spec.decoder, "bilinear", guess=guess, stream=spec.stream,
                                  post=post)
-        frames = processed(video.frames, clip.source) if hf else video.frames
+        frames = video.frames
     except DecodeError as exc:
         return prepared_cls(item, with_log(record, messages), reason=str(exc))
     except Exception as exc:  # noqa: BLE001 -- one bad file must not end the run; the reason names the error

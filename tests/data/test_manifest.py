@@ -110,3 +110,30 @@ def test_split_by_group_returns_new_rows_and_leaves_the_old_ones():
         u = int.from_bytes(hashlib.sha256(f"3:group:{r.extra['group']}".encode()).digest()[:8], "big") / 2**64
         assert r.split == ("test" if u < 0.25 else "val" if u < 0.5 else "train")
     assert {r.extra["group"] for r in out} == {"00", "01", "02", "03"}
+
+
+@pytest.mark.slow
+def test_manifest_check_of_a_path_list_with_colliding_file_names_exits_1(tmp_path):
+    """Two videos named clip.mp4 in two folders get one id from a plain path list: ``manifest check``
+    reports the collision as a user-data error (exit 1, one line naming the id and both paths), as
+    it does a CSV's repeated ids, instead of refusing the whole list with exit 2."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from featcache.data.synthetic import motion_clip, write_video
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_video(str(tmp_path / folder / "clip.mp4"), motion_clip("up", np.random.default_rng(0), 8, (32, 24)))
+    (tmp_path / "list.txt").write_text("a/clip.mp4\nb/clip.mp4\n")
+    proc = subprocess.run([sys.executable, "-m", "featcache.cli", "manifest", "check", str(tmp_path / "list.txt")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    errors = [x for x in proc.stdout.splitlines() if x.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'list.txt'}:2: video id 'clip' (from the file name) is also the id of line 1: "
+                      f"a/clip.mp4 and b/clip.mp4; give a CSV with a video_id column to tell them apart"], proc.stdout
+    assert "1 duplicate id(s)" in proc.stdout and "Traceback" not in proc.stderr
+    with pytest.raises(FeatcacheError, match="line 1: a/clip.mp4 and b/clip.mp4"):  # extraction still refuses the list
+        read_manifest(str(tmp_path / "list.txt"))
