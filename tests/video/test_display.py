@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from featcache.spec.pts import decode_pts
 from featcache.video.decode import DecodeError, Orientation, decode_video, orientation
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "media" / "torchcodec"
@@ -148,6 +149,9 @@ def test_shared_case_frames_and_times(name, decoder):
         pts = np.array([float(f["pts_time"]) for f in json.loads(info.read_text())])
         assert v.num_frames == len(pts)
         np.testing.assert_allclose(v.pts, pts, atol=1e-5)
+        # the stream clock the slowfast protocols replay: every frame's pts in the time base, as ffprobe's
+        clock_pts = decode_pts(v.clock["pts"])
+        np.testing.assert_allclose([float(p * Fraction(v.clock["time_base"])) for p in clock_pts], pts, atol=1e-5)
     if FFMPEG and name not in TEN_BIT:  # the first frames as the ffmpeg command line shows them
         ref = _ffmpeg_rgb(path, 2)
         assert same(v.frames[:2].reshape(ref.shape), ref)
