@@ -293,19 +293,8 @@ def pyav_decode_stream(container, start_pts, end_pts, stream, stream_name, buffe
 
 
 def get_start_end_idx_c4(video_size, clip_size, clip_idx, num_clips, use_offset=False):
-    delta = max(video_size - clip_size, 0)
-    if clip_idx == -1:
-        start_idx = random.uniform(0, delta)
-    else:
-        if use_offset:
-            if num_clips == 1:
-                start_idx = math.floor(delta / 2)
-            else:
-                start_idx = clip_idx * math.floor(delta / (num_clips - 1))
-        else:
-            start_idx = delta * clip_idx / num_clips
-    end_idx = start_idx + clip_size - 1
-    return start_idx, end_idx
+    """c4ecfa1 L31-69: HEAD's body (L37-76, unchanged since), without the third return value."""
+    return get_start_end_idx(video_size, clip_size, clip_idx, num_clips, use_offset)[:2]
 
 
 def pyav_decode(container, sampling_rate, num_frames, clip_idx, num_clips=10, target_fps=30, use_offset=False):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_encoder_config
+from slowfast_release import get_start_end_idx as port_get_start_end_idx  # decoder.py L37-76, re-typed
 from typer.testing import CliRunner
 
 from featcache.cache.facts import StoreAttrs, VideoRecord
@@ -21,20 +22,6 @@ from featcache.train.clips import dense_clip_indices, nearest_positions
 from featcache.train.fit import run_training
 
 runner = CliRunner()
-
-
-def port_get_start_end_idx(video_size, clip_size, clip_idx, num_clips_uniform, use_offset=False):
-    """facebookresearch/SlowFast ``slowfast/datasets/decoder.py`` L37-76 (test-time branch)."""
-    delta = max(video_size - clip_size, 0)
-    if use_offset:
-        if num_clips_uniform == 1:
-            start_idx = math.floor(delta / 2)
-        else:
-            start_idx = clip_idx * math.floor(delta / (num_clips_uniform - 1))
-    else:
-        start_idx = delta * clip_idx / num_clips_uniform
-    end_idx = start_idx + clip_size - 1
-    return start_idx, end_idx, start_idx / delta if delta != 0 else 0.0
 
 
 def port_clip(video_size, sampling_rate, num_frames, clip_idx, num_clips, fps=30, target_fps=30):
