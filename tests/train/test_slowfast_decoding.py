@@ -139,3 +139,25 @@ def test_real_containers_clock_and_placement(containers):
                 continue
             for ours, theirs in zip(kind(3, 1, 4).clip_indices(record, 8), release):
                 np.testing.assert_array_equal(ours, theirs[0])
+
+
+def test_a_video_extracted_before_clocks_gains_one_when_its_store_grows(containers):
+    """A record without ``source.clock`` (a store from before this round) grown by a new frame
+    policy gets the clock its decode saw; the slowfast protocols then replay it."""
+    import copy
+
+    from featcache.data.manifest import VideoItem
+    from featcache.spec.policy import parse_policies
+    from featcache.video.prepare import DecodeSpec, prepare
+
+    path = next(p for p in containers if p.endswith(".mp4"))
+    item = VideoItem("v", path, ("a",), "test")
+    first = prepare(item, DecodeSpec(parse_policies("uniform:4"), "repeat", None, "auto", 24, "bilinear", 24, 1))
+    old = copy.deepcopy(first.record)
+    del old["source"]["clock"]
+    old = VideoRecord.from_json({**old, "status": "done"})
+    grown = prepare(item, DecodeSpec(parse_policies("uniform:4,stride:1"), "repeat", None, "auto", 24, "bilinear",
+                                     24, 1), old=old)
+    assert not grown.reason and grown.record["source"]["clock"] == first.record["source"]["clock"]
+    record = VideoRecord.from_json({**grown.record, "status": "done"})
+    assert len(SlowFastClips(2, 1, 2).clip_indices(record, 4)) == 2
