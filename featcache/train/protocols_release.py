@@ -87,7 +87,7 @@ class SlowFastClips(SlowFastWholeClips):
     def clip_indices(self, record: VideoRecord, frames: int) -> list[np.ndarray]:
         clock = record.source.clock if record.source else None
         if clock is None or clock.pts is None or not clock.time_base:
-            why = ("its frames' pts were not recorded (a variable frame rate)" if clock is not None else
+            why = ("its frames' pts were not recorded (a decoded frame had none)" if clock is not None else
                    "the cache predates recorded stream clocks (re-extract it)")
             raise ReleaseFails(f"{why}; SlowFast's {self.release} decoding seeks by pts, so it cannot be replayed "
                                "(--protocol slowfast-whole places clips over the whole video)")

@@ -101,6 +101,10 @@ def test_a_video_without_a_clock_is_refused_in_one_line():
     with pytest.raises(FeatcacheError, match=r"slowfast: the release's decoder fails 1 video\(s\) \(old1\): the "
                                              r"cache predates recorded stream clocks"):
         protocol.placed_views([record], 8)
+    no_pts = VideoRecord.from_json({"video_id": "np1", "source": {"num_frames": 90, "fps": 30.0, "clock": {
+        "time_base": "1/30", "duration": 90, "frames": 90, "average_rate": "30/1", "guessed_rate": "30/1", "pts": None}}})
+    with pytest.raises(FeatcacheError, match=r"fails 1 video\(s\) \(np1\): its frames' pts were not recorded"):
+        SlowFastPyAVClips(3, 1, 2).placed_views([no_pts], 8)
 
 
 @pytest.fixture(scope="module")
