@@ -23,6 +23,7 @@ stride 8 over a 30.1 s video at ``fps:1`` (31 pool frames) scores frames 0-23 on
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -188,8 +189,9 @@ def slowfast_torchvision_clip(clock, num_frames: int, rate: int, clip_idx: int, 
     - selective when ``fps * duration > num_frames * rate`` (L296-303): the clip of
       ``max(1, rate N / target_fps * fps)`` frames placed over ``fps * duration`` frames
       (``get_multiple_start_end_idx``, L79-183, no offset), turned into pts by ``denominator / fps``
-      (L320-322), the decoder keeping frames with ``start_us <= pts_us <= end_us + 100``
-      (``video_reader.cpp`` ``offsetsToUs``; ``decoder.cpp`` ``processPacket``), then
+      (L320-322), the decoder keeping frames with ``start_us <= pts_us <= end_us + 100`` and
+      stopping at the first frame past the end (``video_reader.cpp`` ``offsetsToUs``;
+      ``decoder.cpp`` ``processPacket``, ``getFrame``), then
       ``temporal_sampling`` of ``linspace(0, clip_size - 1, N)`` over them (L587-597);
     - otherwise, or when the range holds no frame, the whole video (frames with pts >= 0) and
       SlowFast's formula over it (L557-586)."""
@@ -206,7 +208,9 @@ def slowfast_torchvision_clip(clock, num_frames: int, rate: int, clip_idx: int, 
         start_pts, end_pts = int(start * per_frame), int(end * per_frame)
         start_us = av_rescale_q(start_pts, tb, US) if start_pts > 0 else 0
         end_us = 100 + av_rescale_q(end_pts, tb, US) if end_pts > 0 else -1
-        kept = np.flatnonzero((pts_us >= start_us) & ((pts_us <= end_us) if end_us > 0 else True))
+        past = np.flatnonzero(pts_us > end_us) if end_us > 0 else []
+        decoded = pts_us[:past[0]] if len(past) else pts_us  # decoding stops at the first frame past the end
+        kept = np.flatnonzero(decoded >= start_us)
         if len(kept):
             return kept[_sampled(0.0, clip_size - 1, num_frames, len(kept))], True
     kept = np.flatnonzero(pts_us >= 0)  # the whole video: startOffset 0 drops negative pts
@@ -214,6 +218,22 @@ def slowfast_torchvision_clip(clock, num_frames: int, rate: int, clip_idx: int, 
         raise ReleaseFails("torchvision's decoder returns no frame with pts >= 0")
     start, end = get_start_end_idx(len(kept), clip_size, clip_idx, num_clips)
     return kept[_sampled(start, end, num_frames, len(kept))], False
+
+
+def _pyav_stream(pts: np.ndarray, start_pts: float, end_pts: float) -> np.ndarray:
+    """``pyav_decode_stream`` (c4ecfa1 L72-111) over the frames in display order: decoding from
+    the last frame at or before ``start_pts - 1024`` (its seek; every frame taken as seekable),
+    skipping those before ``start_pts``, keeping those up to ``end_pts`` and the first one after
+    (``buffer_size`` 0), one frame per pts (a dict keyed by pts: the last decoded wins), in pts order."""
+    before = np.flatnonzero(pts <= max(start_pts - 1024, 0))
+    frames = {}
+    for i in range(int(before[-1]) if len(before) else 0, len(pts)):
+        if pts[i] < start_pts:
+            continue
+        frames[int(pts[i])] = i
+        if pts[i] > end_pts:
+            break
+    return np.array([frames[p] for p in sorted(frames)], dtype=np.int64)
 
 
 def slowfast_pyav_clip(clock, num_frames: int, rate: int, clip_idx: int, num_clips: int,
@@ -230,10 +250,12 @@ def slowfast_pyav_clip(clock, num_frames: int, rate: int, clip_idx: int, num_cli
     (:class:`ReleaseFails`). The HEAD release's pyav path fails every video (``decoder.py`` L421
     subtracts 1 from the list of frame counts, caught at L541), so this is the last one that ran."""
     pts = np.asarray(clock.frame_pts(), dtype=np.int64)
-    fps = float(Fraction(clock.average_rate)) if clock.average_rate else 0.0
+    if not clock.average_rate:
+        raise ReleaseFails("the stream has no average rate (pyav_decode's float() of it fails, L266)")
+    fps = float(Fraction(clock.average_rate))
     clip_size = rate * num_frames / target_fps * fps
     if clock.duration is None:
-        kept = np.flatnonzero(pts >= 0)
+        kept = _pyav_stream(pts, 0, math.inf)
         if not len(kept):
             raise ReleaseFails("PyAV decodes no frame with pts >= 0")
         start, end = get_start_end_idx(len(kept), clip_size, clip_idx, num_clips)
@@ -242,11 +264,7 @@ def slowfast_pyav_clip(clock, num_frames: int, rate: int, clip_idx: int, num_cli
         raise ReleaseFails("the header has no frame count (pyav_decode divides the duration by it, L284)")
     start, end = get_start_end_idx(clock.frames, clip_size, clip_idx, num_clips)
     per_frame = clock.duration / clock.frames
-    start_pts, end_pts = int(start * per_frame), int(end * per_frame)
-    inside = np.flatnonzero(pts >= start_pts)  # display order: the frames from start_pts on
-    kept = inside[pts[inside] <= end_pts]
-    after = inside[pts[inside] > end_pts][:1]  # buffer_size 0: the first frame past the end is kept too
-    kept = np.union1d(kept, after)
+    kept = _pyav_stream(pts, int(start * per_frame), int(end * per_frame))
     if not len(kept):
         raise ReleaseFails("the clip's pts range lies past the last frame (PyAV decodes nothing)")
     return kept[_sampled(0.0, clip_size - 1, num_frames, len(kept))], True

@@ -93,6 +93,37 @@ def test_slowfast_backends_equal_the_releases_on_5000_draws():
     assert counts["pyav_fails"] > 0  # a header promising more frames than decode: the pyav backend decodes nothing
 
 
+@pytest.mark.parametrize("case", ["duplicate_pts", "pts_going_back"])
+def test_pathological_pts_as_the_release_decodes_them(case):
+    """An independent audit's cases: two frames sharing a pts (the pyav backend keys frames by pts:
+    one survives) and pts that go back (torchvision's decoder stops at the first frame past the
+    end; later frames back in range are never decoded)."""
+    if case == "duplicate_pts":
+        pts = [512 * i for i in range(60)]
+        pts[30] = pts[29]
+        video = FakeVideo(pts, fractions.Fraction(1, 12800), None, 0, 25, 25)
+    else:
+        video = FakeVideo([3000 * i for i in range(100)] + [3000 * i for i in range(40, 140)],
+                          fractions.Fraction(1, 90000), 600000, 200, 30, 30)
+    record = record_of(video)
+    for kind, port in ((SlowFastClips, tv_decode), (SlowFastPyAVClips, pyav_decode_c4)):
+        releases = [port(video, 2, 8, v, 5) for v in range(5)]
+        if any(r is None for r in releases):  # the release fails the video
+            with pytest.raises(ReleaseFails):
+                kind(5, 1, 2).clip_indices(record, 8)
+            continue
+        for v, (ours, release) in enumerate(zip(kind(5, 1, 2).clip_indices(record, 8), releases)):
+            np.testing.assert_array_equal(ours, release[0], err_msg=f"{case} {kind.release} {v}")
+
+
+def test_a_stream_without_an_average_rate_fails_the_pyav_backend():
+    record = VideoRecord.from_json({"video_id": "v", "source": {"num_frames": 100, "clock": {
+        "time_base": "1/1000", "duration": 4000, "frames": 100, "average_rate": None, "guessed_rate": None,
+        "pts": [[0, 40, 100]]}}})
+    with pytest.raises(ReleaseFails, match="no average rate"):
+        SlowFastPyAVClips(3, 1, 2).clip_indices(record, 8)
+
+
 def test_a_video_without_a_clock_is_refused_in_one_line():
     from featcache.errors import FeatcacheError
 
