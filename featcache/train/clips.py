@@ -247,8 +247,8 @@ def slowfast_pyav_clip(clock, num_frames: int, rate: int, clip_idx: int, num_cli
     (L377-390) samples ``linspace(0, clip_size - 1, N)`` over them. Without a header duration the
     whole video is decoded and the clip placed over it. A header without a frame count divides by
     zero, and a range past the last frame decodes nothing: SlowFast fails those videos
-    (:class:`ReleaseFails`). The HEAD release's pyav path fails every video (``decoder.py`` L421
-    subtracts 1 from the list of frame counts, caught at L541), so this is the last one that ran."""
+    (:class:`ReleaseFails`). The HEAD release's pyav path fails every video (``decoder.py`` L421-422
+    subtract 1 from the list of frame counts, caught at L541), so this is the last one that ran."""
     pts = np.asarray(clock.frame_pts(), dtype=np.int64)
     if not clock.average_rate:
         raise ReleaseFails("the stream has no average rate (pyav_decode's float() of it fails, L266)")
