@@ -174,13 +174,13 @@ def _sampled(start: float, end: float, num_frames: int, available: int) -> np.nd
     return torch.clamp(torch.linspace(start, end, num_frames), 0, available - 1).long().numpy()
 
 
-def slowfast_torchvision_clip(clock, num_frames: int, rate: int, clip_idx: int, num_clips: int,
-                              target_fps: float = 30.0) -> tuple[np.ndarray, bool]:
-    """SlowFast's test clip with its default ``DATA.DECODING_BACKEND`` "torchvision"
+def slowfast_torchvision_clips(clock, num_frames: int, rate: int, num_clips: int,
+                               target_fps: float = 30.0) -> list[np.ndarray]:
+    """SlowFast's ``num_clips`` test clips with its default ``DATA.DECODING_BACKEND`` "torchvision"
     (``config/defaults.py`` L726, TARGET_FPS 30 at L720): ``torchvision_decode`` (``decoder.py``
     L228-370) decodes only the clip's pts range when the header's duration allows it, then
-    ``decode`` (L552-598) samples the clip from the decoded frames. Returns the source frames and
-    whether the selective path was taken. ``clock`` is the video's recorded
+    ``decode`` (L552-598) samples the clip from the decoded frames. Returns each clip's source
+    frames. ``clock`` is the video's recorded
     :class:`~featcache.cache.facts.StreamClock`; the arithmetic replays:
 
     - the probe: ``video_fps`` is ``av_guess_frame_rate`` stored as float32 (torchvision
@@ -202,22 +202,27 @@ def slowfast_torchvision_clip(clock, num_frames: int, rate: int, clip_idx: int, 
     duration = 0.0
     if clock.duration is not None:
         duration = float(av_rescale_q(av_rescale_q(clock.duration, tb, US), US, tb)) * (tb.numerator / float(tb.denominator))
-    if tb.denominator > 0 and duration > 0 and fps * duration > num_frames * rate:
-        start, end = get_start_end_idx(fps * duration, clip_size, clip_idx, num_clips)
-        per_frame = tb.denominator / fps
-        start_pts, end_pts = int(start * per_frame), int(end * per_frame)
-        start_us = av_rescale_q(start_pts, tb, US) if start_pts > 0 else 0
-        end_us = 100 + av_rescale_q(end_pts, tb, US) if end_pts > 0 else -1
-        past = np.flatnonzero(pts_us > end_us) if end_us > 0 else []
-        decoded = pts_us[:past[0]] if len(past) else pts_us  # decoding stops at the first frame past the end
-        kept = np.flatnonzero(decoded >= start_us)
-        if len(kept):
-            return kept[_sampled(0.0, clip_size - 1, num_frames, len(kept))], True
-    kept = np.flatnonzero(pts_us >= 0)  # the whole video: startOffset 0 drops negative pts
-    if not len(kept):
-        raise ReleaseFails("torchvision's decoder returns no frame with pts >= 0")
-    start, end = get_start_end_idx(len(kept), clip_size, clip_idx, num_clips)
-    return kept[_sampled(start, end, num_frames, len(kept))], False
+    selective = tb.denominator > 0 and duration > 0 and fps * duration > num_frames * rate
+
+    def clip(clip_idx: int) -> np.ndarray:
+        if selective:
+            start, end = get_start_end_idx(fps * duration, clip_size, clip_idx, num_clips)
+            per_frame = tb.denominator / fps
+            start_pts, end_pts = int(start * per_frame), int(end * per_frame)
+            start_us = av_rescale_q(start_pts, tb, US) if start_pts > 0 else 0
+            end_us = 100 + av_rescale_q(end_pts, tb, US) if end_pts > 0 else -1
+            past = np.flatnonzero(pts_us > end_us) if end_us > 0 else []
+            decoded = pts_us[:past[0]] if len(past) else pts_us  # decoding stops at the first frame past the end
+            kept = np.flatnonzero(decoded >= start_us)
+            if len(kept):
+                return kept[_sampled(0.0, clip_size - 1, num_frames, len(kept))]
+        kept = np.flatnonzero(pts_us >= 0)  # the whole video: startOffset 0 drops negative pts
+        if not len(kept):
+            raise ReleaseFails("torchvision's decoder returns no frame with pts >= 0")
+        start, end = get_start_end_idx(len(kept), clip_size, clip_idx, num_clips)
+        return kept[_sampled(start, end, num_frames, len(kept))]
+
+    return [clip(v) for v in range(num_clips)]
 
 
 def _pyav_stream(pts: np.ndarray, start_pts: float, end_pts: float) -> np.ndarray:
@@ -236,9 +241,9 @@ def _pyav_stream(pts: np.ndarray, start_pts: float, end_pts: float) -> np.ndarra
     return np.array([frames[p] for p in sorted(frames)], dtype=np.int64)
 
 
-def slowfast_pyav_clip(clock, num_frames: int, rate: int, clip_idx: int, num_clips: int,
-                       target_fps: float = 30.0) -> tuple[np.ndarray, bool]:
-    """SlowFast's test clip with its ``pyav`` backend, the default until September 2021 (commit
+def slowfast_pyav_clips(clock, num_frames: int, rate: int, num_clips: int,
+                        target_fps: float = 30.0) -> list[np.ndarray]:
+    """SlowFast's ``num_clips`` test clips with its ``pyav`` backend, the default until September 2021 (commit
     c4ecfa1, ``config/defaults.py`` ``DECODING_BACKEND = "pyav"``; the papers of SlowFast, X3D
     and MViT ran it). ``pyav_decode`` (``decoder.py`` L229-302 of that commit) places the clip of
     ``rate N / target_fps * average_rate`` frames over the header's frame count, converts to pts
@@ -254,17 +259,21 @@ def slowfast_pyav_clip(clock, num_frames: int, rate: int, clip_idx: int, num_cli
         raise ReleaseFails("the stream has no average rate (pyav_decode's float() of it fails, L266)")
     fps = float(Fraction(clock.average_rate))
     clip_size = rate * num_frames / target_fps * fps
-    if clock.duration is None:
+    if clock.duration is None:  # the whole video decoded once, every clip placed over it
         kept = _pyav_stream(pts, 0, math.inf)
         if not len(kept):
             raise ReleaseFails("PyAV decodes no frame with pts >= 0")
-        start, end = get_start_end_idx(len(kept), clip_size, clip_idx, num_clips)
-        return kept[_sampled(start, end, num_frames, len(kept))], False
+        return [kept[_sampled(*get_start_end_idx(len(kept), clip_size, v, num_clips), num_frames, len(kept))]
+                for v in range(num_clips)]
     if not clock.frames:
         raise ReleaseFails("the header has no frame count (pyav_decode divides the duration by it, L284)")
-    start, end = get_start_end_idx(clock.frames, clip_size, clip_idx, num_clips)
     per_frame = clock.duration / clock.frames
-    kept = _pyav_stream(pts, int(start * per_frame), int(end * per_frame))
-    if not len(kept):
-        raise ReleaseFails("the clip's pts range lies past the last frame (PyAV decodes nothing)")
-    return kept[_sampled(0.0, clip_size - 1, num_frames, len(kept))], True
+
+    def clip(clip_idx: int) -> np.ndarray:
+        start, end = get_start_end_idx(clock.frames, clip_size, clip_idx, num_clips)
+        kept = _pyav_stream(pts, int(start * per_frame), int(end * per_frame))
+        if not len(kept):
+            raise ReleaseFails("the clip's pts range lies past the last frame (PyAV decodes nothing)")
+        return kept[_sampled(0.0, clip_size - 1, num_frames, len(kept))]
+
+    return [clip(v) for v in range(num_clips)]

@@ -28,6 +28,8 @@ from featcache.errors import FeatcacheError, OptionError
 from featcache.spec.policy import StridePolicy
 from featcache.spec.view import View, parse_policy
 from featcache.train.clips import ReleaseFails, dense_clip_indices, nearest_positions
+from featcache.video.decode import resize_to_short_side
+from featcache.video.prepare import crop_origin
 
 COMBINE = ("mean", "sum", "max")
 
@@ -163,6 +165,11 @@ class MultiView(Protocol):
         return _score_views(run, [materialise(run.cache, v, split) for v in self.views(run.cfg.view)], self.combine)
 
 
+def box_text(x0: int, y0: int, size: int) -> str:
+    """A square crop's box as the views file writes it: ``x0 y0 x1 y1``."""
+    return f"{x0} {y0} {x0 + size} {y0 + size}"
+
+
 def temporal_views(view: View, count: int) -> list[View]:
     """The V interleaved views of multi-view testing (see MultiView)."""
     if count == 1:
@@ -248,11 +255,7 @@ class DenseClips(Protocol):
         """The crop scored, ``x0 y0 x1 y1`` in the resized frame it is taken from: featcache's own
         cached crops (video/prepare.py ``crop``: the short side resized to ``short``, offsets 0,
         the centre rounded half to even, the margin); a release's in its own resized frame."""
-        w, h = (int(short * width / height), short) if width >= height else (short, int(short * height / width))
-        x0, y0 = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-        if crop != 1:
-            x0, y0 = (0 if crop == 0 else w - size, y0) if w >= h else (x0, 0 if crop == 0 else h - size)
-        return f"{x0} {y0} {x0 + size} {y0 + size}"
+        return box_text(*crop_origin(*resize_to_short_side(width, height, short), size, crop, 3), size)
 
     def score(self, run: Run, split: str, data: ViewData | None = None) -> Scored | None:
         videos = run.cache.done_videos(split)

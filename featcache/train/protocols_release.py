@@ -21,12 +21,12 @@ from featcache.errors import FeatcacheError, OptionError
 from featcache.train.clips import (
     ReleaseFails,
     slowfast_clip_indices,
-    slowfast_pyav_clip,
-    slowfast_torchvision_clip,
+    slowfast_pyav_clips,
+    slowfast_torchvision_clips,
     stadapter_clip_indices,
     vjepa_clip_indices,
 )
-from featcache.train.protocols import DenseClips, Run
+from featcache.train.protocols import DenseClips, Run, box_text
 
 
 def check_release_geometry(attrs: StoreAttrs, protocol: str, short_side: int | None = None, why: str = "") -> None:
@@ -79,10 +79,10 @@ class SlowFastWholeClips(_Release):
 class SlowFastClips(SlowFastWholeClips):
     """SlowFast's default test path (HEAD: ``DATA.DECODING_BACKEND`` "torchvision"): each clip
     decoded selectively by pts from the header's duration and frame rate, as
-    :func:`~featcache.train.clips.slowfast_torchvision_clip` replays from the video's recorded
+    :func:`~featcache.train.clips.slowfast_torchvision_clips` replays from the video's recorded
     stream clock; its crops as :class:`SlowFastWholeClips`."""
     release: ClassVar[str] = "slowfast"
-    decode: ClassVar = staticmethod(slowfast_torchvision_clip)
+    decode: ClassVar = staticmethod(slowfast_torchvision_clips)
 
     def clip_indices(self, record: VideoRecord, frames: int) -> list[np.ndarray]:
         clock = record.source.clock if record.source else None
@@ -91,15 +91,15 @@ class SlowFastClips(SlowFastWholeClips):
                    "the cache predates recorded stream clocks (re-extract it)")
             raise ReleaseFails(f"{why}; SlowFast's {self.release} decoding seeks by pts, so it cannot be replayed "
                                "(--protocol slowfast-whole places clips over the whole video)")
-        return [self.decode(clock, frames, self.rate, v, self.clips)[0] for v in range(self.clips)]
+        return self.decode(clock, frames, self.rate, self.clips)
 
 
 @dataclasses.dataclass(frozen=True)
 class SlowFastPyAVClips(SlowFastClips):
     """SlowFast's ``pyav`` backend (its default until 2021: the SlowFast, X3D and MViT papers),
-    :func:`~featcache.train.clips.slowfast_pyav_clip`; crops as :class:`SlowFastWholeClips`."""
+    :func:`~featcache.train.clips.slowfast_pyav_clips`; crops as :class:`SlowFastWholeClips`."""
     release: ClassVar[str] = "slowfast-pyav"
-    decode: ClassVar = staticmethod(slowfast_pyav_clip)
+    decode: ClassVar = staticmethod(slowfast_pyav_clips)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +177,7 @@ class VJEPAClips(_Release):
             return _box(width >= height, crop * step, size)
         side = int(size * 256 / 224)  # VideoTransform: Resize(side) then CenterCrop(size)
         w2, h2 = (width, height) if source_short == side else _resized(width, height, side)
-        x0, y0 = int(round((w2 - size) / 2.0)), int(round((h2 - size) / 2.0))
-        return f"{x0} {y0} {x0 + size} {y0 + size}"
+        return box_text(int(round((w2 - size) / 2.0)), int(round((h2 - size) / 2.0)), size)
 
 
 def _resized(width: int, height: int, side: int) -> tuple[int, int]:
@@ -191,8 +190,7 @@ def _resized(width: int, height: int, side: int) -> tuple[int, int]:
 
 def _box(wide: bool, offset: int, size: int) -> str:
     """``x0 y0 x1 y1`` of a square crop at ``offset`` along the long side."""
-    x0, y0 = (offset, 0) if wide else (0, offset)
-    return f"{x0} {y0} {x0 + size} {y0 + size}"
+    return box_text(offset, 0, size) if wide else box_text(0, offset, size)
 
 
 RELEASES = {cls.release: cls for cls in (SlowFastClips, SlowFastPyAVClips, SlowFastWholeClips, STAdapterClips,

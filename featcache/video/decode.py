@@ -233,20 +233,24 @@ def stream_header(stream) -> dict:
             "guessed_rate": _fraction(stream.guessed_rate)}
 
 
+def _frame_step(header: dict) -> Fraction | None:
+    """Time-base units per frame at the header's rate (None without a rate or time base)."""
+    rate, tb = header.get("guessed_rate") or header.get("average_rate"), header.get("time_base")
+    return 1 / (Fraction(rate) * Fraction(tb)) if rate and tb else None
+
+
 def stream_clock(header: dict, pts) -> dict:
     """:func:`stream_header` with every decoded frame's pts (display order), stored exactly and
     compactly (featcache.spec.pts: one run for a constant rate)."""
-    rate, tb = header.get("guessed_rate") or header.get("average_rate"), header.get("time_base")
-    step = 1 / (Fraction(rate) * Fraction(tb)) if rate and tb else None
-    return {**header, "pts": encode_pts(list(pts), step)}
+    return {**header, "pts": encode_pts(list(pts), _frame_step(header))}
 
 
 def constant_rate_clock(stream, n: int) -> dict:
     """The clock a decode of ``n`` frames at the stream's constant rate records (``estimate``
     replays it from the header): pts from the stream's start time, one frame step apart."""
-    rate = stream.guessed_rate or stream.average_rate
-    step = 1 / (rate * stream.time_base) if rate and stream.time_base else Fraction(1)
-    return stream_clock(stream_header(stream), rational_run(int(stream.start_time or 0), step, n))
+    header = stream_header(stream)
+    step = _frame_step(header) or Fraction(1)
+    return stream_clock(header, rational_run(int(stream.start_time or 0), step, n))
 
 
 def decoded_frames(container, stream, damaged: list):

@@ -89,13 +89,19 @@ def crop(frames: np.ndarray, size: int, position: int = 1, count: int = 1) -> np
     h, w = frames.shape[1:3]
     if h < size or w < size:
         raise ValueError(f"frames of {w}x{h} are smaller than the {size}x{size} crop")
+    left, top = crop_origin(w, h, size, position, count)
+    return np.ascontiguousarray(frames[:, top:top + size, left:left + size])
+
+
+def crop_origin(w: int, h: int, size: int, position: int = 1, count: int = 1) -> tuple[int, int]:
+    """(left, top) of :func:`crop`'s square in a ``w`` x ``h`` frame."""
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
     if count == 3 and position != 1:
         if w >= h:
             left = 0 if position == 0 else w - size
         else:
             top = 0 if position == 0 else h - size
-    return np.ascontiguousarray(frames[:, top:top + size, left:left + size])
+    return left, top
 
 
 def prepare(item: VideoItem, spec: DecodeSpec, old=None) -> Prepared:
